@@ -1,0 +1,229 @@
+"""Typed configuration: params.yaml (base + one profile's overrides) -> a validated `Config`.
+
+Every knob of the platform lives in params.yaml; code receives a `Config` and never reads YAML
+itself. Unknown keys are errors, so a typo in params.yaml fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PROFILE = "quick"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    corpus: Path
+    obd_dir: Path
+    artifacts: Path
+    state: Path
+    pseudonym_key_file: Path
+    ad_law_words: Path
+
+
+class TrackingConfig(Section):
+    uri: str | None = None
+    experiment: str = "copyflow"
+
+
+class DataConfig(Section):
+    source: Literal["simulated", "obd"] = "simulated"
+    n_products: int = Field(gt=0)
+    valid_fraction: float = Field(ge=0, lt=0.5)
+    test_fraction: float = Field(ge=0, lt=0.5)
+
+
+class DirtConfig(Section):
+    bot_users: int = Field(ge=0)
+    bot_impressions: int = Field(ge=0)
+    duplicate_event_rate: float = Field(ge=0, le=0.2)
+    missing_value_rate: float = Field(ge=0, le=0.2)
+    bad_price_rate: float = Field(ge=0, le=0.2)
+
+
+class SimulatorConfig(Section):
+    n_users: int = Field(gt=0)
+    days: int = Field(gt=1)
+    start_date: str
+    sessions_per_user_per_day: float = Field(gt=0)
+    impressions_per_session: int = Field(gt=0)
+    dirichlet_alpha: float = Field(gt=0)
+    affinity_weight: float
+    copy_mention_weight: float
+    position_decay: float
+    base_logit: float
+    purchase_base_logit: float
+    price_sensitivity_mean: float
+    variants_per_product: int = Field(ge=1)
+    dirt: DirtConfig
+
+
+class ObdConfig(Section):
+    version: str = "0.4.1"
+    behavior_policy: Literal["random", "bts"] = "random"
+    campaign: Literal["all", "men", "women"] = "all"
+
+
+class PrivacyConfig(Section):
+    key_env: str
+    quasi_identifiers: list[str]
+    k_anonymity_min: int = Field(ge=1)
+
+
+class CleaningConfig(Section):
+    price_min: float
+    price_max: float
+    bot_contamination: float = Field(gt=0, lt=0.5)
+    bot_min_impressions: int = Field(ge=0)
+
+
+class DriftConfig(Section):
+    row_count_ratio_min: float
+    row_count_ratio_max: float
+    mean_tolerance: float
+    kl_threshold: float
+
+
+class ValidationConfig(Section):
+    mostly_unique_events: float = Field(gt=0, le=1)
+    mostly_not_null: float = Field(gt=0, le=1)
+    mostly_price_in_range: float = Field(gt=0, le=1)
+    max_timestamp_skew_hours: float = Field(ge=0)
+    drift: DriftConfig
+
+
+class FeaturesConfig(Section):
+    history_length: int = Field(gt=0)
+    min_events_returning: int = Field(ge=0)
+    label_window_days: int = Field(ge=0)
+    valid_days: int = Field(ge=1)
+    test_days: int = Field(ge=1)
+
+
+class TrainerConfig(Section):
+    """Passed straight to `lightning.Trainer`: scale out by editing params.yaml only."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_nodes: int = 1
+    num_workers: int = 0
+
+
+class PreferenceConfig(Section):
+    models: list[Literal["logreg", "deep"]]
+    batch_size: int = Field(gt=0)
+    max_epochs: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    patience: int = Field(ge=0)
+    embedding_dim: int = Field(gt=0)
+    cross_layers: int = Field(ge=0)
+    hidden: list[int]
+    dropout: float = Field(ge=0, lt=1)
+    cold_start_min_events: int = Field(ge=0)
+    bootstrap: int = Field(ge=0)
+
+
+class GeneratorConfig(Section):
+    tokenizer_vocab_size: int = Field(gt=0)
+    d_model: int = Field(gt=0)
+    nhead: int = Field(gt=0)
+    encoder_layers: int = Field(gt=0)
+    decoder_layers: int = Field(gt=0)
+    dim_feedforward: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    max_source_len: int = Field(gt=0)
+    max_target_len: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    max_epochs: int = Field(gt=0)
+    max_minutes: float = Field(gt=0)
+    lr: float = Field(gt=0)
+    patience: int = Field(ge=0)
+    decoding: Literal["greedy", "beam", "top_p"]
+    beam_size: int = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
+    temperature: float = Field(gt=0)
+    length_penalty: float
+    no_repeat_ngram: int = Field(ge=0)
+    eval_samples: int = Field(gt=0)
+
+
+class GatesConfig(Section):
+    preference_auc_min: float
+    generator_bleu4_min: float
+    max_hallucination_rate: float
+    max_ece: float
+    non_inferiority_margin: float
+    auto_promote: bool
+
+
+class Config(Section):
+    profile: str
+    seed: int
+    paths: PathsConfig
+    tracking: TrackingConfig
+    data: DataConfig
+    simulator: SimulatorConfig
+    obd: ObdConfig
+    privacy: PrivacyConfig
+    cleaning: CleaningConfig
+    validation: ValidationConfig
+    features: FeaturesConfig
+    trainer: TrainerConfig
+    preference: PreferenceConfig
+    generator: GeneratorConfig
+    gates: GatesConfig
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a pipeline stage of this profile writes: artifacts/<profile>/<stage>/."""
+        return self.paths.artifacts / self.profile / stage
+
+    def state_dir(self) -> Path:
+        return self.paths.state / self.profile
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (dicts merge, everything else replaces)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(
+    params_path: Path | str = DEFAULT_PARAMS,
+    profile: str = DEFAULT_PROFILE,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Load params.yaml, apply the named profile and optional overrides, and validate."""
+    params_path = Path(params_path)
+    if not params_path.exists():
+        raise FileNotFoundError(f"params file not found: {params_path.resolve()}")
+    raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    profiles = raw.pop("profiles", {}) or {}
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r}; params.yaml defines {sorted(profiles)}")
+    merged = deep_merge(raw, profiles[profile] or {})
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    merged["profile"] = profile
+    return Config.model_validate(merged)
+
+
+def profile_names(params_path: Path | str = DEFAULT_PARAMS) -> list[str]:
+    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
+    return sorted((raw.get("profiles") or {}).keys())
