@@ -1,0 +1,52 @@
+"""Shared fixtures: every test gets its own artifacts/state folders and MLflow sqlite store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from components.config import Config, deep_merge, load_config
+from components.tracking import TELEMETRY_OFF
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+# Small enough for CI's two cores, large enough that models can learn something.
+TINY = {
+    "data": {"n_products": 300},
+    "simulator": {"n_users": 120, "days": 14},
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _telemetry_off():
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(profile="quick", tiny=True, **section_overrides) -> Config isolated in tmp_path."""
+
+    def _make(profile: str = "quick", tiny: bool = True, **overrides) -> Config:
+        isolated = {
+            "paths": {
+                "artifacts": str(tmp_path / "artifacts"),
+                "state": str(tmp_path / "state"),
+                "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
+                "corpus": str(ROOT / "data/advertisegen/train.jsonl"),
+                "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
+            },
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }
+        merged = deep_merge(TINY, isolated) if tiny else isolated
+        return load_config(PARAMS, profile, deep_merge(merged, overrides))
+
+    return _make
+
+
+@pytest.fixture
+def cfg(make_cfg) -> Config:
+    return make_cfg()
