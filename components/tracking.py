@@ -62,3 +62,66 @@ def configure(cfg=None) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested summary as MLflow metric names like `rows_after.events`."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_numbers(value, f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = float(value)
+        elif isinstance(value, (int, float)) and value == value:  # drop NaN
+            flat[name] = float(value)
+    return {k.replace(" ", "_"): v for k, v in flat.items()}
+
+
+def git_commit(cwd: Path | str = ".") -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def log_stage(
+    parent_run_id: str,
+    stage: str,
+    summary: dict,
+    *,
+    lock: dict | None = None,
+    skipped: bool = False,
+    artifacts: list[Path] | None = None,
+    tags: dict[str, str] | None = None,
+    status: str = "FINISHED",
+) -> str:
+    """One nested MLflow run per pipeline stage: params, counts, data hashes, reports."""
+    import mlflow
+
+    with mlflow.start_run(
+        run_name=stage, nested=True, parent_run_id=parent_run_id, tags={"stage": stage, **(tags or {})}
+    ) as run:
+        mlflow.set_tag("dvc.skipped", str(skipped).lower())
+        for kind, hashes in (lock or {}).items():
+            for path, md5 in hashes.items():
+                mlflow.set_tag(f"dvc.{kind}.{path}"[:250], md5)
+        metrics = flatten_numbers(summary)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        mlflow.log_dict(summary, "summary.json")
+        for path in artifacts or []:
+            if Path(path).exists():
+                mlflow.log_artifact(str(path))
+        run_id = run.info.run_id
+    if status != "FINISHED":
+        mlflow.tracking.MlflowClient().set_terminated(run_id, status=status)
+    return run_id

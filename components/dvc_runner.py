@@ -1,0 +1,74 @@
+"""Run pipeline stages through DVC, so unchanged inputs are never recomputed.
+
+We drive DVC through its command line, the interface its authors support, and read dvc.lock
+(the record of every stage's input and output hashes) for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, target: str, returncode: int, output: str):
+        self.target, self.returncode, self.output = target, returncode, output
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        super().__init__(f"dvc repro {target} failed (exit {returncode}):\n{tail}")
+
+
+@dataclass(frozen=True)
+class ReproResult:
+    target: str
+    skipped: bool  # True when DVC found the stage and its inputs unchanged
+    output: str
+
+
+def _env() -> dict[str, str]:
+    """The stage commands say `python`: make that the interpreter running copyflow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def repro(stage: str, profile: str, cwd: Path | str = ".", force: bool = False) -> ReproResult:
+    """`dvc repro --single-item STAGE@PROFILE`; raises StageFailed with DVC's output on failure."""
+    target = f"{stage}@{profile}"
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", target]
+    if force:
+        cmd.append("--force")
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise StageFailed(target, proc.returncode, output)
+    skipped = "didn't change, skipping" in output
+    return ReproResult(target=target, skipped=skipped, output=output)
+
+
+def stage_lock(stage: str, profile: str, cwd: Path | str = ".") -> dict:
+    """The dvc.lock entry of STAGE@PROFILE: {"deps": {path: md5}, "outs": {path: md5}}."""
+    lock_path = Path(cwd) / "dvc.lock"
+    if not lock_path.exists():
+        return {"deps": {}, "outs": {}}
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    entry = (lock.get("stages") or {}).get(f"{stage}@{profile}") or {}
+
+    def hashes(items):
+        return {item["path"]: item.get("md5", "") for item in items or []}
+
+    return {"deps": hashes(entry.get("deps")), "outs": hashes(entry.get("outs"))}
+
+
+def lock_digest(cwd: Path | str = ".") -> str:
+    """sha256 of dvc.lock: one id for the exact data and code state of the pipeline."""
+    lock_path = Path(cwd) / "dvc.lock"
+    if not lock_path.exists():
+        return ""
+    return hashlib.sha256(lock_path.read_bytes()).hexdigest()

@@ -1,0 +1,66 @@
+"""What a retrain run reports to a person at the end: counts, gate verdict, models, where to look."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RetrainResult:
+    profile: str
+    mlflow_run_id: str = ""
+    stages: dict[str, dict] = field(default_factory=dict)  # stage -> {"skipped", "summary"}
+    release: dict | None = None
+
+    def summary(self, stage: str) -> dict:
+        return (self.stages.get(stage) or {}).get("summary") or {}
+
+
+def _table_counts(result: RetrainResult) -> list[str]:
+    clean = result.summary("clean")
+    before, after = clean.get("rows_before") or {}, clean.get("rows_after") or {}
+    if not before:
+        return []
+    lines = ["  rows per table      before cleaning   after cleaning"]
+    for table in ("products", "copies", "users", "events"):
+        if table in before:
+            lines.append(f"    {table:<18}{before[table]:>14,}{after.get(table, 0):>17,}")
+    removed = clean.get("removed") or {}
+    if removed:
+        lines.append("  removed: " + ", ".join(f"{k}={v:,}" for k, v in removed.items() if isinstance(v, int)))
+    return lines
+
+
+def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
+    lines = [f"copyflow retrain — profile {result.profile!r}", ""]
+    ran = [s for s, v in result.stages.items() if not v["skipped"]]
+    skipped = [s for s, v in result.stages.items() if v["skipped"]]
+    lines.append(f"  stages run: {', '.join(ran) or '-'}")
+    if skipped:
+        lines.append(f"  stages unchanged (skipped by DVC): {', '.join(skipped)}")
+    lines += _table_counts(result)
+    validate = result.summary("validate")
+    if validate:
+        verdict = "PASSED" if validate.get("success") else "FAILED"
+        lines.append(
+            f"  data gate (Great Expectations): {verdict} "
+            f"({validate.get('evaluated_expectations', '?')} expectations, "
+            f"{validate.get('failed_expectations', 0)} failed)"
+        )
+    features = result.summary("features")
+    if features:
+        shape = features.get("shape") or [features.get("rows"), features.get("columns")]
+        lines.append(f"  feature table: {shape[0]:,} rows x {shape[1]} columns")
+    for stage, label in (("train_preference", "preference model"), ("train_generator", "copy generator")):
+        manifest = result.summary(stage)
+        if manifest:
+            metrics = manifest.get("metrics") or {}
+            keys = ("auc", "baseline_auc", "ceiling_auc") if stage == "train_preference" else (
+                "bleu4", "rougeL", "distinct2", "hallucination_rate")
+            shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), (int, float)))
+            lines.append(f"  {label}: {shown}  (run {manifest.get('run_id', '?')})")
+    if result.release:
+        lines.append(f"  release: {result.release}")
+    lines.append(f"  MLflow run: {result.mlflow_run_id}" + (f"  ({tracking_uri})" if tracking_uri else ""))
+    lines.append("  open the UI: copyflow ui   (then http://127.0.0.1:5000)")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""The retrain flow: source -> ingest -> validate (blocking gate) -> clean -> features -> train.
+
+Thin wiring: every stage is `dvc repro STAGE@PROFILE` (so unchanged inputs are skipped and
+the same code runs under DVC alone), and every stage gets a nested MLflow run under one parent
+run per flow run. Runs on Prefect's ephemeral server, or on `prefect server start` when
+PREFECT_API_URL is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+
+from components import dvc_runner, pipeline, tracking
+from components.config import load_config
+from components.run_summary import RetrainResult
+
+# Stages whose failure can be transient (network, a killed worker) are retried; a failed data
+# gate is deterministic and never retried.
+RETRIES = {"source": 2, "train_preference": 1, "train_generator": 1}
+
+
+class DataGateFailed(RuntimeError):
+    """The batch failed Great Expectations validation; nothing downstream ran."""
+
+
+@task(task_run_name="{stage}@{profile}")
+def run_stage(stage: str, profile: str, project_dir: str, force: bool = False) -> dvc_runner.ReproResult:
+    logger = get_run_logger()
+    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force)
+    logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
+    return result
+
+
+def _stage_task(stage: str):
+    return run_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=5)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    profile: str = "quick",
+    params_path: str = "params.yaml",
+    project_dir: str = ".",
+    force: bool = False,
+    stages: list[str] | None = None,
+) -> RetrainResult:
+    """Run the pipeline for one params.yaml profile; returns what `copyflow retrain` prints."""
+    root = Path(project_dir).resolve()
+    cfg = load_config(root / params_path, profile)
+    tracking.configure(cfg)
+    stages = list(stages or pipeline.STAGES)
+    result = RetrainResult(profile=profile)
+    tags = {
+        "profile": profile,
+        "git_commit": tracking.git_commit(root),
+        "prefect_flow_run_id": str(flow_run.get_id() or ""),
+        "kind": "retrain",
+    }
+    with mlflow.start_run(run_name=f"retrain-{profile}", tags=tags) as parent:
+        result.mlflow_run_id = parent.info.run_id
+        mlflow.log_params({"profile": profile, "stages": ",".join(stages)})
+        for stage in stages:
+            try:
+                repro = _stage_task(stage)(stage, profile, str(root), force)
+            except dvc_runner.StageFailed as failure:
+                _record_failure(cfg, stage, failure, parent.info.run_id, root, result)
+                raise  # unreachable for validate: _record_failure raises DataGateFailed
+            summary = pipeline.read_summary(cfg, stage)
+            result.stages[stage] = {"skipped": repro.skipped, "summary": summary}
+            tracking.log_stage(
+                parent.info.run_id,
+                stage,
+                summary,
+                lock=dvc_runner.stage_lock(stage, profile, root),
+                skipped=repro.skipped,
+                artifacts=_stage_reports(cfg, stage),
+                tags={"ge.verdict": "passed"} if stage == "validate" else None,
+            )
+            if stage == "validate":
+                mlflow.set_tag("ge.verdict", "passed")
+        mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
+    return result
+
+
+def _stage_reports(cfg, stage: str) -> list[Path]:
+    if stage == "validate":
+        directory = pipeline.stage_output_dir(cfg, stage)
+        return [directory / "report.md", directory / "report.json"]
+    return []
+
+
+def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run_id: str, root: Path, result) -> None:
+    """Log what failed to MLflow (the GE report for the gate); the parent run ends FAILED as the
+    exception leaves its `with` block."""
+    logger = get_run_logger()
+    summary: dict = {}
+    try:
+        summary = pipeline.read_summary(cfg, stage)
+    except FileNotFoundError:
+        pass
+    tracking.log_stage(
+        parent_run_id,
+        stage,
+        summary,
+        artifacts=_stage_reports(cfg, stage),
+        tags={"error": str(failure)[-240:], **({"ge.verdict": "failed"} if stage == "validate" else {})},
+        status="FAILED",
+    )
+    mlflow.set_tag("failed_stage", stage)
+    if stage == "validate":
+        mlflow.set_tag("ge.verdict", "failed")
+        report = pipeline.stage_output_dir(cfg, stage) / "report.md"
+        text = report.read_text(encoding="utf-8") if report.exists() else failure.output
+        logger.error("data gate failed; no later stage ran and no model was touched")
+        raise DataGateFailed(
+            f"Data validation failed for profile {cfg.profile!r}; the run stopped before training.\n"
+            f"Report: {report}\n\n{text}"
+        ) from failure
