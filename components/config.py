@@ -28,6 +28,7 @@ class PathsConfig(Section):
     state: Path
     pseudonym_key_file: Path
     ad_law_words: Path
+    mlflow_dir: Path
 
 
 class TrackingConfig(Section):
@@ -221,6 +222,13 @@ def load_config(
     if overrides:
         merged = deep_merge(merged, overrides)
     merged["profile"] = profile
+    # Relative paths are relative to the project (the folder of params.yaml), not to the
+    # caller's working directory, so a flow, a DVC stage and a test all see the same files.
+    project_root = params_path.resolve().parent
+    merged["paths"] = {
+        key: str(value if Path(value).is_absolute() else project_root / value)
+        for key, value in (merged.get("paths") or {}).items()
+    }
     return Config.model_validate(merged)
 
 

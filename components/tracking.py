@@ -32,7 +32,8 @@ def tracking_uri(cfg=None) -> str:
         return cfg.tracking.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(EMBEDDED_DIR / 'mlflow.db').resolve()}"
+    mlflow_dir = cfg.paths.mlflow_dir if cfg is not None else EMBEDDED_DIR
+    return f"sqlite:///{(Path(mlflow_dir) / 'mlflow.db').resolve()}"
 
 
 def artifact_root(uri: str) -> str | None:

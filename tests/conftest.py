@@ -36,6 +36,7 @@ def make_cfg(tmp_path):
                 "artifacts": str(tmp_path / "artifacts"),
                 "state": str(tmp_path / "state"),
                 "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
+                "mlflow_dir": str(tmp_path / "mlflow"),
                 "corpus": str(ROOT / "data/advertisegen/train.jsonl"),
                 "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
             },
