@@ -108,6 +108,8 @@ class FeaturesConfig(Section):
     label_window_days: int = Field(ge=0)
     valid_days: int = Field(ge=1)
     test_days: int = Field(ge=1)
+    ctr_prior_strength: float = Field(gt=0)
+    affinity_prior_strength: float = Field(gt=0)
 
 
 class TrainerConfig(Section):

@@ -1,0 +1,385 @@
+"""The features stage: clean canonical tables -> point-in-time training samples.
+
+One sample per impression. Every feature of a sample is computed from events with a timestamp
+STRICTLY before the impression's (see pit.py), so neither the impression's own click nor any
+later event can leak into it; labels are the impression's own outcome.
+
+Outputs (artifacts/<profile>/features/):
+  samples.parquet             features + labels + time split, one row per impression
+  feature_spec.json           which columns are numeric / categorical / sequence / label / time
+  user_affinity.parquet       end-of-data shopper affinities per attribute value (generator focus)
+  population_affinity.parquet everyone's affinities (fallback for shoppers without clicks)
+  product_attributes.parquet  product attributes, one row per (product, key, value)
+  summary.json                sizes, split sizes, positive rates, cold share, timings
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.config import Config, FeaturesConfig
+from components.data.schema import EVENT_TYPES, load_table
+from components.features.affinity import (
+    ClickPairs,
+    EventCodes,
+    attribute_affinity_features,
+    category_affinity_feature,
+    copy_preference_mentions,
+    population_affinity_table,
+    top_value_changes,
+    user_affinity_table,
+)
+from components.features.attribute_index import AttributeIndex, explode_product_attributes
+from components.features.copy_mentions import copy_mention_index
+from components.features.history import recent_clicked_products
+from components.features.labels import impression_labels
+from components.features.pit import NO_EVENT, prior_last_time, prior_sum, to_epoch_us
+from components.features.splits import SPLITS, assign_split, split_boundaries
+
+FEATURE_SET_VERSION = 1
+RECENCY_SENTINEL_HOURS = 24.0 * 365  # "never seen before"; u_has_history = 0 says so explicitly
+US_PER_HOUR = 3_600_000_000
+US_PER_DAY = 24 * US_PER_HOUR
+
+NUMERIC_FEATURES: tuple[str, ...] = (
+    "u_recency_hours",
+    "u_has_history",
+    "u_n_events",
+    "u_n_impressions",
+    "u_n_clicks",
+    "u_n_add_to_cart",
+    "u_n_purchases",
+    "u_ctr",
+    "u_monetary",
+    "u_days_since_signup",
+    "p_log_price",
+    "p_n_impressions",
+    "p_ctr",
+    "up_n_impressions",
+    "up_n_clicks",
+    "ua_attr_affinity",
+    "ua_attr_affinity_max",
+    "ua_category_affinity",
+    "uc_copy_pref_mentions",
+    "position",
+)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("user_id", "product_id", "category")
+SEQUENCE_FEATURES: tuple[str, ...] = ("hist_products",)
+ID_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "product_id", "copy_id", "category", "timestamp")
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    *ID_COLUMNS,
+    "propensity",
+    "label",
+    "label_purchase",
+    "is_cold",
+    "hist_products",
+    *NUMERIC_FEATURES,
+)
+OUTPUT_FILES = (
+    "samples.parquet",
+    "feature_spec.json",
+    "user_affinity.parquet",
+    "population_affinity.parquet",
+    "product_attributes.parquet",
+    "summary.json",
+)
+
+
+class FeatureInputError(ValueError):
+    """The clean tables cannot be turned into features (names the table, column and examples)."""
+
+
+@dataclass(frozen=True)
+class FeatureTables:
+    samples: pd.DataFrame  # SAMPLE_COLUMNS + split
+    user_affinity: pd.DataFrame
+    population_affinity: pd.DataFrame
+    product_attributes: pd.DataFrame
+    report: dict
+
+
+def feature_spec() -> dict:
+    return {
+        "numeric": list(NUMERIC_FEATURES),
+        "categorical": list(CATEGORICAL_FEATURES),
+        "sequence": list(SEQUENCE_FEATURES),
+        "label": "label",
+        "time": "timestamp",
+        "id": "event_id",
+        "label_purchase": "label_purchase",
+        "split": "split",
+        "cold": "is_cold",
+        "version": FEATURE_SET_VERSION,
+    }
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def _examples(frame: pd.DataFrame, mask: pd.Series, columns: list[str]) -> str:
+    return frame.loc[mask, columns].head(5).to_dict("records").__repr__()
+
+
+def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFrame, users: pd.DataFrame) -> None:
+    """Fail loudly on anything clean data must not contain, instead of producing quiet garbage."""
+    for column in ("event_id", "user_id", "product_id", "event_type", "timestamp"):
+        missing = events[column].isna()
+        if missing.any():
+            raise FeatureInputError(
+                f"events.{column}: {int(missing.sum())} missing values, e.g. {_examples(events, missing, ['event_id', 'user_id', 'event_type'])}"
+            )
+    unknown = ~events["event_type"].isin(EVENT_TYPES)
+    if unknown.any():
+        raise FeatureInputError(f"events.event_type: unknown types {sorted(events.loc[unknown, 'event_type'].unique()[:5])}; expected {EVENT_TYPES}")
+    dupes = events["event_id"].duplicated(keep=False)
+    if dupes.any():
+        raise FeatureInputError(f"events.event_id: {int(dupes.sum())} rows share ids, e.g. {_examples(events, dupes, ['event_id', 'event_type', 'timestamp'])}")
+    impressions = events["event_type"] == "impression"
+    if not impressions.any():
+        raise FeatureInputError("events: no impression events, so there is nothing to build samples from")
+    no_position = impressions & events["position"].isna()
+    if no_position.any():
+        raise FeatureInputError(f"events.position: {int(no_position.sum())} impressions without a position, e.g. {_examples(events, no_position, ['event_id', 'product_id'])}")
+    if products["product_id"].duplicated().any():
+        raise FeatureInputError(f"products.product_id: duplicates, e.g. {products.loc[products['product_id'].duplicated(), 'product_id'].head(5).tolist()}")
+    bad_price = products["price"].isna() | (products["price"] < 0)
+    if bad_price.any():
+        raise FeatureInputError(f"products.price: {int(bad_price.sum())} missing or negative, e.g. {_examples(products, bad_price, ['product_id', 'price'])}")
+    unknown_product = ~events["product_id"].isin(products["product_id"])
+    if unknown_product.any():
+        raise FeatureInputError(f"events.product_id: {int(unknown_product.sum())} events name products missing from products, e.g. {_examples(events, unknown_product, ['event_id', 'product_id'])}")
+    unknown_user = ~events["user_id"].isin(users["user_id"])
+    if unknown_user.any():
+        raise FeatureInputError(f"events.user_id: {int(unknown_user.sum())} events name users missing from users, e.g. {_examples(events, unknown_user, ['event_id', 'user_id'])}")
+    unknown_copy = impressions & events["copy_id"].notna() & ~events["copy_id"].isin(copies["copy_id"])
+    if unknown_copy.any():
+        raise FeatureInputError(f"events.copy_id: {int(unknown_copy.sum())} impressions show copies missing from copies, e.g. {_examples(events, unknown_copy, ['event_id', 'copy_id'])}")
+
+
+# ---------------------------------------------------------------- feature computation
+
+
+def _smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    return (clicks + strength * prior) / (impressions + strength)
+
+
+def compute_samples(
+    events: pd.DataFrame,
+    products: pd.DataFrame,
+    copies: pd.DataFrame,
+    users: pd.DataFrame,
+    fcfg: FeaturesConfig,
+) -> tuple[pd.DataFrame, dict]:
+    """Features and labels per impression (no split); returns the frame and counts for the summary.
+
+    Pure function of its inputs: the leakage tests call it on truncated event logs.
+    """
+    check_inputs(events, products, copies, users)
+    report: dict = {}
+    events = events.sort_values(["timestamp", "event_id"], kind="stable", ignore_index=True)
+    time_us = to_epoch_us(events["timestamp"])
+    user_ids = pd.Index(users["user_id"].unique())
+    product_ids = pd.Index(products["product_id"])
+    user = user_ids.get_indexer(events["user_id"])
+    product = product_ids.get_indexer(events["product_id"])
+    event_type = events["event_type"].to_numpy()
+    is_imp, is_click = event_type == "impression", event_type == "click"
+    is_cart, is_buy = event_type == "add_to_cart", event_type == "purchase"
+
+    imp = EventCodes(user=user[is_imp], product=product[is_imp], time=time_us[is_imp])
+    clk = EventCodes(user=user[is_click], product=product[is_click], time=time_us[is_click])
+    samples = events.loc[is_imp, ["event_id", "user_id", "product_id", "copy_id", "timestamp", "position", "propensity"]]
+    samples = samples.reset_index(drop=True)
+
+    def user_prior(mask: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        return prior_sum(imp.user, imp.time, user[mask], time_us[mask], None if weight is None else weight[mask])
+
+    # Recency / frequency / monetary of the shopper.
+    last_event = prior_last_time(imp.user, imp.time, user, time_us)
+    has_history = last_event != NO_EVENT
+    samples["u_recency_hours"] = np.where(
+        has_history, (imp.time - np.where(has_history, last_event, 0)) / US_PER_HOUR, RECENCY_SENTINEL_HOURS
+    )
+    samples["u_has_history"] = has_history.astype(np.int64)
+    samples["u_n_events"] = prior_sum(imp.user, imp.time, user, time_us)
+    samples["u_n_impressions"] = user_prior(is_imp)
+    samples["u_n_clicks"] = user_prior(is_click)
+    samples["u_n_add_to_cart"] = user_prior(is_cart)
+    samples["u_n_purchases"] = user_prior(is_buy)
+    price = products["price"].to_numpy(dtype=np.float64)
+    value = events["value"].to_numpy(dtype=np.float64, na_value=np.nan)
+    missing_value = is_buy & np.isnan(value)
+    report["purchase_value_imputed_from_price"] = int(missing_value.sum())
+    value = np.where(missing_value, price[product], value)
+    samples["u_monetary"] = user_prior(is_buy, np.where(is_buy, value, 0.0))
+
+    # Global CTR so far: the prior that user and product CTRs shrink toward.
+    everyone = np.zeros(len(imp), np.int64)
+    global_impressions = prior_sum(everyone, imp.time, np.zeros(int(is_imp.sum()), np.int64), time_us[is_imp])
+    global_clicks = prior_sum(everyone, imp.time, np.zeros(int(is_click.sum()), np.int64), time_us[is_click])
+    global_ctr = (global_clicks + 1.0) / (global_impressions + 2.0)
+    strength = fcfg.ctr_prior_strength
+    samples["u_ctr"] = _smoothed_ctr(samples["u_n_clicks"].to_numpy(), samples["u_n_impressions"].to_numpy(), global_ctr, strength)
+
+    signup = users.drop_duplicates("user_id").set_index("user_id")["signup_date"].reindex(user_ids)
+    first_event = pd.Series(time_us).groupby(user).min().reindex(np.arange(len(user_ids)))
+    known = signup.notna().to_numpy()
+    # A user without events and without a signup date is never looked up: 0 is a placeholder.
+    signup_us = np.nan_to_num(first_event.to_numpy(dtype=np.float64), nan=0.0).astype(np.int64)
+    signup_us[known] = to_epoch_us(signup[known])
+    report["signup_imputed_from_first_event"] = int((~known & first_event.notna().to_numpy()).sum())
+    samples["u_days_since_signup"] = np.maximum(imp.time - signup_us[imp.user], 0) / US_PER_DAY
+
+    # Product popularity so far.
+    samples["p_log_price"] = np.log1p(price[imp.product])
+    samples["p_n_impressions"] = prior_sum(imp.product, imp.time, imp.product, imp.time)
+    p_clicks = prior_sum(imp.product, imp.time, clk.product, clk.time)
+    samples["p_ctr"] = _smoothed_ctr(p_clicks, samples["p_n_impressions"].to_numpy(), global_ctr, strength)
+
+    # This shopper with this product before.
+    n_products = len(product_ids)
+    samples["up_n_impressions"] = prior_sum(imp.user * n_products + imp.product, imp.time, imp.user * n_products + imp.product, imp.time)
+    samples["up_n_clicks"] = prior_sum(imp.user * n_products + imp.product, imp.time, clk.user * n_products + clk.product, clk.time)
+
+    # Attribute and category affinities, and the copy's mentions of the shopper's top values.
+    product_attributes = explode_product_attributes(products)
+    index = AttributeIndex.build(product_attributes, product_ids)
+    click_pairs = ClickPairs.from_clicks(clk, index)
+    affinity = attribute_affinity_features(imp, click_pairs, index, fcfg.affinity_prior_strength)
+    samples["ua_attr_affinity"] = affinity["ua_attr_affinity"].to_numpy()
+    samples["ua_attr_affinity_max"] = affinity["ua_attr_affinity_max"].to_numpy()
+    category_codes, _ = pd.factorize(products["category"].fillna("unknown"))
+    samples["ua_category_affinity"] = category_affinity_feature(
+        imp, clk, category_codes.astype(np.int64), samples["u_n_clicks"].to_numpy(), fcfg.affinity_prior_strength
+    )
+    shown_copies = copies[copies["copy_id"].isin(samples["copy_id"].dropna())]
+    copy_ids, mentions = copy_mention_index(shown_copies, index)
+    impression_copy = copy_ids.get_indexer(samples["copy_id"].fillna(""))  # -1: no copy shown
+    changes = top_value_changes(click_pairs)
+    samples["uc_copy_pref_mentions"] = copy_preference_mentions(imp, impression_copy, mentions, changes, index.n_pairs)
+
+    samples["position"] = samples["position"].astype(np.int64)
+    samples["category"] = products["category"].to_numpy()[imp.product]
+    samples["is_cold"] = samples["u_n_events"].to_numpy() < fcfg.min_events_returning
+    samples["hist_products"] = recent_clicked_products(
+        imp.user, imp.time, clk.user, clk.time, np.flatnonzero(is_click), events.loc[is_click, "product_id"], fcfg.history_length
+    ).to_pandas()
+
+    labels, link_report = impression_labels(
+        events.loc[is_imp].reset_index(drop=True), events, fcfg.label_window_days
+    )
+    samples["label"] = labels["label"].to_numpy()
+    samples["label_purchase"] = labels["label_purchase"].to_numpy()
+    report.update(link_report)
+    report["n_attribute_pairs"] = index.n_pairs
+    report["n_copies_shown"] = len(copy_ids)
+    return samples[list(SAMPLE_COLUMNS)], report
+
+
+def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) -> FeatureTables:
+    """All feature-stage outputs from the four clean tables (no I/O)."""
+    events, products, copies, users = (tables[t] for t in ("events", "products", "copies", "users"))
+    samples, report = compute_samples(events, products, copies, users, fcfg)
+    boundaries = split_boundaries(events["timestamp"].max(), fcfg.valid_days, fcfg.test_days)
+    samples.insert(samples.columns.get_loc("label_purchase") + 1, "split", assign_split(samples["timestamp"], boundaries))
+    samples = samples.sort_values(["timestamp", "event_id"], ignore_index=True)
+    report["split_boundaries"] = boundaries.as_dict()
+
+    # End-of-data tables reuse the same index and click explosion as the features.
+    product_attributes = explode_product_attributes(products)
+    product_ids = pd.Index(products["product_id"])
+    index = AttributeIndex.build(product_attributes, product_ids)
+    user_ids = pd.Index(users["user_id"].unique())
+    clicks = events[events["event_type"] == "click"].sort_values(["timestamp", "event_id"], kind="stable")
+    click_codes = EventCodes(
+        user=user_ids.get_indexer(clicks["user_id"]),
+        product=product_ids.get_indexer(clicks["product_id"]),
+        time=to_epoch_us(clicks["timestamp"]),
+    )
+    click_pairs = ClickPairs.from_clicks(click_codes, index)
+    strength = fcfg.affinity_prior_strength
+    return FeatureTables(
+        samples=samples,
+        user_affinity=user_affinity_table(click_pairs, index, user_ids, strength),
+        population_affinity=population_affinity_table(click_pairs, index, strength),
+        product_attributes=product_attributes,
+        report=report,
+    )
+
+
+# ---------------------------------------------------------------- stage I/O
+
+
+def samples_to_arrow(samples: pd.DataFrame) -> pa.Table:
+    """hist_products is written as list<string> even when every history is empty."""
+    flat = pa.Table.from_pandas(samples.drop(columns=["hist_products"]), preserve_index=False)
+    history = pa.array([list(h) for h in samples["hist_products"]], type=pa.list_(pa.string()))
+    position = samples.columns.get_loc("hist_products")
+    return flat.add_column(position, "hist_products", history)
+
+
+def split_summary(samples: pd.DataFrame) -> dict:
+    grouped = samples.groupby("split")
+    return {
+        name: {
+            "rows": int(len(part)),
+            "positive_rate": float(part["label"].mean()),
+            "purchase_rate": float(part["label_purchase"].mean()),
+            "cold_share": float(part["is_cold"].mean()),
+            "first": part["timestamp"].min().isoformat(),
+            "last": part["timestamp"].max().isoformat(),
+        }
+        for name, part in grouped
+        if name in SPLITS
+    }
+
+
+def run_features(cfg: Config) -> dict:
+    """Read artifacts/<profile>/clean, write artifacts/<profile>/features; return the summary."""
+    started = time.perf_counter()
+    clean_dir, out_dir = cfg.stage_dir("clean"), cfg.stage_dir("features")
+    tables = {t: load_table(clean_dir, t) for t in ("events", "products", "copies", "users")}
+    built = build_feature_tables(tables, cfg.features)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(samples_to_arrow(built.samples), out_dir / "samples.parquet")
+    built.user_affinity.to_parquet(out_dir / "user_affinity.parquet", index=False)
+    built.population_affinity.to_parquet(out_dir / "population_affinity.parquet", index=False)
+    built.product_attributes.to_parquet(out_dir / "product_attributes.parquet", index=False)
+    (out_dir / "feature_spec.json").write_text(json.dumps(feature_spec(), ensure_ascii=False, indent=2), encoding="utf-8")
+    samples = built.samples
+    summary = {
+        "stage": "features",
+        "profile": cfg.profile,
+        "rows": int(len(samples)),
+        "columns": list(samples.columns),
+        "shape": [int(samples.shape[0]), int(samples.shape[1])],
+        "n_numeric_features": len(NUMERIC_FEATURES),
+        "positive_rate": float(samples["label"].mean()),
+        "cold_share": float(samples["is_cold"].mean()),
+        "splits": split_summary(samples),
+        "users": int(samples["user_id"].nunique()),
+        "products": int(samples["product_id"].nunique()),
+        "user_affinity_rows": int(len(built.user_affinity)),
+        "product_attribute_rows": int(len(built.product_attributes)),
+        "input_rows": {name: int(len(frame)) for name, frame in tables.items()},
+        **built.report,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    return summary
+
+
+def load_samples(features_dir: Path | str) -> pd.DataFrame:
+    """samples.parquet back as a DataFrame (hist_products as lists of str)."""
+    path = Path(features_dir) / "samples.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"feature samples not found: {path} (run the features stage first)")
+    return pq.read_table(path).to_pandas()

@@ -1,0 +1,87 @@
+"""Labels: link each click/purchase to the impression it answers.
+
+An outcome event (click, add_to_cart, purchase) carries the user, product and, for simulated
+data, the copy of the impression that caused it, and comes seconds after it. We link it to the
+most recent impression at or before it with the same user + product (+ copy when both carry
+one). With `label_window_days > 0` the label instead means "the user clicked (bought) this
+product within that many days after the impression", however the log links them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+NO_COPY = ""
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    linked: int
+    unlinked: int
+
+
+def _asof_link(outcomes: pd.DataFrame, impressions: pd.DataFrame, by: list[str]) -> pd.Series:
+    """event_id of the latest impression at/before each outcome with equal `by` keys (NaN if none)."""
+    if outcomes.empty:
+        return pd.Series([], dtype=object, index=outcomes.index)
+    left = outcomes[by + ["timestamp"]].assign(_row=np.arange(len(outcomes))).sort_values("timestamp")
+    right = impressions[by + ["timestamp", "event_id"]].rename(columns={"event_id": "impression_id"})
+    right = right.sort_values("timestamp")
+    linked = pd.merge_asof(left, right, on="timestamp", by=by, direction="backward", allow_exact_matches=True)
+    return pd.Series(linked.sort_values("_row")["impression_id"].to_numpy(), index=outcomes.index)
+
+
+def link_outcomes(impressions: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd.Series, LinkReport]:
+    """Impression event_id for every outcome row (NaN when no earlier impression matches)."""
+    impressions = impressions.assign(_copy=impressions["copy_id"].fillna(NO_COPY))
+    outcomes = outcomes.assign(_copy=outcomes["copy_id"].fillna(NO_COPY))
+    has_copy = outcomes["copy_id"].notna()
+    # An outcome that names its copy must match the impression's copy; one that does not
+    # (OBD, or a copy id lost upstream) matches on user + product alone.
+    with_copy = _asof_link(outcomes[has_copy], impressions, ["user_id", "product_id", "_copy"])
+    without_copy = _asof_link(outcomes[~has_copy], impressions, ["user_id", "product_id"])
+    impression_id = pd.concat([with_copy, without_copy]).reindex(outcomes.index)
+    n_linked = int(impression_id.notna().sum())
+    return impression_id, LinkReport(linked=n_linked, unlinked=len(outcomes) - n_linked)
+
+
+def _windowed_label(impressions: pd.DataFrame, outcomes: pd.DataFrame, window_days: int) -> np.ndarray:
+    """1 where the user has an outcome on the same product in [t, t + window]."""
+    if outcomes.empty:
+        return np.zeros(len(impressions), dtype=np.int64)
+    left = impressions[["user_id", "product_id", "timestamp"]].assign(_row=np.arange(len(impressions)))
+    right = outcomes[["user_id", "product_id", "timestamp"]].assign(_outcome_time=outcomes["timestamp"])
+    matched = pd.merge_asof(
+        left.sort_values("timestamp"),
+        right.sort_values("timestamp"),
+        on="timestamp",
+        by=["user_id", "product_id"],
+        direction="forward",
+        allow_exact_matches=True,
+        tolerance=pd.Timedelta(days=window_days),
+    ).sort_values("_row")
+    return matched["_outcome_time"].notna().to_numpy().astype(np.int64)
+
+
+def impression_labels(
+    impressions: pd.DataFrame, events: pd.DataFrame, label_window_days: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`label` (clicked) and `label_purchase` (bought) per impression, aligned to `impressions`.
+
+    Returns the two columns (index of `impressions`) and link counts for the stage summary.
+    """
+    report: dict[str, int] = {}
+    labels = pd.DataFrame(index=impressions.index)
+    for event_type, column in (("click", "label"), ("purchase", "label_purchase")):
+        outcomes = events[events["event_type"] == event_type]
+        if label_window_days > 0:
+            labels[column] = _windowed_label(impressions, outcomes, label_window_days)
+            continue
+        impression_id, link = link_outcomes(impressions, outcomes)
+        labels[column] = impressions["event_id"].isin(set(impression_id.dropna())).astype(np.int64)
+        report[f"{event_type}_linked"] = link.linked
+        report[f"{event_type}_unlinked"] = link.unlinked
+    return labels, report

@@ -1,0 +1,49 @@
+import pandas as pd
+
+from components.features.labels import impression_labels, link_outcomes
+from tests.features.factories import event, frame, ts
+
+
+def _impressions(events: pd.DataFrame) -> pd.DataFrame:
+    return events[events["event_type"] == "impression"].reset_index(drop=True)
+
+
+def test_click_links_to_the_latest_earlier_impression_with_the_same_copy():
+    events = frame("events", [
+        event("i1", "u", "p", "impression", ts(hours=0), "c1"),
+        event("i2", "u", "p", "impression", ts(hours=1), "c2"),      # same product, other copy
+        event("i3", "u", "p", "impression", ts(hours=2), "c1"),
+        event("k1", "u", "p", "click", ts(hours=1, seconds=5), "c1"),  # -> i1 (i2 shows another copy)
+        event("k2", "u", "p", "click", ts(hours=2), "c1"),             # same instant as i3 -> i3
+        event("k3", "u", "q", "click", ts(hours=3), "c9"),             # no impression at all
+    ])
+    linked, report = link_outcomes(_impressions(events), events[events["event_type"] == "click"])
+    assert linked.tolist()[:2] == ["i1", "i3"] and pd.isna(linked.tolist()[2])
+    assert (report.linked, report.unlinked) == (2, 1)
+    labels, counts = impression_labels(_impressions(events), events, label_window_days=0)
+    assert labels["label"].tolist() == [1, 0, 1]
+    assert counts["click_unlinked"] == 1
+
+
+def test_outcomes_without_copy_link_on_user_and_product_like_obd():
+    events = frame("events", [
+        event("i1", "u", "p", "impression", ts(hours=0), None),
+        event("i2", "v", "p", "impression", ts(hours=0), None),
+        event("k1", "u", "p", "click", ts(seconds=3), None),
+        event("b1", "v", "p", "purchase", ts(seconds=9), None, value=5.0),
+    ])
+    labels, _ = impression_labels(_impressions(events), events, label_window_days=0)
+    assert labels["label"].tolist() == [1, 0]
+    assert labels["label_purchase"].tolist() == [0, 1]
+
+
+def test_window_labels_count_any_click_on_the_product_within_the_window():
+    events = frame("events", [
+        event("i1", "u", "p", "impression", ts(day=0), "c1"),
+        event("i2", "u", "p", "impression", ts(day=10), "c1"),
+        event("k1", "u", "p", "click", ts(day=1.5), "c2"),  # other copy, 1.5 days later
+    ])
+    one_day, _ = impression_labels(_impressions(events), events, label_window_days=1)
+    two_days, _ = impression_labels(_impressions(events), events, label_window_days=2)
+    assert one_day["label"].tolist() == [0, 0]
+    assert two_days["label"].tolist() == [1, 0]
