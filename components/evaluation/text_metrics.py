@@ -1,0 +1,125 @@
+"""Text-generation metrics, with the protocol of the published AdvertiseGen results.
+
+- BLEU-4: character-level sentence BLEU (nltk, SmoothingFunction().method3), x100, averaged
+  over examples (the ChatGLM / P-Tuning evaluation script).
+- ROUGE-1/2/L: F-scores of rouge-chinese on jieba tokens, x100, averaged over examples.
+- distinct-n: unique character n-grams / all character n-grams over the whole set of copies
+  (corpus level: copies that all say the same thing score low even if each is varied inside).
+- repetition-n: per copy, the share of its character n-grams that repeat an earlier one, averaged.
+- value coverage / contradictions / banned words: plain substring tests on lower-cased text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def _smoothing():
+    from nltk.translate.bleu_score import SmoothingFunction
+
+    return SmoothingFunction().method3
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    import jieba
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    return Rouge()
+
+
+def bleu4(hypothesis: str, reference: str) -> float:
+    """Character-level sentence BLEU-4 with smoothing method 3, x100."""
+    from nltk.translate.bleu_score import sentence_bleu
+
+    if not hypothesis:
+        return 0.0
+    return 100.0 * float(
+        sentence_bleu([list(reference)], list(hypothesis), smoothing_function=_smoothing())
+    )
+
+
+def rouge_scores(hypothesis: str, reference: str) -> dict[str, float]:
+    """{'rouge1','rouge2','rougeL'}: F-scores on jieba tokens, x100 (0 for an empty copy)."""
+    import jieba
+
+    hyp = " ".join(jieba.cut(hypothesis)).strip()
+    ref = " ".join(jieba.cut(reference)).strip()
+    if not hyp or not ref:
+        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    scores = _rouge().get_scores(hyp, ref)[0]
+    return {
+        "rouge1": 100.0 * scores["rouge-1"]["f"],
+        "rouge2": 100.0 * scores["rouge-2"]["f"],
+        "rougeL": 100.0 * scores["rouge-l"]["f"],
+    }
+
+
+def char_ngrams(text: str, n: int) -> list[str]:
+    return [text[i : i + n] for i in range(len(text) - n + 1)]
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Corpus-level distinct-n over character n-grams (0 when there are none)."""
+    total, unique = 0, set()
+    for text in texts:
+        grams = char_ngrams(text, n)
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+def repetition_n(text: str, n: int = 4) -> float:
+    """Share of a copy's character n-grams that already occurred earlier in it."""
+    grams = char_ngrams(text, n)
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def mentions(text: str, value: str) -> bool:
+    return value.lower() in text.lower()
+
+
+def coverage(text: str, values: Sequence[str]) -> float:
+    """Share of `values` the text mentions (nan when there is nothing to cover)."""
+    if not values:
+        return float("nan")
+    return sum(mentions(text, v) for v in values) / len(values)
+
+
+def banned_occurrences(text: str, words: Iterable[str]) -> list[str]:
+    """Every occurrence of a banned word (case-insensitive), one entry per occurrence."""
+    lowered = text.lower()
+    found = []
+    for word in words:
+        w = word.lower()
+        start = lowered.find(w)
+        while start >= 0:
+            found.append(word)
+            start = lowered.find(w, start + 1)
+    return found
+
+
+def corpus_text_metrics(copies: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean BLEU-4/ROUGE, distinct-1/2 and mean repetition-4 of copies against references."""
+    if len(copies) != len(references):
+        raise ValueError(f"{len(copies)} copies but {len(references)} references")
+    if not copies:
+        raise ValueError("no copies to score")
+    rouge = [rouge_scores(c, r) for c, r in zip(copies, references)]
+    return {
+        "bleu4": float(np.mean([bleu4(c, r) for c, r in zip(copies, references)])),
+        "rouge1": float(np.mean([s["rouge1"] for s in rouge])),
+        "rouge2": float(np.mean([s["rouge2"] for s in rouge])),
+        "rougeL": float(np.mean([s["rougeL"] for s in rouge])),
+        "distinct1": distinct_n(copies, 1),
+        "distinct2": distinct_n(copies, 2),
+        "repetition4": float(np.mean([repetition_n(c, 4) for c in copies])),
+    }

@@ -1,0 +1,375 @@
+"""What the rest of the platform calls: load a trained generator, write copy, score copy.
+
+    gen = load_generator("artifacts/quick/models/generator/model")     # or an MLflow artifact URI
+    gen.generate({"类型": ["裙"], "颜色": ["白色"]}, focus=["白色"], n=3)
+    generate_batch("in.jsonl", "out.jsonl", model_dir)                # {"content"} -> {"content","copy"}
+    evaluate_examples(gen, rows)                                       # per-example metrics frame
+
+A model directory holds everything serving needs without MLflow: config.json, the tokenizer,
+weights.pt, the value vocabulary (faithfulness), the ad-law word list, the retrieval baseline's
+index and, once exported, onnx/encoder.onnx + onnx/decoder_step.onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.data.attributes import parse_attributes
+from components.evaluation import text_metrics as tm
+from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.decoding import DecodingSettings, search
+from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
+from components.models.generator.model import CopyTransformer, ModelSpec
+from components.models.generator.retrieval import RetrievalGenerator
+from components.models.generator.tokenizer import PAD, CopyTokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+VALUES_FILE = "values.json"
+AD_LAW_FILE = "ad_law_words.txt"
+ONNX_DIR = "onnx"
+
+
+class GenerationInputError(ValueError):
+    """A generation request is malformed (bad attributes, unknown tone, ...)."""
+
+
+@dataclass
+class Request:
+    attributes: dict[str, list[str]]
+    focus: list[str]
+    tone: str = ANY
+    length: str = ANY
+
+
+class TorchBackend:
+    """decoding.Backend over the torch model (the same decoder_step that ONNX exports)."""
+
+    def __init__(self, net: CopyTransformer):
+        self.net = net.eval()
+
+    @torch.inference_mode()
+    def start(self, src: np.ndarray):
+        src_t = torch.from_numpy(src)
+        cross_k, cross_v = self.net.cross_cache(src_t)
+        past_k, past_v = self.net.empty_cache(src.shape[0])
+        return past_k, past_v, cross_k, cross_v, src_t != PAD
+
+    @torch.inference_mode()
+    def step(self, tokens: np.ndarray, state):
+        past_k, past_v, cross_k, cross_v, mask = state
+        logprobs, past_k, past_v = self.net.decoder_step(torch.from_numpy(tokens), past_k, past_v, cross_k, cross_v, mask)
+        return logprobs, (past_k, past_v, cross_k, cross_v, mask)
+
+    def select(self, state, rows: np.ndarray):
+        index = torch.from_numpy(rows)
+        past_k, past_v, cross_k, cross_v, mask = state
+        return past_k[:, index], past_v[:, index], cross_k[:, index], cross_v[:, index], mask[index]
+
+
+def settings_from(defaults: DecodingSettings, decoding: str | dict | DecodingSettings | None) -> DecodingSettings:
+    """A method name ("beam"), a dict of overrides, full settings, or None for the defaults."""
+    if decoding is None:
+        return defaults
+    if isinstance(decoding, DecodingSettings):
+        return decoding
+    if isinstance(decoding, str):
+        if decoding not in ("greedy", "beam", "top_p"):
+            raise GenerationInputError(f"unknown decoding {decoding!r}; expected greedy, beam or top_p")
+        return defaults.with_(method=decoding)
+    if isinstance(decoding, dict):
+        unknown = set(decoding) - set(asdict(defaults))
+        if unknown:
+            raise GenerationInputError(f"unknown decoding settings {sorted(unknown)}")
+        return defaults.with_(**decoding)
+    raise GenerationInputError(f"decoding must be a name, a dict or DecodingSettings, not {type(decoding).__name__}")
+
+
+class Generator:
+    def __init__(
+        self,
+        tokenizer: CopyTokenizer,
+        backend,
+        vocabulary: ValueVocabulary,
+        ad_law_words: Sequence[str],
+        defaults: DecodingSettings,
+        max_source_len: int,
+        batch_size: int = 32,
+    ):
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.vocabulary = vocabulary
+        self.ad_law_words = list(ad_law_words)
+        self.defaults = defaults
+        self.max_source_len = max_source_len
+        self.batch_size = batch_size
+        self.blocker = TokenBlocker(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
+
+    # -- constraints -------------------------------------------------------------------------
+    def banned_words(self, attributes: dict[str, list[str]]) -> list[str]:
+        """Ad-law words plus contradicting values (except those inside one of the product's own
+        values: banning 红色 would also forbid writing the product's 粉红色)."""
+        own = [v.lower() for values in attributes.values() for v in values]
+        contradicting = [v for v in self.vocabulary.contradicting_values(attributes) if not any(v.lower() in o for o in own)]
+        return self.ad_law_words + contradicting
+
+    def violations(self, text: str, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {
+            "contradictions": self.vocabulary.contradictions(text, attributes),
+            "ad_law": tm.banned_occurrences(text, self.ad_law_words),
+        }
+
+    # -- generation --------------------------------------------------------------------------
+    def request(self, attributes: dict[str, list[str]] | str, focus: Sequence[str] | None, tone: str, length: str) -> Request:
+        if isinstance(attributes, str):
+            try:
+                attributes = parse_attributes(attributes)
+            except ValueError as exc:
+                raise GenerationInputError(str(exc)) from exc
+        if not isinstance(attributes, dict) or not attributes:
+            raise GenerationInputError("attributes must be a non-empty dict of key -> list of values")
+        if tone not in (*TONES, ANY):
+            raise GenerationInputError(f"unknown tone {tone!r}; expected one of {(*TONES, ANY)}")
+        if length not in (*LENGTHS, ANY):
+            raise GenerationInputError(f"unknown length {length!r}; expected one of {(*LENGTHS, ANY)}")
+        return Request(attributes, normalize_focus(focus, attributes), tone, length)
+
+    def generate(
+        self,
+        attributes: dict[str, list[str]] | str,
+        focus: Sequence[str] | None = None,
+        tone: str = ANY,
+        length: str = ANY,
+        decoding: str | dict | DecodingSettings | None = None,
+        n: int = 1,
+    ) -> list[str]:
+        """Up to n distinct copies for one product, best first."""
+        return self.generate_many([self.request(attributes, focus, tone, length)], decoding, n)[0]
+
+    def generate_many(self, requests: Sequence[Request], decoding=None, n: int = 1) -> list[list[str]]:
+        settings = settings_from(self.defaults, decoding)
+        if settings.method == "top_p":
+            settings = settings.with_(num_candidates=max(n, settings.num_candidates))
+        elif settings.method == "beam":
+            settings = settings.with_(beam_size=max(n, settings.beam_size))
+        results: list[list[str]] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            src = self.encode_sources(chunk)
+            plans = [self.blocker.plan(self.banned_words(r.attributes)) for r in chunk]
+            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings)
+            for request, cands in zip(chunk, candidates):
+                results.append(self.rerank(request, cands, settings, n))
+        return results
+
+    def encode_sources(self, requests: Sequence[Request]) -> np.ndarray:
+        encoded = [self.tokenizer.encode_source(r.attributes, r.focus, r.tone, r.length, self.max_source_len) for r in requests]
+        src = np.full((len(encoded), max(map(len, encoded))), PAD, dtype=np.int64)
+        for i, ids in enumerate(encoded):
+            src[i, : len(ids)] = ids
+        return src
+
+    def rerank(self, request: Request, candidates, settings: DecodingSettings, n: int) -> list[str]:
+        """Copies without violations first; then model score (+ coverage bonus if configured)."""
+        targets = request.focus or focusable_values(request.attributes)
+
+        def key(c):
+            bad = self.violations(c.text, request.attributes)
+            covered = tm.coverage(c.text, targets) if targets else 0.0
+            return (bool(bad["contradictions"] or bad["ad_law"]) or not c.text, -(c.score + settings.rerank_coverage * covered))
+
+        ranked, seen = [], set()
+        for c in sorted(candidates, key=key):
+            if c.text not in seen:
+                seen.add(c.text)
+                ranked.append(c.text)
+        return ranked[:n]
+
+
+# -- model directory ------------------------------------------------------------------------
+def save_model_dir(
+    directory: Path,
+    net: CopyTransformer,
+    tokenizer: CopyTokenizer,
+    vocabulary: ValueVocabulary,
+    ad_law_words_path: Path,
+    retrieval: RetrievalGenerator,
+    defaults: DecodingSettings,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(directory)
+    torch.save(net.state_dict(), directory / WEIGHTS_FILE)
+    (directory / VALUES_FILE).write_text(json.dumps(vocabulary.to_dict(), ensure_ascii=False), encoding="utf-8")
+    shutil.copyfile(ad_law_words_path, directory / AD_LAW_FILE)
+    retrieval.save(directory)
+    config = {"spec": net.spec.to_dict(), "decoding": asdict(defaults), "length_edges": retrieval.length_edges, **(extra or {})}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return directory
+
+
+def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
+    """A local model directory, or an MLflow artifact URI (runs:/..., models:/..., file:...)."""
+    path = Path(str(model_dir_or_uri))
+    if path.is_dir():
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{path} is not a generator model directory (no {CONFIG_FILE})")
+        return path
+    if "://" in str(model_dir_or_uri) or str(model_dir_or_uri).startswith(("runs:/", "models:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model_dir_or_uri)))
+        return resolve_model_dir(local)
+    raise FileNotFoundError(f"generator model not found: {model_dir_or_uri}")
+
+
+def load_torch_net(directory: Path) -> CopyTransformer:
+    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    net = CopyTransformer(ModelSpec(**config["spec"]))
+    net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_size: int = 32) -> Generator:
+    """The trained generator; backend "torch" or "onnx" (ONNX Runtime on the exported graphs)."""
+    directory = resolve_model_dir(model_dir_or_uri)
+    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    if backend == "torch":
+        engine = TorchBackend(load_torch_net(directory))
+    elif backend == "onnx":
+        from components.serving.generator_onnx import OnnxBackend
+
+        engine = OnnxBackend(directory / ONNX_DIR)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected torch or onnx")
+    return Generator(
+        CopyTokenizer.load(directory),
+        engine,
+        ValueVocabulary.from_dict(json.loads((directory / VALUES_FILE).read_text(encoding="utf-8"))),
+        load_ad_law_words(directory / AD_LAW_FILE),
+        DecodingSettings(**config["decoding"]),
+        config["spec"]["max_source_len"],
+        batch_size,
+    )
+
+
+def load_baseline(model_dir_or_uri: str | Path) -> RetrievalGenerator:
+    return RetrievalGenerator.load(resolve_model_dir(model_dir_or_uri))
+
+
+# -- batch generation and per-example evaluation ----------------------------------------------
+def read_jsonl_contents(path: Path | str) -> list[dict[str, Any]]:
+    """Rows with a valid "content"; any bad row raises naming its line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GenerationInputError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("content"), str):
+            raise GenerationInputError(f"{path}:{line_no}: expected an object with a string 'content'")
+        try:
+            row["attributes"] = parse_attributes(row["content"])
+        except ValueError as exc:
+            raise GenerationInputError(f"{path}:{line_no}: bad 'content': {exc}") from exc
+        rows.append(row)
+    if not rows:
+        raise GenerationInputError(f"{path}: no rows")
+    return rows
+
+
+def generate_batch(
+    input_jsonl: Path | str,
+    output_jsonl: Path | str,
+    model_dir_or_uri: str | Path,
+    focus: Sequence[str] | None = None,
+    decoding: str | dict | None = None,
+    backend: str = "torch",
+) -> int:
+    """One {"content", "copy"} row per input {"content"} row; returns the number written.
+    `focus` applies to every row, restricted to the values each product has."""
+    rows = read_jsonl_contents(input_jsonl)
+    generator = load_generator(model_dir_or_uri, backend=backend)
+    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows]
+    copies = generator.generate_many(requests, decoding, n=1)
+    output = Path(output_jsonl)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as handle:
+        for row, texts in zip(rows, copies):
+            handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def _row_request(row: dict[str, Any], index: int) -> tuple[dict[str, list[str]], str]:
+    attributes = row.get("attributes")
+    if attributes is None:
+        if not isinstance(row.get("content"), str):
+            raise GenerationInputError(f"row {index}: needs 'attributes' or a string 'content'")
+        attributes = parse_attributes(row["content"])
+    reference = row.get("reference", row.get("summary"))
+    if not isinstance(reference, str):
+        raise GenerationInputError(f"row {index}: needs a string 'reference' (or 'summary')")
+    return attributes, reference
+
+
+def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequence[str], focuses: Sequence[list[str]]) -> pd.DataFrame:
+    """Per-example metrics of given copies (model or baseline) against the references."""
+    vocabulary: ValueVocabulary = generator_like.vocabulary
+    ad_law = generator_like.ad_law_words
+    records = []
+    for i, (row, copy, focus) in enumerate(zip(rows, copies, focuses)):
+        attributes, reference = _row_request(row, i)
+        rouge = tm.rouge_scores(copy, reference)
+        contradictions = vocabulary.contradictions(copy, attributes)
+        records.append(
+            {
+                "content": row.get("content") or "*".join(f"{k}#{v}" for k, vs in attributes.items() for v in vs),
+                "focus": "、".join(focus),
+                "reference": reference,
+                "copy": copy,
+                "bleu4": tm.bleu4(copy, reference),
+                **rouge,
+                "repetition4": tm.repetition_n(copy, 4),
+                "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
+                "focus_coverage": tm.coverage(copy, focus),
+                "hallucinated": bool(contradictions),
+                "contradictions": "、".join(contradictions),
+                "ad_law_violations": len(tm.banned_occurrences(copy, ad_law)),
+                "length": len(copy),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def evaluate_examples(
+    generator: Generator,
+    rows: Iterable[dict[str, Any]],
+    decoding: str | dict | DecodingSettings | None = None,
+    tone: str = ANY,
+    length: str = ANY,
+) -> pd.DataFrame:
+    """Generate for each row ({"content" or "attributes", "summary" or "reference", optional
+    "focus"}) and score it: columns content, focus, reference, copy, bleu4, rouge1, rouge2,
+    rougeL, repetition4, attr_coverage, focus_coverage, hallucinated, contradictions,
+    ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
+    rows = list(rows)
+    requests = []
+    for i, row in enumerate(rows):
+        attributes, _ = _row_request(row, i)
+        requests.append(generator.request(attributes, row.get("focus"), tone, length))
+    copies = [texts[0] if texts else "" for texts in generator.generate_many(requests, decoding, n=1)]
+    return score_copies(generator, rows, copies, [r.focus for r in requests])

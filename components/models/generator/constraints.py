@@ -1,0 +1,184 @@
+"""Hard constraints on generated copy: faithfulness to the product and the advertising law.
+
+- Faithfulness: a copy must not state another value of an attribute key the product has
+  (黑色 for a 颜色#白色 product). The value vocabulary per key comes from the training corpus.
+  Only *factual* keys count: a key whose human copies often mention other values of it (风格:
+  a 简约 dress copy may well say 休闲) describes mood, not a checkable fact. Single-character
+  values (衫, 棉, 潮) are too ambiguous to test by substring and are left out.
+- Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
+
+`TokenBlocker` turns both into per-step token bans for the decoder, including words that
+straddle several tokens.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from components.data.attributes import UNK
+
+
+def load_ad_law_words(path: Path | str) -> list[str]:
+    """One word a line, '#' starts a comment; an empty list is an error (a broken file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ad-law word list not found: {path}")
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if word and word not in words:
+            words.append(word)
+    if not words:
+        raise ValueError(f"ad-law word list {path} has no words")
+    return words
+
+
+def _spans(text: str, word: str) -> list[tuple[int, int]]:
+    spans, start = [], text.find(word)
+    while start >= 0:
+        spans.append((start, start + len(word)))
+        start = text.find(word, start + 1)
+    return spans
+
+
+def _uncovered(text: str, word: str, allowed: Iterable[str]) -> bool:
+    """Does `word` occur in `text` outside every occurrence of an allowed value?
+    (红色 inside 粉红色 is not a claim that the product is 红色.)"""
+    allowed_spans = [s for a in allowed if word in a for s in _spans(text, a)]
+    for start, end in _spans(text, word):
+        if not any(a_start <= start and end <= a_end for a_start, a_end in allowed_spans):
+            return True
+    return False
+
+
+@dataclass
+class ValueVocabulary:
+    """Values seen per attribute key in the training corpus, and the keys that are factual."""
+
+    values_by_key: dict[str, list[str]]
+    factual_keys: list[str]
+    human_contradiction_rate: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "values_by_key": self.values_by_key,
+            "factual_keys": self.factual_keys,
+            "human_contradiction_rate": self.human_contradiction_rate,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ValueVocabulary:
+        return cls(data["values_by_key"], data["factual_keys"], data.get("human_contradiction_rate", {}))
+
+    def contradicting_values(self, attributes: dict[str, list[str]]) -> list[str]:
+        """Values of the product's factual keys that the product does not have."""
+        own = {v.lower() for values in attributes.values() for v in values}
+        out: list[str] = []
+        for key in attributes:
+            if key not in self.factual_keys:
+                continue
+            for value in self.values_by_key.get(key, []):
+                if value.lower() not in own and value not in out:
+                    out.append(value)
+        return out
+
+    def contradictions(self, text: str, attributes: dict[str, list[str]]) -> list[str]:
+        """Contradicting values the text states (outside any of the product's own values)."""
+        lowered = text.lower()
+        own = [v.lower() for values in attributes.values() for v in values]
+        return [v for v in self.contradicting_values(attributes) if _uncovered(lowered, v.lower(), own)]
+
+
+def build_value_vocabulary(
+    attributes: Sequence[dict[str, list[str]]], texts: Sequence[str], max_human_rate: float
+) -> ValueVocabulary:
+    """Per-key value lists from the corpus; a key is factual when at most `max_human_rate` of
+    the human copies of products with that key mention another of its values."""
+    values_by_key: dict[str, list[str]] = defaultdict(list)
+    for attrs in attributes:
+        for key, values in attrs.items():
+            for value in values:
+                if value != UNK and len(value) >= 2 and value not in values_by_key[key]:
+                    values_by_key[key].append(value)
+    everything = ValueVocabulary(dict(values_by_key), list(values_by_key))
+    with_key: dict[str, int] = defaultdict(int)
+    contradicted: dict[str, int] = defaultdict(int)
+    for attrs, text in zip(attributes, texts):
+        lowered = text.lower()
+        own = [v.lower() for values in attrs.values() for v in values]
+        for key in attrs:
+            with_key[key] += 1
+            single = ValueVocabulary(everything.values_by_key, [key])
+            if any(_uncovered(lowered, v.lower(), own) for v in single.contradicting_values(attrs)):
+                contradicted[key] += 1
+    rates = {key: contradicted[key] / with_key[key] for key in with_key}
+    factual = sorted(k for k, rate in rates.items() if rate <= max_human_rate and k in values_by_key)
+    return ValueVocabulary(dict(values_by_key), factual, rates)
+
+
+class TokenBlocker:
+    """Bans, at each decoding step, every token that would complete a banned string.
+
+    A banned word can be inside one token (banned statically) or straddle tokens: if the text
+    so far ends with the word's first i characters, tokens starting with the rest are banned.
+    (A token shorter than the rest is allowed; the next step then bans the completion.)
+    """
+
+    def __init__(self, piece_texts: Sequence[str], always_banned_ids: Iterable[int] = ()):
+        self.piece_texts = [p.lower() for p in piece_texts]
+        self.always_banned = np.zeros(len(piece_texts), dtype=bool)
+        self.always_banned[list(always_banned_ids)] = True
+        self._containing: dict[str, np.ndarray] = {}
+        self._starting: dict[str, np.ndarray] = {}
+
+    def containing(self, word: str) -> np.ndarray:
+        if word not in self._containing:
+            self._containing[word] = np.array(
+                [i for i, p in enumerate(self.piece_texts) if word in p], dtype=np.int64
+            )
+        return self._containing[word]
+
+    def starting_with(self, rest: str) -> np.ndarray:
+        """Tokens that begin with `rest`, or are a longer string that `rest` starts with."""
+        if rest not in self._starting:
+            self._starting[rest] = np.array(
+                [i for i, p in enumerate(self.piece_texts) if p and p.startswith(rest)], dtype=np.int64
+            )
+        return self._starting[rest]
+
+    def plan(self, words: Iterable[str]) -> BanPlan:
+        """Precompute the static mask and the boundary rules for one set of banned words."""
+        static = self.always_banned.copy()
+        by_last_char: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for word in {w.lower() for w in words if w}:
+            static[self.containing(word)] = True
+            for i in range(1, len(word)):
+                by_last_char[word[i - 1]].append((word[:i], word[i:]))
+        return BanPlan(self, static, dict(by_last_char))
+
+
+@dataclass
+class BanPlan:
+    blocker: TokenBlocker
+    static: np.ndarray
+    by_last_char: dict[str, list[tuple[str, str]]]
+
+    def banned(self, text: str) -> np.ndarray:
+        """Boolean mask over the vocabulary for the next token after `text`."""
+        lowered = text.lower()
+        if not lowered or lowered[-1] not in self.by_last_char:
+            return self.static
+        mask = self.static
+        for prefix, rest in self.by_last_char[lowered[-1]]:
+            if lowered.endswith(prefix):
+                ids = self.blocker.starting_with(rest)
+                if len(ids):
+                    if mask is self.static:
+                        mask = mask.copy()
+                    mask[ids] = True
+        return mask

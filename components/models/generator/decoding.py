@@ -1,0 +1,212 @@
+"""Search over a step function: greedy, beam and top-p sampling, with n-gram repetition blocking
+and per-example banned strings (constraints.BanPlan) applied at every step.
+
+The search is written once against a small `Backend` protocol (encode, step, select rows), so the
+torch model and the ONNX Runtime session run exactly the same decoding code; with identical
+log-probabilities they produce identical copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from components.models.generator.constraints import BanPlan
+from components.models.generator.tokenizer import BOS, EOS
+
+Method = Literal["greedy", "beam", "top_p"]
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    method: Method = "beam"
+    beam_size: int = 4
+    top_p: float = 0.9
+    temperature: float = 1.0
+    length_penalty: float = 1.0
+    no_repeat_ngram: int = 4
+    num_candidates: int = 1  # samples drawn per copy with top_p, re-ranked down to n
+    rerank_coverage: float = 0.0  # weight of focus/attribute coverage in re-ranking
+    max_len: int = 160
+    min_len: int = 0
+    seed: int = 0
+
+    def with_(self, **changes: Any) -> DecodingSettings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+class Backend(Protocol):
+    def start(self, src: np.ndarray) -> Any: ...  # [B, S] int64 -> state for B rows
+
+    def step(self, tokens: np.ndarray, state: Any) -> tuple[torch.Tensor, Any]: ...  # -> log-probs [N, V]
+
+    def select(self, state: Any, rows: np.ndarray) -> Any: ...  # gather/repeat rows of the state
+
+
+@dataclass
+class Candidate:
+    tokens: list[int]
+    text: str
+    logprob: float
+    score: float
+
+
+@dataclass
+class _Row:
+    tokens: list[int]
+    text: str
+
+
+def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in `tokens`."""
+    if n <= 0 or len(tokens) < n:
+        return []
+    suffix = list(tokens[len(tokens) - n + 1 :]) if n > 1 else []
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if list(tokens[i : i + n - 1]) == suffix]
+
+
+def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int) -> torch.Tensor:
+    """-inf for every banned next token of every row."""
+    masks = np.stack([plan.banned(row.text) for row, plan in zip(rows, plans)])
+    for i, row in enumerate(rows):
+        banned = _repeat_bans(row.tokens, settings.no_repeat_ngram)
+        if banned:
+            masks[i, banned] = True
+    if step < settings.min_len:
+        masks[:, EOS] = True
+    return logprobs.masked_fill(torch.from_numpy(masks), float("-inf"))
+
+
+def _normalized(logprob: float, length: int, penalty: float) -> float:
+    return logprob / (max(1, length) ** penalty)
+
+
+def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False)
+
+
+def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True)
+
+
+def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    probs = torch.softmax(logprobs / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p_mass  # always keeps the top token
+    sorted_probs = sorted_probs * keep
+    picked = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+    return order.gather(-1, picked)[:, 0]
+
+
+def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool) -> list[list[Candidate]]:
+    batch = src.shape[0]
+    per = settings.num_candidates if sample else 1
+    row_of = np.repeat(np.arange(batch), per)
+    state = backend.select(backend.start(src), row_of)
+    row_plans = [plans[b] for b in row_of]
+    rows = [_Row([], "") for _ in row_of]
+    logprob = np.zeros(len(rows))
+    done = np.zeros(len(rows), dtype=bool)
+    generator = torch.Generator().manual_seed(settings.seed)
+    last = np.full(len(rows), BOS, dtype=np.int64)
+    for step in range(settings.max_len):
+        scores, state = backend.step(last, state)
+        scores = _masked(scores, rows, row_plans, settings, step)
+        chosen = _nucleus(scores, settings.top_p, settings.temperature, generator) if sample else scores.argmax(-1)
+        chosen_np = chosen.numpy()
+        picked = scores.gather(-1, chosen[:, None])[:, 0].numpy()
+        for i, token in enumerate(chosen_np):
+            if done[i]:
+                continue
+            logprob[i] += float(picked[i])
+            if token == EOS:
+                done[i] = True
+            else:
+                rows[i].tokens.append(int(token))
+                rows[i].text += piece_texts[token]
+        if done.all():
+            break
+        last = np.where(done, EOS, chosen_np).astype(np.int64)
+    out: list[list[Candidate]] = [[] for _ in range(batch)]
+    for i, b in enumerate(row_of):
+        length = len(rows[i].tokens) + 1
+        out[b].append(Candidate(rows[i].tokens, rows[i].text.strip(), logprob[i], _normalized(logprob[i], length, settings.length_penalty)))
+    return out
+
+
+def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
+    """Beam search with length-normalized final scores; returns up to beam_size finished copies."""
+    batch, k = src.shape[0], settings.beam_size
+    state = backend.select(backend.start(src), np.repeat(np.arange(batch), k))
+    rows = [_Row([], "") for _ in range(batch * k)]
+    row_plans = [plans[b] for b in np.repeat(np.arange(batch), k)]
+    beam_scores = torch.full((batch, k), float("-inf"))
+    beam_scores[:, 0] = 0.0  # all beams start identical: only the first may expand at step 0
+    finished: list[list[Candidate]] = [[] for _ in range(batch)]
+    active = np.ones(batch, dtype=bool)
+    last = np.full(batch * k, BOS, dtype=np.int64)
+    for step in range(settings.max_len):
+        logprobs, state = backend.step(last, state)
+        logprobs = _masked(logprobs, rows, row_plans, settings, step)
+        vocab = logprobs.shape[-1]
+        totals = (beam_scores.view(-1, 1) + logprobs).view(batch, k * vocab)
+        top_scores, top_ids = totals.topk(2 * k, dim=-1)
+        parents = np.zeros(batch * k, dtype=np.int64)
+        new_rows: list[_Row] = []
+        new_scores = torch.full((batch, k), float("-inf"))
+        new_last = np.full(batch * k, EOS, dtype=np.int64)
+        for b in range(batch):
+            kept = 0
+            if active[b]:
+                for score, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
+                    if score == float("-inf"):
+                        break
+                    parent, token = b * k + flat // vocab, flat % vocab
+                    if token == EOS:
+                        row = rows[parent]
+                        finished[b].append(Candidate(list(row.tokens), row.text.strip(), score, _normalized(score, len(row.tokens) + 1, settings.length_penalty)))
+                        continue
+                    slot = b * k + kept
+                    parents[slot] = parent
+                    new_rows.append(_Row(rows[parent].tokens + [token], rows[parent].text + piece_texts[token]))
+                    new_scores[b, kept] = score
+                    new_last[slot] = token
+                    kept += 1
+                    if kept == k:
+                        break
+                if len(finished[b]) >= k or kept == 0:
+                    active[b] = False
+            for slot in range(b * k + kept, b * k + k):
+                parents[slot] = b * k
+                new_rows.append(_Row(rows[b * k].tokens, rows[b * k].text))
+        rows, beam_scores, last = new_rows, new_scores, new_last
+        if not active.any():
+            break
+        state = backend.select(state, parents)
+    for b in range(batch):
+        if len(finished[b]) < k:  # ran out of length: keep the live beams too
+            for j in range(k):
+                score = float(beam_scores[b, j])
+                if score > float("-inf"):
+                    row = rows[b * k + j]
+                    finished[b].append(Candidate(row.tokens, row.text.strip(), score, _normalized(score, len(row.tokens), settings.length_penalty)))
+        finished[b].sort(key=lambda c: c.score, reverse=True)
+    return finished
+
+
+def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
+    """Candidates per example, best first by (length-normalized) score."""
+    if settings.method == "greedy":
+        return greedy(backend, src, plans, piece_texts, settings)
+    if settings.method == "beam":
+        return beam(backend, src, plans, piece_texts, settings)
+    if settings.method == "top_p":
+        out = top_p(backend, src, plans, piece_texts, settings)
+        for candidates in out:
+            candidates.sort(key=lambda c: c.score, reverse=True)
+        return out
+    raise ValueError(f"unknown decoding method {settings.method!r}; expected greedy, beam or top_p")

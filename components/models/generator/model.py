@@ -1,0 +1,233 @@
+"""Transformer encoder-decoder for copy, and its LightningModule.
+
+Written out (rather than nn.Transformer) so the decoder has an explicit key/value cache: the
+same `decoder_step` serves torch generation and the ONNX export, which is what makes greedy
+outputs of the two identical. Pre-LayerNorm blocks, learned positions, one embedding matrix
+shared by source, target and the output layer (the source and target share one vocabulary, and
+tying is what lets a small model learn to copy value tokens from the input into the copy).
+
+Cache layout: past_k / past_v are [layers, batch, heads, time, head_dim]. Slot 0 of the time
+axis is a dummy entry that attention always masks out: the cache is never empty, so the exported
+step has one static rank and a time axis of length >= 1 instead of a special first step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.models.generator.tokenizer import PAD
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    vocab_size: int
+    d_model: int
+    nhead: int
+    encoder_layers: int
+    decoder_layers: int
+    dim_feedforward: int
+    dropout: float
+    max_source_len: int
+    max_target_len: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.head_dim, self.dropout = nhead, d_model // nhead, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def heads(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, H, T, Dh]
+        return x.view(x.shape[0], x.shape[1], self.nhead, self.head_dim).transpose(1, 2)
+
+    def merge(self, x: Tensor) -> Tensor:  # [B, H, T, Dh] -> [B, T, D]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.nhead * self.head_dim)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        return self.out(self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d: int, h: int, ff: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, h, dropout)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.drop(self.attn.attend(self.attn.heads(self.attn.q(y)), self.attn.heads(self.attn.k(y)), self.attn.heads(self.attn.v(y)), key_mask))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d: int, h: int, ff: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, h, dropout)
+        self.cross_attn = Attention(d, h, dropout)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def cross_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cross_attn.heads(self.cross_attn.k(memory)), self.cross_attn.heads(self.cross_attn.v(memory))
+
+    def forward(
+        self,
+        x: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        src_mask: Tensor,
+        past: tuple[Tensor, Tensor] | None = None,
+        self_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher forcing when past is None (causal); one cached step otherwise."""
+        sa = self.self_attn
+        y = self.norm1(x)
+        k, v = sa.heads(sa.k(y)), sa.heads(sa.v(y))
+        if past is None:
+            attended = sa.attend(sa.heads(sa.q(y)), k, v, causal=True)
+        else:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            attended = sa.attend(sa.heads(sa.q(y)), k, v, self_mask)
+        x = x + self.drop(attended)
+        ca = self.cross_attn
+        x = x + self.drop(ca.attend(ca.heads(ca.q(self.norm2(x))), cross_k, cross_v, src_mask))
+        return x + self.drop(self.ff(self.norm3(x))), k, v
+
+
+class CopyTransformer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        d = spec.d_model
+        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=PAD)
+        self.src_pos = nn.Embedding(spec.max_source_len, d)
+        self.tgt_pos = nn.Embedding(spec.max_target_len, d)
+        self.encoder = nn.ModuleList(EncoderLayer(d, spec.nhead, spec.dim_feedforward, spec.dropout) for _ in range(spec.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d, spec.nhead, spec.dim_feedforward, spec.dropout) for _ in range(spec.decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(spec.dropout)
+        self.scale = math.sqrt(d)
+        nn.init.normal_(self.embed.weight, std=d**-0.5)
+
+    @staticmethod
+    def key_mask(src: Tensor) -> Tensor:
+        """[B, S] ids -> [B, 1, 1, S] bool, True where attention may look."""
+        return (src != PAD)[:, None, None, :]
+
+    def encode(self, src: Tensor) -> Tensor:
+        positions = torch.arange(src.shape[1], device=src.device)
+        x = self.drop(self.embed(src) * self.scale + self.src_pos(positions))
+        mask = self.key_mask(src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x)
+
+    def cross_cache(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output projected to every decoder layer's cross-attention K/V (stacked)."""
+        memory = self.encode(src)
+        pairs = [layer.cross_kv(memory) for layer in self.decoder]
+        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+
+    def logits(self, x: Tensor) -> Tensor:
+        return F.linear(self.dec_norm(x), self.embed.weight)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits [B, T, V]."""
+        memory = self.encode(src)
+        src_mask = self.key_mask(src)
+        positions = torch.arange(tgt_in.shape[1], device=tgt_in.device)
+        x = self.drop(self.embed(tgt_in) * self.scale + self.tgt_pos(positions))
+        for layer in self.decoder:
+            k, v = layer.cross_kv(memory)
+            x, _, _ = layer(x, k, v, src_mask)
+        return self.logits(x)
+
+    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        spec = self.spec
+        shape = (spec.decoder_layers, batch, spec.nhead, 1, spec.d_model // spec.nhead)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def decoder_step(
+        self, tokens: Tensor, past_k: Tensor, past_v: Tensor, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One token per row: tokens [B], caches as in the module doc, src_mask [B, S] bool.
+        Returns log-probabilities [B, V] and the caches grown by one step."""
+        steps = past_k.shape[3]  # dummy slot + tokens so far; this token's position = steps - 1
+        position = torch.full_like(tokens, steps - 1)
+        x = self.embed(tokens)[:, None, :] * self.scale + self.tgt_pos(position)[:, None, :]
+        self_mask = (torch.arange(steps + 1, device=tokens.device) > 0)[None, None, None, :]
+        cross_mask = src_mask[:, None, None, :]
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.decoder):
+            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, (past_k[i], past_v[i]), self_mask)
+            new_k.append(k)
+            new_v.append(v)
+        return torch.log_softmax(self.logits(x[:, 0, :]), dim=-1), torch.stack(new_k), torch.stack(new_v)
+
+
+class GeneratorModule(pl.LightningModule):
+    """Label-smoothed cross-entropy; AdamW with warmup and a cosine decay that follows whichever
+    runs out first, the step budget or the wall-clock budget (max_minutes), so a time-capped run
+    still ends on a low learning rate instead of being cut mid-schedule."""
+
+    def __init__(self, spec: dict, lr: float, warmup_steps: int, total_steps: int, max_seconds: float, label_smoothing: float = 0.1, weight_decay: float = 0.01):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = CopyTransformer(ModelSpec(**spec))
+        self._started: float | None = None
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        logits = self.net(batch["src"], batch["tgt"][:, :-1])
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            batch["tgt"][:, 1:].reshape(-1),
+            ignore_index=PAD,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["src"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["src"].shape[0])
+
+    def schedule(self, step: int) -> float:
+        if self._started is None:
+            self._started = time.monotonic()
+        warm = min(1.0, (step + 1) / max(1, self.hparams.warmup_steps))
+        elapsed = time.monotonic() - self._started
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Every rank must apply the same learning rate, so rank 0's clock decides.
+            elapsed = float(self.trainer.strategy.broadcast(elapsed, src=0))
+        progress = max(step / max(1, self.hparams.total_steps), elapsed / self.hparams.max_seconds)
+        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.dim() > 1 and "embed" not in n and "pos" not in n]
+        no_decay = [p for n, p in self.named_parameters() if not (p.dim() > 1 and "embed" not in n and "pos" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            betas=(0.9, 0.98),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
