@@ -165,10 +165,15 @@ class GeneratorConfig(Section):
 class GatesConfig(Section):
     preference_auc_min: float
     generator_bleu4_min: float
-    max_hallucination_rate: float
-    max_ece: float
-    non_inferiority_margin: float
+    max_hallucination_rate: float = Field(ge=0)
+    max_ece: float = Field(ge=0)
+    max_ad_law_violations: float = Field(ge=0)
+    non_inferiority_margin: float = Field(ge=0)
+    generator_bleu4_margin: float = Field(ge=0)
+    bootstrap_resamples: int = Field(ge=100)
+    confidence_level: float = Field(gt=0.5, lt=1)
     auto_promote: bool
+    lock_timeout_s: float = Field(gt=0)
 
 
 class Config(Section):

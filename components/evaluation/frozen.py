@@ -1,0 +1,240 @@
+"""The frozen evaluation snapshot: the fixed rows every candidate and champion are scored on.
+
+Why frozen: a gate compares two models, so both must see exactly the same examples. The test
+split moves with every new batch of data, so the first run of a profile copies its test rows to
+state/<profile>/frozen_eval/ and every later gate reuses them until someone explicitly refreshes
+the snapshot (which also invalidates the champion's stored evidence: it is re-scored).
+
+- preference: rows of features/samples.parquet with split == "test";
+- generator: the corpus test split (components/data/corpus.py), first `generator.eval_samples`
+  rows (generation is the expensive part of evaluation).
+
+Scoring adapters turn a model reference into the per-example frame the gates read, calling the
+model families' own APIs (components/models/*/api.py). Scores are cached per (model, snapshot):
+a registered model never changes, so a champion is scored once per snapshot, not every night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import Config
+
+FAMILIES = ("preference", "generator")
+# (model reference: local dir or MLflow URI, snapshot rows) -> per-example frame for the gate
+Scorer = Callable[[str, pd.DataFrame], pd.DataFrame]
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot cannot be built (its source is missing) or was modified after it was frozen."""
+
+
+@dataclass(frozen=True)
+class FrozenSnapshot:
+    family: str
+    path: Path
+    rows: pd.DataFrame
+    fingerprint: str  # sha256 of the parquet file: the identity evidence is tied to
+    created_at: str
+    source: str
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+
+def frozen_dir(cfg: Config) -> Path:
+    return cfg.state_dir() / "frozen_eval"
+
+
+def _paths(cfg: Config, family: str) -> tuple[Path, Path]:
+    if family not in FAMILIES:
+        raise SnapshotError(f"no frozen snapshot is defined for model family {family!r}; known: {FAMILIES}")
+    base = frozen_dir(cfg)
+    return base / f"{family}.parquet", base / f"{family}.meta.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- sources
+
+
+def preference_source_rows(cfg: Config) -> tuple[pd.DataFrame, str]:
+    """Test rows of the features stage (the first run's test split becomes the snapshot)."""
+    path = cfg.stage_dir("features") / "samples.parquet"
+    if not path.exists():
+        raise SnapshotError(
+            f"cannot freeze the preference evaluation snapshot: {path} does not exist (run the features stage first)"
+        )
+    samples = pd.read_parquet(path)
+    if "split" not in samples.columns:
+        raise SnapshotError(f"{path}: no 'split' column; has {sorted(samples.columns)}")
+    rows = samples[samples["split"] == "test"].reset_index(drop=True)
+    if rows.empty:
+        raise SnapshotError(f"{path}: no rows with split == 'test' to freeze")
+    if "example_id" not in rows.columns:
+        # The model family scores by event; its id is the stable example id.
+        if "event_id" not in rows.columns:
+            raise SnapshotError(f"{path}: neither 'example_id' nor 'event_id' column to identify examples")
+        rows.insert(0, "example_id", rows["event_id"].astype(str))
+    return rows, str(path)
+
+
+def generator_source_rows(cfg: Config) -> tuple[pd.DataFrame, str]:
+    """The corpus test split (deterministic by content hash), capped at generator.eval_samples."""
+    try:
+        from components.data.corpus import load_corpus_splits
+    except ImportError as exc:  # the corpus module belongs to the generator family
+        raise SnapshotError(
+            f"cannot freeze the generator evaluation snapshot: components.data.corpus is unavailable ({exc})"
+        ) from exc
+    test = load_corpus_splits(cfg)["test"]
+    if test.empty:
+        raise SnapshotError(f"{cfg.paths.corpus}: the corpus test split is empty (data.test_fraction too small?)")
+    rows = test.head(cfg.generator.eval_samples).reset_index(drop=True)
+    rows = rows[["line", "content", "summary"]].copy()
+    rows.insert(0, "example_id", "corpus-" + rows["line"].astype(str))
+    return rows, str(cfg.paths.corpus)
+
+
+SOURCES: dict[str, Callable[[Config], tuple[pd.DataFrame, str]]] = {
+    "preference": preference_source_rows,
+    "generator": generator_source_rows,
+}
+
+
+def _with_derived_columns(family: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Columns that parquet does not store well are rebuilt on load (attributes: dict of lists)."""
+    if family == "generator" and "attributes" not in rows.columns:
+        from components.data.attributes import parse_attributes
+
+        rows = rows.copy()
+        rows["attributes"] = rows["content"].map(parse_attributes)
+    return rows
+
+
+# ---------------------------------------------------------------- snapshot lifecycle
+
+
+def load_snapshot(cfg: Config, family: str) -> FrozenSnapshot | None:
+    """The frozen snapshot of this profile, or None if none was frozen yet."""
+    data_path, meta_path = _paths(cfg, family)
+    if not data_path.exists() or not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    actual = _sha256(data_path)
+    if actual != meta["fingerprint"]:
+        raise SnapshotError(
+            f"{data_path} changed after it was frozen (sha256 {actual[:12]} != {meta['fingerprint'][:12]}); "
+            "refresh the snapshot explicitly instead of editing it"
+        )
+    rows = _with_derived_columns(family, pd.read_parquet(data_path))
+    return FrozenSnapshot(family, data_path, rows, meta["fingerprint"], meta["created_at"], meta["source"])
+
+
+def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, source: str = "") -> FrozenSnapshot:
+    """Write (or overwrite) the snapshot of `family` from `rows` (default: the family's source)."""
+    from filelock import FileLock
+
+    data_path, meta_path = _paths(cfg, family)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows, source = SOURCES[family](cfg)
+    if "example_id" not in rows.columns or rows["example_id"].duplicated().any():
+        raise SnapshotError(f"snapshot rows for {family} need a unique 'example_id' column")
+    stored = rows.drop(columns=["attributes"], errors="ignore") if family == "generator" else rows
+    with FileLock(str(data_path) + ".lock", timeout=120):
+        tmp = data_path.with_suffix(".parquet.tmp")
+        stored.to_parquet(tmp, index=False)
+        fingerprint = _sha256(tmp)
+        meta = {
+            "family": family,
+            "fingerprint": fingerprint,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": source,
+            "n_rows": len(stored),
+            "profile": cfg.profile,
+        }
+        os.replace(tmp, data_path)
+        meta_tmp = meta_path.with_suffix(".tmp")
+        meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(meta_tmp, meta_path)
+    return FrozenSnapshot(family, data_path, _with_derived_columns(family, stored), fingerprint, meta["created_at"], source)
+
+
+def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> FrozenSnapshot:
+    """The existing snapshot, or a new one frozen from the current data (or when `refresh`)."""
+    if not refresh:
+        existing = load_snapshot(cfg, family)
+        if existing is not None:
+            return existing
+    return freeze_snapshot(cfg, family)
+
+
+# ---------------------------------------------------------------- scoring adapters
+
+
+def score_preference(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """[example_id, label, score] from the preference family's own scoring API."""
+    from components.models.preference.api import load_preference, score_examples
+
+    return score_examples(load_preference(model_ref), rows)
+
+
+def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-example [example_id, bleu4, rougeL, hallucinated, ad_law_violations, ...] of the generator."""
+    from components.models.generator.api import evaluate_examples, load_generator
+
+    frame = evaluate_examples(load_generator(model_ref), rows)
+    if "example_id" not in frame.columns:
+        if len(frame) != len(rows):
+            raise SnapshotError(f"generator evaluation returned {len(frame)} rows for {len(rows)} snapshot rows")
+        frame = frame.reset_index(drop=True)
+        frame.insert(0, "example_id", rows["example_id"].to_numpy())
+    return frame
+
+
+DEFAULT_SCORERS: dict[str, Scorer] = {"preference": score_preference, "generator": score_generator}
+
+
+def score_on_snapshot(
+    snapshot: FrozenSnapshot,
+    model_ref: str,
+    *,
+    cache_key: str,
+    scorer: Scorer | None = None,
+) -> pd.DataFrame:
+    """Per-example scores of one model on the snapshot, cached under frozen_eval/scores/.
+
+    `cache_key` names the model immutably (its registered-model URI or training run's model URI).
+    """
+    scorer = scorer or DEFAULT_SCORERS[snapshot.family]
+    key = hashlib.sha256(f"{cache_key}|{snapshot.fingerprint}".encode()).hexdigest()[:24]
+    cache = snapshot.path.parent / "scores" / snapshot.family / f"{key}.parquet"
+    if cache.exists():
+        return pd.read_parquet(cache)
+    frame = scorer(model_ref, snapshot.rows)
+    missing = set(snapshot.rows["example_id"]) - set(frame.get("example_id", pd.Series(dtype=str)))
+    if missing:
+        raise SnapshotError(
+            f"scoring {cache_key} left {len(missing)} snapshot examples unscored, e.g. {sorted(map(str, missing))[:3]}"
+        )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, cache)
+    return frame

@@ -1,0 +1,208 @@
+"""From training manifests to a gated release: score, gate, register, alias, (auto-)promote.
+
+`release_candidates` is what the retrain flow calls after training:
+1. freeze (once) or reuse the profile's evaluation snapshot for every family;
+2. score each candidate, and the champion's member of the same family, on the same rows;
+3. run the family's gate; log per-example evidence, the report and gate metrics to MLflow;
+4. register every candidate version with its lineage tags and gate verdict (failed ones too,
+   so the registry shows why a version never shipped);
+5. if every gate passed: alias `challenger` on each member and on a new `copyflow-release`
+   version; if params say auto_promote and no champion exists yet, promote it.
+A failing gate raises GateFailed with the report after step 4: no alias moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from components.config import Config
+from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
+from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
+from components.registry.evidence import log_gate_artifacts, member_label, member_scores
+from components.registry.lineage import lineage_tags
+from components.registry.names import CHALLENGER, CHAMPION, RELEASE_MODEL, registered_model
+from components.registry.release import create_release, now_iso, release_with_alias
+from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias
+
+REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
+
+
+class ManifestError(ValueError):
+    """A training manifest lacks what the registry needs."""
+
+
+@dataclass
+class ReleaseOutcome:
+    passed: bool
+    report: str
+    gates: list[GateResult]
+    versions: dict[str, str] = field(default_factory=dict)  # family -> registered version
+    release: str | None = None
+    promoted: bool = False
+    promotion: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "release": self.release,
+            "versions": self.versions,
+            "promoted": self.promoted,
+            "promotion": self.promotion,
+            "report": self.report,
+            "gates": [g.to_dict() for g in self.gates],
+        }
+
+
+def _check_manifest(manifest: dict) -> str:
+    missing = [key for key in REQUIRED_MANIFEST_KEYS if not manifest.get(key) and key != "metrics"]
+    if "metrics" not in manifest:
+        missing.append("metrics")
+    if missing:
+        raise ManifestError(f"training manifest of {manifest.get('model', '?')!r} lacks {missing}: {sorted(manifest)}")
+    registered_model(manifest["model"])  # unknown family -> clear error
+    return manifest["model"]
+
+
+def _model_ref(manifest: dict) -> str:
+    """Score from the local model directory when it is still there (no download), else the URI."""
+    model_dir = manifest.get("model_dir")
+    return str(model_dir) if model_dir and Path(model_dir).exists() else manifest["model_uri"]
+
+
+def _register(client: MlflowClient, family: str, manifest: dict, tags: dict[str, str]) -> str:
+    name = registered_model(family)
+    ensure_registered_model(client, name, f"copyflow {family} model; aliases champion / challenger / previous.")
+    version = mlflow.register_model(manifest["model_uri"], name, tags=tags)
+    return str(version.version)
+
+
+def release_candidates(
+    cfg: Config,
+    manifests: list[dict],
+    *,
+    project_dir: Path | str = ".",
+    flow_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    scorers: dict[str, Scorer] | None = None,
+    refresh_snapshot: bool = False,
+    auto_promote: bool | None = None,
+    actor: str | None = None,
+) -> ReleaseOutcome:
+    """Gate, register and release the models of one retrain (see module docstring).
+
+    Raises GateFailed (report attached) when any gate fails; nothing is aliased then.
+    """
+    if not manifests:
+        raise ManifestError("no training manifests to release")
+    families = [_check_manifest(m) for m in manifests]
+    if len(set(families)) != len(families):
+        raise ManifestError(f"one manifest per model family expected, got {families}")
+    client = registry_client(cfg)
+    experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    parent_tags = client.get_run(parent_run_id).data.tags if parent_run_id else {}
+    champion = release_with_alias(client, CHAMPION)
+    champion_release, champion_manifest = champion if champion else (None, None)
+
+    gates: list[GateResult] = []
+    members: dict[str, dict] = {}
+    for family, manifest in zip(families, manifests, strict=True):
+        snapshot = ensure_snapshot(cfg, family, refresh=refresh_snapshot)
+        scorer = (scorers or {}).get(family)
+        candidate = score_on_snapshot(snapshot, _model_ref(manifest), cache_key=manifest["model_uri"], scorer=scorer)
+        champ_member = (champion_manifest or {}).get("members", {}).get(family)
+        champion_frame = member_scores(snapshot, champ_member, scorer) if champ_member else None
+        gate = evaluate_gate(
+            family,
+            cfg.gates,
+            candidate,
+            champion_frame,
+            seed=cfg.seed,
+            snapshot=snapshot.fingerprint,
+            candidate_label=f"candidate {registered_model(family)} (run {manifest['run_id'][:8]})",
+            champion_label=member_label(champion_release, champ_member) if champ_member else None,
+        )
+        gates.append(gate)
+        evidence_uri = log_gate_artifacts(client, manifest["run_id"], family, candidate, gate)
+        members[family] = {
+            "registered_model": registered_model(family),
+            "source_uri": manifest["model_uri"],
+            "onnx_uri": manifest.get("onnx_uri"),
+            "run_id": manifest["run_id"],
+            "metrics": manifest.get("metrics") or {},
+            "gate": gate.to_dict(),
+            "snapshot": snapshot.fingerprint,
+            "evidence_uri": evidence_uri,
+            "inherited": False,
+        }
+
+    passed = all(g.passed for g in gates)
+    report = render_report(gates, f"Release gate report ({cfg.profile})")
+    versions: dict[str, str] = {}
+    lineage: dict[str, dict[str, str]] = {}
+    for family, manifest in zip(families, manifests, strict=True):
+        tags = lineage_tags(cfg, manifest, project_dir=project_dir, flow_run_id=flow_run_id, parent_tags=parent_tags)
+        gate = next(g for g in gates if g.family == family)
+        tags["gate.verdict"] = gate.verdict
+        tags["gate.failed_rules"] = ", ".join(f"{r.kind}:{r.metric}" for r in gate.failures()) or "none"
+        tags["gate.baseline_release"] = champion_release or "none"
+        versions[family] = _register(client, family, manifest, tags)
+        members[family]["version"] = versions[family]
+        members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
+        lineage[family] = tags
+    if parent_run_id:
+        client.log_text(parent_run_id, report, "gate/report.md")
+        client.set_tag(parent_run_id, "gate.verdict", "pass" if passed else "fail")
+    if not passed:
+        raise GateFailed(report, gates)
+
+    # Families this retrain did not train keep the champion's version, so a release is complete.
+    for family, member in (champion_manifest or {}).get("members", {}).items():
+        members.setdefault(family, {**member, "inherited": True})
+    any_lineage = next(iter(lineage.values()))
+    manifest = {
+        "profile": cfg.profile,
+        "created_at": now_iso(),
+        "baseline_release": champion_release,
+        "gate_verdict": "pass",
+        "gate_report": report,
+        "members": members,
+        "lineage": lineage,
+    }
+    release_tags = {
+        "gate.verdict": "pass",
+        "profile": cfg.profile,
+        "git_commit": any_lineage["git_commit"],
+        "dvc.lock.sha256": any_lineage["dvc.lock.sha256"],
+        "prefect_flow_run_id": any_lineage["prefect_flow_run_id"],
+        "baseline_release": champion_release or "none",
+    }
+    with registry_lock(cfg):
+        release = str(
+            create_release(
+                client, experiment_id=experiment_id, manifest=manifest, tags=release_tags, parent_run_id=parent_run_id
+            ).version
+        )
+        for family, member in members.items():
+            set_alias(client, member["registered_model"], CHALLENGER, str(member["version"]))
+        set_alias(client, RELEASE_MODEL, CHALLENGER, release)
+    if parent_run_id:
+        client.set_tag(parent_run_id, "release", release)
+
+    outcome = ReleaseOutcome(True, report, gates, versions, release)
+    should_promote = cfg.gates.auto_promote if auto_promote is None else auto_promote
+    if should_promote and champion is None:
+        from components.registry.promotion import promote
+
+        outcome.promotion = promote(
+            cfg,
+            release=release,
+            note="first release (gates.auto_promote)",
+            actor=actor or "copyflow auto-promote",
+            only_if_no_champion=True,
+        )
+        outcome.promoted = bool(outcome.promotion.get("changed"))
+    return outcome

@@ -1,0 +1,117 @@
+"""Gate evidence: per-example scores on the frozen snapshot, stored with each candidate's run.
+
+Storing the per-example frames (not just the verdict) lets a later promotion re-run the paired
+gate against whichever release is champion *then*, without re-scoring either model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from components.config import Config
+from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, score_on_snapshot
+from components.evaluation.gates import GateResult, evaluate_gate
+
+
+class EvidenceError(RuntimeError):
+    """Stored gate evidence is missing, or two releases were evaluated on different snapshots."""
+
+
+def evidence_path(family: str) -> str:
+    return f"gate/{family}_evidence.parquet"
+
+
+def log_gate_artifacts(client: MlflowClient, run_id: str, family: str, frame: pd.DataFrame, gate: GateResult) -> str:
+    """Per-example evidence + this family's report + gate metrics on the candidate's training run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(evidence_path(family)).name
+        frame.to_parquet(path, index=False)
+        client.log_artifact(run_id, str(path), "gate")
+    client.log_text(run_id, gate.to_markdown(), f"gate/{family}_report.md")
+    for rule in gate.rules:
+        # Consistent names across runs so two retrains compare side by side in the MLflow UI.
+        prefix = f"gate.{rule.kind}.{rule.metric}"
+        client.log_metric(run_id, f"{prefix}.candidate", rule.candidate)
+        if rule.delta is not None:
+            client.log_metric(run_id, f"{prefix}.delta", rule.delta)
+        if rule.ci_low is not None:
+            client.log_metric(run_id, f"{prefix}.ci_low", rule.ci_low)
+    client.log_metric(run_id, "gate.passed", float(gate.passed))
+    client.set_tag(run_id, "gate.verdict", gate.verdict)
+    return f"runs:/{run_id}/{evidence_path(family)}"
+
+
+def load_evidence(member: dict) -> pd.DataFrame:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = member.get("evidence_uri")
+    if not uri:
+        raise EvidenceError(f"{member.get('registered_model')} v{member.get('version')} has no stored gate evidence")
+    try:
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise EvidenceError(f"cannot read gate evidence {uri}: {exc}") from exc
+
+
+def member_scores(snapshot: FrozenSnapshot, member: dict, scorer: Scorer | None = None) -> pd.DataFrame:
+    """A registered member's per-example scores on `snapshot`: local cache, else its stored
+    evidence when it was computed on this very snapshot, else scored again by its model."""
+    base = scorer or DEFAULT_SCORERS[snapshot.family]
+
+    def stored_or_scored(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
+        if member.get("snapshot") == snapshot.fingerprint and member.get("evidence_uri"):
+            try:
+                return load_evidence(member)
+            except EvidenceError:
+                pass  # fall back to scoring the registered model itself
+        return base(model_ref, rows)
+
+    return score_on_snapshot(
+        snapshot, member["model_uri"], cache_key=member.get("source_uri") or member["model_uri"], scorer=stored_or_scored
+    )
+
+
+def member_label(release: str | None, member: dict) -> str:
+    where = f"release {release} " if release else ""
+    return f"{where}({member['registered_model']} v{member['version']})"
+
+
+def regate(cfg: Config, target: dict, champion: dict | None) -> list[GateResult]:
+    """Re-run every member's gate from stored evidence: target release vs champion release.
+
+    Used when the champion changed after the target was evaluated (e.g. after a rollback), so a
+    promotion is always judged against the release it would actually replace.
+    """
+    results = []
+    for family, member in target["members"].items():
+        champ_member = (champion or {}).get("members", {}).get(family)
+        if champ_member and str(champ_member["version"]) == str(member["version"]):
+            continue  # the same version on both sides: nothing to compare
+        candidate = load_evidence(member)
+        champion_frame = None
+        if champ_member:
+            if champ_member.get("snapshot") != member.get("snapshot"):
+                raise EvidenceError(
+                    f"{family}: release {target['release']} and champion release {champion['release']} were "
+                    f"evaluated on different frozen snapshots ({str(member.get('snapshot'))[:12]} vs "
+                    f"{str(champ_member.get('snapshot'))[:12]}); run retrain to evaluate a fresh candidate"
+                )
+            champion_frame = load_evidence(champ_member)
+        results.append(
+            evaluate_gate(
+                family,
+                cfg.gates,
+                candidate,
+                champion_frame,
+                seed=cfg.seed,
+                snapshot=member.get("snapshot", ""),
+                candidate_label=member_label(target["release"], member),
+                champion_label=member_label(champion["release"], champ_member) if champ_member else None,
+            )
+        )
+    return results

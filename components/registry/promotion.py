@@ -1,0 +1,274 @@
+"""One-click promotion and rollback: move `champion` / `previous` on the release and its members.
+
+Invariants (checked after every write, see `check_consistency`):
+- the release holding alias A (champion, previous, challenger) lists, for every member family,
+  the version of that family's registered model that holds A;
+- a member model holds A only if a release holds A.
+Promotion: champion -> target release, previous -> the replaced champion (which is recorded on
+the target as `replaced_release`). Rollback: champion -> previous, previous -> the release that
+one had replaced, so repeated rollbacks walk back through the promotion history.
+All writes happen under `registry_lock` and re-read the current champion inside it, so ten
+promotions started at once serialize and leave one consistent champion.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+from mlflow import MlflowClient
+
+from components.config import Config
+from components.evaluation.gates import GateResult, render_report
+from components.registry.evidence import EvidenceError, regate
+from components.registry.names import ALIASES, CHALLENGER, CHAMPION, PREVIOUS, RELEASE_MODEL, registered_model
+from components.registry.release import load_manifest, now_iso
+from components.registry.store import model_aliases, registry_client, registry_lock, set_alias
+
+
+class PromotionRefused(RuntimeError):
+    """The release may not become champion (no evidence, failed gate, unknown version...)."""
+
+
+class RegistryInconsistent(RuntimeError):
+    """Aliases of the release and its members disagree (read back after a write, or found by status)."""
+
+
+def default_actor() -> str:
+    try:
+        return os.environ.get("COPYFLOW_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def _member_families(*manifests: dict | None) -> set[str]:
+    return {family for m in manifests if m for family in m["members"]}
+
+
+def check_consistency(client: MlflowClient) -> list[str]:
+    """Human-readable problems; [] when every member alias matches its release's manifest."""
+    problems: list[str] = []
+    release_aliases = model_aliases(client, RELEASE_MODEL)
+    manifests = {alias: load_manifest(client, v) for alias, v in release_aliases.items() if alias in ALIASES}
+    families = _member_families(*manifests.values())
+    for family in sorted(families):
+        name = registered_model(family)
+        actual = model_aliases(client, name)
+        for alias in ALIASES:
+            member = (manifests.get(alias) or {}).get("members", {}).get(family)
+            expected = str(member["version"]) if member else None
+            got = actual.get(alias)
+            got = None if got is None else str(got)
+            if alias == CHALLENGER and expected is None and got is not None:
+                continue  # a member challenger without a release challenger is never written, but harmless
+            if got != expected:
+                release = release_aliases.get(alias)
+                problems.append(
+                    f"{name}@{alias} is {got or 'unset'} but {RELEASE_MODEL}@{alias}"
+                    f"{f' (v{release})' if release else ''} says {expected or 'unset'}"
+                )
+    return problems
+
+
+def _verify(client: MlflowClient, expected_release: dict[str, str | None]) -> None:
+    """Verify-after-write: the release aliases are what we wrote and members agree with them."""
+    actual = model_aliases(client, RELEASE_MODEL)
+    problems = [
+        f"{RELEASE_MODEL}@{alias} is {actual.get(alias) or 'unset'}, expected {version or 'unset'}"
+        for alias, version in expected_release.items()
+        if (None if actual.get(alias) is None else str(actual.get(alias))) != version
+    ]
+    problems += check_consistency(client)
+    if problems:
+        raise RegistryInconsistent("registry aliases disagree after the write:\n- " + "\n- ".join(problems))
+
+
+def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
+    """Members first, release last: the release alias is the commit point (a crash in between
+    leaves members ahead of the release, which the next promotion or rollback rewrites)."""
+    champ_manifest = load_manifest(client, champion)
+    prev_manifest = load_manifest(client, previous) if previous else None
+    for family in sorted(_member_families(champ_manifest, prev_manifest)):
+        name = registered_model(family)
+        champ_member = champ_manifest["members"].get(family)
+        prev_member = (prev_manifest or {"members": {}})["members"].get(family)
+        set_alias(client, name, CHAMPION, champ_member["version"] if champ_member else None)
+        set_alias(client, name, PREVIOUS, prev_member["version"] if prev_member else None)
+        if champ_member and str(model_aliases(client, name).get(CHALLENGER)) == str(champ_member["version"]):
+            set_alias(client, name, CHALLENGER, None)
+    set_alias(client, RELEASE_MODEL, PREVIOUS, previous)
+    set_alias(client, RELEASE_MODEL, CHAMPION, champion)
+    if str(model_aliases(client, RELEASE_MODEL).get(CHALLENGER)) == str(champion):
+        set_alias(client, RELEASE_MODEL, CHALLENGER, None)
+
+
+def _tag_members(client: MlflowClient, manifest: dict, tags: dict[str, str]) -> None:
+    for member in manifest["members"].values():
+        for key, value in tags.items():
+            client.set_model_version_tag(member["registered_model"], str(member["version"]), key, value)
+
+
+# ---------------------------------------------------------------- evidence
+
+
+def recheck_evidence(cfg: Config, client: MlflowClient, target: dict, champion: dict | None) -> list[GateResult]:
+    """Refuse unless the release passed its gates; re-run them if the champion changed since.
+
+    Returns the gate results that were re-computed ([] when the stored verdict applies as is).
+    """
+    version = target["release"]
+    release_tags = client.get_model_version(RELEASE_MODEL, version).tags
+    if release_tags.get("gate.verdict") != "pass" or target.get("gate_verdict") != "pass":
+        raise PromotionRefused(f"release {version} has no passing gate evidence (gate.verdict={release_tags.get('gate.verdict')!r})")
+    for family, member in target["members"].items():
+        mv = client.get_model_version(member["registered_model"], str(member["version"]))
+        if mv.tags.get("gate.verdict") != "pass":
+            raise PromotionRefused(
+                f"release {version}: {member['registered_model']} v{member['version']} is tagged "
+                f"gate.verdict={mv.tags.get('gate.verdict')!r}, not 'pass'"
+            )
+    baseline = target.get("baseline_release")
+    current = champion["release"] if champion else None
+    if current is None or str(baseline) == str(current):
+        return []
+    try:
+        results = regate(cfg, target, champion)
+    except EvidenceError as exc:
+        raise PromotionRefused(f"release {version} cannot be re-checked against champion release {current}: {exc}") from exc
+    if not all(r.passed for r in results):
+        raise PromotionRefused(
+            f"release {version} was gated against release {baseline}, and fails against the current champion "
+            f"release {current}:\n\n" + render_report(results, f"Re-check of release {version} vs release {current}")
+        )
+    return results
+
+
+# ---------------------------------------------------------------- promote / rollback
+
+
+def _target_version(client: MlflowClient, release: int | str | None) -> str:
+    if release is not None:
+        return str(release)
+    challenger = model_aliases(client, RELEASE_MODEL).get(CHALLENGER)
+    if challenger is None:
+        raise PromotionRefused(
+            f"no {RELEASE_MODEL} version has the alias 'challenger' (run retrain, or pass --release N)"
+        )
+    return str(challenger)
+
+
+def _plan(target: dict, champion: dict | None, previous: dict | None = None) -> dict:
+    """The alias moves: target becomes champion, `previous` (default: the champion) previous."""
+    previous = champion if previous is None else previous
+    members = {}
+    for family in sorted(_member_families(target, previous)):
+        new = target["members"].get(family)
+        old = (previous or {"members": {}})["members"].get(family)
+        members[family] = {
+            "registered_model": registered_model(family),
+            "champion": new["version"] if new else None,
+            "previous": old["version"] if old else None,
+        }
+    return {"release": target["release"], "replaces": champion["release"] if champion else None, "members": members}
+
+
+def promote(
+    cfg: Config,
+    release: int | str | None = None,
+    dry_run: bool = False,
+    note: str | None = None,
+    actor: str | None = None,
+    *,
+    only_if_no_champion: bool = False,
+) -> dict:
+    """Make `release` (default: the challenger) the champion of the release and of every member.
+
+    `only_if_no_champion` (auto-promotion of a first release) leaves an existing champion alone.
+    Returns {"release", "replaces", "members", "changed", "dry_run", "recheck_report", ...}.
+    Raises PromotionRefused (bad evidence) or RegistryInconsistent (verify-after-write failed).
+    """
+    client = registry_client(cfg)
+    version = _target_version(client, release)
+    try:
+        target = load_manifest(client, version)
+    except LookupError as exc:
+        raise PromotionRefused(str(exc)) from exc
+    actor = actor or default_actor()
+    if dry_run:  # no lock: nothing is written
+        champion = _current(client, CHAMPION)
+        rechecked = recheck_evidence(cfg, client, target, champion) if _differs(champion, version) else []
+        return {**_plan(target, champion), "changed": False, "dry_run": True, "recheck_report": _report(rechecked)}
+    with registry_lock(cfg):
+        champion = _current(client, CHAMPION)  # re-read under the lock: another promotion may have won
+        if only_if_no_champion and champion is not None:
+            return {**_plan(target, champion), "changed": False, "dry_run": False, "recheck_report": "",
+                    "message": f"release {champion['release']} is already champion; auto-promotion skipped"}
+        if not _differs(champion, version):
+            _verify(client, {CHAMPION: version})
+            return {**_plan(target, champion), "changed": False, "dry_run": False, "recheck_report": "",
+                    "message": f"release {version} is already the champion"}
+        rechecked = recheck_evidence(cfg, client, target, champion)
+        previous = champion["release"] if champion else None
+        _apply(client, version, previous)
+        when = now_iso()
+        tags = {"promoted_at": when, "promoted_by": actor, "promotion.note": note or "", "replaced_release": previous or ""}
+        for key, value in tags.items():
+            client.set_model_version_tag(RELEASE_MODEL, version, key, value)
+        if rechecked:
+            client.set_model_version_tag(RELEASE_MODEL, version, "promotion.rechecked_against", previous or "")
+        _tag_members(client, target, {"promoted_at": when, "promoted_by": actor, "release": version})
+        _verify(client, {CHAMPION: version, PREVIOUS: previous})
+    return {**_plan(target, champion), "changed": True, "dry_run": False, "recheck_report": _report(rechecked),
+            "promoted_at": when, "promoted_by": actor, "note": note or ""}
+
+
+def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> dict:
+    """Champion back to `previous` in one step; previous becomes the release that one replaced."""
+    client = registry_client(cfg)
+    actor = actor or default_actor()
+    with registry_lock(cfg):
+        current = _current(client, CHAMPION)
+        previous = _current(client, PREVIOUS)
+        if current is None or previous is None:
+            raise PromotionRefused("nothing to roll back to: no release has the alias 'previous'")
+        restored, rolled_back = previous["release"], current["release"]
+        older = client.get_model_version(RELEASE_MODEL, restored).tags.get("replaced_release") or None
+        if older in (restored, rolled_back) or (older and not _exists(client, older)):
+            older = None
+        _apply(client, restored, older)
+        when = now_iso()
+        for key, value in {"rolled_back_at": when, "rolled_back_by": actor, "rollback.note": note or ""}.items():
+            client.set_model_version_tag(RELEASE_MODEL, rolled_back, key, value)
+        for key, value in {"restored_at": when, "restored_by": actor}.items():
+            client.set_model_version_tag(RELEASE_MODEL, restored, key, value)
+        _tag_members(client, previous, {"restored_at": when, "restored_by": actor, "release": restored})
+        _verify(client, {CHAMPION: restored, PREVIOUS: older})
+    older_manifest = load_manifest(client, older) if older else {"release": None, "members": {}}
+    return {**_plan(previous, current, older_manifest), "rolled_back": rolled_back, "previous": older,
+            "changed": True, "at": when, "by": actor, "note": note or ""}
+
+
+def _current(client: MlflowClient, alias: str) -> dict | None:
+    version = model_aliases(client, RELEASE_MODEL).get(alias)
+    return None if version is None else load_manifest(client, version)
+
+
+def _differs(champion: dict | None, version: str) -> bool:
+    return champion is None or str(champion["release"]) != str(version)
+
+
+def _exists(client: MlflowClient, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(RELEASE_MODEL, version)
+        return True
+    except MlflowException:
+        return False
+
+
+def _report(results: list[GateResult]) -> str:
+    return render_report(results, "Re-check against the current champion") if results else ""

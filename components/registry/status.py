@@ -1,0 +1,119 @@
+"""`copyflow status` and `copyflow compare`: what is champion / challenger / previous, and why."""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+
+from components.config import Config
+from components.evaluation.gates import render_report
+from components.registry.evidence import EvidenceError, regate
+from components.registry.names import (
+    ALIASES,
+    CHALLENGER,
+    CHAMPION,
+    KEY_METRICS,
+    METRIC_TAG_PREFIX,
+    REGISTERED_MODELS,
+    RELEASE_MODEL,
+)
+from components.registry.promotion import check_consistency
+from components.registry.release import load_manifest
+from components.registry.store import model_aliases, registry_client
+
+
+def _version_info(client: MlflowClient, name: str, version: str) -> dict:
+    mv = client.get_model_version(name, version)
+    tags = mv.tags or {}
+    return {
+        "version": str(mv.version),
+        "metrics": {k.removeprefix(METRIC_TAG_PREFIX): v for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)},
+        "gate_verdict": tags.get("gate.verdict", "?"),
+        "git_commit": tags.get("git_commit", "?"),
+        "promoted_at": tags.get("promoted_at", ""),
+    }
+
+
+def status(cfg: Config) -> dict:
+    """{"release": {alias: {...} | None}, "models": {family: {alias: {...}}}, "problems": [...]}."""
+    client = registry_client(cfg)
+    release: dict[str, dict | None] = {}
+    for alias in ALIASES:
+        version = model_aliases(client, RELEASE_MODEL).get(alias)
+        if version is None:
+            release[alias] = None
+            continue
+        tags = client.get_model_version(RELEASE_MODEL, str(version)).tags or {}
+        manifest = load_manifest(client, version)
+        release[alias] = {
+            "version": str(version),
+            "profile": manifest.get("profile"),
+            "created_at": manifest.get("created_at"),
+            "promoted_at": tags.get("promoted_at", ""),
+            "promoted_by": tags.get("promoted_by", ""),
+            "note": tags.get("promotion.note", ""),
+            "members": {family: str(m["version"]) for family, m in manifest["members"].items()},
+        }
+    models: dict[str, dict] = {}
+    for family, name in REGISTERED_MODELS.items():
+        aliases = model_aliases(client, name)
+        if aliases:
+            models[family] = {
+                alias: _version_info(client, name, str(aliases[alias])) for alias in ALIASES if alias in aliases
+            }
+    return {"tracking_uri": client.tracking_uri, "release": release, "models": models, "problems": check_consistency(client)}
+
+
+def render_status(data: dict) -> str:
+    """The status dict as the plain-text table the CLI prints."""
+    lines = [f"MLflow registry: {data['tracking_uri']}", "", f"{RELEASE_MODEL}:"]
+    for alias in ALIASES:
+        info = data["release"].get(alias)
+        if info is None:
+            lines.append(f"  {alias:<10} –")
+            continue
+        members = ", ".join(f"{f} v{v}" for f, v in info["members"].items())
+        promoted = f"  promoted {info['promoted_at']} by {info['promoted_by']}" if info["promoted_at"] else ""
+        note = f"  note: {info['note']}" if info["note"] else ""
+        lines.append(f"  {alias:<10} v{info['version']:<4} [{members}]  ({info['profile']}){promoted}{note}")
+    for family, aliases in data["models"].items():
+        metric_names = [m for m in KEY_METRICS.get(family, ()) if any(m in a["metrics"] for a in aliases.values())]
+        lines += ["", f"{REGISTERED_MODELS[family]}:"]
+        header = f"  {'alias':<10} {'version':>7}  {'gate':<5} " + " ".join(f"{m:>18}" for m in metric_names)
+        lines.append(header.rstrip())
+        for alias in ALIASES:
+            if alias not in aliases:
+                continue
+            info = aliases[alias]
+            values = " ".join(f"{info['metrics'].get(m, '–'):>18}" for m in metric_names)
+            lines.append(f"  {alias:<10} {info['version']:>7}  {info['gate_verdict']:<5} {values}".rstrip())
+    if not data["models"]:
+        lines += ["", "no registered models yet: run `copyflow retrain`"]
+    if data["problems"]:
+        lines += ["", "INCONSISTENT aliases (promote or rollback again to repair):"]
+        lines += [f"  - {p}" for p in data["problems"]]
+    return "\n".join(lines)
+
+
+def compare(cfg: Config, release: int | str | None = None) -> str:
+    """Markdown: the challenger (or `release`) vs the current champion, the same table as the gate.
+
+    The stored gate report is shown when it was computed against today's champion; otherwise the
+    gates are re-run from the stored per-example evidence against the current champion.
+    """
+    client = registry_client(cfg)
+    aliases = model_aliases(client, RELEASE_MODEL)
+    version = str(release) if release is not None else aliases.get(CHALLENGER)
+    if version is None:
+        return f"No challenger release to compare (no {RELEASE_MODEL}@challenger); run `copyflow retrain`.\n"
+    target = load_manifest(client, version)
+    champion_version = aliases.get(CHAMPION)
+    if champion_version is None or str(target.get("baseline_release")) == str(champion_version):
+        return target["gate_report"]
+    if str(champion_version) == str(version):
+        return f"Release {version} is the champion.\n\n" + target["gate_report"]
+    champion = load_manifest(client, champion_version)
+    try:
+        results = regate(cfg, target, champion)
+    except EvidenceError as exc:
+        return f"Release {version} cannot be compared with champion release {champion_version}: {exc}\n"
+    return render_report(results, f"Release {version} vs champion release {champion_version}")
