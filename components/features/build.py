@@ -41,7 +41,7 @@ from components.features.attribute_index import AttributeIndex, explode_product_
 from components.features.copy_mentions import copy_mention_index
 from components.features.history import recent_clicked_products
 from components.features.labels import impression_labels
-from components.features.pit import NO_EVENT, prior_last_time, prior_sum, to_epoch_us
+from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_sum, to_epoch_us
 from components.features.splits import SPLITS, assign_split, split_boundaries
 
 FEATURE_SET_VERSION = 1
@@ -124,44 +124,34 @@ def feature_spec() -> dict:
 # ---------------------------------------------------------------- input checks
 
 
-def _examples(frame: pd.DataFrame, mask: pd.Series, columns: list[str]) -> str:
-    return frame.loc[mask, columns].head(5).to_dict("records").__repr__()
+def _fail_if(bad: pd.Series | np.ndarray, what: str, frame: pd.DataFrame, columns: list[str]) -> None:
+    """Raise naming the table.column problem, how many rows and up to five example rows."""
+    bad = np.asarray(bad, dtype=bool)
+    if bad.any():
+        examples = frame.loc[bad, columns].head(5).to_dict("records")
+        raise FeatureInputError(f"{what}: {int(bad.sum())} rows, e.g. {examples}")
 
 
 def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFrame, users: pd.DataFrame) -> None:
     """Fail loudly on anything clean data must not contain, instead of producing quiet garbage."""
-    for column in ("event_id", "user_id", "product_id", "event_type", "timestamp"):
-        missing = events[column].isna()
-        if missing.any():
-            raise FeatureInputError(
-                f"events.{column}: {int(missing.sum())} missing values, e.g. {_examples(events, missing, ['event_id', 'user_id', 'event_type'])}"
-            )
-    unknown = ~events["event_type"].isin(EVENT_TYPES)
-    if unknown.any():
-        raise FeatureInputError(f"events.event_type: unknown types {sorted(events.loc[unknown, 'event_type'].unique()[:5])}; expected {EVENT_TYPES}")
-    dupes = events["event_id"].duplicated(keep=False)
-    if dupes.any():
-        raise FeatureInputError(f"events.event_id: {int(dupes.sum())} rows share ids, e.g. {_examples(events, dupes, ['event_id', 'event_type', 'timestamp'])}")
-    impressions = events["event_type"] == "impression"
+    shown = ["event_id", "user_id", "product_id", "event_type", "timestamp"]
+    for column in shown:
+        _fail_if(events[column].isna(), f"events.{column} is missing", events, shown)
+    unknown_type = ~is_member(events["event_type"], pd.Series(EVENT_TYPES))
+    _fail_if(unknown_type, f"events.event_type not in {EVENT_TYPES}", events, shown)
+    _fail_if(events["event_id"].duplicated(keep=False), "events.event_id: rows share ids", events, shown)
+    impressions = (events["event_type"] == "impression").to_numpy()
     if not impressions.any():
         raise FeatureInputError("events: no impression events, so there is nothing to build samples from")
-    no_position = impressions & events["position"].isna()
-    if no_position.any():
-        raise FeatureInputError(f"events.position: {int(no_position.sum())} impressions without a position, e.g. {_examples(events, no_position, ['event_id', 'product_id'])}")
-    if products["product_id"].duplicated().any():
-        raise FeatureInputError(f"products.product_id: duplicates, e.g. {products.loc[products['product_id'].duplicated(), 'product_id'].head(5).tolist()}")
+    _fail_if(impressions & events["position"].isna(), "events.position missing on impressions", events, shown)
+    _fail_if(products["product_id"].duplicated(keep=False), "products.product_id duplicated", products, ["product_id"])
     bad_price = products["price"].isna() | (products["price"] < 0)
-    if bad_price.any():
-        raise FeatureInputError(f"products.price: {int(bad_price.sum())} missing or negative, e.g. {_examples(products, bad_price, ['product_id', 'price'])}")
-    unknown_product = ~events["product_id"].isin(products["product_id"])
-    if unknown_product.any():
-        raise FeatureInputError(f"events.product_id: {int(unknown_product.sum())} events name products missing from products, e.g. {_examples(events, unknown_product, ['event_id', 'product_id'])}")
-    unknown_user = ~events["user_id"].isin(users["user_id"])
-    if unknown_user.any():
-        raise FeatureInputError(f"events.user_id: {int(unknown_user.sum())} events name users missing from users, e.g. {_examples(events, unknown_user, ['event_id', 'user_id'])}")
-    unknown_copy = impressions & events["copy_id"].notna() & ~events["copy_id"].isin(copies["copy_id"])
-    if unknown_copy.any():
-        raise FeatureInputError(f"events.copy_id: {int(unknown_copy.sum())} impressions show copies missing from copies, e.g. {_examples(events, unknown_copy, ['event_id', 'copy_id'])}")
+    _fail_if(bad_price, "products.price missing or negative", products, ["product_id", "price"])
+    unknown_product = ~is_member(events["product_id"], products["product_id"])
+    _fail_if(unknown_product, "events.product_id not in products", events, shown)
+    _fail_if(~is_member(events["user_id"], users["user_id"]), "events.user_id not in users", events, shown)
+    unknown_copy = impressions & events["copy_id"].notna().to_numpy() & ~is_member(events["copy_id"], copies["copy_id"])
+    _fail_if(unknown_copy, "events.copy_id of impressions not in copies", events, [*shown, "copy_id"])
 
 
 # ---------------------------------------------------------------- feature computation
@@ -169,6 +159,16 @@ def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFr
 
 def _smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
     return (clicks + strength * prior) / (impressions + strength)
+
+
+@dataclass(frozen=True)
+class _ClickContext:
+    """What the end-of-data tables share with the per-impression features."""
+
+    product_attributes: pd.DataFrame
+    index: AttributeIndex
+    user_ids: pd.Index
+    click_pairs: ClickPairs
 
 
 def compute_samples(
@@ -182,6 +182,17 @@ def compute_samples(
 
     Pure function of its inputs: the leakage tests call it on truncated event logs.
     """
+    samples, report, _ = _compute_samples(events, products, copies, users, fcfg)
+    return samples, report
+
+
+def _compute_samples(
+    events: pd.DataFrame,
+    products: pd.DataFrame,
+    copies: pd.DataFrame,
+    users: pd.DataFrame,
+    fcfg: FeaturesConfig,
+) -> tuple[pd.DataFrame, dict, _ClickContext]:
     check_inputs(events, products, copies, users)
     report: dict = {}
     events = events.sort_values(["timestamp", "event_id"], kind="stable", ignore_index=True)
@@ -196,8 +207,8 @@ def compute_samples(
 
     imp = EventCodes(user=user[is_imp], product=product[is_imp], time=time_us[is_imp])
     clk = EventCodes(user=user[is_click], product=product[is_click], time=time_us[is_click])
-    samples = events.loc[is_imp, ["event_id", "user_id", "product_id", "copy_id", "timestamp", "position", "propensity"]]
-    samples = samples.reset_index(drop=True)
+    carried = ["event_id", "user_id", "product_id", "copy_id", "timestamp", "position", "propensity"]
+    samples = events.loc[is_imp, carried].reset_index(drop=True)
 
     def user_prior(mask: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
         return prior_sum(imp.user, imp.time, user[mask], time_us[mask], None if weight is None else weight[mask])
@@ -227,7 +238,9 @@ def compute_samples(
     global_clicks = prior_sum(everyone, imp.time, np.zeros(int(is_click.sum()), np.int64), time_us[is_click])
     global_ctr = (global_clicks + 1.0) / (global_impressions + 2.0)
     strength = fcfg.ctr_prior_strength
-    samples["u_ctr"] = _smoothed_ctr(samples["u_n_clicks"].to_numpy(), samples["u_n_impressions"].to_numpy(), global_ctr, strength)
+    samples["u_ctr"] = _smoothed_ctr(
+        samples["u_n_clicks"].to_numpy(), samples["u_n_impressions"].to_numpy(), global_ctr, strength
+    )
 
     signup = users.drop_duplicates("user_id").set_index("user_id")["signup_date"].reindex(user_ids)
     first_event = pd.Series(time_us).groupby(user).min().reindex(np.arange(len(user_ids)))
@@ -246,8 +259,9 @@ def compute_samples(
 
     # This shopper with this product before.
     n_products = len(product_ids)
-    samples["up_n_impressions"] = prior_sum(imp.user * n_products + imp.product, imp.time, imp.user * n_products + imp.product, imp.time)
-    samples["up_n_clicks"] = prior_sum(imp.user * n_products + imp.product, imp.time, clk.user * n_products + clk.product, clk.time)
+    imp_pair, clk_pair = imp.user * n_products + imp.product, clk.user * n_products + clk.product
+    samples["up_n_impressions"] = prior_sum(imp_pair, imp.time, imp_pair, imp.time)
+    samples["up_n_clicks"] = prior_sum(imp_pair, imp.time, clk_pair, clk.time)
 
     # Attribute and category affinities, and the copy's mentions of the shopper's top values.
     product_attributes = explode_product_attributes(products)
@@ -260,7 +274,7 @@ def compute_samples(
     samples["ua_category_affinity"] = category_affinity_feature(
         imp, clk, category_codes.astype(np.int64), samples["u_n_clicks"].to_numpy(), fcfg.affinity_prior_strength
     )
-    shown_copies = copies[copies["copy_id"].isin(samples["copy_id"].dropna())]
+    shown_copies = copies[is_member(copies["copy_id"], samples["copy_id"])]
     copy_ids, mentions = copy_mention_index(shown_copies, index)
     impression_copy = copy_ids.get_indexer(samples["copy_id"].fillna(""))  # -1: no copy shown
     changes = top_value_changes(click_pairs)
@@ -269,9 +283,14 @@ def compute_samples(
     samples["position"] = samples["position"].astype(np.int64)
     samples["category"] = products["category"].to_numpy()[imp.product]
     samples["is_cold"] = samples["u_n_events"].to_numpy() < fcfg.min_events_returning
-    samples["hist_products"] = recent_clicked_products(
-        imp.user, imp.time, clk.user, clk.time, np.flatnonzero(is_click), events.loc[is_click, "product_id"], fcfg.history_length
-    ).to_pandas()
+    history = recent_clicked_products(
+        imp.user, imp.time, clk.user, clk.time,
+        click_tiebreak=np.flatnonzero(is_click),
+        click_product=events.loc[is_click, "product_id"],
+        length=fcfg.history_length,
+    )
+    # Arrow-backed list column: no per-row Python lists, written to parquet as list<string> as is.
+    samples["hist_products"] = pd.arrays.ArrowExtensionArray(history)
 
     labels, link_report = impression_labels(
         events.loc[is_imp].reset_index(drop=True), events, fcfg.label_window_days
@@ -281,36 +300,25 @@ def compute_samples(
     report.update(link_report)
     report["n_attribute_pairs"] = index.n_pairs
     report["n_copies_shown"] = len(copy_ids)
-    return samples[list(SAMPLE_COLUMNS)], report
+    context = _ClickContext(product_attributes, index, user_ids, click_pairs)
+    return samples[list(SAMPLE_COLUMNS)], report, context
 
 
 def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) -> FeatureTables:
     """All feature-stage outputs from the four clean tables (no I/O)."""
     events, products, copies, users = (tables[t] for t in ("events", "products", "copies", "users"))
-    samples, report = compute_samples(events, products, copies, users, fcfg)
+    samples, report, context = _compute_samples(events, products, copies, users, fcfg)
     boundaries = split_boundaries(events["timestamp"].max(), fcfg.valid_days, fcfg.test_days)
-    samples.insert(samples.columns.get_loc("label_purchase") + 1, "split", assign_split(samples["timestamp"], boundaries))
+    split = assign_split(samples["timestamp"], boundaries)
+    samples.insert(samples.columns.get_loc("label_purchase") + 1, "split", split)
     samples = samples.sort_values(["timestamp", "event_id"], ignore_index=True)
     report["split_boundaries"] = boundaries.as_dict()
-
-    # End-of-data tables reuse the same index and click explosion as the features.
-    product_attributes = explode_product_attributes(products)
-    product_ids = pd.Index(products["product_id"])
-    index = AttributeIndex.build(product_attributes, product_ids)
-    user_ids = pd.Index(users["user_id"].unique())
-    clicks = events[events["event_type"] == "click"].sort_values(["timestamp", "event_id"], kind="stable")
-    click_codes = EventCodes(
-        user=user_ids.get_indexer(clicks["user_id"]),
-        product=product_ids.get_indexer(clicks["product_id"]),
-        time=to_epoch_us(clicks["timestamp"]),
-    )
-    click_pairs = ClickPairs.from_clicks(click_codes, index)
     strength = fcfg.affinity_prior_strength
     return FeatureTables(
         samples=samples,
-        user_affinity=user_affinity_table(click_pairs, index, user_ids, strength),
-        population_affinity=population_affinity_table(click_pairs, index, strength),
-        product_attributes=product_attributes,
+        user_affinity=user_affinity_table(context.click_pairs, context.index, context.user_ids, strength),
+        population_affinity=population_affinity_table(context.click_pairs, context.index, strength),
+        product_attributes=context.product_attributes,
         report=report,
     )
 
@@ -319,11 +327,12 @@ def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) 
 
 
 def samples_to_arrow(samples: pd.DataFrame) -> pa.Table:
-    """hist_products is written as list<string> even when every history is empty."""
-    flat = pa.Table.from_pandas(samples.drop(columns=["hist_products"]), preserve_index=False)
-    history = pa.array([list(h) for h in samples["hist_products"]], type=pa.list_(pa.string()))
-    position = samples.columns.get_loc("hist_products")
-    return flat.add_column(position, "hist_products", history)
+    # Without pandas metadata: its record of the Arrow-backed list dtype cannot be read back by
+    # pandas, and readers get the same frame from the Arrow types alone.
+    table = pa.Table.from_pandas(samples, preserve_index=False).replace_schema_metadata(None)
+    if not pa.types.is_list(table.schema.field("hist_products").type):
+        raise TypeError(f"hist_products must be a list column, got {table.schema.field('hist_products').type}")
+    return table
 
 
 def split_summary(samples: pd.DataFrame) -> dict:
@@ -353,7 +362,8 @@ def run_features(cfg: Config) -> dict:
     built.user_affinity.to_parquet(out_dir / "user_affinity.parquet", index=False)
     built.population_affinity.to_parquet(out_dir / "population_affinity.parquet", index=False)
     built.product_attributes.to_parquet(out_dir / "product_attributes.parquet", index=False)
-    (out_dir / "feature_spec.json").write_text(json.dumps(feature_spec(), ensure_ascii=False, indent=2), encoding="utf-8")
+    spec_json = json.dumps(feature_spec(), ensure_ascii=False, indent=2)
+    (out_dir / "feature_spec.json").write_text(spec_json, encoding="utf-8")
     samples = built.samples
     summary = {
         "stage": "features",

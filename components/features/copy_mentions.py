@@ -1,11 +1,9 @@
-"""Which attribute values a copy's text mentions (plain substring match, vectorized in Arrow)."""
+"""Which attribute values a copy's text mentions (plain substring match)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from components.data.attributes import UNK
 from components.features.attribute_index import AttributeIndex, Csr
@@ -17,12 +15,13 @@ def mentioned_pairs(texts: pd.Series, index: AttributeIndex) -> tuple[np.ndarray
     `<UNK>` is a masked brand, not a wording a shopper can prefer, so it never counts.
     A value shared by several keys yields one row per key (each is a distinct preference).
     """
-    arrow_texts = pa.array(texts.fillna("").astype(str).tolist(), type=pa.string())
+    # Python's substring search beats per-value Arrow kernels ~10x at this size (1e4 texts, 1e2-1e3 values).
+    all_texts = texts.fillna("").astype(str).tolist()
     text_rows: list[np.ndarray] = []
     pair_ids: list[np.ndarray] = []
     pairs = index.pairs[index.pairs["attr_value"] != UNK]
     for value, group in pairs.groupby("attr_value", sort=True):
-        hits = np.flatnonzero(pc.match_substring(arrow_texts, pattern=str(value)).to_numpy(zero_copy_only=False))
+        hits = np.array([row for row, text in enumerate(all_texts) if value in text], dtype=np.int64)
         if len(hits) == 0:
             continue
         ids = group.index.to_numpy(dtype=np.int64)  # pairs' row position == pair id

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.features.pit import is_member
+
 NO_COPY = ""
 
 
@@ -81,7 +83,7 @@ def impression_labels(
             labels[column] = _windowed_label(impressions, outcomes, label_window_days)
             continue
         impression_id, link = link_outcomes(impressions, outcomes)
-        labels[column] = impressions["event_id"].isin(set(impression_id.dropna())).astype(np.int64)
+        labels[column] = is_member(impressions["event_id"], impression_id).astype(np.int64)
         report[f"{event_type}_linked"] = link.linked
         report[f"{event_type}_unlinked"] = link.unlinked
     return labels, report

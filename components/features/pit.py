@@ -25,6 +25,11 @@ def to_epoch_us(timestamps: pd.Series) -> np.ndarray:
     return ((timestamps - _EPOCH) // pd.Timedelta(1, "us")).to_numpy(dtype=np.int64)
 
 
+def is_member(values: pd.Series, reference: pd.Series) -> np.ndarray:
+    """values.isin(reference) by hashing (pandas' Arrow-string isin is ~10x slower at 1e5 rows)."""
+    return pd.Index(reference.dropna().unique()).get_indexer(values) >= 0
+
+
 def _sorted_stream(
     query_group: np.ndarray, query_time: np.ndarray, event_group: np.ndarray, event_time: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
