@@ -1,0 +1,271 @@
+"""Train, evaluate, export and log the copy generator.
+
+    python -m components.training.generator --profile P --params F --out DIR [--parent-run-id R]
+
+Launched as its own process (components.training.launcher): under DDP Lightning re-executes this
+command for every extra rank. Every rank trains; rank 0 alone prepares the tokenizer (the other
+ranks, started later by Lightning, read what it wrote), evaluates, exports ONNX, logs to MLflow
+and writes manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from components.config import Config, load_config
+from components.data.corpus import load_corpus_splits
+from components.models.generator.api import Generator, TorchBackend, save_model_dir
+from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words
+from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
+from components.models.generator.decoding import DecodingSettings
+from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
+from components.models.generator.focus import length_edges
+from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
+from components.models.generator.retrieval import RetrievalGenerator
+from components.models.generator.tokenizer import CopyTokenizer
+from components.training.launcher import write_manifest
+
+log = logging.getLogger("copyflow.generator")
+
+METRIC_KEYS = (
+    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "repetition4", "attr_coverage",
+    "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "hallucination_rate", "ad_law_violations",
+)
+PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]
+
+
+def is_launcher_rank() -> bool:
+    """The process Lightning started from (global rank 0 before DDP spawns the others)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def decoding_defaults(cfg: Config) -> DecodingSettings:
+    g = cfg.generator
+    return DecodingSettings(
+        method=g.decoding, beam_size=g.beam_size, top_p=g.top_p, temperature=g.temperature,
+        length_penalty=g.length_penalty, no_repeat_ngram=g.no_repeat_ngram, num_candidates=g.num_candidates,
+        rerank_coverage=g.rerank_coverage, max_len=g.max_target_len, min_len=g.min_len, seed=cfg.seed,
+    )
+
+
+def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame]) -> tuple[CopyTokenizer, ValueVocabulary, list[float]]:
+    """Tokenizer, value vocabulary and length buckets from the training split (rank 0 writes,
+    other ranks read the same files so every rank sees identical token ids)."""
+    meta = prepared_dir / "prepared.json"
+    if is_launcher_rank():
+        train = splits["train"]
+        keys = {k for attrs in train["attributes"] for k in attrs}
+        values = {v for attrs in train["attributes"] for vs in attrs.values() for v in vs}
+        tokenizer = CopyTokenizer.train(train["summary"], keys, values, cfg.generator.tokenizer_vocab_size)
+        vocabulary = build_value_vocabulary(list(train["attributes"]), list(train["summary"]), cfg.generator.faithful_key_max_rate)
+        edges = length_edges([len(t) for t in train["summary"]])
+        tokenizer.save(prepared_dir)
+        meta.write_text(json.dumps({"vocabulary": vocabulary.to_dict(), "length_edges": edges}, ensure_ascii=False), encoding="utf-8")
+        return tokenizer, vocabulary, edges
+    data = json.loads(meta.read_text(encoding="utf-8"))
+    return CopyTokenizer.load(prepared_dir), ValueVocabulary.from_dict(data["vocabulary"]), data["length_edges"]
+
+
+class MlflowEpochLogger(Callback):
+    """Per-epoch losses to the active MLflow run, from global rank 0 only."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        import mlflow
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
+        metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        mlflow.log_metrics(metrics, step=trainer.current_epoch)
+
+
+def build_trainer(cfg: Config, out_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+    g, t = cfg.generator, cfg.trainer
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
+    strategy = t.strategy
+    if strategy == "ddp" and t.accelerator == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo")
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=t.precision, num_nodes=t.num_nodes,
+        max_epochs=g.max_epochs, max_steps=g.max_steps, max_time=timedelta(minutes=g.max_minutes),
+        callbacks=[EarlyStopping("val_loss", patience=g.patience, check_on_train_epoch_end=False), checkpoint, MlflowEpochLogger()],
+        gradient_clip_val=1.0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=out_dir, num_sanity_val_steps=0,
+    )
+    return trainer, checkpoint
+
+
+def plot_tradeoff(table: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(table["distinct2"], table["bleu4"])
+    for _, row in table.iterrows():
+        ax.annotate(row["setting"], (row["distinct2"], row["bleu4"]), fontsize=7)
+    ax.set_xlabel("distinct-2 (diversity)")
+    ax.set_ylabel("BLEU-4 (quality)")
+    ax.set_title("Generator decoding: quality vs diversity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, tokenizer, vocabulary, edges, run) -> dict:
+    """Rank 0 after training: held-out metrics, trade-off, samples, ONNX export + parity, models."""
+    import mlflow
+
+    from components.serving.generator_onnx import OnnxBackend, export_onnx, parity
+
+    g = cfg.generator
+    ad_law_path = Path(cfg.paths.ad_law_words)
+    defaults = decoding_defaults(cfg)
+    train = splits["train"]
+    baseline = RetrievalGenerator(list(train["attributes"]), list(train["summary"]), edges)
+    model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile})
+    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len)
+    test = splits["test"].head(g.eval_samples).to_dict("records")
+    if not test:
+        raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")
+
+    started = time.perf_counter()
+    metrics, samples = evaluate_heldout(generator, baseline, test, cfg.seed)
+    metrics["eval_seconds"] = time.perf_counter() - started
+    reports = out_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    samples.to_csv(reports / "samples.csv", index=False)
+    mlflow.log_table(samples.head(50), artifact_file="generator/samples.json")
+
+    if g.tradeoff_samples > 0:
+        table = tradeoff_table(generator, test[: g.tradeoff_samples], tradeoff_settings(defaults))
+        table.to_csv(reports / "tradeoff.csv", index=False)
+        (reports / "tradeoff.md").write_text(table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False), encoding="utf-8")
+        mlflow.log_table(table, artifact_file="generator/tradeoff.json")
+        plot_tradeoff(table, reports / "tradeoff.png")
+
+    paths = export_onnx(net, model_dir / "onnx")
+    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len)
+    parity_requests = [generator.request(r["attributes"], None, "any", "any") for r in test[: g.parity_samples]]
+    metrics.update(parity(generator, onnx_generator, parity_requests))
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+    mlflow.log_artifacts(str(reports), artifact_path="generator/reports")
+    mlflow.log_artifacts(str(model_dir), artifact_path="generator_bundle")
+    torch_info = mlflow.pytorch.log_model(
+        net, name="generator_pytorch", pip_requirements=PIP_REQUIREMENTS, serialization_format="pickle"
+    )
+    import onnx
+
+    mlflow.onnx.log_model(onnx.load(str(paths["encoder"])), name="generator_onnx_encoder", pip_requirements=["onnxruntime==1.32.0", "numpy"])
+    mlflow.onnx.log_model(onnx.load(str(paths["decoder_step"])), name="generator_onnx_decoder_step", pip_requirements=["onnxruntime==1.32.0", "numpy"])
+    return {
+        "model": "generator",
+        "run_id": run.info.run_id,
+        "model_uri": torch_info.model_uri,
+        "onnx_uri": f"runs:/{run.info.run_id}/generator_bundle",
+        "model_dir": str(model_dir.resolve()),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict | None:
+    """Train on every rank; rank 0 returns the manifest (other ranks return None)."""
+    from components.tracking import configure
+
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    g = cfg.generator
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_corpus_splits(cfg)
+    if splits["train"].empty or splits["valid"].empty:
+        raise ValueError(f"corpus {cfg.paths.corpus} gives {len(splits['train'])} train / {len(splits['valid'])} valid rows: too few")
+    tokenizer, vocabulary, edges = prepare(cfg, out_dir / "prepared", splits)
+    sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus)
+    train_ds = BucketedBatches(build_examples(splits["train"]["attributes"], splits["train"]["summary"], tokenizer, edges, g.max_target_len), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed, resample=True)
+    valid_ds = BucketedBatches(build_examples(splits["valid"]["attributes"], splits["valid"]["summary"], tokenizer, edges, g.max_target_len), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed + 1, resample=False)
+    workers = cfg.trainer.num_workers
+    train_loader = DataLoader(train_ds, batch_size=None, shuffle=True, num_workers=workers)
+    valid_loader = DataLoader(valid_ds, batch_size=None, shuffle=False, num_workers=workers)
+
+    spec = ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len)
+    world = max(1, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1) * cfg.trainer.num_nodes
+    steps_per_epoch = max(1, len(train_ds) // world)
+    total = steps_per_epoch * g.max_epochs if g.max_steps < 0 else min(g.max_steps, steps_per_epoch * g.max_epochs)
+    module = GeneratorModule(spec.to_dict(), g.lr, min(g.warmup_steps, max(1, total // 10)), total, g.max_minutes * 60, g.label_smoothing, g.weight_decay)
+    trainer, checkpoint = build_trainer(cfg, out_dir)
+
+    run = None
+    if is_launcher_rank():
+        import mlflow
+
+        configure(cfg)
+        run = mlflow.start_run(run_name=f"generator-{cfg.profile}", parent_run_id=parent_run_id, nested=parent_run_id is not None)
+        mlflow.set_tags({"model": "generator", "profile": cfg.profile})
+        mlflow.log_params({f"generator.{k}": v for k, v in g.model_dump().items()} | {f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()} | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys)})
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, train_loader, valid_loader)
+        if not trainer.is_global_zero:
+            return None
+        import mlflow
+
+        train_seconds = time.perf_counter() - started
+        net = module.net
+        if checkpoint.best_model_path:  # early stopping kept training past the best epoch
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+        net = net.cpu().eval()
+        mlflow.log_metrics({"train_seconds": train_seconds, "epochs_run": float(trainer.current_epoch), "steps_run": float(trainer.global_step), "best_val_loss": float(checkpoint.best_model_score or float("nan"))})
+        manifest = evaluate_and_log(cfg, out_dir, splits, net, tokenizer, vocabulary, edges, run)
+        manifest["metrics"].update({"train_seconds": train_seconds, "best_val_loss": float(checkpoint.best_model_score or float("nan"))})
+        write_manifest(out_dir, manifest)
+        return manifest
+    finally:
+        if run is not None:
+            import mlflow
+
+            mlflow.end_run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--parent-run-id", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
+    cfg = load_config(args.params, args.profile)
+    train(cfg, args.out, args.parent_run_id)
+
+
+if __name__ == "__main__":
+    main()

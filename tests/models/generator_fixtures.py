@@ -1,0 +1,65 @@
+"""Tiny generator settings and a params file for subprocess training tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from components.config import deep_merge
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "data/advertisegen/train.jsonl"
+
+TINY_GENERATOR = {
+    "tokenizer_vocab_size": 300,
+    "d_model": 32,
+    "nhead": 2,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "dim_feedforward": 64,
+    "max_target_len": 48,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "max_steps": 4,
+    "max_minutes": 2,
+    "warmup_steps": 2,
+    "beam_size": 2,
+    "num_candidates": 2,
+    "eval_samples": 6,
+    "tradeoff_samples": 3,
+    "parity_samples": 3,
+}
+
+
+def tiny_corpus(path: Path, rows: int = 160) -> Path:
+    """The first `rows` corpus lines: enough for every split to be non-empty."""
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()[:rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_params(tmp_path: Path, profile: str = "quick", **overrides) -> Path:
+    """A params.yaml whose paths live in tmp_path and whose profile trains a tiny generator."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    isolated = {
+        "paths": {
+            "corpus": str(tiny_corpus(tmp_path / "corpus.jsonl")),
+            "artifacts": str(tmp_path / "artifacts"),
+            "state": str(tmp_path / "state"),
+            "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
+            "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
+        },
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "data": {"valid_fraction": 0.15, "test_fraction": 0.15},
+        "generator": TINY_GENERATOR,
+    }
+    raw["profiles"][profile] = deep_merge(deep_merge(raw["profiles"].get(profile) or {}, isolated), overrides)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def read_manifest(out_dir: Path) -> dict:
+    return json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
