@@ -63,3 +63,27 @@ def write_params(tmp_path: Path, profile: str = "quick", **overrides) -> Path:
 
 def read_manifest(out_dir: Path) -> dict:
     return json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+def tiny_parts(rows: int = 200, d_model: int = 32, seed: int = 0):
+    """A tokenizer, value vocabulary, length edges, retrieval baseline and an untrained tiny
+    model, all built from the first `rows` corpus rows (seconds, no training)."""
+    import torch
+
+    from components.data.corpus import read_corpus
+    from components.models.generator.constraints import build_value_vocabulary
+    from components.models.generator.focus import length_edges
+    from components.models.generator.model import CopyTransformer, ModelSpec
+    from components.models.generator.retrieval import RetrievalGenerator
+    from components.models.generator.tokenizer import CopyTokenizer
+
+    corpus = read_corpus(CORPUS).head(rows)
+    attributes, texts = list(corpus["attributes"]), list(corpus["summary"])
+    keys = {k for a in attributes for k in a}
+    values = {v for a in attributes for vs in a.values() for v in vs} | {"黑色", "白色"}
+    tokenizer = CopyTokenizer.train(texts, keys, values, 300)
+    vocabulary = build_value_vocabulary(attributes, texts, 0.05)
+    edges = length_edges([len(t) for t in texts])
+    torch.manual_seed(seed)
+    net = CopyTransformer(ModelSpec(tokenizer.vocab_size, d_model, 2, 1, 1, 2 * d_model, 0.0, 64, 48)).eval()
+    return tokenizer, vocabulary, edges, RetrievalGenerator(attributes, texts, edges), net, corpus

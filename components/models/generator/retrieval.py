@@ -29,7 +29,9 @@ def substitute_values(text: str, source: dict[str, list[str]], target: dict[str,
         theirs = [v for v in source.get(key, []) if v not in own]
         ours = [v for v in target_values if v not in source.get(key, [])]
         for old, new in zip(theirs, ours):
-            text = text.replace(old, new)
+            # One-character values (裙, 裤) also occur inside longer words (连衣裙): leave them.
+            if len(old) >= 2 and len(new) >= 2:
+                text = text.replace(old, new)
     return text
 
 

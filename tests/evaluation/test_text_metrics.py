@@ -1,0 +1,55 @@
+import math
+
+import pytest
+
+from components.evaluation import text_metrics as tm
+
+
+def test_bleu4_identical_and_disjoint():
+    ref = "这款连衣裙采用白色的面料，简约大方，穿着舒适。"
+    assert tm.bleu4(ref, ref) == pytest.approx(100.0)
+    assert tm.bleu4("甲乙丙丁戊己庚辛", ref) < 1.0
+    assert tm.bleu4("", ref) == 0.0
+
+
+def test_bleu4_matches_nltk_char_level_method3():
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    hyp, ref = "白色连衣裙很好看", "这条白色连衣裙真好看"
+    expected = 100 * sentence_bleu([list(ref)], list(hyp), smoothing_function=SmoothingFunction().method3)
+    assert tm.bleu4(hyp, ref) == pytest.approx(expected)
+    assert 0 < tm.bleu4(hyp, ref) < 100
+
+
+def test_rouge_on_jieba_tokens():
+    ref = "宽松的阔腿裤穿着很舒适"
+    same = tm.rouge_scores(ref, ref)
+    assert same["rouge1"] == pytest.approx(100.0, abs=1e-3) and same["rougeL"] == pytest.approx(100.0, abs=1e-3)
+    partial = tm.rouge_scores("宽松的阔腿裤", ref)
+    assert 0 < partial["rouge1"] < 100
+    assert tm.rouge_scores("", ref) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+def test_distinct_and_repetition_known_values():
+    # "abab": bigrams ab, ba, ab -> 2 unique of 3
+    assert tm.distinct_n(["abab"], 2) == pytest.approx(2 / 3)
+    # two identical copies halve distinct-1
+    assert tm.distinct_n(["abc", "abc"], 1) == pytest.approx(0.5)
+    assert tm.distinct_n([], 2) == 0.0
+    # "abcdabcd": 4-grams abcd bcda cdab dabc abcd -> one repeat of five
+    assert tm.repetition_n("abcdabcd", 4) == pytest.approx(1 / 5)
+    assert tm.repetition_n("abc", 4) == 0.0
+
+
+def test_coverage_and_banned_occurrences():
+    text = "这款A字裙采用白色面料"
+    assert tm.coverage(text, ["a字", "白色", "黑色"]) == pytest.approx(2 / 3)
+    assert math.isnan(tm.coverage(text, []))
+    assert tm.banned_occurrences("最好的最美的第一名", ["最", "第一"]) == ["最", "最", "第一"]
+
+
+def test_corpus_text_metrics_requires_aligned_inputs():
+    with pytest.raises(ValueError, match="2 copies but 1 references"):
+        tm.corpus_text_metrics(["a", "b"], ["a"])
+    metrics = tm.corpus_text_metrics(["白色连衣裙"], ["白色连衣裙"])
+    assert metrics["bleu4"] == pytest.approx(100.0) and metrics["distinct1"] == pytest.approx(1.0)

@@ -1,0 +1,122 @@
+"""Tokenizer, focus controls, retrieval baseline, decoding and the api functions (tiny, untrained)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from components.models.generator import api
+from components.models.generator.decoding import DecodingSettings, _repeat_bans
+from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
+from components.models.generator.retrieval import RetrievalGenerator, substitute_values
+from components.models.generator.tokenizer import EOS, CopyTokenizer
+from tests.models.generator_fixtures import ROOT, tiny_parts
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_parts()
+
+
+@pytest.fixture(scope="module")
+def model_dir(parts, tmp_path_factory):
+    tokenizer, vocabulary, edges, baseline, net, _ = parts
+    directory = tmp_path_factory.mktemp("gen") / "model"
+    return api.save_model_dir(directory, net, tokenizer, vocabulary, ROOT / "components/resources/ad_law_words.txt", baseline, DecodingSettings(method="greedy", max_len=16))
+
+
+def test_tokenizer_round_trip_values_and_controls(parts, tmp_path):
+    tokenizer, corpus = parts[0], parts[5]
+    text = corpus.loc[0, "summary"]
+    assert tokenizer.decode(tokenizer.encode_text(text)) == text  # lossless, full-width punctuation kept
+    assert [tokenizer.pieces[i] for i in tokenizer.encode_text("白色的阔腿裤")][0] == "白色"  # a value is one token
+    src = tokenizer.encode_source({"类型": ["裤"], "颜色": ["白色"]}, ["白色"], "lively", "long", 64)
+    pieces = [tokenizer.pieces[i] for i in src]
+    assert pieces == ["<tone:lively>", "<len:long>", "<k:类型>", "裤", "<k:颜色>", "<focus>", "白色", "</s>"]
+    tokenizer.save(tmp_path)
+    again = CopyTokenizer.load(tmp_path)
+    assert again.encode_text(text) == tokenizer.encode_text(text)
+    assert len(tokenizer.encode_source({"类型": ["裤"] * 1, "颜色": [f"色{i}" for i in range(80)]}, [], "any", "any", 20)) == 20
+
+
+def test_focus_controls():
+    attrs = {"类型": ["裙"], "颜色": ["白色"], "图案": ["<UNK>", "条纹"]}
+    assert mentioned_values("这条白色裙子", attrs) == ["裙", "白色"]
+    assert normalize_focus(["颜色#白色", "黑色", "条纹"], attrs) == ["白色", "条纹"]
+    assert tone_of("好看哦！") == "lively" and tone_of("优雅知性") == "elegant" and tone_of("简约") == "plain"
+    assert [length_bucket(n, [90, 120]) for n in (50, 100, 150)] == ["short", "medium", "long"]
+    rng = np.random.default_rng(0)
+    draws = [sample_training_focus(["a", "b", "c", "d"], rng, 0.3, 3) for _ in range(300)]
+    assert all(len(d) <= 3 and set(d) <= {"a", "b", "c", "d"} for d in draws)
+    assert 0.2 < np.mean([not d for d in draws]) < 0.4
+
+
+def test_retrieval_baseline_substitutes_own_values():
+    texts = ["这款黑色连衣裙很显瘦。", "宽松的阔腿裤。"]
+    attrs = [{"类型": ["裙"], "颜色": ["黑色"]}, {"类型": ["裤"], "裤型": ["阔腿裤"]}]
+    baseline = RetrievalGenerator(attrs, texts, [5, 10])
+    assert baseline.generate({"类型": ["裙"], "颜色": ["白色"]}) == ["这款白色连衣裙很显瘦。"]
+    assert baseline.generate({"类型": ["裤"], "裤型": ["阔腿裤"]}, n=2) == ["宽松的阔腿裤。", "这款黑色连衣裙很显瘦。"]
+    assert substitute_values("黑色好看", {"颜色": ["黑色"]}, {"颜色": ["黑色"]}) == "黑色好看"
+
+
+def test_repeat_blocking():
+    assert _repeat_bans([5, 6, 7, 5, 6], 3) == [7]
+    assert _repeat_bans([5, 6], 3) == []
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_generate_n_distinct_copies(model_dir, method):
+    generator = api.load_generator(model_dir)
+    copies = generator.generate({"类型": ["裙"], "颜色": ["白色"]}, focus=["白色"], decoding=method, n=2)
+    assert 1 <= len(copies) <= 2 and len(set(copies)) == len(copies) and all(copies)
+    with pytest.raises(api.GenerationInputError, match="unknown tone"):
+        generator.generate({"类型": ["裙"]}, tone="angry")
+    with pytest.raises(api.GenerationInputError, match="unknown decoding"):
+        generator.generate({"类型": ["裙"]}, decoding="sampling")
+
+
+def test_beam_scores_are_sorted(model_dir):
+    from components.models.generator.decoding import search
+
+    generator = api.load_generator(model_dir)
+    requests = [generator.request({"类型": ["裤"]}, None, "any", "any")]
+    plans = [generator.blocker.plan([])]
+    candidates = search(generator.backend, generator.encode_sources(requests), plans, generator.tokenizer.piece_texts, DecodingSettings(method="beam", beam_size=3, max_len=10))[0]
+    assert len(candidates) == 3
+    assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
+    assert all(EOS not in c.tokens for c in candidates)
+
+
+def test_generate_batch_and_errors(model_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    rows = [{"content": "类型#裙*颜色#白色"}, {"content": "类型#裤*裤型#阔腿裤"}]
+    source.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert api.generate_batch(source, out, model_dir, focus=["白色"], decoding="greedy") == 2
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [w["content"] for w in written] == [r["content"] for r in rows] and all(w["copy"] for w in written)
+    source.write_text('{"content": "类型#裙"}\n{"text": "no content"}\n', encoding="utf-8")
+    with pytest.raises(api.GenerationInputError, match=r"in.jsonl:2: expected an object with a string 'content'"):
+        api.generate_batch(source, out, model_dir)
+    source.write_text('{"content": "类型裙"}\n', encoding="utf-8")
+    with pytest.raises(api.GenerationInputError, match=r"in.jsonl:1: bad 'content'"):
+        api.generate_batch(source, out, model_dir)
+    with pytest.raises(FileNotFoundError):
+        api.load_generator(tmp_path / "nowhere")
+
+
+def test_evaluate_examples_per_example_columns(model_dir, parts):
+    generator = api.load_generator(model_dir)
+    corpus = parts[5]
+    rows = [{"content": c, "summary": s} for c, s in zip(corpus["content"][:3], corpus["summary"][:3])]
+    rows[0]["focus"] = ["裤"]
+    frame = api.evaluate_examples(generator, rows, decoding="greedy")
+    assert len(frame) == 3
+    for column in ("reference", "copy", "bleu4", "rougeL", "hallucinated", "ad_law_violations", "attr_coverage", "focus_coverage"):
+        assert column in frame.columns
+    assert frame["reference"].tolist() == [r["summary"] for r in rows]
+    perfect = api.score_copies(generator, rows, [r["summary"] for r in rows], [[] for _ in rows])
+    assert (perfect["bleu4"] > 99).all()
+    with pytest.raises(api.GenerationInputError, match="row 0"):
+        api.evaluate_examples(generator, [{"content": "类型#裙"}])

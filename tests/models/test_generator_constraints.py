@@ -1,0 +1,105 @@
+"""A decoder pushed hard toward a banned word or a contradicting value never emits it."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.models.generator.api import Generator, TorchBackend
+from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.decoding import DecodingSettings
+from tests.models.generator_fixtures import ROOT, tiny_parts
+
+AD_LAW = ROOT / "components/resources/ad_law_words.txt"
+WHITE_DRESS = {"类型": ["裙"], "颜色": ["白色"], "裙长": ["连衣裙"]}
+
+
+class ForcedBackend(TorchBackend):
+    """The real tiny model with a huge bonus on chosen tokens: after token a (or at the start)
+    push b, otherwise push a, so an unconstrained decoder spells a+b over and over."""
+
+    def __init__(self, net, pushes: list[tuple[int, int]]):
+        super().__init__(net)
+        self.pushes = pushes
+
+    def step(self, tokens, state):
+        logprobs, state = super().step(tokens, state)
+        logprobs = logprobs.clone()
+        for first, second in self.pushes:
+            after_first = torch.from_numpy(tokens == first)
+            logprobs[after_first, second] += 100.0
+            logprobs[~after_first, first] += 100.0
+        return logprobs, state
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_parts()
+
+
+def make_generator(parts, pushes, ad_law_words, faithful=True):
+    tokenizer, net = parts[0], parts[4]
+    vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"] if faithful else [])
+    return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3), 64)
+
+
+def piece(tokenizer, text):
+    return tokenizer.token_id(text)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_forced_ad_law_words_are_never_emitted(parts, method):
+    tokenizer = parts[0]
+    words = load_ad_law_words(AD_LAW)
+    assert "最" in words and "第一" in words
+    # 第 then 一 as separate tokens: the banned word straddles a token boundary.
+    pushes = [(piece(tokenizer, "第"), piece(tokenizer, "一")), (piece(tokenizer, "最"), piece(tokenizer, "好"))]
+    free = make_generator(parts, pushes, [], faithful=False)
+    free_copy = free.generate(WHITE_DRESS, decoding=method)[0]
+    assert "第一" in free_copy or "最" in free_copy  # the push works when nothing blocks it
+    guarded = make_generator(parts, pushes, words)
+    for copy in guarded.generate(WHITE_DRESS, decoding=method, n=3):
+        assert "第一" not in copy and "最" not in copy, copy
+        assert copy  # it still writes something
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_forced_contradicting_value_is_never_emitted(parts, method):
+    tokenizer = parts[0]
+    black = piece(tokenizer, "黑色")  # a value: one token
+    pushes = [(black, black), (piece(tokenizer, "黑"), piece(tokenizer, "色"))]
+    free = make_generator(parts, pushes, [], faithful=False)
+    assert "黑色" in free.generate(WHITE_DRESS, decoding=method)[0]
+    guarded = make_generator(parts, pushes, [])
+    for copy in guarded.generate(WHITE_DRESS, decoding=method, n=3):
+        assert "黑色" not in copy, copy
+    # the same push is fine for a black product: only contradictions are blocked
+    black_dress = {"类型": ["裙"], "颜色": ["黑色"]}
+    assert "黑色" in guarded.generate(black_dress, decoding=method)[0]
+
+
+def test_contradictions_ignore_values_inside_the_products_own():
+    vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"])
+    pink = {"颜色": ["粉红色"]}
+    assert vocab.contradictions("粉红色的裙子", pink) == []
+    assert vocab.contradictions("粉红色配红色腰带", pink) == ["红色"]
+    assert vocab.contradictions("黑色的连衣裙", {"颜色": ["白色"]}) == ["黑色"]
+    assert vocab.contradictions("黑色的连衣裙", {"类型": ["裙"]}) == []  # no colour stated: nothing to contradict
+
+
+def test_token_blocker_handles_words_across_tokens():
+    blocker = TokenBlocker(["", "百", "分", "之", "百分", "之百", "好", "最好"], always_banned_ids=[0])
+    plan = blocker.plan(["百分之百", "最"])
+    assert plan.banned("")[7] and plan.banned("")[0]  # 最好 contains a banned word; id 0 always
+    assert not plan.banned("今天")[5]
+    banned = plan.banned("他说百分")
+    assert banned[5] and not banned[3]  # 之百 completes the word; 之 alone does not yet
+    assert plan.banned("他说百分之")[1] and plan.banned("他说百分之")[4]
+
+
+def test_ad_law_word_list_errors(tmp_path):
+    empty = tmp_path / "words.txt"
+    empty.write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="has no words"):
+        load_ad_law_words(empty)
+    with pytest.raises(FileNotFoundError):
+        load_ad_law_words(tmp_path / "missing.txt")
