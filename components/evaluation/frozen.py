@@ -199,7 +199,7 @@ def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
     """Per-example [example_id, bleu4, rougeL, hallucinated, ad_law_violations, ...] of the generator."""
     from components.models.generator.api import evaluate_examples, load_generator
 
-    frame = evaluate_examples(load_generator(model_ref), rows)
+    frame = evaluate_examples(load_generator(model_ref), rows.to_dict("records"))
     if "example_id" not in frame.columns:
         if len(frame) != len(rows):
             raise SnapshotError(f"generator evaluation returned {len(frame)} rows for {len(rows)} snapshot rows")

@@ -57,7 +57,7 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str = 
 def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """alias -> version of a registered model ({} when the model does not exist yet)."""
     try:
-        return dict(client.get_registered_model(name).aliases or {})
+        return {alias: str(version) for alias, version in (client.get_registered_model(name).aliases or {}).items()}
     except MlflowException as exc:
         if _not_found(exc):
             return {}

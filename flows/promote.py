@@ -1,0 +1,78 @@
+"""Prefect flows `promote` and `rollback`: one click in the Prefect UI moves the champion.
+
+Deployed from prefect.yaml (`prefect deploy --all`, run by `copyflow worker` on the local process
+pool). Their parameters (release version, note) render as a form on the deployment's "Run" page.
+Thin wiring: all logic (gate evidence re-check, lock, alias moves, who/when/why tags) lives in
+components/registry, which the CLI calls too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+
+def _actor() -> str:
+    """Who asked: Prefect's `created_by` when the server knows it (Cloud, automations), else the run."""
+    from prefect.client.orchestration import get_client
+
+    name = f"prefect flow run {flow_run.get_name() or '?'}"
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return name
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    if run.created_by is not None and run.created_by.display_value:
+        return f"{run.created_by.display_value} ({name})"
+    return name
+
+
+def _config(profile: str, params_path: str):
+    from components.config import load_config
+
+    return load_config(Path(params_path), profile)
+
+
+@flow(name="promote", log_prints=True)
+def promote(
+    release: int | None = None,
+    note: str | None = None,
+    dry_run: bool = False,
+    profile: str = "quick",
+    params_path: str = "params.yaml",
+) -> dict:
+    """Make a release champion (default: the current challenger) after re-checking its gate evidence.
+
+    Args:
+        release: copyflow-release version to promote; empty = the challenger.
+        note: why (recorded on the release as `promotion.note`).
+        dry_run: only show what would move.
+        profile: params.yaml profile whose tracking store holds the registry.
+        params_path: params file, relative to the project directory.
+    """
+    from components.registry import promotion, status
+
+    logger = get_run_logger()
+    cfg = _config(profile, params_path)
+    result = promotion.promote(cfg, release=release, dry_run=dry_run, note=note, actor=_actor())
+    if result.get("recheck_report"):
+        print(result["recheck_report"])
+    verb = "would promote" if dry_run else ("promoted" if result["changed"] else "kept")
+    logger.info("%s release %s (replacing %s)", verb, result["release"], result["replaces"])
+    print(status.render_status(status.status(cfg)))
+    return result
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(note: str | None = None, profile: str = "quick", params_path: str = "params.yaml") -> dict:
+    """Put the previous champion release back in one step (champion <- previous)."""
+    from components.registry import promotion, status
+
+    logger = get_run_logger()
+    cfg = _config(profile, params_path)
+    result = promotion.rollback(cfg, note=note, actor=_actor())
+    logger.info("rolled back release %s; champion is release %s", result["rolled_back"], result["release"])
+    print(status.render_status(status.status(cfg)))
+    return result

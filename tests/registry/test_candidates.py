@@ -1,0 +1,109 @@
+"""release_candidates: gate -> register (with lineage) -> challenger / auto-promotion, on a real store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from components.registry.candidates import ManifestError, release_candidates
+from components.registry.names import LINEAGE_TAGS, METRIC_TAG_PREFIX, REGISTERED_MODELS, RELEASE_MODEL
+from components.registry.store import model_aliases, registry_client
+from tests.conftest import ROOT
+
+
+def test_first_release_passes_on_floors_alone_and_is_auto_promoted(world):
+    first = world.first
+    assert first.passed and first.release == "1" and first.promoted
+    for gate in first.gates:
+        relative = [r for r in gate.rules if r.kind == "non_inferiority"]
+        assert relative and all(r.note == "first release" and r.champion is None for r in relative)
+        assert gate.champion_label is None
+    client = registry_client(world.cfg)
+    assert model_aliases(client, RELEASE_MODEL)["champion"] == "1"
+    for family, version in first.versions.items():
+        assert model_aliases(client, REGISTERED_MODELS[family])["champion"] == version
+    tags = client.get_model_version(RELEASE_MODEL, "1").tags
+    assert tags["promoted_by"] == "copyflow auto-promote" and "first release" in tags["promotion.note"]
+
+
+def test_degraded_candidate_is_rejected_with_a_clear_report_and_no_alias_moves(world):
+    failure = world.failure
+    assert failure is not None, "a model trained on shuffled labels must not pass the gate"
+    assert world.aliases_after_failure == world.aliases_before_failure
+    report = failure.report
+    assert "Gate `preference`: **FAIL**" in report
+    assert "| auc |" in report and "floor: >= 0.6 | **FAIL**" in report
+    assert "non_inferiority: CI low of delta > -0.01 | **FAIL**" in report
+    assert "vs release 1 (copyflow-preference v1)" in report
+    [gate] = failure.results
+    auc_rule = next(r for r in gate.rules if r.kind == "non_inferiority")
+    assert auc_rule.ci_high < 0  # clearly worse than the champion, not just noisy
+    # the rejected version is registered for the record, tagged as failed, and holds no alias
+    client = registry_client(world.cfg)
+    rejected = [
+        v for v in client.search_model_versions("name='copyflow-preference'") if v.tags.get("gate.verdict") == "fail"
+    ]
+    assert len(rejected) == 1
+    assert rejected[0].tags["gate.failed_rules"] == "floor:auc, non_inferiority:auc"
+    assert rejected[0].version not in model_aliases(client, "copyflow-preference").values()
+
+
+def test_better_candidate_becomes_challenger_and_champion_stays(world):
+    second = world.second
+    assert second.passed and second.release == "2" and not second.promoted
+    pref = next(g for g in second.gates if g.family == "preference")
+    rule = next(r for r in pref.rules if r.kind == "non_inferiority")
+    assert rule.delta > 0 and rule.ci_low > -world.cfg.gates.non_inferiority_margin
+    client = registry_client(world.cfg)
+    release_aliases = model_aliases(client, RELEASE_MODEL)
+    assert release_aliases["challenger"] == "2" and release_aliases["champion"] == "1"
+    for family, version in second.versions.items():
+        aliases = model_aliases(client, REGISTERED_MODELS[family])
+        assert aliases["challenger"] == version
+        assert aliases["champion"] == world.first.versions[family]
+
+
+def test_every_registered_version_has_all_lineage_tags(world):
+    client = registry_client(world.cfg)
+    versions = [v for name in ("copyflow-preference", "copyflow-generator") for v in client.search_model_versions(f"name='{name}'")]
+    assert len(versions) == 5  # weak, degraded, better preference + two generators
+    for version in versions:
+        missing = [tag for tag in LINEAGE_TAGS if not version.tags.get(tag)]
+        assert not missing, f"{version.name} v{version.version} lacks {missing}"
+        assert any(key.startswith(METRIC_TAG_PREFIX) for key in version.tags)
+        assert len(version.tags["git_commit"].removesuffix("-dirty")) == 40
+        assert version.tags["training_run_id"] == version.run_id
+        assert version.tags["profile"] == "quick"
+    release = client.get_model_version(RELEASE_MODEL, "2")
+    assert release.tags["member.preference"] == world.second.versions["preference"]
+    assert release.tags["gate.verdict"] == "pass" and release.tags["baseline_release"] == "1"
+
+
+def test_gate_report_and_evidence_are_logged_to_mlflow(world):
+    client = registry_client(world.cfg)
+    run_id = world.manifests["better"]["run_id"]
+    gate_files = {a.path for a in client.list_artifacts(run_id, "gate")}
+    assert gate_files == {"gate/preference_evidence.parquet", "gate/preference_report.md"}
+    run = client.get_run(run_id)
+    assert run.data.metrics["gate.passed"] == 1.0
+    assert run.data.tags["gate.verdict"] == "pass"
+    assert "gate.non_inferiority.auc.ci_low" in run.data.metrics
+    failed = client.get_run(world.manifests["degraded"]["run_id"])
+    assert failed.data.metrics["gate.passed"] == 0.0
+
+
+def test_frozen_snapshot_is_reused_when_new_data_arrives(world):
+    first = next(g for g in world.first.gates if g.family == "preference")
+    second = next(g for g in world.second.gates if g.family == "preference")
+    assert first.snapshot == second.snapshot and first.n_examples == second.n_examples
+    frozen = pd.read_parquet(world.cfg.state_dir() / "frozen_eval" / "preference.parquet")
+    assert frozen["example_id"].str.startswith("e0-").all()  # the first batch, not the new one
+
+
+def test_malformed_manifests_are_refused_before_anything_is_written(world):
+    with pytest.raises(ManifestError, match="lacks \\['run_id', 'model_uri'\\]"):
+        release_candidates(world.cfg, [{"model": "preference", "metrics": {}}], project_dir=ROOT)
+    with pytest.raises(ValueError, match="unknown model family 'ranker'"):
+        release_candidates(world.cfg, [{"model": "ranker", "run_id": "r", "model_uri": "u", "metrics": {}}])
+    with pytest.raises(ManifestError, match="one manifest per model family"):
+        release_candidates(world.cfg, [world.manifests["better"], world.manifests["better"]])
