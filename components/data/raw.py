@@ -1,0 +1,166 @@
+"""The raw layer (artifacts/<profile>/source/): what a source delivered, in source-native text form.
+
+    products.jsonl  one JSON object a line: product_id, category, content (attributes in the
+                    AdvertiseGen notation `key#value*key#value`), price (number or null), source
+    copies.jsonl    one JSON object a line: copy_id, product_id, text, source, model_version
+    users.csv       user_id (RAW, not yet pseudonymized), age_band, city_tier, signup_date
+    events.csv      event_id, user_id (RAW), product_id, copy_id, event_type, timestamp
+                    (ISO 8601, UTC), position, propensity, value
+    ground_truth/   the simulator's latent truth, for evaluation only (no feature/model reads it)
+
+Raw user ids live only here; ingestion pseudonymizes them on the way to the canonical layer.
+Readers are strict: a file that is not UTF-8, not valid JSON/CSV or lacks a column raises a
+`RawFormatError` naming the file and line, because silently skipping records would lose data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+RAW_FILES: dict[str, str] = {
+    "products": "products.jsonl",
+    "copies": "copies.jsonl",
+    "users": "users.csv",
+    "events": "events.csv",
+}
+RAW_COLUMNS: dict[str, list[str]] = {
+    "products": ["product_id", "category", "content", "price", "source"],
+    "copies": ["copy_id", "product_id", "text", "source", "model_version"],
+    "users": ["user_id", "age_band", "city_tier", "signup_date"],
+    "events": [
+        "event_id",
+        "user_id",
+        "product_id",
+        "copy_id",
+        "event_type",
+        "timestamp",
+        "position",
+        "propensity",
+        "value",
+    ],
+}
+GROUND_TRUTH_DIR = "ground_truth"
+
+
+class RawFormatError(ValueError):
+    """A raw source file cannot be read as its documented format."""
+
+
+def raw_path(source_dir: Path | str, table: str) -> Path:
+    return Path(source_dir) / RAW_FILES[table]
+
+
+def _json_value(value: Any) -> Any:
+    """NaN/NaT/pd.NA -> null (json.dumps would write the invalid token NaN); numpy scalars -> python."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    return value
+
+
+def write_jsonl(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
+    lines = [
+        json.dumps({c: _json_value(v) for c, v in zip(columns, row)}, ensure_ascii=False)
+        for row in df[columns].itertuples(index=False, name=None)
+    ]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def write_raw_table(df: pd.DataFrame, source_dir: Path | str, table: str) -> Path:
+    """Write one raw table in its native format (JSONL for catalog tables, CSV for logs)."""
+    columns = RAW_COLUMNS[table]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise RawFormatError(f"raw {table}: missing columns {missing}")
+    path = raw_path(source_dir, table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        return write_jsonl(df, path, columns)
+    # pyarrow's CSV writer is ~10x faster than DataFrame.to_csv on timestamp columns.
+    table = pa.Table.from_pandas(df[columns], preserve_index=False)
+    pa_csv.write_csv(table, path, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+    return path
+
+
+def write_raw_layer(tables: dict[str, pd.DataFrame], source_dir: Path | str) -> dict[str, Path]:
+    return {table: write_raw_table(tables[table], source_dir, table) for table in RAW_FILES}
+
+
+def read_utf8(path: Path) -> str:
+    """Whole file as text; a non-UTF-8 byte raises an error naming the file, line and byte."""
+    if not path.exists():
+        raise RawFormatError(f"raw file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RawFormatError(
+            f"{path}: line {line}, byte {column}: not valid UTF-8 "
+            f"(byte {data[exc.start:exc.start + 1]!r}: {exc.reason}); raw files must be UTF-8"
+        ) from exc
+
+
+def read_jsonl(path: Path, fields: list[str]) -> pd.DataFrame:
+    """JSON Lines with the given fields (all required; values may be null)."""
+    records, linenos = [], []
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RawFormatError(f"{path}: line {lineno}: not valid JSON ({exc.msg}): {line[:120]!r}") from exc
+        if not isinstance(record, dict):
+            raise RawFormatError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise RawFormatError(f"{path}: line {lineno}: missing fields {missing}")
+        records.append({f: record[f] for f in fields})
+        linenos.append(lineno)
+    # The index is the file line number, so later errors can point at the offending line.
+    return pd.DataFrame.from_records(records, columns=fields, index=pd.Index(linenos, name="line"))
+
+
+def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
+    """CSV with a header containing `columns`; every cell as a string, empty cells as missing."""
+    text = read_utf8(path)
+    if not text.strip():
+        raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise RawFormatError(f"{path}: malformed CSV: {exc}") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
+    df.index = pd.RangeIndex(2, len(df) + 2, name="line")  # header is line 1
+    return df[columns]
+
+
+def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:
+    """One raw table as untyped strings/JSON values; typing happens in ingestion."""
+    path = raw_path(source_dir, table)
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, RAW_COLUMNS[table])
+    return read_csv_strings(path, RAW_COLUMNS[table])
+
+
+def line_numbers(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> list[int]:
+    """File line numbers (the readers' index) of the first masked rows, for error messages."""
+    return [int(i) for i in df.index[mask.to_numpy()][:limit]]

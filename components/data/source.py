@@ -1,0 +1,89 @@
+"""Pipeline stage `source`: produce the raw layer (artifacts/<profile>/source/) from cfg.data.source.
+
+    simulated  the AdvertiseGen corpus catalog + the seeded behaviour simulator (with dirt)
+    obd        the Open Bandit Dataset CSVs fetched into cfg.paths.obd_dir (`fetch_obd`)
+
+The raw layer carries RAW user ids; only `ingest` (which pseudonymizes them) reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.config import Config
+from components.data.raw import GROUND_TRUTH_DIR, RAW_FILES, write_raw_layer
+from components.data.summary import write_summary
+
+STAGE = "source"
+
+
+def _reset_dir(path: Path) -> None:
+    """Start from an empty stage dir so no file of an earlier run survives next to new ones."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def write_simulated_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    from components.data.simulator import simulate
+
+    sim = simulate(cfg)
+    write_raw_layer({"products": sim.products, "copies": sim.copies, "users": sim.users, "events": sim.events}, out_dir)
+    truth = out_dir / GROUND_TRUTH_DIR
+    truth.mkdir()
+    sim.truth_users.to_parquet(truth / "users.parquet", index=False)
+    sim.truth_preferences.to_parquet(truth / "user_preferences.parquet", index=False)
+    sim.truth_impressions.to_parquet(truth / "impressions.parquet", index=False)
+    (truth / "params.json").write_text(json.dumps(sim.params, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    diagnostics = sim.params["diagnostics"]
+    return {
+        "rows": {"products": len(sim.products), "copies": len(sim.copies), "users": len(sim.users), "events": len(sim.events)},
+        "event_types": {str(k): int(v) for k, v in sim.events["event_type"].value_counts().items()},
+        "simulation": {
+            "ctr": diagnostics["ctr"],
+            "click_probability_auc": diagnostics["click_probability_auc"],
+            "mean_copy_mentions": diagnostics["mean_copy_mentions"],
+        },
+        "dirt": {
+            "bot_users": len(sim.params["bot_user_ids"]),
+            "duplicate_events": sim.params["dirt"]["duplicate_events"],
+            "bad_price_products": len(sim.params["dirt"]["bad_price_products"]),
+            "missing_values": sim.params["dirt"]["missing_values"],
+        },
+    }
+
+
+def write_obd_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    from components.data.obd import obd_raw_layer
+
+    layer = obd_raw_layer(cfg.paths.obd_dir, cfg.obd.behavior_policy, cfg.obd.campaign)
+    write_raw_layer(layer.tables, out_dir)
+    truth = out_dir / GROUND_TRUTH_DIR
+    truth.mkdir()
+    (truth / "params.json").write_text(json.dumps(layer.params, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    events = layer.tables["events"]
+    return {
+        "rows": {table: len(df) for table, df in layer.tables.items()},
+        "event_types": {str(k): int(v) for k, v in events["event_type"].value_counts().items()},
+        "notes": layer.params["notes"],
+    }
+
+
+def run_source(cfg: Config) -> dict[str, Any]:
+    """Write the raw layer for cfg.data.source into artifacts/<profile>/source/ and summarize it."""
+    out_dir = cfg.stage_dir(STAGE)
+    _reset_dir(out_dir)
+    writers = {"simulated": write_simulated_source, "obd": write_obd_source}
+    details = writers[cfg.data.source](cfg, out_dir)
+    summary = {"stage": STAGE, "source": cfg.data.source, "files": dict(RAW_FILES), **details}
+    return write_summary(out_dir, summary)
+
+
+def read_ground_truth(cfg: Config, name: str) -> pd.DataFrame:
+    """Evaluation-only access to source/ground_truth/<name>.parquet (never for features/models)."""
+    return pd.read_parquet(cfg.stage_dir(STAGE) / GROUND_TRUTH_DIR / f"{name}.parquet")
