@@ -85,6 +85,7 @@ class CleaningConfig(Section):
     price_max: float
     bot_contamination: float = Field(gt=0, lt=0.5)
     bot_min_impressions: int = Field(ge=0)
+    bot_filter: bool = True
 
 
 class DriftConfig(Section):
