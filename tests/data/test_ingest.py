@@ -1,0 +1,106 @@
+import json
+
+import pandas as pd
+import pytest
+
+from components.data.ingest import run_ingest
+from components.data.privacy import load_key
+from components.data.raw import RawFormatError, write_raw_table
+from components.data.schema import load_all
+from components.data.source import run_source
+
+
+@pytest.fixture(autouse=True)
+def no_env_key(cfg, monkeypatch):
+    monkeypatch.delenv(cfg.privacy.key_env, raising=False)
+
+
+def string_cells(tables):
+    for table, df in tables.items():
+        for column in df.columns:
+            for value in df[column]:
+                if isinstance(value, str):
+                    yield table, column, value
+
+
+def test_ingest_pseudonymizes_and_keeps_the_dirt(cfg):
+    source = run_source(cfg)
+    summary = run_ingest(cfg)
+    tables = load_all(cfg.stage_dir("ingested"))
+    assert summary["rows"] == source["rows"] == {t: len(df) for t, df in tables.items()}
+    assert tables["events"]["event_id"].duplicated().sum() == source["dirt"]["duplicate_events"]
+    assert tables["events"]["timestamp"].isna().sum() > 0
+
+    raw_ids = set(pd.read_csv(cfg.stage_dir("source") / "users.csv")["user_id"])
+    leaks = [(t, c) for t, c, v in string_cells(tables) if v in raw_ids or "shopper" in v]
+    assert not leaks
+    assert set(tables["events"]["user_id"]) <= set(tables["users"]["user_id"])
+    assert tables["users"]["user_id"].str.match(r"^u_[0-9a-f]{32}$").all()
+
+    secret = load_key(cfg).secret.decode()
+    for stage in ("source", "ingested"):
+        text = (cfg.stage_dir(stage) / "summary.json").read_text(encoding="utf-8")
+        assert secret not in text and not any(raw in text for raw in raw_ids)
+    assert summary["pseudonym_key_origin"] == "file"
+
+
+def test_pseudonyms_are_stable_per_key_and_change_with_the_key(cfg, monkeypatch):
+    run_source(cfg)
+    run_ingest(cfg)
+    first = load_all(cfg.stage_dir("ingested"))["users"]["user_id"]
+    run_ingest(cfg)
+    assert load_all(cfg.stage_dir("ingested"))["users"]["user_id"].equals(first)
+    monkeypatch.setenv(cfg.privacy.key_env, "rotated key")
+    assert run_ingest(cfg)["pseudonym_key_origin"] == f"env:{cfg.privacy.key_env}"
+    rotated = load_all(cfg.stage_dir("ingested"))["users"]["user_id"]
+    assert len(rotated) == len(first) and not set(rotated) & set(first)
+
+
+def write_small_source(source_dir):
+    write_raw_table(pd.DataFrame({"product_id": ["p1"], "category": ["裙"], "content": ["类型#裙*品牌#<UNK>*颜色#白色"],
+                                  "price": [199.0], "source": ["advertisegen"]}), source_dir, "products")
+    write_raw_table(pd.DataFrame({"copy_id": ["c1"], "product_id": ["p1"], "text": ["<UNK>白色连衣裙。"],
+                                  "source": ["human"], "model_version": [None]}), source_dir, "copies")
+    write_raw_table(pd.DataFrame({"user_id": ["shopper1"], "age_band": ["18-24"], "city_tier": ["tier1"],
+                                  "signup_date": ["2025-12-01"]}), source_dir, "users")
+    events = pd.DataFrame({"event_id": ["e1", "e2"], "user_id": ["shopper1"] * 2, "product_id": ["p1"] * 2,
+                           "copy_id": ["c1"] * 2, "event_type": ["impression", "click"],
+                           "timestamp": ["2026-01-05T10:00:00Z", "2026-01-05T10:00:04Z"], "position": [1, 1],
+                           "propensity": [0.5, 0.5], "value": [0.0, 0.0]})
+    write_raw_table(events, source_dir, "events")
+
+
+def test_unk_survives_ingestion(cfg):
+    write_small_source(cfg.stage_dir("source"))
+    run_ingest(cfg)
+    tables = load_all(cfg.stage_dir("ingested"))
+    assert tables["products"].loc[0, "attributes"] == {"类型": ["裙"], "品牌": ["<UNK>"], "颜色": ["白色"]}
+    assert tables["copies"].loc[0, "text"] == "<UNK>白色连衣裙。"
+    assert str(tables["events"]["timestamp"].dt.tz) == "UTC" and tables["events"]["position"].tolist() == [1, 1]
+
+
+def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    events = source_dir / "events.csv"
+    good = events.read_bytes()
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,\xff,0.5,0.0\n")
+    with pytest.raises(RawFormatError, match=r"events.csv: line 4, byte 51: not valid UTF-8"):
+        run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,second,0.5,0.0\n")
+    with pytest.raises(RawFormatError, match=r"events.csv: column 'position': 1 value\(s\) are not numbers; lines \[4\]"):
+        run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
+    with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):
+        run_ingest(cfg)
+    events.write_bytes(good)
+    products = source_dir / "products.jsonl"
+    products.write_text(products.read_text(encoding="utf-8").replace("类型#裙*", "类型裙*"), encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"products.jsonl: line 1: column 'content': malformed attribute pair"):
+        run_ingest(cfg)
+    assert not (cfg.stage_dir("ingested") / "summary.json").exists()
+
+
+def test_missing_source_stage_is_a_clear_error(cfg):
+    with pytest.raises(FileNotFoundError, match="run the source stage first"):
+        run_ingest(cfg)

@@ -1,0 +1,41 @@
+import pandas as pd
+import pytest
+
+from components.data.raw import RawFormatError, read_raw_table, write_raw_table
+
+
+def test_raw_tables_round_trip_with_nulls(tmp_path):
+    products = pd.DataFrame(
+        {"product_id": ["p1", "p2"], "category": ["裙", None], "content": ["类型#裙*品牌#<UNK>", "类型#裤"],
+         "price": [99.5, float("nan")], "source": "advertisegen"}
+    )
+    write_raw_table(products, tmp_path, "products")
+    back = read_raw_table(tmp_path, "products")
+    assert back["category"][1] == "裙" and back["category"].isna().tolist() == [False, True]
+    assert back["price"].isna().tolist() == [False, True]
+    assert back["content"][1] == "类型#裙*品牌#<UNK>"  # index = file line number
+    users = pd.DataFrame({"user_id": ["a", "b"], "age_band": ["18-24", None], "city_tier": ["tier1", "tier2"],
+                          "signup_date": ["2025-01-01", "2025-02-01"]})
+    write_raw_table(users, tmp_path, "users")
+    back = read_raw_table(tmp_path, "users")
+    assert list(back.index) == [2, 3] and back["age_band"].isna().tolist() == [False, True]
+
+
+def test_unreadable_files_name_file_and_line(tmp_path):
+    (tmp_path / "users.csv").write_bytes("user_id,age_band,city_tier,signup_date\na,18-24,tier1,2025-01-01\n".encode() + b"b,\xe4\xb8,tier1,2025-01-01\n")
+    with pytest.raises(RawFormatError, match=r"users.csv: line 3, byte 3: not valid UTF-8"):
+        read_raw_table(tmp_path, "users")
+    (tmp_path / "copies.jsonl").write_text('{"copy_id": "c1", "product_id": "p1", "text": "x", "source": "human", "model_version": null}\n{"copy_id": \n', encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"copies.jsonl: line 2: not valid JSON"):
+        read_raw_table(tmp_path, "copies")
+    (tmp_path / "copies.jsonl").write_text('{"copy_id": "c1", "product_id": "p1", "text": "x"}\n', encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"line 1: missing fields \['source', 'model_version'\]"):
+        read_raw_table(tmp_path, "copies")
+    (tmp_path / "events.csv").write_text("event_id,user_id\ne1,u1\n", encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"events.csv: missing columns \['product_id'"):
+        read_raw_table(tmp_path, "events")
+    (tmp_path / "events.csv").write_text("", encoding="utf-8")
+    with pytest.raises(RawFormatError, match="file is empty"):
+        read_raw_table(tmp_path, "events")
+    with pytest.raises(RawFormatError, match="raw file not found"):
+        read_raw_table(tmp_path, "products")
