@@ -96,6 +96,8 @@ class DriftConfig(Section):
 
 
 class ValidationConfig(Section):
+    suites_dir: Path = Path("expectations")
+    min_timestamp: str = "2000-01-01T00:00:00+00:00"
     mostly_unique_events: float = Field(gt=0, le=1)
     mostly_not_null: float = Field(gt=0, le=1)
     mostly_price_in_range: float = Field(gt=0, le=1)

@@ -1,0 +1,478 @@
+"""The blocking data gate: run the Great Expectations suites in expectations/ over a batch.
+
+`validate_dir(data_dir, cfg)` -> `ValidationReport` (never raises for bad data: every problem is
+a failed check in the report). `run_validate(cfg)` is the pipeline stage: it validates the
+ingested batch, always writes the report, and raises `DataValidationError` when the batch fails,
+so nothing downstream runs on it. Only a batch that passes becomes the drift reference
+(state/<profile>/accepted_batch.json) for the next one.
+
+Per table, validation runs in two passes of the same suite file: first the schema checks (columns
+present, value types, not empty); then every other check, leaving out the ones whose column
+failed the schema pass (they would only repeat the same problem as noise) and the ones whose
+run-time parameters are unavailable (for example drift checks on the very first batch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.config import Config
+from components.data.schema import ID_COLUMNS, SCHEMAS, TABLES
+from components.validation.reader import Batch, read_batch
+from components.validation.report import (
+    FAILED,
+    MAX_EXAMPLES,
+    PASSED,
+    SKIPPED,
+    CheckResult,
+    TableSummary,
+    ValidationReport,
+    example_rows,
+)
+from components.validation.suites import (
+    FIRST_BATCH_REASON,
+    SCHEMA_CHECK,
+    SuiteError,
+    batch_stats,
+    build_suite,
+    check_of,
+    config_parameters,
+    drift_parameters,
+    id_set_parameters,
+    load_suite_dict,
+    parameter_names,
+    suites_dir,
+)
+
+ACCEPTED_BATCH_FILE = "accepted_batch.json"
+# Row indices of up to MAX_EXAMPLES bad rows come back with each failed row-level expectation.
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
+
+
+class DataValidationError(RuntimeError):
+    """The batch failed the data gate; carries the report and where it was written."""
+
+    def __init__(self, report: ValidationReport, report_path: Path) -> None:
+        self.report = report
+        self.report_path = report_path
+        failed = [f"{c.where}: {c.expectation}" for c in report.failures]
+        listed = "; ".join(failed[:8]) + (f"; and {len(failed) - 8} more" if len(failed) > 8 else "")
+        super().__init__(
+            f"data validation failed for {report.data_dir}: {len(failed)} of {report.evaluated} checks failed "
+            f"({listed}). Full report: {report_path}"
+        )
+
+
+def accepted_batch_path(cfg: Config) -> Path:
+    return cfg.state_dir() / ACCEPTED_BATCH_FILE
+
+
+# ------------------------------------------------------------------------------- the stage
+
+
+def run_validate(cfg: Config) -> dict[str, Any]:
+    """Pipeline stage: validate artifacts/<p>/ingested, write artifacts/<p>/validation/, gate."""
+    report = validate_dir(cfg.stage_dir("ingested"), cfg)
+    out_dir = cfg.stage_dir("validation")
+    paths = write_report(report, out_dir)
+    if not report.success:
+        raise DataValidationError(report, paths["report.md"])
+    accepted = dict(report.batch_stats)
+    accepted.update(accepted_at=report.started_at, data_dir=report.data_dir)
+    atomic_write_text(accepted_batch_path(cfg), json.dumps(accepted, indent=2, ensure_ascii=False))
+    return {**report.summary(), "report": str(paths["report.md"]), "accepted_batch": str(accepted_batch_path(cfg))}
+
+
+def write_report(report: ValidationReport, out_dir: Path) -> dict[str, Path]:
+    """report.md, report.json and summary.json (written whatever the verdict)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    contents = {
+        "report.md": report.to_markdown(),
+        "report.json": report.to_json(),
+        "summary.json": json.dumps(report.summary(), indent=2, ensure_ascii=False),
+    }
+    paths = {}
+    for name, text in contents.items():
+        paths[name] = out_dir / name
+        atomic_write_text(paths[name], text)
+    return paths
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------- validate
+
+
+def load_reference(cfg: Config) -> tuple[dict[str, Any] | None, CheckResult | None]:
+    """The last accepted batch's statistics, or None for the first batch; a corrupt file is a failure."""
+    path = accepted_batch_path(cfg)
+    if not path.exists():
+        return None, None
+    try:
+        reference = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(reference, dict) or not isinstance(reference.get("tables"), dict):
+            raise ValueError("no 'tables' mapping")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, CheckResult(
+            table="(reference)",
+            expectation="accepted_batch_readable",
+            column=None,
+            check="drift",
+            status=FAILED,
+            description="the last accepted batch's statistics can be read",
+            observed=f"{path} is corrupt ({exc}); delete it to accept the next valid batch as the new reference",
+        )
+    reference.setdefault("path", str(path))
+    return reference, None
+
+
+def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | None = None, *, now: dt.datetime | None = None) -> ValidationReport:
+    """Validate a batch directory against the suites; `reference` = stats of the last accepted batch
+    (default: state/<profile>/accepted_batch.json when present; none means drift is not checked)."""
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    directory = suites_dir(cfg)
+    suites = {table: load_suite_dict(directory, table) for table in TABLES}
+    checks: list[CheckResult] = []
+    notes: list[str] = []
+    if reference is None:
+        reference, problem = load_reference(cfg)
+        if problem:
+            checks.append(problem)
+
+    batch = read_batch(data_dir)
+    for issue in batch.issues:
+        checks.append(
+            CheckResult(
+                table=issue.table,
+                expectation=issue.check,
+                column=None,
+                check="file",
+                status=FAILED,
+                description={
+                    "table_file_exists": f"a {issue.table} table file is present",
+                    "file_not_empty": "the table file is not empty",
+                    "utf8_encoding": "text files are UTF-8",
+                    "file_parseable": "the table file can be parsed",
+                }.get(issue.check, ""),
+                observed=issue.message,
+                examples=issue.examples,
+            )
+        )
+    for table, extras in batch.extra_files.items():
+        if extras:
+            notes.append(f"{table}: validated {batch.files[table].name}; ignored {', '.join(p.name for p in extras)}")
+
+    parameters = config_parameters(cfg, now)
+    context = _ephemeral_context()
+    datasource = context.data_sources.add_pandas("copyflow_batch")
+    batch_definitions: dict[str, Any] = {}
+    usable: dict[str, set[str]] = {}
+    skip_all: dict[str, str] = {}
+    for table in TABLES:
+        if table not in batch:
+            continue
+        schema_checks = [e for e in suites[table]["expectations"] if check_of(e) == SCHEMA_CHECK]
+        results = _run(context, datasource, batch_definitions, table, "schema", batch[table], suites[table], schema_checks, parameters)
+        table_checks = _without_missing_column_noise([_check_from_result(table, r, batch[table]) for r in results])
+        checks += table_checks
+        bad = {c.column for c in table_checks if c.status == FAILED and c.column}
+        usable[table] = {f.name for f in SCHEMAS[table]} - bad
+        if any(c.status == FAILED and c.expectation == "expect_table_row_count_to_be_between" for c in table_checks):
+            skip_all[table] = f"{table} has no rows"
+
+    id_sets = id_set_parameters(batch, usable)
+    for table in TABLES:
+        if table not in batch:
+            continue
+        others = [e for e in suites[table]["expectations"] if check_of(e) != SCHEMA_CHECK]
+        drift = drift_parameters(table, others, reference, cfg)
+        values = {**parameters, **id_sets.values, **drift.values}
+        unavailable = {**id_sets.unavailable, **drift.unavailable}
+        runnable = []
+        for expectation in others:
+            reason = _skip_reason(table, expectation, usable[table], unavailable, skip_all.get(table))
+            if reason:
+                checks.append(_skipped(table, expectation, reason))
+            else:
+                runnable.append(expectation)
+        for result in _run(context, datasource, batch_definitions, table, "checks", batch[table], suites[table], runnable, values):
+            checks.append(_check_from_result(table, result, batch[table]))
+
+    first_batch = sum(c.status == SKIPPED and c.reason == FIRST_BATCH_REASON for c in checks)
+    if first_batch:
+        notes.append(
+            f"Drift not checked: no accepted batch yet (first batch), so {first_batch} drift checks were skipped. "
+            "If this batch passes, it becomes the reference for the next one."
+        )
+    stats = batch_stats(dict(batch), directory)
+    report = ValidationReport(
+        success=not any(c.status == FAILED for c in checks),
+        data_dir=str(data_dir),
+        started_at=started_at,
+        duration_s=time.perf_counter() - started,
+        tables={
+            t: TableSummary(
+                table=t,
+                file=str(batch.files[t]) if t in batch.files else None,
+                format=batch.files[t].suffix.lstrip(".") if t in batch.files else None,
+                rows=int(len(batch[t])) if t in batch else None,
+            )
+            for t in TABLES
+        },
+        checks=_ordered(checks),
+        notes=notes,
+        reference=None if reference is None else {k: reference.get(k) for k in ("path", "accepted_at", "data_dir")}
+        | {"rows": {t: v.get("rows") for t, v in reference.get("tables", {}).items()}},
+        parameters={**parameters, **{k: f"{len(v):,} ids" for k, v in id_sets.values.items()}},
+        batch_stats=stats,
+    )
+    return report
+
+
+def _without_missing_column_noise(checks: list[CheckResult]) -> list[CheckResult]:
+    """A missing column fails `expect_column_to_exist`; its type check cannot run, so it is skipped."""
+    missing = {c.column for c in checks if c.expectation == "expect_column_to_exist" and c.status == FAILED}
+    for c in checks:
+        if c.column in missing and c.expectation != "expect_column_to_exist":
+            c.status, c.reason, c.observed, c.examples = SKIPPED, f"column {c.table}.{c.column} is missing", "", []
+    return checks
+
+
+def _skip_reason(table: str, expectation: dict[str, Any], usable: set[str], unavailable: dict[str, str], skip_all: str | None) -> str:
+    if skip_all:
+        return skip_all
+    column = expectation.get("kwargs", {}).get("column")
+    if column and column in {f.name for f in SCHEMAS[table]} and column not in usable:
+        return f"{table}.{column} failed its schema checks (see above)"
+    missing = sorted(parameter_names(expectation.get("kwargs", {})) & set(unavailable))
+    if missing:
+        return unavailable[missing[0]]
+    return ""
+
+
+def _skipped(table: str, expectation: dict[str, Any], reason: str) -> CheckResult:
+    return CheckResult(
+        table=table,
+        expectation=expectation["type"],
+        column=expectation.get("kwargs", {}).get("column"),
+        check=check_of(expectation),
+        status=SKIPPED,
+        description=expectation.get("description") or "",
+        reason=reason,
+    )
+
+
+_CHECK_ORDER = {k: i for i, k in enumerate(["file", "schema", "nulls", "uniqueness", "range", "set", "timestamp", "referential", "drift"])}
+
+
+def _ordered(checks: list[CheckResult]) -> list[CheckResult]:
+    """Failures first, then by table order and kind of check (GE returns results grouped by column)."""
+    table_order = {t: i for i, t in enumerate(TABLES)}
+    status_order = {FAILED: 0, PASSED: 1, SKIPPED: 2}
+    return sorted(
+        checks,
+        key=lambda c: (status_order[c.status], table_order.get(c.table, -1), _CHECK_ORDER.get(c.check, 99)),
+    )
+
+
+# ------------------------------------------------------------------------- Great Expectations
+
+
+def _ephemeral_context():
+    """One in-memory GE context per validation run: no files, no progress bars, no analytics."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _run(context, datasource, batch_definitions: dict[str, Any], table: str, phase: str, frame: pd.DataFrame,
+         suite_data: dict[str, Any], expectations: list[dict[str, Any]], parameters: dict[str, Any]) -> list:
+    """Run the given expectations of a table's suite on its frame; returns GE's per-expectation results."""
+    if not expectations:
+        return []
+    batch = batch_definitions.get(table)
+    if batch is None:
+        asset = datasource.add_dataframe_asset(f"{table}_frame")
+        definition = asset.add_batch_definition_whole_dataframe(f"{table}_whole")
+        batch = batch_definitions[table] = definition.get_batch(batch_parameters={"dataframe": frame})
+    suite = build_suite(suite_data, f"{table}.{phase}", expectations)
+    needed = set().union(*(parameter_names(e.get("kwargs", {})) for e in expectations))
+    result = batch.validate(
+        suite,
+        expectation_parameters={k: v for k, v in parameters.items() if k in needed},
+        result_format=RESULT_FORMAT,
+    )
+    return list(result.results)
+
+
+def _check_from_result(table: str, result, frame: pd.DataFrame) -> CheckResult:
+    config = result.expectation_config
+    kind = config.type
+    kwargs = dict(config.kwargs)
+    meta = dict(config.meta or {})
+    column = kwargs.get("column")
+    outcome = dict(result.result or {})
+    exception = _exception_message(result.exception_info)
+    check = CheckResult(
+        table=table,
+        expectation=kind,
+        column=column,
+        check=str(meta.get("check", "")),
+        status=PASSED if result.success else FAILED,
+        description=config.description or "",
+        expected=_expected_text(kind, kwargs, meta),
+        unexpected_count=outcome.get("unexpected_count"),
+        element_count=outcome.get("element_count"),
+        unexpected_percent=outcome.get("unexpected_percent"),
+    )
+    if exception:
+        check.status = FAILED
+        check.observed = f"could not be evaluated: {exception}"
+    elif kind == "expect_column_to_exist" and not result.success:
+        check.observed = f"column {column!r} is missing; the table has columns {list(frame.columns)}"
+    else:
+        check.observed = _observed_text(kind, kwargs, outcome)
+    if check.status == FAILED:
+        indices = outcome.get("partial_unexpected_index_list") or []
+        check.examples = example_rows(frame, indices, leading=(ID_COLUMNS.get(table), column))
+        if kind == "expect_column_kl_divergence_to_be_less_than":
+            check.details = _kl_shifts(outcome)
+    return check
+
+
+def _exception_message(info: Any) -> str:
+    """GE reports exceptions either flat or keyed by metric; find the first message."""
+    if not isinstance(info, dict):
+        return ""
+    if info.get("raised_exception") and info.get("exception_message"):
+        return str(info["exception_message"])
+    for value in info.values():
+        if isinstance(value, dict) and value.get("exception_message"):
+            return str(value["exception_message"])
+    return ""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _mostly(kwargs: dict[str, Any], of: str = "non-null rows") -> str:
+    mostly = kwargs.get("mostly")
+    return f" for at least {mostly:.1%} of {of}" if isinstance(mostly, (int, float)) and mostly < 1 else " for every row"
+
+
+def _expected_text(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if kind == "expect_column_to_exist":
+        return "column present"
+    if kind in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"):
+        types = kwargs.get("type_list") or [kwargs.get("type_")]
+        return f"value type in {types}"
+    if kind == "expect_column_values_to_not_be_null":
+        condition = kwargs.get("row_condition")
+        if isinstance(condition, dict):
+            condition = condition.get("pass_through_filter", condition)
+        where = f" among rows where {getattr(condition, 'pass_through_filter', condition)}" if condition else ""
+        return "not null" + _mostly(kwargs, of="rows") + where
+    if kind == "expect_column_values_to_be_unique":
+        return "unique" + _mostly(kwargs)
+    if kind in ("expect_column_values_to_be_between", "expect_column_value_lengths_to_be_between"):
+        subject = "length" if "lengths" in kind else "value"
+        parts = []
+        if low is not None:
+            parts.append(f"{_fmt(low)} {'<' if kwargs.get('strict_min') else '<='} {subject}")
+        if high is not None:
+            parts.append(f"{subject} {'<' if kwargs.get('strict_max') else '<='} {_fmt(high)}")
+        return " and ".join(parts) + _mostly(kwargs)
+    if kind == "expect_column_values_to_be_in_set":
+        values = kwargs.get("value_set") or []
+        if len(values) <= 10:
+            return f"one of {list(values)}" + _mostly(kwargs)
+        return f"one of the {len(values):,} values of {meta.get('references', 'the referenced table')}" + _mostly(kwargs)
+    if kind == "expect_table_row_count_to_be_between":
+        if high is None:
+            return f"at least {_fmt(low)} row(s)"
+        return f"between {_fmt(low)} and {_fmt(high)} rows (last accepted batch x configured ratio)"
+    if kind == "expect_column_mean_to_be_between":
+        reference = (low + high) / 2 if isinstance(low, (int, float)) and isinstance(high, (int, float)) else None
+        around = f" (last accepted mean {_fmt(reference)} +/- tolerance)" if reference is not None else ""
+        return f"mean between {_fmt(low)} and {_fmt(high)}{around}"
+    if kind == "expect_column_kl_divergence_to_be_less_than":
+        return f"KL divergence from the last accepted batch <= {_fmt(kwargs.get('threshold'))}"
+    return json.dumps({k: v for k, v in kwargs.items() if k != "batch_id"}, default=str)[:300]
+
+
+def _observed_text(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any]) -> str:
+    if "unexpected_count" in outcome:
+        count, total = outcome.get("unexpected_count") or 0, outcome.get("element_count") or 0
+        if count == 0:
+            return f"all {total:,} rows conform"
+        percent = outcome.get("unexpected_percent") or 0.0
+        samples = ", ".join(_sample(v) for v in (outcome.get("partial_unexpected_list") or [])[:MAX_EXAMPLES])
+        extra = " (every copy of a duplicated value counts)" if kind == "expect_column_values_to_be_unique" else ""
+        share = "of rows" if kind == "expect_column_values_to_not_be_null" else "of non-null values"
+        return f"{count:,} of {total:,} rows ({percent:.2f}% {share}) break the rule{extra}; e.g. {samples}"
+    observed = outcome.get("observed_value")
+    if kind == "expect_column_kl_divergence_to_be_less_than":
+        return "KL divergence is infinite (values the reference never had)" if observed is None else f"KL divergence {observed:.4f}"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"{_fmt(observed)} rows"
+    if kind == "expect_column_mean_to_be_between":
+        return f"mean {_fmt(observed)}"
+    if kind in ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"):
+        return f"column type {observed}"
+    if kind == "expect_column_to_exist":
+        return "present"
+    return _fmt(observed) if observed is not None else ""
+
+
+def _sample(value: Any) -> str:
+    if value is None:
+        return "<null>"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _kl_shifts(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The values whose share moved most between the accepted batch and this one."""
+    details = outcome.get("details") or {}
+    now, before = details.get("observed_partition") or {}, details.get("expected_partition") or {}
+    observed = dict(zip(now.get("values", []), now.get("weights", [])))
+    expected = dict(zip(before.get("values", []), before.get("weights", [])))
+    keys = sorted(set(observed) | set(expected), key=lambda k: -abs(observed.get(k, 0) - expected.get(k, 0)))
+    shifts = [f"{k}: {expected.get(k, 0):.1%} -> {observed.get(k, 0):.1%}" for k in keys[:6]]
+    return {"share shifts (accepted -> now)": ", ".join(shifts)} if shifts else {}

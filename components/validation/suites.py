@@ -1,0 +1,241 @@
+"""The expectation suites (expectations/<table>.json) and the run-time values they refer to.
+
+A suite value written as {"$PARAMETER": name} is filled when validation runs:
+  - from params.yaml: mostly_* shares, price_max, timestamp_min / timestamp_max;
+  - from the other tables of the same batch: product_ids, user_ids, copy_ids (referential integrity);
+  - from the last accepted batch (expectations with meta.check == "drift"): row_count_min/max,
+    <column>_mean_min/max, <column>_partition, kl_threshold.
+A parameter that cannot be filled (no accepted batch yet, an unreadable referenced table) skips
+the expectations that need it, and the report says why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from components.config import Config
+from components.data.schema import TABLES
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuite
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STATS_VERSION = 1
+
+# Which batch table/column fills each referential-integrity parameter.
+ID_SETS: dict[str, tuple[str, str]] = {
+    "product_ids": ("products", "product_id"),
+    "user_ids": ("users", "user_id"),
+    "copy_ids": ("copies", "copy_id"),
+}
+FIRST_BATCH_REASON = "no accepted batch yet (first batch): nothing to compare against"
+SCHEMA_CHECK = "schema"
+DRIFT_CHECK = "drift"
+
+
+class SuiteError(ValueError):
+    """A suite file is missing or is not a valid Great Expectations suite."""
+
+
+def suites_dir(cfg: Config) -> Path:
+    """validation.suites_dir; a relative path is relative to the project root (suites ship with the code)."""
+    path = Path(cfg.validation.suites_dir)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def load_suite_dict(directory: Path, table: str) -> dict[str, Any]:
+    path = directory / f"{table}.json"
+    if not path.exists():
+        raise SuiteError(f"expectation suite for {table!r} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"expectation suite {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+        raise SuiteError(f"expectation suite {path} has no 'expectations' list")
+    return data
+
+
+def build_suite(data: dict[str, Any], name: str, expectations: list[dict[str, Any]]) -> ExpectationSuite:
+    """A Great Expectations suite from (a subset of) a suite file's expectation configurations."""
+    import great_expectations as gx
+
+    fields = {k: v for k, v in data.items() if k in ("meta", "notes", "suite_parameters")}
+    for position, expectation in enumerate(expectations):
+        # GE either raises or logs-and-drops an invalid configuration; a dropped check must never
+        # pass silently, so each one is checked on its own first and named when it is wrong.
+        try:
+            accepted = gx.ExpectationSuite(name=name, expectations=[expectation]).expectations
+        except Exception as exc:  # pydantic / GE configuration errors alike
+            raise SuiteError(f"suite {name!r}: expectation #{position} is invalid ({exc}): {expectation}") from exc
+        if len(accepted) != 1:
+            raise SuiteError(f"suite {name!r}: Great Expectations rejected expectation #{position}: {expectation}")
+    return gx.ExpectationSuite(name=name, expectations=expectations, **fields)
+
+
+def validate_suite_files(directory: Path) -> dict[str, int]:
+    """Load every suite through Great Expectations; returns expectation counts (raises SuiteError)."""
+    counts = {}
+    for table in TABLES:
+        data = load_suite_dict(directory, table)
+        counts[table] = len(build_suite(data, table, data["expectations"]).expectations)
+    return counts
+
+
+# ------------------------------------------------------------------------------------ parameters
+
+
+def parameter_names(value: Any) -> set[str]:
+    """Every {"$PARAMETER": name} referenced anywhere inside an expectation's kwargs."""
+    if isinstance(value, dict):
+        if set(value) == {"$PARAMETER"}:
+            return {str(value["$PARAMETER"])}
+        return set().union(*(parameter_names(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(parameter_names(v) for v in value)) if value else set()
+    return set()
+
+
+def check_of(expectation: dict[str, Any]) -> str:
+    return str((expectation.get("meta") or {}).get("check", ""))
+
+
+@dataclass
+class Parameters:
+    """Values for the suites' $PARAMETERs, plus why each unavailable one is missing."""
+
+    values: dict[str, Any]
+    unavailable: dict[str, str]
+
+
+def config_parameters(cfg: Config, now: dt.datetime | None = None) -> dict[str, Any]:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    latest = now + dt.timedelta(hours=cfg.validation.max_timestamp_skew_hours)
+    earliest = pd.Timestamp(cfg.validation.min_timestamp)
+    earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest.tz_convert("UTC")
+    return {
+        "mostly_not_null": cfg.validation.mostly_not_null,
+        "mostly_unique_events": cfg.validation.mostly_unique_events,
+        "mostly_price_in_range": cfg.validation.mostly_price_in_range,
+        "price_max": cfg.cleaning.price_max,
+        "timestamp_min": earliest.isoformat(timespec="seconds"),
+        "timestamp_max": latest.isoformat(timespec="seconds"),
+        "kl_threshold": cfg.validation.drift.kl_threshold,
+    }
+
+
+def id_set_parameters(tables: dict[str, pd.DataFrame], usable: dict[str, set[str]]) -> Parameters:
+    """Id sets of the referenced tables; `usable[table]` = columns that passed their schema checks."""
+    values, unavailable = {}, {}
+    for name, (table, column) in ID_SETS.items():
+        if table not in tables:
+            unavailable[name] = f"{table} could not be read, so {table}.{column} is unknown"
+        elif column not in usable.get(table, set()):
+            unavailable[name] = f"{table}.{column} failed its schema checks"
+        else:
+            ids = tables[table][column]
+            values[name] = sorted({v for v in ids if isinstance(v, str)})
+    return Parameters(values, unavailable)
+
+
+def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: dict[str, Any] | None, cfg: Config) -> Parameters:
+    """Row-count, mean and distribution bounds for one table from the last accepted batch's stats."""
+    drift = cfg.validation.drift
+    values: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    ref_table = ((reference or {}).get("tables") or {}).get(table)
+    for expectation in expectations:
+        if check_of(expectation) != DRIFT_CHECK:
+            continue
+        kwargs = expectation.get("kwargs", {})
+        names = parameter_names(kwargs) - {"kl_threshold"}
+        if reference is None:
+            unavailable.update({n: FIRST_BATCH_REASON for n in names})
+            continue
+        if ref_table is None:
+            unavailable.update({n: f"the accepted batch has no statistics for {table}" for n in names})
+            continue
+        kind = expectation["type"]
+        column = kwargs.get("column")
+        if kind == "expect_table_row_count_to_be_between":
+            rows = int(ref_table["rows"])
+            values[_param(kwargs["min_value"])] = math.ceil(rows * drift.row_count_ratio_min)
+            values[_param(kwargs["max_value"])] = math.floor(rows * drift.row_count_ratio_max)
+        elif kind == "expect_column_mean_to_be_between":
+            mean = (ref_table.get("means") or {}).get(column)
+            if mean is None:
+                unavailable.update({n: f"the accepted batch has no mean for {table}.{column}" for n in names})
+                continue
+            half_width = drift.mean_tolerance * abs(mean)
+            values[_param(kwargs["min_value"])] = mean - half_width
+            values[_param(kwargs["max_value"])] = mean + half_width
+        elif kind == "expect_column_kl_divergence_to_be_less_than":
+            partition = (ref_table.get("distributions") or {}).get(column)
+            if not partition or not partition.get("values"):
+                unavailable.update({n: f"the accepted batch has no distribution for {table}.{column}" for n in names})
+                continue
+            values[_param(kwargs["partition_object"])] = partition
+        else:
+            unavailable.update({n: f"drift expectation type {kind} has no reference statistic" for n in names})
+    return Parameters(values, unavailable)
+
+
+def _param(value: Any) -> str:
+    if not (isinstance(value, dict) and "$PARAMETER" in value):
+        raise SuiteError(f"drift expectation value {value!r} must be a {{'$PARAMETER': name}}")
+    return str(value["$PARAMETER"])
+
+
+# ------------------------------------------------------------------------------ reference stats
+
+
+def stats_columns(directory: Path) -> dict[str, dict[str, list[str]]]:
+    """Which means and distributions the suites' drift expectations compare, per table."""
+    wanted: dict[str, dict[str, list[str]]] = {}
+    for table in TABLES:
+        data = load_suite_dict(directory, table)
+        entry = wanted.setdefault(table, {"means": [], "distributions": []})
+        for expectation in data["expectations"]:
+            if check_of(expectation) != DRIFT_CHECK:
+                continue
+            column = expectation.get("kwargs", {}).get("column")
+            if expectation["type"] == "expect_column_mean_to_be_between":
+                entry["means"].append(column)
+            elif expectation["type"] == "expect_column_kl_divergence_to_be_less_than":
+                entry["distributions"].append(column)
+    return wanted
+
+
+def batch_stats(tables: dict[str, pd.DataFrame], directory: Path | None = None) -> dict[str, Any]:
+    """Reference statistics of a batch (row counts, the drift columns' means and value shares)."""
+    wanted = stats_columns(directory or PROJECT_ROOT / "expectations")
+    stats: dict[str, Any] = {"version": STATS_VERSION, "tables": {}}
+    for table, frame in tables.items():
+        entry: dict[str, Any] = {"rows": int(len(frame)), "means": {}, "distributions": {}}
+        for column in wanted.get(table, {}).get("means", []):
+            if column in frame.columns:
+                numbers = pd.to_numeric(frame[column], errors="coerce")
+                mean = numbers.mean()
+                entry["means"][column] = None if pd.isna(mean) else float(mean)
+        for column in wanted.get(table, {}).get("distributions", []):
+            if column in frame.columns:
+                shares = frame[column].dropna().astype(str).value_counts(normalize=True).sort_index()
+                entry["distributions"][column] = {
+                    "values": shares.index.tolist(),
+                    "weights": _normalized([float(w) for w in shares.to_numpy()]),
+                }
+        stats["tables"][table] = entry
+    return stats
+
+
+def _normalized(weights: list[float]) -> list[float]:
+    """Shares that sum to 1 exactly enough for GE's partition check (it uses np.allclose)."""
+    total = sum(weights)
+    return [w / total for w in weights] if total else weights
