@@ -42,6 +42,7 @@ from components.data.advertisegen import (
     mentioned_values,
     read_corpus_head,
 )
+from components.data.attributes import attribute_values
 
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 AGE_BAND_PROBS = (0.22, 0.36, 0.24, 0.12, 0.06)
@@ -194,7 +195,7 @@ def simulate(cfg: Config) -> Simulation:
     true_price = simulate_prices(products["category"], rng["price"])
 
     vocab = build_vocabulary(list(products["attributes"]))
-    product_values = ragged_rows([[p for k, vs in a.items() for p in ((k, v) for v in vs)] for a in products["attributes"]], vocab)
+    product_values = ragged_rows([attribute_values(a) for a in products["attributes"]], vocab)
     attrs_by_product = dict(zip(products["product_id"], products["attributes"]))
     copy_mentions = ragged_rows(
         [mentioned_values(t, attrs_by_product[p]) for t, p in zip(copies["text"], copies["product_id"])], vocab
