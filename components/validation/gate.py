@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pandas as pd
 
 from components.config import Config
 from components.data.schema import ID_COLUMNS, SCHEMAS, TABLES
-from components.validation.reader import Batch, read_batch
+from components.validation.reader import Batch, ReadIssue, read_batch
 from components.validation.report import (
     FAILED,
     MAX_EXAMPLES,
@@ -82,22 +81,27 @@ def run_validate(cfg: Config) -> dict[str, Any]:
     """Pipeline stage: validate artifacts/<p>/ingested, write artifacts/<p>/validation/, gate."""
     report = validate_dir(cfg.stage_dir("ingested"), cfg)
     out_dir = cfg.stage_dir("validation")
-    paths = write_report(report, out_dir)
+    reference_path = accepted_batch_path(cfg)
+    summary = {
+        **report.summary(),
+        "report": str(out_dir / "report.md"),
+        "accepted_batch": str(reference_path) if report.success else None,
+    }
+    paths = write_report(report, out_dir, summary)
     if not report.success:
         raise DataValidationError(report, paths["report.md"])
-    accepted = dict(report.batch_stats)
-    accepted.update(accepted_at=report.started_at, data_dir=report.data_dir)
-    atomic_write_text(accepted_batch_path(cfg), json.dumps(accepted, indent=2, ensure_ascii=False))
-    return {**report.summary(), "report": str(paths["report.md"]), "accepted_batch": str(accepted_batch_path(cfg))}
+    accepted = {**report.batch_stats, "accepted_at": report.started_at, "data_dir": report.data_dir}
+    atomic_write_text(reference_path, json.dumps(accepted, indent=2, ensure_ascii=False))
+    return summary
 
 
-def write_report(report: ValidationReport, out_dir: Path) -> dict[str, Path]:
+def write_report(report: ValidationReport, out_dir: Path, summary: dict[str, Any] | None = None) -> dict[str, Path]:
     """report.md, report.json and summary.json (written whatever the verdict)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     contents = {
         "report.md": report.to_markdown(),
         "report.json": report.to_json(),
-        "summary.json": json.dumps(report.summary(), indent=2, ensure_ascii=False),
+        "summary.json": json.dumps(summary or report.summary(), indent=2, ensure_ascii=False),
     }
     paths = {}
     for name, text in contents.items():
@@ -107,16 +111,14 @@ def write_report(report: ValidationReport, out_dir: Path) -> dict[str, Path]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a reader never sees half a file."""
+    """Write a sibling temp file, then rename it over `path`: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------- validate
@@ -146,77 +148,47 @@ def load_reference(cfg: Config) -> tuple[dict[str, Any] | None, CheckResult | No
 
 
 def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | None = None, *, now: dt.datetime | None = None) -> ValidationReport:
-    """Validate a batch directory against the suites; `reference` = stats of the last accepted batch
-    (default: state/<profile>/accepted_batch.json when present; none means drift is not checked)."""
+    """Validate a batch directory against the suites. Bad data never raises: every problem is a
+    failed check in the report (a broken suite file raises `SuiteError`, a configuration bug).
+
+    `reference` = statistics of the last accepted batch (`batch_stats`); by default they are read
+    from state/<profile>/accepted_batch.json when it exists, else drift is not checked."""
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     directory = suites_dir(cfg)
     suites = {table: load_suite_dict(directory, table) for table in TABLES}
     checks: list[CheckResult] = []
-    notes: list[str] = []
     if reference is None:
         reference, problem = load_reference(cfg)
-        if problem:
-            checks.append(problem)
-
+        checks += [problem] if problem else []
     batch = read_batch(data_dir)
-    for issue in batch.issues:
-        checks.append(
-            CheckResult(
-                table=issue.table,
-                expectation=issue.check,
-                column=None,
-                check="file",
-                status=FAILED,
-                description={
-                    "table_file_exists": f"a {issue.table} table file is present",
-                    "file_not_empty": "the table file is not empty",
-                    "utf8_encoding": "text files are UTF-8",
-                    "file_parseable": "the table file can be parsed",
-                }.get(issue.check, ""),
-                observed=issue.message,
-                examples=issue.examples,
-            )
-        )
-    for table, extras in batch.extra_files.items():
-        if extras:
-            notes.append(f"{table}: validated {batch.files[table].name}; ignored {', '.join(p.name for p in extras)}")
+    checks += [_reader_failure(issue) for issue in batch.issues]
+    notes = [
+        f"{table}: validated {batch.files[table].name}; ignored {', '.join(p.name for p in extras)}"
+        for table, extras in batch.extra_files.items()
+        if extras
+    ]
 
+    runner = _SuiteRunner(batch)
     parameters = config_parameters(cfg, now)
-    context = _ephemeral_context()
-    datasource = context.data_sources.add_pandas("copyflow_batch")
-    batch_definitions: dict[str, Any] = {}
     usable: dict[str, set[str]] = {}
-    skip_all: dict[str, str] = {}
-    for table in TABLES:
-        if table not in batch:
-            continue
-        schema_checks = [e for e in suites[table]["expectations"] if check_of(e) == SCHEMA_CHECK]
-        results = _run(context, datasource, batch_definitions, table, "schema", batch[table], suites[table], schema_checks, parameters)
-        table_checks = _without_missing_column_noise([_check_from_result(table, r, batch[table]) for r in results])
-        checks += table_checks
-        bad = {c.column for c in table_checks if c.status == FAILED and c.column}
-        usable[table] = {f.name for f in SCHEMAS[table]} - bad
-        if any(c.status == FAILED and c.expectation == "expect_table_row_count_to_be_between" for c in table_checks):
-            skip_all[table] = f"{table} has no rows"
-
+    empty: set[str] = set()
+    for table in batch:
+        schema_checks, usable[table], is_empty = _schema_pass(runner, table, suites[table], parameters)
+        checks += schema_checks
+        empty |= {table} if is_empty else set()
     id_sets = id_set_parameters(batch, usable)
-    for table in TABLES:
-        if table not in batch:
-            continue
-        others = [e for e in suites[table]["expectations"] if check_of(e) != SCHEMA_CHECK]
-        drift = drift_parameters(table, others, reference, cfg)
-        values = {**parameters, **id_sets.values, **drift.values}
-        unavailable = {**id_sets.unavailable, **drift.unavailable}
-        runnable = []
-        for expectation in others:
-            reason = _skip_reason(table, expectation, usable[table], unavailable, skip_all.get(table))
-            if reason:
-                checks.append(_skipped(table, expectation, reason))
-            else:
-                runnable.append(expectation)
-        for result in _run(context, datasource, batch_definitions, table, "checks", batch[table], suites[table], runnable, values):
-            checks.append(_check_from_result(table, result, batch[table]))
+    for table in batch:
+        drift = drift_parameters(table, suites[table]["expectations"], reference, cfg)
+        checks += _checks_pass(
+            runner,
+            table,
+            suites[table],
+            values={**parameters, **id_sets.values, **drift.values},
+            unavailable={**id_sets.unavailable, **drift.unavailable},
+            usable=usable[table],
+            skip_all=f"{table} has no rows" if table in empty else "",
+        )
 
     first_batch = sum(c.status == SKIPPED and c.reason == FIRST_BATCH_REASON for c in checks)
     if first_batch:
@@ -224,29 +196,81 @@ def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | 
             f"Drift not checked: no accepted batch yet (first batch), so {first_batch} drift checks were skipped. "
             "If this batch passes, it becomes the reference for the next one."
         )
-    stats = batch_stats(dict(batch), directory)
-    report = ValidationReport(
+    return ValidationReport(
         success=not any(c.status == FAILED for c in checks),
         data_dir=str(data_dir),
         started_at=started_at,
         duration_s=time.perf_counter() - started,
-        tables={
-            t: TableSummary(
-                table=t,
-                file=str(batch.files[t]) if t in batch.files else None,
-                format=batch.files[t].suffix.lstrip(".") if t in batch.files else None,
-                rows=int(len(batch[t])) if t in batch else None,
-            )
-            for t in TABLES
-        },
+        tables={t: _table_summary(batch, t) for t in TABLES},
         checks=_ordered(checks),
         notes=notes,
-        reference=None if reference is None else {k: reference.get(k) for k in ("path", "accepted_at", "data_dir")}
-        | {"rows": {t: v.get("rows") for t, v in reference.get("tables", {}).items()}},
+        reference=_reference_info(reference),
         parameters={**parameters, **{k: f"{len(v):,} ids" for k, v in id_sets.values.items()}},
-        batch_stats=stats,
+        batch_stats=batch_stats(dict(batch), directory),
     )
-    return report
+
+
+def _schema_pass(runner: _SuiteRunner, table: str, suite: dict[str, Any], parameters: dict[str, Any]) -> tuple[list[CheckResult], set[str], bool]:
+    """Columns present, value types, not empty. Returns the checks, the columns fit for the
+    remaining checks, and whether the table is empty."""
+    expectations = [e for e in suite["expectations"] if check_of(e) == SCHEMA_CHECK]
+    checks = _without_missing_column_noise(runner.run(table, "schema", suite, expectations, parameters))
+    bad = {c.column for c in checks if c.status == FAILED and c.column}
+    usable = {f.name for f in SCHEMAS[table]} - bad
+    is_empty = any(c.status == FAILED and c.expectation == "expect_table_row_count_to_be_between" for c in checks)
+    return checks, usable, is_empty
+
+
+def _checks_pass(runner: _SuiteRunner, table: str, suite: dict[str, Any], *, values: dict[str, Any], unavailable: dict[str, str],
+                 usable: set[str], skip_all: str) -> list[CheckResult]:
+    """Every non-schema check that can run; the others are reported as skipped, with the reason."""
+    checks, runnable = [], []
+    for expectation in suite["expectations"]:
+        if check_of(expectation) == SCHEMA_CHECK:
+            continue
+        reason = skip_all or _skip_reason(table, expectation, usable, unavailable)
+        if reason:
+            checks.append(_skipped(table, expectation, reason))
+        else:
+            runnable.append(expectation)
+    return checks + runner.run(table, "checks", suite, runnable, values)
+
+
+def _reader_failure(issue: ReadIssue) -> CheckResult:
+    rules = {
+        "table_file_exists": f"a {issue.table} table file is present",
+        "file_not_empty": "the table file is not empty",
+        "utf8_encoding": "text files are UTF-8",
+        "file_parseable": "the table file can be parsed",
+    }
+    return CheckResult(
+        table=issue.table,
+        expectation=issue.check,
+        column=None,
+        check="file",
+        status=FAILED,
+        description=rules.get(issue.check, ""),
+        observed=issue.message,
+        examples=issue.examples,
+    )
+
+
+def _table_summary(batch: Batch, table: str) -> TableSummary:
+    path = batch.files.get(table)
+    return TableSummary(
+        table=table,
+        file=str(path) if path else None,
+        format=path.suffix.lstrip(".") if path else None,
+        rows=int(len(batch[table])) if table in batch else None,
+    )
+
+
+def _reference_info(reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    if reference is None:
+        return None
+    info = {k: reference.get(k) for k in ("path", "accepted_at", "data_dir")}
+    info["rows"] = {t: v.get("rows") for t, v in (reference.get("tables") or {}).items()}
+    return info
 
 
 def _without_missing_column_noise(checks: list[CheckResult]) -> list[CheckResult]:
@@ -258,16 +282,12 @@ def _without_missing_column_noise(checks: list[CheckResult]) -> list[CheckResult
     return checks
 
 
-def _skip_reason(table: str, expectation: dict[str, Any], usable: set[str], unavailable: dict[str, str], skip_all: str | None) -> str:
-    if skip_all:
-        return skip_all
+def _skip_reason(table: str, expectation: dict[str, Any], usable: set[str], unavailable: dict[str, str]) -> str:
     column = expectation.get("kwargs", {}).get("column")
     if column and column in {f.name for f in SCHEMAS[table]} and column not in usable:
         return f"{table}.{column} failed its schema checks (see above)"
     missing = sorted(parameter_names(expectation.get("kwargs", {})) & set(unavailable))
-    if missing:
-        return unavailable[missing[0]]
-    return ""
+    return unavailable[missing[0]] if missing else ""
 
 
 def _skipped(table: str, expectation: dict[str, Any], reason: str) -> CheckResult:
@@ -298,41 +318,47 @@ def _ordered(checks: list[CheckResult]) -> list[CheckResult]:
 # ------------------------------------------------------------------------- Great Expectations
 
 
-def _ephemeral_context():
-    """One in-memory GE context per validation run: no files, no progress bars, no analytics."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
+class _SuiteRunner:
+    """One in-memory GE context per validation run (no files, no progress bars, no analytics),
+    with one whole-dataframe batch per table, reused by both passes."""
 
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(),
-        progress_bars=ProgressBarsConfig(globally=False),
-        analytics_enabled=False,
-    )
-    return gx.get_context(mode="ephemeral", project_config=config)
+    def __init__(self, frames: dict[str, pd.DataFrame]) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            progress_bars=ProgressBarsConfig(globally=False),
+            analytics_enabled=False,
+        )
+        self._datasource = gx.get_context(mode="ephemeral", project_config=config).data_sources.add_pandas("copyflow_batch")
+        self._frames = frames
+        self._batches: dict[str, Any] = {}
 
-def _run(context, datasource, batch_definitions: dict[str, Any], table: str, phase: str, frame: pd.DataFrame,
-         suite_data: dict[str, Any], expectations: list[dict[str, Any]], parameters: dict[str, Any]) -> list:
-    """Run the given expectations of a table's suite on its frame; returns GE's per-expectation results."""
-    if not expectations:
-        return []
-    batch = batch_definitions.get(table)
-    if batch is None:
-        asset = datasource.add_dataframe_asset(f"{table}_frame")
-        definition = asset.add_batch_definition_whole_dataframe(f"{table}_whole")
-        batch = batch_definitions[table] = definition.get_batch(batch_parameters={"dataframe": frame})
-    suite = build_suite(suite_data, f"{table}.{phase}", expectations)
-    needed = set().union(*(parameter_names(e.get("kwargs", {})) for e in expectations))
-    result = batch.validate(
-        suite,
-        expectation_parameters={k: v for k, v in parameters.items() if k in needed},
-        result_format=RESULT_FORMAT,
-    )
-    return list(result.results)
+    def _batch(self, table: str):
+        if table not in self._batches:
+            asset = self._datasource.add_dataframe_asset(f"{table}_frame")
+            definition = asset.add_batch_definition_whole_dataframe(f"{table}_whole")
+            self._batches[table] = definition.get_batch(batch_parameters={"dataframe": self._frames[table]})
+        return self._batches[table]
+
+    def run(self, table: str, phase: str, suite_data: dict[str, Any], expectations: list[dict[str, Any]],
+            parameters: dict[str, Any]) -> list[CheckResult]:
+        """Run these expectations of the table's suite (a GE ExpectationSuite) on its frame."""
+        if not expectations:
+            return []
+        suite = build_suite(suite_data, f"{table}.{phase}", expectations)
+        needed = set().union(*(parameter_names(e.get("kwargs", {})) for e in expectations))
+        result = self._batch(table).validate(
+            suite,
+            expectation_parameters={k: v for k, v in parameters.items() if k in needed},
+            result_format=RESULT_FORMAT,
+        )
+        return [_check_from_result(table, r, self._frames[table]) for r in result.results]
 
 
 def _check_from_result(table: str, result, frame: pd.DataFrame) -> CheckResult:
