@@ -15,6 +15,7 @@ TELEMETRY_OFF = {
     "DVC_NO_ANALYTICS": "1",
     "ORT_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GX_ANALYTICS_ENABLED": "false",
 }
 
 EMBEDDED_DIR = Path("mlflow")

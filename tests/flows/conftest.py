@@ -1,0 +1,47 @@
+"""A throwaway copy of the project (git + DVC + tiny params) for flow tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_QUICK = {
+    "data": {"n_products": 300},
+    "simulator": {"n_users": 120, "days": 14},
+}
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_project(tmp_path: Path, quick_overrides: dict | None = None) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("components", "expectations", ".dvc", "data/advertisegen"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    quick = params["profiles"]["quick"]
+    for section, values in {**TINY_QUICK, **(quick_overrides or {})}.items():
+        quick[section] = {**(quick.get(section) or {}), **values}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    (project / ".gitignore").write_text("/artifacts/\n/state/\n/mlflow/\n/.copyflow/\n", encoding="utf-8")
+    _git(project, "init", "-q")
+    _git(project, "add", "-A")
+    _git(project, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "init")
+    return project
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

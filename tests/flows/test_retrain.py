@@ -1,0 +1,65 @@
+"""The retrain flow for real: Prefect (test harness), DVC, Great Expectations and MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.config import load_config
+from components.pipeline import DATA_STAGES
+from components.tracking import tracking_uri
+from flows.retrain import DataGateFailed, retrain
+from tests.flows.conftest import make_project
+
+
+def _runs(project):
+    cfg = load_config(project / "params.yaml", "quick")
+    client = MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, client.search_runs([experiment.experiment_id], max_results=200)
+
+
+def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, monkeypatch):
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    first = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
+    assert all(not first.stages[s]["skipped"] for s in DATA_STAGES)
+    assert first.summary("validate")["success"] is True
+    clean = first.summary("clean")
+    assert clean["rows_after"]["events"] < clean["rows_before"]["events"]  # dirt was removed
+
+    client, runs = _runs(project)
+    parent = client.get_run(first.mlflow_run_id)
+    assert parent.data.tags["ge.verdict"] == "passed"
+    assert parent.data.tags["dvc.lock.sha256"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.mlflow_run_id]
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(DATA_STAGES)
+    ingest = next(r for r in children if r.data.tags["stage"] == "ingest")
+    assert any(k.startswith("dvc.outs.") for k in ingest.data.tags)  # data hash from dvc.lock
+
+    second = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
+    assert all(second.stages[s]["skipped"] for s in DATA_STAGES), second.stages
+    mlflow.set_tracking_uri(tracking_uri(load_config(project / "params.yaml", "quick")))
+
+
+def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, monkeypatch):
+    # A gate that tolerates no duplicate events rejects the simulator's dirty batch.
+    project = make_project(tmp_path, {"validation": {"mostly_unique_events": 1.0}})
+    monkeypatch.chdir(project)
+    with pytest.raises(DataGateFailed) as failure:
+        retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
+    assert "event_id" in str(failure.value)
+    assert not (project / "artifacts/quick/clean").exists()
+    assert not (project / "artifacts/quick/features").exists()
+
+    client, runs = _runs(project)
+    parent = next(r for r in runs if r.data.tags.get("kind") == "retrain")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["ge.verdict"] == "failed"
+    assert parent.data.tags["failed_stage"] == "validate"
+    gate_run = next(r for r in runs if r.data.tags.get("stage") == "validate")
+    assert gate_run.info.status == "FAILED"
+    logged = {a.path for a in client.list_artifacts(gate_run.info.run_id)}
+    assert "report.md" in logged
+    assert client.search_registered_models() == []
