@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 
 
@@ -54,13 +54,12 @@ def promote(
     """
     from components.registry import promotion, status
 
-    logger = get_run_logger()
     cfg = _config(profile, params_path)
     result = promotion.promote(cfg, release=release, dry_run=dry_run, note=note, actor=_actor())
     if result.get("recheck_report"):
         print(result["recheck_report"])
     verb = "would promote" if dry_run else ("promoted" if result["changed"] else "kept")
-    logger.info("%s release %s (replacing %s)", verb, result["release"], result["replaces"])
+    print(f"{verb} release {result['release']} (champion before: {result['replaces']})")
     print(status.render_status(status.status(cfg)))
     return result
 
@@ -70,9 +69,8 @@ def rollback(note: str | None = None, profile: str = "quick", params_path: str =
     """Put the previous champion release back in one step (champion <- previous)."""
     from components.registry import promotion, status
 
-    logger = get_run_logger()
     cfg = _config(profile, params_path)
     result = promotion.rollback(cfg, note=note, actor=_actor())
-    logger.info("rolled back release %s; champion is release %s", result["rolled_back"], result["release"])
+    print(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
     print(status.render_status(status.status(cfg)))
     return result

@@ -160,16 +160,17 @@ def auc_by_ranks(labels: np.ndarray, scores: np.ndarray, axis: int = -1) -> np.n
 
 
 def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, n_bins: int = 15) -> float:
-    import torch
-    from torchmetrics.functional.classification import binary_calibration_error
+    """ECE of the click probability: over equal-width score bins, |click rate - mean score| * share.
 
-    return float(
-        binary_calibration_error(
-            torch.tensor(np.asarray(scores), dtype=torch.float32),
-            torch.tensor(np.asarray(labels), dtype=torch.long),
-            n_bins=n_bins,
-        )
-    )
+    The definition of torchmetrics' binary_calibration_error (norm="l1"); the tests check they
+    agree. numpy here so promotion and the CLI do not import torch just for this.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), scores, side="right") - 1
+    slots = n_bins + 1  # a score of exactly 1.0 gets its own slot, as in torchmetrics
+    gap = np.abs(np.bincount(bins, labels, slots) - np.bincount(bins, scores, slots))
+    return float(gap.sum() / len(scores))
 
 
 def paired_bootstrap_delta(

@@ -140,7 +140,8 @@ def recheck_evidence(cfg: Config, client: MlflowClient, target: dict, champion: 
         raise PromotionRefused(f"release {version} cannot be re-checked against champion release {current}: {exc}") from exc
     if not all(r.passed for r in results):
         raise PromotionRefused(
-            f"release {version} was gated against release {baseline}, and fails against the current champion "
+            f"release {version} was gated against {f'release {baseline}' if baseline else 'no champion'}, "
+            f"and fails against the current champion "
             f"release {current}:\n\n" + render_report(results, f"Re-check of release {version} vs release {current}")
         )
     return results

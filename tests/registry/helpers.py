@@ -10,10 +10,7 @@ Module-level (importable) so spawned processes and the Prefect worker can unpick
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
 from pathlib import Path
 
 import mlflow
@@ -151,36 +148,3 @@ def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
 
 SCORERS = {"preference": score_preference, "generator": score_generator}
 
-
-def promote_when_told(params: str, release: str, ready: Path, go: Path, actor: str) -> dict:
-    """Connect first, then wait for the shared start signal, then promote: a real simultaneous start."""
-    from components.config import load_config
-    from components.registry.promotion import promote
-    from components.registry.store import registry_client
-
-    cfg = load_config(params, "quick")
-    registry_client(cfg).search_registered_models(max_results=1)  # imports + connection done up front
-    ready.touch()
-    deadline = time.monotonic() + 300
-    while not go.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no start signal at {go}")
-        time.sleep(0.005)
-    return promote(cfg, release=release, actor=actor)
-
-
-def main() -> None:
-    """`python -m tests.registry.helpers promote PARAMS RELEASE READY GO`: one competing process."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["promote"])
-    parser.add_argument("params")
-    parser.add_argument("release")
-    parser.add_argument("ready", type=Path)
-    parser.add_argument("go", type=Path)
-    args = parser.parse_args()
-    result = promote_when_told(args.params, args.release, args.ready, args.go, f"process-{os.getpid()}")
-    print("RESULT " + json.dumps(result, default=str))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make deploy`: register the deployments of prefect.yaml (retrain nightly, promote, rollback)
+# on the Prefect server of `make up` (or whatever PREFECT_API_URL points at).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${VENV:-.venv}/bin"
+POOL="${COPYFLOW_POOL:-copyflow-local}"
+[[ -f .run/env ]] && source .run/env
+if [[ -z "${PREFECT_API_URL:-}" ]]; then
+  echo "PREFECT_API_URL is not set: run \`make up\` first (or point PREFECT_API_URL at your server)" >&2
+  exit 1
+fi
+"$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$POOL" --type process
+"$BIN/prefect" --no-prompt deploy --all --prefect-file prefect.yaml

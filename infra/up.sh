@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# `make up`: a local Prefect server and the MLflow tracking server, in the background.
+#   logs: .run/prefect-server.log  .run/mlflow-server.log
+#   pids: .run/prefect-server.pid  .run/mlflow-server.pid   (each the leader of its own process group)
+#   env:  .run/env  (PREFECT_API_URL, MLFLOW_TRACKING_URI: `source .run/env` to use the servers)
+# `make down` (infra/down.sh) stops exactly these process groups and nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN="${VENV:-.venv}/bin"
+RUN=.run
+HOST="${COPYFLOW_HOST:-127.0.0.1}"
+PREFECT_PORT="${PREFECT_PORT:-4200}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+MLFLOW_DIR="${MLFLOW_DIR:-mlflow}"          # params.yaml paths.mlflow_dir: the embedded store the CLI uses
+mkdir -p "$RUN" "$MLFLOW_DIR/artifacts"
+
+export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The server's own database lives with the run files, not in ~/.prefect.
+export PREFECT_HOME="$PWD/$RUN/prefect-home"
+
+running() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() {  # start NAME CMD...: detached in its own session, so its pid is its process group id
+  local name=$1; shift
+  if running "$name"; then
+    echo "$name already running (pid $(cat "$RUN/$name.pid"))"
+    return
+  fi
+  setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "$name started (pid $!, log $RUN/$name.log)"
+}
+
+wait_healthy() {  # wait_healthy NAME URL
+  local name=$1 url=$2
+  for _ in $(seq 1 180); do
+    if "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; then
+      echo "$name healthy at $url"
+      return
+    fi
+    if ! running "$name"; then
+      echo "$name exited; last log lines:" >&2
+      tail -n 30 "$RUN/$name.log" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "$name not healthy after 180s; see $RUN/$name.log" >&2
+  exit 1
+}
+
+start prefect-server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
+# --workers 1: one server process owns the sqlite store (sqlite does not like concurrent writers).
+start mlflow-server "$BIN/mlflow" server \
+  --backend-store-uri "sqlite:///$PWD/$MLFLOW_DIR/mlflow.db" \
+  --artifacts-destination "$PWD/$MLFLOW_DIR/artifacts" \
+  --host "$HOST" --port "$MLFLOW_PORT" --workers 1
+
+cat >"$RUN/env" <<ENV
+export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
+export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
+ENV
+
+wait_healthy prefect-server "http://$HOST:$PREFECT_PORT/api/health"
+wait_healthy mlflow-server "http://$HOST:$MLFLOW_PORT/health"
+echo
+echo "Prefect UI: http://$HOST:$PREFECT_PORT    MLflow UI: http://$HOST:$MLFLOW_PORT"
+echo "Use them from this shell:  source $RUN/env"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# `make worker`: run the deployments' flow runs (scheduled retrains, promote/rollback clicks)
+# in subprocesses of this checkout, on the local process work pool. Foreground; Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${VENV:-.venv}/bin"
+[[ -f .run/env ]] && source .run/env
+exec "$BIN/prefect" worker start --pool "${COPYFLOW_POOL:-copyflow-local}" --type process

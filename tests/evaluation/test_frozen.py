@@ -1,0 +1,84 @@
+"""The frozen evaluation snapshot: frozen once per profile, reused, refreshed only on request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.evaluation.frozen import (
+    SnapshotError,
+    ensure_snapshot,
+    frozen_dir,
+    load_snapshot,
+    score_on_snapshot,
+)
+
+
+def write_samples(cfg, batch: str, n: int = 50) -> None:
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"{batch}-{i}" for i in range(n)],
+            "label": np.arange(n) % 2,
+            "x": np.linspace(0, 1, n),
+            "split": ["train"] * (n - 10) + ["test"] * 10,
+        }
+    )
+    path = cfg.stage_dir("features") / "samples.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def test_preference_snapshot_is_frozen_from_the_first_test_split_and_reused(cfg):
+    write_samples(cfg, "first")
+    first = ensure_snapshot(cfg, "preference")
+    assert first.path.parent == frozen_dir(cfg) == cfg.state_dir() / "frozen_eval"
+    assert first.n_rows == 10 and first.rows["example_id"].tolist() == [f"first-{i}" for i in range(40, 50)]
+    write_samples(cfg, "second")  # a new batch arrives
+    again = ensure_snapshot(cfg, "preference")
+    assert again.fingerprint == first.fingerprint and again.rows["example_id"].str.startswith("first-").all()
+    refreshed = ensure_snapshot(cfg, "preference", refresh=True)
+    assert refreshed.fingerprint != first.fingerprint and refreshed.rows["example_id"].str.startswith("second-").all()
+
+
+def test_a_tampered_snapshot_is_refused(cfg):
+    write_samples(cfg, "b")
+    snapshot = ensure_snapshot(cfg, "preference")
+    snapshot.rows.iloc[:3].drop(columns=["attributes"], errors="ignore").to_parquet(snapshot.path, index=False)
+    with pytest.raises(SnapshotError, match="changed after it was frozen"):
+        load_snapshot(cfg, "preference")
+
+
+def test_missing_sources_give_clear_errors(cfg):
+    with pytest.raises(SnapshotError, match="samples.parquet does not exist"):
+        ensure_snapshot(cfg, "preference")
+    with pytest.raises(SnapshotError, match="no frozen snapshot is defined for model family 'effect'"):
+        ensure_snapshot(cfg, "effect")
+
+
+def test_generator_snapshot_is_the_corpus_test_split(make_cfg):
+    cfg = make_cfg(generator={"eval_samples": 7})
+    snapshot = ensure_snapshot(cfg, "generator")
+    assert snapshot.n_rows == 7 and snapshot.rows["example_id"].str.startswith("corpus-").all()
+    from components.data.corpus import split_of
+
+    assert all(split_of(c, cfg.data.valid_fraction, cfg.data.test_fraction) == "test" for c in snapshot.rows["content"])
+    assert isinstance(snapshot.rows["attributes"].iloc[0], dict)  # rebuilt on load for the generator API
+    assert load_snapshot(cfg, "generator").fingerprint == snapshot.fingerprint
+
+
+def test_scores_are_cached_per_model_and_snapshot(cfg):
+    write_samples(cfg, "c")
+    snapshot = ensure_snapshot(cfg, "preference")
+    calls = []
+
+    def scorer(model_ref, rows):
+        calls.append(model_ref)
+        return pd.DataFrame({"example_id": rows["example_id"], "label": rows["label"], "score": rows["x"]})
+
+    first = score_on_snapshot(snapshot, "/models/a", cache_key="runs:/a/model", scorer=scorer)
+    again = score_on_snapshot(snapshot, "models:/m/1", cache_key="runs:/a/model", scorer=scorer)
+    pd.testing.assert_frame_equal(first, again)
+    assert calls == ["/models/a"]
+    with pytest.raises(SnapshotError, match="left 10 snapshot examples unscored"):
+        score_on_snapshot(snapshot, "b", cache_key="runs:/b/model", scorer=lambda ref, rows: rows.iloc[:0][["example_id"]])

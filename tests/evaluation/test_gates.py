@@ -1,0 +1,148 @@
+"""Gate rules on synthetic per-example frames: floors, guardrails, paired non-inferiority, report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.classification import binary_calibration_error
+
+from components.evaluation.gates import (
+    GateInputError,
+    GateResult,
+    auc_by_ranks,
+    evaluate_gate,
+    expected_calibration_error,
+    generator_gate,
+    paired_bootstrap_delta,
+    preference_gate,
+    render_report,
+)
+
+
+def preference_frame(n: int = 3000, signal: float = 1.0, seed: int = 0, noise_seed: int | None = None) -> pd.DataFrame:
+    """Calibrated-ish click scores whose ranking quality grows with `signal` (same labels per seed)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=n)
+    label = (rng.random(n) < 1 / (1 + np.exp(-2 * latent))).astype(int)
+    noise = np.random.default_rng(noise_seed if noise_seed is not None else seed + 1).normal(size=n)
+    score = 1 / (1 + np.exp(-(2 * (signal * latent + (1 - signal) * noise))))
+    return pd.DataFrame({"example_id": [f"x{i}" for i in range(n)], "label": label, "score": score})
+
+
+def generator_frame(n: int = 60, bleu: float = 8.0, hallucinated: int = 0, violations: int = 0, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "example_id": [f"g{i}" for i in range(n)],
+            "bleu4": np.clip(rng.normal(bleu, 2.0, n), 0, 100),
+            "rougeL": rng.normal(20, 3, n),
+            "hallucinated": [i < hallucinated for i in range(n)],
+            "ad_law_violations": [1 if i < violations else 0 for i in range(n)],
+        }
+    )
+
+
+def test_auc_by_ranks_equals_sklearn_with_ties_and_vectorized():
+    frame = preference_frame()
+    scores = np.round(frame["score"].to_numpy(), 2)  # ties
+    assert auc_by_ranks(frame["label"].to_numpy(), scores) == pytest.approx(roc_auc_score(frame["label"], scores))
+    batch = np.stack([scores, 1 - scores])
+    labels = np.stack([frame["label"].to_numpy()] * 2)
+    np.testing.assert_allclose(auc_by_ranks(labels, batch), [roc_auc_score(frame["label"], scores), roc_auc_score(frame["label"], 1 - scores)])
+
+
+def test_ece_matches_torchmetrics():
+    frame = preference_frame(signal=0.6)
+    scores = np.array(frame["score"])  # a writable copy
+    scores[:2] = [0.0, 1.0]  # the edges of the bins
+    expected = binary_calibration_error(torch.tensor(scores, dtype=torch.float64), torch.tensor(frame["label"].to_numpy()), n_bins=15)
+    assert expected_calibration_error(frame["label"].to_numpy(), scores) == pytest.approx(float(expected), abs=1e-9)
+
+
+def test_paired_bootstrap_interval_is_zero_for_identical_models_and_covers_a_real_gap():
+    frame = preference_frame()
+    labels, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
+    delta, low, high = paired_bootstrap_delta(auc_by_ranks, (scores,), (scores,), (labels,), n_resamples=200, confidence_level=0.95, seed=0)
+    assert delta == low == high == 0.0
+    worse = preference_frame(signal=0.5)["score"].to_numpy()
+    delta, low, high = paired_bootstrap_delta(auc_by_ranks, (scores,), (worse,), (labels,), n_resamples=300, confidence_level=0.95, seed=0)
+    assert low < delta < high and low > 0  # the better model is significantly better
+
+
+def test_first_release_passes_on_floors_and_guardrails_alone(gates):
+    result = preference_gate(gates, preference_frame())
+    assert result.passed and result.champion_label is None and result.n_resamples == 0
+    [relative] = [r for r in result.rules if r.kind == "non_inferiority"]
+    assert relative.passed and relative.note == "first release" and relative.ci_low is None
+    weak = preference_gate(gates, preference_frame(signal=0.02))  # almost no signal left
+    assert not weak.passed and "floor:auc" in [f"{r.kind}:{r.metric}" for r in weak.failures()]
+
+
+def test_non_inferiority_rejects_a_clearly_worse_candidate_and_accepts_an_equal_one(gates):
+    champion = preference_frame(signal=0.9)
+    worse = preference_gate(gates, preference_frame(signal=0.5), champion)
+    rule = next(r for r in worse.rules if r.kind == "non_inferiority")
+    assert not rule.passed and rule.ci_low < -gates.non_inferiority_margin and rule.champion > rule.candidate
+    assert next(r for r in worse.rules if r.kind == "floor").passed  # above the floor, still rejected
+    same = preference_gate(gates, champion.sample(frac=1.0, random_state=1), champion)  # row order must not matter
+    assert same.passed and next(r for r in same.rules if r.kind == "non_inferiority").delta == 0.0
+
+
+def test_ece_guardrail(gates):
+    frame = preference_frame()
+    frame["score"] = np.clip(frame["score"] + 0.3, 0, 1)  # same ranking, badly calibrated
+    result = preference_gate(gates, frame)
+    assert [f"{r.kind}:{r.metric}" for r in result.failures()] == ["guardrail:ece"]
+
+
+def test_generator_guardrails_hold_exactly(gates):
+    assert generator_gate(gates, generator_frame()).passed
+    one_violation = generator_gate(gates, generator_frame(violations=1))
+    assert [f"{r.kind}:{r.metric}" for r in one_violation.failures()] == ["guardrail:ad_law_violations"]
+    hallucinating = generator_gate(gates, generator_frame(hallucinated=3))
+    assert [f"{r.kind}:{r.metric}" for r in hallucinating.failures()] == ["guardrail:hallucination_rate"]
+    low_bleu = generator_gate(gates, generator_frame(bleu=1.0))
+    assert "floor:bleu4" in [f"{r.kind}:{r.metric}" for r in low_bleu.failures()]
+
+
+def test_generator_non_inferiority_on_bleu(gates):
+    champion = generator_frame(bleu=10.0)
+    worse = generator_frame(bleu=10.0)
+    worse["bleu4"] = worse["bleu4"] - 2.0  # paired: the same rows, 2 points worse each
+    result = generator_gate(gates, worse, champion)
+    rule = next(r for r in result.rules if r.kind == "non_inferiority")
+    assert rule.delta == pytest.approx(-2.0) and not rule.passed
+    assert evaluate_gate("generator", gates, champion, champion).passed
+
+
+def test_frames_scored_on_different_rows_are_refused(gates):
+    candidate = preference_frame()
+    with pytest.raises(GateInputError, match="not scored on the same frozen snapshot rows"):
+        preference_gate(gates, candidate, candidate.iloc[:-5])
+    with pytest.raises(GateInputError, match="miss columns \\['score'\\]"):
+        preference_gate(gates, candidate.drop(columns=["score"]))
+    with pytest.raises(GateInputError, match="repeat example ids"):
+        preference_gate(gates, pd.concat([candidate, candidate.iloc[:1]]))
+    with pytest.raises(GateInputError, match="need at least 10 of each"):
+        preference_gate(gates, candidate.assign(label=0).iloc[:50])
+    with pytest.raises(GateInputError, match="no release gate is defined for model family 'effect'"):
+        evaluate_gate("effect", gates, candidate)
+
+
+def test_report_is_a_markdown_table_and_round_trips(gates):
+    result = preference_gate(gates, preference_frame(signal=0.5), preference_frame(signal=0.9), snapshot="f" * 64, champion_label="release 3")
+    report = render_report([result])
+    assert report.startswith("## Release gate report: **FAIL**")
+    assert "| metric | candidate | champion | delta [95% CI] | rule | verdict |" in report
+    row = next(line for line in report.splitlines() if "non_inferiority" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "auc" and cells[-1] == "**FAIL**" and "[" in cells[3]
+    assert GateResult.from_dict(result.to_dict()).to_markdown() == result.to_markdown()
+
+
+@pytest.fixture
+def gates(cfg):
+    return cfg.gates.model_copy(update={"bootstrap_resamples": 300})

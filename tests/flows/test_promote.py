@@ -1,0 +1,148 @@
+"""The `promote` / `rollback` flows: in-process wiring, and the real thing end to end — a real
+Prefect server, deployments created from prefect.yaml by `prefect deploy`, a process worker, a
+flow run triggered through the API with parameters, and the champion alias moving in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.registry.store import model_aliases, registry_client
+from tests.registry.world import build_world
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+@pytest.fixture(scope="module")
+def pref_world(tmp_path_factory):
+    """Preference-only registry: release 1 champion, release 2 challenger."""
+    return build_world(tmp_path_factory.mktemp("promote_world"), generator=False, with_failure=False)
+
+
+def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
+    from flows.promote import promote, rollback
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone")
+    params = str(world.base / "params.yaml")
+    result = promote.fn(release=None, note="from the flow", params_path=params)
+    assert result["changed"] and result["release"] == "2"
+    client = registry_client(world.cfg)
+    tags = client.get_model_version("copyflow-release", "2").tags
+    assert tags["promotion.note"] == "from the flow" and tags["promoted_by"].startswith("prefect flow run")
+    assert rollback.fn(note="undo", params_path=params)["release"] == "1"
+    assert model_aliases(client, "copyflow-release")["champion"] == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate the whole process group we started (server workers, flow-run subprocesses)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME; always stopped."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prefect server did not become healthy"
+            time.sleep(0.5)
+        yield env
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _prefect(env: dict, *args: str) -> str:
+    result = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_promote_deployment_from_prefect_yaml_moves_the_champion(pref_world, prefect_server, tmp_path):
+    env = prefect_server
+    world = pref_world
+    client = registry_client(world.cfg)
+    assert model_aliases(client, "copyflow-release")["champion"] == "1"
+
+    _prefect(env, "work-pool", "create", "copyflow-local", "--type", "process")
+    out = _prefect(env, "--no-prompt", "deploy", "--prefect-file", "prefect.yaml", "--name", "promote")
+    assert "promote/promote" in out
+
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "copyflow-local", "--type", "process"],
+        env=env,
+        cwd=ROOT,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        from prefect.client.schemas.objects import StateType
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        parameters = {"release": 2, "note": "clicked in the UI", "params_path": str(world.base / "params.yaml")}
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            flow_run = run_deployment("promote/promote", parameters=parameters, timeout=300, poll_interval=1)
+        log_text = (tmp_path / "worker.log").read_text()
+        assert flow_run.state is not None and flow_run.state.type == StateType.COMPLETED, log_text[-4000:]
+        assert flow_run.parameters["release"] == 2
+    finally:
+        _stop(worker)
+        worker_log.close()
+
+    aliases = model_aliases(client, "copyflow-release")
+    assert aliases["champion"] == "2" and aliases["previous"] == "1"
+    assert model_aliases(client, "copyflow-preference")["champion"] == world.second.versions["preference"]
+    tags = client.get_model_version("copyflow-release", "2").tags
+    assert tags["promotion.note"] == "clicked in the UI"
+    assert tags["promoted_by"].startswith("prefect flow run")

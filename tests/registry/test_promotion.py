@@ -1,0 +1,185 @@
+"""promote / rollback on a real sqlite registry: alias moves, evidence re-check, concurrency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.registry.names import REGISTERED_MODELS, RELEASE_MODEL
+from components.registry.promotion import PromotionRefused, check_consistency, promote, rollback
+from components.registry.store import model_aliases, registry_client, set_alias
+from tests.conftest import ROOT
+from tests.registry.world import clone_world
+
+MEMBERS = [REGISTERED_MODELS["preference"], REGISTERED_MODELS["generator"]]
+# Ten promotions at once: 4 separate processes (each pays a full Python + MLflow start-up on
+# CI's two cores) and 6 threads; the lock must serialize both kinds.
+N_PROCESSES = 4
+
+
+def champion_state(cfg) -> dict[str, dict[str, str | None]]:
+    """champion and previous of the release and of every member: what a rollback must restore."""
+    client = registry_client(cfg)
+    return {
+        name: {alias: model_aliases(client, name).get(alias) for alias in ("champion", "previous")}
+        for name in [RELEASE_MODEL, *MEMBERS]
+    }
+
+
+def test_promote_then_rollback_returns_exactly_the_previous_champion(fresh_world):
+    cfg, second = fresh_world.cfg, fresh_world.second
+    before = champion_state(cfg)
+    assert before[RELEASE_MODEL] == {"champion": "1", "previous": None}
+
+    result = promote(cfg, note="better AUC on the frozen snapshot", actor="alice")
+    assert result["changed"] and result["release"] == "2" and result["replaces"] == "1"
+    after = champion_state(cfg)
+    assert after[RELEASE_MODEL] == {"champion": "2", "previous": "1"}
+    for family, name in REGISTERED_MODELS.items():
+        if name in MEMBERS:
+            assert after[name] == {"champion": second.versions[family], "previous": fresh_world.first.versions[family]}
+    client = registry_client(cfg)
+    assert "challenger" not in model_aliases(client, RELEASE_MODEL)  # the challenger is champion now
+    tags = client.get_model_version(RELEASE_MODEL, "2").tags
+    assert tags["promoted_by"] == "alice" and tags["promotion.note"] == "better AUC on the frozen snapshot"
+    assert tags["replaced_release"] == "1" and tags["promoted_at"]
+    member = client.get_model_version("copyflow-preference", second.versions["preference"])
+    assert member.tags["release"] == "2" and member.tags["promoted_by"] == "alice"
+
+    undone = rollback(cfg, note="complaints", actor="bob")
+    assert undone["release"] == "1" and undone["rolled_back"] == "2" and undone["previous"] is None
+    assert champion_state(cfg) == before
+    assert client.get_model_version(RELEASE_MODEL, "2").tags["rolled_back_by"] == "bob"
+    assert check_consistency(client) == []
+    with pytest.raises(PromotionRefused, match="nothing to roll back to"):
+        rollback(cfg)
+
+
+def test_dry_run_and_repeated_promotion_move_nothing(fresh_world):
+    cfg = fresh_world.cfg
+    before = {name: model_aliases(registry_client(cfg), name) for name in [RELEASE_MODEL, *MEMBERS]}
+    plan = promote(cfg, dry_run=True)
+    assert plan["dry_run"] and not plan["changed"] and plan["release"] == "2"
+    assert plan["members"]["preference"] == {
+        "registered_model": "copyflow-preference",
+        "champion": fresh_world.second.versions["preference"],
+        "previous": fresh_world.first.versions["preference"],
+    }
+    assert {name: model_aliases(registry_client(cfg), name) for name in [RELEASE_MODEL, *MEMBERS]} == before
+    again = promote(cfg, release=1)
+    assert not again["changed"] and "already the champion" in again["message"]
+
+
+def test_promotion_refuses_without_passing_evidence(fresh_world):
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    with pytest.raises(PromotionRefused, match="version 9 does not exist"):
+        promote(cfg, release=9)
+    member = fresh_world.second.versions["preference"]
+    client.set_model_version_tag("copyflow-preference", member, "gate.verdict", "fail")
+    with pytest.raises(PromotionRefused, match=f"copyflow-preference v{member} is tagged gate.verdict='fail'"):
+        promote(cfg, release=2)
+    assert model_aliases(client, RELEASE_MODEL)["champion"] == "1"
+
+
+def test_promoting_an_older_release_over_a_better_champion_is_rechecked_and_refused(fresh_world):
+    """Release 1 was gated against nothing; after release 2 is champion, promoting 1 again re-runs
+    the paired gate against 2 from stored evidence and refuses: 1 is clearly worse. Rollback,
+    the explicit emergency path, still works."""
+    cfg = fresh_world.cfg
+    promote(cfg, release=2)
+    with pytest.raises(PromotionRefused, match="fails against the current champion release 2") as refused:
+        promote(cfg, release=1)
+    assert "| auc |" in str(refused.value) and "**FAIL**" in str(refused.value)
+    assert model_aliases(registry_client(cfg), RELEASE_MODEL)["champion"] == "2"
+    assert rollback(cfg)["release"] == "1"
+
+
+def test_an_interrupted_promotion_is_reported_and_repaired_by_the_next_one(fresh_world):
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    # a crash after the first member write: preference already moved, the release did not
+    set_alias(client, "copyflow-preference", "champion", fresh_world.second.versions["preference"])
+    problems = check_consistency(client)
+    assert len(problems) == 1 and "copyflow-preference@champion" in problems[0]
+    promote(cfg, release=2)
+    assert check_consistency(client) == []
+
+
+def _run_threads(cfg, targets: list[str], go: threading.Event) -> tuple[list, list[threading.Thread]]:
+    results: list[dict | BaseException] = []
+
+    def one(release: str) -> None:
+        go.wait()
+        try:
+            results.append(promote(cfg, release=release, actor=f"thread-{release}"))
+        except BaseException as exc:  # collected and asserted on below
+            results.append(exc)
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+def test_ten_concurrent_promotions_threads_and_processes_leave_one_consistent_champion(world, tmp_path):
+    """Releases 1 and 2 are promoted alternately by 10 competitors started at the same moment."""
+    # A wide margin so releases 1 and 2 may replace each other: every promotion is legitimate,
+    # and the only way to end inconsistent would be interleaved alias writes.
+    clone = clone_world(world, tmp_path / "clone", gates={"non_inferiority_margin": 0.2, "generator_bleu4_margin": 5.0})
+    cfg = clone.cfg
+    params = str(clone.base / "params.yaml")
+    go = tmp_path / "go"
+    processes = []
+    for i in range(N_PROCESSES):
+        release = "2" if i % 2 == 0 else "1"
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.registry.promote_child", params, release, str(tmp_path / f"ready{i}"), str(go)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    start = threading.Event()
+    thread_results, threads = _run_threads(cfg, ["1" if i % 2 == 0 else "2" for i in range(10 - N_PROCESSES)], start)
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"ready{i}").exists() for i in range(N_PROCESSES)):
+        assert all(p.poll() is None for p in processes), [p.communicate() for p in processes if p.poll() is not None]
+        assert time.monotonic() < deadline, "competing processes did not start"
+        time.sleep(0.05)
+    go.touch()  # all ten start now
+    start.set()
+    for thread in threads:
+        thread.join(timeout=240)
+    process_results = []
+    for process in processes:
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-3000:]
+        [line] = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        process_results.append(json.loads(line.removeprefix("RESULT ")))
+    errors = [r for r in thread_results if isinstance(r, BaseException)]
+    assert not errors, errors
+    results = thread_results + process_results
+    assert len(results) == 10
+
+    client = registry_client(cfg)
+    assert check_consistency(client) == []
+    aliases = model_aliases(client, RELEASE_MODEL)
+    assert aliases["champion"] in {"1", "2"}
+    changed = [r for r in results if r["changed"]]
+    # serialized: each effective promotion replaced the other release, never its own
+    assert changed and all(r["replaces"] == ("1" if r["release"] == "2" else "2") for r in changed)
+    assert aliases["previous"] == ("1" if aliases["champion"] == "2" else "2")
+    tags = client.get_model_version(RELEASE_MODEL, aliases["champion"]).tags
+    assert tags["replaced_release"] == aliases["previous"]
+    for family in ("preference", "generator"):
+        expected = (clone.second if aliases["champion"] == "2" else clone.first).versions[family]
+        assert model_aliases(client, REGISTERED_MODELS[family])["champion"] == expected

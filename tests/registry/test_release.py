@@ -1,0 +1,41 @@
+"""Releases: the manifest and `resolve_release`, which serving uses to load models by alias."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from components.registry.release import NoRelease, load_manifest, resolve_release
+from components.registry.store import registry_client
+from tests.registry.helpers import FEATURES
+
+
+def test_resolve_release_gives_loadable_member_uris(world):
+    resolved = resolve_release("champion", world.cfg)
+    assert resolved["release"] == "1" and resolved["alias"] == "champion" and resolved["profile"] == "quick"
+    pref = resolved["members"]["preference"]
+    assert pref["model_uri"] == f"models:/copyflow-preference/{world.first.versions['preference']}"
+    model = mlflow.pyfunc.load_model(pref["model_uri"])
+    scores = model.predict(pd.DataFrame([[0.5, -0.2, 0.1, 0.0]], columns=FEATURES))
+    assert 0 < float(scores[0]) < 1
+    assert resolve_release("challenger", world.cfg)["members"]["generator"]["version"] == world.second.versions["generator"]
+
+
+def test_release_manifest_records_members_gates_and_lineage(world):
+    manifest = load_manifest(registry_client(world.cfg), 2)
+    assert manifest["baseline_release"] == "1" and manifest["gate_verdict"] == "pass"
+    assert set(manifest["members"]) == {"preference", "generator"}
+    member = manifest["members"]["preference"]
+    assert member["gate"]["verdict"] == "pass" and member["snapshot"] == world.second.gates[0].snapshot
+    assert member["evidence_uri"].endswith("gate/preference_evidence.parquet")
+    assert not member["inherited"]
+    assert manifest["gate_report"] == world.second.report
+    assert manifest["lineage"]["preference"]["gate.verdict"] == "pass"
+
+
+def test_unknown_alias_or_version_is_a_clear_error(world):
+    with pytest.raises(NoRelease, match="no copyflow-release version has the alias 'previous'"):
+        resolve_release("previous", world.cfg)
+    with pytest.raises(NoRelease, match="version 42 does not exist"):
+        load_manifest(registry_client(world.cfg), 42)
