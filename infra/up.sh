@@ -14,8 +14,11 @@ PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 MLFLOW_DIR="${MLFLOW_DIR:-mlflow}"          # params.yaml paths.mlflow_dir: the embedded store the CLI uses
 mkdir -p "$RUN" "$MLFLOW_DIR/artifacts"
+MLFLOW_DIR="$(cd "$MLFLOW_DIR" && pwd)"
 
 export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
+# copyflow uses no MLflow server-side jobs (GenAI judges); without them the server is 2 processes, not 10.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 # The server's own database lives with the run files, not in ~/.prefect.
 export PREFECT_HOME="$PWD/$RUN/prefect-home"
 
@@ -53,8 +56,8 @@ wait_healthy() {  # wait_healthy NAME URL
 start prefect-server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 # --workers 1: one server process owns the sqlite store (sqlite does not like concurrent writers).
 start mlflow-server "$BIN/mlflow" server \
-  --backend-store-uri "sqlite:///$PWD/$MLFLOW_DIR/mlflow.db" \
-  --artifacts-destination "$PWD/$MLFLOW_DIR/artifacts" \
+  --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
+  --artifacts-destination "$MLFLOW_DIR/artifacts" \
   --host "$HOST" --port "$MLFLOW_PORT" --workers 1
 
 cat >"$RUN/env" <<ENV
