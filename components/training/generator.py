@@ -57,7 +57,7 @@ def decoding_defaults(cfg: Config) -> DecodingSettings:
     return DecodingSettings(
         method=g.decoding, beam_size=g.beam_size, top_p=g.top_p, temperature=g.temperature,
         length_penalty=g.length_penalty, no_repeat_ngram=g.no_repeat_ngram, num_candidates=g.num_candidates,
-        rerank_coverage=g.rerank_coverage, max_len=g.max_target_len, min_len=g.min_len, seed=cfg.seed,
+        rerank_coverage=g.rerank_coverage, max_len=min(g.max_decode_len, g.max_target_len), min_len=g.min_len, seed=cfg.seed,
     )
 
 
@@ -147,7 +147,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")
 
     started = time.perf_counter()
-    metrics, samples = evaluate_heldout(generator, baseline, test, cfg.seed)
+    metrics, samples = evaluate_heldout(generator, baseline, test, cfg.seed, g.focus_samples)
     metrics["eval_seconds"] = time.perf_counter() - started
     reports = out_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -200,8 +200,9 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     from components.tracking import configure
 
     pl.seed_everything(cfg.seed, workers=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     g = cfg.generator
+    if g.torch_threads:
+        torch.set_num_threads(g.torch_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = load_corpus_splits(cfg)
     if splits["train"].empty or splits["valid"].empty:
@@ -214,7 +215,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     train_loader = DataLoader(train_ds, batch_size=None, shuffle=True, num_workers=workers)
     valid_loader = DataLoader(valid_ds, batch_size=None, shuffle=False, num_workers=workers)
 
-    spec = ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len)
+    spec = ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len, g.embed_dim)
     world = max(1, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1) * cfg.trainer.num_nodes
     steps_per_epoch = max(1, len(train_ds) // world)
     total = steps_per_epoch * g.max_epochs if g.max_steps < 0 else min(g.max_steps, steps_per_epoch * g.max_epochs)

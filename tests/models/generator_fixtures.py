@@ -19,7 +19,8 @@ TINY_GENERATOR = {
     "encoder_layers": 1,
     "decoder_layers": 1,
     "dim_feedforward": 64,
-    "max_target_len": 48,
+    "embed_dim": 16,
+    "max_target_len": 32,
     "batch_size": 16,
     "max_epochs": 1,
     "max_steps": 4,
@@ -27,8 +28,8 @@ TINY_GENERATOR = {
     "warmup_steps": 2,
     "beam_size": 2,
     "num_candidates": 2,
-    "eval_samples": 6,
-    "tradeoff_samples": 3,
+    "eval_samples": 4,
+    "tradeoff_samples": 0,
     "parity_samples": 3,
 }
 

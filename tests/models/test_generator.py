@@ -120,3 +120,12 @@ def test_evaluate_examples_per_example_columns(model_dir, parts):
     assert (perfect["bleu4"] > 99).all()
     with pytest.raises(api.GenerationInputError, match="row 0"):
         api.evaluate_examples(generator, [{"content": "类型#裙"}])
+
+
+def test_focus_from_affinities_picks_the_products_liked_values():
+    from components.models.generator.focus import focus_from_affinities
+
+    attrs = {"类型": ["裙"], "颜色": ["白色"], "图案": ["条纹"]}
+    affinities = {"颜色#白色": 0.2, "图案#条纹": 0.7, "颜色#黑色": 0.9, "类型#裙": -0.1}
+    assert focus_from_affinities(affinities, attrs, k=2) == ["条纹", "白色"]
+    assert focus_from_affinities({}, attrs) == []

@@ -239,16 +239,19 @@ def load_torch_net(directory: Path) -> CopyTransformer:
     return net.eval()
 
 
-def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_size: int = 32) -> Generator:
-    """The trained generator; backend "torch" or "onnx" (ONNX Runtime on the exported graphs)."""
+def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_size: int = 32, threads: int | None = None) -> Generator:
+    """The trained generator; backend "torch" or "onnx" (ONNX Runtime on the exported graphs).
+    `threads`: intra-op threads (decoding runs many small steps: 1 is often fastest on CPU)."""
     directory = resolve_model_dir(model_dir_or_uri)
+    if threads:
+        torch.set_num_threads(threads)
     config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     if backend == "torch":
         engine = TorchBackend(load_torch_net(directory))
     elif backend == "onnx":
         from components.serving.generator_onnx import OnnxBackend
 
-        engine = OnnxBackend(directory / ONNX_DIR)
+        engine = OnnxBackend(directory / ONNX_DIR, threads=threads or 0)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected torch or onnx")
     return Generator(

@@ -65,8 +65,13 @@ def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
     """Tokens that would repeat an n-gram already in `tokens`."""
     if n <= 0 or len(tokens) < n:
         return []
-    suffix = list(tokens[len(tokens) - n + 1 :]) if n > 1 else []
-    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if list(tokens[i : i + n - 1]) == suffix]
+    if n == 1:
+        return list(set(tokens))
+    tokens = list(tokens)
+    suffix = tokens[len(tokens) - n + 1 :]
+    first = suffix[0]
+    # Compare whole (n-1)-grams only where the first token matches: this runs every step.
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i] == first and tokens[i : i + n - 1] == suffix]
 
 
 def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ def _generate(system, requests: Sequence[Request], decoding=None) -> list[str]:
     return [system.generate(r.attributes, r.focus, r.tone, r.length, n=1)[0] for r in requests]
 
 
-def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "") -> dict[str, float]:
+def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "") -> tuple[dict[str, float], list[str], list[list[str]]]:
     """Coverage of requested focus (reference-derived and random) vs the no-focus rate."""
     oracle = [generator.request(r["attributes"], mentioned_values(r["summary"], r["attributes"]), ANY, ANY) for r in rows]
     oracle_copies = _generate(system, oracle)
@@ -91,9 +91,10 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
     return pd.DataFrame.from_records(records)
 
 
-def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: Sequence[dict], seed: int) -> tuple[dict[str, float], pd.DataFrame]:
-    """Model vs baseline vs human on held-out rows ({attributes, summary, content}).
-    Returns flat metrics and a per-example sample table (both systems, random focus too)."""
+def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: Sequence[dict], seed: int, focus_rows: int | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Model vs baseline vs human on held-out rows ({attributes, summary, content}); the focus
+    passes use the first `focus_rows` of them. Returns flat metrics and a sample table."""
+    focus_rows = len(rows) if focus_rows is None else min(focus_rows, len(rows))
     requests = [generator.request(r["attributes"], None, ANY, ANY) for r in rows]
     no_focus = [[] for _ in rows]
     metrics: dict[str, float] = {}
@@ -103,17 +104,17 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         copies[prefix] = plain
         scores = score_copies(generator, rows, plain, no_focus)
         metrics.update(summarize(scores, prefix))
-        focus, random_copies, random_sets = focus_metrics(system, generator, rows, plain, seed, prefix)
+        focus, random_copies, random_sets = focus_metrics(system, generator, rows[:focus_rows], plain[:focus_rows], seed, prefix)
         metrics.update(focus)
         copies[prefix + "random"] = random_copies
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
     metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
     samples = pd.DataFrame(
         {
-            "attributes": [r["content"] for r in rows],
-            "model_copy": copies[""],
-            "baseline_copy": copies["baseline_"],
-            "reference": [r["summary"] for r in rows],
+            "attributes": [r["content"] for r in rows[:focus_rows]],
+            "model_copy": copies[""][:focus_rows],
+            "baseline_copy": copies["baseline_"][:focus_rows],
+            "reference": [r["summary"] for r in rows[:focus_rows]],
             "random_focus": ["、".join(f) for f in random_sets],
             "model_copy_random_focus": copies["random"],
             "baseline_copy_random_focus": copies["baseline_random"],

@@ -89,3 +89,15 @@ def random_focus(attributes: dict[str, list[str]], rng: np.random.Generator, siz
         return []
     picked = rng.choice(len(values), size=min(size, len(values)), replace=False)
     return [values[i] for i in sorted(picked)]
+
+
+def focus_from_affinities(affinities: dict[str, float], attributes: dict[str, list[str]], k: int = 2) -> list[str]:
+    """The product's values the shopper likes most: up to k of them with positive affinity.
+    `affinities` maps "key#value" or "value" to a score (e.g. the preference features'
+    attribute affinities); values the product lacks are ignored."""
+    scores: dict[str, float] = {}
+    for item, score in affinities.items():
+        value = item.split("#", 1)[1] if "#" in item else item
+        scores[value] = max(score, scores.get(value, float("-inf")))
+    ranked = sorted((v for v in focusable_values(attributes) if scores.get(v, 0.0) > 0), key=lambda v: -scores[v])
+    return ranked[:k]

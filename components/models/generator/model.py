@@ -36,6 +36,7 @@ class ModelSpec:
     dropout: float
     max_source_len: int
     max_target_len: int
+    embed_dim: int = 0  # factorized embeddings: 0 = d_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +117,12 @@ class CopyTransformer(nn.Module):
         super().__init__()
         self.spec = spec
         d = spec.d_model
-        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=PAD)
+        e = spec.embed_dim or d
+        # Factorized, tied embeddings (vocab x e, then e <-> d): the output layer over ~6k tokens
+        # is most of a small model's compute; computing it at e < d makes each step much cheaper.
+        self.embed = nn.Embedding(spec.vocab_size, e, padding_idx=PAD)
+        self.embed_in = nn.Linear(e, d, bias=False) if e != d else nn.Identity()
+        self.embed_out = nn.Linear(d, e, bias=False) if e != d else nn.Identity()
         self.src_pos = nn.Embedding(spec.max_source_len, d)
         self.tgt_pos = nn.Embedding(spec.max_target_len, d)
         self.encoder = nn.ModuleList(EncoderLayer(d, spec.nhead, spec.dim_feedforward, spec.dropout) for _ in range(spec.encoder_layers))
@@ -126,6 +132,9 @@ class CopyTransformer(nn.Module):
         self.scale = math.sqrt(d)
         nn.init.normal_(self.embed.weight, std=d**-0.5)
 
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        return self.embed_in(self.embed(tokens)) * self.scale
+
     @staticmethod
     def key_mask(src: Tensor) -> Tensor:
         """[B, S] ids -> [B, 1, 1, S] bool, True where attention may look."""
@@ -133,7 +142,7 @@ class CopyTransformer(nn.Module):
 
     def encode(self, src: Tensor) -> Tensor:
         positions = torch.arange(src.shape[1], device=src.device)
-        x = self.drop(self.embed(src) * self.scale + self.src_pos(positions))
+        x = self.drop(self.embed_tokens(src) + self.src_pos(positions))
         mask = self.key_mask(src)
         for layer in self.encoder:
             x = layer(x, mask)
@@ -146,14 +155,14 @@ class CopyTransformer(nn.Module):
         return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
     def logits(self, x: Tensor) -> Tensor:
-        return F.linear(self.dec_norm(x), self.embed.weight)
+        return F.linear(self.embed_out(self.dec_norm(x)), self.embed.weight)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits [B, T, V]."""
         memory = self.encode(src)
         src_mask = self.key_mask(src)
         positions = torch.arange(tgt_in.shape[1], device=tgt_in.device)
-        x = self.drop(self.embed(tgt_in) * self.scale + self.tgt_pos(positions))
+        x = self.drop(self.embed_tokens(tgt_in) + self.tgt_pos(positions))
         for layer in self.decoder:
             k, v = layer.cross_kv(memory)
             x, _, _ = layer(x, k, v, src_mask)
@@ -171,7 +180,7 @@ class CopyTransformer(nn.Module):
         Returns log-probabilities [B, V] and the caches grown by one step."""
         steps = past_k.shape[3]  # dummy slot + tokens so far; this token's position = steps - 1
         position = torch.full_like(tokens, steps - 1)
-        x = self.embed(tokens)[:, None, :] * self.scale + self.tgt_pos(position)[:, None, :]
+        x = self.embed_tokens(tokens)[:, None, :] + self.tgt_pos(position)[:, None, :]
         self_mask = (torch.arange(steps + 1, device=tokens.device) > 0)[None, None, None, :]
         cross_mask = src_mask[:, None, None, :]
         new_k, new_v = [], []

@@ -19,6 +19,7 @@ from components.models.generator.focus import ANY, LENGTHS, TONES
 
 PAD, UNK_ID, BOS, EOS = 0, 1, 2, 3
 FOCUS_MARK = "<focus>"
+MASKED = "<UNK>"  # the corpus' masked brand names: one token, never generated
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
 
@@ -45,8 +46,9 @@ class CopyTokenizer:
             "" if self.sp.is_control(i) or self.sp.is_unknown(i) else p.replace("\u2581", " ")
             for i, p in enumerate(self.pieces)
         ]
+        # Never generated: control codes, unknown, and the masked-brand placeholder.
         self.non_text_ids = [
-            i for i in range(self.vocab_size) if self.sp.is_control(i) or self.sp.is_unknown(i)
+            i for i in range(self.vocab_size) if self.sp.is_control(i) or self.sp.is_unknown(i) or self.pieces[i] == MASKED
         ]
 
     @classmethod
@@ -57,7 +59,7 @@ class CopyTokenizer:
 
         keys = sorted(set(keys))
         # Longest first so that a value containing another (中长裙 / 长裙) wins.
-        values = sorted({v for v in values if v and " " not in v}, key=lambda v: (-len(v), v))
+        values = sorted({v for v in values if v and " " not in v} | {MASKED}, key=lambda v: (-len(v), v))
         texts = list(texts)
         specials = len(keys) + len(control_tokens()) + len(values) + 4
         # Every character must be a piece (character_coverage=1.0): a small corpus or a small

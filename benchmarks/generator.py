@@ -1,0 +1,91 @@
+"""Generator speed: latency of one copy (ONNX Runtime vs torch, greedy and beam 4) and batch
+throughput (copies/s at batch 64).
+
+Uses the trained model of $COPYFLOW_GENERATOR_MODEL, else artifacts/{full,quick}/models/
+generator/model. Without one it benchmarks an untrained model of the quick profile's size with
+the copy length fixed at 64 tokens (EOS blocked until then), so figures still compare runtimes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.config import load_config
+from components.models.generator import api
+from components.models.generator.decoding import DecodingSettings
+
+PRODUCTS = [
+    {"类型": ["裙"], "颜色": ["白色"], "风格": ["简约"], "裙长": ["连衣裙"], "裙领型": ["圆领"]},
+    {"类型": ["裤"], "版型": ["宽松"], "材质": ["牛仔布"], "裤型": ["阔腿裤"], "裤腰型": ["高腰"]},
+    {"类型": ["上衣"], "颜色": ["黑色"], "图案": ["条纹"], "衣样式": ["衬衫"], "衣领型": ["翻领"]},
+    {"类型": ["裙"], "材质": ["蕾丝"], "图案": ["刺绣"], "裙型": ["a字"], "裙袖长": ["短袖"]},
+]
+
+
+def find_model_dir() -> Path | None:
+    candidates = [os.environ.get("COPYFLOW_GENERATOR_MODEL", "")] + [f"artifacts/{p}/models/generator/model" for p in ("full", "quick")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / api.CONFIG_FILE).exists() and (Path(candidate) / api.ONNX_DIR / "decoder_step.onnx").exists():
+            return Path(candidate)
+    return None
+
+
+def untrained_model_dir(directory: Path) -> Path:
+    """An untrained quick-size model (tokenizer from the corpus), exported to ONNX."""
+    from components.data.corpus import read_corpus
+    from components.models.generator.constraints import build_value_vocabulary
+    from components.models.generator.focus import length_edges
+    from components.models.generator.model import CopyTransformer, ModelSpec
+    from components.models.generator.retrieval import RetrievalGenerator
+    from components.models.generator.tokenizer import CopyTokenizer
+    from components.serving.generator_onnx import export_onnx
+
+    cfg = load_config("params.yaml", "quick")
+    g = cfg.generator
+    corpus = read_corpus(cfg.paths.corpus).head(1000)
+    attributes, texts = list(corpus["attributes"]), list(corpus["summary"])
+    tokenizer = CopyTokenizer.train(texts, {k for a in attributes for k in a}, {v for a in attributes for vs in a.values() for v in vs}, g.tokenizer_vocab_size)
+    net = CopyTransformer(ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, 0.0, g.max_source_len, g.max_target_len, g.embed_dim)).eval()
+    edges = length_edges([len(t) for t in texts])
+    api.save_model_dir(directory, net, tokenizer, build_value_vocabulary(attributes, texts, g.faithful_key_max_rate), cfg.paths.ad_law_words, RetrievalGenerator(attributes, texts, edges), DecodingSettings(min_len=64, max_len=64))
+    export_onnx(net, directory / api.ONNX_DIR)
+    return directory
+
+
+def latency(generator: api.Generator, decoding: str, repeats: int) -> tuple[float, float]:
+    """p50 / p95 milliseconds for one copy of one product."""
+    times = []
+    generator.generate(PRODUCTS[0], decoding=decoding)  # warm-up
+    for i in range(repeats):
+        started = time.perf_counter()
+        generator.generate(PRODUCTS[i % len(PRODUCTS)], decoding=decoding)
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def throughput(generator: api.Generator, batch: int = 64) -> float:
+    requests = [generator.request(PRODUCTS[i % len(PRODUCTS)], None, "any", "any") for i in range(batch)]
+    started = time.perf_counter()
+    generator.generate_many(requests, "greedy")
+    return batch / (time.perf_counter() - started)
+
+
+def run(report: dict, repeats: int = 10) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = find_model_dir()
+        report["generator_model"] = str(model_dir) if model_dir else "untrained quick-size model, 64-token copies"
+        model_dir = model_dir or untrained_model_dir(Path(tmp) / "model")
+        engines = {"torch": api.load_generator(model_dir, batch_size=64), "onnx": api.load_generator(model_dir, backend="onnx", batch_size=64)}
+        for name, generator in engines.items():
+            for decoding, label in (("greedy", "greedy"), ({"method": "beam", "beam_size": 4}, "beam4")):
+                p50, p95 = latency(generator, decoding, repeats)
+                report[f"{name}_{label}_latency_p50_ms"] = round(p50, 1)
+                report[f"{name}_{label}_latency_p95_ms"] = round(p95, 1)
+            report[f"{name}_greedy_batch64_copies_per_s"] = round(throughput(generator), 2)
+        report["onnx_vs_torch_greedy_speedup"] = round(report["torch_greedy_latency_p50_ms"] / report["onnx_greedy_latency_p50_ms"], 2)
+    return report
