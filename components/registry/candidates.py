@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from components.config import Config
 from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
@@ -25,7 +26,7 @@ from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, r
 from components.registry.evidence import log_gate_artifacts, member_label, member_scores
 from components.registry.lineage import lineage_tags
 from components.registry.names import CHALLENGER, CHAMPION, RELEASE_MODEL, registered_model
-from components.registry.release import create_release, now_iso, release_with_alias
+from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
 from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias
 
 REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
@@ -44,6 +45,7 @@ class ReleaseOutcome:
     release: str | None = None
     promoted: bool = False
     promotion: dict | None = None
+    reused: bool = False  # these exact training runs were released before (DVC skipped training)
 
     def to_dict(self) -> dict:
         return {
@@ -52,9 +54,46 @@ class ReleaseOutcome:
             "versions": self.versions,
             "promoted": self.promoted,
             "promotion": self.promotion,
+            "reused": self.reused,
             "report": self.report,
             "gates": [g.to_dict() for g in self.gates],
         }
+
+
+def _registered_versions(client: MlflowClient, families: list[str], manifests: list[dict]) -> dict[str, object] | None:
+    """family -> the version already registered from this manifest's training run, if all are."""
+    found = {}
+    for family, manifest in zip(families, manifests, strict=True):
+        name = registered_model(family)
+        try:
+            versions = client.search_model_versions(f"name = '{name}' and tag.training_run_id = '{manifest['run_id']}'")
+        except MlflowException:
+            return None
+        if not versions:
+            return None
+        found[family] = max(versions, key=lambda v: int(v.version))
+    return found
+
+
+def _previous_outcome(client: MlflowClient, found: dict) -> ReleaseOutcome:
+    """The verdict these training runs already got: their release, or their gate failure again."""
+    versions = {family: str(v.version) for family, v in found.items()}
+    if all(v.tags.get("gate.verdict") == "pass" for v in found.values()):
+        for release in client.search_model_versions(f"name = '{RELEASE_MODEL}'"):
+            if all(release.tags.get(f"member.{f}") == version for f, version in versions.items()):
+                manifest = load_manifest(client, release.version)
+                return ReleaseOutcome(True, manifest["gate_report"], [], versions, str(release.version), reused=True)
+    reports = []
+    for family, version in found.items():
+        try:
+            path = client.download_artifacts(version.run_id, f"gate/{family}_report.md")
+            reports.append(Path(path).read_text(encoding="utf-8"))
+        except (MlflowException, OSError):
+            reports.append(f"(no stored gate report for {version.name} v{version.version})")
+    text = "\n\n".join(reports)
+    raise GateFailed(
+        "These training runs were already evaluated and rejected (training was skipped: nothing changed).\n\n" + text
+    )
 
 
 def _check_manifest(manifest: dict) -> str:
@@ -102,6 +141,9 @@ def release_candidates(
     if len(set(families)) != len(families):
         raise ManifestError(f"one manifest per model family expected, got {families}")
     client = registry_client(cfg)
+    already = _registered_versions(client, families, manifests)
+    if already is not None:  # DVC skipped training: same runs, same verdict, nothing new to register
+        return _previous_outcome(client, already)
     experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     parent_tags = client.get_run(parent_run_id).data.tags if parent_run_id else {}
     champion = release_with_alias(client, CHAMPION)

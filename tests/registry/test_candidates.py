@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from components.evaluation.gates import GateFailed
 from components.registry.candidates import ManifestError, release_candidates
 from components.registry.names import LINEAGE_TAGS, METRIC_TAG_PREFIX, REGISTERED_MODELS, RELEASE_MODEL
 from components.registry.store import model_aliases, registry_client
@@ -107,3 +108,16 @@ def test_malformed_manifests_are_refused_before_anything_is_written(world):
         release_candidates(world.cfg, [{"model": "ranker", "run_id": "r", "model_uri": "u", "metrics": {}}])
     with pytest.raises(ManifestError, match="one manifest per model family"):
         release_candidates(world.cfg, [world.manifests["better"], world.manifests["better"]])
+
+
+def test_rerun_with_unchanged_training_runs_registers_nothing_new(world):
+    """DVC skipped training: the same manifests come back; same verdict, no new versions."""
+    client = registry_client(world.cfg)
+    count = len(client.search_model_versions("name='copyflow-preference'"))
+    again = release_candidates(world.cfg, [world.manifests["better"], world.manifests["gen2"]], project_dir=ROOT)
+    assert again.reused and again.release == "2" and again.versions == world.second.versions
+    assert again.report == world.second.report
+    with pytest.raises(GateFailed, match="already evaluated and rejected") as failed:
+        release_candidates(world.cfg, [world.manifests["degraded"]], project_dir=ROOT)
+    assert "floor: >= 0.6 | **FAIL**" in failed.value.report
+    assert len(client.search_model_versions("name='copyflow-preference'")) == count
