@@ -101,6 +101,8 @@ class ValidationConfig(Section):
     mostly_unique_events: float = Field(gt=0, le=1)
     mostly_not_null: float = Field(gt=0, le=1)
     mostly_price_in_range: float = Field(gt=0, le=1)
+    mostly_price_present: float = Field(default=0.97, ge=0, le=1)
+    min_copies: int = Field(default=1, ge=0)
     max_timestamp_skew_hours: float = Field(ge=0)
     drift: DriftConfig
 
