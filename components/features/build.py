@@ -145,8 +145,8 @@ def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFr
         raise FeatureInputError("events: no impression events, so there is nothing to build samples from")
     _fail_if(impressions & events["position"].isna(), "events.position missing on impressions", events, shown)
     _fail_if(products["product_id"].duplicated(keep=False), "products.product_id duplicated", products, ["product_id"])
-    bad_price = products["price"].isna() | (products["price"] < 0)
-    _fail_if(bad_price, "products.price missing or negative", products, ["product_id", "price"])
+    # A missing price is legitimate for sources without prices (OBD); a negative one never is.
+    _fail_if(products["price"] < 0, "products.price negative", products, ["product_id", "price"])
     unknown_product = ~is_member(events["product_id"], products["product_id"])
     _fail_if(unknown_product, "events.product_id not in products", events, shown)
     _fail_if(~is_member(events["user_id"], users["user_id"]), "events.user_id not in users", events, shown)
@@ -252,7 +252,9 @@ def _compute_samples(
     samples["u_days_since_signup"] = np.maximum(imp.time - signup_us[imp.user], 0) / US_PER_DAY
 
     # Product popularity so far.
-    samples["p_log_price"] = np.log1p(price[imp.product])
+    # Unknown prices contribute 0 (the feature is standardized later; OBD has no prices at all).
+    samples["p_log_price"] = np.nan_to_num(np.log1p(price[imp.product]), nan=0.0)
+    report["price_missing_products"] = int(np.isnan(price).sum())
     samples["p_n_impressions"] = prior_sum(imp.product, imp.time, imp.product, imp.time)
     p_clicks = prior_sum(imp.product, imp.time, clk.product, clk.time)
     samples["p_ctr"] = _smoothed_ctr(p_clicks, samples["p_n_impressions"].to_numpy(), global_ctr, strength)
