@@ -1,0 +1,173 @@
+"""Why did the model score this shopper-product pair the way it did?
+
+- Logistic regression: coefficient x normalized value per feature (the baseline of a normalized
+  feature is its training mean, so the contributions sum to logit - intercept), plus the
+  category weight.
+- Deep model: integrated gradients (captum) from the lookups onward — numeric features one by
+  one; the shopper, product-id, product-attribute, category and recent-products embeddings
+  each as one group (their attributions summed over embedding dimensions). Baseline: training
+  means for numerics, zero vectors for embeddings.
+- Cold-start shopper served by the fallback: the fallback's own coefficient x value terms.
+All contributions are on the logit scale; the list is sorted by absolute size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.models.preference.api import PreferenceModel, load_preference
+from components.models.preference.nets import AttributeInterest, DeepCTRNet, LogisticRegressionNet
+
+IG_STEPS = 64
+
+
+@dataclass(frozen=True)
+class Explanation:
+    score: float
+    source: str                       # "logreg" | "deep" | "fallback"
+    contributions: list[tuple[str, float]]
+    feature_row: dict
+
+
+def _sorted(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return sorted(((name, float(value)) for name, value in pairs), key=lambda kv: -abs(kv[1]))
+
+
+def logreg_contributions(net: LogisticRegressionNet, x: np.ndarray, names: list[str]) -> list[tuple[str, float]]:
+    xt = torch.from_numpy(np.ascontiguousarray(x[None, :], dtype=np.float32))
+    numeric, category_term = net.parts(xt)
+    weights = net.linear.weight.detach()[0]
+    pairs = [(name, float(v * w)) for name, v, w in zip(names, numeric[0], weights)]
+    pairs.append(("category", float(category_term.detach()[0, 0])))
+    return pairs
+
+
+def deep_contributions(net: DeepCTRNet, x: np.ndarray, names: list[str]) -> list[tuple[str, float]]:
+    from captum.attr import IntegratedGradients
+
+    net = net.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x[None, :], dtype=np.float32))
+    with torch.no_grad():
+        dense, user, item, category, mentions, history, mask = net.parts(xt)
+    inputs = (dense, user, item, category, mentions, history)
+    baselines = tuple(torch.zeros_like(t) for t in inputs)
+    ig = IntegratedGradients(lambda n, u, i, c, cm, h, m: net.head(n, u, i, c, cm, h, m))
+    attributions = ig.attribute(inputs, baselines=baselines, additional_forward_args=(mask,), n_steps=IG_STEPS)
+    a_numeric, a_user, a_item, a_category, a_mentions, a_history = (a.detach()[0] for a in attributions)
+    d = net.spec.embedding_dim
+    dense_names = list(names) + list(AttributeInterest.names)
+    pairs = [(name, float(v)) for name, v in zip(dense_names, a_numeric)]
+    pairs += [
+        ("user_id", float(a_user.sum())),
+        ("product_id", float(a_item[:d].sum())),
+        ("product_attributes", float(a_item[d:].sum())),
+        ("category", float(a_category.sum())),
+        ("copy_mentions", float(a_mentions.sum())),
+        ("hist_products", float(a_history.sum())),
+    ]
+    return pairs
+
+
+def explain_row(model: PreferenceModel, row: pd.DataFrame) -> Explanation:
+    """Explanation of the model's score for a one-row frame of features."""
+    if len(row) != 1:
+        raise ValueError(f"explain_row expects exactly one row, got {len(row)}")
+    x = model.encode(row)[0]
+    score = float(model.predict(row)[0])
+    names = model.encoder.numeric_names
+    if model.cold_policy == "fallback" and bool(model.cold_mask(row)[0]):
+        return Explanation(score, "fallback", _sorted(model.fallback.contributions(x, model.encoder)), row.iloc[0].to_dict())
+    if isinstance(model.net, LogisticRegressionNet):
+        pairs = logreg_contributions(model.net, x, names)
+    elif isinstance(model.net, DeepCTRNet):
+        pairs = deep_contributions(model.net, x, names)
+    else:
+        raise TypeError(f"no explainer for {type(model.net).__name__}")
+    return Explanation(score, model.kind, _sorted(pairs), row.iloc[0].to_dict())
+
+
+# ---------------------------------------------------------------- a feature row for a pair
+
+
+def _values_per_key(product_attributes: pd.DataFrame) -> pd.Series:
+    return product_attributes.groupby("attr_key")["attr_value"].nunique()
+
+
+def _smoothed(count: float, total: float, n_values: float, strength: float) -> float:
+    return (count + strength / n_values) / (total + strength)
+
+
+def _pair_affinities(cfg, features_dir: Path, samples: pd.DataFrame, user_id: str, product_id: str, category) -> dict[str, float]:
+    """End-of-data versions of the shopper x product features (the features stage's formulas)."""
+    strength = cfg.features.affinity_prior_strength
+    attrs = pd.read_parquet(features_dir / "product_attributes.parquet")
+    affinity = pd.read_parquet(features_dir / "user_affinity.parquet")
+    values_per_key = _values_per_key(attrs)
+    mine = affinity[affinity["user_id"].astype(str) == str(user_id)]
+    key_clicks = mine.groupby("attr_key")["key_clicks"].max() if "key_clicks" in mine.columns else pd.Series(dtype=float)
+    product_pairs = attrs[attrs["product_id"].astype(str) == str(product_id)]
+    shares = []
+    for key, value in zip(product_pairs["attr_key"], product_pairs["attr_value"]):
+        hit = mine[(mine["attr_key"] == key) & (mine["attr_value"] == value)]
+        if len(hit):
+            shares.append(float(hit["affinity"].iloc[0]))
+        else:
+            shares.append(_smoothed(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength))
+    clicks = samples[(samples["user_id"].astype(str) == str(user_id)) & (samples["label"] == 1)]
+    n_categories = max(1, samples["category"].nunique())
+    in_category = float((clicks["category"] == category).sum()) if category is not None else 0.0
+    return {
+        "ua_attr_affinity": float(np.mean(shares)) if shares else np.nan,
+        "ua_attr_affinity_max": float(np.max(shares)) if shares else np.nan,
+        "ua_category_affinity": _smoothed(in_category, float(len(clicks)), float(n_categories), strength),
+    }
+
+
+def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
+    """Features of (shopper, product) from the features stage.
+
+    The latest impression of exactly this pair when there is one (exact point-in-time
+    features). Otherwise the shopper's latest state (u_*, recent products) joined with the
+    product's latest state (p_*, category), the shopper x product affinities recomputed from
+    end-of-data click shares, no earlier pair impressions, no copy and the top slot.
+    """
+    features_dir = cfg.stage_dir("features")
+    path = features_dir / "samples.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
+    samples = pd.read_parquet(path).sort_values("timestamp", kind="stable")
+    user_rows = samples[samples["user_id"].astype(str) == str(user_id)]
+    if user_rows.empty:
+        raise KeyError(f"unknown shopper {user_id!r}: no impressions in {path} (ids are pseudonymized at ingestion)")
+    pair = user_rows[user_rows["product_id"].astype(str) == str(product_id)]
+    if len(pair):
+        return pair.tail(1).reset_index(drop=True)
+    product_rows = samples[samples["product_id"].astype(str) == str(product_id)]
+    row = user_rows.tail(1).reset_index(drop=True).copy()
+    row["product_id"] = str(product_id)
+    product_columns = [c for c in samples.columns if c.startswith("p_")] + ["category"]
+    if len(product_rows):
+        latest = product_rows.iloc[-1]
+        for column in product_columns:
+            row[column] = latest[column]
+    else:
+        for column in product_columns:
+            row[column] = np.nan if column != "category" else None
+    for column, value in _pair_affinities(cfg, features_dir, samples, user_id, product_id, row["category"].iloc[0]).items():
+        if column in row.columns:
+            row[column] = value
+    for column in ("up_n_impressions", "up_n_clicks", "uc_copy_pref_mentions", "position"):
+        if column in row.columns:
+            row[column] = 0
+    return row
+
+
+def explain(model_dir: str | Path, user_id: str, product_id: str, cfg, top_k: int = 10) -> list[tuple[str, float]]:
+    """Top contributing features (logit scale, largest |contribution| first) for one pair."""
+    model = load_preference(model_dir)
+    return explain_row(model, pair_feature_row(cfg, user_id, product_id)).contributions[:top_k]

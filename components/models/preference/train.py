@@ -1,0 +1,205 @@
+"""One `train(cfg, kind, data, ckpt_root)` for both preference models.
+
+- `cfg.trainer` goes straight into `lightning.Trainer` (accelerator, devices, strategy, precision,
+  num_nodes): scaling out is a params.yaml edit.
+- A checkpoint is written every epoch (`last.ckpt`) plus the best one by validation loss; an
+  interrupted run resumes from `last.ckpt`. Checkpoints live in a folder named after a
+  fingerprint of everything that shapes the weights (model knobs, seed, the encoded training
+  data), so a changed input never resumes from a stale checkpoint. `max_epochs` and `patience`
+  are deliberately left out of it: raising them continues the same run.
+- Early stopping on validation loss.
+- No MLflow here: the entry point logs from rank 0 only, after training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from components.config import Config
+from components.models.preference.data import MAX_ATTRS_PER_PRODUCT, MAX_MENTIONS_PER_COPY, PreferenceData
+from components.models.preference.modules import PreferenceModule, module_class
+from components.models.preference.nets import NetSpec
+
+DONE_FILE = "done.json"
+LAST = "last.ckpt"
+
+
+@dataclass
+class FitResult:
+    kind: str
+    module: PreferenceModule | None       # best weights, eval mode (rank 0; None elsewhere)
+    checkpoint_dir: Path
+    best_checkpoint: str | None
+    history: list[dict] = field(default_factory=list)
+    epochs_completed: int = 0
+    stopped_early: bool = False
+    resumed_from: str | None = None
+    first_epoch: int = 0
+    is_global_zero: bool = True
+    global_step: int = 0
+
+
+class EpochHistory(Callback):
+    """Per-epoch metrics, kept inside the checkpoints so a resumed run still has its full curve."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.first_epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.first_epoch is None:
+            self.first_epoch = trainer.current_epoch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val_", "train_"))}
+        self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch]
+        self.rows.append({"epoch": trainer.current_epoch, **metrics})
+
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict):
+        self.rows = list(state_dict.get("rows", []))
+
+
+def net_spec(cfg: Config, kind: str, data: PreferenceData) -> NetSpec:
+    enc, p = data.encoder, cfg.preference
+    return NetSpec(
+        kind=kind,
+        n_numeric=enc.n_numeric,
+        history_length=enc.history_length,
+        n_users=2 + len(enc.users),
+        n_product_ids=enc.n_product_ids,
+        n_categories=2 + len(enc.categories),
+        n_attributes=2 + len(enc.attributes),
+        n_catalogue=2 + len(enc.catalogue),
+        max_attrs=MAX_ATTRS_PER_PRODUCT,
+        n_keys=len(enc.attribute_keys),
+        n_copies=2 + len(enc.copies),
+        max_mentions=MAX_MENTIONS_PER_COPY,
+        embedding_dim=p.embedding_dim,
+        cross_layers=p.cross_layers,
+        hidden=list(p.hidden),
+        dropout=p.dropout,
+        id_dropout=p.id_dropout,
+    )
+
+
+def learning_rate(cfg: Config, kind: str) -> float:
+    # A convex linear model tolerates (and, with few epochs, needs) a larger step to converge.
+    return cfg.preference.logreg_lr if kind == "logreg" else cfg.preference.lr
+
+
+def build_module(cfg: Config, kind: str, data: PreferenceData) -> PreferenceModule:
+    return module_class(kind)(
+        spec=net_spec(cfg, kind, data).to_dict(),
+        lr=learning_rate(cfg, kind),
+        weight_decay=cfg.preference.weight_decay,
+        tables=data.encoder.catalogue_tables(),
+    )
+
+
+def fingerprint(cfg: Config, kind: str, data: PreferenceData) -> str:
+    knobs = cfg.preference.model_dump(exclude={"max_epochs", "patience", "bootstrap", "models", "cold_start_min_events"})
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"kind": kind, "seed": cfg.seed, "knobs": knobs, "trainer": cfg.trainer.model_dump()}, sort_keys=True, default=str).encode())
+    for split in (data.train, data.valid):
+        digest.update(np.ascontiguousarray(split.x).tobytes())
+        digest.update(np.ascontiguousarray(split.y).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def trainer_kwargs(cfg: Config) -> dict:
+    t = cfg.trainer
+    return {"accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "precision": t.precision, "num_nodes": t.num_nodes}
+
+
+def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _read_done(checkpoint_dir: Path) -> dict | None:
+    path = checkpoint_dir / DONE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def train(
+    cfg: Config,
+    kind: str,
+    data: PreferenceData,
+    checkpoint_root: Path,
+    callbacks: list[Callback] | None = None,
+) -> FitResult:
+    """Train (or resume, or reuse a finished run of) one preference model. Call on every rank."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    checkpoint_dir = Path(checkpoint_root) / f"{kind}-{fingerprint(cfg, kind, data)}"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    p = cfg.preference
+
+    done = _read_done(checkpoint_dir)
+    if done and (done["stopped_early"] or done["epochs_completed"] >= p.max_epochs) and Path(done["best_checkpoint"]).exists():
+        # The same training already finished: reuse it (an unchanged DVC/Prefect re-run is free).
+        rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+        module = _load_best(kind, done["best_checkpoint"]) if rank_zero else None
+        return FitResult(kind=kind, module=module, checkpoint_dir=checkpoint_dir, best_checkpoint=done["best_checkpoint"],
+                         history=done["history"], epochs_completed=done["epochs_completed"], stopped_early=done["stopped_early"],
+                         resumed_from="finished", first_epoch=done["epochs_completed"], is_global_zero=rank_zero,
+                         global_step=done.get("global_step", 0))
+
+    history = EpochHistory()
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-{epoch}", monitor="val_loss", mode="min",
+                                 save_top_k=1, save_last=True, every_n_epochs=1)
+    early_stopping = EarlyStopping(monitor="val_loss", mode="min", patience=p.patience)
+    trainer = pl.Trainer(
+        **trainer_kwargs(cfg),
+        max_epochs=p.max_epochs,
+        callbacks=[history, checkpoint, early_stopping, *(callbacks or [])],
+        logger=False,
+        default_root_dir=checkpoint_dir,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    module = build_module(cfg, kind, data)
+    last = checkpoint_dir / LAST
+    resume = str(last) if last.exists() else None
+    workers = cfg.trainer.num_workers
+    trainer.fit(
+        module,
+        train_dataloaders=_loader(data.train.x, data.train.y, p.batch_size, True, workers),
+        val_dataloaders=_loader(data.valid.x, data.valid.y, 4 * p.batch_size, False, workers),
+        ckpt_path=resume,
+    )
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"training of {kind} was interrupted; re-run to resume from {last}")
+    best = checkpoint.best_model_path or str(last)
+    stopped_early = early_stopping.stopped_epoch > 0
+    result = FitResult(kind=kind, module=None, checkpoint_dir=checkpoint_dir, best_checkpoint=best, history=history.rows,
+                       epochs_completed=trainer.current_epoch, stopped_early=stopped_early, resumed_from=resume,
+                       first_epoch=history.first_epoch or 0, is_global_zero=trainer.is_global_zero,
+                       global_step=trainer.global_step)
+    if trainer.is_global_zero:
+        done = {"best_checkpoint": best, "epochs_completed": trainer.current_epoch, "stopped_early": stopped_early,
+                "history": history.rows, "global_step": trainer.global_step}
+        (checkpoint_dir / DONE_FILE).write_text(json.dumps(done, indent=2), encoding="utf-8")
+        result.module = _load_best(kind, best)
+    return result
+
+
+def _load_best(kind: str, path: str) -> PreferenceModule:
+    module = module_class(kind).load_from_checkpoint(path, map_location="cpu")
+    return module.eval()

@@ -1,0 +1,394 @@
+"""Training entry point of the preference models (run by components.training.launcher).
+
+    python -m components.training.preference --profile P --params F --out DIR [--parent-run-id R]
+
+Every rank encodes the features and trains each model kind of `preference.models` with
+Lightning (DDP when params.yaml's trainer section says so). Rank 0 alone then evaluates on the
+time-based test split, exports and checks ONNX, writes self-contained model folders, logs one
+MLflow run per model kind (nested under R, or under a `train_preference` run it opens itself)
+and writes DIR/manifest.json for the launcher. Other ranks exit without touching MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.config import Config, load_config
+
+STAGE = "preference"
+LOGGED_METRIC_PREFIXES = ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "threshold", "n", "positives", "cold_", "ceiling_", "baseline_", "onnx_", "val_", "train_", "epochs_")
+
+
+def default_out_dir(cfg: Config) -> Path:
+    """Where the pipeline stage writes: artifacts/<profile>/preference/."""
+    return cfg.stage_dir(STAGE)
+
+
+@dataclass
+class KindReport:
+    kind: str
+    p_valid: np.ndarray
+    p_test: np.ndarray
+    metrics: dict[str, float]
+    model_dir: Path
+    history: list[dict] = field(default_factory=list)
+    onnx_parity: float = float("nan")
+    module: object = None
+
+
+def copies_path(cfg: Config) -> Path:
+    """The clean copies table: the deep model reads which attribute values each copy mentions."""
+    return cfg.stage_dir("clean") / "copies.parquet"
+
+
+def load_data(cfg: Config):
+    from components.models.preference.data import encode_tables, load_feature_tables
+
+    p = cfg.preference
+    return encode_tables(
+        load_feature_tables(cfg.stage_dir("features"), copies_path(cfg)), cfg.features.history_length,
+        cold_holdout_fraction=p.cold_holdout_users, seed=cfg.seed, cold_min_events=p.cold_start_min_events,
+    )
+
+
+def _set_threads(cfg: Config) -> None:
+    """Share the CPU between DDP ranks instead of oversubscribing it."""
+    if cfg.trainer.accelerator == "cpu":
+        import torch
+
+        devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, devices)))
+
+
+def ground_truth_probabilities(cfg: Config, event_ids: pd.Series) -> np.ndarray | None:
+    """True click probability of each test impression (simulated source only; evaluation only)."""
+    path = cfg.stage_dir("source") / "ground_truth" / "impressions.parquet"
+    if not path.exists():
+        return None
+    truth = pd.read_parquet(path, columns=["event_id", "click_probability"])
+    matched = event_ids.astype(str).map(truth.set_index(truth["event_id"].astype(str))["click_probability"])
+    if matched.isna().any():
+        missing = event_ids[matched.isna()].head(3).tolist()
+        raise ValueError(f"{path}: no ground truth for {int(matched.isna().sum())} test impressions, e.g. {missing}")
+    return matched.to_numpy(dtype=np.float64)
+
+
+MIN_SEGMENT_ROWS = 50
+MIN_SEGMENT_POSITIVES = 5
+
+
+def measurable(y: np.ndarray) -> bool:
+    """Enough rows and clicks (and non-clicks) for an AUC with a meaningful interval."""
+    positives = float(np.sum(y))
+    return len(y) >= MIN_SEGMENT_ROWS and MIN_SEGMENT_POSITIVES <= positives <= len(y) - MIN_SEGMENT_POSITIVES
+
+
+def segments(frame: pd.DataFrame, y: np.ndarray) -> dict[str, np.ndarray]:
+    """new vs returning shoppers, and each category — those with enough rows and clicks."""
+    masks: dict[str, np.ndarray] = {}
+    cold = frame["is_cold"].fillna(True).to_numpy(dtype=bool)
+    masks["new"], masks["returning"] = cold, ~cold
+    category = frame["category"].fillna("unknown").astype(str).to_numpy()
+    for value in np.unique(category):
+        masks[f"category_{value}"] = category == value
+    return {name: mask for name, mask in masks.items() if measurable(y[mask])}
+
+
+def _evaluate_kind(cfg: Config, kind: str, fit, data, fallback, out_dir: Path) -> KindReport:
+    from components.evaluation.preference import auc, choose_threshold, evaluate_model
+    from components.models.preference.api import save_model_dir
+    from components.models.preference.fallback import is_cold
+    from components.serving.preference_onnx import ONNX_FILE, check_parity, export_onnx
+
+    module = fit.module
+    prob = module.probability_model()
+    from components.serving.preference_onnx import torch_predict
+
+    p_valid = torch_predict(prob, data.valid.x)
+    p_test = torch_predict(prob, data.test.x)
+    threshold = choose_threshold(data.valid.y, p_valid)
+    clusters = data.test.frame["user_id"].astype(str).to_numpy()
+    metrics = evaluate_model(
+        data.test.y, p_test, threshold=threshold, n_boot=cfg.preference.bootstrap, seed=cfg.seed,
+        clusters=clusters, segments=segments(data.test.frame, data.test.y),
+    )
+    metrics["valid_auc"] = auc(data.valid.y, p_valid)
+
+    # Cold start: shoppers with < k earlier events get the fallback, unless validation has
+    # enough of them to show the model is better there. Both are reported on split "cold".
+    k = cfg.preference.cold_start_min_events
+    cold_valid = is_cold(data.valid.frame, k)
+    cold_policy = "fallback"
+    if measurable(data.valid.y[cold_valid]):
+        fb_valid = auc(data.valid.y[cold_valid], fallback.predict(data.valid.x[cold_valid], data.encoder))
+        if auc(data.valid.y[cold_valid], p_valid[cold_valid]) > fb_valid:
+            cold_policy = "model"
+    metrics["cold_policy_is_fallback"] = float(cold_policy == "fallback")
+
+    model_dir = out_dir / "models" / kind
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    save_model_dir(
+        model_dir, kind=kind, spec=module.spec, net=module.net, encoder=data.encoder, fallback=fallback,
+        threshold=threshold, cold_policy=cold_policy, cold_min_events=k,
+        extra={"label": data.spec.get("label", "label"), "profile": cfg.profile, "best_checkpoint": fit.best_checkpoint},
+    )
+    onnx_path = export_onnx(prob, data.valid.x, model_dir / ONNX_FILE)
+    # Parity on held-out rows the export never saw (the test split), as part of training.
+    parity = check_parity(onnx_path, prob, data.test.x[:4096])
+    metrics["onnx_max_abs_diff"] = parity
+    metrics["epochs_completed"] = float(fit.epochs_completed)
+    return KindReport(kind, p_valid, p_test, metrics, model_dir, fit.history, parity, module)
+
+
+def _cold_metrics(cfg: Config, data, fallback, reports: dict[str, KindReport]) -> dict[str, dict[str, float]]:
+    """Per kind: AUC on split "cold" (first events of never-trained-on shoppers, and cold-start
+    test rows) for the fallback, the model, and what is served under the chosen policy."""
+    from components.evaluation.preference import auc, bootstrap_metrics
+    from components.serving.preference_onnx import torch_predict
+
+    cold = data.cold
+    out: dict[str, dict[str, float]] = {kind: {"cold_n": float(len(cold.y)), "cold_positives": float(cold.y.sum())} for kind in reports}
+    if not measurable(cold.y):
+        return out
+    y = cold.y
+    clusters = cold.frame["user_id"].astype(str).to_numpy()
+    p_fallback = fallback.predict(cold.x, data.encoder)
+    fb = bootstrap_metrics(y, p_fallback, {"auc": auc}, cfg.preference.bootstrap, cfg.seed, clusters)["auc"]
+    for kind, report in reports.items():
+        p_model = torch_predict(report.module.probability_model(), cold.x)
+        model = bootstrap_metrics(y, p_model, {"auc": auc}, cfg.preference.bootstrap, cfg.seed, clusters)["auc"]
+        served = fb if report.metrics["cold_policy_is_fallback"] else model
+        out[kind].update(
+            {
+                **served.as_metrics("cold_auc"),
+                **fb.as_metrics("cold_auc_fallback"),
+                **model.as_metrics("cold_auc_model"),
+            }
+        )
+    return out
+
+
+def evaluate_all(cfg: Config, data, fits: dict, out_dir: Path) -> tuple[dict[str, KindReport], dict]:
+    """Rank 0: evaluate every kind, compare them, and pick the champion (by validation AUC)."""
+    from components.evaluation.preference import auc, bootstrap_metrics, paired_difference
+    from components.models.preference.fallback import fit_fallback
+
+    fallback = fit_fallback(data.train.x, data.train.y, data.encoder, cfg.seed)
+    reports = {kind: _evaluate_kind(cfg, kind, fit, data, fallback, out_dir) for kind, fit in fits.items()}
+    for kind, cold in _cold_metrics(cfg, data, fallback, reports).items():
+        reports[kind].metrics.update(cold)
+
+    comparison: dict = {}
+    clusters = data.test.frame["user_id"].astype(str).to_numpy()
+    truth = ground_truth_probabilities(cfg, data.test.frame["event_id"])
+    if truth is not None:
+        ceiling = bootstrap_metrics(data.test.y, truth, {"auc": auc}, cfg.preference.bootstrap, cfg.seed, clusters)["auc"]
+        comparison.update(ceiling.as_metrics("ceiling_auc"))
+    if "logreg" in reports:
+        base = reports["logreg"].metrics
+        comparison.update({"baseline_auc": base["auc"], "baseline_auc_ci_low": base["auc_ci_low"], "baseline_auc_ci_high": base["auc_ci_high"]})
+    if "logreg" in reports and "deep" in reports:
+        diff = paired_difference(data.test.y, reports["deep"].p_test, reports["logreg"].p_test, auc, cfg.preference.bootstrap, cfg.seed, clusters)
+        comparison.update({"auc_diff": diff.value, "auc_diff_ci_low": diff.low, "auc_diff_ci_high": diff.high})
+    champion = max(reports, key=lambda k: reports[k].metrics["valid_auc"])
+    comparison["champion_kind"] = champion
+    return reports, comparison
+
+
+# ---------------------------------------------------------------- MLflow (rank 0 only)
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for package in ("torch", "mlflow", "numpy", "pandas", "onnx", "onnxruntime"):
+        try:
+            reqs.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _log_models(report: KindReport, data, comparison_plots: list[Path]) -> dict[str, str]:
+    """pytorch + onnx flavours with signatures and input examples, the model folder, plots."""
+    import mlflow
+    import onnx
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from components.models.preference.api import MODEL_DIR_ARTIFACT, load_preference
+
+    model = load_preference(report.model_dir)
+    columns = data.encoder.column_names()
+    example = np.ascontiguousarray(data.test.x[:5], dtype=np.float32)
+    # Both flavours take the packed matrix (encoder.json in model_dir packs a feature frame);
+    # the column names travel as metadata.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)), "x")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "probability")]),
+    )
+    metadata = {"columns": columns, "kind": report.kind, "encoder": f"{MODEL_DIR_ARTIFACT}/encoder.json"}
+    requirements = _pip_requirements()
+    # pt2 (torch.export) is MLflow's safe default: no pickled code is executed on load.
+    torch_info = mlflow.pytorch.log_model(
+        model.probability_model, name="model", signature=signature, input_example=example,
+        pip_requirements=requirements, metadata=metadata, serialization_format="pt2",
+    )
+    onnx_info = mlflow.onnx.log_model(
+        onnx.load(str(report.model_dir / "model.onnx")), name="onnx", signature=signature,
+        input_example=example, pip_requirements=requirements, save_as_external_data=False, metadata=metadata,
+    )
+    mlflow.log_artifacts(str(report.model_dir), MODEL_DIR_ARTIFACT)
+    for plot in comparison_plots:
+        mlflow.log_artifact(str(plot), "plots")
+    return {"model_uri": torch_info.model_uri, "onnx_uri": onnx_info.model_uri}
+
+
+def _flat_params(cfg: Config, kind: str) -> dict[str, str]:
+    params = {f"preference.{k}": v for k, v in cfg.preference.model_dump().items()}
+    params.update({f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()})
+    params.update({"kind": kind, "profile": cfg.profile, "seed": cfg.seed})
+    return {k: str(v) for k, v in params.items()}
+
+
+def _finite(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+
+
+def log_to_mlflow(cfg: Config, data, reports: dict[str, KindReport], comparison: dict, plots: list[Path],
+                  parent_run_id: str | None) -> dict[str, dict[str, str]]:
+    """One run per model kind, nested under the given parent (or a train_preference run)."""
+    import mlflow
+
+    from components.tracking import configure
+
+    configure(cfg)
+    logged: dict[str, dict[str, str]] = {}
+
+    def _log_all(parent_id: str) -> None:
+        for kind, report in reports.items():
+            with mlflow.start_run(run_name=f"preference-{kind}", parent_run_id=parent_id, nested=True,
+                                  tags={"model": "preference", "model_kind": kind, "profile": cfg.profile}) as run:
+                mlflow.log_params(_flat_params(cfg, kind))
+                for row in report.history:
+                    mlflow.log_metrics(_finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"]))
+                mlflow.log_metrics(_finite({**report.metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}))
+                mlflow.set_tag("champion_kind", comparison["champion_kind"])
+                uris = _log_models(report, data, plots)
+                logged[kind] = {"run_id": run.info.run_id, **uris}
+
+    if parent_run_id:
+        _log_all(parent_run_id)
+    else:
+        with mlflow.start_run(run_name="train_preference", tags={"stage": "train_preference", "profile": cfg.profile}) as parent:
+            mlflow.log_metrics(_finite({k: v for k, v in comparison.items() if k != "champion_kind"}))
+            for plot in plots:
+                mlflow.log_artifact(str(plot), "plots")
+            _log_all(parent.info.run_id)
+    return logged
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_markdown(cfg: Config, reports: dict[str, KindReport], comparison: dict) -> str:
+    def ci(m: dict, key: str) -> str:
+        return f"{m[key]:.4f} [{m.get(key + '_ci_low', float('nan')):.4f}, {m.get(key + '_ci_high', float('nan')):.4f}]"
+
+    lines = [f"# Preference models ({cfg.profile})", "", "Test split (later days), 95% cluster-bootstrap intervals by shopper.", "",
+             "| metric | " + " | ".join(reports) + " |", "|---|" + "---|" * len(reports)]
+    for key in ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "auc_new", "auc_returning", "cold_auc", "cold_auc_fallback", "cold_auc_model"):
+        if all(key in r.metrics for r in reports.values()):
+            lines.append(f"| {key} | " + " | ".join(ci(r.metrics, key) for r in reports.values()) + " |")
+    first = next(iter(reports.values())).metrics
+    lines += ["", f"- test rows: {int(first['n'])}, clicks: {int(first['positives'])}"]
+    if "ceiling_auc" in comparison:
+        lines.append(f"- ground-truth ceiling AUC: {ci(comparison, 'ceiling_auc')}")
+    if "auc_diff" in comparison:
+        lines.append(f"- deep - logreg AUC: {ci(comparison, 'auc_diff')} (paired bootstrap)")
+    lines.append(f"- champion (by validation AUC): {comparison['champion_kind']}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- entry
+
+
+def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | None = None, callbacks=None,
+                 log_mlflow: bool = True) -> dict | None:
+    """Train every configured kind (all ranks); on rank 0 evaluate, log and return the manifest."""
+    from components.models.preference.train import train
+    from components.training.launcher import write_manifest
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir or default_out_dir(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _set_threads(cfg)
+    data = load_data(cfg)
+    fits = {kind: train(cfg, kind, data, out_dir / "checkpoints", callbacks=callbacks) for kind in cfg.preference.models}
+    if not all(fit.is_global_zero for fit in fits.values()):
+        return None
+
+    reports, comparison = evaluate_all(cfg, data, fits, out_dir)
+    from components.evaluation.preference import plot_curves
+
+    curves = {kind: (data.test.y, r.p_test) for kind, r in reports.items()}
+    truth = ground_truth_probabilities(cfg, data.test.frame["event_id"])
+    if truth is not None:
+        curves["ground truth"] = (data.test.y, truth)
+    plots = plot_curves(curves, out_dir / "plots", title=f"preference ({cfg.profile}, test)")
+    (out_dir / "report.md").write_text(report_markdown(cfg, reports, comparison), encoding="utf-8")
+
+    champion = comparison["champion_kind"]
+    logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id) if log_mlflow else {}
+    metrics = {**reports[champion].metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}
+    manifest = {
+        "model": "preference",
+        "champion_kind": champion,
+        "run_id": logged.get(champion, {}).get("run_id"),
+        "model_uri": logged.get(champion, {}).get("model_uri"),
+        "onnx_uri": logged.get(champion, {}).get("onnx_uri"),
+        "model_dir": str(reports[champion].model_dir.resolve()),
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "kinds": {
+            kind: {"run_id": logged.get(kind, {}).get("run_id"), "model_uri": logged.get(kind, {}).get("model_uri"),
+                   "model_dir": str(r.model_dir.resolve()), "auc": r.metrics["auc"], "auc_ci_low": r.metrics["auc_ci_low"],
+                   "auc_ci_high": r.metrics["auc_ci_high"], "history": r.history}
+            for kind, r in reports.items()
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parent-run-id", default=None)
+    args = parser.parse_args(argv)
+    from components.tracking import disable_telemetry
+
+    disable_telemetry()
+    cfg = load_config(args.params, args.profile)
+    manifest = run_training(cfg, args.out, args.parent_run_id)
+    if manifest is not None:
+        print(json.dumps({k: manifest[k] for k in ("champion_kind", "run_id", "model_dir")}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
