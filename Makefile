@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench lock ui up down clean
+.PHONY: install run test bench lock ui up down deploy worker clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,20 @@ lock:
 
 ui: install
 	$(BIN)/copyflow ui
+
+# Local Prefect server + MLflow server in the background (logs, pids: .run/); `make down` stops them.
+up: install
+	bash infra/up.sh
+
+down:
+	bash infra/down.sh
+
+# Deploy prefect.yaml (nightly retrain, promote, rollback) to the server `make up` started.
+deploy: install
+	bash infra/deploy.sh
+
+worker: install
+	bash infra/worker.sh
 
 clean:
 	rm -rf artifacts state .pytest_cache

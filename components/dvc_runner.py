@@ -30,21 +30,27 @@ class ReproResult:
     output: str
 
 
-def _env() -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The stage commands say `python`: make that the interpreter running copyflow."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
     return env
 
 
-def repro(stage: str, profile: str, cwd: Path | str = ".", force: bool = False) -> ReproResult:
-    """`dvc repro --single-item STAGE@PROFILE`; raises StageFailed with DVC's output on failure."""
+def repro(
+    stage: str, profile: str, cwd: Path | str = ".", force: bool = False, env: dict[str, str] | None = None
+) -> ReproResult:
+    """`dvc repro --single-item STAGE@PROFILE`; raises StageFailed with DVC's output on failure.
+
+    `env` adds variables for the stage command only (DVC does not hash them, so they never
+    invalidate a cached stage).
+    """
     target = f"{stage}@{profile}"
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", target]
     if force:
         cmd.append("--force")
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise StageFailed(target, proc.returncode, output)

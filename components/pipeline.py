@@ -37,6 +37,13 @@ DATA_STAGES: tuple[str, ...] = tuple(STAGE_FUNCTIONS)
 PARENT_RUN_ENV = "COPYFLOW_PARENT_RUN_ID"
 
 
+def stages_for(cfg: Config) -> list[str]:
+    """The stages a profile runs: the generator needs copy text, which OBD logs do not have."""
+    if cfg.data.source == "obd":
+        return [s for s in STAGES if s != "train_generator"]
+    return list(STAGES)
+
+
 def stage_output_dir(cfg: Config, stage: str) -> Path:
     if stage in TRAINING_STAGES:
         return cfg.stage_dir("models") / stage.removeprefix("train_")

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
 app = typer.Typer(help="copyflow: learn shopper preferences; write, rank and ship personalized copy.",
                   no_args_is_help=True, add_completion=False)
 
@@ -45,13 +47,18 @@ def retrain(
     from flows.retrain import DataGateFailed
     from flows.retrain import retrain as retrain_flow
 
+    from components.evaluation.gates import GateFailed
+    from components.registry import render_status, status
+
     cfg = _config(params, profile)
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except DataGateFailed as exc:
+    except (DataGateFailed, GateFailed) as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))
+    if result.release is not None:
+        typer.echo("\n" + render_status(status(cfg)))
 
 
 @app.command()
@@ -96,6 +103,83 @@ def fetch_obd(
     cfg = _config(params, profile)
     path = fetch(cfg.paths.obd_dir, cfg.obd.version)
     typer.echo(f"Open Bandit Dataset sample ready in {path}. Next: copyflow retrain --profile obd")
+
+
+@app.command()
+def promote(
+    release: Annotated[Optional[int], typer.Option(help="copyflow-release version (default: the challenger)")] = None,
+    note: Annotated[Optional[str], typer.Option(help="why; recorded on the release")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would move, move nothing")] = False,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Make a release champion (all its models together) after re-checking its gate evidence."""
+    from components.registry import PromotionRefused, render_status, status
+    from components.registry import promote as do_promote
+
+    cfg = _config(params, profile)
+    try:
+        result = do_promote(cfg, release=release, dry_run=dry_run, note=note)
+    except PromotionRefused as exc:
+        typer.secho(f"promotion refused: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if result.get("recheck_report"):
+        typer.echo(result["recheck_report"])
+    verb = "would promote" if dry_run else ("promoted" if result["changed"] else "kept")
+    typer.echo(f"{verb} release {result['release']} (champion before: {result['replaces']})")
+    typer.echo(render_status(status(cfg)))
+
+
+@app.command()
+def rollback(
+    note: Annotated[Optional[str], typer.Option(help="why; recorded on the release")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Put the previous champion release back in one step."""
+    from components.registry import PromotionRefused, render_status, status
+    from components.registry import rollback as do_rollback
+
+    cfg = _config(params, profile)
+    try:
+        result = do_rollback(cfg, note=note)
+    except PromotionRefused as exc:
+        typer.secho(f"rollback refused: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
+    typer.echo(render_status(status(cfg)))
+
+
+@app.command("status")
+def status_command(profile: ProfileOpt = "quick", params: ParamsOpt = Path("params.yaml")) -> None:
+    """Champion / challenger / previous release and models, with their key metrics."""
+    from components.registry import render_status, status
+
+    typer.echo(render_status(status(_config(params, profile))))
+
+
+@app.command()
+def compare(
+    release: Annotated[Optional[int], typer.Option(help="release to compare (default: the challenger)")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Challenger vs champion on the frozen evaluation set: the gate report."""
+    from components.registry import compare as do_compare
+
+    typer.echo(do_compare(_config(params, profile), release=release))
+
+
+@app.command()
+def deploy() -> None:
+    """Create the local process work pool and deploy prefect.yaml (retrain nightly, promote, rollback)."""
+    raise typer.Exit(subprocess.call(["bash", str(INFRA / "deploy.sh")]))
+
+
+@app.command()
+def worker() -> None:
+    """Run a Prefect worker on the local process pool (executes scheduled retrains and promotions)."""
+    raise typer.Exit(subprocess.call(["bash", str(INFRA / "worker.sh")]))
 
 
 @app.command()

@@ -28,15 +28,34 @@ class DataGateFailed(RuntimeError):
 
 
 @task(task_run_name="{stage}@{profile}")
-def run_stage(stage: str, profile: str, project_dir: str, force: bool = False) -> dvc_runner.ReproResult:
+def run_stage(
+    stage: str, profile: str, project_dir: str, force: bool = False, parent_run_id: str = ""
+) -> dvc_runner.ReproResult:
     logger = get_run_logger()
-    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force)
+    env = {pipeline.PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
+    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env)
     logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
     return result
 
 
 def _stage_task(stage: str):
     return run_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=5)
+
+
+@task(task_run_name="release@{profile}")
+def release(profile: str, params_path: str, manifests: list[dict], project_dir: str, parent_run_id: str) -> dict:
+    """Gate every trained model against the champion, register them, alias the release."""
+    from components.registry import release_candidates
+
+    cfg = load_config(Path(project_dir) / params_path, profile)
+    outcome = release_candidates(
+        cfg,
+        manifests,
+        project_dir=project_dir,
+        flow_run_id=str(flow_run.get_id() or ""),
+        parent_run_id=parent_run_id,
+    )
+    return outcome.to_dict()
 
 
 @flow(name="retrain", log_prints=True)
@@ -46,12 +65,18 @@ def retrain(
     project_dir: str = ".",
     force: bool = False,
     stages: list[str] | None = None,
+    register: bool = True,
 ) -> RetrainResult:
-    """Run the pipeline for one params.yaml profile; returns what `copyflow retrain` prints."""
+    """Run the pipeline for one params.yaml profile; returns what `copyflow retrain` prints.
+
+    After training, `register` gates the new models against the champion on the frozen
+    evaluation set and registers a release (promoted automatically only if params say so and
+    no champion exists yet). A failing data gate or release gate fails the run.
+    """
     root = Path(project_dir).resolve()
     cfg = load_config(root / params_path, profile)
     tracking.configure(cfg)
-    stages = list(stages or pipeline.STAGES)
+    stages = list(stages or pipeline.stages_for(cfg))
     result = RetrainResult(profile=profile)
     tags = {
         "profile": profile,
@@ -64,12 +89,14 @@ def retrain(
         mlflow.log_params({"profile": profile, "stages": ",".join(stages)})
         for stage in stages:
             try:
-                repro = _stage_task(stage)(stage, profile, str(root), force)
+                repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id)
             except dvc_runner.StageFailed as failure:
                 _record_failure(cfg, stage, failure, parent.info.run_id, root, result)
                 raise  # unreachable for validate: _record_failure raises DataGateFailed
             summary = pipeline.read_summary(cfg, stage)
             result.stages[stage] = {"skipped": repro.skipped, "summary": summary}
+            if stage in pipeline.TRAINING_STAGES:
+                continue  # the training process logged its own nested run
             tracking.log_stage(
                 parent.info.run_id,
                 stage,
@@ -82,6 +109,11 @@ def retrain(
             if stage == "validate":
                 mlflow.set_tag("ge.verdict", "passed")
         mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
+        manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
+        if register and manifests:
+            result.release = release(profile, params_path, manifests, str(root), parent.info.run_id)
+            mlflow.set_tag("release", str(result.release.get("release") or ""))
+            mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
     return result
 
 
