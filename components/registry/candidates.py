@@ -13,6 +13,7 @@ A failing gate raises GateFailed with the report after step 4: no alias moves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def _check_manifest(manifest: dict) -> str:
     return manifest["model"]
 
 
+def _finite(metrics: dict) -> dict[str, float]:
+    """Numbers only, no NaN/inf: the release manifest must stay strict JSON."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
 def _model_ref(manifest: dict) -> str:
     """Score from the local model directory when it is still there (no download), else the URI."""
     model_dir = manifest.get("model_dir")
@@ -174,7 +180,7 @@ def release_candidates(
             "source_uri": manifest["model_uri"],
             "onnx_uri": manifest.get("onnx_uri"),
             "run_id": manifest["run_id"],
-            "metrics": manifest.get("metrics") or {},
+            "metrics": _finite(manifest.get("metrics") or {}),
             "gate": gate.to_dict(),
             "snapshot": snapshot.fingerprint,
             "evidence_uri": evidence_uri,

@@ -115,7 +115,8 @@ def create_release(
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "release"
         directory.mkdir()
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)  # strict JSON for any reader
+        (directory / "manifest.json").write_text(text, encoding="utf-8")
         (directory / "gate_report.md").write_text(manifest.get("gate_report", ""), encoding="utf-8")
         client.log_artifacts(run_id, str(directory), "release")
     client.set_terminated(run_id)

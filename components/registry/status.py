@@ -34,7 +34,10 @@ def _version_info(client: MlflowClient, name: str, version: str) -> dict:
 
 
 def status(cfg: Config) -> dict:
-    """{"release": {alias: {...} | None}, "models": {family: {alias: {...}}}, "problems": [...]}."""
+    """{"release": {alias: {...} | None}, "models": {family: {alias | "latest": {...}}}, "problems": [...]}.
+
+    "latest" is the newest registered version of the family, whatever its gate verdict.
+    """
     client = registry_client(cfg)
     release: dict[str, dict | None] = {}
     for alias in ALIASES:
@@ -56,11 +59,26 @@ def status(cfg: Config) -> dict:
     models: dict[str, dict] = {}
     for family, name in REGISTERED_MODELS.items():
         aliases = model_aliases(client, name)
-        if aliases:
-            models[family] = {
-                alias: _version_info(client, name, str(aliases[alias])) for alias in ALIASES if alias in aliases
-            }
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            continue
+        models[family] = {alias: _version_info(client, name, aliases[alias]) for alias in ALIASES if alias in aliases}
+        # the newest version, aliased or not: a rejected retrain shows up here with its failed rules
+        newest = max(versions, key=lambda v: int(v.version))
+        models[family]["latest"] = {
+            **_version_info(client, name, str(newest.version)),
+            "failed_rules": (newest.tags or {}).get("gate.failed_rules", ""),
+        }
     return {"tracking_uri": client.tracking_uri, "release": release, "models": models, "problems": check_consistency(client)}
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "–"
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def render_status(data: dict) -> str:
@@ -78,14 +96,20 @@ def render_status(data: dict) -> str:
     for family, aliases in data["models"].items():
         metric_names = [m for m in KEY_METRICS.get(family, ()) if any(m in a["metrics"] for a in aliases.values())]
         lines += ["", f"{REGISTERED_MODELS[family]}:"]
-        header = f"  {'alias':<10} {'version':>7}  {'gate':<5} " + " ".join(f"{m:>18}" for m in metric_names)
+        widths = {m: max(len(m), 8) for m in metric_names}
+        header = f"  {'alias':<10} {'version':>7}  {'gate':<5} " + " ".join(f"{m:>{widths[m]}}" for m in metric_names)
         lines.append(header.rstrip())
-        for alias in ALIASES:
+        for alias in (*ALIASES, "latest"):
             if alias not in aliases:
                 continue
             info = aliases[alias]
-            values = " ".join(f"{info['metrics'].get(m, '–'):>18}" for m in metric_names)
-            lines.append(f"  {alias:<10} {info['version']:>7}  {info['gate_verdict']:<5} {values}".rstrip())
+            if alias == "latest" and any(aliases[a]["version"] == info["version"] for a in ALIASES if a in aliases):
+                continue  # the newest version already shows under its alias
+            values = " ".join(f"{_short(info['metrics'].get(m)):>{widths[m]}}" for m in metric_names)
+            line = f"  {alias:<10} {info['version']:>7}  {info['gate_verdict']:<5} {values}".rstrip()
+            if alias == "latest" and info.get("failed_rules") not in ("", "none"):
+                line += f"   (failed: {info['failed_rules']})"
+            lines.append(line)
     if not data["models"]:
         lines += ["", "no registered models yet: run `copyflow retrain`"]
     if data["problems"]:

@@ -18,6 +18,7 @@ def test_status_lists_champion_challenger_and_key_metrics(world):
     assert pref["champion"]["version"] == world.first.versions["preference"]
     assert pref["challenger"]["version"] == world.second.versions["preference"]
     assert float(pref["challenger"]["metrics"]["auc"]) > float(pref["champion"]["metrics"]["auc"])
+    assert pref["latest"]["version"] == world.second.versions["preference"]  # newer than the rejected one
     text = render_status(data)
     assert "copyflow-release:" in text and "copyflow-preference:" in text and "copyflow-generator:" in text
     champion_line = next(line for line in text.splitlines() if line.strip().startswith("champion") and "v1" in line)
