@@ -121,3 +121,17 @@ def test_rerun_with_unchanged_training_runs_registers_nothing_new(world):
         release_candidates(world.cfg, [world.manifests["degraded"]], project_dir=ROOT)
     assert "floor: >= 0.6 | **FAIL**" in failed.value.report
     assert len(client.search_model_versions("name='copyflow-preference'")) == count
+
+
+def test_release_inside_a_retrain_run_records_its_lineage_and_report(world):
+    client = registry_client(world.cfg)
+    parent = client.get_run(world.parent_run_id)
+    assert parent.data.tags["gate.verdict"] == "pass" and parent.data.tags["release"] == "2"
+    assert "gate/report.md" in {a.path for a in client.list_artifacts(world.parent_run_id, "gate")}
+    release = client.get_model_version(RELEASE_MODEL, "2")
+    assert client.get_run(release.run_id).data.tags["mlflow.parentRunId"] == world.parent_run_id
+    for family, version in world.second.versions.items():
+        tags = client.get_model_version(REGISTERED_MODELS[family], version).tags
+        assert tags["ge.verdict"] == "passed" and tags["prefect_flow_run_id"] == "flow-run-2"
+    first = client.get_model_version("copyflow-preference", world.first.versions["preference"]).tags
+    assert first["prefect_flow_run_id"] == "none"  # released outside Prefect: recorded as such, not missing

@@ -76,6 +76,7 @@ class World:
     aliases_before_failure: dict = field(default_factory=dict)
     aliases_after_failure: dict = field(default_factory=dict)
     manifests: dict = field(default_factory=dict)
+    parent_run_id: str | None = None  # the retrain run release 2 was made in
 
 
 def build_world(base: Path, *, generator: bool = True, with_failure: bool = True) -> World:
@@ -109,7 +110,15 @@ def build_world(base: Path, *, generator: bool = True, with_failure: bool = True
     if generator:
         m["gen2"] = helpers.train_generator(cfg, base, suffix="面料柔软亲肤，穿着舒适又显瘦。")
     second = [m[k] for k in ("better", "gen2") if k in m]
-    world.second = release_candidates(cfg, second, project_dir=ROOT, scorers=helpers.SCORERS)
+    # As the retrain flow does: inside its parent run, which carries the GE verdict and flow-run id.
+    import mlflow
+
+    parent_tags = {"ge.verdict": "passed", "prefect_flow_run_id": "flow-run-2", "kind": "retrain"}
+    with mlflow.start_run(run_name="retrain-quick", tags=parent_tags) as parent:
+        world.parent_run_id = parent.info.run_id
+        world.second = release_candidates(
+            cfg, second, project_dir=ROOT, scorers=helpers.SCORERS, parent_run_id=parent.info.run_id
+        )
     return world
 
 
