@@ -185,6 +185,14 @@ def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> Froze
     return freeze_snapshot(cfg, family)
 
 
+def refresh_snapshots(cfg: Config, families: tuple[str, ...] = FAMILIES) -> dict[str, str]:
+    """Re-freeze every family's snapshot from today's data: {family: new fingerprint}.
+
+    The next gate re-scores the champion on the new rows (its stored evidence no longer matches).
+    """
+    return {family: freeze_snapshot(cfg, family).fingerprint for family in families}
+
+
 # ---------------------------------------------------------------- scoring adapters
 
 

@@ -11,6 +11,7 @@ from components.evaluation.frozen import (
     ensure_snapshot,
     frozen_dir,
     load_snapshot,
+    refresh_snapshots,
     score_on_snapshot,
 )
 
@@ -39,6 +40,9 @@ def test_preference_snapshot_is_frozen_from_the_first_test_split_and_reused(cfg)
     assert again.fingerprint == first.fingerprint and again.rows["example_id"].str.startswith("first-").all()
     refreshed = ensure_snapshot(cfg, "preference", refresh=True)
     assert refreshed.fingerprint != first.fingerprint and refreshed.rows["example_id"].str.startswith("second-").all()
+    write_samples(cfg, "third")
+    assert refresh_snapshots(cfg, ("preference",)) == {"preference": load_snapshot(cfg, "preference").fingerprint}
+    assert load_snapshot(cfg, "preference").rows["example_id"].str.startswith("third-").all()
 
 
 def test_a_tampered_snapshot_is_refused(cfg):
