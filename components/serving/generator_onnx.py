@@ -36,8 +36,8 @@ class _DecoderStep(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, tokens, past_k, past_v, cross_k, cross_v, src_mask):
-        return self.net.decoder_step(tokens, past_k, past_v, cross_k, cross_v, src_mask)
+    def forward(self, tokens, past_k, past_v, cross_k, cross_v, copy_keys, src):
+        return self.net.decoder_step(tokens, past_k, past_v, cross_k, cross_v, copy_keys, src)
 
 
 def export_onnx(net: CopyTransformer, directory: Path) -> dict[str, Path]:
@@ -52,19 +52,20 @@ def export_onnx(net: CopyTransformer, directory: Path) -> dict[str, Path]:
     with torch.no_grad():
         torch.onnx.export(
             _Encoder(net), (src,), str(encoder_path), dynamo=True, input_names=["src"],
-            output_names=["cross_k", "cross_v"], dynamic_shapes={"src": {0: b, 1: s}}, verbose=False,
+            output_names=["cross_k", "cross_v", "copy_keys"], dynamic_shapes={"src": {0: b, 1: s}}, verbose=False,
         )
-        cross_k, cross_v = net.cross_cache(src)
+        cross_k, cross_v, copy_keys = net.cross_cache(src)
         head = spec.d_model // spec.nhead
         past = torch.randn(spec.decoder_layers, batch, spec.nhead, past_len, head)
-        args = (torch.randint(4, spec.vocab_size, (batch,)), past, past.clone(), cross_k, cross_v, src != PAD)
+        src[0, -2:] = PAD  # padded rows must export the masking path
+        args = (torch.randint(4, spec.vocab_size, (batch,)), past, past.clone(), cross_k, cross_v, copy_keys, src)
         torch.onnx.export(
             _DecoderStep(net), args, str(decoder_path), dynamo=True,
-            input_names=["tokens", "past_k", "past_v", "cross_k", "cross_v", "src_mask"],
+            input_names=["tokens", "past_k", "past_v", "cross_k", "cross_v", "copy_keys", "src"],
             output_names=["logprobs", "present_k", "present_v"],
             dynamic_shapes={
                 "tokens": {0: b}, "past_k": {1: b, 3: t}, "past_v": {1: b, 3: t},
-                "cross_k": {1: b, 3: s}, "cross_v": {1: b, 3: s}, "src_mask": {0: b, 1: s},
+                "cross_k": {1: b, 3: s}, "cross_v": {1: b, 3: s}, "copy_keys": {0: b, 1: s}, "src": {0: b, 1: s},
             },
             verbose=False,
         )
@@ -91,21 +92,22 @@ class OnnxBackend:
         self.layers, self.heads, self.head_dim = int(shape[0]), int(shape[2]), int(shape[4])
 
     def start(self, src: np.ndarray):
-        cross_k, cross_v = self.encoder.run(None, {"src": src.astype(np.int64)})
+        src = src.astype(np.int64)
+        cross_k, cross_v, copy_keys = self.encoder.run(None, {"src": src})
         empty = np.zeros((self.layers, src.shape[0], self.heads, 1, self.head_dim), dtype=np.float32)
-        return empty, empty.copy(), cross_k, cross_v, src != PAD
+        return empty, empty.copy(), cross_k, cross_v, copy_keys, src
 
     def step(self, tokens: np.ndarray, state):
-        past_k, past_v, cross_k, cross_v, mask = state
+        past_k, past_v, cross_k, cross_v, copy_keys, src = state
         logprobs, past_k, past_v = self.decoder.run(
             None,
-            {"tokens": tokens.astype(np.int64), "past_k": past_k, "past_v": past_v, "cross_k": cross_k, "cross_v": cross_v, "src_mask": mask},
+            {"tokens": tokens.astype(np.int64), "past_k": past_k, "past_v": past_v, "cross_k": cross_k, "cross_v": cross_v, "copy_keys": copy_keys, "src": src},
         )
-        return torch.from_numpy(logprobs), (past_k, past_v, cross_k, cross_v, mask)
+        return torch.from_numpy(logprobs), (past_k, past_v, cross_k, cross_v, copy_keys, src)
 
     def select(self, state, rows: np.ndarray):
-        past_k, past_v, cross_k, cross_v, mask = state
-        return past_k[:, rows], past_v[:, rows], cross_k[:, rows], cross_v[:, rows], mask[rows]
+        past_k, past_v, cross_k, cross_v, copy_keys, src = state
+        return past_k[:, rows], past_v[:, rows], cross_k[:, rows], cross_v[:, rows], copy_keys[rows], src[rows]
 
 
 def parity(torch_generator, onnx_generator, requests) -> dict[str, float]:

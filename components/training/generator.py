@@ -34,7 +34,7 @@ from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
 from components.models.generator.focus import length_edges
 from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
-from components.models.generator.retrieval import RetrievalGenerator
+from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import CopyTokenizer
 from components.training.launcher import write_manifest
 
@@ -77,6 +77,19 @@ def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame]) ->
         return tokenizer, vocabulary, edges
     data = json.loads(meta.read_text(encoding="utf-8"))
     return CopyTokenizer.load(prepared_dir), ValueVocabulary.from_dict(data["vocabulary"]), data["length_edges"]
+
+
+def exemplar_texts(train: pd.DataFrame, valid: pd.DataFrame, edges, k: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Retrieved copies to edit: for a training row its k nearest *other* training rows, for a
+    validation row its nearest training row, each with the row's own values substituted."""
+    attributes, texts = list(train["attributes"]), list(train["summary"])
+    index = RetrievalGenerator(attributes, texts, edges)
+    train_side = [
+        [substitute_values(texts[j], attributes[j], attributes[i]) for j in neighbors]
+        for i, neighbors in enumerate(index.training_neighbors(k))
+    ]
+    valid_side = [index.generate(attrs, n=1) for attrs in valid["attributes"]]
+    return train_side, valid_side
 
 
 class MlflowEpochLogger(Callback):
@@ -140,8 +153,9 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     defaults = decoding_defaults(cfg)
     train = splits["train"]
     baseline = RetrievalGenerator(list(train["attributes"]), list(train["summary"]), edges)
-    model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile})
-    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len)
+    model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len})
+    retrieval = baseline if g.max_exemplar_len > 0 else None
+    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len)
     test = splits["test"].head(g.eval_samples).to_dict("records")
     if not test:
         raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")
@@ -162,7 +176,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         plot_tradeoff(table, reports / "tradeoff.png")
 
     paths = export_onnx(net, model_dir / "onnx")
-    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len)
+    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len)
     parity_requests = [generator.request(r["attributes"], None, "any", "any") for r in test[: g.parity_samples]]
     metrics.update(parity(generator, onnx_generator, parity_requests))
 
@@ -208,9 +222,12 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     if splits["train"].empty or splits["valid"].empty:
         raise ValueError(f"corpus {cfg.paths.corpus} gives {len(splits['train'])} train / {len(splits['valid'])} valid rows: too few")
     tokenizer, vocabulary, edges = prepare(cfg, out_dir / "prepared", splits)
-    sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus)
-    train_ds = BucketedBatches(build_examples(splits["train"]["attributes"], splits["train"]["summary"], tokenizer, edges, g.max_target_len), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed, resample=True)
-    valid_ds = BucketedBatches(build_examples(splits["valid"]["attributes"], splits["valid"]["summary"], tokenizer, edges, g.max_target_len), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed + 1, resample=False)
+    exemplar_dropout = g.exemplar_dropout if g.max_exemplar_len > 0 else 1.0
+    sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus, exemplar_dropout, g.max_exemplar_len)
+    train, valid = splits["train"], splits["valid"]
+    train_exemplars, valid_exemplars = exemplar_texts(train, valid, edges, g.exemplar_candidates) if g.max_exemplar_len > 0 else (None, None)
+    train_ds = BucketedBatches(build_examples(train["attributes"], train["summary"], tokenizer, edges, g.max_target_len, train_exemplars), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed, resample=True)
+    valid_ds = BucketedBatches(build_examples(valid["attributes"], valid["summary"], tokenizer, edges, g.max_target_len, valid_exemplars), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed + 1, resample=False)
     workers = cfg.trainer.num_workers
     train_loader = DataLoader(train_ds, batch_size=None, shuffle=True, num_workers=workers)
     valid_loader = DataLoader(valid_ds, batch_size=None, shuffle=False, num_workers=workers)

@@ -49,6 +49,7 @@ class Request:
     focus: list[str]
     tone: str = ANY
     length: str = ANY
+    exemplar: str | None = None
 
 
 class TorchBackend:
@@ -60,20 +61,20 @@ class TorchBackend:
     @torch.inference_mode()
     def start(self, src: np.ndarray):
         src_t = torch.from_numpy(src)
-        cross_k, cross_v = self.net.cross_cache(src_t)
+        cross_k, cross_v, copy_keys = self.net.cross_cache(src_t)
         past_k, past_v = self.net.empty_cache(src.shape[0])
-        return past_k, past_v, cross_k, cross_v, src_t != PAD
+        return past_k, past_v, cross_k, cross_v, copy_keys, src_t
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, state):
-        past_k, past_v, cross_k, cross_v, mask = state
-        logprobs, past_k, past_v = self.net.decoder_step(torch.from_numpy(tokens), past_k, past_v, cross_k, cross_v, mask)
-        return logprobs, (past_k, past_v, cross_k, cross_v, mask)
+        past_k, past_v, cross_k, cross_v, copy_keys, src = state
+        logprobs, past_k, past_v = self.net.decoder_step(torch.from_numpy(tokens), past_k, past_v, cross_k, cross_v, copy_keys, src)
+        return logprobs, (past_k, past_v, cross_k, cross_v, copy_keys, src)
 
     def select(self, state, rows: np.ndarray):
         index = torch.from_numpy(rows)
-        past_k, past_v, cross_k, cross_v, mask = state
-        return past_k[:, index], past_v[:, index], cross_k[:, index], cross_v[:, index], mask[index]
+        past_k, past_v, cross_k, cross_v, copy_keys, src = state
+        return past_k[:, index], past_v[:, index], cross_k[:, index], cross_v[:, index], copy_keys[index], src[index]
 
 
 def settings_from(defaults: DecodingSettings, decoding: str | dict | DecodingSettings | None) -> DecodingSettings:
@@ -104,7 +105,11 @@ class Generator:
         defaults: DecodingSettings,
         max_source_len: int,
         batch_size: int = 32,
+        retrieval: RetrievalGenerator | None = None,
+        max_exemplar_len: int = 0,
     ):
+        """`retrieval`: when given, every request is conditioned on the nearest training copy
+        (own values substituted), which the model edits into this product's copy."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -112,6 +117,8 @@ class Generator:
         self.defaults = defaults
         self.max_source_len = max_source_len
         self.batch_size = batch_size
+        self.retrieval = retrieval
+        self.max_exemplar_len = max_exemplar_len
         self.blocker = TokenBlocker(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
 
     # -- constraints -------------------------------------------------------------------------
@@ -141,7 +148,9 @@ class Generator:
             raise GenerationInputError(f"unknown tone {tone!r}; expected one of {(*TONES, ANY)}")
         if length not in (*LENGTHS, ANY):
             raise GenerationInputError(f"unknown length {length!r}; expected one of {(*LENGTHS, ANY)}")
-        return Request(attributes, normalize_focus(focus, attributes), tone, length)
+        chosen = normalize_focus(focus, attributes)
+        exemplar = self.retrieval.generate(attributes, chosen, tone, length, n=1)[0] if self.retrieval is not None else None
+        return Request(attributes, chosen, tone, length, exemplar)
 
     def generate(
         self,
@@ -172,7 +181,7 @@ class Generator:
         return results
 
     def encode_sources(self, requests: Sequence[Request]) -> np.ndarray:
-        encoded = [self.tokenizer.encode_source(r.attributes, r.focus, r.tone, r.length, self.max_source_len) for r in requests]
+        encoded = [self.tokenizer.encode_source(r.attributes, r.focus, r.tone, r.length, self.max_source_len, r.exemplar, self.max_exemplar_len) for r in requests]
         src = np.full((len(encoded), max(map(len, encoded))), PAD, dtype=np.int64)
         for i, ids in enumerate(encoded):
             src[i, : len(ids)] = ids
@@ -254,6 +263,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         engine = OnnxBackend(directory / ONNX_DIR, threads=threads or 0)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected torch or onnx")
+    exemplars = config.get("max_exemplar_len", 0) > 0
     return Generator(
         CopyTokenizer.load(directory),
         engine,
@@ -262,6 +272,8 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         DecodingSettings(**config["decoding"]),
         config["spec"]["max_source_len"],
         batch_size,
+        RetrievalGenerator.load(directory) if exemplars else None,
+        config.get("max_exemplar_len", 0),
     )
 
 

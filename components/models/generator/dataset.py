@@ -20,6 +20,8 @@ class ControlSampling:
     focus_empty_prob: float
     control_any_prob: float
     max_focus: int
+    exemplar_dropout: float = 1.0  # share of rows without an exemplar (1.0 = exemplars off)
+    max_exemplar_len: int = 0
 
 
 @dataclass
@@ -29,12 +31,21 @@ class Example:
     tone: str
     length: str
     target: list[int]
+    exemplars: list[str]
 
 
-def build_examples(attributes: Sequence[dict], texts: Sequence[str], tokenizer: CopyTokenizer, edges: Sequence[float], max_target_len: int) -> list[Example]:
+def build_examples(
+    attributes: Sequence[dict],
+    texts: Sequence[str],
+    tokenizer: CopyTokenizer,
+    edges: Sequence[float],
+    max_target_len: int,
+    exemplars: Sequence[list[str]] | None = None,
+) -> list[Example]:
+    """`exemplars[i]`: retrieved copies (other products', own values substituted) for row i."""
     return [
-        Example(attrs, mentioned_values(text, attrs), tone_of(text), length_bucket(len(text), edges), tokenizer.encode_target(text, max_target_len))
-        for attrs, text in zip(attributes, texts)
+        Example(attrs, mentioned_values(text, attrs), tone_of(text), length_bucket(len(text), edges), tokenizer.encode_target(text, max_target_len), list(exemplars[i]) if exemplars else [])
+        for i, (attrs, text) in enumerate(zip(attributes, texts))
     ]
 
 
@@ -73,12 +84,15 @@ class BucketedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def controls(self, example: Example, rng: np.random.Generator) -> tuple[list[str], str, str]:
+    def controls(self, example: Example, rng: np.random.Generator) -> tuple[list[str], str, str, str | None]:
         s = self.sampling
         focus = sample_training_focus(example.mentioned, rng, s.focus_empty_prob, s.max_focus)
         tone = ANY if rng.random() < s.control_any_prob else example.tone
         length = ANY if rng.random() < s.control_any_prob else example.length
-        return focus, tone, length
+        exemplar = None
+        if example.exemplars and rng.random() >= s.exemplar_dropout:
+            exemplar = example.exemplars[int(rng.integers(len(example.exemplars)))]
+        return focus, tone, length, exemplar
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         # Training draws fresh controls each time; validation is fixed per batch (comparable losses).
@@ -87,7 +101,7 @@ class BucketedBatches(Dataset):
         sources, targets = [], []
         for i in self.batches[index]:
             example = self.examples[i]
-            focus, tone, length = self.controls(example, rng)
-            sources.append(self.tokenizer.encode_source(example.attributes, focus, tone, length, self.max_source_len))
+            focus, tone, length, exemplar = self.controls(example, rng)
+            sources.append(self.tokenizer.encode_source(example.attributes, focus, tone, length, self.max_source_len, exemplar, self.sampling.max_exemplar_len))
             targets.append(example.target)
         return {"src": pad(sources), "tgt": pad(targets)}

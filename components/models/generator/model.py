@@ -6,6 +6,11 @@ outputs of the two identical. Pre-LayerNorm blocks, learned positions, one embed
 shared by source, target and the output layer (the source and target share one vocabulary, and
 tying is what lets a small model learn to copy value tokens from the input into the copy).
 
+Copy attention (pointer-generator): the output distribution mixes the vocabulary softmax with an
+attention over the source tokens (attribute values and the retrieved exemplar copy), gated per
+step. Copying a value or a phrase from the input is then one attention away instead of something
+the output layer has to learn, which is what a small model trained for minutes needs.
+
 Cache layout: past_k / past_v are [layers, batch, heads, time, head_dim]. Slot 0 of the time
 axis is a dummy entry that attention always masks out: the cache is never empty, so the exported
 step has one static rank and a time axis of length >= 1 instead of a special first step.
@@ -128,6 +133,8 @@ class CopyTransformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(d, spec.nhead, spec.dim_feedforward, spec.dropout) for _ in range(spec.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(d, spec.nhead, spec.dim_feedforward, spec.dropout) for _ in range(spec.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.copy_query, self.copy_key = nn.Linear(d, d), nn.Linear(d, d)
+        self.copy_gate = nn.Linear(d, 1)
         self.drop = nn.Dropout(spec.dropout)
         self.scale = math.sqrt(d)
         nn.init.normal_(self.embed.weight, std=d**-0.5)
@@ -148,17 +155,28 @@ class CopyTransformer(nn.Module):
             x = layer(x, mask)
         return self.enc_norm(x)
 
-    def cross_cache(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder output projected to every decoder layer's cross-attention K/V (stacked)."""
+    def cross_cache(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encoder output projected to every decoder layer's cross-attention K/V (stacked) and
+        to the copy-attention keys [B, S, d]."""
         memory = self.encode(src)
         pairs = [layer.cross_kv(memory) for layer in self.decoder]
-        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs]), self.copy_key(memory)
 
-    def logits(self, x: Tensor) -> Tensor:
-        return F.linear(self.embed_out(self.dec_norm(x)), self.embed.weight)
+    def output_logprobs(self, x: Tensor, copy_keys: Tensor, src: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, T, d] decoder states -> (log P mixture [B, T, V], vocabulary log-softmax)."""
+        h = self.dec_norm(x)
+        vocab_logp = torch.log_softmax(F.linear(self.embed_out(h), self.embed.weight), dim=-1)
+        scores = torch.matmul(self.copy_query(h), copy_keys.transpose(1, 2)) / self.scale  # [B, T, S]
+        scores = scores.masked_fill((src == PAD)[:, None, :], float("-inf"))
+        attention = torch.softmax(scores, dim=-1)
+        index = src[:, None, :].expand(-1, h.shape[1], -1)
+        copy_probs = torch.zeros_like(vocab_logp).scatter_add(2, index, attention)
+        gate = torch.sigmoid(self.copy_gate(h))
+        mixture = gate * vocab_logp.exp() + (1 - gate) * copy_probs
+        return torch.log(mixture.clamp_min(1e-12)), vocab_logp
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits [B, T, V]."""
+    def forward(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced (log P mixture, vocabulary log-softmax), each [B, T, V]."""
         memory = self.encode(src)
         src_mask = self.key_mask(src)
         positions = torch.arange(tgt_in.shape[1], device=tgt_in.device)
@@ -166,7 +184,7 @@ class CopyTransformer(nn.Module):
         for layer in self.decoder:
             k, v = layer.cross_kv(memory)
             x, _, _ = layer(x, k, v, src_mask)
-        return self.logits(x)
+        return self.output_logprobs(x, self.copy_key(memory), src)
 
     def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         spec = self.spec
@@ -174,10 +192,11 @@ class CopyTransformer(nn.Module):
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
     def decoder_step(
-        self, tokens: Tensor, past_k: Tensor, past_v: Tensor, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor
+        self, tokens: Tensor, past_k: Tensor, past_v: Tensor, cross_k: Tensor, cross_v: Tensor, copy_keys: Tensor, src: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One token per row: tokens [B], caches as in the module doc, src_mask [B, S] bool.
+        """One token per row: tokens [B], caches as in the module doc, src ids [B, S].
         Returns log-probabilities [B, V] and the caches grown by one step."""
+        src_mask = src != PAD
         steps = past_k.shape[3]  # dummy slot + tokens so far; this token's position = steps - 1
         position = torch.full_like(tokens, steps - 1)
         x = self.embed_tokens(tokens)[:, None, :] + self.tgt_pos(position)[:, None, :]
@@ -188,7 +207,8 @@ class CopyTransformer(nn.Module):
             x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, (past_k[i], past_v[i]), self_mask)
             new_k.append(k)
             new_v.append(v)
-        return torch.log_softmax(self.logits(x[:, 0, :]), dim=-1), torch.stack(new_k), torch.stack(new_v)
+        logprobs, _ = self.output_logprobs(x, copy_keys, src)
+        return logprobs[:, 0, :], torch.stack(new_k), torch.stack(new_v)
 
 
 class GeneratorModule(pl.LightningModule):
@@ -203,13 +223,14 @@ class GeneratorModule(pl.LightningModule):
         self._started: float | None = None
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        logits = self.net(batch["src"], batch["tgt"][:, :-1])
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            batch["tgt"][:, 1:].reshape(-1),
-            ignore_index=PAD,
-            label_smoothing=self.hparams.label_smoothing,
-        )
+        """NLL of the copy/vocabulary mixture, plus label smoothing on the vocabulary part."""
+        logp, vocab_logp = self.net(batch["src"], batch["tgt"][:, :-1])
+        target = batch["tgt"][:, 1:]
+        keep = target != PAD
+        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        smooth = -vocab_logp.mean(-1)
+        eps = self.hparams.label_smoothing
+        return ((1 - eps) * nll + eps * smooth)[keep].mean()
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)

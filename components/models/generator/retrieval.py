@@ -82,6 +82,23 @@ class RetrievalGenerator:
                 break
         return copies
 
+    def training_neighbors(self, k: int, chunk: int = 512) -> list[list[int]]:
+        """For every indexed row, its k most similar *other* rows (never itself or a row with
+        the same text): the exemplars a training example may be conditioned on."""
+        dense_t = self.matrix.T.tocsc()
+        neighbors: list[list[int]] = []
+        for start in range(0, len(self.texts), chunk):
+            block = (self.matrix[start : start + chunk] @ dense_t).toarray()
+            union = self.sizes[start : start + chunk, None] + self.sizes[None, :] - block
+            jaccard = block / np.maximum(1.0, union)
+            for offset, row in enumerate(jaccard):
+                i = start + offset
+                row[i] = -1.0
+                order = np.argsort(-row, kind="stable")
+                picked = [int(j) for j in order[: k + 5] if self.texts[j] != self.texts[i]][:k]
+                neighbors.append(picked)
+        return neighbors
+
     def save(self, directory: Path) -> None:
         with (directory / RETRIEVAL_FILE).open("w", encoding="utf-8") as handle:
             handle.write(json.dumps({"length_edges": self.length_edges}) + "\n")

@@ -28,8 +28,11 @@ def key_token(key: str) -> str:
     return f"<k:{key}>"
 
 
+EXEMPLAR_MARK = "<exemplar>"
+
+
 def control_tokens() -> list[str]:
-    return [FOCUS_MARK] + [f"<tone:{t}>" for t in (*TONES, ANY)] + [f"<len:{x}>" for x in (*LENGTHS, ANY)]
+    return [FOCUS_MARK, EXEMPLAR_MARK] + [f"<tone:{t}>" for t in (*TONES, ANY)] + [f"<len:{x}>" for x in (*LENGTHS, ANY)]
 
 
 class CopyTokenizer:
@@ -115,8 +118,11 @@ class CopyTokenizer:
         tone: str,
         length: str,
         max_len: int,
+        exemplar: str | None = None,
+        max_exemplar_len: int = 0,
     ) -> list[int]:
-        """[tone] [len] then `<k:key> [<focus>] value` for every pair, then EOS (truncated)."""
+        """[tone] [len] then `<k:key> [<focus>] value` for every pair, then optionally
+        `<exemplar>` + a retrieved copy to edit (truncated to max_exemplar_len), then EOS."""
         ids = [self.token_id(f"<tone:{tone}>"), self.token_id(f"<len:{length}>")]
         focus_id = self.token_id(FOCUS_MARK)
         for key, values in attributes.items():
@@ -127,6 +133,9 @@ class CopyTokenizer:
                 if value in focus:
                     ids.append(focus_id)
                 ids.extend(self.encode_text(value))
+        if exemplar:
+            tail = [self.token_id(EXEMPLAR_MARK)] + self.encode_text(exemplar)[:max_exemplar_len]
+            ids = ids[: max(0, max_len - 1 - len(tail))] + tail
         return ids[: max_len - 1] + [EOS]
 
     def encode_target(self, text: str, max_len: int) -> list[int]:
