@@ -183,3 +183,23 @@ def test_ten_concurrent_promotions_threads_and_processes_leave_one_consistent_ch
     for family in ("preference", "generator"):
         expected = (clone.second if aliases["champion"] == "2" else clone.first).versions[family]
         assert model_aliases(client, REGISTERED_MODELS[family])["champion"] == expected
+
+
+def test_a_partial_retrain_inherits_the_champion_member_and_promotes_cleanly(fresh_world):
+    """Only the preference model was retrained: the release carries the champion's generator."""
+    from components.registry.candidates import release_candidates
+    from components.registry.release import load_manifest
+    from tests.registry import helpers
+
+    cfg = fresh_world.cfg
+    manifest = helpers.train_preference(cfg, fresh_world.base)  # the full model again, a new run
+    outcome = release_candidates(cfg, [manifest], project_dir=ROOT, scorers=helpers.SCORERS)
+    assert outcome.passed and outcome.release == "3"
+    client = registry_client(cfg)
+    members = load_manifest(client, 3)["members"]
+    assert members["generator"]["inherited"] and members["generator"]["version"] == fresh_world.first.versions["generator"]
+    assert not members["preference"]["inherited"]
+    promote(cfg, release=3)
+    assert model_aliases(client, "copyflow-generator")["champion"] == fresh_world.first.versions["generator"]
+    assert model_aliases(client, "copyflow-preference")["champion"] == outcome.versions["preference"]
+    assert check_consistency(client) == []
