@@ -47,14 +47,15 @@ def retrain(
     from flows.retrain import DataGateFailed
     from flows.retrain import retrain as retrain_flow
 
+    from components.dvc_runner import StageFailed
     from components.evaluation.gates import GateFailed
     from components.registry import render_status, status
 
     cfg = _config(params, profile)
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except (DataGateFailed, GateFailed) as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+    except (DataGateFailed, GateFailed, StageFailed) as exc:
+        typer.secho(f"\nretrain failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))
     if result.release is not None:
