@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +15,8 @@ from tests.conftest import ROOT
 from tests.registry.world import clone_world
 
 MEMBERS = [REGISTERED_MODELS["preference"], REGISTERED_MODELS["generator"]]
-# Ten promotions at once: 4 separate processes (each pays a full Python + MLflow start-up on
-# CI's two cores) and 6 threads; the lock must serialize both kinds.
-N_PROCESSES = 4
+# Ten promotions at once: 5 separate processes and 5 threads; the lock must serialize both kinds.
+N_PROCESSES = 5
 
 
 def champion_state(cfg) -> dict[str, dict[str, str | None]]:
@@ -129,46 +125,52 @@ def _run_threads(cfg, targets: list[str], go: threading.Event) -> tuple[list, li
 
 
 def test_ten_concurrent_promotions_threads_and_processes_leave_one_consistent_champion(world, tmp_path):
-    """Releases 1 and 2 are promoted alternately by 10 competitors started at the same moment."""
+    """Releases 1 and 2 are promoted alternately by 10 competitors started at the same moment:
+    5 separate processes and 5 threads of this one."""
+    import multiprocessing
+
+    from tests.registry import promote_child
+
     # A wide margin so releases 1 and 2 may replace each other: every promotion is legitimate,
     # and the only way to end inconsistent would be interleaved alias writes.
     clone = clone_world(world, tmp_path / "clone", gates={"non_inferiority_margin": 0.2, "generator_bleu4_margin": 5.0})
     cfg = clone.cfg
     params = str(clone.base / "params.yaml")
     go = tmp_path / "go"
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(promote_child.PRELOAD)
     processes = []
     for i in range(N_PROCESSES):
-        release = "2" if i % 2 == 0 else "1"
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.registry.promote_child", params, release, str(tmp_path / f"ready{i}"), str(go)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+        args = (params, "2" if i % 2 == 0 else "1", tmp_path / f"ready{i}", go, tmp_path / f"result{i}.json")
+        processes.append(context.Process(target=promote_child.promote_when_told, args=args))
+        processes[-1].start()
     start = threading.Event()
     thread_results, threads = _run_threads(cfg, ["1" if i % 2 == 0 else "2" for i in range(10 - N_PROCESSES)], start)
-    deadline = time.monotonic() + 240
-    while not all((tmp_path / f"ready{i}").exists() for i in range(N_PROCESSES)):
-        assert all(p.poll() is None for p in processes), [p.communicate() for p in processes if p.poll() is not None]
-        assert time.monotonic() < deadline, "competing processes did not start"
-        time.sleep(0.05)
-    go.touch()  # all ten start now
-    start.set()
-    for thread in threads:
-        thread.join(timeout=240)
-    process_results = []
-    for process in processes:
-        out, err = process.communicate(timeout=240)
-        assert process.returncode == 0, err[-3000:]
-        [line] = [line for line in out.splitlines() if line.startswith("RESULT ")]
-        process_results.append(json.loads(line.removeprefix("RESULT ")))
-    errors = [r for r in thread_results if isinstance(r, BaseException)]
+    try:
+        deadline = time.monotonic() + 240
+        while not all((tmp_path / f"ready{i}").exists() for i in range(N_PROCESSES)):
+            assert all(p.is_alive() for p in processes), "a competing process died before the start"
+            assert time.monotonic() < deadline, "competing processes did not start"
+            time.sleep(0.05)
+        go.touch()  # all ten start now
+        start.set()
+        for thread in threads:
+            thread.join(timeout=240)
+        for process in processes:
+            process.join(timeout=240)
+    finally:
+        start.set()
+        go.touch()
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+    assert [p.exitcode for p in processes] == [0] * N_PROCESSES
+    process_results = [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(N_PROCESSES)]
+    errors = [r for r in thread_results if isinstance(r, BaseException)] + [r for r in process_results if "error" in r]
     assert not errors, errors
     results = thread_results + process_results
     assert len(results) == 10
+    assert {r["promoted_by"] for r in process_results if r["changed"]} <= {f"process-{p.pid}" for p in processes}
 
     client = registry_client(cfg)
     assert check_consistency(client) == []
