@@ -129,3 +129,35 @@ def test_focus_from_affinities_picks_the_products_liked_values():
     affinities = {"颜色#白色": 0.2, "图案#条纹": 0.7, "颜色#黑色": 0.9, "类型#裙": -0.1}
     assert focus_from_affinities(affinities, attrs, k=2) == ["条纹", "白色"]
     assert focus_from_affinities({}, attrs) == []
+
+
+def test_exemplar_in_source_and_training_neighbors(parts):
+    tokenizer = parts[0]
+    src = tokenizer.encode_source({"类型": ["裤"]}, [], "any", "any", 64, exemplar="白色的阔腿裤很显瘦", max_exemplar_len=3)
+    pieces = [tokenizer.pieces[i] for i in src]
+    assert pieces[:4] == ["<tone:any>", "<len:any>", "<k:类型>", "裤"]
+    assert pieces[4] == "<exemplar>" and pieces[-1] == "</s>" and len(pieces) == 9  # 3 exemplar tokens
+    texts = ["黑色连衣裙", "白色连衣裙", "宽松阔腿裤", "宽松阔腿裤"]
+    attrs = [{"类型": ["裙"], "颜色": ["黑色"]}, {"类型": ["裙"], "颜色": ["白色"]}, {"类型": ["裤"]}, {"类型": ["裤"]}]
+    neighbors = RetrievalGenerator(attrs, texts, [3, 4]).training_neighbors(1)
+    assert neighbors[0] == [1] and neighbors[1] == [0]
+    assert neighbors[2] != [3] and 2 not in neighbors[2]  # never itself, never a copy of its own text
+
+
+def test_cached_decoder_steps_match_teacher_forcing(parts):
+    """KV cache + copy attention: stepwise log-probs equal the teacher-forced ones."""
+    import torch
+
+    tokenizer, net, corpus = parts[0], parts[4], parts[5]
+    src = torch.tensor([tokenizer.encode_source(corpus.loc[0, "attributes"], [], "any", "any", 64, corpus.loc[1, "summary"], 20)])
+    tgt = torch.tensor([tokenizer.encode_target(corpus.loc[0, "summary"], 12)])
+    with torch.no_grad():
+        forced, _ = net(src, tgt[:, :-1], tgt[:, 1:])
+        cross_k, cross_v, copy_keys = net.cross_cache(src)
+        past_k, past_v = net.empty_cache(1)
+        stepped = []
+        for t in range(tgt.shape[1] - 1):
+            logprobs, past_k, past_v = net.decoder_step(tgt[:, t], past_k, past_v, cross_k, cross_v, copy_keys, src)
+            assert torch.allclose(logprobs.exp().sum(-1), torch.ones(1), atol=1e-4)  # a distribution
+            stepped.append(logprobs[0, tgt[0, t + 1]])
+    assert torch.allclose(torch.stack(stepped), forced[0], atol=1e-4)

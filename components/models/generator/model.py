@@ -162,21 +162,33 @@ class CopyTransformer(nn.Module):
         pairs = [layer.cross_kv(memory) for layer in self.decoder]
         return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs]), self.copy_key(memory)
 
-    def output_logprobs(self, x: Tensor, copy_keys: Tensor, src: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, T, d] decoder states -> (log P mixture [B, T, V], vocabulary log-softmax)."""
+    def _heads(self, x: Tensor, copy_keys: Tensor, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Vocabulary log-softmax [B, T, V], copy attention [B, T, S], gate [B, T, 1]."""
         h = self.dec_norm(x)
         vocab_logp = torch.log_softmax(F.linear(self.embed_out(h), self.embed.weight), dim=-1)
-        scores = torch.matmul(self.copy_query(h), copy_keys.transpose(1, 2)) / self.scale  # [B, T, S]
-        scores = scores.masked_fill((src == PAD)[:, None, :], float("-inf"))
-        attention = torch.softmax(scores, dim=-1)
-        index = src[:, None, :].expand(-1, h.shape[1], -1)
-        copy_probs = torch.zeros_like(vocab_logp).scatter_add(2, index, attention)
-        gate = torch.sigmoid(self.copy_gate(h))
-        mixture = gate * vocab_logp.exp() + (1 - gate) * copy_probs
-        return torch.log(mixture.clamp_min(1e-12)), vocab_logp
+        scores = torch.matmul(self.copy_query(h), copy_keys.transpose(1, 2)) / self.scale
+        attention = torch.softmax(scores.masked_fill((src == PAD)[:, None, :], float("-inf")), dim=-1)
+        return vocab_logp, attention, torch.sigmoid(self.copy_gate(h))
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced (log P mixture, vocabulary log-softmax), each [B, T, V]."""
+    def output_logprobs(self, x: Tensor, copy_keys: Tensor, src: Tensor) -> Tensor:
+        """x [B, T, d] decoder states -> log P of the copy/vocabulary mixture [B, T, V]."""
+        vocab_logp, attention, gate = self._heads(x, copy_keys, src)
+        index = src[:, None, :].expand(-1, x.shape[1], -1)
+        copy_probs = torch.zeros_like(vocab_logp).scatter_add(2, index, attention)
+        return torch.log((gate * vocab_logp.exp() + (1 - gate) * copy_probs).clamp_min(1e-12))
+
+    def target_logprobs(self, x: Tensor, copy_keys: Tensor, src: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Training: log P(target) [B, T] of the mixture without building it over the whole
+        vocabulary (the copy part only needs the source positions holding the target token),
+        and the vocabulary log-softmax for label smoothing."""
+        vocab_logp, attention, gate = self._heads(x, copy_keys, src)
+        copy_p = (attention * (src[:, None, :] == target[:, :, None])).sum(-1)
+        vocab_p = vocab_logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).exp()
+        gate = gate.squeeze(-1)
+        return torch.log((gate * vocab_p + (1 - gate) * copy_p).clamp_min(1e-12)), vocab_logp
+
+    def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: (log P of each next token [B, T], vocabulary log-softmax [B, T, V])."""
         memory = self.encode(src)
         src_mask = self.key_mask(src)
         positions = torch.arange(tgt_in.shape[1], device=tgt_in.device)
@@ -184,7 +196,7 @@ class CopyTransformer(nn.Module):
         for layer in self.decoder:
             k, v = layer.cross_kv(memory)
             x, _, _ = layer(x, k, v, src_mask)
-        return self.output_logprobs(x, self.copy_key(memory), src)
+        return self.target_logprobs(x, self.copy_key(memory), src, tgt_out)
 
     def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         spec = self.spec
@@ -207,7 +219,7 @@ class CopyTransformer(nn.Module):
             x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, (past_k[i], past_v[i]), self_mask)
             new_k.append(k)
             new_v.append(v)
-        logprobs, _ = self.output_logprobs(x, copy_keys, src)
+        logprobs = self.output_logprobs(x, copy_keys, src)
         return logprobs[:, 0, :], torch.stack(new_k), torch.stack(new_v)
 
 
@@ -224,10 +236,10 @@ class GeneratorModule(pl.LightningModule):
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """NLL of the copy/vocabulary mixture, plus label smoothing on the vocabulary part."""
-        logp, vocab_logp = self.net(batch["src"], batch["tgt"][:, :-1])
         target = batch["tgt"][:, 1:]
+        logp, vocab_logp = self.net(batch["src"], batch["tgt"][:, :-1], target)
         keep = target != PAD
-        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        nll = -logp
         smooth = -vocab_logp.mean(-1)
         eps = self.hparams.label_smoothing
         return ((1 - eps) * nll + eps * smooth)[keep].mean()
