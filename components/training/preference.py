@@ -235,19 +235,19 @@ def _log_models(report: KindReport, data, comparison_plots: list[Path]) -> dict[
     example = np.ascontiguousarray(data.test.x[:5], dtype=np.float32)
     # Both flavours take the packed matrix (encoder.json in model_dir packs a feature frame);
     # the column names travel as metadata.
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)), "x")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "probability")]),
-    )
+    output = Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "probability")])
+    # The torch pyfunc takes one unnamed array; the ONNX pyfunc feeds the graph input "x" by name.
+    torch_signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)))]), outputs=output)
+    onnx_signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)), "x")]), outputs=output)
     metadata = {"columns": columns, "kind": report.kind, "encoder": f"{MODEL_DIR_ARTIFACT}/encoder.json"}
     requirements = _pip_requirements()
     # pt2 (torch.export) is MLflow's safe default: no pickled code is executed on load.
     torch_info = mlflow.pytorch.log_model(
-        model.probability_model, name="model", signature=signature, input_example=example,
+        model.probability_model, name="model", signature=torch_signature, input_example=example,
         pip_requirements=requirements, metadata=metadata, serialization_format="pt2",
     )
     onnx_info = mlflow.onnx.log_model(
-        onnx.load(str(report.model_dir / "model.onnx")), name="onnx", signature=signature,
+        onnx.load(str(report.model_dir / "model.onnx")), name="onnx", signature=onnx_signature,
         input_example=example, pip_requirements=requirements, save_as_external_data=False, metadata=metadata,
     )
     mlflow.log_artifacts(str(report.model_dir), MODEL_DIR_ARTIFACT)
@@ -335,12 +335,21 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
     out_dir = Path(out_dir or default_out_dir(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     _set_threads(cfg)
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
     data = load_data(cfg)
-    fits = {kind: train(cfg, kind, data, out_dir / "checkpoints", callbacks=callbacks) for kind in cfg.preference.models}
+    timings["encode_s"] = time.perf_counter() - tick
+    fits = {}
+    for kind in cfg.preference.models:
+        tick = time.perf_counter()
+        fits[kind] = train(cfg, kind, data, out_dir / "checkpoints", callbacks=callbacks)
+        timings[f"train_{kind}_s"] = time.perf_counter() - tick
     if not all(fit.is_global_zero for fit in fits.values()):
         return None
 
+    tick = time.perf_counter()
     reports, comparison = evaluate_all(cfg, data, fits, out_dir)
+    timings["evaluate_export_s"] = time.perf_counter() - tick
     from components.evaluation.preference import plot_curves
 
     curves = {kind: (data.test.y, r.p_test) for kind, r in reports.items()}
@@ -351,7 +360,9 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
     (out_dir / "report.md").write_text(report_markdown(cfg, reports, comparison), encoding="utf-8")
 
     champion = comparison["champion_kind"]
+    tick = time.perf_counter()
     logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id) if log_mlflow else {}
+    timings["mlflow_s"] = time.perf_counter() - tick
     metrics = {**reports[champion].metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}
     manifest = {
         "model": "preference",
@@ -368,6 +379,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
             for kind, r in reports.items()
         },
         "seconds": round(time.perf_counter() - started, 1),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     write_manifest(out_dir, manifest)
     return manifest

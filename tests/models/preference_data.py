@@ -71,12 +71,14 @@ def synthetic_samples(
     user_state = defaultdict(lambda: {"n_imp": 0, "n_click": 0, "n_purchase": 0, "money": 0.0, "last": None, "hist": [], "attr_clicks": defaultdict(int), "cat_clicks": defaultdict(int)})
     product_state = defaultdict(lambda: {"n_imp": 0, "n_click": 0})
     rows, truth = [], []
+    copy_ids: dict[tuple[str, tuple[str, ...]], str] = {}
     for i in range(n_impressions):
         user, product = users[user_idx[i]], products[product_idx[i]]
         ts = start + pd.Timedelta(seconds=float(seconds[i]))
         state, pstate = user_state[user["user_id"]], product_state[product["product_id"]]
         # Copy variant: which attribute values the shown copy mentions.
         mentioned = [v for v in product["attrs"].values() if rng.random() < 0.5]
+        copy_id = copy_ids.setdefault((product["product_id"], tuple(mentioned)), f"c{len(copy_ids):05d}")
         affinity = float(np.mean([user["pref"][k][v] for k, v in product["attrs"].items()]))
         pref_top = {k: max(vals, key=vals.get) for k, vals in user["pref"].items()}
         mentions_true = sum(1 for k, v in product["attrs"].items() if v in mentioned and pref_top[k] == v)
@@ -93,7 +95,7 @@ def synthetic_samples(
                 "event_id": f"e{i:06d}",
                 "user_id": user["user_id"],
                 "product_id": product["product_id"],
-                "copy_id": f"{product['product_id']}-c{len(mentioned)}",
+                "copy_id": copy_id,
                 "category": product["category"],
                 "timestamp": ts,
                 "position": int(position[i]),
@@ -149,21 +151,31 @@ def synthetic_samples(
             for a, c in s["attr_clicks"].items()
         ]
     )
+    copies = pd.DataFrame(
+        [{"copy_id": cid, "product_id": pid, "text": "这款" + "，".join(values) + "的好物"} for (pid, values), cid in copy_ids.items()]
+    )
+    samples.attrs["copies"] = copies
     return samples, product_attributes, user_affinity, pd.DataFrame(truth)
 
 
 def write_synthetic_features(cfg, shuffle_labels: bool = False, **kwargs) -> Path:
-    """Write the synthetic stage to cfg.stage_dir('features') (+ ground truth under source/)."""
+    """Write the synthetic stage to cfg.stage_dir('features') (+ clean/copies.parquet with copy
+    texts mentioning attribute values, + ground truth under source/)."""
     samples, product_attributes, user_affinity, truth = synthetic_samples(seed=cfg.seed, **kwargs)
     if shuffle_labels:
         samples["label"] = np.random.default_rng(7).permutation(samples["label"].to_numpy())
     out = cfg.stage_dir("features")
     out.mkdir(parents=True, exist_ok=True)
+    copies = samples.attrs.pop("copies")
     samples.to_parquet(out / "samples.parquet", index=False)
+    samples.attrs["copies"] = copies
     product_attributes.to_parquet(out / "product_attributes.parquet", index=False)
     user_affinity.to_parquet(out / "user_affinity.parquet", index=False)
     spec = {"numeric": NUMERIC, "categorical": ["user_id", "product_id", "category"], "sequence": ["hist_products"], "label": "label", "time": "timestamp"}
     (out / "feature_spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    clean = cfg.stage_dir("clean")
+    clean.mkdir(parents=True, exist_ok=True)
+    samples.attrs["copies"].to_parquet(clean / "copies.parquet", index=False)
     truth_dir = cfg.stage_dir("source") / "ground_truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     truth.to_parquet(truth_dir / "impressions.parquet", index=False)

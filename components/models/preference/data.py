@@ -255,6 +255,8 @@ class FeatureEncoder:
 
     # ---- transform -----------------------------------------------------------------------
     def _ids(self, values: pd.Series, vocab: dict[str, int]) -> np.ndarray:
+        if not vocab:
+            return np.full(len(values), OOV, dtype=np.int64)
         index = pd.Index(list(vocab.keys()), dtype=object)
         pos = index.get_indexer(values.astype(str).to_numpy(dtype=object))
         codes = np.array(list(vocab.values()), dtype=np.int64)

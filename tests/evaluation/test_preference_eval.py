@@ -1,0 +1,95 @@
+"""Evaluation of click models: metrics, bootstrap intervals, thresholds, plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from components.evaluation.preference import (
+    EvaluationError,
+    bootstrap_indices,
+    choose_threshold,
+    ece,
+    evaluate_model,
+    paired_difference,
+    auc,
+    plot_curves,
+)
+
+
+def _scored(n: int = 4000, signal: float = 2.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    p_true = 1 / (1 + np.exp(-(-2.0 + signal * z)))
+    y = (rng.uniform(size=n) < p_true).astype(float)
+    return y, p_true, z
+
+
+def test_cluster_bootstrap_draws_whole_clusters():
+    clusters = np.repeat(np.arange(50), np.arange(1, 51))  # cluster c has c + 1 rows
+    for idx in bootstrap_indices(len(clusters), 5, seed=1, clusters=clusters):
+        drawn = clusters[idx]
+        values, counts = np.unique(drawn, return_counts=True)
+        # every drawn cluster appears a whole number of times its size
+        assert all(count % (value + 1) == 0 for value, count in zip(values, counts))
+        assert len(np.unique(idx)) == sum(v + 1 for v in values)
+
+
+def test_intervals_cover_the_point_and_narrow_with_more_data():
+    y, p, _ = _scored(n=2000)
+    small = evaluate_model(y[:500], p[:500], threshold=0.2, n_boot=200, seed=0)
+    large = evaluate_model(y, p, threshold=0.2, n_boot=200, seed=0)
+    for metrics in (small, large):
+        for name in ("auc", "logloss", "pr_auc", "ece", "f1"):
+            assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
+    assert large["auc"] == pytest.approx(roc_auc_score(y, p))
+    width = lambda m: m["auc_ci_high"] - m["auc_ci_low"]  # noqa: E731
+    assert width(large) < width(small)
+
+
+def test_calibrated_scores_have_small_ece_and_miscalibrated_large():
+    y, p, _ = _scored(n=20000)
+    assert ece(y, p) < 0.02
+    assert ece(y, np.clip(p * 2.5, 0, 1)) > 0.1
+
+
+def test_segments_are_reported_with_their_own_interval():
+    y, p, z = _scored()
+    segments = {"high": z > 0, "low": z <= 0}
+    metrics = evaluate_model(y, p, threshold=0.2, n_boot=100, seed=0, segments=segments)
+    assert metrics["auc_high"] == pytest.approx(roc_auc_score(y[z > 0], p[z > 0]))
+    assert metrics["n_low"] == float((z <= 0).sum())
+    assert metrics["auc_low_ci_low"] < metrics["auc_low"] < metrics["auc_low_ci_high"]
+
+
+def test_paired_difference_separates_a_better_model_and_not_a_copy():
+    y, p, z = _scored()
+    noisy = 1 / (1 + np.exp(-(-2.0 + 2.0 * z + np.random.default_rng(3).normal(scale=2.0, size=len(z)))))
+    better = paired_difference(y, p, noisy, auc, n_boot=200, seed=0)
+    assert better.value > 0 and better.low > 0
+    same = paired_difference(y, p, p, auc, n_boot=50, seed=0)
+    assert same.value == 0 and same.low == 0 and same.high == 0
+
+
+def test_threshold_is_chosen_by_f1_on_validation():
+    y, p, _ = _scored()
+    threshold = choose_threshold(y, p)
+    f1_at = lambda t: evaluate_model(y, p, threshold=t, n_boot=0, seed=0)["f1"]  # noqa: E731
+    assert f1_at(threshold) >= max(f1_at(t) for t in (0.05, 0.1, 0.3, 0.5, 0.7))
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(EvaluationError, match="single class"):
+        evaluate_model(np.zeros(10), np.full(10, 0.1), threshold=0.5, n_boot=10, seed=0)
+    with pytest.raises(EvaluationError, match="0/1"):
+        evaluate_model(np.array([0, 2]), np.array([0.1, 0.2]), threshold=0.5, n_boot=10, seed=0)
+    with pytest.raises(EvaluationError, match="2 labels but 3"):
+        evaluate_model(np.array([0, 1]), np.array([0.1, 0.2, 0.3]), threshold=0.5, n_boot=10, seed=0)
+
+
+def test_plots_are_written(tmp_path):
+    y, p, _ = _scored(n=500)
+    paths = plot_curves({"model": (y, p), "noise": (y, np.random.default_rng(0).uniform(size=500))}, tmp_path)
+    assert [path.name for path in paths] == ["roc.png", "pr.png", "reliability.png"]
+    assert all(path.stat().st_size > 5000 for path in paths)

@@ -1,0 +1,194 @@
+"""Preference models: encoding, nets, training (resume, honest evaluation), fallback, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from components.evaluation.preference import evaluate_model
+from components.models.preference.api import load_preference, save_model_dir, score_examples
+from components.models.preference.data import OOV, FeatureDataError, FeatureEncoder, load_feature_tables
+from components.models.preference.explain import explain, explain_row
+from components.models.preference.fallback import fit_fallback
+from components.models.preference.nets import AttributeInterest
+from components.models.preference.train import train
+from components.serving.preference_onnx import torch_predict
+from components.training.preference import load_data
+from tests.models.preference_data import synthetic_samples, write_synthetic_features
+
+FAST = {"max_epochs": 2, "batch_size": 256, "bootstrap": 40, "hidden": [32], "embedding_dim": 8}
+
+
+@pytest.fixture
+def small_cfg(make_cfg):
+    return make_cfg(preference=FAST)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def test_encoder_fits_on_train_only_and_maps_unseen_ids_to_oov():
+    samples, attrs, _, _ = synthetic_samples(n_users=40, n_products=30, n_impressions=800)
+    spec = {"numeric": ["u_n_clicks", "p_ctr", "u_recency_hours", "position"], "label": "label"}
+    train_rows = samples[samples["split"] == "train"]
+    encoder = FeatureEncoder.fit(train_rows, spec, attrs, history_length=5)
+    x = encoder.transform(train_rows)
+    # Normalization statistics come from train rows: standardized train columns have mean 0.
+    np.testing.assert_allclose(x[:, : encoder.n_numeric].mean(axis=0), 0.0, atol=1e-4)
+    assert not np.isnan(x).any()  # missing recency (no history) filled with the train median
+    unseen = samples.head(2).assign(user_id=["nobody", "nobody-else"], product_id=["p-new", "p-new"])
+    packed = encoder.transform(unseen)
+    user_col, product_col = encoder.n_numeric, encoder.n_numeric + 1
+    assert (packed[:, user_col] == OOV).all() and (packed[:, product_col] == OOV).all()
+    # History: left-padded, most recent last, at most history_length entries.
+    history = encoder.transform(samples.tail(1).assign(hist_products=[["p0001", "p0002", "never-seen"]]))[0, -5:]
+    assert history[:2].tolist() == [0, 0] and history[-1] == OOV and history[2] == encoder.catalogue["p0001"]
+
+
+def test_encoder_round_trips_through_json(tmp_path):
+    samples, attrs, _, _ = synthetic_samples(n_users=20, n_products=15, n_impressions=300)
+    encoder = FeatureEncoder.fit(samples, {"numeric": ["p_ctr", "position"], "label": "label"}, attrs, history_length=4)
+    encoder.save(tmp_path / "encoder.json")
+    again = FeatureEncoder.load(tmp_path / "encoder.json")
+    np.testing.assert_array_equal(encoder.transform(samples), again.transform(samples))
+
+
+def test_bad_feature_files_fail_with_a_clear_message(small_cfg):
+    out = write_synthetic_features(small_cfg, n_users=20, n_products=15, n_impressions=300)
+    samples = pd.read_parquet(out / "samples.parquet")
+    samples.drop(columns=["p_ctr"]).to_parquet(out / "samples.parquet")
+    with pytest.raises(FeatureDataError, match=r"missing columns \['p_ctr'\]"):
+        load_feature_tables(out)
+    samples.assign(label=samples["label"] * 2).to_parquet(out / "samples.parquet")
+    with pytest.raises(FeatureDataError, match="must be 0/1"):
+        load_feature_tables(out)
+
+
+def test_attribute_interest_estimates_relative_preference_from_history():
+    # Attribute ids: 2,3 belong to key 1; 4 to key 2. History: value 2 twice, value 3 once.
+    attribute_key = torch.tensor([0, 0, 1, 1, 2])
+    history = torch.tensor([[[2, 4], [2, 0], [3, 0]]])
+    target = torch.tensor([[3, 4]])
+    mentions = torch.tensor([[2, 0]])
+    out = AttributeInterest(n_attributes=5, n_keys=2)(target, mentions, history, torch.ones(1, 3), attribute_key)[0]
+    values = dict(zip(AttributeInterest.names, out.tolist()))
+    assert values["hist_attr_relative_mean"] == pytest.approx((0.5 + 1.0) / 2)   # 3 is half as liked as 2; 4 is the favourite
+    assert values["hist_attr_relative_min"] == pytest.approx(0.5)
+    assert values["copy_mentions_preferred"] == 1 and values["copy_n_mentions"] == 1
+
+
+# ---------------------------------------------------------------- training
+
+
+class _Interrupt(Callback):
+    """Simulates a crash right after the first epoch's checkpoint was written."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_training_resumes_from_the_last_checkpoint(small_cfg, tmp_path):
+    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
+    data = load_data(small_cfg)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(small_cfg, "deep", data, tmp_path / "ckpt", callbacks=[_Interrupt()])
+    resumed = train(small_cfg, "deep", data, tmp_path / "ckpt")
+    assert resumed.resumed_from is not None and resumed.resumed_from.endswith("last.ckpt")
+    assert resumed.first_epoch == 1 and resumed.epochs_completed == 2
+    assert [row["epoch"] for row in resumed.history] == [0, 1]  # the curve survives the crash
+    steps_per_epoch = int(np.ceil(len(data.train.y) / FAST["batch_size"]))
+    assert resumed.global_step == 2 * steps_per_epoch
+    # A finished run is reused, not retrained.
+    again = train(small_cfg, "deep", data, tmp_path / "ckpt")
+    assert again.resumed_from == "finished" and again.best_checkpoint == resumed.best_checkpoint
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_evaluation_is_honest_shuffled_labels_score_chance(make_cfg, tmp_path, shuffle):
+    cfg = make_cfg(preference={**FAST, "max_epochs": 3})
+    write_synthetic_features(cfg, shuffle_labels=shuffle, n_users=120, n_products=100, n_impressions=5000)
+    data = load_data(cfg)
+    for kind in ("logreg", "deep"):
+        fit = train(cfg, kind, data, tmp_path / "ckpt")
+        p = torch_predict(fit.module.probability_model(), data.test.x)
+        metrics = evaluate_model(data.test.y, p, threshold=0.2, n_boot=60, seed=0, clusters=data.test.frame["user_id"].to_numpy())
+        if shuffle:
+            assert abs(metrics["auc"] - 0.5) < 0.06, (kind, metrics["auc"])
+            assert metrics["auc_ci_low"] < 0.5 < metrics["auc_ci_high"]
+        else:
+            assert metrics["auc_ci_low"] > 0.55, (kind, metrics["auc"])
+
+
+# ---------------------------------------------------------------- model folder, fallback, explanations
+
+
+@pytest.fixture
+def model_dirs(small_cfg, tmp_path):
+    write_synthetic_features(small_cfg, n_users=60, n_products=40, n_impressions=2000)
+    data = load_data(small_cfg)
+    fallback = fit_fallback(data.train.x, data.train.y, data.encoder, seed=0)
+    dirs = {}
+    for kind in ("logreg", "deep"):
+        module = train(small_cfg, kind, data, tmp_path / "ckpt").module
+        dirs[kind] = save_model_dir(
+            tmp_path / kind, kind=kind, spec=module.spec, net=module.net, encoder=data.encoder, fallback=fallback,
+            threshold=0.3, cold_policy="fallback", cold_min_events=5, extra={"label": "label"},
+        )
+    return small_cfg, data, dirs
+
+
+def test_loaded_model_scores_like_the_trained_one_and_routes_cold_shoppers(model_dirs):
+    cfg, data, dirs = model_dirs
+    model = load_preference(dirs["deep"])
+    frame = data.test.frame
+    scores = model.predict(frame)
+    cold = frame["u_n_impressions"].to_numpy() < 5
+    np.testing.assert_allclose(scores[~cold], model.predict_model(frame)[~cold], atol=1e-6)
+    np.testing.assert_allclose(scores[cold], model.predict_fallback(frame)[cold], atol=1e-9)
+    scored = score_examples(model, frame)
+    assert list(scored.columns) == ["example_id", "label", "score"] and len(scored) == len(frame)
+    assert scored["example_id"].tolist() == frame["event_id"].tolist()
+
+
+def test_logreg_contributions_add_up_to_the_logit(model_dirs):
+    cfg, data, dirs = model_dirs
+    model = load_preference(dirs["logreg"])
+    row = data.test.frame[data.test.frame["u_n_impressions"] >= 5].head(1)
+    explanation = explain_row(model, row)
+    logit = float(np.log(explanation.score / (1 - explanation.score)))
+    assert sum(v for _, v in explanation.contributions) + float(model.net.linear.bias.detach()) == pytest.approx(logit, abs=1e-4)
+    sizes = [abs(v) for _, v in explanation.contributions]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_deep_integrated_gradients_are_complete(model_dirs):
+    cfg, data, dirs = model_dirs
+    model = load_preference(dirs["deep"])
+    row = data.test.frame[data.test.frame["u_n_impressions"] >= 5].head(1)
+    explanation = explain_row(model, row)
+    names = {name for name, _ in explanation.contributions}
+    assert {"user_id", "product_attributes", "hist_products", "ua_attr_affinity", "copy_mentions"} <= names
+    # Completeness: attributions sum to f(x) - f(baseline), baseline = zero lookups.
+    x = torch.from_numpy(model.encode(row))
+    parts = model.net.parts(x)
+    baseline = [torch.zeros_like(t) for t in parts[:-1]] + [parts[-1]]
+    with torch.no_grad():
+        gap = float(model.net.head(*parts) - model.net.head(*baseline))
+    assert sum(v for _, v in explanation.contributions) == pytest.approx(gap, abs=0.02 + 0.02 * abs(gap))
+
+
+def test_explain_a_pair_by_ids(model_dirs):
+    cfg, data, dirs = model_dirs
+    samples = pd.read_parquet(cfg.stage_dir("features") / "samples.parquet")
+    user = samples.loc[samples["u_n_impressions"] > 20, "user_id"].iloc[0]
+    seen = set(samples.loc[samples["user_id"] == user, "product_id"])
+    unseen_product = next(p for p in samples["product_id"].unique() if p not in seen)
+    for product in (next(iter(seen)), unseen_product):
+        top = explain(dirs["deep"], user, product, cfg, top_k=5)
+        assert len(top) == 5 and all(isinstance(name, str) and np.isfinite(value) for name, value in top)
+    with pytest.raises(KeyError, match="unknown shopper"):
+        explain(dirs["deep"], "no-such-user", unseen_product, cfg)
