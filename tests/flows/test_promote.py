@@ -28,21 +28,6 @@ def pref_world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("promote_world"), generator=False, with_failure=False)
 
 
-def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
-    from flows.promote import promote, rollback
-    from tests.registry.world import clone_world
-
-    world = clone_world(pref_world, tmp_path / "clone")
-    params = str(world.base / "params.yaml")
-    result = promote.fn(release=None, note="from the flow", params_path=params)
-    assert result["changed"] and result["release"] == "2"
-    client = registry_client(world.cfg)
-    tags = client.get_model_version("copyflow-release", "2").tags
-    assert tags["promotion.note"] == "from the flow" and tags["promoted_by"].startswith("prefect flow run")
-    assert rollback.fn(note="undo", params_path=params)["release"] == "1"
-    assert model_aliases(client, "copyflow-release")["champion"] == "1"
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,44 +45,58 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; always stopped."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
+class PrefectServer:
+    """A `prefect server start` process started in the background; `ready()` waits for health."""
+
+    def __init__(self, base: Path):
+        port = _free_port()
+        self.log_path = base / "server.log"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(base / "prefect-home"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.health = f"http://127.0.0.1:{port}/api/health"
+
+    def ready(self, timeout_s: float = 180) -> dict:
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(self.health, timeout=2).status_code == 200:
+                    return self.env
             except httpx.HTTPError:
                 pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "Prefect server did not become healthy"
             time.sleep(0.5)
-        yield env
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """Started before the registry world is built, so both start-ups overlap; always stopped."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    try:
+        yield server
     finally:
-        _stop(server)
-        log.close()
+        server.stop()
 
 
 def _prefect(env: dict, *args: str) -> str:
@@ -106,13 +105,23 @@ def _prefect(env: dict, *args: str) -> str:
     return result.stdout
 
 
-def test_promote_deployment_from_prefect_yaml_moves_the_champion(pref_world, prefect_server, tmp_path):
-    env = prefect_server
-    world = pref_world
+def test_promote_deployment_from_prefect_yaml_moves_the_champion(prefect_server, pref_world, tmp_path):
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone")
+    env = prefect_server.ready()
     client = registry_client(world.cfg)
     assert model_aliases(client, "copyflow-release")["champion"] == "1"
 
-    _prefect(env, "work-pool", "create", "copyflow-local", "--type", "process")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    # = `prefect work-pool create copyflow-local --type process`, without another CLI start-up
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as api:
+        template = ProcessWorker.get_default_base_job_template()
+        api.create_work_pool(WorkPoolCreate(name="copyflow-local", type="process", base_job_template=template))
     out = _prefect(env, "--no-prompt", "deploy", "--prefect-file", "prefect.yaml", "--name", "promote")
     assert "promote/promote" in out
 
@@ -128,7 +137,6 @@ def test_promote_deployment_from_prefect_yaml_moves_the_champion(pref_world, pre
     try:
         from prefect.client.schemas.objects import StateType
         from prefect.deployments import run_deployment
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         parameters = {"release": 2, "note": "clicked in the UI", "params_path": str(world.base / "params.yaml")}
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
@@ -146,3 +154,18 @@ def test_promote_deployment_from_prefect_yaml_moves_the_champion(pref_world, pre
     tags = client.get_model_version("copyflow-release", "2").tags
     assert tags["promotion.note"] == "clicked in the UI"
     assert tags["promoted_by"].startswith("prefect flow run")
+
+
+def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
+    from flows.promote import promote, rollback
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone")
+    params = str(world.base / "params.yaml")
+    result = promote.fn(release=None, note="from the flow", params_path=params)
+    assert result["changed"] and result["release"] == "2"
+    client = registry_client(world.cfg)
+    tags = client.get_model_version("copyflow-release", "2").tags
+    assert tags["promotion.note"] == "from the flow" and tags["promoted_by"].startswith("prefect flow run")
+    assert rollback.fn(note="undo", params_path=params)["release"] == "1"
+    assert model_aliases(client, "copyflow-release")["champion"] == "1"
