@@ -49,6 +49,12 @@ def _generate(system, requests: Sequence[Request], decoding=None) -> list[str]:
     return [system.generate(r.attributes, r.focus, r.tone, r.length, n=1)[0] for r in requests]
 
 
+def lead_rate(text: str, values: Sequence[str], share: float = 0.4) -> float:
+    """Share of `values` first mentioned within the opening `share` of the copy (foregrounded)."""
+    head = text[: max(1, int(len(text) * share))].lower()
+    return sum(v.lower() in head for v in values) / len(values) if values else float("nan")
+
+
 def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "") -> tuple[dict[str, float], list[str], list[list[str]]]:
     """Coverage of requested focus (reference-derived and random) vs the no-focus rate."""
     oracle = [generator.request(r["attributes"], mentioned_values(r["summary"], r["attributes"]), ANY, ANY) for r in rows]
@@ -62,6 +68,8 @@ def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copi
         f"{prefix}random_focus_coverage": float(np.mean([tm.coverage(c, q.focus) for c, q in zip(random_copies, randoms) if q.focus])),
         f"{prefix}no_focus_mention_rate": float(np.mean([tm.coverage(c, q.focus) for c, q in zip(plain_copies, randoms) if q.focus])),
         f"{prefix}oracle_focus_bleu4": float(np.mean([tm.bleu4(c, r["summary"]) for c, r in zip(oracle_copies, rows)])),
+        f"{prefix}random_focus_lead_rate": float(np.nanmean([lead_rate(c, q.focus) for c, q in zip(random_copies, randoms) if q.focus])),
+        f"{prefix}no_focus_lead_rate": float(np.nanmean([lead_rate(c, q.focus) for c, q in zip(plain_copies, randoms) if q.focus])),
     }, random_copies, [q.focus for q in randoms]
 
 
@@ -70,12 +78,13 @@ def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]
     return {
         "greedy": defaults.with_(method="greedy"),
         "beam4": defaults.with_(method="beam", beam_size=4, length_penalty=1.0),
-        "beam4_lp1.5": defaults.with_(method="beam", beam_size=4, length_penalty=1.5),
+        "beam4_lp0.5": defaults.with_(method="beam", beam_size=4, length_penalty=0.5),
+        "top_p0.9_T0.5": defaults.with_(method="top_p", top_p=0.9, temperature=0.5, num_candidates=1),
         "top_p0.9_T0.7": defaults.with_(method="top_p", top_p=0.9, temperature=0.7, num_candidates=1),
         "top_p0.9_T0.9": defaults.with_(method="top_p", top_p=0.9, temperature=0.9, num_candidates=1),
         "top_p0.9_T1.0": defaults.with_(method="top_p", top_p=0.9, temperature=1.0, num_candidates=1),
-        "top_p0.9_T0.8_rerank8": defaults.with_(method="top_p", top_p=0.9, temperature=0.8, num_candidates=8),
-        "top_p0.9_T1.0_rerank8": defaults.with_(method="top_p", top_p=0.9, temperature=1.0, num_candidates=8),
+        "top_p0.9_T0.7_rerank4": defaults.with_(method="top_p", top_p=0.9, temperature=0.7, num_candidates=4),
+        "top_p0.9_T0.9_rerank8": defaults.with_(method="top_p", top_p=0.9, temperature=0.9, num_candidates=8),
     }
 
 
