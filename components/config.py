@@ -153,6 +153,7 @@ class GeneratorConfig(Section):
     encoder_layers: int = Field(gt=0)
     decoder_layers: int = Field(gt=0)
     dim_feedforward: int = Field(gt=0)
+    embed_dim: int = Field(default=0, ge=0)
     dropout: float = Field(ge=0, lt=1)
     max_source_len: int = Field(gt=0)
     max_target_len: int = Field(gt=0)
@@ -167,7 +168,26 @@ class GeneratorConfig(Section):
     temperature: float = Field(gt=0)
     length_penalty: float
     no_repeat_ngram: int = Field(ge=0)
+    num_candidates: int = Field(default=8, gt=0)
+    rerank_coverage: float = Field(default=0.0, ge=0)
+    min_len: int = Field(default=0, ge=0)
+    max_decode_len: int = Field(default=110, gt=0)
+    torch_threads: int = Field(default=1, ge=0)
+    focus_samples: int = Field(default=200, gt=0)
     eval_samples: int = Field(gt=0)
+    tradeoff_samples: int = Field(default=200, ge=0)
+    parity_samples: int = Field(default=16, gt=0)
+    max_steps: int = -1
+    warmup_steps: int = Field(default=300, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    focus_empty_prob: float = Field(default=0.3, ge=0, le=1)
+    control_any_prob: float = Field(default=0.3, ge=0, le=1)
+    max_focus: int = Field(default=3, gt=0)
+    faithful_key_max_rate: float = Field(default=0.05, ge=0, le=1)
+    max_exemplar_len: int = Field(default=100, ge=0)
+    exemplar_dropout: float = Field(default=0.1, ge=0, le=1)
+    exemplar_candidates: int = Field(default=3, gt=0)
 
 
 class GatesConfig(Section):

@@ -1,0 +1,49 @@
+"""ONNX export of the generator: identical greedy copies under ONNX Runtime and torch."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.models.generator import api
+from components.models.generator.decoding import DecodingSettings
+from components.serving.generator_onnx import OnnxBackend, export_onnx, parity
+from tests.models.generator_fixtures import ROOT, tiny_parts
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tokenizer, vocabulary, edges, baseline, net, corpus = tiny_parts(seed=3)
+    directory = tmp_path_factory.mktemp("onnx") / "model"
+    api.save_model_dir(directory, net, tokenizer, vocabulary, ROOT / "components/resources/ad_law_words.txt", baseline, DecodingSettings(method="greedy", max_len=20))
+    export_onnx(net, directory / api.ONNX_DIR)
+    return directory, corpus
+
+
+def test_step_outputs_match_torch(exported):
+    directory, corpus = exported
+    torch_gen, onnx_gen = api.load_generator(directory), api.load_generator(directory, backend="onnx")
+    requests = [torch_gen.request(a, None, "any", "any") for a in corpus["attributes"][:4]]
+    src = torch_gen.encode_sources(requests)  # padded: rows of different lengths
+    assert (src == 0).any()
+    state_t, state_o = torch_gen.backend.start(src), onnx_gen.backend.start(src)
+    tokens = np.full(len(requests), 2, dtype=np.int64)
+    for _ in range(5):  # cache grows from the dummy slot: dynamic time axis
+        lp_t, state_t = torch_gen.backend.step(tokens, state_t)
+        lp_o, state_o = onnx_gen.backend.step(tokens, state_o)
+        assert torch.allclose(lp_t, lp_o, atol=1e-4)
+        tokens = lp_t.argmax(-1).numpy()
+    assert state_o[0].shape[3] == 6
+
+
+def test_greedy_parity_and_batch_sizes(exported):
+    directory, corpus = exported
+    torch_gen, onnx_gen = api.load_generator(directory), api.load_generator(directory, backend="onnx")
+    requests = [torch_gen.request(a, None, "any", "any") for a in corpus["attributes"][:6]]
+    assert parity(torch_gen, onnx_gen, requests) == {"onnx_parity_exact": 1.0, "onnx_parity_inputs": 6.0}
+    one = requests[:1]
+    assert onnx_gen.generate_many(one, "beam", n=2) == torch_gen.generate_many(one, "beam", n=2)
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export the model first"):
+        OnnxBackend(tmp_path)

@@ -1,0 +1,44 @@
+"""The generator entry point under DDP (2 CPU processes, gloo) in a clean subprocess."""
+
+import mlflow
+import pytest
+
+from components.models.generator import api
+from components.training.generator import METRIC_KEYS
+from components.training.launcher import launch
+from tests.models.generator_fixtures import ROOT, write_params
+
+
+@pytest.mark.slow
+def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
+    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+    out = tmp_path / "out"
+    parent_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(parent_uri)
+    experiment = mlflow.create_experiment("copyflow")
+    parent = mlflow.start_run(experiment_id=experiment, run_name="retrain")
+    mlflow.end_run()
+
+    manifest = launch("components.training.generator", profile="quick", out_dir=out, params_path=params, parent_run_id=parent.info.run_id, cwd=ROOT, timeout_s=600)
+
+    assert manifest["model"] == "generator"
+    for key in METRIC_KEYS:
+        assert isinstance(manifest["metrics"][key], float), key
+        assert isinstance(manifest["metrics"][f"baseline_{key}"], float), key
+    assert manifest["metrics"]["ad_law_violations"] == 0.0
+    assert manifest["metrics"]["onnx_parity_exact"] == 1.0
+    runs = mlflow.search_runs(experiment_ids=[experiment], output_format="list")
+    children = [r for r in runs if r.info.run_id != parent.info.run_id]
+    assert len(children) == 1  # rank 1 trained too but logged nothing
+    child = children[0]
+    assert child.info.run_id == manifest["run_id"]
+    assert child.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    assert child.data.params["trainer.devices"] == "2"
+    assert "val_loss" in child.data.metrics or child.data.metrics["steps_run"] > 0
+
+    generator = api.load_generator(manifest["model_dir"])
+    assert generator.generate({"类型": ["裙"], "颜色": ["白色"]}, decoding="greedy")
+    onnx_generator = api.load_generator(manifest["onnx_uri"], backend="onnx")  # from MLflow artifacts
+    request = [generator.request({"类型": ["裤"]}, None, "any", "any")]
+    assert onnx_generator.generate_many(request, "greedy") == generator.generate_many(request, "greedy")
+    assert mlflow.pytorch.load_model(manifest["model_uri"]) is not None
