@@ -29,9 +29,18 @@ STAGE = "preference"
 LOGGED_METRIC_PREFIXES = ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "threshold", "n", "positives", "cold_", "ceiling_", "baseline_", "onnx_", "val_", "train_", "epochs_")
 
 
+CHAMPION_DIR = "model"
+
+
 def default_out_dir(cfg: Config) -> Path:
-    """Where the pipeline stage writes: artifacts/<profile>/preference/."""
-    return cfg.stage_dir(STAGE)
+    """Where the pipeline stage writes: artifacts/<profile>/models/preference/ (champion model
+    folder in model/, one folder per kind, checkpoints/, plots/, report.md, manifest.json)."""
+    return cfg.stage_dir("models") / STAGE
+
+
+def default_model_dir(cfg: Config) -> Path:
+    """The champion's self-contained model folder of the last training (what `explain` loads)."""
+    return default_out_dir(cfg) / CHAMPION_DIR
 
 
 @dataclass
@@ -135,7 +144,7 @@ def _evaluate_kind(cfg: Config, kind: str, fit, data, fallback, out_dir: Path) -
             cold_policy = "model"
     metrics["cold_policy_is_fallback"] = float(cold_policy == "fallback")
 
-    model_dir = out_dir / "models" / kind
+    model_dir = out_dir / kind
     if model_dir.exists():
         shutil.rmtree(model_dir)
     save_model_dir(
@@ -360,6 +369,10 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
     (out_dir / "report.md").write_text(report_markdown(cfg, reports, comparison), encoding="utf-8")
 
     champion = comparison["champion_kind"]
+    champion_dir = out_dir / CHAMPION_DIR
+    if champion_dir.exists():
+        shutil.rmtree(champion_dir)
+    shutil.copytree(reports[champion].model_dir, champion_dir)
     tick = time.perf_counter()
     logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id) if log_mlflow else {}
     timings["mlflow_s"] = time.perf_counter() - tick
@@ -370,7 +383,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
         "run_id": logged.get(champion, {}).get("run_id"),
         "model_uri": logged.get(champion, {}).get("model_uri"),
         "onnx_uri": logged.get(champion, {}).get("onnx_uri"),
-        "model_dir": str(reports[champion].model_dir.resolve()),
+        "model_dir": str(champion_dir.resolve()),
         "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         "kinds": {
             kind: {"run_id": logged.get(kind, {}).get("run_id"), "model_uri": logged.get(kind, {}).get("model_uri"),

@@ -77,6 +77,9 @@ class LogisticRegressionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(*self.parts(x))
 
+    def output_bias(self) -> nn.Parameter:
+        return self.linear.bias
+
 
 class DINAttention(nn.Module):
     """Deep Interest Network attention: weight each past product by its relevance to the candidate."""
@@ -257,6 +260,9 @@ class DeepCTRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(*self.parts(x))
+
+    def output_bias(self) -> nn.Parameter:
+        return self.output.bias
 
 
 class ProbabilityModel(nn.Module):

@@ -1,0 +1,147 @@
+"""Preference model speed: training throughput of the Lightning loop vs a plain torch loop on
+the same net and data, and scoring throughput of ONNX Runtime vs torch eager at batch 1 and 4096.
+
+Data: the features stage of artifacts/{quick,full} when one exists (the real encoded rows),
+else random rows shaped like the quick profile's (speed does not depend on what rows mean).
+Both loops use the same DataLoader settings, optimizer and thread count; ONNX Runtime gets as
+many intra-op threads as torch. Ratios within one run are the figures to read (shared machine).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TRAIN_EPOCHS = 1
+MAX_TRAIN_ROWS = 20000
+SCORING_ROWS = 4096
+LATENCY_CALLS = 300
+
+
+def _data(cfg):
+    """(PreferenceData-like encoded train rows, NetSpec builder input) from features or random."""
+    from components.training.preference import load_data
+
+    if (cfg.stage_dir("features") / "samples.parquet").exists():
+        return load_data(cfg), "features of " + cfg.profile
+    return None, "random rows (no features stage found)"
+
+
+def _random_module(cfg, n_rows: int = MAX_TRAIN_ROWS):
+    """A deep module over random vocabularies the size of the quick profile's, and random rows."""
+    from components.models.preference.modules import module_class
+    from components.models.preference.nets import N_IDS, NetSpec
+
+    rng = np.random.default_rng(cfg.seed)
+    p = cfg.preference
+    spec = NetSpec(kind="deep", n_numeric=20, history_length=cfg.features.history_length, n_users=400, n_product_ids=1400,
+                   n_categories=6, n_attributes=370, n_catalogue=1500, max_attrs=16, n_keys=20, n_copies=4400, max_mentions=16,
+                   embedding_dim=p.embedding_dim, cross_layers=p.cross_layers, hidden=list(p.hidden), dropout=p.dropout,
+                   id_dropout=p.id_dropout)
+    tables = {
+        "product_id_row": rng.integers(1, spec.n_product_ids, spec.n_catalogue),
+        "product_attrs": np.where(rng.uniform(size=(spec.n_catalogue, 16)) < 0.5, rng.integers(2, spec.n_attributes, (spec.n_catalogue, 16)), 0),
+        "attribute_key": rng.integers(1, spec.n_keys + 1, spec.n_attributes),
+        "copy_mentions": np.where(rng.uniform(size=(spec.n_copies, 16)) < 0.3, rng.integers(2, spec.n_attributes, (spec.n_copies, 16)), 0),
+    }
+    x = np.hstack([
+        rng.normal(size=(n_rows, spec.n_numeric)),
+        rng.integers(1, spec.n_users, (n_rows, 1)), rng.integers(1, spec.n_catalogue, (n_rows, 1)),
+        rng.integers(1, spec.n_categories, (n_rows, 1)), rng.integers(1, spec.n_copies, (n_rows, 1)),
+        np.where(rng.uniform(size=(n_rows, spec.history_length)) < 0.5, rng.integers(2, spec.n_catalogue, (n_rows, spec.history_length)), 0),
+    ]).astype(np.float32)
+    assert x.shape[1] == spec.n_numeric + N_IDS + spec.history_length
+    y = (rng.uniform(size=n_rows) < 0.1).astype(np.float32)
+    module = module_class("deep")(spec=spec.to_dict(), lr=p.lr, weight_decay=p.weight_decay, tables=tables)
+    return module, x, y
+
+
+def _lightning_seconds(module, loader, epochs: int) -> float:
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader)
+    return time.perf_counter() - started
+
+
+def _plain_seconds(module, loader, epochs: int) -> float:
+    import torch
+    from torch.nn import functional as F
+
+    net = module.net.train()
+    optimizer = module.configure_optimizers()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(net(x), y)
+            loss.backward()
+            optimizer.step()
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    return time.perf_counter() - started
+
+
+def _pairs_per_second(fn, x: np.ndarray, calls: int) -> float:
+    fn(x)  # warm-up
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn(x)
+    return calls * len(x) / (time.perf_counter() - started)
+
+
+def run(report: dict) -> None:
+    import logging
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from components.config import load_config
+    from components.models.preference.train import build_module
+    from components.serving.preference_onnx import export_onnx, onnx_predict, session, torch_predict
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    cfg = load_config("params.yaml", "quick")
+    threads = torch.get_num_threads()
+    data, source = _data(cfg)
+    if data is not None:
+        module, x, y = build_module(cfg, "deep", data), data.train.x[:MAX_TRAIN_ROWS], data.train.y[:MAX_TRAIN_ROWS]
+    else:
+        module, x, y = _random_module(cfg)
+    report["data"] = source
+    report["train_rows"] = int(len(x))
+    report["torch_threads"] = threads
+
+    # Training throughput: same net, data, batch size and optimizer; fresh weights for each loop.
+    def loader():
+        torch.manual_seed(cfg.seed)
+        return DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=cfg.preference.batch_size, shuffle=True)
+
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    _plain_seconds(module, [next(iter(loader()))] * 3, 1)  # warm-up (allocator, kernels) for both loops
+    module.load_state_dict(initial)
+    plain_s = _plain_seconds(module, loader(), TRAIN_EPOCHS)
+    module.load_state_dict(initial)
+    lightning_s = _lightning_seconds(module, loader(), TRAIN_EPOCHS)
+    rows = TRAIN_EPOCHS * len(x)
+    report["train_plain_torch_rows_per_s"] = rows / plain_s
+    report["train_lightning_rows_per_s"] = rows / lightning_s
+    report["train_lightning_vs_plain_ratio"] = plain_s / lightning_s
+
+    # Scoring throughput: torch eager vs ONNX Runtime on the same rows and thread count.
+    model = module.probability_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, x, Path(tmp) / "model.onnx")
+        sess = session(path, threads=threads)
+        rows_big = np.ascontiguousarray(np.resize(x, (SCORING_ROWS, x.shape[1])))
+        for batch, calls in ((1, LATENCY_CALLS), (SCORING_ROWS, 10)):
+            sample = rows_big[:batch]
+            torch_rate = _pairs_per_second(lambda a: torch_predict(model, a), sample, calls)
+            onnx_rate = _pairs_per_second(lambda a: onnx_predict(sess, a), sample, calls)
+            report[f"score_b{batch}_torch_pairs_per_s"] = torch_rate
+            report[f"score_b{batch}_onnx_pairs_per_s"] = onnx_rate
+            report[f"score_b{batch}_onnx_vs_torch_ratio"] = onnx_rate / torch_rate
