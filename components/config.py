@@ -172,6 +172,7 @@ class GeneratorConfig(Section):
     rerank_coverage: float = Field(default=0.0, ge=0)
     min_len: int = Field(default=0, ge=0)
     max_decode_len: int = Field(default=110, gt=0)
+    length_budget: float = Field(default=1.0, ge=0)
     torch_threads: int = Field(default=1, ge=0)
     focus_samples: int = Field(default=200, gt=0)
     eval_samples: int = Field(gt=0)

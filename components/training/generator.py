@@ -58,6 +58,7 @@ def decoding_defaults(cfg: Config) -> DecodingSettings:
         method=g.decoding, beam_size=g.beam_size, top_p=g.top_p, temperature=g.temperature,
         length_penalty=g.length_penalty, no_repeat_ngram=g.no_repeat_ngram, num_candidates=g.num_candidates,
         rerank_coverage=g.rerank_coverage, max_len=min(g.max_decode_len, g.max_target_len), min_len=g.min_len, seed=cfg.seed,
+        length_budget=g.length_budget,
     )
 
 
@@ -272,17 +273,44 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
             mlflow.end_run()
 
 
+def reevaluate(cfg: Config, model_dir: Path, out_dir: Path, parent_run_id: str | None = None) -> dict:
+    """Evaluate, export and log an already trained model directory under the current decoding
+    settings (a new MLflow run; no training). Writes and returns the manifest."""
+    import mlflow
+
+    from components.models.generator.api import CONFIG_FILE, VALUES_FILE, load_torch_net
+    from components.tracking import configure
+
+    if cfg.generator.torch_threads:
+        torch.set_num_threads(cfg.generator.torch_threads)
+    model_dir = Path(model_dir)
+    net = load_torch_net(model_dir)
+    tokenizer = CopyTokenizer.load(model_dir)
+    vocabulary = ValueVocabulary.from_dict(json.loads((model_dir / VALUES_FILE).read_text(encoding="utf-8")))
+    edges = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))["length_edges"]
+    configure(cfg)
+    with mlflow.start_run(run_name=f"generator-{cfg.profile}-eval", parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
+        mlflow.set_tags({"model": "generator", "profile": cfg.profile, "evaluated_from": str(model_dir)})
+        manifest = evaluate_and_log(cfg, Path(out_dir), load_corpus_splits(cfg), net, tokenizer, vocabulary, edges, run)
+    write_manifest(Path(out_dir), manifest)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", required=True)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--parent-run-id", default=None)
+    parser.add_argument("--evaluate-only", type=Path, default=None, metavar="MODEL_DIR", help="skip training: evaluate, export and log this model directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     cfg = load_config(args.params, args.profile)
-    train(cfg, args.out, args.parent_run_id)
+    if args.evaluate_only is not None:
+        reevaluate(cfg, args.evaluate_only, args.out, args.parent_run_id)
+    else:
+        train(cfg, args.out, args.parent_run_id)
 
 
 if __name__ == "__main__":

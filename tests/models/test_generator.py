@@ -161,3 +161,18 @@ def test_cached_decoder_steps_match_teacher_forcing(parts):
             assert torch.allclose(logprobs.exp().sum(-1), torch.ones(1), atol=1e-4)  # a distribution
             stepped.append(logprobs[0, tgt[0, t + 1]])
     assert torch.allclose(torch.stack(stepped), forced[0], atol=1e-4)
+
+
+def test_length_budget_ends_at_the_next_sentence_end():
+    import torch
+
+    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.decoding import _masked, _Row
+
+    plan = TokenBlocker(["", "", "", "", "好", "。"]).plan([])
+    rows = [_Row([4, 5], "好好。"), _Row([4, 4], "好好好"), _Row([4, 5], "好。")]
+    settings = DecodingSettings(length_budget=1.0, no_repeat_ngram=0)
+    masked = _masked(torch.zeros(3, 6), rows, [plan] * 3, settings, step=2, budgets=[3, 3, 3])
+    assert torch.isinf(masked[0]).sum() == 5 and masked[0, EOS] == 0  # past budget, sentence ended: EOS only
+    assert not torch.isinf(masked[1]).any()  # past budget but mid-sentence: keep writing
+    assert not torch.isinf(masked[2]).any()  # sentence ended but under budget

@@ -37,6 +37,7 @@ WEIGHTS_FILE = "weights.pt"
 VALUES_FILE = "values.json"
 AD_LAW_FILE = "ad_law_words.txt"
 ONNX_DIR = "onnx"
+TYPICAL_COPY_CHARS = 110  # about the median copy of the bundled corpus
 
 
 class GenerationInputError(ValueError):
@@ -175,10 +176,14 @@ class Generator:
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
             plans = [self.blocker.plan(self.banned_words(r.attributes)) for r in chunk]
-            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings)
+            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk])
             for request, cands in zip(chunk, candidates):
                 results.append(self.rerank(request, cands, settings, n))
         return results
+
+    def expected_length(self, request: Request) -> int:
+        """Characters a copy for this request should have: its exemplar's, else a typical copy's."""
+        return len(request.exemplar) if request.exemplar else TYPICAL_COPY_CHARS
 
     def encode_sources(self, requests: Sequence[Request]) -> np.ndarray:
         encoded = [self.tokenizer.encode_source(r.attributes, r.focus, r.tone, r.length, self.max_source_len, r.exemplar, self.max_exemplar_len) for r in requests]

@@ -18,6 +18,8 @@ import torch
 from components.models.generator.constraints import BanPlan
 from components.models.generator.tokenizer import BOS, EOS
 
+SENTENCE_ENDS = ("。", "！", "!", "？", "?", "~", "～", "…")
+
 Method = Literal["greedy", "beam", "top_p"]
 
 
@@ -34,6 +36,10 @@ class DecodingSettings:
     max_len: int = 160
     min_len: int = 0
     seed: int = 0
+    # Once a copy is this share of its expected length in characters (the retrieved exemplar's,
+    # or a typical human copy's), it ends at the next sentence end. 0 = off. A small model rarely
+    # gives EOS enough mass to stop on its own; running to max_len makes copies far too long.
+    length_budget: float = 0.0
 
     def with_(self, **changes: Any) -> DecodingSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -74,28 +80,38 @@ def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
     return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i] == first and tokens[i : i + n - 1] == suffix]
 
 
-def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int) -> torch.Tensor:
-    """-inf for every banned next token of every row."""
+def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int, budgets: Sequence[int] | None = None) -> torch.Tensor:
+    """-inf for every banned next token of every row; only EOS for a row past its length
+    budget that has just finished a sentence."""
     masks = np.stack([plan.banned(row.text) for row, plan in zip(rows, plans)])
     for i, row in enumerate(rows):
         banned = _repeat_bans(row.tokens, settings.no_repeat_ngram)
         if banned:
             masks[i, banned] = True
+        if budgets is not None and len(row.text) >= budgets[i] and row.text.rstrip().endswith(SENTENCE_ENDS):
+            masks[i, :] = True
+            masks[i, EOS] = False
     if step < settings.min_len:
         masks[:, EOS] = True
     return logprobs.masked_fill(torch.from_numpy(masks), float("-inf"))
+
+
+def row_budgets(expected: Sequence[int] | None, row_of: np.ndarray, settings: DecodingSettings) -> list[int] | None:
+    if not settings.length_budget or expected is None:
+        return None
+    return [max(1, int(expected[b] * settings.length_budget)) for b in row_of]
 
 
 def _normalized(logprob: float, length: int, penalty: float) -> float:
     return logprob / (max(1, length) ** penalty)
 
 
-def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
-    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False)
+def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False, expected=expected)
 
 
-def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
-    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True)
+def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected)
 
 
 def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -107,10 +123,11 @@ def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, gene
     return order.gather(-1, picked)[:, 0]
 
 
-def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool) -> list[list[Candidate]]:
+def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, expected=None) -> list[list[Candidate]]:
     batch = src.shape[0]
     per = settings.num_candidates if sample else 1
     row_of = np.repeat(np.arange(batch), per)
+    budgets = row_budgets(expected, row_of, settings)
     state = backend.select(backend.start(src), row_of)
     row_plans = [plans[b] for b in row_of]
     rows = [_Row([], "") for _ in row_of]
@@ -120,7 +137,7 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool) 
     last = np.full(len(rows), BOS, dtype=np.int64)
     for step in range(settings.max_len):
         scores, state = backend.step(last, state)
-        scores = _masked(scores, rows, row_plans, settings, step)
+        scores = _masked(scores, rows, row_plans, settings, step, budgets)
         chosen = _nucleus(scores, settings.top_p, settings.temperature, generator) if sample else scores.argmax(-1)
         chosen_np = chosen.numpy()
         picked = scores.gather(-1, chosen[:, None])[:, 0].numpy()
@@ -143,9 +160,10 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool) 
     return out
 
 
-def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
+def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
     """Beam search with length-normalized final scores; returns up to beam_size finished copies."""
     batch, k = src.shape[0], settings.beam_size
+    budgets = row_budgets(expected, np.repeat(np.arange(batch), k), settings)
     state = backend.select(backend.start(src), np.repeat(np.arange(batch), k))
     rows = [_Row([], "") for _ in range(batch * k)]
     row_plans = [plans[b] for b in np.repeat(np.arange(batch), k)]
@@ -156,7 +174,7 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
     last = np.full(batch * k, BOS, dtype=np.int64)
     for step in range(settings.max_len):
         logprobs, state = backend.step(last, state)
-        logprobs = _masked(logprobs, rows, row_plans, settings, step)
+        logprobs = _masked(logprobs, rows, row_plans, settings, step, budgets)
         vocab = logprobs.shape[-1]
         totals = (beam_scores.view(-1, 1) + logprobs).view(batch, k * vocab)
         top_scores, top_ids = totals.topk(2 * k, dim=-1)
@@ -203,14 +221,15 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
     return finished
 
 
-def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings) -> list[list[Candidate]]:
-    """Candidates per example, best first by (length-normalized) score."""
+def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
+    """Candidates per example, best first by (length-normalized) score. `expected`: each
+    example's expected length in characters (for settings.length_budget)."""
     if settings.method == "greedy":
-        return greedy(backend, src, plans, piece_texts, settings)
+        return greedy(backend, src, plans, piece_texts, settings, expected)
     if settings.method == "beam":
-        return beam(backend, src, plans, piece_texts, settings)
+        return beam(backend, src, plans, piece_texts, settings, expected)
     if settings.method == "top_p":
-        out = top_p(backend, src, plans, piece_texts, settings)
+        out = top_p(backend, src, plans, piece_texts, settings, expected)
         for candidates in out:
             candidates.sort(key=lambda c: c.score, reverse=True)
         return out

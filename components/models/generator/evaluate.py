@@ -79,6 +79,7 @@ def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]
         "greedy": defaults.with_(method="greedy"),
         "beam4": defaults.with_(method="beam", beam_size=4, length_penalty=1.0),
         "beam4_lp0.5": defaults.with_(method="beam", beam_size=4, length_penalty=0.5),
+        "beam4_no_length_stop": defaults.with_(method="beam", beam_size=4, length_budget=0.0),
         "top_p0.9_T0.5": defaults.with_(method="top_p", top_p=0.9, temperature=0.5, num_candidates=1),
         "top_p0.9_T0.7": defaults.with_(method="top_p", top_p=0.9, temperature=0.7, num_candidates=1),
         "top_p0.9_T0.9": defaults.with_(method="top_p", top_p=0.9, temperature=0.9, num_candidates=1),
