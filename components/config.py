@@ -160,6 +160,7 @@ class GeneratorConfig(Section):
     batch_size: int = Field(gt=0)
     max_epochs: int = Field(gt=0)
     max_minutes: float = Field(gt=0)
+    max_cpu_minutes: float = Field(default=0.0, ge=0)
     lr: float = Field(gt=0)
     patience: int = Field(ge=0)
     decoding: Literal["greedy", "beam", "top_p"]

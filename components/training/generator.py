@@ -237,7 +237,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     world = max(1, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1) * cfg.trainer.num_nodes
     steps_per_epoch = max(1, len(train_ds) // world)
     total = steps_per_epoch * g.max_epochs if g.max_steps < 0 else min(g.max_steps, steps_per_epoch * g.max_epochs)
-    module = GeneratorModule(spec.to_dict(), g.lr, min(g.warmup_steps, max(1, total // 10)), total, g.max_minutes * 60, g.label_smoothing, g.weight_decay)
+    module = GeneratorModule(spec.to_dict(), g.lr, min(g.warmup_steps, max(1, total // 10)), total, g.max_minutes * 60, g.label_smoothing, g.weight_decay, g.max_cpu_minutes * 60)
     trainer, checkpoint = build_trainer(cfg, out_dir)
 
     run = None

@@ -228,11 +228,22 @@ class GeneratorModule(pl.LightningModule):
     runs out first, the step budget or the wall-clock budget (max_minutes), so a time-capped run
     still ends on a low learning rate instead of being cut mid-schedule."""
 
-    def __init__(self, spec: dict, lr: float, warmup_steps: int, total_steps: int, max_seconds: float, label_smoothing: float = 0.1, weight_decay: float = 0.01):
+    def __init__(self, spec: dict, lr: float, warmup_steps: int, total_steps: int, max_seconds: float, label_smoothing: float = 0.1, weight_decay: float = 0.01, max_cpu_seconds: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = CopyTransformer(ModelSpec(**spec))
         self._started: float | None = None
+        self._cpu_started: float | None = None
+
+    def budget_used(self) -> float:
+        """Share of the time budget spent: wall clock, or this process' CPU time when a CPU
+        budget is set (on a shared machine CPU time is the compute the model actually got)."""
+        if self._started is None:
+            self._started, self._cpu_started = time.monotonic(), time.process_time()
+        used = (time.monotonic() - self._started) / self.hparams.max_seconds
+        if self.hparams.max_cpu_seconds:
+            used = max(used, (time.process_time() - self._cpu_started) / self.hparams.max_cpu_seconds)
+        return used
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """NLL of the copy/vocabulary mixture, plus label smoothing on the vocabulary part."""
@@ -244,6 +255,10 @@ class GeneratorModule(pl.LightningModule):
         eps = self.hparams.label_smoothing
         return ((1 - eps) * nll + eps * smooth)[keep].mean()
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.hparams.max_cpu_seconds and self.budget_used() >= 1.0:
+            self.trainer.should_stop = True  # the CPU budget is spent (Lightning's max_time is wall clock)
+
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["src"].shape[0])
@@ -253,14 +268,12 @@ class GeneratorModule(pl.LightningModule):
         self.log("val_loss", self.loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["src"].shape[0])
 
     def schedule(self, step: int) -> float:
-        if self._started is None:
-            self._started = time.monotonic()
         warm = min(1.0, (step + 1) / max(1, self.hparams.warmup_steps))
-        elapsed = time.monotonic() - self._started
+        used = self.budget_used()
         if self._trainer is not None and self.trainer.world_size > 1:
             # Every rank must apply the same learning rate, so rank 0's clock decides.
-            elapsed = float(self.trainer.strategy.broadcast(elapsed, src=0))
-        progress = max(step / max(1, self.hparams.total_steps), elapsed / self.hparams.max_seconds)
+            used = float(self.trainer.strategy.broadcast(used, src=0))
+        progress = max(step / max(1, self.hparams.total_steps), used)
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def configure_optimizers(self):
