@@ -31,6 +31,14 @@ def _table_counts(result: RetrainResult) -> list[str]:
     return lines
 
 
+def _release_line(release: dict) -> str:
+    if not release.get("passed"):
+        return "  release gate: FAILED (see the report above; no alias moved)"
+    members = ", ".join(f"{family} v{version}" for family, version in (release.get("versions") or {}).items())
+    state = "promoted to champion" if release.get("promoted") else "registered as challenger (promote with `copyflow promote`)"
+    return f"  release {release.get('release')}: {state} [{members}]"
+
+
 def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
     lines = [f"copyflow retrain — profile {result.profile!r}", ""]
     ran = [s for s, v in result.stages.items() if not v["skipped"]]
@@ -60,7 +68,7 @@ def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
             shown = ", ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), (int, float)))
             lines.append(f"  {label}: {shown}  (run {manifest.get('run_id', '?')})")
     if result.release:
-        lines.append(f"  release: {result.release}")
+        lines.append(_release_line(result.release))
     lines.append(f"  MLflow run: {result.mlflow_run_id}" + (f"  ({tracking_uri})" if tracking_uri else ""))
     lines.append("  open the UI: copyflow ui   (then http://127.0.0.1:5000)")
     return "\n".join(lines)

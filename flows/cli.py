@@ -49,7 +49,7 @@ def retrain(
 
     from components.dvc_runner import StageFailed
     from components.evaluation.gates import GateFailed
-    from components.registry import render_status, status
+    from components.registry.status import render_status, status
 
     cfg = _config(params, profile)
     try:
@@ -115,7 +115,8 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Make a release champion (all its models together) after re-checking its gate evidence."""
-    from components.registry import PromotionRefused, render_status, status
+    from components.registry import PromotionRefused
+    from components.registry.status import render_status, status
     from components.registry import promote as do_promote
 
     cfg = _config(params, profile)
@@ -138,7 +139,8 @@ def rollback(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Put the previous champion release back in one step."""
-    from components.registry import PromotionRefused, render_status, status
+    from components.registry import PromotionRefused
+    from components.registry.status import render_status, status
     from components.registry import rollback as do_rollback
 
     cfg = _config(params, profile)
@@ -154,7 +156,7 @@ def rollback(
 @app.command("status")
 def status_command(profile: ProfileOpt = "quick", params: ParamsOpt = Path("params.yaml")) -> None:
     """Champion / challenger / previous release and models, with their key metrics."""
-    from components.registry import render_status, status
+    from components.registry.status import render_status, status
 
     typer.echo(render_status(status(_config(params, profile))))
 

@@ -65,11 +65,11 @@ def retrain(
     project_dir: str = ".",
     force: bool = False,
     stages: list[str] | None = None,
-    register: bool = True,
+    register_release: bool = True,
 ) -> RetrainResult:
     """Run the pipeline for one params.yaml profile; returns what `copyflow retrain` prints.
 
-    After training, `register` gates the new models against the champion on the frozen
+    After training, `register_release` gates the new models against the champion on the frozen
     evaluation set and registers a release (promoted automatically only if params say so and
     no champion exists yet). A failing data gate or release gate fails the run.
     """
@@ -110,7 +110,7 @@ def retrain(
                 mlflow.set_tag("ge.verdict", "passed")
         mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
         manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
-        if register and manifests:
+        if register_release and manifests:
             result.release = release(profile, params_path, manifests, str(root), parent.info.run_id)
             mlflow.set_tag("release", str(result.release.get("release") or ""))
             mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
