@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def _setup() -> None:
     from components.tracking import disable_telemetry
 
     disable_telemetry()
+    # Progress bars of artifact downloads drown the CLI's own output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _config(params: Path, profile: str):
@@ -104,6 +107,88 @@ def fetch_obd(
     cfg = _config(params, profile)
     path = fetch(cfg.paths.obd_dir, cfg.obd.version)
     typer.echo(f"Open Bandit Dataset sample ready in {path}. Next: copyflow retrain --profile obd")
+
+
+@app.command()
+def explain(
+    user: Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")],
+    product: Annotated[str, typer.Option("--product", help="product id")],
+    top: Annotated[int, typer.Option(help="how many features to show")] = 10,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Why the preference model scores this shopper-product pair as it does (top features)."""
+    from components.models.preference.explain import explain as explain_pair
+    from components.serving.copywriter import UnknownEntity, resolve_user_id
+    from components.serving.models import NoModel, resolve_model
+
+    cfg = _config(params, profile)
+    try:
+        model = resolve_model(cfg, "preference")
+        user_id = resolve_user_id(cfg, user)
+        contributions = explain_pair(model.ref, user_id, product, cfg, top_k=top)
+    except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"preference model: {model.origin}\nuser {user_id}, product {product}")
+    typer.echo(f"{'feature':<34} {'contribution (logit)':>20}")
+    for name, value in contributions:
+        typer.echo(f"{name:<34} {value:>+20.4f}")
+
+
+@app.command()
+def generate(
+    user: Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")],
+    product: Annotated[str, typer.Option("--product", help="product id")],
+    n: Annotated[int, typer.Option("--n", help="how many copies")] = 3,
+    decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Personalized copies for one shopper and product, from the champion release's generator."""
+    from components.models.generator.api import GenerationInputError, load_generator
+    from components.serving.copywriter import UnknownEntity, personalized_copies
+    from components.serving.models import NoModel, resolve_model
+
+    cfg = _config(params, profile)
+    try:
+        model = resolve_model(cfg, "generator")
+        result = personalized_copies(cfg, load_generator(model.ref), user, product, n=n, decoding=decoding)
+    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"generator: {model.origin}")
+    typer.echo(f"product {product}: " + "*".join(f"{k}#{v}" for k, vs in result.attributes.items() for v in vs))
+    typer.echo(f"shopper {result.user_id} favours (lift vs all shoppers): {result.affinities}")
+    typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
+    for i, text in enumerate(result.copies, 1):
+        typer.echo(f"{i}. {text}")
+
+
+@app.command("generate-batch")
+def generate_batch(
+    input: Annotated[Path, typer.Option("--input", help='JSONL of {"content": "key#value*..."} rows')],
+    output: Annotated[Path, typer.Option("--output", help='JSONL of {"content", "copy"} rows')],
+    focus: Annotated[Optional[str], typer.Option(help="comma-separated values to foreground")] = None,
+    decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model dir or MLflow URI (default: the champion)")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write one copy per input row with the champion generator (or --model)."""
+    from components.models.generator.api import GenerationInputError
+    from components.models.generator.api import generate_batch as run_batch
+    from components.serving.models import NoModel, resolve_model
+
+    cfg = _config(params, profile)
+    try:
+        ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
+        written = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
+                            decoding=decoding)
+    except (NoModel, GenerationInputError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote {written} copies to {output} (generator: {origin})")
 
 
 @app.command()

@@ -1,0 +1,49 @@
+"""Which model files serving uses: the champion release, never "latest".
+
+Before the first release exists (a fresh checkout that has only trained), callers may opt in to
+the newest local training output of a profile, and are told so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import Config
+
+
+class NoModel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    family: str
+    ref: str       # a local model dir or an MLflow URI, accepted by the family's loader
+    origin: str    # "release 3 (champion)" or "local training output ..."
+
+
+def resolve_model(cfg: Config, family: str, alias: str = "champion", allow_local: bool = True) -> ResolvedModel:
+    from components.registry import NoRelease, resolve_release
+
+    try:
+        release = resolve_release(alias, cfg)
+    except NoRelease as exc:
+        if not allow_local:
+            raise NoModel(str(exc)) from exc
+        return _local(cfg, family, reason=str(exc))
+    member = release["members"].get(family)
+    if member is None:
+        raise NoModel(f"release {release['release']} ({alias}) has no {family} model")
+    return ResolvedModel(family, member.get("model_uri") or member["source_uri"], f"release {release['release']} ({alias})")
+
+
+def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:
+    manifest_path = cfg.stage_dir("models") / family / "manifest.json"
+    if not manifest_path.exists():
+        raise NoModel(f"{reason}; and no local {family} model at {manifest_path} (run `copyflow retrain`)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    model_dir = manifest.get("model_dir")
+    ref = model_dir if model_dir and Path(model_dir).exists() else manifest["model_uri"]
+    return ResolvedModel(family, str(ref), f"local training output {manifest_path.parent} (no release yet)")
