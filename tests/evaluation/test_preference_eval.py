@@ -38,8 +38,8 @@ def test_cluster_bootstrap_draws_whole_clusters():
 
 def test_intervals_cover_the_point_and_narrow_with_more_data():
     y, p, _ = _scored(n=2000)
-    small = evaluate_model(y[:500], p[:500], threshold=0.2, n_boot=200, seed=0)
-    large = evaluate_model(y, p, threshold=0.2, n_boot=200, seed=0)
+    small = evaluate_model(y[:500], p[:500], threshold=0.2, n_boot=100, seed=0)
+    large = evaluate_model(y, p, threshold=0.2, n_boot=100, seed=0)
     for metrics in (small, large):
         for name in ("auc", "logloss", "pr_auc", "ece", "f1"):
             assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name

@@ -134,7 +134,8 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     The latest impression of exactly this pair when there is one (exact point-in-time
     features). Otherwise the shopper's latest state (u_*, recent products) joined with the
     product's latest state (p_*, category), the shopper x product affinities recomputed from
-    end-of-data click shares, no earlier pair impressions, no copy and the top slot.
+    end-of-data click shares (the features stage's smoothing), no earlier pair impressions, no
+    copy and the top slot.
     """
     features_dir = cfg.stage_dir("features")
     path = features_dir / "samples.parquet"
@@ -161,9 +162,11 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     for column, value in _pair_affinities(cfg, features_dir, samples, user_id, product_id, row["category"].iloc[0]).items():
         if column in row.columns:
             row[column] = value
-    for column in ("up_n_impressions", "up_n_clicks", "uc_copy_pref_mentions", "position"):
+    for column in ("up_n_impressions", "up_n_clicks", "uc_copy_pref_mentions"):
         if column in row.columns:
             row[column] = 0
+    row["copy_id"] = None                              # no particular copy: the pair itself
+    row["position"] = samples["position"].min()        # the top slot
     return row
 
 
