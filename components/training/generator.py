@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
 from components.data.corpus import load_corpus_splits
-from components.models.generator.api import Generator, TorchBackend, save_model_dir
+from components.models.generator.api import BUNDLE_ARTIFACT, Generator, TorchBackend, save_model_dir
 from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
@@ -183,7 +183,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
 
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
     mlflow.log_artifacts(str(reports), artifact_path="generator/reports")
-    mlflow.log_artifacts(str(model_dir), artifact_path="generator_bundle")
+    mlflow.log_artifacts(str(model_dir), artifact_path=BUNDLE_ARTIFACT)
     torch_info = mlflow.pytorch.log_model(
         net, name="generator_pytorch", pip_requirements=PIP_REQUIREMENTS, serialization_format="pickle"
     )
@@ -195,7 +195,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         "model": "generator",
         "run_id": run.info.run_id,
         "model_uri": torch_info.model_uri,
-        "onnx_uri": f"runs:/{run.info.run_id}/generator_bundle",
+        "onnx_uri": f"runs:/{run.info.run_id}/{BUNDLE_ARTIFACT}",
         "model_dir": str(model_dir.resolve()),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }

@@ -41,13 +41,13 @@ def test_tokenizer_round_trip_values_and_controls(parts, tmp_path):
 
 def test_focus_controls():
     attrs = {"类型": ["裙"], "颜色": ["白色"], "图案": ["<UNK>", "条纹"]}
-    assert mentioned_values("这条白色裙子", attrs) == ["裙", "白色"]
+    assert mentioned_values("这条白色裙子", attrs) == ["白色", "裙"]  # in order of first mention
     assert normalize_focus(["颜色#白色", "黑色", "条纹"], attrs) == ["白色", "条纹"]
     assert tone_of("好看哦！") == "lively" and tone_of("优雅知性") == "elegant" and tone_of("简约") == "plain"
     assert [length_bucket(n, [90, 120]) for n in (50, 100, 150)] == ["short", "medium", "long"]
     rng = np.random.default_rng(0)
     draws = [sample_training_focus(["a", "b", "c", "d"], rng, 0.3, 3) for _ in range(300)]
-    assert all(len(d) <= 3 and set(d) <= {"a", "b", "c", "d"} for d in draws)
+    assert all(d in ([], ["a"], ["a", "b"], ["a", "b", "c"]) for d in draws)  # the values the copy leads with
     assert 0.2 < np.mean([not d for d in draws]) < 0.4
 
 

@@ -42,3 +42,5 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     request = [generator.request({"类型": ["裤"]}, None, "any", "any")]
     assert onnx_generator.generate_many(request, "greedy") == generator.generate_many(request, "greedy")
     assert mlflow.pytorch.load_model(manifest["model_uri"]) is not None
+    from_registry_uri = api.load_generator(manifest["model_uri"])  # pytorch-flavour URI -> its run's bundle
+    assert from_registry_uri.generate_many(request, "greedy") == generator.generate_many(request, "greedy")

@@ -37,6 +37,7 @@ WEIGHTS_FILE = "weights.pt"
 VALUES_FILE = "values.json"
 AD_LAW_FILE = "ad_law_words.txt"
 ONNX_DIR = "onnx"
+BUNDLE_ARTIFACT = "generator_bundle"  # the model directory as logged to MLflow by training
 TYPICAL_COPY_CHARS = 110  # about the median copy of the bundled corpus
 
 
@@ -238,11 +239,15 @@ def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
         if not (path / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{path} is not a generator model directory (no {CONFIG_FILE})")
         return path
-    if "://" in str(model_dir_or_uri) or str(model_dir_or_uri).startswith(("runs:/", "models:/")):
+    uri = str(model_dir_or_uri)
+    if "://" in uri or uri.startswith(("runs:/", "models:/")):
         import mlflow
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model_dir_or_uri)))
-        return resolve_model_dir(local)
+        if uri.startswith("models:/"):
+            # A logged or registered pytorch-flavour model (e.g. the champion): serving needs
+            # the whole bundle (tokenizer, constraints, ONNX) logged by the same run.
+            uri = f"runs:/{mlflow.models.get_model_info(uri).run_id}/{BUNDLE_ARTIFACT}"
+        return resolve_model_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)))
     raise FileNotFoundError(f"generator model not found: {model_dir_or_uri}")
 
 
