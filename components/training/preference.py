@@ -318,7 +318,10 @@ def report_markdown(cfg: Config, reports: dict[str, KindReport], comparison: dic
 
     lines = [f"# Preference models ({cfg.profile})", "", "Test split (later days), 95% cluster-bootstrap intervals by shopper.", "",
              "| metric | " + " | ".join(reports) + " |", "|---|" + "---|" * len(reports)]
-    for key in ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "auc_new", "auc_returning", "cold_auc", "cold_auc_fallback", "cold_auc_model"):
+    first_metrics = next(iter(reports.values())).metrics
+    categories = sorted(k for k in first_metrics if k.startswith("auc_category_") and not k.endswith(("_ci_low", "_ci_high")))
+    for key in ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "auc_new", "auc_returning", *categories,
+                "cold_auc", "cold_auc_fallback", "cold_auc_model"):
         if all(key in r.metrics for r in reports.values()):
             lines.append(f"| {key} | " + " | ".join(ci(r.metrics, key) for r in reports.values()) + " |")
     first = next(iter(reports.values())).metrics

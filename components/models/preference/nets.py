@@ -147,9 +147,11 @@ class AttributeInterest(nn.Module):
         flat = history_attrs.reshape(n, -1)
         counts = torch.zeros(n, self.n_attributes, dtype=history_mask.dtype, device=flat.device)
         counts = counts.scatter_add(1, flat, (flat != PAD).to(counts.dtype))
-        # Largest count per key: a dense attribute x key membership (small) keeps this exportable.
-        membership = nn.functional.one_hot(attribute_key, self.n_keys + 1).to(counts.dtype)      # [V, K+1]
-        key_max = (counts.unsqueeze(-1) * membership.unsqueeze(0)).amax(dim=1)                      # [N, K+1]
+        # Largest count per key (counts are >= 0, so a zero start is neutral); exports to ONNX
+        # ScatterElements(reduction="max").
+        key_max = torch.zeros(n, self.n_keys + 1, dtype=counts.dtype, device=counts.device).scatter_reduce(
+            1, attribute_key.unsqueeze(0).expand(n, -1), counts, reduce="amax", include_self=True
+        )
         relative, valid, covered = self._relative(target_attrs, counts, key_max, attribute_key)
         n_valid = valid.sum(dim=1).clamp(min=1.0)
         any_covered = (covered.sum(dim=1) > 0).to(counts.dtype)

@@ -32,7 +32,7 @@ from components.models.preference.nets import NetSpec
 
 DONE_FILE = "done.json"
 # Part of the checkpoint fingerprint: bump when a code change makes old checkpoints unusable.
-MODEL_CODE_VERSION = 2
+MODEL_CODE_VERSION = 3
 LAST = "last.ckpt"
 
 
