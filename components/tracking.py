@@ -54,6 +54,7 @@ def configure(cfg=None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # the model registry lives in the same store
     # Subprocesses (training launched under DDP) must write to the same store.
     os.environ["MLFLOW_TRACKING_URI"] = uri
     name = cfg.tracking.experiment if cfg is not None else "copyflow"

@@ -15,7 +15,8 @@ from tests.flows.conftest import make_project
 
 def _runs(project):
     cfg = load_config(project / "params.yaml", "quick")
-    client = MlflowClient(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     return client, client.search_runs([experiment.experiment_id], max_results=200)
 
