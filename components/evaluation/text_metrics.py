@@ -94,6 +94,14 @@ def coverage(text: str, values: Sequence[str]) -> float:
     return sum(mentions(text, v) for v in values) / len(values)
 
 
+def lead_coverage(text: str, values: Sequence[str], share: float = 0.4) -> float:
+    """Share of `values` mentioned within the opening `share` of the text (foregrounded)."""
+    if not values:
+        return float("nan")
+    head = text[: max(1, int(len(text) * share))].lower()
+    return sum(v.lower() in head for v in values) / len(values)
+
+
 def banned_occurrences(text: str, words: Iterable[str]) -> list[str]:
     """Every occurrence of a banned word (case-insensitive), one entry per occurrence."""
     lowered = text.lower()

@@ -193,14 +193,22 @@ class Generator:
             src[i, : len(ids)] = ids
         return src
 
+    @staticmethod
+    def rerank_bonus(text: str, request: Request) -> float:
+        """With a focus: how well the copy leads with it (mentioned at all + in the opening 40%).
+        Without: the share of the product's values it mentions."""
+        if request.focus:
+            return tm.coverage(text, request.focus) + tm.lead_coverage(text, request.focus)
+        values = focusable_values(request.attributes)
+        return tm.coverage(text, values) if values else 0.0
+
     def rerank(self, request: Request, candidates, settings: DecodingSettings, n: int) -> list[str]:
-        """Copies without violations first; then model score (+ coverage bonus if configured)."""
-        targets = request.focus or focusable_values(request.attributes)
+        """Copies without violations first; then model score + rerank_coverage x bonus."""
 
         def key(c):
             bad = self.violations(c.text, request.attributes)
-            covered = tm.coverage(c.text, targets) if targets else 0.0
-            return (bool(bad["contradictions"] or bad["ad_law"]) or not c.text, -(c.score + settings.rerank_coverage * covered))
+            bonus = self.rerank_bonus(c.text, request) if settings.rerank_coverage else 0.0
+            return (bool(bad["contradictions"] or bad["ad_law"]) or not c.text, -(c.score + settings.rerank_coverage * bonus))
 
         ranked, seen = [], set()
         for c in sorted(candidates, key=key):

@@ -49,10 +49,7 @@ def _generate(system, requests: Sequence[Request], decoding=None) -> list[str]:
     return [system.generate(r.attributes, r.focus, r.tone, r.length, n=1)[0] for r in requests]
 
 
-def lead_rate(text: str, values: Sequence[str], share: float = 0.4) -> float:
-    """Share of `values` first mentioned within the opening `share` of the copy (foregrounded)."""
-    head = text[: max(1, int(len(text) * share))].lower()
-    return sum(v.lower() in head for v in values) / len(values) if values else float("nan")
+lead_rate = tm.lead_coverage
 
 
 def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "") -> tuple[dict[str, float], list[str], list[list[str]]]:
