@@ -176,3 +176,20 @@ def test_length_budget_ends_at_the_next_sentence_end():
     assert torch.isinf(masked[0]).sum() == 5 and masked[0, EOS] == 0  # past budget, sentence ended: EOS only
     assert not torch.isinf(masked[1]).any()  # past budget but mid-sentence: keep writing
     assert not torch.isinf(masked[2]).any()  # sentence ended but under budget
+
+
+def test_rerank_prefers_copies_that_lead_with_the_focus(model_dir):
+    from components.models.generator.decoding import Candidate
+
+    from components.models.generator.constraints import ValueVocabulary
+
+    generator = api.load_generator(model_dir)
+    generator.vocabulary = ValueVocabulary({"颜色": ["白色", "黑色"]}, ["颜色"])
+    request = generator.request({"类型": ["裙"], "颜色": ["白色"], "图案": ["条纹"]}, ["条纹"], "any", "any")
+    late = Candidate([], "这条裙子很好看，穿上很舒服，适合夏天，搭配条纹", -1.0, -1.0)
+    early = Candidate([], "条纹的裙子很好看，穿上很舒服，适合夏天，随意搭配", -1.2, -1.2)
+    contradicting = Candidate([], "条纹黑色裙子", 0.0, 0.0)
+    plain = DecodingSettings(rerank_coverage=0.0)
+    assert generator.rerank(request, [late, early, contradicting], plain, 3) == [late.text, early.text, contradicting.text]
+    focused = DecodingSettings(rerank_coverage=1.0)
+    assert generator.rerank(request, [late, early, contradicting], focused, 3) == [early.text, late.text, contradicting.text]
