@@ -55,8 +55,8 @@ def configure(cfg=None) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # the model registry lives in the same store
-    # Subprocesses (training launched under DDP) must write to the same store.
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    # No os.environ export: training subprocesses load the same params and resolve the same
+    # store themselves, and one process may serve several profiles' stores in turn.
     name = cfg.tracking.experiment if cfg is not None else "copyflow"
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
