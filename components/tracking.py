@@ -19,6 +19,7 @@ TELEMETRY_OFF = {
 }
 
 EMBEDDED_DIR = Path("mlflow")
+TRACKING_URI_ENV = "COPYFLOW_TRACKING_URI"
 
 
 def disable_telemetry() -> None:
@@ -28,11 +29,15 @@ def disable_telemetry() -> None:
 
 
 def tracking_uri(cfg=None) -> str:
-    """params.yaml `tracking.uri`, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
+    """params.yaml `tracking.uri`, else $COPYFLOW_TRACKING_URI, else the embedded sqlite store.
+
+    Not $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself, so it would
+    carry one profile's (or one test's) store into the next configuration in the same process.
+    """
     if cfg is not None and cfg.tracking.uri:
         return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV]
     mlflow_dir = cfg.paths.mlflow_dir if cfg is not None else EMBEDDED_DIR
     return f"sqlite:///{(Path(mlflow_dir) / 'mlflow.db').resolve()}"
 

@@ -2,7 +2,7 @@
 # `make up`: a local Prefect server and the MLflow tracking server, in the background.
 #   logs: .run/prefect-server.log  .run/mlflow-server.log
 #   pids: .run/prefect-server.pid  .run/mlflow-server.pid   (each the leader of its own process group)
-#   env:  .run/env  (PREFECT_API_URL, MLFLOW_TRACKING_URI: `source .run/env` to use the servers)
+#   env:  .run/env  (PREFECT_API_URL, COPYFLOW_TRACKING_URI: `source .run/env` to use the servers)
 # `make down` (infra/down.sh) stops exactly these process groups and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +63,7 @@ start mlflow-server "$BIN/mlflow" server \
 cat >"$RUN/env" <<ENV
 export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
+export COPYFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 ENV
 
 wait_healthy prefect-server "http://$HOST:$PREFECT_PORT/api/health"
