@@ -35,7 +35,12 @@ def _release_line(release: dict) -> str:
     if not release.get("passed"):
         return "  release gate: FAILED (see the report above; no alias moved)"
     members = ", ".join(f"{family} v{version}" for family, version in (release.get("versions") or {}).items())
-    state = "promoted to champion" if release.get("promoted") else "registered as challenger (promote with `copyflow promote`)"
+    if release.get("reused"):
+        state = "unchanged (these models were already gated and released; see the status below)"
+    elif release.get("promoted"):
+        state = "promoted to champion"
+    else:
+        state = "registered as challenger (promote with `copyflow promote`)"
     return f"  release {release.get('release')}: {state} [{members}]"
 
 
