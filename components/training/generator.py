@@ -253,6 +253,8 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
         trainer.fit(module, train_loader, valid_loader)
         if not trainer.is_global_zero:
             return None
+        if g.torch_threads:  # Lightning's DDP launcher resets the thread count (cores / devices)
+            torch.set_num_threads(g.torch_threads)
         import mlflow
 
         train_seconds = time.perf_counter() - started

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,6 +231,34 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
+PREDICTION_DEVICE_ENV = "MLFLOW_DEFAULT_PREDICTION_DEVICE"
+
+
+@contextmanager
+def cpu_prediction_device():
+    """MLflow's pytorch pyfunc loader picks CUDA whenever a GPU is visible, but a pt2
+    (torch.export) model cannot move across devices: exported on CPU, it fails to load on a GPU
+    host. Inside this block MLflow predicts on CPU unless the user set a device explicitly."""
+    previous = os.environ.get(PREDICTION_DEVICE_ENV)
+    if previous is None:
+        os.environ[PREDICTION_DEVICE_ENV] = "cpu"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PREDICTION_DEVICE_ENV, None)
+
+
+def log_pt2_model(model, **kwargs):
+    """`mlflow.pytorch.log_model` in pt2 format (MLflow's safe default: no pickled code runs on
+    load). Rank 0 evaluates and exports on CPU, also after GPU training, so the input example is
+    validated on CPU; on a GPU host, load it with `model_config={"device": "cpu"}` (docs/gpu.md)."""
+    import mlflow
+
+    with cpu_prediction_device():
+        return mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
+
+
 def _log_models(report: KindReport, data, comparison_plots: list[Path]) -> dict[str, str]:
     """pytorch + onnx flavours with signatures and input examples, the model folder, plots."""
     import mlflow
@@ -250,10 +279,9 @@ def _log_models(report: KindReport, data, comparison_plots: list[Path]) -> dict[
     onnx_signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(columns)), "x")]), outputs=output)
     metadata = {"columns": columns, "kind": report.kind, "encoder": f"{MODEL_DIR_ARTIFACT}/encoder.json"}
     requirements = _pip_requirements()
-    # pt2 (torch.export) is MLflow's safe default: no pickled code is executed on load.
-    torch_info = mlflow.pytorch.log_model(
+    torch_info = log_pt2_model(
         model.probability_model, name="model", signature=torch_signature, input_example=example,
-        pip_requirements=requirements, metadata=metadata, serialization_format="pt2",
+        pip_requirements=requirements, metadata=metadata,
     )
     onnx_info = mlflow.onnx.log_model(
         onnx.load(str(report.model_dir / "model.onnx")), name="onnx", signature=onnx_signature,
