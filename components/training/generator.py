@@ -42,7 +42,8 @@ log = logging.getLogger("copyflow.generator")
 
 METRIC_KEYS = (
     "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "repetition4", "attr_coverage",
-    "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "hallucination_rate", "ad_law_violations",
+    "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
+    "hallucination_rate", "ad_law_violations",
 )
 PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]
 
@@ -216,8 +217,8 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
 
     pl.seed_everything(cfg.seed, workers=True)
     g = cfg.generator
-    if g.torch_threads:
-        torch.set_num_threads(g.torch_threads)
+    if g.train_threads or g.torch_threads:
+        torch.set_num_threads(g.train_threads or g.torch_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = load_corpus_splits(cfg)
     if splits["train"].empty or splits["valid"].empty:
@@ -253,7 +254,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
         trainer.fit(module, train_loader, valid_loader)
         if not trainer.is_global_zero:
             return None
-        if g.torch_threads:  # Lightning's DDP launcher resets the thread count (cores / devices)
+        if g.torch_threads:  # decoding runs many tiny steps (and DDP's launcher reset the count)
             torch.set_num_threads(g.torch_threads)
         import mlflow
 

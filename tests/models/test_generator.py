@@ -193,3 +193,23 @@ def test_rerank_prefers_copies_that_lead_with_the_focus(model_dir):
     assert generator.rerank(request, [late, early, contradicting], plain, 3) == [late.text, early.text, contradicting.text]
     focused = DecodingSettings(rerank_coverage=1.0)
     assert generator.rerank(request, [late, early, contradicting], focused, 3) == [early.text, late.text, contradicting.text]
+
+
+class FocusEcho:
+    """A system that writes exactly the requested focus values (nothing without a focus): its
+    focus metrics are known, which pins down what each one measures."""
+
+    def generate(self, attributes, focus=None, tone="any", length="any", decoding=None, n=1):
+        return ["，".join(focus or [])]
+
+
+def test_focus_metrics_compare_requested_values_with_the_no_focus_rate(model_dir, parts):
+    from components.models.generator.evaluate import focus_metrics
+
+    generator = api.load_generator(model_dir)
+    corpus = parts[5].head(6)
+    rows = [{"attributes": a, "summary": s} for a, s in zip(corpus["attributes"], corpus["summary"])]
+    metrics, copies, focus_sets = focus_metrics(FocusEcho(), generator, rows, ["" for _ in rows], rng_seed=0)
+    assert all(focus_sets) and copies == ["，".join(f) for f in focus_sets]
+    assert metrics["random_focus_coverage"] == 1.0 and metrics["short_random_focus_coverage"] == 1.0
+    assert metrics["no_focus_mention_rate"] == 0.0 and metrics["short_no_focus_mention_rate"] == 0.0
