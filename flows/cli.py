@@ -17,6 +17,8 @@ app = typer.Typer(help="copyflow: learn shopper preferences; write, rank and shi
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick | full | obd")]
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file")]
+UserOpt = Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")]
+ProductOpt = Annotated[str, typer.Option("--product", help="product id")]
 
 
 @app.callback()
@@ -111,8 +113,8 @@ def fetch_obd(
 
 @app.command()
 def explain(
-    user: Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")],
-    product: Annotated[str, typer.Option("--product", help="product id")],
+    user: UserOpt,
+    product: ProductOpt,
     top: Annotated[int, typer.Option(help="how many features to show")] = 10,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
@@ -138,8 +140,8 @@ def explain(
 
 @app.command()
 def generate(
-    user: Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")],
-    product: Annotated[str, typer.Option("--product", help="product id")],
+    user: UserOpt,
+    product: ProductOpt,
     n: Annotated[int, typer.Option("--n", help="how many copies")] = 3,
     decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
     profile: ProfileOpt = "quick",
