@@ -15,6 +15,10 @@ export ORT_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
+# numpy's AVX2 kernels return corrupted tail elements on some shared VMs while other processes
+# are busy (infra/simd_check.py shows it); its SSE baseline does not. Override with
+# NPY_DISABLE_CPU_FEATURES= (empty) on hardware you trust.
+export NPY_DISABLE_CPU_FEATURES ?= X86_V3 X86_V4 AVX512_ICL AVX512_SPR
 
 .PHONY: install run test bench lock ui up down deploy worker clean
 

@@ -28,6 +28,8 @@ def _setup() -> None:
     disable_telemetry()
     # Progress bars of artifact downloads drown the CLI's own output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The ephemeral Prefect server gets 20 s to start by default: too short on two busy cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _config(params: Path, profile: str):
