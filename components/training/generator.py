@@ -59,7 +59,7 @@ def decoding_defaults(cfg: Config) -> DecodingSettings:
         method=g.decoding, beam_size=g.beam_size, top_p=g.top_p, temperature=g.temperature,
         length_penalty=g.length_penalty, no_repeat_ngram=g.no_repeat_ngram, num_candidates=g.num_candidates,
         rerank_coverage=g.rerank_coverage, max_len=min(g.max_decode_len, g.max_target_len), min_len=g.min_len, seed=cfg.seed,
-        length_budget=g.length_budget,
+        length_budget=g.length_budget, catalog_penalty=g.catalog_penalty,
     )
 
 

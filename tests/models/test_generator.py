@@ -178,6 +178,36 @@ def test_length_budget_ends_at_the_next_sentence_end():
     assert not torch.isinf(masked[2]).any()  # sentence ended but under budget
 
 
+def test_phrase_memory_penalizes_only_bigrams_already_used():
+    import torch
+
+    from components.models.generator.decoding import PhraseMemory
+
+    memory = PhraseMemory()
+    memory.add([5, 6])
+    memory.add([5, 6, 7])  # (BOS,5) and (5,6) twice, (6,7) once
+    logprobs = torch.log_softmax(torch.zeros(3, 8), dim=-1)
+    penalized = memory.penalize(logprobs, np.array([5, 6, 4]), weight=1.0)
+    assert torch.allclose(penalized.exp().sum(-1), torch.ones(3))  # still distributions
+    assert penalized[0].argmin() == 6 and penalized[1].argmin() == 7  # the used continuations
+    assert penalized[0, 6] < penalized[1, 7]  # used twice costs more than once
+    assert torch.allclose(penalized[2], logprobs[2])  # token 4 was never followed by anything
+    assert torch.equal(memory.penalize(logprobs, np.array([5, 6, 4]), weight=0.0), logprobs)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_catalog_penalty_keeps_the_copies_of_one_job_from_reading_alike(model_dir, method):
+    generator = api.load_generator(model_dir, batch_size=1)
+    requests = [generator.request({"类型": ["裙"], "颜色": ["白色"]}, None, "any", "any")] * 4
+    plain = [c[0] for c in generator.generate_many(requests, {"method": method})]
+    assert len(set(plain)) == 1  # deterministic search: one product, one copy
+    varied = [c[0] for c in generator.generate_many(requests, {"method": method, "catalog_penalty": 2.0})]
+    assert varied[0] == plain[0]  # the job's first copy has nothing to avoid yet
+    assert len(set(varied)) == len(requests)
+    # A new call is a new job: its memory starts empty.
+    assert generator.generate_many(requests[:1], {"method": method, "catalog_penalty": 2.0})[0][0] == plain[0]
+
+
 def test_rerank_prefers_copies_that_lead_with_the_focus(model_dir):
     from components.models.generator.decoding import Candidate
 

@@ -26,7 +26,7 @@ import torch
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
 from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
-from components.models.generator.decoding import DecodingSettings, search
+from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator
@@ -167,19 +167,25 @@ class Generator:
         return self.generate_many([self.request(attributes, focus, tone, length)], decoding, n)[0]
 
     def generate_many(self, requests: Sequence[Request], decoding=None, n: int = 1) -> list[list[str]]:
+        """Up to n copies per request. One call is one job: with settings.catalog_penalty, each
+        chunk of requests avoids the phrases the job's earlier chunks already used."""
         settings = settings_from(self.defaults, decoding)
         if settings.method == "top_p":
             settings = settings.with_(num_candidates=max(n, settings.num_candidates))
         elif settings.method == "beam":
             settings = settings.with_(beam_size=max(n, settings.beam_size))
         results: list[list[str]] = []
+        memory = PhraseMemory() if settings.catalog_penalty else None
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
             plans = [self.blocker.plan(self.banned_words(r.attributes)) for r in chunk]
-            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk])
+            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory)
             for request, cands in zip(chunk, candidates):
-                results.append(self.rerank(request, cands, settings, n))
+                ranked = self.rerank(request, cands, settings, n)
+                results.append(ranked)
+                if memory is not None and ranked:
+                    memory.add(self.tokenizer.encode_text(ranked[0]))
         return results
 
     def expected_length(self, request: Request) -> int:

@@ -1,5 +1,6 @@
 """Search over a step function: greedy, beam and top-p sampling, with n-gram repetition blocking
-and per-example banned strings (constraints.BanPlan) applied at every step.
+and per-example banned strings (constraints.BanPlan) applied at every step, and an optional
+catalog-level penalty on phrases the copies already written in the same job keep reusing.
 
 The search is written once against a small `Backend` protocol (encode, step, select rows), so the
 torch model and the ONNX Runtime session run exactly the same decoding code; with identical
@@ -40,6 +41,9 @@ class DecodingSettings:
     # or a typical human copy's), it ends at the next sentence end. 0 = off. A small model rarely
     # gives EOS enough mass to stop on its own; running to max_len makes copies far too long.
     length_budget: float = 0.0
+    # Copies of one job (a catalog batch) should not all read alike: every token bigram already
+    # used by earlier copies of the job costs catalog_penalty x log(1 + uses). 0 = off.
+    catalog_penalty: float = 0.0
 
     def with_(self, **changes: Any) -> DecodingSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -51,6 +55,35 @@ class Backend(Protocol):
     def step(self, tokens: np.ndarray, state: Any) -> tuple[torch.Tensor, Any]: ...  # -> log-probs [N, V]
 
     def select(self, state: Any, rows: np.ndarray) -> Any: ...  # gather/repeat rows of the state
+
+
+class PhraseMemory:
+    """Token-bigram counts of the copies already written in one generation job."""
+
+    def __init__(self) -> None:
+        self._next: dict[int, dict[int, int]] = {}
+
+    def add(self, tokens: Sequence[int]) -> None:
+        for first, second in zip([BOS, *tokens], tokens):
+            followers = self._next.setdefault(int(first), {})
+            followers[int(second)] = followers.get(int(second), 0) + 1
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self._next.values())
+
+    def penalize(self, logprobs: torch.Tensor, last: np.ndarray, weight: float) -> torch.Tensor:
+        """Log-probabilities of the next token, renormalized after subtracting weight x
+        log(1 + uses) from every continuation of each row's last token seen before."""
+        if not weight or not self._next:
+            return logprobs
+        penalty = torch.zeros_like(logprobs)
+        for row, token in enumerate(last.tolist()):
+            followers = self._next.get(token)
+            if followers:
+                index = torch.tensor(list(followers), dtype=torch.long)
+                uses = torch.tensor(list(followers.values()), dtype=logprobs.dtype)
+                penalty[row, index] = weight * torch.log1p(uses)
+        return torch.log_softmax(logprobs - penalty, dim=-1)
 
 
 @dataclass
@@ -106,12 +139,12 @@ def _normalized(logprob: float, length: int, penalty: float) -> float:
     return logprob / (max(1, length) ** penalty)
 
 
-def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
-    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False, expected=expected)
+def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False, expected=expected, memory=memory)
 
 
-def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
-    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected)
+def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected, memory=memory)
 
 
 def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -123,7 +156,7 @@ def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, gene
     return order.gather(-1, picked)[:, 0]
 
 
-def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, expected=None) -> list[list[Candidate]]:
+def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, expected=None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
     batch = src.shape[0]
     per = settings.num_candidates if sample else 1
     row_of = np.repeat(np.arange(batch), per)
@@ -137,6 +170,8 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
     last = np.full(len(rows), BOS, dtype=np.int64)
     for step in range(settings.max_len):
         scores, state = backend.step(last, state)
+        if memory is not None:
+            scores = memory.penalize(scores, last, settings.catalog_penalty)
         scores = _masked(scores, rows, row_plans, settings, step, budgets)
         chosen = _nucleus(scores, settings.top_p, settings.temperature, generator) if sample else scores.argmax(-1)
         chosen_np = chosen.numpy()
@@ -160,7 +195,7 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
     return out
 
 
-def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
+def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
     """Beam search with length-normalized final scores; returns up to beam_size finished copies."""
     batch, k = src.shape[0], settings.beam_size
     budgets = row_budgets(expected, np.repeat(np.arange(batch), k), settings)
@@ -174,6 +209,8 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
     last = np.full(batch * k, BOS, dtype=np.int64)
     for step in range(settings.max_len):
         logprobs, state = backend.step(last, state)
+        if memory is not None:
+            logprobs = memory.penalize(logprobs, last, settings.catalog_penalty)
         logprobs = _masked(logprobs, rows, row_plans, settings, step, budgets)
         vocab = logprobs.shape[-1]
         totals = (beam_scores.view(-1, 1) + logprobs).view(batch, k * vocab)
@@ -221,15 +258,16 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
     return finished
 
 
-def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None) -> list[list[Candidate]]:
+def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
     """Candidates per example, best first by (length-normalized) score. `expected`: each
-    example's expected length in characters (for settings.length_budget)."""
+    example's expected length in characters (for settings.length_budget). `memory`: the
+    phrases of the job's earlier copies (for settings.catalog_penalty)."""
     if settings.method == "greedy":
-        return greedy(backend, src, plans, piece_texts, settings, expected)
+        return greedy(backend, src, plans, piece_texts, settings, expected, memory)
     if settings.method == "beam":
-        return beam(backend, src, plans, piece_texts, settings, expected)
+        return beam(backend, src, plans, piece_texts, settings, expected, memory)
     if settings.method == "top_p":
-        out = top_p(backend, src, plans, piece_texts, settings, expected)
+        out = top_p(backend, src, plans, piece_texts, settings, expected, memory)
         for candidates in out:
             candidates.sort(key=lambda c: c.score, reverse=True)
         return out

@@ -77,19 +77,24 @@ def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copi
 
 
 def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]:
-    """The decoding operating points compared in the quality-diversity table."""
-    return {
-        "greedy": defaults.with_(method="greedy"),
-        "beam4": defaults.with_(method="beam", beam_size=4),
-        "beam8": defaults.with_(method="beam", beam_size=8),
-        "beam4_repeat3": defaults.with_(method="beam", beam_size=4, no_repeat_ngram=3),
-        "top_p0.9_T0.5": defaults.with_(method="top_p", temperature=0.5, num_candidates=1),
-        "top_p0.9_T0.7": defaults.with_(method="top_p", temperature=0.7, num_candidates=1),
-        "top_p0.9_T0.9": defaults.with_(method="top_p", temperature=0.9, num_candidates=1),
-        "top_p0.9_T0.5_rerank8": defaults.with_(method="top_p", temperature=0.5, num_candidates=8),
-        "top_p0.9_T0.7_rerank8": defaults.with_(method="top_p", temperature=0.7, num_candidates=8),
-        "top_p0.9_T0.9_rerank8": defaults.with_(method="top_p", temperature=0.9, num_candidates=8),
+    """The decoding operating points compared in the quality-diversity table: the default, then
+    each method on its own (no catalog penalty unless the row's name says so)."""
+    plain = defaults.with_(catalog_penalty=0.0)
+    rows = {
+        "greedy": plain.with_(method="greedy"),
+        "beam4": plain.with_(method="beam", beam_size=4),
+        "beam8": plain.with_(method="beam", beam_size=8),
+        "beam4_repeat3": plain.with_(method="beam", beam_size=4, no_repeat_ngram=3),
+        "beam4_catalog0.3": plain.with_(method="beam", beam_size=4, catalog_penalty=0.3),
+        "beam4_catalog0.6": plain.with_(method="beam", beam_size=4, catalog_penalty=0.6),
+        "top_p0.9_T0.5": plain.with_(method="top_p", temperature=0.5, num_candidates=1),
+        "top_p0.9_T0.7": plain.with_(method="top_p", temperature=0.7, num_candidates=1),
+        "top_p0.9_T0.9": plain.with_(method="top_p", temperature=0.9, num_candidates=1),
+        "top_p0.9_T0.5_rerank8": plain.with_(method="top_p", temperature=0.5, num_candidates=8),
+        "top_p0.9_T0.7_rerank8": plain.with_(method="top_p", temperature=0.7, num_candidates=8),
+        "top_p0.9_T0.9_rerank8": plain.with_(method="top_p", temperature=0.9, num_candidates=8),
     }
+    return rows if defaults in rows.values() else {"default": defaults, **rows}
 
 
 def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[str, DecodingSettings]) -> pd.DataFrame:
@@ -100,7 +105,7 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
         copies = _generate(generator, requests, setting)
         seconds = time.perf_counter() - started
         summary = summarize(score_copies(generator, rows, copies, [[] for _ in rows]))
-        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage")}})
+        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty")}})
     return pd.DataFrame.from_records(records)
 
 
