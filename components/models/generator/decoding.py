@@ -68,9 +68,6 @@ class PhraseMemory:
             followers = self._next.setdefault(int(first), {})
             followers[int(second)] = followers.get(int(second), 0) + 1
 
-    def __len__(self) -> int:
-        return sum(len(f) for f in self._next.values())
-
     def penalize(self, logprobs: torch.Tensor, last: np.ndarray, weight: float) -> torch.Tensor:
         """Log-probabilities of the next token, renormalized after subtracting weight x
         log(1 + uses) from every continuation of each row's last token seen before."""
