@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
@@ -107,7 +107,9 @@ class MlflowEpochLogger(Callback):
         mlflow.log_metrics(metrics, step=trainer.current_epoch)
 
 
-def build_trainer(cfg: Config, out_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: Config, out_dir: Path, ema_start: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """`ema_start`: the step the weight average starts at; it must not be later than the first
+    validation, which otherwise would score the initial weights the average was created with."""
     g, t = cfg.generator, cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
     strategy = t.strategy
@@ -115,10 +117,14 @@ def build_trainer(cfg: Config, out_dir: Path) -> tuple[pl.Trainer, ModelCheckpoi
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
+    callbacks: list[Callback] = [EarlyStopping("val_loss", patience=g.patience, check_on_train_epoch_end=False), checkpoint, MlflowEpochLogger()]
+    if g.ema_decay > 0:
+        # Validation, checkpoints and the final weights are the moving average (Lightning swaps it in).
+        callbacks.insert(0, EMAWeightAveraging(decay=g.ema_decay, update_starting_at_step=ema_start))
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=t.precision, num_nodes=t.num_nodes,
         max_epochs=g.max_epochs, max_steps=g.max_steps, max_time=timedelta(minutes=g.max_minutes),
-        callbacks=[EarlyStopping("val_loss", patience=g.patience, check_on_train_epoch_end=False), checkpoint, MlflowEpochLogger()],
+        callbacks=callbacks,
         gradient_clip_val=1.0, logger=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=out_dir, num_sanity_val_steps=0,
     )
@@ -239,7 +245,9 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     steps_per_epoch = max(1, len(train_ds) // world)
     total = steps_per_epoch * g.max_epochs if g.max_steps < 0 else min(g.max_steps, steps_per_epoch * g.max_epochs)
     module = GeneratorModule(spec.to_dict(), g.lr, min(g.warmup_steps, max(1, total // 10)), total, g.max_minutes * 60, g.label_smoothing, g.weight_decay, g.max_cpu_minutes * 60)
-    trainer, checkpoint = build_trainer(cfg, out_dir)
+    # The average starts after warm-up (early weights would linger in it) or at the first epoch's
+    # end if that comes sooner (an average never updated would be validated as the initial weights).
+    trainer, checkpoint = build_trainer(cfg, out_dir, ema_start=min(g.warmup_steps, steps_per_epoch - 1))
 
     run = None
     if is_launcher_rank():

@@ -2,6 +2,7 @@
 
 import mlflow
 import pytest
+import torch
 
 from components.models.generator import api
 from components.training.generator import METRIC_KEYS
@@ -11,7 +12,8 @@ from tests.models.generator_fixtures import ROOT, write_params
 
 @pytest.mark.slow
 def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
-    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+    # With weight averaging on: it must work under DDP too.
+    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, generator={"ema_decay": 0.9, "max_epochs": 2})
     out = tmp_path / "out"
     parent_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(parent_uri)
@@ -35,6 +37,10 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     assert child.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     assert child.data.params["trainer.devices"] == "2"
     assert "val_loss" in child.data.metrics or child.data.metrics["steps_run"] > 0
+
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]  # the average is what gets kept
+    assert averaged.keys() == current.keys() and any(not averaged[k].equal(current[k]) for k in averaged)
 
     generator = api.load_generator(manifest["model_dir"])
     assert generator.generate({"类型": ["裙"], "颜色": ["白色"]}, decoding="greedy")
