@@ -22,12 +22,12 @@ export NPY_DISABLE_CPU_FEATURES ?= X86_V3 X86_V4 AVX512_ICL AVX512_SPR
 
 .PHONY: install run test bench lock ui up down deploy worker clean
 
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (common in containers, and on these
+# machines) every process would otherwise recompile torch/lightning/mlflow on import, about 25 s
+# per training or DVC stage subprocess.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
-	# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set (common in containers and
-	# on these machines) every process would otherwise recompile torch/lightning/mlflow on import, about
-	# 25 s per training or DVC stage subprocess.
 	$(BIN)/uv pip install -q --python $(PY) $(FIND_LINKS) --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
