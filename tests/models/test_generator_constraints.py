@@ -36,9 +36,14 @@ def parts():
     return tiny_parts()
 
 
-def make_generator(parts, pushes, ad_law_words, faithful=True):
+COLOURS = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"])
+SHAPES = ValueVocabulary({"裙款式": ["不对称", "对称", "荷叶边"]}, ["裙款式"])
+ASYMMETRIC_DRESS = {"类型": ["裙"], "裙款式": ["不对称"]}
+
+
+def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS):
     tokenizer, net = parts[0], parts[4]
-    vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"] if faithful else [])
+    vocab = vocab if faithful else ValueVocabulary(vocab.values_by_key, [])
     return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3), 64)
 
 
@@ -77,6 +82,20 @@ def test_forced_contradicting_value_is_never_emitted(parts, method):
     assert "黑色" in guarded.generate(black_dress, decoding=method)[0]
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_contradicting_value_inside_an_own_value_is_written_only_as_part_of_it(parts, method):
+    tokenizer = parts[0]
+    symmetric, negation = piece(tokenizer, "对称"), piece(tokenizer, "不")
+    free = make_generator(parts, [(symmetric, symmetric)], [], faithful=False, vocab=SHAPES)
+    assert SHAPES.contradictions(free.generate(ASYMMETRIC_DRESS, decoding=method)[0], ASYMMETRIC_DRESS) == ["对称"]
+    guarded = make_generator(parts, [(symmetric, symmetric)], [], vocab=SHAPES)
+    for copy in guarded.generate(ASYMMETRIC_DRESS, decoding=method, n=3):
+        assert SHAPES.contradictions(copy, ASYMMETRIC_DRESS) == [], copy
+    # the product's own 不对称, spelled 不 + 对称, stays writable
+    spelled = make_generator(parts, [(negation, symmetric)], [], vocab=SHAPES)
+    assert "不对称" in spelled.generate(ASYMMETRIC_DRESS, decoding=method)[0]
+
+
 def test_contradictions_ignore_values_inside_the_products_own():
     vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"])
     pink = {"颜色": ["粉红色"]}
@@ -94,6 +113,16 @@ def test_token_blocker_handles_words_across_tokens():
     banned = plan.banned("他说百分")
     assert banned[5] and not banned[3]  # 之百 completes the word; 之 alone does not yet
     assert plan.banned("他说百分之")[1] and plan.banned("他说百分之")[4]
+
+
+def test_token_blocker_bans_a_word_only_outside_its_allowed_prefixes():
+    blocker = TokenBlocker(["", "不", "对称", "不对称", "称", "对", "对称的"])
+    plan = blocker.plan([], outside={"对称": ["不"]})
+    opening = plan.banned("")
+    assert opening[2] and opening[6] and not opening[3] and not opening[5]  # 对 alone states nothing yet
+    assert not plan.banned("裙摆不")[2]  # 不 + 对称 is the product's own 不对称
+    assert plan.banned("裙摆对")[4] and not plan.banned("裙摆不对")[4]  # across a token boundary too
+    assert plan.banned("不对称，两侧")[2]  # an earlier own value does not license a later claim
 
 
 def test_ad_law_word_list_errors(tmp_path):

@@ -25,7 +25,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.constraints import BanPlan, TokenBlocker, ValueVocabulary, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
@@ -124,12 +124,23 @@ class Generator:
         self.blocker = TokenBlocker(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
 
     # -- constraints -------------------------------------------------------------------------
-    def banned_words(self, attributes: dict[str, list[str]]) -> list[str]:
-        """Ad-law words plus contradicting values (except those inside one of the product's own
-        values: banning 红色 would also forbid writing the product's 粉红色)."""
+    def ban_plan(self, attributes: dict[str, list[str]]) -> BanPlan:
+        """Ad-law words and contradicting values, banned at every decoding step. A contradicting
+        value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称) stays writable
+        as part of that value: it is banned except right after the own value's opening. Where
+        the own value starts with it, no step can tell the two apart, and the re-ranking
+        (violating copies last) is the guard."""
         own = [v.lower() for values in attributes.values() for v in values]
-        contradicting = [v for v in self.vocabulary.contradicting_values(attributes) if not any(v.lower() in o for o in own)]
-        return self.ad_law_words + contradicting
+        words, outside = list(self.ad_law_words), {}
+        for value in self.vocabulary.contradicting_values(attributes):
+            containing = [o for o in own if value.lower() in o]
+            if not containing:
+                words.append(value)
+                continue
+            prefixes = [o[: o.index(value.lower())] for o in containing]
+            if all(prefixes):
+                outside[value] = prefixes
+        return self.blocker.plan(words, outside)
 
     def violations(self, text: str, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
         return {
@@ -179,7 +190,7 @@ class Generator:
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
-            plans = [self.blocker.plan(self.banned_words(r.attributes)) for r in chunk]
+            plans = [self.ban_plan(r.attributes) for r in chunk]
             candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory)
             for request, cands in zip(chunk, candidates):
                 ranked = self.rerank(request, cands, settings, n)

@@ -8,13 +8,14 @@
 - Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
 
 `TokenBlocker` turns both into per-step token bans for the decoder, including words that
-straddle several tokens.
+straddle several tokens, and words banned only outside the product's own values (对称 for a
+不对称 product: allowed right after 不, banned anywhere else).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,15 +152,17 @@ class TokenBlocker:
             )
         return self._starting[rest]
 
-    def plan(self, words: Iterable[str]) -> BanPlan:
-        """Precompute the static mask and the boundary rules for one set of banned words."""
+    def plan(self, words: Iterable[str], outside: Mapping[str, Sequence[str]] | None = None) -> BanPlan:
+        """Precompute the static mask and the boundary rules for one set of banned words.
+        `outside`: words banned except right after one of their allowed (non-empty) prefixes."""
         static = self.always_banned.copy()
         by_last_char: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for word in {w.lower() for w in words if w}:
             static[self.containing(word)] = True
             for i in range(1, len(word)):
                 by_last_char[word[i - 1]].append((word[:i], word[i:]))
-        return BanPlan(self, static, dict(by_last_char))
+        contextual = tuple((word.lower(), tuple(p.lower() for p in prefixes)) for word, prefixes in (outside or {}).items() if word)
+        return BanPlan(self, static, dict(by_last_char), contextual)
 
 
 @dataclass
@@ -167,18 +170,43 @@ class BanPlan:
     blocker: TokenBlocker
     static: np.ndarray
     by_last_char: dict[str, list[tuple[str, str]]]
+    contextual: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (word, prefixes it may follow)
 
     def banned(self, text: str) -> np.ndarray:
         """Boolean mask over the vocabulary for the next token after `text`."""
         lowered = text.lower()
-        if not lowered or lowered[-1] not in self.by_last_char:
-            return self.static
         mask = self.static
-        for prefix, rest in self.by_last_char[lowered[-1]]:
-            if lowered.endswith(prefix):
-                ids = self.blocker.starting_with(rest)
-                if len(ids):
-                    if mask is self.static:
-                        mask = mask.copy()
-                    mask[ids] = True
+        if lowered and lowered[-1] in self.by_last_char:
+            for prefix, rest in self.by_last_char[lowered[-1]]:
+                if lowered.endswith(prefix):
+                    ids = self.blocker.starting_with(rest)
+                    if len(ids):
+                        if mask is self.static:
+                            mask = mask.copy()
+                        mask[ids] = True
+        for word, prefixes in self.contextual:
+            ids = [i for i in self._completing(lowered, word) if self._states_outside(lowered, self.blocker.piece_texts[i], word, prefixes)]
+            if ids:
+                if mask is self.static:
+                    mask = mask.copy()
+                mask[ids] = True
         return mask
+
+    def _completing(self, text: str, word: str) -> set[int]:
+        """Tokens that would complete an occurrence of `word` after `text`."""
+        ids = set(self.blocker.containing(word).tolist())
+        for i in range(1, len(word)):
+            if text.endswith(word[:i]):
+                ids.update(self.blocker.starting_with(word[i:]).tolist())
+        return ids
+
+    @staticmethod
+    def _states_outside(text: str, piece: str, word: str, prefixes: tuple[str, ...]) -> bool:
+        """Does appending `piece` complete an occurrence of `word` not right after an allowed prefix?"""
+        new = text + piece
+        start = new.find(word, max(0, len(text) - len(word) + 1))
+        while start >= 0:
+            if not any(new.endswith(p, 0, start) for p in prefixes):
+                return True
+            start = new.find(word, start + 1)
+        return False
