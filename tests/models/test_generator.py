@@ -178,6 +178,18 @@ def test_length_budget_ends_at_the_next_sentence_end():
     assert not torch.isinf(masked[2]).any()  # sentence ended but under budget
 
 
+def test_a_row_left_with_no_token_keeps_only_the_hard_constraints():
+    import torch
+
+    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.decoding import _masked, _Row
+
+    plan = TokenBlocker(["", "", "", "", "好", "。", "最"]).plan(["最"])
+    # Past its budget at a sentence end (EOS only) but under min_len (no EOS): nothing is left.
+    settings = DecodingSettings(length_budget=1.0, no_repeat_ngram=0, min_len=5)
+    masked = _masked(torch.zeros(1, 7), [_Row([4, 5], "好。")], [plan], settings, step=2, budgets=[1])
+    assert not torch.isinf(masked[0, 4]) and torch.isinf(masked[0, 6])  # writable again; the banned word stays banned
+
 def test_phrase_memory_penalizes_only_bigrams_already_used():
     import torch
 

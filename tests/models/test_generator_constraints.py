@@ -39,6 +39,8 @@ def parts():
 COLOURS = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"])
 SHAPES = ValueVocabulary({"裙款式": ["不对称", "对称", "荷叶边"]}, ["裙款式"])
 ASYMMETRIC_DRESS = {"类型": ["裙"], "裙款式": ["不对称"]}
+COATS = ValueVocabulary({"衣样式": ["外套", "西装", "风衣"], "衣领型": ["西装领", "圆领"]}, ["衣样式", "衣领型"])
+SUIT_COLLAR_COAT = {"类型": ["上衣"], "衣样式": ["外套"], "衣领型": ["西装领"]}
 
 
 def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS):
@@ -96,6 +98,21 @@ def test_contradicting_value_inside_an_own_value_is_written_only_as_part_of_it(p
     assert "不对称" in spelled.generate(ASYMMETRIC_DRESS, decoding=method)[0]
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_contradicting_value_opening_an_own_value_must_go_on_as_that_value(parts, method):
+    # 西装 (a suit) contradicts 衣样式#外套, but opens the product's own 西装领 (suit collar):
+    # pushed toward 西装外套, the decoder may write 西装 only if 领 follows.
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "西装"), piece(tokenizer, "外套"))]
+    free = make_generator(parts, pushes, [], faithful=False, vocab=COATS)
+    assert "西装外套" in free.generate(SUIT_COLLAR_COAT, decoding=method)[0]
+    guarded = make_generator(parts, pushes, [], vocab=COATS)
+    copies = guarded.generate(SUIT_COLLAR_COAT, decoding=method, n=3)
+    for copy in copies:
+        assert COATS.contradictions(copy, SUIT_COLLAR_COAT) == [], copy
+    assert any("西装领" in copy for copy in copies)  # the own value stays writable
+
+
 def test_contradictions_ignore_values_inside_the_products_own():
     vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"]}, ["颜色"])
     pink = {"颜色": ["粉红色"]}
@@ -117,12 +134,27 @@ def test_token_blocker_handles_words_across_tokens():
 
 def test_token_blocker_bans_a_word_only_outside_its_allowed_prefixes():
     blocker = TokenBlocker(["", "不", "对称", "不对称", "称", "对", "对称的"])
-    plan = blocker.plan([], outside={"对称": ["不"]})
+    plan = blocker.plan([], inside={"对称": ["不对称"]})
     opening = plan.banned("")
     assert opening[2] and opening[6] and not opening[3] and not opening[5]  # 对 alone states nothing yet
     assert not plan.banned("裙摆不")[2]  # 不 + 对称 is the product's own 不对称
     assert plan.banned("裙摆对")[4] and not plan.banned("裙摆不对")[4]  # across a token boundary too
     assert plan.banned("不对称，两侧")[2]  # an earlier own value does not license a later claim
+
+
+def test_token_blocker_makes_a_word_that_opens_an_allowed_value_go_on_as_it():
+    pieces = ["", "西装", "领", "外套", "西装外套", "西", "装", "装领", "领口", "西装领", "的"]
+    plan = TokenBlocker(pieces, always_banned_ids=[0]).plan([], inside={"西装": ["西装领"]})
+    ids = {p: i for i, p in enumerate(pieces)}
+    opening = plan.banned("这款")
+    assert opening[ids["西装外套"]] and not opening[ids["西装"]] and not opening[ids["西装领"]]
+    after = plan.banned("这款西装")  # written 西装: only 领... may follow (not 外套, not the end)
+    assert set(np.flatnonzero(~after)) == {ids["领"], ids["领口"]}
+    assert not plan.banned("这款西装领").any() or not plan.banned("这款西装领")[ids["外套"]]
+    across = plan.banned("这款西")  # across a token boundary
+    assert not across[ids["装"]] and not across[ids["装领"]]
+    assert not plan.banned("这款西装领的西装领")[ids["外套"]]
+    assert plan.banned("西装领，西装")[ids["外套"]]  # an earlier 西装领 does not license a later 西装
 
 
 def test_ad_law_word_list_errors(tmp_path):

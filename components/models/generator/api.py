@@ -126,21 +126,18 @@ class Generator:
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]]) -> BanPlan:
         """Ad-law words and contradicting values, banned at every decoding step. A contradicting
-        value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称) stays writable
-        as part of that value: it is banned except right after the own value's opening. Where
-        the own value starts with it, no step can tell the two apart, and the re-ranking
-        (violating copies last) is the guard."""
+        value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称, 西装 in 西装领)
+        stays writable only as part of that value: right after its opening, and then only
+        going on to its end."""
         own = [v.lower() for values in attributes.values() for v in values]
-        words, outside = list(self.ad_law_words), {}
+        words, inside = list(self.ad_law_words), {}
         for value in self.vocabulary.contradicting_values(attributes):
-            containing = [o for o in own if value.lower() in o]
-            if not containing:
+            hosts = [o for o in own if value.lower() in o]
+            if hosts:
+                inside[value] = hosts
+            else:
                 words.append(value)
-                continue
-            prefixes = [o[: o.index(value.lower())] for o in containing]
-            if all(prefixes):
-                outside[value] = prefixes
-        return self.blocker.plan(words, outside)
+        return self.blocker.plan(words, inside)
 
     def violations(self, text: str, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
         return {

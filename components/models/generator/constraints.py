@@ -8,8 +8,9 @@
 - Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
 
 `TokenBlocker` turns both into per-step token bans for the decoder, including words that
-straddle several tokens, and words banned only outside the product's own values (对称 for a
-不对称 product: allowed right after 不, banned anywhere else).
+straddle several tokens, and words banned only outside the product's own values: 对称 for a
+不对称 product is allowed right after 不 and banned anywhere else; 西装 for a product with
+西装领 may be written, but must then go on as 西装领 (the next token has to start with 领).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class TokenBlocker:
         self.always_banned[list(always_banned_ids)] = True
         self._containing: dict[str, np.ndarray] = {}
         self._starting: dict[str, np.ndarray] = {}
+        self._continuing: dict[str, np.ndarray] = {}
 
     def containing(self, word: str) -> np.ndarray:
         if word not in self._containing:
@@ -152,17 +154,33 @@ class TokenBlocker:
             )
         return self._starting[rest]
 
-    def plan(self, words: Iterable[str], outside: Mapping[str, Sequence[str]] | None = None) -> BanPlan:
+    def continuing(self, rest: str) -> np.ndarray:
+        """Tokens that keep the text on course to spell `rest`: they start with it, or are a
+        non-empty beginning of it."""
+        if rest not in self._continuing:
+            beginnings = {rest[:j] for j in range(1, len(rest) + 1)}
+            ids = [i for i, p in enumerate(self.piece_texts) if p and (p.startswith(rest) or p in beginnings)]
+            self._continuing[rest] = np.array(ids, dtype=np.int64)
+        return self._continuing[rest]
+
+    def plan(self, words: Iterable[str], inside: Mapping[str, Sequence[str]] | None = None) -> BanPlan:
         """Precompute the static mask and the boundary rules for one set of banned words.
-        `outside`: words banned except right after one of their allowed (non-empty) prefixes."""
+        `inside`: words banned except as part of one of the given longer strings (the
+        product's own values that contain them)."""
         static = self.always_banned.copy()
         by_last_char: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for word in {w.lower() for w in words if w}:
             static[self.containing(word)] = True
             for i in range(1, len(word)):
                 by_last_char[word[i - 1]].append((word[:i], word[i:]))
-        contextual = tuple((word.lower(), tuple(p.lower() for p in prefixes)) for word, prefixes in (outside or {}).items() if word)
-        return BanPlan(self, static, dict(by_last_char), contextual)
+        contextual = []
+        for word, hosts in (inside or {}).items():
+            word = word.lower()
+            contexts = {(host[:at], host[at + len(word) :]) for host in map(str.lower, hosts) for at, _ in _spans(host, word)} if word else set()
+            contexts.discard(("", ""))  # the word itself is no context
+            if contexts:
+                contextual.append((word, tuple(sorted(contexts))))
+        return BanPlan(self, static, dict(by_last_char), tuple(contextual))
 
 
 @dataclass
@@ -170,7 +188,8 @@ class BanPlan:
     blocker: TokenBlocker
     static: np.ndarray
     by_last_char: dict[str, list[tuple[str, str]]]
-    contextual: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (word, prefixes it may follow)
+    # (word, ((before, after), ...)): the word may appear only between one of these pairs
+    contextual: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def banned(self, text: str) -> np.ndarray:
         """Boolean mask over the vocabulary for the next token after `text`."""
@@ -184,13 +203,27 @@ class BanPlan:
                         if mask is self.static:
                             mask = mask.copy()
                         mask[ids] = True
-        for word, prefixes in self.contextual:
-            ids = [i for i in self._completing(lowered, word) if self._states_outside(lowered, self.blocker.piece_texts[i], word, prefixes)]
+        for word, contexts in self.contextual:
+            for rests in self._obligations(lowered, word, contexts):
+                allowed = np.zeros(len(mask), dtype=bool)
+                for rest in rests:
+                    allowed[self.blocker.continuing(rest)] = True
+                if allowed.any():  # no token can go on: leave it to the re-ranking
+                    if mask is self.static:
+                        mask = mask.copy()
+                    mask |= ~allowed
+            ids = [i for i in self._completing(lowered, word) if not self._inside(lowered + self.blocker.piece_texts[i], len(lowered), word, contexts)]
             if ids:
                 if mask is self.static:
                     mask = mask.copy()
                 mask[ids] = True
         return mask
+
+    def unfinished(self, text: str) -> bool:
+        """Does `text` end part-way through an allowed context (西装 of 西装领)? A copy cut
+        off by the length limit there would state the contradicting value."""
+        lowered = text.lower()
+        return any(self._obligations(lowered, word, contexts) for word, contexts in self.contextual)
 
     def _completing(self, text: str, word: str) -> set[int]:
         """Tokens that would complete an occurrence of `word` after `text`."""
@@ -201,12 +234,34 @@ class BanPlan:
         return ids
 
     @staticmethod
-    def _states_outside(text: str, piece: str, word: str, prefixes: tuple[str, ...]) -> bool:
-        """Does appending `piece` complete an occurrence of `word` not right after an allowed prefix?"""
-        new = text + piece
-        start = new.find(word, max(0, len(text) - len(word) + 1))
+    def _inside(new: str, old_length: int, word: str, contexts: tuple[tuple[str, str], ...]) -> bool:
+        """Is every occurrence of `word` that ends in new[old_length:] inside one of its
+        contexts (the part after it may still be on its way)?"""
+        start = new.find(word, max(0, old_length - len(word) + 1))
         while start >= 0:
-            if not any(new.endswith(p, 0, start) for p in prefixes):
-                return True
+            end, ok = start + len(word), False
+            for before, after in contexts:
+                tail = new[end : end + len(after)]
+                if new.endswith(before, 0, start) and after.startswith(tail):
+                    ok = True
+                    break
+            if not ok:
+                return False
             start = new.find(word, start + 1)
-        return False
+        return True
+
+    @staticmethod
+    def _obligations(text: str, word: str, contexts: tuple[tuple[str, str], ...]) -> list[list[str]]:
+        """For each occurrence of `word` near the end of `text` that is not yet inside a
+        finished context: the strings the text may go on with (one of them must follow)."""
+        longest = max(len(after) for _, after in contexts)
+        out = []
+        start = text.find(word, max(0, len(text) - len(word) - longest + 1))
+        while start >= 0:
+            end = start + len(word)
+            tail = text[end:]
+            fitting = [after for before, after in contexts if text.endswith(before, 0, start) and after.startswith(tail[: len(after)])]
+            if fitting and not any(len(tail) >= len(after) for after in fitting):
+                out.append([after[len(tail) :] for after in fitting])
+            start = text.find(word, start + 1)
+        return out

@@ -97,6 +97,15 @@ class _Row:
     text: str
 
 
+def _settled(row: _Row, plan: BanPlan, piece_texts: Sequence[str]) -> _Row:
+    """A row cut off by the length limit, less any trailing tokens that leave it part-way
+    through an allowed context (西装 of 西装领): cut there, the copy would state 西装."""
+    tokens, text = list(row.tokens), row.text
+    while tokens and plan.unfinished(text):
+        text = text[: len(text) - len(piece_texts[tokens.pop()])]
+    return _Row(tokens, text)
+
+
 def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
     """Tokens that would repeat an n-gram already in `tokens`."""
     if n <= 0 or len(tokens) < n:
@@ -123,6 +132,12 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
             masks[i, EOS] = False
     if step < settings.min_len:
         masks[:, EOS] = True
+    for i in np.flatnonzero(masks.all(axis=1)):
+        # The soft rules (repetition, length, min_len) left nothing: keep only the hard
+        # constraints, so a row repeats itself rather than crash or state a falsehood.
+        masks[i] = plans[i].banned(rows[i].text)
+        if masks[i].all():
+            masks[i, EOS] = False
     return logprobs.masked_fill(torch.from_numpy(masks), float("-inf"))
 
 
@@ -187,6 +202,8 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
         last = np.where(done, EOS, chosen_np).astype(np.int64)
     out: list[list[Candidate]] = [[] for _ in range(batch)]
     for i, b in enumerate(row_of):
+        if not done[i]:
+            rows[i] = _settled(rows[i], row_plans[i], piece_texts)
         length = len(rows[i].tokens) + 1
         out[b].append(Candidate(rows[i].tokens, rows[i].text.strip(), logprob[i], _normalized(logprob[i], length, settings.length_penalty)))
     return out
@@ -249,7 +266,7 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
             for j in range(k):
                 score = float(beam_scores[b, j])
                 if score > float("-inf"):
-                    row = rows[b * k + j]
+                    row = _settled(rows[b * k + j], row_plans[b * k + j], piece_texts)
                     finished[b].append(Candidate(row.tokens, row.text.strip(), score, _normalized(score, len(row.tokens), settings.length_penalty)))
         finished[b].sort(key=lambda c: c.score, reverse=True)
     return finished
