@@ -41,7 +41,7 @@ from components.training.launcher import write_manifest
 log = logging.getLogger("copyflow.generator")
 
 METRIC_KEYS = (
-    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "repetition4", "attr_coverage",
+    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "attr_coverage",
     "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
     "hallucination_rate", "ad_law_violations",
 )
