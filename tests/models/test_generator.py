@@ -190,6 +190,7 @@ def test_a_row_left_with_no_token_keeps_only_the_hard_constraints():
     masked = _masked(torch.zeros(1, 7), [_Row([4, 5], "好。")], [plan], settings, step=2, budgets=[1])
     assert not torch.isinf(masked[0, 4]) and torch.isinf(masked[0, 6])  # writable again; the banned word stays banned
 
+
 def test_phrase_memory_penalizes_only_bigrams_already_used():
     import torch
 

@@ -208,7 +208,7 @@ class BanPlan:
                 allowed = np.zeros(len(mask), dtype=bool)
                 for rest in rests:
                     allowed[self.blocker.continuing(rest)] = True
-                if allowed.any():  # no token can go on: leave it to the re-ranking
+                if allowed.any():  # (if no token can go on, the re-ranking is the guard)
                     if mask is self.static:
                         mask = mask.copy()
                     mask |= ~allowed
