@@ -6,12 +6,14 @@
 - distinct-n: unique character n-grams / all character n-grams over the whole set of copies
   (corpus level: copies that all say the same thing score low even if each is varied inside).
 - repetition-n: per copy, the share of its character n-grams that repeat an earlier one, averaged.
+- doubling rate: share of copies with a run of 2-4 Chinese characters written twice in a row.
 - value coverage / contradictions / banned words: plain substring tests on lower-cased text.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -81,6 +83,15 @@ def repetition_n(text: str, n: int = 4) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
+
+
+_DOUBLED = re.compile(r"([\u4e00-\u9fff]{2,4})\1")
+
+
+def doubled_runs(text: str) -> list[str]:
+    """Runs of 2-4 Chinese characters written twice in a row (休闲休闲): a glitch of small
+    models' copy attention; under 1% of human copies have one (一颗一颗, 大朵大朵)."""
+    return [m.group(0) for m in _DOUBLED.finditer(text)]
 
 
 def mentions(text: str, value: str) -> bool:

@@ -41,6 +41,13 @@ def test_distinct_and_repetition_known_values():
     assert tm.repetition_n("abc", 4) == 0.0
 
 
+def test_doubled_runs():
+    assert tm.doubled_runs("这款休闲休闲裤，字母字母点缀") == ["休闲休闲", "字母字母"]
+    assert tm.doubled_runs("满满的美美的") == []  # one character twice is ordinary Chinese
+    assert tm.doubled_runs("blingbling的显瘦显高") == []  # only Chinese runs; 显瘦显高 is no doubling
+    assert tm.doubled_runs("连衣裙连衣裙") == ["连衣裙连衣裙"]
+
+
 def test_coverage_and_banned_occurrences():
     text = "这款A字裙采用白色面料"
     assert tm.coverage(text, ["a字", "白色", "黑色"]) == pytest.approx(2 / 3)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from components.models.generator import api
-from components.models.generator.decoding import DecodingSettings, _repeat_bans
+from components.models.generator.constraints import TokenBlocker
+from components.models.generator.decoding import DecodingSettings, _doubling_bans, _repeat_bans
 from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import EOS, CopyTokenizer
@@ -63,6 +64,15 @@ def test_retrieval_baseline_substitutes_own_values():
 def test_repeat_blocking():
     assert _repeat_bans([5, 6, 7, 5, 6], 3) == [7]
     assert _repeat_bans([5, 6], 3) == []
+
+
+def test_doubling_bans_cover_a_run_begun_across_tokens():
+    blocker = TokenBlocker(["休", "闲", "休闲", "休闲风", "闲适", "的", "up"])
+    names = lambda text: sorted({blocker.piece_texts[i] for ids in _doubling_bans(text, blocker, 4) for i in ids})
+    assert names("这款休闲") == ["休闲", "休闲风"]
+    assert names("这款休闲休") == ["闲", "闲适"]  # the second 休闲 is half written
+    assert names("休闲风") == ["休闲风"]
+    assert names("的的") == [] and names("up") == []  # one character twice; Latin runs
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
@@ -171,7 +181,7 @@ def test_length_budget_ends_at_the_next_sentence_end():
 
     plan = TokenBlocker(["", "", "", "", "好", "。"]).plan([])
     rows = [_Row([4, 5], "好好。"), _Row([4, 4], "好好好"), _Row([4, 5], "好。")]
-    settings = DecodingSettings(length_budget=1.0, no_repeat_ngram=0)
+    settings = DecodingSettings(length_budget=1.0, no_repeat_ngram=0, no_doubling=0)
     masked = _masked(torch.zeros(3, 6), rows, [plan] * 3, settings, step=2, budgets=[3, 3, 3])
     assert torch.isinf(masked[0]).sum() == 5 and masked[0, EOS] == 0  # past budget, sentence ended: EOS only
     assert not torch.isinf(masked[1]).any()  # past budget but mid-sentence: keep writing

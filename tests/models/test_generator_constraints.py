@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, TorchBackend
 from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings
@@ -111,6 +112,20 @@ def test_contradicting_value_opening_an_own_value_must_go_on_as_that_value(parts
     for copy in copies:
         assert COATS.contradictions(copy, SUIT_COLLAR_COAT) == [], copy
     assert any("西装领" in copy for copy in copies)  # the own value stays writable
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_forced_doubling_is_never_emitted(parts, method):
+    # A push to write 黑色 again right after 黑色 (the 字母字母 glitch): off, the decoder
+    # doubles it; on (the default), no run of Chinese characters comes twice in a row.
+    tokenizer = parts[0]
+    black = piece(tokenizer, "黑色")
+    black_dress = {"类型": ["裙"], "颜色": ["黑色"]}
+    free = make_generator(parts, [(black, black)], [])
+    assert "黑色黑色" in free.generate(black_dress, decoding={"method": method, "no_doubling": 0})[0]
+    for copy in free.generate(black_dress, decoding=method, n=3):
+        assert tm.doubled_runs(copy) == [], copy
+        assert "黑色" in copy
 
 
 def test_contradictions_ignore_values_inside_the_products_own():

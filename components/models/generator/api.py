@@ -391,6 +391,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 "bleu4": tm.bleu4(copy, reference),
                 **rouge,
                 "repetition4": tm.repetition_n(copy, 4),
+                "doubled": "、".join(tm.doubled_runs(copy)),
                 "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),
@@ -411,7 +412,7 @@ def evaluate_examples(
 ) -> pd.DataFrame:
     """Generate for each row ({"content" or "attributes", "summary" or "reference", optional
     "focus"}) and score it: columns content, focus, reference, copy, bleu4, rouge1, rouge2,
-    rougeL, repetition4, attr_coverage, focus_coverage, hallucinated, contradictions,
+    rougeL, repetition4, doubled, attr_coverage, focus_coverage, hallucinated, contradictions,
     ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
     rows = list(rows)
     requests = []

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from components.models.generator.constraints import BanPlan
+from components.models.generator.constraints import BanPlan, TokenBlocker
 from components.models.generator.tokenizer import BOS, EOS
 
 SENTENCE_ENDS = ("。", "！", "!", "？", "?", "~", "～", "…")
@@ -44,6 +44,10 @@ class DecodingSettings:
     # Copies of one job (a catalog batch) should not all read alike: every token bigram already
     # used by earlier copies of the job costs catalog_penalty x log(1 + uses). 0 = off.
     catalog_penalty: float = 0.0
+    # No run of 2..no_doubling Chinese characters written twice in a row (休闲休闲, 字母字母):
+    # a small model's copy attention does it in about 40% of copies, human copy in under 1%.
+    # On by default, so bundles saved before the setting existed get it too. 0 = off.
+    no_doubling: int = 4
 
     def with_(self, **changes: Any) -> DecodingSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -119,6 +123,28 @@ def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
     return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i] == first and tokens[i : i + n - 1] == suffix]
 
 
+def _is_hanzi(text: str) -> bool:
+    return all("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def _doubling_bans(text: str, blocker: TokenBlocker, longest: int) -> list[np.ndarray]:
+    """Tokens that would write a run of 2..longest Chinese characters twice in a row. The
+    second copy may already be begun (text ends 休闲休): then tokens going on with 闲 are banned.
+    A token shorter than what is left is allowed; the next step bans the rest."""
+    text = text.lower()
+    out = []
+    for unit in range(2, longest + 1):
+        for begun in range(unit):
+            if len(text) < unit + begun:
+                break
+            first = text[len(text) - unit - begun : len(text) - begun]
+            if _is_hanzi(first) and text.endswith(first[:begun]):
+                ids = blocker.starting_with(first[begun:])
+                if len(ids):
+                    out.append(ids)
+    return out
+
+
 def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int, budgets: Sequence[int] | None = None) -> torch.Tensor:
     """-inf for every banned next token of every row; only EOS for a row past its length
     budget that has just finished a sentence."""
@@ -127,6 +153,9 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
         banned = _repeat_bans(row.tokens, settings.no_repeat_ngram)
         if banned:
             masks[i, banned] = True
+        if settings.no_doubling:
+            for ids in _doubling_bans(row.text, plans[i].blocker, settings.no_doubling):
+                masks[i, ids] = True
         if budgets is not None and len(row.text) >= budgets[i] and row.text.rstrip().endswith(SENTENCE_ENDS):
             masks[i, :] = True
             masks[i, EOS] = False

@@ -35,6 +35,7 @@ def summarize(scores: pd.DataFrame, prefix: str = "") -> dict[str, float]:
         "distinct1": tm.distinct_n(copies, 1),
         "distinct2": tm.distinct_n(copies, 2),
         "repetition4": float(scores["repetition4"].mean()),
+        "doubling_rate": float((scores["doubled"] != "").mean()),
         "attr_coverage": float(scores["attr_coverage"].mean()),
         "hallucination_rate": float(scores["hallucinated"].mean()),
         "ad_law_violations": float(scores["ad_law_violations"].sum()),
@@ -85,6 +86,7 @@ def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]
         "beam4": plain.with_(method="beam", beam_size=4),
         "beam8": plain.with_(method="beam", beam_size=8),
         "beam4_repeat3": plain.with_(method="beam", beam_size=4, no_repeat_ngram=3),
+        "beam4_doubling_allowed": plain.with_(method="beam", beam_size=4, no_doubling=0),
         "beam4_catalog0.3": plain.with_(method="beam", beam_size=4, catalog_penalty=0.3),
         "beam4_catalog0.6": plain.with_(method="beam", beam_size=4, catalog_penalty=0.6),
         "top_p0.9_T0.5": plain.with_(method="top_p", temperature=0.5, num_candidates=1),
@@ -113,7 +115,7 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
         copies = _generate(generator, requests, setting)
         seconds = time.perf_counter() - started
         summary = summarize(score_copies(generator, rows, copies, [[] for _ in rows]))
-        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty")}})
+        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling")}})
     return pd.DataFrame.from_records(records)
 
 
@@ -134,7 +136,7 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         metrics.update(focus)
         copies[prefix + "random"] = random_copies
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
-    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
+    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
     for prefix in ("", "baseline_"):
         metrics[f"{prefix}distinct2_vs_human"] = _vs_human(metrics[f"{prefix}distinct2"], metrics["human_distinct2"])
     samples = pd.DataFrame(
