@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.data.attributes import parse_attributes
+from components.data.attributes import UNK, parse_attributes
 
 SPLITS = ("train", "valid", "test")
+# The corpus masks brand names two ways: `<UNK>` (1,553 copies) and a literal `BRAND` (234).
+# Kept as written, a model learns to spell B-R-A-N-D into copies a shop would ship; as the one
+# masked token, it is never generated.
+BRAND_PLACEHOLDER = "BRAND"
 
 
 class CorpusError(ValueError):
@@ -36,7 +40,8 @@ def split_of(content: str, valid_fraction: float, test_fraction: float) -> str:
 
 
 def read_corpus(path: Path | str, *, require_summary: bool = True) -> pd.DataFrame:
-    """JSONL -> DataFrame[line, content, summary, attributes]; a bad row raises naming its line."""
+    """JSONL -> DataFrame[line, content, summary, attributes]; a bad row raises naming its line.
+    A `BRAND` placeholder in a copy becomes the masked token `<UNK>`."""
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"corpus not found: {path}")
@@ -58,6 +63,8 @@ def read_corpus(path: Path | str, *, require_summary: bool = True) -> pd.DataFra
                 attributes = parse_attributes(row["content"])
             except ValueError as exc:
                 raise CorpusError(f"{path}:{line_no}: bad 'content': {exc}") from exc
+            if isinstance(summary, str):
+                summary = summary.replace(BRAND_PLACEHOLDER, UNK)
             records.append(
                 {"line": line_no, "content": row["content"], "summary": summary, "attributes": attributes}
             )

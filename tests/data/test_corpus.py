@@ -35,3 +35,9 @@ def test_bad_rows_name_their_line(tmp_path):
     path.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
     rows = read_corpus(path, require_summary=False)
     assert rows.loc[0, "attributes"] == {"类型": ["裙"], "颜色": ["白色"]}
+
+
+def test_both_brand_masks_become_the_one_masked_token(cfg):
+    corpus = read_corpus(cfg.paths.corpus)
+    assert not corpus["summary"].str.contains("BRAND").any()
+    assert corpus["summary"].str.contains("<UNK>", regex=False).sum() > 1553  # 1,553 used <UNK> already
