@@ -175,7 +175,7 @@ class GeneratorConfig(Section):
     max_decode_len: int = Field(default=110, gt=0)
     length_budget: float = Field(default=1.0, ge=0)
     catalog_penalty: float = Field(default=0.0, ge=0)  # x log(1 + uses) per bigram earlier copies of the job used
-    no_doubling: int = Field(default=4, ge=0)  # no run of 2..N Chinese characters twice in a row (0 = off)
+    no_doubling: int = Field(default=4, ge=0)  # no run of 2..N Chinese characters repeated at once or one character later (0 = off)
     torch_threads: int = Field(default=1, ge=0)
     train_threads: int = Field(default=0, ge=0)  # threads for fit only (0 = torch_threads); decoding stays on torch_threads
     focus_samples: int = Field(default=200, gt=0)

@@ -6,7 +6,8 @@
 - distinct-n: unique character n-grams / all character n-grams over the whole set of copies
   (corpus level: copies that all say the same thing score low even if each is varied inside).
 - repetition-n: per copy, the share of its character n-grams that repeat an earlier one, averaged.
-- doubling rate: share of copies with a run of 2-4 Chinese characters written twice in a row.
+- doubling rate: share of copies with a run of 2-4 Chinese characters repeated right away or
+  after one character (休闲休闲, 显瘦又显瘦).
 - value coverage / contradictions / banned words: plain substring tests on lower-cased text.
 """
 
@@ -85,12 +86,13 @@ def repetition_n(text: str, n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-_DOUBLED = re.compile(r"([\u4e00-\u9fff]{2,4})\1")
+_DOUBLED = re.compile(r"([\u4e00-\u9fff]{2,4})[\u4e00-\u9fff]?\1")
 
 
 def doubled_runs(text: str) -> list[str]:
-    """Runs of 2-4 Chinese characters written twice in a row (休闲休闲): a glitch of small
-    models' copy attention; under 1% of human copies have one (一颗一颗, 大朵大朵)."""
+    """Runs of 2-4 Chinese characters repeated right away or after one character (休闲休闲,
+    显瘦又显瘦): a glitch of small models' copy attention; about 1% of human copies have one
+    (一颗一颗, 一层又一层)."""
     return [m.group(0) for m in _DOUBLED.finditer(text)]
 
 

@@ -67,12 +67,16 @@ def test_repeat_blocking():
 
 
 def test_doubling_bans_cover_a_run_begun_across_tokens():
-    blocker = TokenBlocker(["休", "闲", "休闲", "休闲风", "闲适", "的", "up"])
+    blocker = TokenBlocker(["休", "闲", "休闲", "休闲风", "闲适", "的", "up", "显瘦", "又显瘦", "又", "瘦"])
     names = lambda text: sorted({blocker.piece_texts[i] for ids in _doubling_bans(text, blocker, 4) for i in ids})
     assert names("这款休闲") == ["休闲", "休闲风"]
-    assert names("这款休闲休") == ["闲", "闲适"]  # the second 休闲 is half written
-    assert names("休闲风") == ["休闲风"]
+    assert names("这款休闲休") == ["休闲", "休闲风", "闲", "闲适"]  # 休闲 half repeated, or after 休
+    assert names("休闲风") == ["休闲", "休闲风"]  # 休闲风 again, or 休闲 after 风
     assert names("的的") == [] and names("up") == []  # one character twice; Latin runs
+    # with one character between (显瘦又显瘦), also when one token writes both (又显瘦)
+    assert names("宽松显瘦") == ["又显瘦", "显瘦"]
+    assert names("宽松显瘦又") == ["显瘦"]
+    assert names("宽松显瘦又显") == ["又显瘦", "瘦"]  # 又显瘦 would double 又显
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
@@ -185,7 +189,37 @@ def test_length_budget_ends_at_the_next_sentence_end():
     masked = _masked(torch.zeros(3, 6), rows, [plan] * 3, settings, step=2, budgets=[3, 3, 3])
     assert torch.isinf(masked[0]).sum() == 5 and masked[0, EOS] == 0  # past budget, sentence ended: EOS only
     assert not torch.isinf(masked[1]).any()  # past budget but mid-sentence: keep writing
-    assert not torch.isinf(masked[2]).any()  # sentence ended but under budget
+    assert torch.isinf(masked[2]).nonzero().flatten().tolist() == [5]  # under budget: write on, but no 。 after 。
+
+
+def test_a_copy_cut_off_by_the_length_limit_ends_at_its_last_full_sentence():
+    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.decoding import _Row, _settled
+
+    pieces = ["", "", "", "", "好看", "。", "口袋", "显瘦"]
+    plan = TokenBlocker(pieces).plan([])
+    assert _settled(_Row([4, 4, 5, 6], "好看好看。口袋"), plan, pieces) == _Row([4, 4, 5], "好看好看。")
+    # a full sentence that would keep less than half of the copy: keep the copy as it is
+    assert _settled(_Row([4, 5, 6, 7, 6], "好看。口袋显瘦口袋"), plan, pieces) == _Row([4, 5, 6, 7, 6], "好看。口袋显瘦口袋")
+    assert _settled(_Row([6, 7], "口袋显瘦"), plan, pieces) == _Row([6, 7], "口袋显瘦")  # no sentence end at all
+
+
+def test_no_punctuation_mark_right_after_a_pause_and_no_doubled_de():
+    import torch
+
+    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.decoding import _masked, _Row
+
+    plan = TokenBlocker(["", "", "", "", "好", "。", "，", "！", "，好"]).plan([])
+    settings = DecodingSettings(no_repeat_ngram=0)
+    rows = [_Row([4, 5], "好。"), _Row([4, 6], "好，"), _Row([4], "好")]
+    masked = torch.isinf(_masked(torch.zeros(3, 9), rows, [plan] * 3, settings, step=2))
+    assert masked[0].nonzero().flatten().tolist() == [5, 6, 7, 8]  # 。 then any mark (，好 too); EOS stays
+    assert masked[1].nonzero().flatten().tolist() == [5, 6, 7, 8]
+    assert not masked[2].any()  # after a word, punctuation is fine
+    plan = TokenBlocker(["", "", "", "", "的", "的确", "好"]).plan([])
+    masked = torch.isinf(_masked(torch.zeros(1, 7), [_Row([6, 4], "好的")], [plan], settings, step=2))
+    assert masked[0].nonzero().flatten().tolist() == [4, 5]  # no 的的
 
 
 def test_a_row_left_with_no_token_keeps_only_the_hard_constraints():

@@ -1,12 +1,14 @@
 """A decoder pushed hard toward a banned word or a contradicting value never emits it."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, TorchBackend
-from components.models.generator.constraints import TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.constraints import LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings
 from tests.models.generator_fixtures import ROOT, tiny_parts
 
@@ -44,10 +46,11 @@ COATS = ValueVocabulary({"衣样式": ["外套", "西装", "风衣"], "衣领型
 SUIT_COLLAR_COAT = {"类型": ["上衣"], "衣样式": ["外套"], "衣领型": ["西装领"]}
 
 
-def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS):
+def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS, latin=None):
     tokenizer, net = parts[0], parts[4]
     vocab = vocab if faithful else ValueVocabulary(vocab.values_by_key, [])
-    return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3), 64)
+    settings = DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3)
+    return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, settings, 64, known_latin_words=latin)
 
 
 def piece(tokenizer, text):
@@ -126,6 +129,33 @@ def test_forced_doubling_is_never_emitted(parts, method):
     for copy in free.generate(black_dress, decoding=method, n=3):
         assert tm.doubled_runs(copy) == [], copy
         assert "黑色" in copy
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_latin_letters_only_spell_known_words(parts, method):
+    # Pushed o, l, o, l, ...: without a lexicon the copy is letter salad (ololol); with one,
+    # every run of letters is a known word or one of the product's own values.
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "o"), piece(tokenizer, "l"))]
+    assert "olol" in make_generator(parts, pushes, []).generate(WHITE_DRESS, decoding=method)[0]
+    guarded = make_generator(parts, pushes, [], latin=["polo", "logo"])
+    ol_dress = {**WHITE_DRESS, "风格": ["ol"]}
+    for attributes, allowed in ((WHITE_DRESS, {"polo", "logo"}), (ol_dress, {"polo", "logo", "ol"})):
+        for copy in guarded.generate(attributes, decoding=method, n=3):
+            runs = set(re.findall(r"[a-z]+", copy.lower()))
+            assert runs <= allowed, copy
+    assert "ol" in guarded.generate(ol_dress, decoding=method)[0]  # its own value stays writable
+
+
+def test_latin_lexicon_grows_runs_only_along_known_words():
+    lexicon = LatinLexicon(["polo", "ol"], ["", "p", "o", "l", "po", "lo", "a字", "，", "ol字"])
+    def allowed(text):
+        banned = set(lexicon.banned(text).tolist())
+        return [p for i, p in enumerate(["", "p", "o", "l", "po", "lo", "a字", "，", "ol字"]) if i not in banned]
+    assert allowed("这款") == ["", "p", "o", "po", "，", "ol字"]  # a字: "a" is no known word
+    assert allowed("这款po") == ["", "l", "lo"]  # half a word must go on (or the copy ends)
+    assert allowed("这款polo") == ["", "，"]
+    assert allowed("通勤ol") == ["", "，"]
 
 
 def test_contradictions_ignore_values_inside_the_products_own():

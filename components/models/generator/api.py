@@ -25,7 +25,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import BanPlan, TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
@@ -109,9 +109,12 @@ class Generator:
         batch_size: int = 32,
         retrieval: RetrievalGenerator | None = None,
         max_exemplar_len: int = 0,
+        known_latin_words: Iterable[str] | None = None,
     ):
         """`retrieval`: when given, every request is conditioned on the nearest training copy
-        (own values substituted), which the model edits into this product's copy."""
+        (own values substituted), which the model edits into this product's copy.
+        `known_latin_words`: when given, a run of Latin letters in a copy must be one of them or
+        of the product's own values (see `copy_lexicon`)."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -122,6 +125,8 @@ class Generator:
         self.retrieval = retrieval
         self.max_exemplar_len = max_exemplar_len
         self.blocker = TokenBlocker(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
+        self.known_latin_words = None if known_latin_words is None else frozenset(w.lower() for w in known_latin_words)
+        self._lexicons: dict[frozenset[str], LatinLexicon] = {}
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]]) -> BanPlan:
@@ -137,7 +142,16 @@ class Generator:
                 inside[value] = hosts
             else:
                 words.append(value)
-        return self.blocker.plan(words, inside)
+        return self.blocker.plan(words, inside, self.lexicon(own))
+
+    def lexicon(self, own_values: Iterable[str]) -> LatinLexicon | None:
+        """The Latin words a copy of this product may write: the known ones and its own."""
+        if self.known_latin_words is None:
+            return None
+        extra = frozenset(latin_words(own_values) - self.known_latin_words)
+        if extra not in self._lexicons:
+            self._lexicons[extra] = LatinLexicon(self.known_latin_words | extra, self.tokenizer.piece_texts)
+        return self._lexicons[extra]
 
     def violations(self, text: str, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
         return {
@@ -254,6 +268,12 @@ def save_model_dir(
     return directory
 
 
+def copy_lexicon(training_copies: Iterable[str], vocabulary: ValueVocabulary) -> set[str]:
+    """Latin words a copy may use: those of the training copies and of every known value."""
+    values = [v for vs in vocabulary.values_by_key.values() for v in vs]
+    return latin_words(training_copies) | latin_words(values)
+
+
 def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
     """A local model directory, or an MLflow artifact URI (runs:/..., models:/..., file:...)."""
     path = Path(str(model_dir_or_uri))
@@ -296,16 +316,19 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
     else:
         raise ValueError(f"unknown backend {backend!r}; expected torch or onnx")
     exemplars = config.get("max_exemplar_len", 0) > 0
+    retrieval = RetrievalGenerator.load(directory)
+    vocabulary = ValueVocabulary.from_dict(json.loads((directory / VALUES_FILE).read_text(encoding="utf-8")))
     return Generator(
         CopyTokenizer.load(directory),
         engine,
-        ValueVocabulary.from_dict(json.loads((directory / VALUES_FILE).read_text(encoding="utf-8"))),
+        vocabulary,
         load_ad_law_words(directory / AD_LAW_FILE),
         DecodingSettings(**config["decoding"]),
         config["spec"]["max_source_len"],
         batch_size,
-        RetrievalGenerator.load(directory) if exemplars else None,
+        retrieval if exemplars else None,
         config.get("max_exemplar_len", 0),
+        copy_lexicon(retrieval.texts, vocabulary),
     )
 
 

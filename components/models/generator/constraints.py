@@ -7,6 +7,11 @@
   values (衫, 棉, 潮) are too ambiguous to test by substring and are left out.
 - Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
 
+Beside them, a softer rule against letter salad: `LatinLexicon` lets a run of Latin letters grow
+only along a word some training copy or the product's own values use (polo, logo, ol), where
+the decoder otherwise wandered into `olgissihieteeilelian` (bigram blocking pushes it from
+letter to letter).
+
 `TokenBlocker` turns both into per-step token bans for the decoder, including words that
 straddle several tokens, and words banned only outside the product's own values: 对称 for a
 不对称 product is allowed right after 不 and banned anywhere else; 西装 for a product with
@@ -15,6 +20,7 @@ straddle several tokens, and words banned only outside the product's own values:
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +129,47 @@ def build_value_vocabulary(
     return ValueVocabulary(dict(values_by_key), factual, rates)
 
 
+_LETTERS = re.compile(r"[a-z]+")
+
+
+def latin_words(texts: Iterable[str]) -> set[str]:
+    """The lower-cased runs of Latin letters in `texts` (the masked token <UNK> is no word)."""
+    return {w for text in texts for w in _LETTERS.findall(text.lower().replace(UNK.lower(), " "))}
+
+
+class LatinLexicon:
+    """Which tokens may come next after a run of Latin letters: the run may grow only into a
+    prefix of a known word, and may end only as a whole word."""
+
+    def __init__(self, words: Iterable[str], piece_texts: Sequence[str]):
+        self.words = {w.lower() for w in words if w}
+        self.prefixes = {w[:i] for w in self.words for i in range(1, len(w) + 1)}
+        lowered = [p.lower() for p in piece_texts]
+        # (id, its leading letters, is it letters only) for tokens that start with a letter
+        self._lettered = [(i, m.group(0), len(m.group(0)) == len(p)) for i, p in enumerate(lowered) if (m := _LETTERS.match(p))]
+        self._others = np.array([i for i, p in enumerate(lowered) if p and not _LETTERS.match(p)], dtype=np.int64)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def banned(self, text: str) -> np.ndarray:
+        """Token ids banned after `text`, given the run of letters it ends with (maybe none)."""
+        run = _trailing_letters(text)
+        if run not in self._cache:
+            ids = [i for i, letters, whole in self._lettered if (run + letters) not in (self.prefixes if whole else self.words)]
+            banned = np.array(ids, dtype=np.int64)
+            if run and run not in self.words:  # half a word: it must go on
+                banned = np.concatenate([banned, self._others])
+            self._cache[run] = banned
+        return self._cache[run]
+
+
+def _trailing_letters(text: str) -> str:
+    end = len(text)
+    start = end
+    while start > 0 and "a" <= text[start - 1].lower() <= "z":
+        start -= 1
+    return text[start:end].lower()
+
+
 class TokenBlocker:
     """Bans, at each decoding step, every token that would complete a banned string.
 
@@ -154,6 +201,23 @@ class TokenBlocker:
             )
         return self._starting[rest]
 
+    def starting_after_one(self, rest: str) -> np.ndarray:
+        """Tokens of one Chinese character and then `rest` (又显瘦 for 显瘦), or longer."""
+        key = "\0after-one:" + rest
+        if key not in self._starting:
+            self._starting[key] = np.array(
+                [i for i, p in enumerate(self.piece_texts) if len(p) > len(rest) and "\u4e00" <= p[0] <= "\u9fff" and p[1:].startswith(rest)],
+                dtype=np.int64,
+            )
+        return self._starting[key]
+
+    def starting_with_any(self, characters: str) -> np.ndarray:
+        """Tokens whose text begins with any of `characters`."""
+        key = "\0any:" + characters
+        if key not in self._starting:
+            self._starting[key] = np.array([i for i, p in enumerate(self.piece_texts) if p and p[0] in characters], dtype=np.int64)
+        return self._starting[key]
+
     def continuing(self, rest: str) -> np.ndarray:
         """Tokens that keep the text on course to spell `rest`: they start with it, or are a
         non-empty beginning of it."""
@@ -163,7 +227,7 @@ class TokenBlocker:
             self._continuing[rest] = np.array(ids, dtype=np.int64)
         return self._continuing[rest]
 
-    def plan(self, words: Iterable[str], inside: Mapping[str, Sequence[str]] | None = None) -> BanPlan:
+    def plan(self, words: Iterable[str], inside: Mapping[str, Sequence[str]] | None = None, latin: LatinLexicon | None = None) -> BanPlan:
         """Precompute the static mask and the boundary rules for one set of banned words.
         `inside`: words banned except as part of one of the given longer strings (the
         product's own values that contain them)."""
@@ -180,7 +244,7 @@ class TokenBlocker:
             contexts.discard(("", ""))  # the word itself is no context
             if contexts:
                 contextual.append((word, tuple(sorted(contexts))))
-        return BanPlan(self, static, dict(by_last_char), tuple(contextual))
+        return BanPlan(self, static, dict(by_last_char), tuple(contextual), latin)
 
 
 @dataclass
@@ -190,6 +254,8 @@ class BanPlan:
     by_last_char: dict[str, list[tuple[str, str]]]
     # (word, ((before, after), ...)): the word may appear only between one of these pairs
     contextual: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # the soft rule for runs of Latin letters (decoding applies it; None: no rule)
+    latin: LatinLexicon | None = None
 
     def banned(self, text: str) -> np.ndarray:
         """Boolean mask over the vocabulary for the next token after `text`."""
