@@ -21,6 +21,7 @@ straddle several tokens, and words banned only outside the product's own values:
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,21 @@ def _trailing_letters(text: str) -> str:
     return text[start:end].lower()
 
 
+class _PrefixIndex:
+    """Token ids sorted by a text key, so the tokens whose key starts with a string are one slice."""
+
+    def __init__(self, keyed: Iterable[tuple[str, int]]):
+        pairs = sorted(keyed)
+        self.keys = [key for key, _ in pairs]
+        self.ids = np.array([i for _, i in pairs], dtype=np.int64)
+        self.prefixes = {key[:n] for key in self.keys for n in range(len(key) + 1)}
+
+    def starting_with(self, prefix: str) -> np.ndarray:
+        if prefix not in self.prefixes:  # the common case, without a search
+            return self.ids[:0]
+        return self.ids[bisect_left(self.keys, prefix) : bisect_left(self.keys, prefix + "\U0010ffff")]
+
+
 class TokenBlocker:
     """Bans, at each decoding step, every token that would complete a banned string.
 
@@ -185,6 +201,9 @@ class TokenBlocker:
         self._containing: dict[str, np.ndarray] = {}
         self._starting: dict[str, np.ndarray] = {}
         self._continuing: dict[str, np.ndarray] = {}
+        # Queried with every new text tail at every step (doubling rule): sorted, not cached.
+        self._by_text = _PrefixIndex((p, i) for i, p in enumerate(self.piece_texts) if p)
+        self._by_text_after_one = _PrefixIndex((p[1:], i) for i, p in enumerate(self.piece_texts) if len(p) > 1 and "\u4e00" <= p[0] <= "\u9fff")
 
     def containing(self, word: str) -> np.ndarray:
         if word not in self._containing:
@@ -195,21 +214,11 @@ class TokenBlocker:
 
     def starting_with(self, rest: str) -> np.ndarray:
         """Tokens that begin with `rest`, or are a longer string that `rest` starts with."""
-        if rest not in self._starting:
-            self._starting[rest] = np.array(
-                [i for i, p in enumerate(self.piece_texts) if p and p.startswith(rest)], dtype=np.int64
-            )
-        return self._starting[rest]
+        return self._by_text.starting_with(rest)
 
     def starting_after_one(self, rest: str) -> np.ndarray:
         """Tokens of one Chinese character and then `rest` (又显瘦 for 显瘦), or longer."""
-        key = "\0after-one:" + rest
-        if key not in self._starting:
-            self._starting[key] = np.array(
-                [i for i, p in enumerate(self.piece_texts) if len(p) > len(rest) and "\u4e00" <= p[0] <= "\u9fff" and p[1:].startswith(rest)],
-                dtype=np.int64,
-            )
-        return self._starting[key]
+        return self._by_text_after_one.starting_with(rest) if rest else self._by_text_after_one.ids[:0]
 
     def starting_with_any(self, characters: str) -> np.ndarray:
         """Tokens whose text begins with any of `characters`."""

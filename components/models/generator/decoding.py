@@ -22,8 +22,8 @@ from components.models.generator.tokenizer import BOS, EOS
 SENTENCE_ENDS = ("。", "！", "!", "？", "?", "~", "～", "…")
 # No punctuation mark straight after one of these (the model's `。。`, `。，`; human copy has it
 # in 0.3% of copies, as typos).
-PAUSES = "，。、；：,;:"
-MARKS = PAUSES + "！？!?"
+PAUSES = tuple("，。、；：,;:")
+MARKS = "".join(PAUSES) + "！？!?"
 
 Method = Literal["greedy", "beam", "top_p"]
 
@@ -133,31 +133,36 @@ def _repeat_bans(tokens: Sequence[int], n: int) -> list[int]:
     return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i] == first and tokens[i : i + n - 1] == suffix]
 
 
-def _is_hanzi(text: str) -> bool:
-    return all("\u4e00" <= ch <= "\u9fff" for ch in text)
+def _trailing_hanzi(text: str, most: int) -> int:
+    """How many of the last `most` characters of `text` are Chinese, counting from the end."""
+    count, length = 0, len(text)
+    while count < most and count < length and "\u4e00" <= text[length - 1 - count] <= "\u9fff":
+        count += 1
+    return count
 
 
 def _doubling_bans(text: str, blocker: TokenBlocker, longest: int) -> list[np.ndarray]:
     """Tokens that would repeat a run of 2..longest Chinese characters right away (休闲休闲) or
     after one character (显瘦又显瘦, 性感的性感). The repeat may already be begun (text ends
     休闲休): then tokens going on with 闲 are banned. A token shorter than what is left is
-    allowed; the next step bans the rest."""
+    allowed; the next step bans the rest. Runs every step for every row: integer and
+    one-character checks first, prefix lookups only where a repeat can still happen."""
     text = text.lower()
+    length = len(text)
+    hanzi = _trailing_hanzi(text, 2 * longest + 1)
     out = []
-    for unit in range(2, longest + 1):
-        if len(text) < unit:
-            break
-        # one token writing the middle character and the repeat at once (显瘦 + 又显瘦)
-        if _is_hanzi(text[-unit:]):
-            out.append(blocker.starting_after_one(text[-unit:]))
+    for unit in range(2, min(longest, hanzi) + 1):
+        run = text[length - unit :]
+        out.append(blocker.starting_with(run))  # the run again, right away
+        out.append(blocker.starting_after_one(run))  # one token: a character, then the run
+        if hanzi > unit:  # the text ends with a run and one more character
+            out.append(blocker.starting_with(text[length - unit - 1 : length - 1]))
         for gap in (0, 1):
-            for begun in range(unit):
-                end = len(text) - begun - gap  # where the first copy ends
-                if end < unit:
+            period = unit + gap
+            for begun in range(1, unit):  # the repeat's first `begun` characters are written
+                if hanzi < period + begun or text[length - begun] != text[length - begun - period]:
                     break
-                first = text[end - unit : end]
-                if _is_hanzi(text[end - unit : end + gap]) and text[end + gap :] == first[:begun]:
-                    out.append(blocker.starting_with(first[begun:]))
+                out.append(blocker.starting_with(text[length - gap - unit : length - begun - gap]))
     return [ids for ids in out if len(ids)]
 
 
@@ -169,15 +174,16 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
         banned = _repeat_bans(row.tokens, settings.no_repeat_ngram)
         if banned:
             masks[i, banned] = True
-        if settings.no_doubling:
-            for ids in _doubling_bans(row.text, plans[i].blocker, settings.no_doubling):
-                masks[i, ids] = True
+        blocker = plans[i].blocker
+        glitches = _doubling_bans(row.text, blocker, settings.no_doubling) if settings.no_doubling else []
         if plans[i].latin is not None:
-            masks[i, plans[i].latin.banned(row.text)] = True
-        if row.text.rstrip().endswith(tuple(PAUSES)):
-            masks[i, plans[i].blocker.starting_with_any(MARKS)] = True
+            glitches.append(plans[i].latin.banned(row.text))
+        if row.text.rstrip().endswith(PAUSES):
+            glitches.append(blocker.starting_with_any(MARKS))
         elif row.text.endswith("的"):  # 的的: never in the human copy
-            masks[i, plans[i].blocker.starting_with("的")] = True
+            glitches.append(blocker.starting_with("的"))
+        if glitches:
+            masks[i, np.concatenate(glitches)] = True
         if budgets is not None and len(row.text) >= budgets[i] and row.text.rstrip().endswith(SENTENCE_ENDS):
             masks[i, :] = True
             masks[i, EOS] = False
