@@ -199,7 +199,7 @@ class TokenBlocker:
         self.always_banned = np.zeros(len(piece_texts), dtype=bool)
         self.always_banned[list(always_banned_ids)] = True
         self._containing: dict[str, np.ndarray] = {}
-        self._starting: dict[str, np.ndarray] = {}
+        self._starting_any: dict[str, np.ndarray] = {}
         self._continuing: dict[str, np.ndarray] = {}
         # Queried with every new text tail at every step (doubling rule): sorted, not cached.
         self._by_text = _PrefixIndex((p, i) for i, p in enumerate(self.piece_texts) if p)
@@ -222,10 +222,9 @@ class TokenBlocker:
 
     def starting_with_any(self, characters: str) -> np.ndarray:
         """Tokens whose text begins with any of `characters`."""
-        key = "\0any:" + characters
-        if key not in self._starting:
-            self._starting[key] = np.array([i for i, p in enumerate(self.piece_texts) if p and p[0] in characters], dtype=np.int64)
-        return self._starting[key]
+        if characters not in self._starting_any:
+            self._starting_any[characters] = np.concatenate([self.starting_with(c) for c in set(characters)])
+        return self._starting_any[characters]
 
     def continuing(self, rest: str) -> np.ndarray:
         """Tokens that keep the text on course to spell `rest`: they start with it, or are a

@@ -24,6 +24,7 @@ SENTENCE_ENDS = ("。", "！", "!", "？", "?", "~", "～", "…")
 # in 0.3% of copies, as typos).
 PAUSES = tuple("，。、；：,;:")
 MARKS = "".join(PAUSES) + "！？!?"
+NEVER_TWICE = "的"  # 的的: in no human copy of the corpus
 
 Method = Literal["greedy", "beam", "top_p"]
 
@@ -180,8 +181,8 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
             glitches.append(plans[i].latin.banned(row.text))
         if row.text.rstrip().endswith(PAUSES):
             glitches.append(blocker.starting_with_any(MARKS))
-        elif row.text.endswith("的"):  # 的的: never in the human copy
-            glitches.append(blocker.starting_with("的"))
+        elif row.text.endswith(NEVER_TWICE):
+            glitches.append(blocker.starting_with(NEVER_TWICE))
         if glitches:
             masks[i, np.concatenate(glitches)] = True
         if budgets is not None and len(row.text) >= budgets[i] and row.text.rstrip().endswith(SENTENCE_ENDS):
