@@ -194,6 +194,7 @@ class GeneratorConfig(Section):
     max_exemplar_len: int = Field(default=100, ge=0)
     exemplar_dropout: float = Field(default=0.1, ge=0, le=1)
     exemplar_candidates: int = Field(default=3, gt=0)
+    shuffle_attributes: bool = False
 
 
 class GatesConfig(Section):

@@ -33,6 +33,13 @@ def format_attributes(attributes: dict[str, list[str]]) -> str:
     return "*".join(f"{k}#{v}" for k, values in attributes.items() for v in values)
 
 
+def shuffled_attributes(attributes: dict[str, list[str]], rng) -> dict[str, list[str]]:
+    """The same attributes with the keys, and the values within each key, in a random order
+    (`rng`: a numpy Generator). Catalogs list attributes in no fixed order."""
+    keys = list(attributes)
+    return {keys[k]: [attributes[keys[k]][v] for v in rng.permutation(len(attributes[keys[k]]))] for k in rng.permutation(len(keys))}
+
+
 def attribute_values(attributes: dict[str, list[str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, values in attributes.items() for v in values]
 

@@ -232,7 +232,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
         raise ValueError(f"corpus {cfg.paths.corpus} gives {len(splits['train'])} train / {len(splits['valid'])} valid rows: too few")
     tokenizer, vocabulary, edges = prepare(cfg, out_dir / "prepared", splits)
     exemplar_dropout = g.exemplar_dropout if g.max_exemplar_len > 0 else 1.0
-    sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus, exemplar_dropout, g.max_exemplar_len)
+    sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus, exemplar_dropout, g.max_exemplar_len, g.shuffle_attributes)
     train, valid = splits["train"], splits["valid"]
     train_exemplars, valid_exemplars = exemplar_texts(train, valid, edges, g.exemplar_candidates) if g.max_exemplar_len > 0 else (None, None)
     train_ds = BucketedBatches(build_examples(train["attributes"], train["summary"], tokenizer, edges, g.max_target_len, train_exemplars), tokenizer, g.batch_size, g.max_source_len, sampling, cfg.seed, resample=True)

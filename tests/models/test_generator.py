@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from components.evaluation.text_metrics import bleu4
 from components.models.generator import api
 from components.models.generator.constraints import TokenBlocker
 from components.models.generator.decoding import DecodingSettings, _doubling_bans, _repeat_bans
@@ -158,6 +159,32 @@ def test_exemplar_in_source_and_training_neighbors(parts):
     assert neighbors[2] != [3] and 2 not in neighbors[2]  # never itself, never a copy of its own text
 
 
+def test_training_draws_shuffle_the_attribute_order_and_validation_keeps_it(parts):
+    """A catalog may list attributes in any order: training sees many, validation one."""
+    from components.data.attributes import shuffled_attributes as shuffled
+    from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
+
+    attributes = {"类型": ["裙"], "颜色": ["白色", "黑色"], "材质": ["牛仔布"], "风格": ["简约"]}
+    orders = {tuple((k, tuple(v)) for k, v in shuffled(attributes, np.random.default_rng(seed)).items()) for seed in range(20)}
+    assert all(sorted((k, sorted(v)) for k, v in order) == sorted((k, sorted(v)) for k, v in attributes.items()) for order in orders)
+    assert len({tuple(k for k, _ in order) for order in orders}) > 5  # the keys move
+    assert len({dict(order)["颜色"] for order in orders}) == 2  # and the values within a key
+
+    tokenizer = parts[0]
+    examples = build_examples([attributes] * 4, ["白色的牛仔布连衣裙"] * 4, tokenizer, parts[2], 32)
+    plain = ControlSampling(1.0, 1.0, 3, max_exemplar_len=0)  # no focus, tone and length "any"
+    shuffling = ControlSampling(1.0, 1.0, 3, max_exemplar_len=0, shuffle_attributes=True)
+
+    def sources(sampling, resample, draws=6):
+        batches = BucketedBatches(examples, tokenizer, 4, 64, sampling, seed=0, resample=resample)
+        return {tuple(batches[0]["src"][0].tolist()) for _ in range(draws)}
+
+    corpus_order = tokenizer.encode_source(attributes, [], "any", "any", 64)
+    assert sources(plain, resample=True) == {tuple(corpus_order)}
+    assert len(sources(shuffling, resample=True)) > 1
+    assert sources(shuffling, resample=False) == {tuple(corpus_order)}  # comparable validation losses
+
+
 def test_cached_decoder_steps_match_teacher_forcing(parts):
     """KV cache + copy attention: stepwise log-probs equal the teacher-forced ones."""
     import torch
@@ -300,3 +327,30 @@ def test_focus_metrics_compare_requested_values_with_the_no_focus_rate(model_dir
     assert all(focus_sets) and copies == ["，".join(f) for f in focus_sets]
     assert metrics["random_focus_coverage"] == 1.0 and metrics["short_random_focus_coverage"] == 1.0
     assert metrics["no_focus_mention_rate"] == 0.0 and metrics["short_no_focus_mention_rate"] == 0.0
+
+
+class FirstTwoValues:
+    """A system that writes the first two attribute values it is given: order-dependent."""
+
+    def generate(self, attributes, focus=None, tone="any", length="any", decoding=None, n=1):
+        return ["，".join([v for vs in attributes.values() for v in vs][:2])]
+
+
+class SortedValues:
+    """A system that writes every value in sorted order: it reads the attributes as a set."""
+
+    def generate(self, attributes, focus=None, tone="any", length="any", decoding=None, n=1):
+        return ["，".join(sorted(v for vs in attributes.values() for v in vs))]
+
+
+def test_order_metrics_tell_a_set_reader_from_an_order_dependent_system(model_dir, parts):
+    from components.models.generator.evaluate import order_metrics
+
+    generator = api.load_generator(model_dir)
+    corpus = parts[5].head(12)
+    rows = [{"attributes": a, "summary": s} for a, s in zip(corpus["attributes"], corpus["summary"])]
+    set_reader = order_metrics(SortedValues(), generator, rows, [SortedValues().generate(r["attributes"])[0] for r in rows], rng_seed=0)
+    assert set_reader["order_shift_bleu4"] == 0.0 and set_reader["order_shift_attr_coverage"] == 0.0
+    order_bound = order_metrics(FirstTwoValues(), generator, rows, [FirstTwoValues().generate(r["attributes"])[0] for r in rows], rng_seed=0)
+    assert order_bound["order_shift_bleu4"] != 0.0  # other values come first, so other copies
+    assert order_bound["shuffled_order_bleu4"] - order_bound["order_shift_bleu4"] == pytest.approx(float(np.mean([bleu4(c, r["summary"]) for c, r in zip([FirstTwoValues().generate(r["attributes"])[0] for r in rows], rows)])))

@@ -28,6 +28,8 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
         assert isinstance(manifest["metrics"][key], float), key
         assert isinstance(manifest["metrics"][f"baseline_{key}"], float), key
     assert manifest["metrics"]["ad_law_violations"] == 0.0
+    for key in ("shuffled_order_bleu4", "shuffled_order_attr_coverage", "order_shift_bleu4", "order_shift_attr_coverage"):
+        assert isinstance(manifest["metrics"][key], float), key
     metrics = manifest["metrics"]
     assert metrics["distinct2_vs_human"] == pytest.approx(metrics["distinct2"] / metrics["human_distinct2"])
     assert manifest["metrics"]["onnx_parity_exact"] == 1.0

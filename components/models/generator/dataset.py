@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from components.data.attributes import shuffled_attributes
 from components.models.generator.focus import ANY, length_bucket, mentioned_values, sample_training_focus, tone_of
 from components.models.generator.tokenizer import PAD, CopyTokenizer
 
@@ -22,6 +23,7 @@ class ControlSampling:
     max_focus: int
     exemplar_dropout: float = 1.0  # share of rows without an exemplar (1.0 = exemplars off)
     max_exemplar_len: int = 0
+    shuffle_attributes: bool = False  # training draws list the attribute pairs in a random order
 
 
 @dataclass
@@ -102,6 +104,9 @@ class BucketedBatches(Dataset):
         for i in self.batches[index]:
             example = self.examples[i]
             focus, tone, length, exemplar = self.controls(example, rng)
-            sources.append(self.tokenizer.encode_source(example.attributes, focus, tone, length, self.max_source_len, exemplar, self.sampling.max_exemplar_len))
+            attributes = example.attributes
+            if self.resample and self.sampling.shuffle_attributes:
+                attributes = shuffled_attributes(attributes, rng)
+            sources.append(self.tokenizer.encode_source(attributes, focus, tone, length, self.max_source_len, exemplar, self.sampling.max_exemplar_len))
             targets.append(example.target)
         return {"src": pad(sources), "tgt": pad(targets)}

@@ -5,6 +5,9 @@ Protocol (AdvertiseGen-comparable): the product's attributes only, no focus, ton
 - focus_coverage: the reference's own mentioned values requested as focus;
 - random_focus_coverage: random value pairs of the product requested as focus, against
   no_focus_mention_rate, how often the same values appear when no focus is requested;
+- order_shift_*: the same products with their attributes listed in another order (catalogs
+  follow no fixed order), minus the corpus-order scores: near 0 for a model that reads the
+  attributes as a set;
 - the quality-diversity trade-off over decoding settings on a subset.
 """
 
@@ -17,6 +20,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from components.data.attributes import shuffled_attributes
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, Request, score_copies
 from components.models.generator.decoding import DecodingSettings
@@ -77,6 +81,22 @@ def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copi
     }, random_copies, [q.focus for q in randoms]
 
 
+def order_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int) -> dict[str, float]:
+    """The rows' products with their attributes shuffled, scored against the same references,
+    and the change from `plain_copies` (the system's corpus-order copies of the same rows)."""
+    rng = np.random.default_rng(rng_seed)
+    moved = _generate(system, [generator.request(shuffled_attributes(r["attributes"], rng), None, ANY, ANY) for r in rows])
+    no_focus = [[] for _ in rows]
+    after = summarize(score_copies(generator, rows, moved, no_focus))
+    before = summarize(score_copies(generator, rows, plain_copies, no_focus))
+    return {
+        "shuffled_order_bleu4": after["bleu4"],
+        "shuffled_order_attr_coverage": after["attr_coverage"],
+        "order_shift_bleu4": after["bleu4"] - before["bleu4"],
+        "order_shift_attr_coverage": after["attr_coverage"] - before["attr_coverage"],
+    }
+
+
 def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]:
     """The decoding operating points compared in the quality-diversity table: the default, then
     each method on its own (no catalog penalty unless the row's name says so)."""
@@ -135,6 +155,7 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         focus, random_copies, random_sets = focus_metrics(system, generator, rows[:focus_rows], plain[:focus_rows], seed, prefix)
         metrics.update(focus)
         copies[prefix + "random"] = random_copies
+    metrics.update(order_metrics(generator, generator, rows[:focus_rows], copies[""][:focus_rows], seed))
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
     metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
     for prefix in ("", "baseline_"):
