@@ -152,6 +152,11 @@ def test_exemplar_in_source_and_training_neighbors(parts):
     pieces = [tokenizer.pieces[i] for i in src]
     assert pieces[:4] == ["<tone:any>", "<len:any>", "<k:类型>", "裤"]
     assert pieces[4] == "<exemplar>" and pieces[-1] == "</s>" and len(pieces) == 9  # 3 exemplar tokens
+    many = {f"属性{i}": [f"值{i}"] for i in range(12)}  # a rich catalog: the exemplar gives way, no attribute does
+    plain = tokenizer.encode_source(many, [], "any", "any", 64)
+    squeezed = tokenizer.encode_source(many, [], "any", "any", len(plain) + 4, exemplar="白色的阔腿裤很显瘦", max_exemplar_len=30)
+    assert squeezed[: len(plain) - 1] == plain[:-1] and tokenizer.pieces[squeezed[len(plain) - 1]] == "<exemplar>" and len(squeezed) == len(plain) + 4
+    assert tokenizer.encode_source(many, [], "any", "any", len(plain) + 1, exemplar="白色的阔腿裤很显瘦", max_exemplar_len=30) == plain
     texts = ["黑色连衣裙", "白色连衣裙", "宽松阔腿裤", "宽松阔腿裤"]
     attrs = [{"类型": ["裙"], "颜色": ["黑色"]}, {"类型": ["裙"], "颜色": ["白色"]}, {"类型": ["裤"]}, {"类型": ["裤"]}]
     neighbors = RetrievalGenerator(attrs, texts, [3, 4]).training_neighbors(1)

@@ -122,7 +122,9 @@ class CopyTokenizer:
         max_exemplar_len: int = 0,
     ) -> list[int]:
         """[tone] [len] then `<k:key> [<focus>] value` for every pair, then optionally
-        `<exemplar>` + a retrieved copy to edit (truncated to max_exemplar_len), then EOS."""
+        `<exemplar>` + a retrieved copy to edit (truncated to max_exemplar_len), then EOS.
+        Where it all does not fit in max_len, the exemplar is cut first: the attributes are the
+        product's facts, the exemplar only a hint."""
         ids = [self.token_id(f"<tone:{tone}>"), self.token_id(f"<len:{length}>")]
         focus_id = self.token_id(FOCUS_MARK)
         for key, values in attributes.items():
@@ -133,9 +135,9 @@ class CopyTokenizer:
                 if value in focus:
                     ids.append(focus_id)
                 ids.extend(self.encode_text(value))
-        if exemplar:
-            tail = [self.token_id(EXEMPLAR_MARK)] + self.encode_text(exemplar)[:max_exemplar_len]
-            ids = ids[: max(0, max_len - 1 - len(tail))] + tail
+        room = max_len - 2 - len(ids)  # for EOS and the exemplar mark
+        if exemplar and room > 0 and max_exemplar_len > 0:
+            ids += [self.token_id(EXEMPLAR_MARK)] + self.encode_text(exemplar)[: min(max_exemplar_len, room)]
         return ids[: max_len - 1] + [EOS]
 
     def encode_target(self, text: str, max_len: int) -> list[int]:
