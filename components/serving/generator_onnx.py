@@ -51,7 +51,7 @@ def export_onnx(net: CopyTransformer, directory: Path) -> dict[str, Path]:
     encoder_path, decoder_path = directory / ENCODER_FILE, directory / DECODER_FILE
     with torch.no_grad():
         torch.onnx.export(
-            _Encoder(net), (src,), str(encoder_path), dynamo=True, input_names=["src"],
+            _Encoder(net).eval(), (src,), str(encoder_path), dynamo=True, input_names=["src"],
             output_names=["cross_k", "cross_v", "copy_keys"], dynamic_shapes={"src": {0: b, 1: s}}, verbose=False,
         )
         cross_k, cross_v, copy_keys = net.cross_cache(src)
@@ -60,7 +60,7 @@ def export_onnx(net: CopyTransformer, directory: Path) -> dict[str, Path]:
         src[0, -2:] = PAD  # padded rows must export the masking path
         args = (torch.randint(4, spec.vocab_size, (batch,)), past, past.clone(), cross_k, cross_v, copy_keys, src)
         torch.onnx.export(
-            _DecoderStep(net), args, str(decoder_path), dynamo=True,
+            _DecoderStep(net).eval(), args, str(decoder_path), dynamo=True,
             input_names=["tokens", "past_k", "past_v", "cross_k", "cross_v", "copy_keys", "src"],
             output_names=["logprobs", "present_k", "present_v"],
             dynamic_shapes={
