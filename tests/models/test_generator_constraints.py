@@ -147,6 +147,18 @@ def test_latin_letters_only_spell_known_words(parts, method):
     assert "ol" in guarded.generate(ol_dress, decoding=method)[0]  # its own value stays writable
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_known_word_that_repeats_a_token_pair_is_finished_not_dropped(parts, method):
+    # icicle spells i-c-i-c: the bigram blocking bans the second c, so the lexicon's only
+    # continuation is blocked. Releasing every soft rule there (the old fallback) let the
+    # pushed letters run on (icicicic…); only the repetition rule gives way now.
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "i"), piece(tokenizer, "c"))]
+    guarded = make_generator(parts, pushes, [], latin=["icicle"])
+    for copy in guarded.generate(WHITE_DRESS, decoding={"method": method, "no_repeat_ngram": 2}, n=3):
+        assert set(re.findall(r"[a-z]+", copy.lower())) <= {"icicle"}, copy
+
+
 def test_latin_lexicon_grows_runs_only_along_known_words():
     lexicon = LatinLexicon(["polo", "ol"], ["", "p", "o", "l", "po", "lo", "a字", "，", "ol字"])
     def allowed(text):
@@ -156,6 +168,7 @@ def test_latin_lexicon_grows_runs_only_along_known_words():
     assert allowed("这款po") == ["", "l", "lo"]  # half a word must go on (or the copy ends)
     assert allowed("这款polo") == ["", "，"]
     assert allowed("通勤ol") == ["", "，"]
+    assert lexicon.unfinished("这款po") and not lexicon.unfinished("这款polo") and not lexicon.unfinished("这款")
 
 
 def test_contradictions_ignore_values_inside_the_products_own():

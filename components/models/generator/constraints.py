@@ -163,6 +163,12 @@ class LatinLexicon:
         return self._cache[run]
 
 
+    def unfinished(self, text: str) -> bool:
+        """Does `text` end part-way through a word (a run of letters no known word equals)?"""
+        run = _trailing_letters(text)
+        return bool(run) and run not in self.words
+
+
 def _trailing_letters(text: str) -> str:
     end = len(text)
     start = end

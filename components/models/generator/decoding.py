@@ -106,12 +106,16 @@ class _Row:
     text: str
 
 
+_END = np.array([EOS], dtype=np.int64)
+
+
 def _settled(row: _Row, plan: BanPlan, piece_texts: Sequence[str]) -> _Row:
     """A row cut off by the length limit, less any trailing tokens that leave it part-way
-    through an allowed context (西装 of 西装领: cut there, the copy would state 西装), and back
-    to its last full sentence where that keeps at least half of it (no copy ends `…口袋`)."""
+    through an allowed context (西装 of 西装领: cut there, the copy would state 西装) or through
+    a Latin word (…ici of icicle), and back to its last full sentence where that keeps at
+    least half of it (no copy ends `…口袋`)."""
     tokens, text = list(row.tokens), row.text
-    while tokens and plan.unfinished(text):
+    while tokens and (plan.unfinished(text) or (plan.latin is not None and plan.latin.unfinished(text))):
         text = text[: len(text) - len(piece_texts[tokens.pop()])]
     whole, whole_text = list(tokens), text
     while whole and not whole_text.rstrip().endswith(SENTENCE_ENDS):
@@ -171,6 +175,7 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
     """-inf for every banned next token of every row; only EOS for a row past its length
     budget that has just finished a sentence."""
     masks = np.stack([plan.banned(row.text) for row, plan in zip(rows, plans)])
+    glitches_of: list[list[np.ndarray]] = []
     for i, row in enumerate(rows):
         banned = _repeat_bans(row.tokens, settings.no_repeat_ngram)
         if banned:
@@ -179,10 +184,13 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
         glitches = _doubling_bans(row.text, blocker, settings.no_doubling) if settings.no_doubling else []
         if plans[i].latin is not None:
             glitches.append(plans[i].latin.banned(row.text))
+            if plans[i].latin.unfinished(row.text):
+                glitches.append(_END)  # half a word: the copy may not end there either
         if row.text.rstrip().endswith(PAUSES):
             glitches.append(blocker.starting_with_any(MARKS))
         elif row.text.endswith(NEVER_TWICE):
             glitches.append(blocker.starting_with(NEVER_TWICE))
+        glitches_of.append(glitches)
         if glitches:
             masks[i, np.concatenate(glitches)] = True
         if budgets is not None and len(row.text) >= budgets[i] and row.text.rstrip().endswith(SENTENCE_ENDS):
@@ -192,9 +200,16 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
         masks[:, EOS] = True
     for i in np.flatnonzero(masks.all(axis=1)):
         # The soft rules (repetition, doubling, Latin words, punctuation, length, min_len) left
-        # nothing: keep only the hard constraints, so a row repeats itself rather than crash or
+        # nothing. First only the n-gram repetition rule gives way: a word may need a repeated
+        # pair (i-c-i-c of icicle), and dropping every rule there let letters run on. Failing
+        # that, keep only the hard constraints, so a row repeats itself rather than crash or
         # state a falsehood.
         masks[i] = plans[i].banned(rows[i].text)
+        if glitches_of[i]:
+            relaxed = masks[i].copy()
+            relaxed[np.concatenate(glitches_of[i])] = True
+            if not relaxed.all():
+                masks[i] = relaxed
         if masks[i].all():
             masks[i, EOS] = False
     return logprobs.masked_fill(torch.from_numpy(masks), float("-inf"))
