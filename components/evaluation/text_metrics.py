@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -87,6 +87,7 @@ def repetition_n(text: str, n: int = 4) -> float:
 
 
 _DOUBLED = re.compile(r"([\u4e00-\u9fff]{2,4})[\u4e00-\u9fff]?\1")
+_STUTTER = re.compile(r"([\u4e00-\u9fff])\1")
 
 
 def doubled_runs(text: str) -> list[str]:
@@ -94,6 +95,12 @@ def doubled_runs(text: str) -> list[str]:
     显瘦又显瘦): a glitch of small models' copy attention; about 1% of human copies have one
     (一颗一颗, 一层又一层)."""
     return [m.group(0) for m in _DOUBLED.finditer(text)]
+
+
+def stuttered(text: str, allowed: Collection[str]) -> list[str]:
+    """Chinese characters written twice in a row that are not in `allowed` (更更加, 性感感,
+    where 满满 or 泡泡 are ordinary writing)."""
+    return [m.group(0) for m in _STUTTER.finditer(text) if m.group(1) not in allowed]
 
 
 def mentions(text: str, value: str) -> bool:

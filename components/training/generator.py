@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
 from components.data.corpus import load_corpus_splits
-from components.models.generator.api import BUNDLE_ARTIFACT, Generator, TorchBackend, copy_lexicon, save_model_dir
+from components.models.generator.api import BUNDLE_ARTIFACT, Generator, TorchBackend, copy_doubles, copy_lexicon, save_model_dir
 from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
@@ -41,7 +41,7 @@ from components.training.launcher import write_manifest
 log = logging.getLogger("copyflow.generator")
 
 METRIC_KEYS = (
-    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "attr_coverage",
+    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage",
     "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
     "hallucination_rate", "ad_law_violations",
 )
@@ -164,7 +164,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len})
     retrieval = baseline if g.max_exemplar_len > 0 else None
     lexicon = copy_lexicon(baseline.texts, vocabulary)
-    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon)
+    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, copy_doubles(baseline.texts, vocabulary))
     test = splits["test"].head(g.eval_samples).to_dict("records")
     if not test:
         raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")

@@ -25,7 +25,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words
+from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, doubled_characters, latin_words, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
@@ -110,11 +110,14 @@ class Generator:
         retrieval: RetrievalGenerator | None = None,
         max_exemplar_len: int = 0,
         known_latin_words: Iterable[str] | None = None,
+        known_doubles: Iterable[str] | None = None,
     ):
         """`retrieval`: when given, every request is conditioned on the nearest training copy
         (own values substituted), which the model edits into this product's copy.
         `known_latin_words`: when given, a run of Latin letters in a copy must be one of them or
-        of the product's own values (see `copy_lexicon`)."""
+        of the product's own values (see `copy_lexicon`). `known_doubles`: when given, a Chinese
+        character may come twice in a row only if it is one of them or doubled in one of the
+        product's own values (see `copy_doubles`)."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -127,6 +130,7 @@ class Generator:
         self.blocker = TokenBlocker(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
         self.known_latin_words = None if known_latin_words is None else frozenset(w.lower() for w in known_latin_words)
         self._lexicons: dict[frozenset[str], LatinLexicon] = {}
+        self.known_doubles = None if known_doubles is None else frozenset(known_doubles)
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]]) -> BanPlan:
@@ -142,7 +146,8 @@ class Generator:
                 inside[value] = hosts
             else:
                 words.append(value)
-        return self.blocker.plan(words, inside, self.lexicon(own))
+        doubles = None if self.known_doubles is None else self.known_doubles | doubled_characters(own)
+        return self.blocker.plan(words, inside, self.lexicon(own), doubles)
 
     def lexicon(self, own_values: Iterable[str]) -> LatinLexicon | None:
         """The Latin words a copy of this product may write: the known ones and its own."""
@@ -274,6 +279,13 @@ def copy_lexicon(training_copies: Iterable[str], vocabulary: ValueVocabulary) ->
     return latin_words(training_copies) | latin_words(values)
 
 
+def copy_doubles(training_copies: Iterable[str], vocabulary: ValueVocabulary) -> set[str]:
+    """Characters a copy may write twice in a row: doubled in at least two training copies
+    (满满, 微微; once may be a typo) or in any known value (泡泡袖)."""
+    values = [v for vs in vocabulary.values_by_key.values() for v in vs]
+    return doubled_characters(training_copies, min_count=2) | doubled_characters(values)
+
+
 def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
     """A local model directory, or an MLflow artifact URI (runs:/..., models:/..., file:...)."""
     path = Path(str(model_dir_or_uri))
@@ -329,6 +341,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         retrieval if exemplars else None,
         config.get("max_exemplar_len", 0),
         copy_lexicon(retrieval.texts, vocabulary),
+        copy_doubles(retrieval.texts, vocabulary),
     )
 
 
@@ -400,9 +413,11 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
     """Per-example metrics of given copies (model or baseline) against the references."""
     vocabulary: ValueVocabulary = generator_like.vocabulary
     ad_law = generator_like.ad_law_words
+    known_doubles = getattr(generator_like, "known_doubles", None)
     records = []
     for i, (row, copy, focus) in enumerate(zip(rows, copies, focuses)):
         attributes, reference = _row_request(row, i)
+        own_doubles = doubled_characters(v for vs in attributes.values() for v in vs)
         rouge = tm.rouge_scores(copy, reference)
         contradictions = vocabulary.contradictions(copy, attributes)
         records.append(
@@ -415,6 +430,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 **rouge,
                 "repetition4": tm.repetition_n(copy, 4),
                 "doubled": "、".join(tm.doubled_runs(copy)),
+                "stuttered": None if known_doubles is None else "、".join(tm.stuttered(copy, known_doubles | own_doubles)),
                 "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),

@@ -138,6 +138,18 @@ def latin_words(texts: Iterable[str]) -> set[str]:
     return {w for text in texts for w in _LETTERS.findall(text.lower().replace(UNK.lower(), " "))}
 
 
+_DOUBLED_HANZI = re.compile(r"([\u4e00-\u9fff])\1")
+
+
+def doubled_characters(texts: Iterable[str], min_count: int = 1) -> set[str]:
+    """Chinese characters written twice in a row (满满, 泡泡袖) at least `min_count` times."""
+    counts: dict[str, int] = defaultdict(int)
+    for text in texts:
+        for match in _DOUBLED_HANZI.finditer(text):
+            counts[match.group(1)] += 1
+    return {c for c, n in counts.items() if n >= min_count}
+
+
 class LatinLexicon:
     """Which tokens may come next after a run of Latin letters: the run may grow only into a
     prefix of a known word, and may end only as a whole word."""
@@ -241,7 +253,7 @@ class TokenBlocker:
             self._continuing[rest] = np.array(ids, dtype=np.int64)
         return self._continuing[rest]
 
-    def plan(self, words: Iterable[str], inside: Mapping[str, Sequence[str]] | None = None, latin: LatinLexicon | None = None) -> BanPlan:
+    def plan(self, words: Iterable[str], inside: Mapping[str, Sequence[str]] | None = None, latin: LatinLexicon | None = None, doubles: frozenset[str] | None = None) -> BanPlan:
         """Precompute the static mask and the boundary rules for one set of banned words.
         `inside`: words banned except as part of one of the given longer strings (the
         product's own values that contain them)."""
@@ -258,7 +270,7 @@ class TokenBlocker:
             contexts.discard(("", ""))  # the word itself is no context
             if contexts:
                 contextual.append((word, tuple(sorted(contexts))))
-        return BanPlan(self, static, dict(by_last_char), tuple(contextual), latin)
+        return BanPlan(self, static, dict(by_last_char), tuple(contextual), latin, doubles)
 
 
 @dataclass
@@ -270,6 +282,8 @@ class BanPlan:
     contextual: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     # the soft rule for runs of Latin letters (decoding applies it; None: no rule)
     latin: LatinLexicon | None = None
+    # the soft rule for a character written twice: those that may be (None: no rule)
+    doubles: frozenset[str] | None = None
 
     def banned(self, text: str) -> np.ndarray:
         """Boolean mask over the vocabulary for the next token after `text`."""

@@ -107,6 +107,7 @@ class _Row:
 
 
 _END = np.array([EOS], dtype=np.int64)
+_NONE = np.array([], dtype=np.int64)
 
 
 def _settled(row: _Row, plan: BanPlan, piece_texts: Sequence[str]) -> _Row:
@@ -171,6 +172,15 @@ def _doubling_bans(text: str, blocker: TokenBlocker, longest: int) -> list[np.nd
     return [ids for ids in out if len(ids)]
 
 
+def _stutter_bans(text: str, blocker: TokenBlocker, allowed: frozenset[str]) -> np.ndarray:
+    """Tokens that would write the last Chinese character again (更更加, 性感感, 了了) where no
+    training copy or known value doubles it (满满, 泡泡 stay writable). This holds across word
+    boundaries too: the human copies never write 袖口口袋 or 中国风风格 either."""
+    if not text or not "\u4e00" <= text[-1] <= "\u9fff" or text[-1] in allowed:
+        return _NONE
+    return blocker.starting_with(text[-1])
+
+
 def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPlan], settings: DecodingSettings, step: int, budgets: Sequence[int] | None = None) -> torch.Tensor:
     """-inf for every banned next token of every row; only EOS for a row past its length
     budget that has just finished a sentence."""
@@ -182,6 +192,8 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
             masks[i, banned] = True
         blocker = plans[i].blocker
         glitches = _doubling_bans(row.text, blocker, settings.no_doubling) if settings.no_doubling else []
+        if plans[i].doubles is not None:
+            glitches.append(_stutter_bans(row.text, blocker, plans[i].doubles))
         if plans[i].latin is not None:
             glitches.append(plans[i].latin.banned(row.text))
             if plans[i].latin.unfinished(row.text):
@@ -199,11 +211,11 @@ def _masked(logprobs: torch.Tensor, rows: Sequence[_Row], plans: Sequence[BanPla
     if step < settings.min_len:
         masks[:, EOS] = True
     for i in np.flatnonzero(masks.all(axis=1)):
-        # The soft rules (repetition, doubling, Latin words, punctuation, length, min_len) left
-        # nothing. First only the n-gram repetition rule gives way: a word may need a repeated
-        # pair (i-c-i-c of icicle), and dropping every rule there let letters run on. Failing
-        # that, keep only the hard constraints, so a row repeats itself rather than crash or
-        # state a falsehood.
+        # The soft rules (repetition, doubling, stutter, Latin words, punctuation, length,
+        # min_len) left nothing. First only the n-gram repetition rule gives way: a word may
+        # need a repeated pair (i-c-i-c of icicle), and dropping every rule there let letters
+        # run on. Failing that, keep only the hard constraints, so a row repeats itself rather
+        # than crash or state a falsehood.
         masks[i] = plans[i].banned(rows[i].text)
         if glitches_of[i]:
             relaxed = masks[i].copy()

@@ -40,6 +40,8 @@ def summarize(scores: pd.DataFrame, prefix: str = "") -> dict[str, float]:
         "distinct2": tm.distinct_n(copies, 2),
         "repetition4": float(scores["repetition4"].mean()),
         "doubling_rate": float((scores["doubled"] != "").mean()),
+        # nan where the generator knows no doubled characters (built without known_doubles)
+        "stutter_rate": float((scores["stuttered"] != "").mean()) if scores["stuttered"].notna().all() else float("nan"),
         "attr_coverage": float(scores["attr_coverage"].mean()),
         "hallucination_rate": float(scores["hallucinated"].mean()),
         "ad_law_violations": float(scores["ad_law_violations"].sum()),
@@ -135,7 +137,7 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
         copies = _generate(generator, requests, setting)
         seconds = time.perf_counter() - started
         summary = summarize(score_copies(generator, rows, copies, [[] for _ in rows]))
-        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling")}})
+        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling")}})
     return pd.DataFrame.from_records(records)
 
 
@@ -157,7 +159,7 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         copies[prefix + "random"] = random_copies
     metrics.update(order_metrics(generator, generator, rows[:focus_rows], copies[""][:focus_rows], seed))
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
-    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
+    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
     for prefix in ("", "baseline_"):
         metrics[f"{prefix}distinct2_vs_human"] = _vs_human(metrics[f"{prefix}distinct2"], metrics["human_distinct2"])
     samples = pd.DataFrame(
