@@ -164,7 +164,8 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len})
     retrieval = baseline if g.max_exemplar_len > 0 else None
     lexicon = copy_lexicon(baseline.texts, vocabulary)
-    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, copy_doubles(baseline.texts, vocabulary))
+    doubles = copy_doubles(baseline.texts, vocabulary)
+    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, doubles)
     test = splits["test"].head(g.eval_samples).to_dict("records")
     if not test:
         raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")
@@ -185,7 +186,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         plot_tradeoff(table, reports / "tradeoff.png")
 
     paths = export_onnx(net, model_dir / "onnx")
-    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon)
+    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, doubles)
     parity_requests = [generator.request(r["attributes"], None, "any", "any") for r in test[: g.parity_samples]]
     metrics.update(parity(generator, onnx_generator, parity_requests))
 
