@@ -97,6 +97,15 @@ def doubled_runs(text: str) -> list[str]:
     return [m.group(0) for m in _DOUBLED.finditer(text)]
 
 
+def doubled_characters(texts: Iterable[str], min_count: int = 1) -> set[str]:
+    """Chinese characters written twice in a row (满满, 泡泡袖) at least `min_count` times."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for match in _STUTTER.finditer(text):
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return {c for c, n in counts.items() if n >= min_count}
+
+
 def stuttered(text: str, allowed: Collection[str]) -> list[str]:
     """Chinese characters written twice in a row that are not in `allowed` (更更加, 性感感,
     where 满满 or 泡泡 are ordinary writing)."""

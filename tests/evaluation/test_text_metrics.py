@@ -67,3 +67,4 @@ def test_corpus_text_metrics_requires_aligned_inputs():
 def test_stuttered_counts_only_characters_the_human_copy_does_not_double():
     assert tm.stuttered("满满的少女心，更更加好看，性感感十足", {"满"}) == ["更更", "感感"]
     assert tm.stuttered("泡泡袖", {"泡"}) == [] and tm.stuttered("ab ab，。。", set()) == []
+    assert tm.doubled_characters(["满满的", "满满当当", "更更加", "泡泡袖"], min_count=2) == {"满"}

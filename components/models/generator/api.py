@@ -25,7 +25,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, doubled_characters, latin_words, load_ad_law_words
+from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
@@ -146,8 +146,14 @@ class Generator:
                 inside[value] = hosts
             else:
                 words.append(value)
-        doubles = None if self.known_doubles is None else self.known_doubles | doubled_characters(own)
-        return self.blocker.plan(words, inside, self.lexicon(own), doubles)
+        return self.blocker.plan(words, inside, self.lexicon(own), self.allowed_doubles(attributes))
+
+    def allowed_doubles(self, attributes: dict[str, list[str]]) -> frozenset[str] | None:
+        """The characters a copy of this product may write twice in a row: the known ones and
+        those its own values double (None: no such rule)."""
+        if self.known_doubles is None:
+            return None
+        return self.known_doubles | tm.doubled_characters(v for values in attributes.values() for v in values)
 
     def lexicon(self, own_values: Iterable[str]) -> LatinLexicon | None:
         """The Latin words a copy of this product may write: the known ones and its own."""
@@ -283,7 +289,7 @@ def copy_doubles(training_copies: Iterable[str], vocabulary: ValueVocabulary) ->
     """Characters a copy may write twice in a row: doubled in at least two training copies
     (满满, 微微; once may be a typo) or in any known value (泡泡袖)."""
     values = [v for vs in vocabulary.values_by_key.values() for v in vs]
-    return doubled_characters(training_copies, min_count=2) | doubled_characters(values)
+    return tm.doubled_characters(training_copies, min_count=2) | tm.doubled_characters(values)
 
 
 def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
@@ -413,11 +419,10 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
     """Per-example metrics of given copies (model or baseline) against the references."""
     vocabulary: ValueVocabulary = generator_like.vocabulary
     ad_law = generator_like.ad_law_words
-    known_doubles = getattr(generator_like, "known_doubles", None)
     records = []
     for i, (row, copy, focus) in enumerate(zip(rows, copies, focuses)):
         attributes, reference = _row_request(row, i)
-        own_doubles = doubled_characters(v for vs in attributes.values() for v in vs)
+        allowed_doubles = generator_like.allowed_doubles(attributes)
         rouge = tm.rouge_scores(copy, reference)
         contradictions = vocabulary.contradictions(copy, attributes)
         records.append(
@@ -430,7 +435,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 **rouge,
                 "repetition4": tm.repetition_n(copy, 4),
                 "doubled": "、".join(tm.doubled_runs(copy)),
-                "stuttered": None if known_doubles is None else "、".join(tm.stuttered(copy, known_doubles | own_doubles)),
+                "stuttered": None if allowed_doubles is None else "、".join(tm.stuttered(copy, allowed_doubles)),
                 "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),

@@ -138,18 +138,6 @@ def latin_words(texts: Iterable[str]) -> set[str]:
     return {w for text in texts for w in _LETTERS.findall(text.lower().replace(UNK.lower(), " "))}
 
 
-_DOUBLED_HANZI = re.compile(r"([\u4e00-\u9fff])\1")
-
-
-def doubled_characters(texts: Iterable[str], min_count: int = 1) -> set[str]:
-    """Chinese characters written twice in a row (满满, 泡泡袖) at least `min_count` times."""
-    counts: dict[str, int] = defaultdict(int)
-    for text in texts:
-        for match in _DOUBLED_HANZI.finditer(text):
-            counts[match.group(1)] += 1
-    return {c for c, n in counts.items() if n >= min_count}
-
-
 class LatinLexicon:
     """Which tokens may come next after a run of Latin letters: the run may grow only into a
     prefix of a known word, and may end only as a whole word."""
@@ -173,7 +161,6 @@ class LatinLexicon:
                 banned = np.concatenate([banned, self._others])
             self._cache[run] = banned
         return self._cache[run]
-
 
     def unfinished(self, text: str) -> bool:
         """Does `text` end part-way through a word (a run of letters no known word equals)?"""
