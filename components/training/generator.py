@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
 from components.data.corpus import load_corpus_splits
-from components.models.generator.api import BUNDLE_ARTIFACT, Generator, TorchBackend, copy_doubles, copy_lexicon, save_model_dir
-from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words
+from components.models.generator.api import BUNDLE_ARTIFACT, load_generator, save_model_dir
+from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
@@ -154,7 +154,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     """Rank 0 after training: held-out metrics, trade-off, samples, ONNX export + parity, models."""
     import mlflow
 
-    from components.serving.generator_onnx import OnnxBackend, export_onnx, parity
+    from components.serving.generator_onnx import export_onnx, parity
 
     g = cfg.generator
     ad_law_path = Path(cfg.paths.ad_law_words)
@@ -162,10 +162,9 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     train = splits["train"]
     baseline = RetrievalGenerator(list(train["attributes"]), list(train["summary"]), edges)
     model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len})
-    retrieval = baseline if g.max_exemplar_len > 0 else None
-    lexicon = copy_lexicon(baseline.texts, vocabulary)
-    doubles = copy_doubles(baseline.texts, vocabulary)
-    generator = Generator(tokenizer, TorchBackend(net), vocabulary, load_ad_law_words(ad_law_path), defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, doubles)
+    # Evaluate the bundle exactly as it ships (and as `load_generator` serves it): the same
+    # constraints, lexicons and decoding defaults for torch and, below, ONNX Runtime.
+    generator = load_generator(model_dir)
     test = splits["test"].head(g.eval_samples).to_dict("records")
     if not test:
         raise ValueError("the held-out test split is empty: raise data.test_fraction or use a larger corpus")
@@ -186,7 +185,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         plot_tradeoff(table, reports / "tradeoff.png")
 
     paths = export_onnx(net, model_dir / "onnx")
-    onnx_generator = Generator(tokenizer, OnnxBackend(model_dir / "onnx"), vocabulary, generator.ad_law_words, defaults, g.max_source_len, 32, retrieval, g.max_exemplar_len, lexicon, doubles)
+    onnx_generator = load_generator(model_dir, backend="onnx")
     parity_requests = [generator.request(r["attributes"], None, "any", "any") for r in test[: g.parity_samples]]
     metrics.update(parity(generator, onnx_generator, parity_requests))
 
