@@ -176,6 +176,7 @@ class GeneratorConfig(Section):
     length_budget: float = Field(default=1.0, ge=0)
     catalog_penalty: float = Field(default=0.0, ge=0)  # x log(1 + uses) per bigram earlier copies of the job used
     no_doubling: int = Field(default=4, ge=0)  # no run of 2..N Chinese characters repeated at once or one character later (0 = off)
+    forbid_unlisted: bool = True  # no factual value the product does not list (雪纺 with no 材质); off: only contradictions are banned
     torch_threads: int = Field(default=1, ge=0)
     train_threads: int = Field(default=0, ge=0)  # threads for fit only (0 = torch_threads); decoding stays on torch_threads
     focus_samples: int = Field(default=200, gt=0)

@@ -43,7 +43,7 @@ log = logging.getLogger("copyflow.generator")
 METRIC_KEYS = (
     "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage",
     "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
-    "hallucination_rate", "ad_law_violations",
+    "hallucination_rate", "unlisted_rate", "ad_law_violations",
 )
 PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]
 
@@ -59,7 +59,7 @@ def decoding_defaults(cfg: Config) -> DecodingSettings:
         method=g.decoding, beam_size=g.beam_size, top_p=g.top_p, temperature=g.temperature,
         length_penalty=g.length_penalty, no_repeat_ngram=g.no_repeat_ngram, num_candidates=g.num_candidates,
         rerank_coverage=g.rerank_coverage, max_len=min(g.max_decode_len, g.max_target_len), min_len=g.min_len, seed=cfg.seed,
-        length_budget=g.length_budget, catalog_penalty=g.catalog_penalty, no_doubling=g.no_doubling,
+        length_budget=g.length_budget, catalog_penalty=g.catalog_penalty, no_doubling=g.no_doubling, forbid_unlisted=g.forbid_unlisted,
     )
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from components.evaluation import text_metrics as tm
-from components.models.generator.api import Generator, TorchBackend
+from components.models.generator.api import Generator, TorchBackend, score_copies
 from components.models.generator.constraints import LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words
 from components.models.generator.decoding import DecodingSettings
+from components.models.generator.evaluate import summarize
 from tests.models.generator_fixtures import ROOT, tiny_parts
 
 AD_LAW = ROOT / "components/resources/ad_law_words.txt"
@@ -86,6 +87,22 @@ def test_forced_contradicting_value_is_never_emitted(parts, method):
     # the same push is fine for a black product: only contradictions are blocked
     black_dress = {"类型": ["裙"], "颜色": ["黑色"]}
     assert "黑色" in guarded.generate(black_dress, decoding=method)[0]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_forced_unlisted_value_is_never_emitted(parts, method):
+    # A dress whose catalog lists no colour: 黑色 contradicts nothing, but the copy would be
+    # guessing a fact. Banned by default; allowed (only contradictions banned) when turned off.
+    tokenizer = parts[0]
+    black = piece(tokenizer, "黑色")
+    pushes = [(black, black), (piece(tokenizer, "黑"), piece(tokenizer, "色"))]
+    no_colour_dress = {"类型": ["裙"], "裙长": ["连衣裙"]}
+    guarded = make_generator(parts, pushes, [])
+    assert "黑色" in guarded.generate(no_colour_dress, decoding={"method": method, "forbid_unlisted": False})[0]
+    for copy in guarded.generate(no_colour_dress, decoding=method, n=3):
+        assert COLOURS.unlisted(copy, no_colour_dress) == [], copy
+        assert copy
+    assert "黑色" in guarded.generate({"类型": ["裙"], "颜色": ["黑色"]}, decoding=method)[0]  # listed: fine
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
@@ -201,6 +218,26 @@ def test_contradictions_ignore_values_inside_the_products_own():
     assert vocab.contradictions("粉红色配红色腰带", pink) == ["红色"]
     assert vocab.contradictions("黑色的连衣裙", {"颜色": ["白色"]}) == ["黑色"]
     assert vocab.contradictions("黑色的连衣裙", {"类型": ["裙"]}) == []  # no colour stated: nothing to contradict
+
+
+def test_unlisted_values_are_every_factual_value_the_product_does_not_list():
+    vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"], "材质": ["雪纺", "牛仔布"], "风格": ["简约"]}, ["颜色", "材质"])
+    no_colour = {"类型": ["裙"], "材质": ["雪纺"]}
+    assert vocab.unlisted_values(no_colour) == ["牛仔布", "白色", "黑色", "红色", "粉红色"]  # contradictions first
+    assert vocab.unlisted("黑色雪纺连衣裙，简约", no_colour) == ["黑色"]  # 风格 is no factual key
+    assert vocab.contradictions("黑色雪纺连衣裙", no_colour) == []  # a guess, not a contradiction
+    assert vocab.unlisted("粉红色的雪纺裙", {"颜色": ["粉红色"], "材质": ["雪纺"]}) == []  # 红色 inside its own 粉红色
+    assert vocab.unlisted("牛仔布的裙子", no_colour) == ["牛仔布"]
+
+
+def test_unlisted_rate_counts_copies_that_name_an_unlisted_value(parts):
+    generator = make_generator(parts, [], [])
+    rows = [{"content": "类型#裙*颜色#白色", "summary": "白色的裙子"}, {"content": "类型#裙*裙长#连衣裙", "summary": "一条连衣裙"}]
+    scores = score_copies(generator, rows, ["白色的裙子", "黑色的连衣裙"], [[], []])
+    assert scores["unlisted"].tolist() == ["", "黑色"]
+    assert scores["hallucinated"].tolist() == [False, False]  # no colour listed: a guess, not a contradiction
+    assert summarize(scores)["unlisted_rate"] == 0.5
+    assert summarize(score_copies(generator, rows, ["黑色的裙子", "红色连衣裙"], [[], []]))["unlisted_rate"] == 1.0
 
 
 def test_token_blocker_handles_words_across_tokens():

@@ -133,14 +133,15 @@ class Generator:
         self.known_doubles = None if known_doubles is None else frozenset(known_doubles)
 
     # -- constraints -------------------------------------------------------------------------
-    def ban_plan(self, attributes: dict[str, list[str]]) -> BanPlan:
-        """Ad-law words and contradicting values, banned at every decoding step. A contradicting
-        value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称, 西装 in 西装领)
-        stays writable only as part of that value: right after its opening, and then only
-        going on to its end."""
+    def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
+        """Ad-law words and the values the product does not list (only the contradicting ones
+        with `forbid_unlisted` off), banned at every decoding step. Such a value inside one of
+        the product's own values (红色 in 粉红色, 对称 in 不对称, 西装 in 西装领) stays writable
+        only as part of that value: right after its opening, and then only going on to its end."""
         own = [v.lower() for values in attributes.values() for v in values]
         words, inside = list(self.ad_law_words), {}
-        for value in self.vocabulary.contradicting_values(attributes):
+        banned_values = self.vocabulary.unlisted_values(attributes) if forbid_unlisted else self.vocabulary.contradicting_values(attributes)
+        for value in banned_values:
             hosts = [o for o in own if value.lower() in o]
             if hosts:
                 inside[value] = hosts
@@ -164,11 +165,10 @@ class Generator:
             self._lexicons[extra] = LatinLexicon(self.known_latin_words | extra, self.tokenizer.piece_texts)
         return self._lexicons[extra]
 
-    def violations(self, text: str, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {
-            "contradictions": self.vocabulary.contradictions(text, attributes),
-            "ad_law": tm.banned_occurrences(text, self.ad_law_words),
-        }
+    def violations(self, text: str, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> dict[str, list[str]]:
+        """The hard-constraint breaches of a copy (empty lists: none)."""
+        values = self.vocabulary.unlisted(text, attributes) if forbid_unlisted else self.vocabulary.contradictions(text, attributes)
+        return {"values": values, "ad_law": tm.banned_occurrences(text, self.ad_law_words)}
 
     # -- generation --------------------------------------------------------------------------
     def request(self, attributes: dict[str, list[str]] | str, focus: Sequence[str] | None, tone: str, length: str) -> Request:
@@ -212,7 +212,7 @@ class Generator:
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
-            plans = [self.ban_plan(r.attributes) for r in chunk]
+            plans = [self.ban_plan(r.attributes, settings.forbid_unlisted) for r in chunk]
             candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory)
             for request, cands in zip(chunk, candidates):
                 ranked = self.rerank(request, cands, settings, n)
@@ -245,9 +245,9 @@ class Generator:
         """Copies without violations first; then model score + rerank_coverage x bonus."""
 
         def key(c):
-            bad = self.violations(c.text, request.attributes)
+            bad = self.violations(c.text, request.attributes, settings.forbid_unlisted)
             bonus = self.rerank_bonus(c.text, request) if settings.rerank_coverage else 0.0
-            return (bool(bad["contradictions"] or bad["ad_law"]) or not c.text, -(c.score + settings.rerank_coverage * bonus))
+            return (bool(bad["values"] or bad["ad_law"]) or not c.text, -(c.score + settings.rerank_coverage * bonus))
 
         ranked, seen = [], set()
         for c in sorted(candidates, key=key):
@@ -425,6 +425,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
         allowed_doubles = generator_like.allowed_doubles(attributes)
         rouge = tm.rouge_scores(copy, reference)
         contradictions = vocabulary.contradictions(copy, attributes)
+        unlisted = vocabulary.unlisted(copy, attributes)
         records.append(
             {
                 "content": row.get("content") or "*".join(f"{k}#{v}" for k, vs in attributes.items() for v in vs),
@@ -440,6 +441,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),
                 "contradictions": "、".join(contradictions),
+                "unlisted": "、".join(unlisted),
                 "ad_law_violations": len(tm.banned_occurrences(copy, ad_law)),
                 "length": len(copy),
             }
@@ -457,7 +459,7 @@ def evaluate_examples(
     """Generate for each row ({"content" or "attributes", "summary" or "reference", optional
     "focus"}) and score it: columns content, focus, reference, copy, bleu4, rouge1, rouge2,
     rougeL, repetition4, doubled, attr_coverage, focus_coverage, hallucinated, contradictions,
-    ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
+    unlisted, ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
     rows = list(rows)
     requests = []
     for i, row in enumerate(rows):

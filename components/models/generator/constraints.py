@@ -1,10 +1,13 @@
 """Hard constraints on generated copy: faithfulness to the product and the advertising law.
 
 - Faithfulness: a copy must not state another value of an attribute key the product has
-  (黑色 for a 颜色#白色 product). The value vocabulary per key comes from the training corpus.
-  Only *factual* keys count: a key whose human copies often mention other values of it (风格:
-  a 简约 dress copy may well say 休闲) describes mood, not a checkable fact. Single-character
-  values (衫, 棉, 潮) are too ambiguous to test by substring and are left out.
+  (黑色 for a 颜色#白色 product: a *contradiction*). The value vocabulary per key comes from the
+  training corpus. Only *factual* keys count: a key whose human copies often mention other
+  values of it (风格: a 简约 dress copy may well say 休闲) describes mood, not a checkable fact.
+  Single-character values (衫, 棉, 潮) are too ambiguous to test by substring and are left out.
+  Stricter, and the decoding default: no *unlisted* value either, a factual value the product
+  does not list at all (雪纺 for a dress with no 材质, 撞色 for trousers with no 图案). The
+  catalog does not say it, so the copy would be guessing a fact.
 - Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
 
 Beside them, a softer rule against letter salad: `LatinLexicon` lets a run of Latin letters grow
@@ -96,11 +99,33 @@ class ValueVocabulary:
                     out.append(value)
         return out
 
+    def unlisted_values(self, attributes: dict[str, list[str]]) -> list[str]:
+        """Values of every factual key that the product does not list: the contradicting ones
+        and those of keys the product lacks (雪纺 for a dress with no 材质)."""
+        own = {v.lower() for values in attributes.values() for v in values}
+        out = self.contradicting_values(attributes)
+        listed = set(out)
+        for key in self.factual_keys:
+            for value in self.values_by_key.get(key, []):
+                if value.lower() not in own and value not in listed:
+                    listed.add(value)
+                    out.append(value)
+        return out
+
     def contradictions(self, text: str, attributes: dict[str, list[str]]) -> list[str]:
         """Contradicting values the text states (outside any of the product's own values)."""
-        lowered = text.lower()
-        own = [v.lower() for values in attributes.values() for v in values]
-        return [v for v in self.contradicting_values(attributes) if _uncovered(lowered, v.lower(), own)]
+        return _stated(text, self.contradicting_values(attributes), attributes)
+
+    def unlisted(self, text: str, attributes: dict[str, list[str]]) -> list[str]:
+        """Unlisted values the text states (contradictions included)."""
+        return _stated(text, self.unlisted_values(attributes), attributes)
+
+
+def _stated(text: str, values: Iterable[str], attributes: dict[str, list[str]]) -> list[str]:
+    """The values that `text` mentions outside any of the product's own values."""
+    lowered = text.lower()
+    own = [v.lower() for vs in attributes.values() for v in vs]
+    return [v for v in values if _uncovered(lowered, v.lower(), own)]
 
 
 def build_value_vocabulary(

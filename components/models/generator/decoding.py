@@ -53,6 +53,10 @@ class DecodingSettings:
     # (休闲休闲, 显瘦又显瘦): without it, about 40% of beam copies; under 1% of human copies.
     # On by default, so bundles saved before the setting existed get it too. 0 = off.
     no_doubling: int = 4
+    # Faithfulness beyond contradictions: no factual value the product does not list at all
+    # (雪纺 for a dress with no 材质). Without it, 7% of beam copies and 10% of sampled ones
+    # guess such a fact. On by default, so older bundles get it too.
+    forbid_unlisted: bool = True
 
     def with_(self, **changes: Any) -> DecodingSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -44,6 +44,8 @@ def summarize(scores: pd.DataFrame, prefix: str = "") -> dict[str, float]:
         "stutter_rate": float((scores["stuttered"] != "").mean()) if scores["stuttered"].notna().all() else float("nan"),
         "attr_coverage": float(scores["attr_coverage"].mean()),
         "hallucination_rate": float(scores["hallucinated"].mean()),
+        # a factual value the product does not list (contradictions included)
+        "unlisted_rate": float((scores["unlisted"] != "").mean()),
         "ad_law_violations": float(scores["ad_law_violations"].sum()),
         "mean_length": float(scores["length"].mean()),
     }
@@ -109,6 +111,7 @@ def tradeoff_settings(defaults: DecodingSettings) -> dict[str, DecodingSettings]
         "beam8": plain.with_(method="beam", beam_size=8),
         "beam4_repeat3": plain.with_(method="beam", beam_size=4, no_repeat_ngram=3),
         "beam4_doubling_allowed": plain.with_(method="beam", beam_size=4, no_doubling=0),
+        "beam4_unlisted_allowed": plain.with_(method="beam", beam_size=4, forbid_unlisted=False),
         "beam4_catalog0.3": plain.with_(method="beam", beam_size=4, catalog_penalty=0.3),
         "beam4_catalog0.6": plain.with_(method="beam", beam_size=4, catalog_penalty=0.6),
         "top_p0.9_T0.5": plain.with_(method="top_p", temperature=0.5, num_candidates=1),
@@ -137,7 +140,7 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
         copies = _generate(generator, requests, setting)
         seconds = time.perf_counter() - started
         summary = summarize(score_copies(generator, rows, copies, [[] for _ in rows]))
-        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling")}})
+        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling", "forbid_unlisted")}})
     return pd.DataFrame.from_records(records)
 
 
@@ -159,7 +162,7 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         copies[prefix + "random"] = random_copies
     metrics.update(order_metrics(generator, generator, rows[:focus_rows], copies[""][:focus_rows], seed))
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
-    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "ad_law_violations", "mean_length")})
+    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")})
     for prefix in ("", "baseline_"):
         metrics[f"{prefix}distinct2_vs_human"] = _vs_human(metrics[f"{prefix}distinct2"], metrics["human_distinct2"])
     samples = pd.DataFrame(
