@@ -187,12 +187,14 @@ def generate_batch(
     cfg = _config(params, profile)
     try:
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
-        written = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
-                            decoding=decoding)
+        report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
+                           decoding=decoding)
     except (NoModel, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {written} copies to {output} (generator: {origin})")
+    typer.echo(f"wrote {report.written} copies to {output} (generator: {origin})")
+    for warning in report.warnings():
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

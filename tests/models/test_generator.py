@@ -108,9 +108,25 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
     rows = [{"content": "类型#裙*颜色#白色"}, {"content": "类型#裤*裤型#阔腿裤"}]
     source.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    assert api.generate_batch(source, out, model_dir, focus=["白色"], decoding="greedy") == 2
+    report = api.generate_batch(source, out, model_dir, focus=["白色"], decoding="greedy")
+    assert report.written == 2 and report.warnings() == []  # known keys and values only
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [w["content"] for w in written] == [r["content"] for r in rows] and all(w["copy"] for w in written)
+    # a catalog from outside the corpus: the rows are still written, and the report says what
+    # the copies cannot be trusted to reflect
+    odd = ["品牌#Nike*类型#运动鞋*颜色#黑色", "风格#最顶级*类型#裤", "品牌#Nike*类型#裤"]
+    source.write_text("".join(json.dumps({"content": c}, ensure_ascii=False) + "\n" for c in odd), encoding="utf-8")
+    report = api.generate_batch(source, out, model_dir, decoding="greedy")
+    assert report.written == 3 and len(out.read_text(encoding="utf-8").splitlines()) == 3
+    assert report.unseen_keys == {"品牌": 2}
+    assert report.unseen_values == {"品牌#Nike": 2, "类型#运动鞋": 1, "风格#最顶级": 1}
+    assert report.ad_law_values == {"风格#最顶级": 1}
+    assert [w.split(" (rows)")[0] for w in report.warnings()] == [
+        "keys no training product had, which copies may ignore",
+        "values no training product had, which copies may garble or leave out",
+        "values with advertising-law words, which no copy states",
+    ]
+    assert "品牌 (2)" in report.warnings()[0]
     source.write_text('{"content": "类型#裙"}\n{"text": "no content"}\n', encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match=r"in.jsonl:2: expected an object with a string 'content'"):
         api.generate_batch(source, out, model_dir)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,15 @@ class Generator:
         max_exemplar_len: int = 0,
         known_latin_words: Iterable[str] | None = None,
         known_doubles: Iterable[str] | None = None,
+        known_attributes: Sequence[dict[str, list[str]]] | None = None,
     ):
         """`retrieval`: when given, every request is conditioned on the nearest training copy
         (own values substituted), which the model edits into this product's copy.
         `known_latin_words`: when given, a run of Latin letters in a copy must be one of them or
         of the product's own values (see `copy_lexicon`). `known_doubles`: when given, a Chinese
         character may come twice in a row only if it is one of them or doubled in one of the
-        product's own values (see `copy_doubles`)."""
+        product's own values (see `copy_doubles`). `known_attributes`: the training products,
+        against which `unfamiliar` tells which keys and values of a request the model never saw."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -131,6 +134,8 @@ class Generator:
         self.known_latin_words = None if known_latin_words is None else frozenset(w.lower() for w in known_latin_words)
         self._lexicons: dict[frozenset[str], LatinLexicon] = {}
         self.known_doubles = None if known_doubles is None else frozenset(known_doubles)
+        self.known_keys = {k for attrs in known_attributes or () for k in attrs}
+        self.known_values = {v.lower() for attrs in known_attributes or () for vs in attrs.values() for v in vs}
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
@@ -164,6 +169,18 @@ class Generator:
         if extra not in self._lexicons:
             self._lexicons[extra] = LatinLexicon(self.known_latin_words | extra, self.tokenizer.piece_texts)
         return self._lexicons[extra]
+
+    def unfamiliar(self, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
+        """What in a request the copy may not reflect: keys and values no training product had
+        (the model has not learned to write about them; empty where the generator was built
+        without `known_attributes`), and values with advertising-law words, which no copy states."""
+        pairs = [(k, v) for k, vs in attributes.items() for v in vs]
+        known = bool(self.known_keys)
+        return {
+            "unseen_keys": [k for k in attributes if known and k not in self.known_keys],
+            "unseen_values": [f"{k}#{v}" for k, v in pairs if known and v.lower() not in self.known_values],
+            "ad_law_values": [f"{k}#{v}" for k, v in pairs if tm.banned_occurrences(v, self.ad_law_words)],
+        }
 
     def violations(self, text: str, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> dict[str, list[str]]:
         """The hard-constraint breaches of a copy (empty lists: none)."""
@@ -348,6 +365,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         config.get("max_exemplar_len", 0),
         copy_lexicon(retrieval.texts, vocabulary),
         copy_doubles(retrieval.texts, vocabulary),
+        retrieval.attributes,
     )
 
 
@@ -381,6 +399,31 @@ def read_jsonl_contents(path: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass
+class BatchReport:
+    """What a batch job wrote, and how many of its rows asked for something the copy may not
+    reflect (per key, value or pair: the number of rows)."""
+
+    written: int
+    unseen_keys: Counter[str] = field(default_factory=Counter)
+    unseen_values: Counter[str] = field(default_factory=Counter)
+    ad_law_values: Counter[str] = field(default_factory=Counter)
+
+    def warnings(self, shown: int = 5) -> list[str]:
+        def top(counter: Counter[str]) -> str:
+            more = len(counter) - shown
+            return ", ".join(f"{name} ({rows})" for name, rows in counter.most_common(shown)) + (f", and {more} more" if more > 0 else "")
+
+        notes = []
+        if self.unseen_keys:
+            notes.append(f"keys no training product had, which copies may ignore (rows): {top(self.unseen_keys)}")
+        if self.unseen_values:
+            notes.append(f"values no training product had, which copies may garble or leave out (rows): {top(self.unseen_values)}")
+        if self.ad_law_values:
+            notes.append(f"values with advertising-law words, which no copy states (rows): {top(self.ad_law_values)}")
+        return notes
+
+
 def generate_batch(
     input_jsonl: Path | str,
     output_jsonl: Path | str,
@@ -388,9 +431,10 @@ def generate_batch(
     focus: Sequence[str] | None = None,
     decoding: str | dict | None = None,
     backend: str = "torch",
-) -> int:
-    """One {"content", "copy"} row per input {"content"} row; returns the number written.
-    `focus` applies to every row, restricted to the values each product has."""
+) -> BatchReport:
+    """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
+    restricted to the values each product has. The report counts what was written and the
+    rows whose attributes the model does not know (see `Generator.unfamiliar`)."""
     rows = read_jsonl_contents(input_jsonl)
     generator = load_generator(model_dir_or_uri, backend=backend)
     requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows]
@@ -400,7 +444,12 @@ def generate_batch(
     with output.open("w", encoding="utf-8") as handle:
         for row, texts in zip(rows, copies):
             handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
-    return len(rows)
+    report = BatchReport(len(rows))
+    for row in rows:
+        found = generator.unfamiliar(row["attributes"])
+        for name, counter in (("unseen_keys", report.unseen_keys), ("unseen_values", report.unseen_values), ("ad_law_values", report.ad_law_values)):
+            counter.update(set(found[name]))
+    return report
 
 
 def _row_request(row: dict[str, Any], index: int) -> tuple[dict[str, list[str]], str]:
