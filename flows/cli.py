@@ -192,7 +192,7 @@ def generate_batch(
     except (NoModel, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {report.written} copies to {output} (generator: {origin})")
+    typer.echo(f"wrote {report.written} {'copy' if report.written == 1 else 'copies'} to {output} (generator: {origin})")
     for warning in report.warnings():
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 

@@ -133,6 +133,13 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
     source.write_text('{"content": "类型裙"}\n', encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match=r"in.jsonl:1: bad 'content'"):
         api.generate_batch(source, out, model_dir)
+    source.write_bytes('{"content": "类型#裙"}\n'.encode() + b'{"content": "\xc0\xc1"}\n')
+    with pytest.raises(api.GenerationInputError, match=r"in.jsonl:2: not UTF-8"):
+        api.generate_batch(source, out, model_dir)
+    source.write_bytes("\ufeff".encode() + '{"content": "类型#裙*颜色#白色"}\r\n'.encode())  # a spreadsheet export
+    assert api.generate_batch(source, out, model_dir, decoding="greedy").written == 1
+    with pytest.raises(api.GenerationInputError, match="is a directory"):
+        api.generate_batch(source, tmp_path, model_dir)
     with pytest.raises(FileNotFoundError):
         api.load_generator(tmp_path / "nowhere")
 

@@ -380,7 +380,12 @@ def read_jsonl_contents(path: Path | str) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Bytes, decoded line by line: a bad line is named, and a leading BOM (spreadsheet exports) is fine.
+    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise GenerationInputError(f"{path}:{line_no}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
         if not line.strip():
             continue
         try:
@@ -436,11 +441,13 @@ def generate_batch(
     restricted to the values each product has. The report counts what was written and the
     rows whose attributes the model does not know (see `Generator.unfamiliar`)."""
     rows = read_jsonl_contents(input_jsonl)
+    output = Path(output_jsonl)
+    if output.is_dir():  # found before the model runs, not after
+        raise GenerationInputError(f"output {output} is a directory; give a file path")
+    output.parent.mkdir(parents=True, exist_ok=True)
     generator = load_generator(model_dir_or_uri, backend=backend)
     requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows]
     copies = generator.generate_many(requests, decoding, n=1)
-    output = Path(output_jsonl)
-    output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as handle:
         for row, texts in zip(rows, copies):
             handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
