@@ -157,7 +157,8 @@ def generate(
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "generator")
-        result = personalized_copies(cfg, load_generator(model.ref), user, product, n=n, decoding=decoding)
+        generator = load_generator(model.ref)
+        result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding)
     except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -167,6 +168,9 @@ def generate(
     typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
     for i, text in enumerate(result.copies, 1):
         typer.echo(f"{i}. {text}")
+    for kind, found in generator.unfamiliar(result.attributes).items():
+        if found:
+            typer.secho(f"warning: {kind.replace('_', ' ')} the copy may not reflect: {', '.join(found)}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("generate-batch")
