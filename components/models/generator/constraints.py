@@ -89,26 +89,22 @@ class ValueVocabulary:
 
     def contradicting_values(self, attributes: dict[str, list[str]]) -> list[str]:
         """Values of the product's factual keys that the product does not have."""
-        own = {v.lower() for values in attributes.values() for v in values}
-        out: list[str] = []
-        for key in attributes:
-            if key not in self.factual_keys:
-                continue
-            for value in self.values_by_key.get(key, []):
-                if value.lower() not in own and value not in out:
-                    out.append(value)
-        return out
+        return self._values_not_listed(attributes, [k for k in attributes if k in self.factual_keys])
 
     def unlisted_values(self, attributes: dict[str, list[str]]) -> list[str]:
         """Values of every factual key that the product does not list: the contradicting ones
-        and those of keys the product lacks (雪纺 for a dress with no 材质)."""
+        first, then those of keys the product lacks (雪纺 for a dress with no 材质)."""
+        own_keys = [k for k in attributes if k in self.factual_keys]
+        return self._values_not_listed(attributes, own_keys + [k for k in self.factual_keys if k not in attributes])
+
+    def _values_not_listed(self, attributes: dict[str, list[str]], keys: Iterable[str]) -> list[str]:
         own = {v.lower() for values in attributes.values() for v in values}
-        out = self.contradicting_values(attributes)
-        listed = set(out)
-        for key in self.factual_keys:
+        out: list[str] = []
+        seen: set[str] = set()
+        for key in keys:
             for value in self.values_by_key.get(key, []):
-                if value.lower() not in own and value not in listed:
-                    listed.add(value)
+                if value.lower() not in own and value not in seen:
+                    seen.add(value)
                     out.append(value)
         return out
 
