@@ -150,7 +150,7 @@ def generate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Personalized copies for one shopper and product, from the champion release's generator."""
-    from components.models.generator.api import GenerationInputError, load_generator
+    from components.models.generator.api import BatchReport, GenerationInputError, load_generator
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel, resolve_model
 
@@ -168,9 +168,10 @@ def generate(
     typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
     for i, text in enumerate(result.copies, 1):
         typer.echo(f"{i}. {text}")
-    for kind, found in generator.unfamiliar(result.attributes).items():
-        if found:
-            typer.secho(f"warning: {kind.replace('_', ' ')} the copy may not reflect: {', '.join(found)}", fg=typer.colors.YELLOW, err=True)
+    report = BatchReport(len(result.copies))
+    report.count(generator.unfamiliar(result.attributes))
+    for warning in report.warnings():
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("generate-batch")

@@ -414,6 +414,11 @@ class BatchReport:
     unseen_values: Counter[str] = field(default_factory=Counter)
     ad_law_values: Counter[str] = field(default_factory=Counter)
 
+    def count(self, found: dict[str, list[str]]) -> None:
+        """Add one row's `Generator.unfamiliar` findings."""
+        for name in ("unseen_keys", "unseen_values", "ad_law_values"):
+            getattr(self, name).update(set(found[name]))
+
     def warnings(self, shown: int = 5) -> list[str]:
         def top(counter: Counter[str]) -> str:
             more = len(counter) - shown
@@ -453,9 +458,7 @@ def generate_batch(
             handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
     report = BatchReport(len(rows))
     for row in rows:
-        found = generator.unfamiliar(row["attributes"])
-        for name, counter in (("unseen_keys", report.unseen_keys), ("unseen_values", report.unseen_values), ("ad_law_values", report.ad_law_values)):
-            counter.update(set(found[name]))
+        report.count(generator.unfamiliar(row["attributes"]))
     return report
 
 
