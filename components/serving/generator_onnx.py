@@ -105,8 +105,10 @@ class OnnxBackend:
         )
         return torch.from_numpy(logprobs), (past_k, past_v, cross_k, cross_v, copy_keys, src)
 
-    def select(self, state, rows: np.ndarray):
+    def select(self, state, rows: np.ndarray, same_source: bool = False):
         past_k, past_v, cross_k, cross_v, copy_keys, src = state
+        if same_source:  # beams of one copy: only the self-attention cache moves
+            return past_k[:, rows], past_v[:, rows], cross_k, cross_v, copy_keys, src
         return past_k[:, rows], past_v[:, rows], cross_k[:, rows], cross_v[:, rows], copy_keys[rows], src[rows]
 
 

@@ -88,3 +88,34 @@ def tiny_parts(rows: int = 200, d_model: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     net = CopyTransformer(ModelSpec(tokenizer.vocab_size, d_model, 2, 1, 1, 2 * d_model, 0.0, 64, 48)).eval()
     return tokenizer, vocabulary, edges, RetrievalGenerator(attributes, texts, edges), net, corpus
+
+
+class _AlwaysFullSelect:
+    """The real torch backend, gathering every state tensor on every select."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def start(self, src):
+        return self.backend.start(src)
+
+    def step(self, tokens, state):
+        return self.backend.step(tokens, state)
+
+    def select(self, state, rows, same_source=False):
+        return self.backend.select(state, rows)
+
+
+def assert_beams_share_sources(generator) -> None:
+    """Beam search that moves only the self-attention cache between beams (select with
+    same_source) writes exactly what one that gathers the whole state does."""
+    from components.models.generator.decoding import DecodingSettings, search
+
+    products = [{"类型": ["裙"], "颜色": ["白色"]}, {"类型": ["裤"]}, {"类型": ["上衣"], "颜色": ["黑色"], "风格": ["简约"]}]
+    requests = [generator.request(p, None, "any", "any") for p in products]
+    plans = [generator.ban_plan(p, True) for p in products]
+    settings = DecodingSettings(method="beam", beam_size=3, max_len=12)
+    found = {}
+    for name, engine in (("beams", generator.backend), ("full", _AlwaysFullSelect(generator.backend))):
+        found[name] = [[(c.text, round(c.score, 4)) for c in cands] for cands in search(engine, generator.encode_sources(requests), plans, generator.tokenizer.piece_texts, settings)]
+    assert found["beams"] == found["full"] and all(found["beams"])

@@ -4,15 +4,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from components.evaluation.text_metrics import bleu4
 from components.models.generator import api
 from components.models.generator.constraints import TokenBlocker
-from components.models.generator.decoding import DecodingSettings, _doubling_bans, _repeat_bans
+from components.models.generator.decoding import DecodingSettings, _doubling_bans, _nucleus, _repeat_bans
 from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import EOS, CopyTokenizer
-from tests.models.generator_fixtures import ROOT, tiny_parts
+from tests.models.generator_fixtures import ROOT, assert_beams_share_sources, tiny_parts
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,28 @@ def test_repeat_blocking():
     assert _repeat_bans([5, 6], 3) == []
 
 
+def test_nucleus_samples_the_exact_nucleus_whatever_the_sorted_width():
+    torch = pytest.importorskip("torch")
+    logprobs = torch.log_softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 2, -1)
+    logprobs[0] = float("-inf")
+    logprobs[0, 7] = 0.0  # only one token possible
+    draws = {}
+    for width in (2, 50):  # 2 is narrower than every nucleus here, so it must widen
+        generator = torch.Generator().manual_seed(1)
+        draws[width] = torch.stack([_nucleus(logprobs, 0.9, 0.7, generator, widths=(width,)) for _ in range(4000)])
+    assert torch.equal(draws[2], draws[50])  # one uniform draw per row: the width changes nothing
+    probs = torch.softmax(logprobs / 0.7, -1)
+    for row in range(3):
+        ranked, order = probs[row].sort(descending=True)
+        keep = ranked.cumsum(0) - ranked < 0.9
+        expected = dict(zip(order[keep].tolist(), (ranked[keep] / ranked[keep].sum()).tolist()))
+        counts = torch.bincount(draws[50][:, row], minlength=50)
+        assert set(torch.nonzero(counts).flatten().tolist()) <= set(expected)  # never outside the nucleus
+        for token, p in expected.items():
+            assert abs(counts[token].item() / 4000 - p) < 0.03
+    assert set(draws[50][:, 0].tolist()) == {7}
+
+
 def test_doubling_bans_cover_a_run_begun_across_tokens():
     blocker = TokenBlocker(["休", "闲", "休闲", "休闲风", "闲适", "的", "up", "显瘦", "又显瘦", "又", "瘦"])
     names = lambda text: sorted({blocker.piece_texts[i] for ids in _doubling_bans(text, blocker, 4) for i in ids})
@@ -89,6 +112,95 @@ def test_generate_n_distinct_copies(model_dir, method):
         generator.generate({"类型": ["裙"]}, tone="angry")
     with pytest.raises(api.GenerationInputError, match="unknown decoding"):
         generator.generate({"类型": ["裙"]}, decoding="sampling")
+
+
+class _OddSourcesStopEarly:
+    """The real torch backend, except that rows of odd-numbered sources must write a full stop
+    at step 4 (their length budget is then spent, so they end at step 5); it records how many
+    rows each step carries."""
+
+    def __init__(self, backend, full_stop: int):
+        self.backend, self.full_stop, self.rows_per_step, self.sources = backend, full_stop, [], None
+
+    def start(self, src):
+        self.sources = np.arange(len(src))
+        return self.backend.start(src)
+
+    def select(self, state, rows, same_source=False):
+        self.sources = self.sources[rows]
+        return self.backend.select(state, rows, same_source)
+
+    def step(self, tokens, state):
+        logprobs, state = self.backend.step(tokens, state)
+        self.rows_per_step.append(len(tokens))
+        if len(self.rows_per_step) == 4:
+            logprobs = logprobs.clone()  # an inference-mode tensor from the torch backend
+            odd = torch.from_numpy(self.sources % 2 == 1)
+            logprobs[odd] = -1e4  # finite like the model's own: the constraints still apply
+            logprobs[odd, self.full_stop] = 0.0
+        return logprobs, state
+
+
+@pytest.mark.parametrize("method", ["greedy", "top_p"])
+def test_finished_rows_leave_the_state_without_changing_any_copy(model_dir, method, monkeypatch):
+    from components.models.generator import decoding
+
+    generator = api.load_generator(model_dir)
+    products = [{"类型": ["裙"], "颜色": ["白色"]}, {"类型": ["裤"]}, {"类型": ["上衣"], "颜色": ["黑色"]}, {"类型": ["裙"], "风格": ["简约"]}]
+    requests = [generator.request(p, None, "any", "any") for p in products]
+    settings = DecodingSettings(method=method, max_len=12, num_candidates=3, length_budget=1.0)
+    full_stop = generator.tokenizer.piece_texts.index("。")
+    copies = {}
+    for compact_at in (0.0, 0.75):
+        monkeypatch.setattr(decoding, "COMPACT_AT", compact_at)
+        spy = _OddSourcesStopEarly(generator.backend, full_stop)
+        plans = [generator.ban_plan(p, True) for p in products]
+        found = decoding.search(spy, generator.encode_sources(requests), plans, generator.tokenizer.piece_texts, settings, expected=[1000, 1, 1000, 1])
+        copies[compact_at] = [[c.text for c in cands] for cands in found]
+        rows = 4 * (3 if method == "top_p" else 1)
+        if compact_at:  # about half the rows end at step 5: the state shrinks after it
+            assert spy.rows_per_step[:5] == [rows] * 5 and max(spy.rows_per_step[5:]) <= 0.75 * rows
+        else:
+            assert spy.rows_per_step == [rows] * 12
+    assert copies[0.0] == copies[0.75]
+    # (a row part-way through a Latin word may not stop, so not every odd row ends)
+    assert sum(t.endswith("。") for cands in copies[0.75][1::2] for t in cands) >= len(copies[0.75][1::2])
+    assert all(not t.endswith("。") for cands in copies[0.75][::2] for t in cands)
+
+
+def test_beam_moves_only_the_self_attention_cache_between_beams(model_dir):
+    assert_beams_share_sources(api.load_generator(model_dir))
+
+
+class _EosFirst:
+    """The real torch backend with EOS made the likeliest next token at every step."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def start(self, src):
+        return self.backend.start(src)
+
+    def select(self, state, rows, same_source=False):
+        return self.backend.select(state, rows, same_source)
+
+    def step(self, tokens, state):
+        logprobs, state = self.backend.step(tokens, state)
+        logprobs = logprobs.clone()
+        logprobs[:, EOS] = 0.0
+        return logprobs, state
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_copy_ends_by_the_length_rule_not_the_models_eos(model_dir, method):
+    from components.models.generator.decoding import search
+
+    generator = api.load_generator(model_dir)
+    product = {"类型": ["裙"], "颜色": ["白色"]}
+    src = generator.encode_sources([generator.request(product, None, "any", "any")])
+    settings = DecodingSettings(method=method, max_len=10, beam_size=2, num_candidates=2)
+    for candidate in search(_EosFirst(generator.backend), src, [generator.ban_plan(product, True)], generator.tokenizer.piece_texts, settings)[0]:
+        assert len(candidate.tokens) == 10  # ran to max_len: the pushed EOS was never taken
 
 
 def test_beam_scores_are_sorted(model_dir):

@@ -7,7 +7,7 @@ import torch
 from components.models.generator import api
 from components.models.generator.decoding import DecodingSettings
 from components.serving.generator_onnx import OnnxBackend, export_onnx, parity
-from tests.models.generator_fixtures import ROOT, tiny_parts
+from tests.models.generator_fixtures import ROOT, assert_beams_share_sources, tiny_parts
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,10 @@ def test_greedy_parity_and_batch_sizes(exported):
     assert parity(torch_gen, onnx_gen, requests) == {"onnx_parity_exact": 1.0, "onnx_parity_inputs": 6.0}
     one = requests[:1]
     assert onnx_gen.generate_many(one, "beam", n=2) == torch_gen.generate_many(one, "beam", n=2)
+
+
+def test_beam_moves_only_the_self_attention_cache_between_beams(exported):
+    assert_beams_share_sources(api.load_generator(exported[0], backend="onnx"))
 
 
 def test_missing_export_is_a_clear_error(tmp_path):

@@ -74,9 +74,11 @@ class TorchBackend:
         logprobs, past_k, past_v = self.net.decoder_step(torch.from_numpy(tokens), past_k, past_v, cross_k, cross_v, copy_keys, src)
         return logprobs, (past_k, past_v, cross_k, cross_v, copy_keys, src)
 
-    def select(self, state, rows: np.ndarray):
+    def select(self, state, rows: np.ndarray, same_source: bool = False):
         index = torch.from_numpy(rows)
         past_k, past_v, cross_k, cross_v, copy_keys, src = state
+        if same_source:
+            return past_k[:, index], past_v[:, index], cross_k, cross_v, copy_keys, src
         return past_k[:, index], past_v[:, index], cross_k[:, index], cross_v[:, index], copy_keys[index], src[index]
 
 
