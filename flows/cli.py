@@ -181,22 +181,44 @@ def generate_batch(
     focus: Annotated[Optional[str], typer.Option(help="comma-separated values to foreground")] = None,
     decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
     model: Annotated[Optional[str], typer.Option(help="model dir or MLflow URI (default: the champion)")] = None,
+    backend: Annotated[str, typer.Option(help="torch (fastest for batches on CPU) | onnx")] = "torch",
+    resume: Annotated[bool, typer.Option("--resume", help="carry on from OUTPUT.partial, left by a job that stopped")] = False,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write one copy per input row with the champion generator (or --model)."""
-    from components.models.generator.api import GenerationInputError
+    """Write one copy per input row with the champion generator (or --model). Rows go to
+    OUTPUT.partial as they are done; OUTPUT appears when all are."""
+    import time
+
+    from components.models.generator.api import GenerationInputError, partial_path
     from components.models.generator.api import generate_batch as run_batch
     from components.serving.models import NoModel, resolve_model
 
     cfg = _config(params, profile)
+    started, first = time.monotonic(), []
+
+    def progress(done: int, total: int) -> None:
+        if not first:
+            first.append(done)  # rows a resumed job found written: not this run's speed
+            return
+        rate = (done - first[0]) / max(time.monotonic() - started, 1e-9)
+        left = (total - done) / rate if rate else float("inf")
+        typer.echo(f"{done}/{total} copies ({rate:.1f}/s, about {left / 60:.0f} min left)", err=True)
+
+    if backend not in ("torch", "onnx"):
+        typer.secho(f"error: unknown backend {backend!r}; expected torch or onnx", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     try:
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
-                           decoding=decoding)
+                           decoding=decoding, backend=backend, resume=resume, progress=progress)
     except (NoModel, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    except BaseException:  # stopped part-way (Ctrl-C, out of memory): say where the work is
+        if first and partial_path(output).exists():
+            typer.secho(f"stopped; the copies written so far are in {partial_path(output)}: run again with --resume to carry on", fg=typer.colors.YELLOW, err=True)
+        raise
     typer.echo(f"wrote {report.written} {'copy' if report.written == 1 else 'copies'} to {output} (generator: {origin})")
     for warning in report.warnings():
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)

@@ -63,6 +63,19 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     assert "generator: release 1 (champion)" in generated.output
     assert "\n1. " in generated.output
 
+    catalog = project / "catalog.jsonl"
+    catalog.write_text('{"content": "类型#裙*颜色#白色"}\n{"content": "类型#裤*版型#宽松"}\n', encoding="utf-8")
+    copies = {}
+    for backend in ("torch", "onnx"):  # the champion bundle carries both
+        out = project / f"copies_{backend}.jsonl"
+        batch = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy", "--backend", backend])
+        assert batch.exit_code == 0, batch.output
+        assert "wrote 2 copies" in batch.output and "generator: release 1 (champion)" in batch.output
+        assert "2/2 copies" in batch.output  # progress, on stderr
+        copies[backend] = out.read_text(encoding="utf-8")
+    assert copies["torch"] == copies["onnx"]  # greedy parity, through the CLI
+    assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--backend", "tpu"]).exit_code == 2
+
     explained = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0]])
     assert explained.exit_code == 0, explained.output
     assert "preference model: release 1 (champion)" in explained.output

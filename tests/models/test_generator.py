@@ -256,6 +256,40 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
         api.load_generator(tmp_path / "nowhere")
 
 
+def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    contents = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#上衣*颜色#黑色", "类型#裙*风格#简约", "类型#裤*颜色#白色"]
+    source.write_text("".join(json.dumps({"content": c}, ensure_ascii=False) + "\n" for c in contents), encoding="utf-8")
+    calls = []
+    api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    complete = out.read_text(encoding="utf-8")
+    assert not api.partial_path(out).exists()
+    out.unlink()
+
+    def stop_after_first_chunk(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, progress=stop_after_first_chunk)
+    partial = api.partial_path(out)
+    assert not out.exists() and len(partial.read_text(encoding="utf-8").splitlines()) == 2
+    with partial.open("a", encoding="utf-8") as handle:
+        handle.write('{"content": "类型#上')  # the job died in the middle of a line
+    api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-3:] == [(2, 5), (4, 5), (5, 5)]  # the first chunk was not generated again
+    assert out.read_text(encoding="utf-8") == complete and not partial.exists()
+    # a partial file from another input is not resumed, and nothing is lost
+    partial.write_text(json.dumps({"content": "类型#裙*颜色#黑色", "copy": "黑色连衣裙。"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(api.GenerationInputError, match="is not for row 1 of this input"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
+    assert "黑色连衣裙" in partial.read_text(encoding="utf-8")
+    partial.unlink()
+    with pytest.raises(api.GenerationInputError, match="nothing to resume"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
+
+
 def test_evaluate_examples_per_example_columns(model_dir, parts):
     generator = api.load_generator(model_dir)
     corpus = parts[5]
@@ -430,6 +464,9 @@ def test_catalog_penalty_keeps_the_copies_of_one_job_from_reading_alike(model_di
     assert len(set(varied)) == len(requests)
     # A new call is a new job: its memory starts empty.
     assert generator.generate_many(requests[:1], {"method": method, "catalog_penalty": 2.0})[0][0] == plain[0]
+    # A resumed job counts the copies it wrote before it stopped.
+    resumed = [c[0] for chunk in generator.generate_chunks(requests[2:], {"method": method, "catalog_penalty": 2.0}, earlier=varied[:2]) for c in chunk]
+    assert resumed == varied[2:]
 
 
 def test_rerank_prefers_copies_that_lead_with_the_focus(model_dir):

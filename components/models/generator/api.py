@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,24 +221,33 @@ class Generator:
     def generate_many(self, requests: Sequence[Request], decoding=None, n: int = 1) -> list[list[str]]:
         """Up to n copies per request. One call is one job: with settings.catalog_penalty, each
         chunk of requests avoids the phrases the job's earlier chunks already used."""
+        return [copies for chunk in self.generate_chunks(requests, decoding, n) for copies in chunk]
+
+    def generate_chunks(self, requests: Sequence[Request], decoding=None, n: int = 1, earlier: Iterable[str] = ()) -> Iterator[list[list[str]]]:
+        """generate_many one chunk (batch_size requests) at a time, for jobs that write as they
+        go. `earlier`: copies this job wrote before (a resumed batch), whose phrases the catalog
+        penalty counts as if this call had written them."""
         settings = settings_from(self.defaults, decoding)
         if settings.method == "top_p":
             settings = settings.with_(num_candidates=max(n, settings.num_candidates))
         elif settings.method == "beam":
             settings = settings.with_(beam_size=max(n, settings.beam_size))
-        results: list[list[str]] = []
         memory = PhraseMemory() if settings.catalog_penalty else None
+        if memory is not None:
+            for text in earlier:
+                memory.add(self.tokenizer.encode_text(text))
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
             plans = [self.ban_plan(r.attributes, settings.forbid_unlisted) for r in chunk]
             candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory)
+            results = []
             for request, cands in zip(chunk, candidates):
                 ranked = self.rerank(request, cands, settings, n)
                 results.append(ranked)
                 if memory is not None and ranked:
                     memory.add(self.tokenizer.encode_text(ranked[0]))
-        return results
+            yield results
 
     def expected_length(self, request: Request) -> int:
         """Characters a copy for this request should have: its exemplar's, else a typical copy's."""
@@ -436,6 +445,28 @@ class BatchReport:
         return notes
 
 
+def partial_path(output: Path) -> Path:
+    """Where a batch job writes while it runs; renamed to `output` when every row is done."""
+    return output.with_name(output.name + ".partial")
+
+
+def _resumable_rows(partial: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The copies a stopped job already wrote, if they are for the first rows of this input."""
+    if not partial.exists():
+        raise GenerationInputError(f"nothing to resume: {partial} does not exist")
+    copies = []
+    for line_no, line in enumerate(partial.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            written = json.loads(line)
+            copy = written["copy"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a line cut off when the job stopped: generate it again
+        if line_no > len(rows) or written.get("content") != rows[line_no - 1]["content"]:
+            raise GenerationInputError(f"{partial}:{line_no} is not for row {line_no} of this input; cannot resume (delete it to start over)")
+        copies.append(copy)
+    return copies
+
+
 def generate_batch(
     input_jsonl: Path | str,
     output_jsonl: Path | str,
@@ -443,21 +474,45 @@ def generate_batch(
     focus: Sequence[str] | None = None,
     decoding: str | dict | None = None,
     backend: str = "torch",
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 32,
 ) -> BatchReport:
     """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
     restricted to the values each product has. The report counts what was written and the
-    rows whose attributes the model does not know (see `Generator.unfamiliar`)."""
+    rows whose attributes the model does not know (see `Generator.unfamiliar`).
+
+    Rows are written as each chunk is done, to `<output>.partial`, which becomes `output` only
+    once every row has its copy: a job that stops part-way leaves no output that looks
+    complete, and `resume` carries on from the partial file. `progress(done, total)` is called
+    after each chunk."""
     rows = read_jsonl_contents(input_jsonl)
     output = Path(output_jsonl)
     if output.is_dir():  # found before the model runs, not after
         raise GenerationInputError(f"output {output} is a directory; give a file path")
     output.parent.mkdir(parents=True, exist_ok=True)
-    generator = load_generator(model_dir_or_uri, backend=backend)
-    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows]
-    copies = generator.generate_many(requests, decoding, n=1)
-    with output.open("w", encoding="utf-8") as handle:
-        for row, texts in zip(rows, copies):
-            handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
+    partial = partial_path(output)
+    earlier = _resumable_rows(partial, rows) if resume else []
+    generator = load_generator(model_dir_or_uri, backend=backend, batch_size=batch_size)
+    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
+    with partial.open("r+" if earlier else "w", encoding="utf-8") as handle:
+        if earlier:  # keep the complete lines, drop a cut-off one
+            handle.seek(0)
+            kept = "".join(line + "\n" for line in handle.read().splitlines()[: len(earlier)])
+            handle.seek(0)
+            handle.write(kept)
+            handle.truncate()
+        done = len(earlier)
+        if progress is not None:
+            progress(done, len(rows))
+        for chunk in generator.generate_chunks(requests, decoding, n=1, earlier=earlier):
+            for row, texts in zip(rows[done:], chunk):
+                handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
+            handle.flush()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(rows))
+    partial.replace(output)
     report = BatchReport(len(rows))
     for row in rows:
         report.count(generator.unfamiliar(row["attributes"]))
