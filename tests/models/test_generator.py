@@ -280,6 +280,12 @@ def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tm
     api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True, progress=lambda done, total: calls.append((done, total)))
     assert calls[-3:] == [(2, 5), (4, 5), (5, 5)]  # the first chunk was not generated again
     assert out.read_text(encoding="utf-8") == complete and not partial.exists()
+    # died after a whole row but before its newline: that row is written again, on a line of its own
+    lines = complete.splitlines(keepends=True)
+    partial.write_text(lines[0] + json.dumps({"content": contents[1], "copy": "半行"}, ensure_ascii=False), encoding="utf-8")
+    out.unlink()
+    api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True)
+    assert out.read_text(encoding="utf-8") == complete
     # a partial file from another input is not resumed, and nothing is lost
     partial.write_text(json.dumps({"content": "类型#裙*颜色#黑色", "copy": "黑色连衣裙。"}, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match="is not for row 1 of this input"):

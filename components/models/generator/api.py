@@ -13,6 +13,7 @@ index and, once exported, onnx/encoder.onnx + onnx/decoder_step.onnx.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -450,21 +451,25 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def _resumable_rows(partial: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The copies a stopped job already wrote, if they are for the first rows of this input."""
+def _resumable_rows(partial: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[str], int]:
+    """The copies a stopped job already wrote, if they are for the first rows of this input,
+    and the byte length of their complete lines (a line cut off mid-write comes after it)."""
     if not partial.exists():
         raise GenerationInputError(f"nothing to resume: {partial} does not exist")
-    copies = []
-    for line_no, line in enumerate(partial.read_text(encoding="utf-8").splitlines(), start=1):
+    copies, complete = [], 0
+    for line_no, raw in enumerate(partial.read_bytes().splitlines(keepends=True), start=1):
         try:
-            written = json.loads(line)
+            written = json.loads(raw.decode("utf-8"))
             copy = written["copy"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # a line cut off when the job stopped: generate it again
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            break
+        if not raw.endswith(b"\n"):
+            break  # cut off right before its newline: write it again
         if line_no > len(rows) or written.get("content") != rows[line_no - 1]["content"]:
             raise GenerationInputError(f"{partial}:{line_no} is not for row {line_no} of this input; cannot resume (delete it to start over)")
         copies.append(copy)
-    return copies
+        complete += len(raw)
+    return copies, complete
 
 
 def generate_batch(
@@ -492,16 +497,12 @@ def generate_batch(
         raise GenerationInputError(f"output {output} is a directory; give a file path")
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(output)
-    earlier = _resumable_rows(partial, rows) if resume else []
+    earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     generator = load_generator(model_dir_or_uri, backend=backend, batch_size=batch_size)
     requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
-    with partial.open("r+" if earlier else "w", encoding="utf-8") as handle:
-        if earlier:  # keep the complete lines, drop a cut-off one
-            handle.seek(0)
-            kept = "".join(line + "\n" for line in handle.read().splitlines()[: len(earlier)])
-            handle.seek(0)
-            handle.write(kept)
-            handle.truncate()
+    if resume:
+        os.truncate(partial, complete)  # drop a line cut off mid-write; the complete ones stay
+    with partial.open("a" if resume else "w", encoding="utf-8") as handle:
         done = len(earlier)
         if progress is not None:
             progress(done, len(rows))
