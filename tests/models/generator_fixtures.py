@@ -90,8 +90,8 @@ def tiny_parts(rows: int = 200, d_model: int = 32, seed: int = 0):
     return tokenizer, vocabulary, edges, RetrievalGenerator(attributes, texts, edges), net, corpus
 
 
-class _AlwaysFullSelect:
-    """The real torch backend, gathering every state tensor on every select."""
+class WrappedBackend:
+    """A real backend (torch or ONNX Runtime) that tests subclass to change one thing."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -101,6 +101,13 @@ class _AlwaysFullSelect:
 
     def step(self, tokens, state):
         return self.backend.step(tokens, state)
+
+    def select(self, state, rows, same_source=False):
+        return self.backend.select(state, rows, same_source)
+
+
+class _AlwaysFullSelect(WrappedBackend):
+    """Gathers every state tensor on every select."""
 
     def select(self, state, rows, same_source=False):
         return self.backend.select(state, rows)

@@ -13,7 +13,7 @@ from components.models.generator.decoding import DecodingSettings, _doubling_ban
 from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import EOS, CopyTokenizer
-from tests.models.generator_fixtures import ROOT, assert_beams_share_sources, tiny_parts
+from tests.models.generator_fixtures import ROOT, WrappedBackend, assert_beams_share_sources, tiny_parts
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +114,13 @@ def test_generate_n_distinct_copies(model_dir, method):
         generator.generate({"类型": ["裙"]}, decoding="sampling")
 
 
-class _OddSourcesStopEarly:
-    """The real torch backend, except that rows of odd-numbered sources must write a full stop
-    at step 4 (their length budget is then spent, so they end at step 5); it records how many
-    rows each step carries."""
+class _OddSourcesStopEarly(WrappedBackend):
+    """Rows of odd-numbered sources must write a full stop at step 4 (their length budget is
+    then spent, so they end at step 5); records how many rows each step carries."""
 
     def __init__(self, backend, full_stop: int):
-        self.backend, self.full_stop, self.rows_per_step, self.sources = backend, full_stop, [], None
+        super().__init__(backend)
+        self.full_stop, self.rows_per_step, self.sources = full_stop, [], None
 
     def start(self, src):
         self.sources = np.arange(len(src))
@@ -172,17 +172,8 @@ def test_beam_moves_only_the_self_attention_cache_between_beams(model_dir):
     assert_beams_share_sources(api.load_generator(model_dir))
 
 
-class _EosFirst:
-    """The real torch backend with EOS made the likeliest next token at every step."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def start(self, src):
-        return self.backend.start(src)
-
-    def select(self, state, rows, same_source=False):
-        return self.backend.select(state, rows, same_source)
+class _EosFirst(WrappedBackend):
+    """EOS made the likeliest next token at every step."""
 
     def step(self, tokens, state):
         logprobs, state = self.backend.step(tokens, state)
