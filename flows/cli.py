@@ -217,7 +217,7 @@ def generate_batch(
         raise typer.Exit(2) from exc
     except BaseException:  # stopped part-way (Ctrl-C, out of memory): say where the work is
         if first and partial_path(output).exists():
-            typer.secho(f"stopped; the copies written so far are in {partial_path(output)}: run again with --resume to carry on", fg=typer.colors.YELLOW, err=True)
+            typer.secho(f"stopped; the copies written so far are in {partial_path(output)}: run again with --resume (same model and options) to carry on", fg=typer.colors.YELLOW, err=True)
         raise
     typer.echo(f"wrote {report.written} {'copy' if report.written == 1 else 'copies'} to {output} (generator: {origin})")
     for warning in report.warnings():

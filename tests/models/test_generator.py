@@ -1,6 +1,7 @@
 """Tokenizer, focus controls, retrieval baseline, decoding and the api functions (tiny, untrained)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -266,15 +267,34 @@ def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tm
         api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, progress=stop_after_first_chunk)
     partial = api.partial_path(out)
     assert not out.exists() and len(partial.read_text(encoding="utf-8").splitlines()) == 2
+    job = api.job_path(out).read_text(encoding="utf-8")
+    assert json.loads(job)["decoding"]["method"] == "greedy"
     with partial.open("a", encoding="utf-8") as handle:
         handle.write('{"content": "类型#上')  # the job died in the middle of a line
+    written = partial.read_bytes()
+    # Only the same model, focus and decoding may carry on: one output, one way of writing it.
+    with pytest.raises(api.GenerationInputError, match=r"other decoding settings \(method 'greedy' -> 'beam'\)"):
+        api.generate_batch(source, out, model_dir, decoding="beam", resume=True)
+    with pytest.raises(api.GenerationInputError, match="written with focus"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", focus=["白色"], resume=True)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(model_dir, retrained)
+    weights = torch.load(retrained / api.WEIGHTS_FILE, weights_only=True)
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, retrained / api.WEIGHTS_FILE)
+    with pytest.raises(api.GenerationInputError, match="written by another model"):
+        api.generate_batch(source, out, retrained, decoding="greedy", resume=True)
+    assert partial.read_bytes() == written and not out.exists()  # refused: nothing touched
     api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True, progress=lambda done, total: calls.append((done, total)))
     assert calls[-3:] == [(2, 5), (4, 5), (5, 5)]  # the first chunk was not generated again
-    assert out.read_text(encoding="utf-8") == complete and not partial.exists()
+    assert out.read_text(encoding="utf-8") == complete and not partial.exists() and not api.job_path(out).exists()
     # died after a whole row but before its newline: that row is written again, on a line of its own
     lines = complete.splitlines(keepends=True)
     partial.write_text(lines[0] + json.dumps({"content": contents[1], "copy": "半行"}, ensure_ascii=False), encoding="utf-8")
     out.unlink()
+    # a partial file without its job record (deleted, or copied alone) cannot be checked
+    with pytest.raises(api.GenerationInputError, match="no readable record of the model and settings"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
+    api.job_path(out).write_text(job, encoding="utf-8")
     api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True)
     assert out.read_text(encoding="utf-8") == complete
     # a partial file from another input is not resumed, and nothing is lost

@@ -12,6 +12,7 @@ index and, once exported, onnx/encoder.onnx + onnx/decoder_step.onnx.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -451,6 +452,38 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def job_path(output: Path) -> Path:
+    """Beside the partial file: which model and settings the job writes with, so that a resume
+    never mixes two models (a champion promoted in between) or two settings in one output."""
+    return output.with_name(output.name + ".partial.job.json")
+
+
+def _job_record(model: str | Path, directory: Path, settings: DecodingSettings, focus: Sequence[str] | None) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        digest.update((directory / name).read_bytes())
+    # The runtime (torch or ONNX Runtime) is left out: the same model writes the same copies on
+    # either (greedy exactly), so a job may resume on the other one.
+    return {"model": str(model), "model_sha256": digest.hexdigest(), "focus": list(focus or []), "decoding": asdict(settings)}
+
+
+def _check_same_job(partial: Path, recorded_path: Path, job: dict[str, Any]) -> None:
+    start_over = f"rerun with the model and options it was started with, or delete {partial} to start over"
+    try:
+        recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise GenerationInputError(f"{partial} has no readable record of the model and settings that wrote it ({recorded_path.name}); cannot resume: delete it to start over") from exc
+    if recorded.get("model_sha256") != job["model_sha256"]:
+        raise GenerationInputError(f"{partial} was written by another model ({recorded.get('model')}); resuming would mix two models in one output: {start_over}")
+    if recorded.get("focus") != job["focus"]:
+        raise GenerationInputError(f"{partial} was written with focus {recorded.get('focus')}, not {job['focus']}: {start_over}")
+    before, now = recorded.get("decoding", {}), job["decoding"]
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise GenerationInputError(f"{partial} was written with other decoding settings ({shown}): {start_over}")
+
+
 def _resumable_rows(partial: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[str], int]:
     """The copies a stopped job already wrote, if they are for the first rows of this input,
     and the byte length of their complete lines (a line cut off mid-write comes after it)."""
@@ -489,19 +522,25 @@ def generate_batch(
 
     Rows are written as each chunk is done, to `<output>.partial`, which becomes `output` only
     once every row has its copy: a job that stops part-way leaves no output that looks
-    complete, and `resume` carries on from the partial file. `progress(done, total)` is called
-    after each chunk."""
+    complete, and `resume` carries on from the partial file if it was written by the same model
+    with the same focus and decoding settings (recorded beside it, see `job_path`).
+    `progress(done, total)` is called after each chunk."""
     rows = read_jsonl_contents(input_jsonl)
     output = Path(output_jsonl)
     if output.is_dir():  # found before the model runs, not after
         raise GenerationInputError(f"output {output} is a directory; give a file path")
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(output)
+    partial, recorded = partial_path(output), job_path(output)
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
-    generator = load_generator(model_dir_or_uri, backend=backend, batch_size=batch_size)
+    directory = resolve_model_dir(model_dir_or_uri)
+    generator = load_generator(directory, backend=backend, batch_size=batch_size)
+    job = _job_record(model_dir_or_uri, directory, settings_from(generator.defaults, decoding), focus)
     requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
     if resume:
+        _check_same_job(partial, recorded, job)
         os.truncate(partial, complete)  # drop a line cut off mid-write; the complete ones stay
+    else:
+        recorded.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
     with partial.open("a" if resume else "w", encoding="utf-8") as handle:
         done = len(earlier)
         if progress is not None:
@@ -514,6 +553,7 @@ def generate_batch(
             if progress is not None:
                 progress(done, len(rows))
     partial.replace(output)
+    recorded.unlink(missing_ok=True)
     report = BatchReport(len(rows))
     for row in rows:
         report.count(generator.unfamiliar(row["attributes"]))
