@@ -535,12 +535,12 @@ def generate_batch(
     directory = resolve_model_dir(model_dir_or_uri)
     generator = load_generator(directory, backend=backend, batch_size=batch_size)
     job = _job_record(model_dir_or_uri, directory, settings_from(generator.defaults, decoding), focus)
-    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
-    if resume:
+    if resume:  # checked before any retrieval or decoding work
         _check_same_job(partial, recorded, job)
         os.truncate(partial, complete)  # drop a line cut off mid-write; the complete ones stay
     else:
         recorded.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
+    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
     with partial.open("a" if resume else "w", encoding="utf-8") as handle:
         done = len(earlier)
         if progress is not None:
