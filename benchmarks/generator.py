@@ -1,7 +1,9 @@
 """Generator speed: latency of one copy (ONNX Runtime vs torch, greedy and beam 4) and batch
 throughput (copies/s at batch 64: greedy, beam 4, and the shipped default, top-p with 8
 candidates re-ranked). Copies are decoded with the model's own constraints
-and length stop, so the latency is that of a real, shippable copy.
+and length stop, so the latency is that of a real, shippable copy. Also the cost of one
+`full`-size training step on CPU with the shipped dropout against torch's own (same process,
+alternating rounds).
 
 Uses the trained model of $COPYFLOW_GENERATOR_MODEL, else artifacts/{full,quick}/models/
 generator/model. Without one it benchmarks an untrained model of the quick profile's size with
@@ -16,9 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from components.config import load_config
 from components.models.generator import api
+from components.models.generator import model as generator_model
 from components.models.generator.decoding import DecodingSettings
 
 PRODUCTS = [
@@ -77,6 +82,47 @@ def throughput(generator: api.Generator, decoding, batch: int = 64) -> float:
     return batch / (time.perf_counter() - started)
 
 
+def _torch_dropout(x, p, training):
+    return F.dropout(x, p, training) if training and p else x
+
+
+def _torch_attention(q, k, v, mask, causal, p):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+
+
+def training_step_ms(rounds: int = 5, steps: int = 8, src_len: int = 115, tgt_len: int = 60) -> dict:
+    """Median ms per `full`-profile training step (forward, backward, AdamW) on random tokens of
+    the corpus' typical lengths: the shipped CPU dropout against torch's dropout and attention
+    dropout, alternating rounds in one process so the machine's load hits both alike."""
+    g = load_config("params.yaml", "full").generator
+    threads = torch.get_num_threads()
+    torch.set_num_threads(g.train_threads or g.torch_threads or threads)  # as the `full` training runs
+    torch.manual_seed(0)
+    spec = generator_model.ModelSpec(g.tokenizer_vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len, g.embed_dim)
+    module = generator_model.GeneratorModule(spec.to_dict(), g.lr, 10, 1000, 1e9).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=g.lr)
+    batches = [{"src": torch.randint(5, g.tokenizer_vocab_size, (g.batch_size, src_len)), "tgt": torch.randint(5, g.tokenizer_vocab_size, (g.batch_size, tgt_len))} for _ in range(steps)]
+    variants = {"shipped": (generator_model.dropout, generator_model.attention_with_dropout), "torch": (_torch_dropout, _torch_attention)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for r in range(rounds + 1):
+            for name, (dropout, attention) in variants.items():
+                generator_model.dropout, generator_model.attention_with_dropout = dropout, attention
+                started = time.perf_counter()
+                for batch in batches:
+                    loss = module.loss(batch)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                if r:  # the first round warms up
+                    times[name].append((time.perf_counter() - started) / steps * 1000)
+    finally:
+        generator_model.dropout, generator_model.attention_with_dropout = variants["shipped"]
+        torch.set_num_threads(threads)
+    shipped, plain = float(np.median(times["shipped"])), float(np.median(times["torch"]))
+    return {"train_step_ms_shipped_dropout": round(shipped, 1), "train_step_ms_torch_dropout": round(plain, 1), "train_step_speedup": round(plain / shipped, 2)}
+
+
 def run(report: dict, repeats: int = 10) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = find_model_dir()
@@ -96,4 +142,5 @@ def run(report: dict, repeats: int = 10) -> dict:
             for decoding, label in (("greedy", "greedy"), ({"method": "beam", "beam_size": 4}, "beam4"), (None, "default")):
                 report[f"{name}_{label}_batch64_copies_per_s"] = round(throughput(generator, decoding), 2)
         report["onnx_vs_torch_greedy_speedup"] = round(report["torch_greedy_latency_p50_ms"] / report["onnx_greedy_latency_p50_ms"], 2)
+    report.update(training_step_ms())
     return report

@@ -395,6 +395,41 @@ def test_cached_decoder_steps_match_teacher_forcing(parts):
     assert torch.allclose(torch.stack(stepped), forced[0], atol=1e-4)
 
 
+def test_cpu_dropout_keeps_the_rate_and_the_expectation():
+    """The uniform-draw mask drops a share p and scales the rest by 1/(1-p), like nn.Dropout."""
+    from components.models.generator.model import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = dropout(x, 0.2, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.allclose(y[y != 0], torch.tensor(1.25))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the kept units only, scaled alike
+    assert dropout(x, 0.2, False) is x and dropout(x, 0.0, True) is x
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_training_attention_is_the_library_attention_without_its_dropout(causal):
+    """The CPU training path computes what scaled_dot_product_attention computes; with dropout on,
+    every attention row is still a (rescaled) share of the values."""
+    import torch.nn.functional as F
+
+    from components.models.generator.model import attention_with_dropout
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    mask = None if causal else torch.tensor([[True] * 6, [True] * 4 + [False] * 2])[:, None, None, :]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    assert torch.allclose(attention_with_dropout(q, k, v, mask, causal, 0.0), expected, atol=1e-6)
+    ones = torch.ones_like(v)
+    weights_sum = attention_with_dropout(q, k, ones, mask, causal, 0.5)
+    assert not torch.allclose(weights_sum, ones)  # dropout is on
+    assert abs(weights_sum.mean().item() - 1.0) < 0.1
+
+
 def test_length_budget_ends_at_the_next_sentence_end():
     import torch
 
