@@ -102,12 +102,12 @@ def training_step_ms(rounds: int = 5, steps: int = 8, src_len: int = 115, tgt_le
     module = generator_model.GeneratorModule(spec.to_dict(), g.lr, 10, 1000, 1e9).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=g.lr)
     batches = [{"src": torch.randint(5, g.tokenizer_vocab_size, (g.batch_size, src_len)), "tgt": torch.randint(5, g.tokenizer_vocab_size, (g.batch_size, tgt_len))} for _ in range(steps)]
-    variants = {"shipped": (generator_model.dropout, generator_model.attention_with_dropout), "torch": (_torch_dropout, _torch_attention)}
+    variants = {"shipped": (generator_model.uniform_dropout, generator_model.attention_with_dropout), "torch": (_torch_dropout, _torch_attention)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for r in range(rounds + 1):
             for name, (dropout, attention) in variants.items():
-                generator_model.dropout, generator_model.attention_with_dropout = dropout, attention
+                generator_model.uniform_dropout, generator_model.attention_with_dropout = dropout, attention
                 started = time.perf_counter()
                 for batch in batches:
                     loss = module.loss(batch)
@@ -117,7 +117,7 @@ def training_step_ms(rounds: int = 5, steps: int = 8, src_len: int = 115, tgt_le
                 if r:  # the first round warms up
                     times[name].append((time.perf_counter() - started) / steps * 1000)
     finally:
-        generator_model.dropout, generator_model.attention_with_dropout = variants["shipped"]
+        generator_model.uniform_dropout, generator_model.attention_with_dropout = variants["shipped"]
         torch.set_num_threads(threads)
     shipped, plain = float(np.median(times["shipped"])), float(np.median(times["torch"]))
     return {"train_step_ms_shipped_dropout": round(shipped, 1), "train_step_ms_torch_dropout": round(plain, 1), "train_step_speedup": round(plain / shipped, 2)}

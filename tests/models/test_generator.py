@@ -397,18 +397,18 @@ def test_cached_decoder_steps_match_teacher_forcing(parts):
 
 def test_cpu_dropout_keeps_the_rate_and_the_expectation():
     """The uniform-draw mask drops a share p and scales the rest by 1/(1-p), like nn.Dropout."""
-    from components.models.generator.model import dropout
+    from components.models.generator.model import uniform_dropout
 
     torch.manual_seed(0)
     x = torch.ones(400_000, requires_grad=True)
-    y = dropout(x, 0.2, True)
+    y = uniform_dropout(x, 0.2, True)
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.2) < 0.005
     assert abs(y.mean().item() - 1.0) < 0.01
     assert torch.allclose(y[y != 0], torch.tensor(1.25))
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient goes through the kept units only, scaled alike
-    assert dropout(x, 0.2, False) is x and dropout(x, 0.0, True) is x
+    assert uniform_dropout(x, 0.2, False) is x and uniform_dropout(x, 0.0, True) is x
 
 
 @pytest.mark.parametrize("causal", [False, True])

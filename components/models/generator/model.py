@@ -47,7 +47,7 @@ class ModelSpec:
         return asdict(self)
 
 
-def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+def uniform_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout. On CPU the mask comes from uniform draws: torch's own dropout samples it
     with bernoulli_, which took a quarter of a `full` training step on two cores; thresholding
     torch.rand gives the same law at half the cost. Elsewhere (CUDA) torch's fused kernel is used."""
@@ -59,14 +59,14 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """nn.Dropout with the CPU mask of `dropout`; no parameters, so checkpoints are unchanged."""
+    """nn.Dropout with the CPU mask of `uniform_dropout`; no parameters, so checkpoints are unchanged."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
+        return uniform_dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -74,7 +74,7 @@ class Dropout(nn.Module):
 
 def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, p: float) -> Tensor:
     """Training-time attention on CPU: the same arithmetic as scaled_dot_product_attention's math
-    path (which it falls back to whenever dropout is on), with `dropout`'s cheaper mask.
+    path (which it falls back to whenever dropout is on), with `uniform_dropout`'s cheaper mask.
     mask: bool (True where attention may look) or additive float, broadcast to [B, H, T, S]."""
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
     if causal:
@@ -82,7 +82,7 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
         scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return dropout(scores.softmax(-1), p, True) @ v
+    return uniform_dropout(scores.softmax(-1), p, True) @ v
 
 
 class Attention(nn.Module):
