@@ -234,6 +234,18 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
     source.write_text('{"content": "类型#裙"}\n{"text": "no content"}\n', encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match=r"in.jsonl:2: expected an object with a string 'content'"):
         api.generate_batch(source, out, model_dir)
+    # every bad row is named in one error (up to ten, then a count), and nothing is written
+    out.unlink()
+    bad = ['{"content": "类型#裙"}', "not json", '{"content": ""}', "[1]"] + ['{"content": "类型"}'] * 11
+    source.write_text("\n".join(bad) + "\n", encoding="utf-8")
+    with pytest.raises(api.GenerationInputError) as caught:
+        api.generate_batch(source, out, model_dir)
+    message = str(caught.value)
+    assert message.startswith("14 bad row(s), nothing written")
+    assert "in.jsonl:2: not valid JSON" in message and "in.jsonl:3: bad 'content'" in message
+    assert "in.jsonl:4: expected an object" in message and "in.jsonl:11: bad" in message
+    assert "in.jsonl:12:" not in message and message.endswith("... and 4 more")
+    assert not out.exists() and not api.partial_path(out).exists()
     source.write_text('{"content": "类型裙"}\n', encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match=r"in.jsonl:1: bad 'content'"):
         api.generate_batch(source, out, model_dir)

@@ -387,34 +387,50 @@ def load_baseline(model_dir_or_uri: str | Path) -> RetrievalGenerator:
 
 
 # -- batch generation and per-example evaluation ----------------------------------------------
-def read_jsonl_contents(path: Path | str) -> list[dict[str, Any]]:
-    """Rows with a valid "content"; any bad row raises naming its line."""
+def read_jsonl_contents(path: Path | str, shown: int = 10) -> list[dict[str, Any]]:
+    """Rows with a valid "content". Bad rows raise one error naming each (the first `shown` of
+    them, and how many in all), so a catalog export is fixed in one pass, not one line per run."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
     # Bytes, decoded line by line: a bad line is named, and a leading BOM (spreadsheet exports) is fine.
     for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise GenerationInputError(f"{path}:{line_no}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-        if not line.strip():
+            row = _content_row(raw, first=line_no == 1)
+        except GenerationInputError as exc:
+            problems.append(f"{path}:{line_no}: {exc}")
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GenerationInputError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("content"), str):
-            raise GenerationInputError(f"{path}:{line_no}: expected an object with a string 'content'")
-        try:
-            row["attributes"] = parse_attributes(row["content"])
-        except ValueError as exc:
-            raise GenerationInputError(f"{path}:{line_no}: bad 'content': {exc}") from exc
-        rows.append(row)
+        if row is not None:
+            rows.append(row)
+    if problems:
+        more = f"\n... and {len(problems) - shown} more" if len(problems) > shown else ""
+        raise GenerationInputError(f"{len(problems)} bad row(s), nothing written:\n" + "\n".join(problems[:shown]) + more)
     if not rows:
         raise GenerationInputError(f"{path}: no rows")
     return rows
+
+
+def _content_row(raw: bytes, first: bool) -> dict[str, Any] | None:
+    """One JSONL line as a row with parsed attributes; None for a blank line."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenerationInputError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise GenerationInputError(f"not valid JSON ({exc.msg})") from exc
+    if not isinstance(row, dict) or not isinstance(row.get("content"), str):
+        raise GenerationInputError("expected an object with a string 'content'")
+    try:
+        row["attributes"] = parse_attributes(row["content"])
+    except ValueError as exc:
+        raise GenerationInputError(f"bad 'content': {exc}") from exc
+    return row
 
 
 @dataclass
