@@ -28,6 +28,7 @@ class PathsConfig(Section):
     state: Path
     pseudonym_key_file: Path
     ad_law_words: Path
+    latin_words: Path
     mlflow_dir: Path
 
 

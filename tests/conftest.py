@@ -39,6 +39,7 @@ def make_cfg(tmp_path):
                 "mlflow_dir": str(tmp_path / "mlflow"),
                 "corpus": str(ROOT / "data/advertisegen/train.jsonl"),
                 "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
+                "latin_words": str(ROOT / "components/resources/latin_words.txt"),
             },
             "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
         }

@@ -41,8 +41,8 @@ from components.training.launcher import write_manifest
 log = logging.getLogger("copyflow.generator")
 
 METRIC_KEYS = (
-    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage",
-    "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
+    "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "stutter_rate",
+    "foreign_word_rate", "attr_coverage", "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
     "hallucination_rate", "unlisted_rate", "ad_law_violations",
 )
 PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]
@@ -161,7 +161,8 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     defaults = decoding_defaults(cfg)
     train = splits["train"]
     baseline = RetrievalGenerator(list(train["attributes"]), list(train["summary"]), edges)
-    model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len})
+    extra = {"profile": cfg.profile, "max_exemplar_len": g.max_exemplar_len}
+    model_dir = save_model_dir(out_dir / "model", net, tokenizer, vocabulary, ad_law_path, baseline, defaults, extra, Path(cfg.paths.latin_words))
     # Evaluate the bundle exactly as it ships (and as `load_generator` serves it): the same
     # constraints, lexicons and decoding defaults for torch and, below, ONNX Runtime.
     generator = load_generator(model_dir)

@@ -51,6 +51,7 @@ def write_params(tmp_path: Path, profile: str = "quick", **overrides) -> Path:
             "state": str(tmp_path / "state"),
             "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
             "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
+            "latin_words": str(ROOT / "components/resources/latin_words.txt"),
         },
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
         "data": {"valid_fraction": 0.15, "test_fraction": 0.15},

@@ -9,8 +9,8 @@ import torch
 
 from components.evaluation.text_metrics import bleu4
 from components.models.generator import api
-from components.models.generator.constraints import TokenBlocker
-from components.models.generator.decoding import DecodingSettings, _doubling_bans, _nucleus, _repeat_bans
+from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
+from components.models.generator.decoding import SENTENCE_ENDS, DecodingSettings, _doubling_bans, _nucleus, _repeat_bans
 from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import EOS, CopyTokenizer
@@ -174,12 +174,19 @@ def test_beam_moves_only_the_self_attention_cache_between_beams(model_dir):
 
 
 class _EosFirst(WrappedBackend):
-    """EOS made the likeliest next token at every step."""
+    """EOS made the likeliest next token at every step. Tokens ending a sentence are never
+    drawn, so a copy cut off by the length limit keeps all its tokens (none is trimmed back
+    to a sentence end) and its length tells whether EOS was taken."""
+
+    def __init__(self, backend, piece_texts):
+        super().__init__(backend)
+        self.sentence_ends = [i for i, p in enumerate(piece_texts) if p.rstrip().endswith(SENTENCE_ENDS)]
 
     def step(self, tokens, state):
         logprobs, state = self.backend.step(tokens, state)
         logprobs = logprobs.clone()
         logprobs[:, EOS] = 0.0
+        logprobs[:, self.sentence_ends] = -float("inf")
         return logprobs, state
 
 
@@ -191,7 +198,7 @@ def test_a_copy_ends_by_the_length_rule_not_the_models_eos(model_dir, method):
     product = {"类型": ["裙"], "颜色": ["白色"]}
     src = generator.encode_sources([generator.request(product, None, "any", "any")])
     settings = DecodingSettings(method=method, max_len=10, beam_size=2, num_candidates=2)
-    for candidate in search(_EosFirst(generator.backend), src, [generator.ban_plan(product, True)], generator.tokenizer.piece_texts, settings)[0]:
+    for candidate in search(_EosFirst(generator.backend, generator.tokenizer.piece_texts), src, [generator.ban_plan(product, True)], generator.tokenizer.piece_texts, settings)[0]:
         assert len(candidate.tokens) == 10  # ran to max_len: the pushed EOS was never taken
 
 
@@ -317,6 +324,26 @@ def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tm
     partial.unlink()
     with pytest.raises(api.GenerationInputError, match="nothing to resume"):
         api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
+
+
+def test_the_latin_word_list_travels_with_the_bundle(model_dir, tmp_path):
+    # The bundle carries the list it was trained with; a bundle saved before it had one gets
+    # the packaged list, never the raw words of the training copies (brands, pinyin).
+    packaged = load_latin_words(api.DEFAULT_LATIN_WORDS)
+    assert load_latin_words(model_dir / api.LATIN_FILE) == packaged
+    generator = api.load_generator(model_dir)
+    copies_words = latin_words(api.RetrievalGenerator.load(model_dir).texts)
+    value_words = latin_words(v for vs in generator.vocabulary.values_by_key.values() for v in vs)
+    assert generator.known_latin_words - value_words <= packaged & copies_words
+    older = tmp_path / "older"
+    shutil.copytree(model_dir, older)
+    (older / api.LATIN_FILE).unlink()
+    assert api.load_generator(older).known_latin_words == generator.known_latin_words
+    brand = sorted(copies_words - packaged - value_words)[0]  # a brand or pinyin of the training copies
+    assert brand not in generator.known_latin_words
+    (older / api.LATIN_FILE).write_text(f"# a shop's own list\n{brand}\nzzz\n", encoding="utf-8")
+    own_list = api.load_generator(older).known_latin_words
+    assert brand in own_list and "zzz" not in own_list  # the bundle's list, of words the copies use
 
 
 def test_evaluate_examples_per_example_columns(model_dir, parts):
@@ -445,7 +472,7 @@ def test_training_attention_is_the_library_attention_without_its_dropout(causal)
 def test_length_budget_ends_at_the_next_sentence_end():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。"]).plan([])
@@ -458,7 +485,7 @@ def test_length_budget_ends_at_the_next_sentence_end():
 
 
 def test_a_copy_cut_off_by_the_length_limit_ends_at_its_last_full_sentence():
-    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
     from components.models.generator.decoding import _Row, _settled
 
     pieces = ["", "", "", "", "好看", "。", "口袋", "显瘦"]
@@ -472,7 +499,7 @@ def test_a_copy_cut_off_by_the_length_limit_ends_at_its_last_full_sentence():
 def test_no_punctuation_mark_right_after_a_pause_and_no_doubled_de():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。", "，", "！", "，好"]).plan([])
@@ -490,7 +517,7 @@ def test_no_punctuation_mark_right_after_a_pause_and_no_doubled_de():
 def test_a_row_left_with_no_token_keeps_only_the_hard_constraints():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker
+    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。", "最"]).plan(["最"])

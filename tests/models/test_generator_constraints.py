@@ -8,12 +8,13 @@ import torch
 
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, TorchBackend, score_copies
-from components.models.generator.constraints import LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words
+from components.models.generator.constraints import LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import summarize
 from tests.models.generator_fixtures import ROOT, tiny_parts
 
 AD_LAW = ROOT / "components/resources/ad_law_words.txt"
+LATIN = ROOT / "components/resources/latin_words.txt"
 WHITE_DRESS = {"类型": ["裙"], "颜色": ["白色"], "裙长": ["连衣裙"]}
 
 
@@ -190,6 +191,71 @@ def test_a_character_comes_twice_only_where_the_human_copy_doubles_it(parts, met
     assert "满满" in guarded.generate(WHITE_DRESS, decoding=method)[0]
     puffed = make_generator(parts, [(more, more)], [], doubles=set())
     assert "更更" in puffed.generate({**WHITE_DRESS, "衣样式": ["更更袖"]}, decoding=method)[0]
+
+
+# Latin words of the bundled corpus's human copies that a generated copy must not write:
+# brands (a false product fact), pinyin (zui 最, jue 绝: ad-law words past the filter) and
+# words that state a product fact (logo, oversize).
+BRANDS_AND_PINYIN = {"veromoda", "pawinpaw", "levi", "arcteryx", "misssixty", "uo", "ur", "ykk", "white", "zui", "jue", "ji", "geng", "logo", "oversize", "slogan"}
+
+
+def test_the_generic_latin_word_list_names_no_brand_pinyin_or_fact(tmp_path):
+    words = load_latin_words(LATIN)
+    assert {"feel", "look", "nice", "hold"} <= words
+    assert not words & BRANDS_AND_PINYIN
+    assert all(re.fullmatch(r"[a-z]+", w) for w in words)
+    with pytest.raises(FileNotFoundError, match="Latin word list not found"):
+        load_latin_words(tmp_path / "nowhere.txt")
+    (tmp_path / "empty.txt").write_text("# a comment only\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="Latin word list .* has no words"):
+        load_latin_words(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_brand_or_pinyin_from_the_training_copies_is_never_written(parts, method):
+    # The training copies name brands and spell 最 as zui; the lexicon built from them keeps
+    # only the generic words, so a decoder pushed toward z, u (zuzu…, zui) writes no letters.
+    from components.models.generator.api import copy_lexicon
+
+    copies = ["这款来自zu的卫衣", "仔里面属于zui耐看的颜色", "上身look也很nice", "撞色的logo"]
+    lexicon = copy_lexicon(copies, COLOURS, load_latin_words(LATIN))
+    assert lexicon == {"look", "nice"}
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "z"), piece(tokenizer, "u"))]
+    assert "zu" in make_generator(parts, pushes, []).generate(WHITE_DRESS, decoding=method)[0]
+    guarded = make_generator(parts, pushes, [], latin=lexicon)
+    for copy in guarded.generate(WHITE_DRESS, decoding=method, n=3):
+        assert not re.search(r"[a-z]", copy.lower()), copy
+    # a shop's own brand, listed as a value, stays writable
+    assert "zu" in guarded.generate({**WHITE_DRESS, "品牌": ["zu"]}, decoding=method)[0]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_the_letters_of_a_factual_value_are_the_products_own(parts, method):
+    # v of v领 (a collar) for a dress that lists no collar would state a fact the catalog does
+    # not (v字领 slips past the value ban); ol of 风格#ol states none and stays writable.
+    from components.models.generator.api import copy_lexicon
+
+    collars = ValueVocabulary({"颜色": ["白色", "黑色"], "衣领型": ["v领", "圆领"], "风格": ["ol", "简约"]}, ["颜色", "衣领型"])
+    lexicon = copy_lexicon(["v领的设计", "通勤ol风"], collars, ["look"])
+    assert lexicon == {"ol"}
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "v"), piece(tokenizer, "字"))]
+    guarded = make_generator(parts, pushes, [], vocab=collars, latin=lexicon)
+    for copy in guarded.generate(WHITE_DRESS, decoding=method, n=3):
+        assert "v" not in copy.lower(), copy
+    assert "v" in guarded.generate({**WHITE_DRESS, "衣领型": ["v领"]}, decoding=method)[0]
+    assert "v" in guarded.generate(WHITE_DRESS, decoding={"method": method, "forbid_unlisted": False})[0]
+
+
+def test_foreign_word_rate_counts_copies_with_a_latin_word_outside_the_list(parts):
+    generator = make_generator(parts, [], [], latin={"look", "nice"})
+    rows = [{"content": "类型#裙*颜色#白色", "summary": "白色的裙子"}, {"content": "类型#裙*风格#ol", "summary": "ol风的裙子"}]
+    scores = score_copies(generator, rows, ["来自veromoda的白色裙子，很nice", "ol风，look很好"], [[], []])
+    assert scores["foreign_words"].tolist() == ["veromoda", ""]  # ol: the product's own value
+    assert summarize(scores)["foreign_word_rate"] == 0.5
+    unguarded = make_generator(parts, [], [])
+    assert np.isnan(summarize(score_copies(unguarded, rows, ["veromoda", "ol"], [[], []]))["foreign_word_rate"])
 
 
 def test_copy_doubles_needs_two_training_copies_or_a_known_value():

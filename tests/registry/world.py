@@ -41,6 +41,7 @@ def write_params(base: Path, **overrides) -> Path:
             "mlflow_dir": str(base / "mlflow"),
             "corpus": str(ROOT / "data/advertisegen/train.jsonl"),
             "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
+            "latin_words": str(ROOT / "components/resources/latin_words.txt"),
         },
         "tracking": {"uri": f"sqlite:///{base / 'mlflow.db'}"},
     }

@@ -28,7 +28,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words
+from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
 from components.models.generator.model import CopyTransformer, ModelSpec
@@ -39,6 +39,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 VALUES_FILE = "values.json"
 AD_LAW_FILE = "ad_law_words.txt"
+LATIN_FILE = "latin_words.txt"
+# What a bundle saved before it carried its own Latin word list gets.
+DEFAULT_LATIN_WORDS = Path(__file__).resolve().parents[2] / "resources" / LATIN_FILE
 ONNX_DIR = "onnx"
 BUNDLE_ARTIFACT = "generator_bundle"  # the model directory as logged to MLflow by training
 TYPICAL_COPY_CHARS = 110  # about the median copy of the bundled corpus
@@ -156,7 +159,7 @@ class Generator:
                 inside[value] = hosts
             else:
                 words.append(value)
-        return self.blocker.plan(words, inside, self.lexicon(own), self.allowed_doubles(attributes))
+        return self.blocker.plan(words, inside, self.lexicon(own, forbid_unlisted), self.allowed_doubles(attributes))
 
     def allowed_doubles(self, attributes: dict[str, list[str]]) -> frozenset[str] | None:
         """The characters a copy of this product may write twice in a row: the known ones and
@@ -165,11 +168,17 @@ class Generator:
             return None
         return self.known_doubles | tm.doubled_characters(v for values in attributes.values() for v in values)
 
-    def lexicon(self, own_values: Iterable[str]) -> LatinLexicon | None:
-        """The Latin words a copy of this product may write: the known ones and its own."""
+    def lexicon(self, own_values: Iterable[str], forbid_unlisted: bool = True) -> LatinLexicon | None:
+        """The Latin words a copy of this product may write: the known ones and its own (with
+        `forbid_unlisted` off, also those of any factual value: v字领 for a product with no
+        collar listed is then only measured, like the values themselves)."""
         if self.known_latin_words is None:
             return None
-        extra = frozenset(latin_words(own_values) - self.known_latin_words)
+        words = set(latin_words(own_values))
+        if not forbid_unlisted:
+            factual = set(self.vocabulary.factual_keys)
+            words |= latin_words(v for key, vs in self.vocabulary.values_by_key.items() if key in factual for v in vs)
+        extra = frozenset(words - self.known_latin_words)
         if extra not in self._lexicons:
             self._lexicons[extra] = LatinLexicon(self.known_latin_words | extra, self.tokenizer.piece_texts)
         return self._lexicons[extra]
@@ -297,22 +306,29 @@ def save_model_dir(
     retrieval: RetrievalGenerator,
     defaults: DecodingSettings,
     extra: dict[str, Any] | None = None,
+    latin_words_path: Path = DEFAULT_LATIN_WORDS,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(directory)
     torch.save(net.state_dict(), directory / WEIGHTS_FILE)
     (directory / VALUES_FILE).write_text(json.dumps(vocabulary.to_dict(), ensure_ascii=False), encoding="utf-8")
     shutil.copyfile(ad_law_words_path, directory / AD_LAW_FILE)
+    shutil.copyfile(latin_words_path, directory / LATIN_FILE)
     retrieval.save(directory)
     config = {"spec": net.spec.to_dict(), "decoding": asdict(defaults), "length_edges": retrieval.length_edges, **(extra or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
     return directory
 
 
-def copy_lexicon(training_copies: Iterable[str], vocabulary: ValueVocabulary) -> set[str]:
-    """Latin words a copy may use: those of the training copies and of every known value."""
-    values = [v for vs in vocabulary.values_by_key.values() for v in vs]
-    return latin_words(training_copies) | latin_words(values)
+def copy_lexicon(training_copies: Iterable[str], vocabulary: ValueVocabulary, generic_words: Iterable[str]) -> set[str]:
+    """Latin words any copy may use: the generic ones (`generic_words`) that the training copies
+    use, and those of the values of keys that state no fact (风格#ol). The corpus's copies also
+    name brands (veromoda, pawinpaw) and spell words in pinyin (zui 最): a copy that copies one
+    of those states a false product fact or slips an ad-law word past the filter. The words of
+    factual values (v of v领, polo) are the product's own to write (`Generator.lexicon`)."""
+    factual = set(vocabulary.factual_keys)
+    moods = [v for key, vs in vocabulary.values_by_key.items() if key not in factual for v in vs]
+    return (latin_words(training_copies) & {w.lower() for w in generic_words}) | latin_words(moods)
 
 
 def copy_doubles(training_copies: Iterable[str], vocabulary: ValueVocabulary) -> set[str]:
@@ -366,6 +382,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
     exemplars = config.get("max_exemplar_len", 0) > 0
     retrieval = RetrievalGenerator.load(directory)
     vocabulary = ValueVocabulary.from_dict(json.loads((directory / VALUES_FILE).read_text(encoding="utf-8")))
+    latin_path = directory / LATIN_FILE
     return Generator(
         CopyTokenizer.load(directory),
         engine,
@@ -376,7 +393,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         batch_size,
         retrieval if exemplars else None,
         config.get("max_exemplar_len", 0),
-        copy_lexicon(retrieval.texts, vocabulary),
+        copy_lexicon(retrieval.texts, vocabulary, load_latin_words(latin_path if latin_path.exists() else DEFAULT_LATIN_WORDS)),
         copy_doubles(retrieval.texts, vocabulary),
         retrieval.attributes,
     )
@@ -596,6 +613,7 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
     for i, (row, copy, focus) in enumerate(zip(rows, copies, focuses)):
         attributes, reference = _row_request(row, i)
         allowed_doubles = generator_like.allowed_doubles(attributes)
+        lexicon = generator_like.lexicon(v.lower() for values in attributes.values() for v in values)
         rouge = tm.rouge_scores(copy, reference)
         contradictions = vocabulary.contradictions(copy, attributes)
         unlisted = vocabulary.unlisted(copy, attributes)
@@ -610,6 +628,8 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 "repetition4": tm.repetition_n(copy, 4),
                 "doubled": "、".join(tm.doubled_runs(copy)),
                 "stuttered": None if allowed_doubles is None else "、".join(tm.stuttered(copy, allowed_doubles)),
+                # Latin words outside the generic list and the product's own values (a brand, pinyin)
+                "foreign_words": None if lexicon is None else "、".join(sorted(latin_words([copy]) - lexicon.words)),
                 "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),
@@ -631,7 +651,7 @@ def evaluate_examples(
 ) -> pd.DataFrame:
     """Generate for each row ({"content" or "attributes", "summary" or "reference", optional
     "focus"}) and score it: columns content, focus, reference, copy, bleu4, rouge1, rouge2,
-    rougeL, repetition4, doubled, attr_coverage, focus_coverage, hallucinated, contradictions,
+    rougeL, repetition4, doubled, stuttered, foreign_words, attr_coverage, focus_coverage, hallucinated, contradictions,
     unlisted, ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
     rows = list(rows)
     requests = []

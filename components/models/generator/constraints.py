@@ -10,10 +10,12 @@
   catalog does not say it, so the copy would be guessing a fact.
 - Advertising law: words from the maintained list (cfg.paths.ad_law_words) are never emitted.
 
-Beside them, a softer rule against letter salad: `LatinLexicon` lets a run of Latin letters grow
-only along a word some training copy or the product's own values use (polo, logo, ol), where
-the decoder otherwise wandered into `olgissihieteeilelian` (bigram blocking pushes it from
-letter to letter).
+Beside them, a softer rule on Latin letters: `LatinLexicon` lets a run of letters grow only
+along a known word: a generic one (components/resources/latin_words.txt: feel, look, hold) that
+the training copies use, or one of the product's own values (polo, ol). Without it the decoder
+wandered into `olgissihieteeilelian` (bigram blocking pushes it from letter to letter); with
+every word of the training copies allowed, it copied their brand names (`来自pawinpaw的`) and
+pinyin (`zui` for 最).
 
 `TokenBlocker` turns both into per-step token bans for the decoder, including words that
 straddle several tokens, and words banned only outside the product's own values: 对称 for a
@@ -35,19 +37,28 @@ import numpy as np
 from components.data.attributes import UNK
 
 
-def load_ad_law_words(path: Path | str) -> list[str]:
+def load_word_list(path: Path | str, what: str = "word list") -> list[str]:
     """One word a line, '#' starts a comment; an empty list is an error (a broken file)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"ad-law word list not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     words = []
     for line in path.read_text(encoding="utf-8").splitlines():
         word = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
         if word and word not in words:
             words.append(word)
     if not words:
-        raise ValueError(f"ad-law word list {path} has no words")
+        raise ValueError(f"{what} {path} has no words")
     return words
+
+
+def load_ad_law_words(path: Path | str) -> list[str]:
+    return load_word_list(path, "ad-law word list")
+
+
+def load_latin_words(path: Path | str) -> set[str]:
+    """The generic Latin-letter words a copy may use (components/resources/latin_words.txt)."""
+    return {w.lower() for w in load_word_list(path, "Latin word list")}
 
 
 def _spans(text: str, word: str) -> list[tuple[int, int]]:

@@ -42,6 +42,8 @@ def summarize(scores: pd.DataFrame, prefix: str = "") -> dict[str, float]:
         "doubling_rate": float((scores["doubled"] != "").mean()),
         # nan where the generator knows no doubled characters (built without known_doubles)
         "stutter_rate": float((scores["stuttered"] != "").mean()) if scores["stuttered"].notna().all() else float("nan"),
+        # nan where the generator has no Latin word list (built without known_latin_words)
+        "foreign_word_rate": float((scores["foreign_words"] != "").mean()) if scores["foreign_words"].notna().all() else float("nan"),
         "attr_coverage": float(scores["attr_coverage"].mean()),
         "hallucination_rate": float(scores["hallucinated"].mean()),
         # a factual value the product does not list (contradictions included)
@@ -140,7 +142,7 @@ def tradeoff_table(generator: Generator, rows: Sequence[dict], settings: dict[st
         copies = _generate(generator, requests, setting)
         seconds = time.perf_counter() - started
         summary = summarize(score_copies(generator, rows, copies, [[] for _ in rows]))
-        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling", "forbid_unlisted")}})
+        records.append({"setting": name, **{k: summary[k] for k in ("bleu4", "rougeL", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "foreign_word_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")}, "distinct2_vs_human": _vs_human(summary["distinct2"], human_distinct2), "seconds_per_copy": seconds / len(rows), **{f"cfg_{k}": v for k, v in asdict(setting).items() if k in ("method", "beam_size", "top_p", "temperature", "num_candidates", "length_penalty", "rerank_coverage", "catalog_penalty", "no_doubling", "forbid_unlisted")}})
     return pd.DataFrame.from_records(records)
 
 
@@ -162,7 +164,7 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         copies[prefix + "random"] = random_copies
     metrics.update(order_metrics(generator, generator, rows[:focus_rows], copies[""][:focus_rows], seed))
     human = score_copies(generator, rows, [r["summary"] for r in rows], no_focus)
-    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")})
+    metrics.update({f"human_{k}": v for k, v in summarize(human).items() if k in ("distinct1", "distinct2", "repetition4", "doubling_rate", "stutter_rate", "foreign_word_rate", "attr_coverage", "hallucination_rate", "unlisted_rate", "ad_law_violations", "mean_length")})
     for prefix in ("", "baseline_"):
         metrics[f"{prefix}distinct2_vs_human"] = _vs_human(metrics[f"{prefix}distinct2"], metrics["human_distinct2"])
     samples = pd.DataFrame(
