@@ -248,6 +248,23 @@ def test_the_letters_of_a_factual_value_are_the_products_own(parts, method):
     assert "v" in guarded.generate(WHITE_DRESS, decoding={"method": method, "forbid_unlisted": False})[0]
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_copy_opens_no_brand_slot(parts, method):
+    # 这款来自<UNK>的: the corpus names a (masked) brand after 来自, which a copy cannot fill
+    # truthfully. Pushed toward 来 then 自, the decoder writes 来 again and again but never
+    # 来自; pushed toward 起 before 来, it may write 起来自 (看起来自然).
+    tokenizer = parts[0]
+    rise, come, self_ = piece(tokenizer, "起"), piece(tokenizer, "来"), piece(tokenizer, "自")
+    pushed = make_generator(parts, [(come, self_)], [])
+    for copy in pushed.generate(WHITE_DRESS, decoding=method, n=3):
+        assert copy.count("来") >= 3 and "来自" not in copy, copy
+    natural = make_generator(parts, [(rise, come), (come, self_)], [])
+    copies = natural.generate(WHITE_DRESS, decoding=method, n=3)
+    assert any("起来自" in copy for copy in copies), copies
+    for copy in copies:
+        assert "来自" not in copy.replace("起来自", ""), copy
+
+
 def test_foreign_word_rate_counts_copies_with_a_latin_word_outside_the_list(parts):
     generator = make_generator(parts, [], [], latin={"look", "nice"})
     rows = [{"content": "类型#裙*颜色#白色", "summary": "白色的裙子"}, {"content": "类型#裙*风格#ol", "summary": "ol风的裙子"}]

@@ -42,6 +42,11 @@ AD_LAW_FILE = "ad_law_words.txt"
 LATIN_FILE = "latin_words.txt"
 # What a bundle saved before it carried its own Latin word list gets.
 DEFAULT_LATIN_WORDS = Path(__file__).resolve().parents[2] / "resources" / LATIN_FILE
+# Where the corpus names a brand or an origin (这款来自<UNK>的, 来自太平鸟的, 来自韩国的): the model
+# cannot write a masked brand and the catalog gives it no fact for the slot, so a copy that
+# opens one garbles it (来自man的这款, 来自在牛仔裙). 来自 may stand only inside these: 看起来自然,
+# 穿起来自在, 走起路来自带.
+SLOT_PHRASES = {"来自": ("起来自", "路来自")}
 ONNX_DIR = "onnx"
 BUNDLE_ARTIFACT = "generator_bundle"  # the model directory as logged to MLflow by training
 TYPICAL_COPY_CHARS = 110  # about the median copy of the bundled corpus
@@ -146,12 +151,13 @@ class Generator:
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
-        """Ad-law words and the values the product does not list (only the contradicting ones
-        with `forbid_unlisted` off), banned at every decoding step. Such a value inside one of
-        the product's own values (红色 in 粉红色, 对称 in 不对称, 西装 in 西装领) stays writable
-        only as part of that value: right after its opening, and then only going on to its end."""
+        """Ad-law words, brand slots (`SLOT_PHRASES`) and the values the product does not list
+        (only the contradicting ones with `forbid_unlisted` off), banned at every decoding
+        step. Such a value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称,
+        西装 in 西装领) stays writable only as part of that value: right after its opening, and
+        then only going on to its end."""
         own = [v.lower() for values in attributes.values() for v in values]
-        words, inside = list(self.ad_law_words), {}
+        words, inside = list(self.ad_law_words), {phrase: list(hosts) for phrase, hosts in SLOT_PHRASES.items()}
         banned_values = self.vocabulary.unlisted_values(attributes) if forbid_unlisted else self.vocabulary.contradicting_values(attributes)
         for value in banned_values:
             hosts = [o for o in own if value.lower() in o]
