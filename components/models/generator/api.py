@@ -657,8 +657,9 @@ def evaluate_examples(
 ) -> pd.DataFrame:
     """Generate for each row ({"content" or "attributes", "summary" or "reference", optional
     "focus"}) and score it: columns content, focus, reference, copy, bleu4, rouge1, rouge2,
-    rougeL, repetition4, doubled, stuttered, foreign_words, attr_coverage, focus_coverage, hallucinated, contradictions,
-    unlisted, ad_law_violations, length. Paired per-example scores for the champion/candidate gate."""
+    rougeL, repetition4, doubled, stuttered, foreign_words, attr_coverage, focus_coverage,
+    hallucinated, contradictions, unlisted, ad_law_violations, length. Paired per-example
+    scores for the champion/candidate gate."""
     rows = list(rows)
     requests = []
     for i, row in enumerate(rows):
