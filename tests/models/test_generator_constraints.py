@@ -265,12 +265,29 @@ def test_a_copy_opens_no_brand_slot(parts, method):
         assert "来自" not in copy.replace("起来自", ""), copy
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_copy_states_no_number_the_catalog_does_not_give(parts, method):
+    # 采用10%纯蓝色, 2018新款: a number is a product fact. Pushed toward 1, 0 the decoder writes no
+    # digit; a product whose own value has the number may write it, and only as that value.
+    tokenizer = parts[0]
+    one, zero = piece(tokenizer, "1"), piece(tokenizer, "0")
+    pushed = make_generator(parts, [(one, zero)], [])
+    for copy in pushed.generate(WHITE_DRESS, decoding=method, n=3):
+        assert not re.search(r"[0-9]", copy), copy
+    measured = {**WHITE_DRESS, "衣长": ["10cm"]}
+    copy = pushed.generate(measured, decoding={"method": method, "no_repeat_ngram": 0})[0]
+    assert "10" in copy and re.sub("10cm", "", copy).count("1") == 0, copy
+
+
 def test_foreign_word_rate_counts_copies_with_a_latin_word_outside_the_list(parts):
     generator = make_generator(parts, [], [], latin={"look", "nice"})
     rows = [{"content": "类型#裙*颜色#白色", "summary": "白色的裙子"}, {"content": "类型#裙*风格#ol", "summary": "ol风的裙子"}]
     scores = score_copies(generator, rows, ["来自veromoda的白色裙子，很nice", "ol风，look很好"], [[], []])
     assert scores["foreign_words"].tolist() == ["veromoda", ""]  # ol: the product's own value
     assert summarize(scores)["foreign_word_rate"] == 0.5
+    numbers = score_copies(generator, rows, ["采用10%棉的白色裙子", "2018新款ol风"], [[], []])
+    assert numbers["foreign_words"].tolist() == ["10", "2018"]
+    assert score_copies(generator, [{"content": "类型#裙*衣长#80cm", "summary": "裙"}], ["80cm的长度"], [[]])["foreign_words"].tolist() == [""]
     unguarded = make_generator(parts, [], [])
     assert np.isnan(summarize(score_copies(unguarded, rows, ["veromoda", "ol"], [[], []]))["foreign_word_rate"])
 

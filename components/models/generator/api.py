@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +48,11 @@ DEFAULT_LATIN_WORDS = Path(__file__).resolve().parents[2] / "resources" / LATIN_
 # opens one garbles it (来自man的这款, 来自在牛仔裙). 来自 may stand only inside these: 看起来自然,
 # 穿起来自在, 走起路来自带.
 SLOT_PHRASES = {"来自": ("起来自", "路来自")}
+# A number in a copy is a product fact (10%, 2018新款, 3cm) that no catalog value gives the model,
+# which otherwise writes one where the ad-law ban stopped it short (100% -> 采用10%纯蓝色). A digit
+# stays writable as part of one of the product's own values.
+DIGITS = "0123456789"
+_NUMBER = re.compile(r"[0-9]+")
 ONNX_DIR = "onnx"
 BUNDLE_ARTIFACT = "generator_bundle"  # the model directory as logged to MLflow by training
 TYPICAL_COPY_CHARS = 110  # about the median copy of the bundled corpus
@@ -151,15 +157,15 @@ class Generator:
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
-        """Ad-law words, brand slots (`SLOT_PHRASES`) and the values the product does not list
-        (only the contradicting ones with `forbid_unlisted` off), banned at every decoding
-        step. Such a value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称,
+        """Ad-law words, brand slots (`SLOT_PHRASES`), digits (`DIGITS`) and the values the
+        product does not list (only the contradicting ones with `forbid_unlisted` off), banned
+        at every decoding step. Such a value inside one of the product's own values (红色 in 粉红色, 对称 in 不对称,
         西装 in 西装领) stays writable only as part of that value: right after its opening, and
         then only going on to its end."""
         own = [v.lower() for values in attributes.values() for v in values]
         words, inside = list(self.ad_law_words), {phrase: list(hosts) for phrase, hosts in SLOT_PHRASES.items()}
         banned_values = self.vocabulary.unlisted_values(attributes) if forbid_unlisted else self.vocabulary.contradicting_values(attributes)
-        for value in banned_values:
+        for value in [*banned_values, *DIGITS]:
             hosts = [o for o in own if value.lower() in o]
             if hosts:
                 inside[value] = hosts
@@ -634,8 +640,9 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
                 "repetition4": tm.repetition_n(copy, 4),
                 "doubled": "、".join(tm.doubled_runs(copy)),
                 "stuttered": None if allowed_doubles is None else "、".join(tm.stuttered(copy, allowed_doubles)),
-                # Latin words outside the generic list and the product's own values (a brand, pinyin)
-                "foreign_words": None if lexicon is None else "、".join(sorted(latin_words([copy]) - lexicon.words)),
+                # Latin words outside the generic list and the product's own values (a brand,
+                # pinyin), and numbers no own value has (10%, 2018)
+                "foreign_words": None if lexicon is None else "、".join(sorted((latin_words([copy]) - lexicon.words) | _numbers(copy, attributes))),
                 "attr_coverage": tm.coverage(copy, focusable_values(attributes)),
                 "focus_coverage": tm.coverage(copy, focus),
                 "hallucinated": bool(contradictions),
@@ -646,6 +653,11 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def _numbers(text: str, attributes: dict[str, list[str]]) -> set[str]:
+    own = " ".join(v for values in attributes.values() for v in values)
+    return {n for n in _NUMBER.findall(text) if n not in own}
 
 
 def evaluate_examples(
