@@ -287,7 +287,8 @@ def test_foreign_word_rate_counts_copies_with_a_latin_word_outside_the_list(part
     assert summarize(scores)["foreign_word_rate"] == 0.5
     numbers = score_copies(generator, rows, ["采用10%棉的白色裙子", "2018新款ol风"], [[], []])
     assert numbers["foreign_words"].tolist() == ["10", "2018"]
-    assert score_copies(generator, [{"content": "类型#裙*衣长#80cm", "summary": "裙"}], ["80cm的长度"], [[]])["foreign_words"].tolist() == [""]
+    measured = [{"content": "类型#裙*衣长#80cm", "summary": "裙"}] * 2
+    assert score_copies(generator, measured, ["80cm的长度", "8分长"], [[], []])["foreign_words"].tolist() == ["", "8"]
     unguarded = make_generator(parts, [], [])
     assert np.isnan(summarize(score_copies(unguarded, rows, ["veromoda", "ol"], [[], []]))["foreign_word_rate"])
 

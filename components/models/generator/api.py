@@ -656,8 +656,9 @@ def score_copies(generator_like, rows: Sequence[dict[str, Any]], copies: Sequenc
 
 
 def _numbers(text: str, attributes: dict[str, list[str]]) -> set[str]:
-    own = " ".join(v for values in attributes.values() for v in values)
-    return {n for n in _NUMBER.findall(text) if n not in own}
+    """The numbers of `text` that none of the product's own values has (a bare 1 of 10cm counts)."""
+    own = {n for values in attributes.values() for v in values for n in _NUMBER.findall(v)}
+    return set(_NUMBER.findall(text)) - own
 
 
 def evaluate_examples(
