@@ -43,6 +43,7 @@ log = logging.getLogger("copyflow.generator")
 METRIC_KEYS = (
     "bleu4", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "distinct2_vs_human", "repetition4", "doubling_rate", "stutter_rate",
     "foreign_word_rate", "attr_coverage", "focus_coverage", "random_focus_coverage", "no_focus_mention_rate", "short_random_focus_coverage", "short_no_focus_mention_rate",
+    "short_length_rate", "long_length_rate", "no_length_short_rate", "no_length_long_rate",
     "hallucination_rate", "unlisted_rate", "ad_law_violations",
 )
 PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]

@@ -11,7 +11,7 @@ from components.evaluation.text_metrics import bleu4
 from components.models.generator import api
 from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
 from components.models.generator.decoding import SENTENCE_ENDS, DecodingSettings, _doubling_bans, _nucleus, _repeat_bans
-from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of
+from components.models.generator.focus import length_bucket, mentioned_values, normalize_focus, sample_training_focus, tone_of, typical_lengths
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import EOS, CopyTokenizer
 from tests.models.generator_fixtures import ROOT, WrappedBackend, assert_beams_share_sources, tiny_parts
@@ -53,6 +53,22 @@ def test_focus_controls():
     draws = [sample_training_focus(["a", "b", "c", "d"], rng, 0.3, 3) for _ in range(300)]
     assert all(d in ([], ["a"], ["a", "b"], ["a", "b", "c"]) for d in draws)  # the values the copy leads with
     assert 0.2 < np.mean([not d for d in draws]) < 0.4
+
+
+def test_typical_lengths_are_the_median_copy_of_each_length_bucket():
+    lengths = [60, 80, 100, 105, 110, 112, 150, 170, 190]
+    assert typical_lengths(lengths, [100, 120]) == {"any": 110, "short": 80, "medium": 110, "long": 170}
+    # a bucket no copy falls in: the overall median, moved into the bucket
+    assert typical_lengths([60, 80, 100], [100, 120]) == {"any": 80, "short": 80, "medium": 101, "long": 121}
+
+
+def test_a_bundle_aims_each_length_control_at_its_median_training_copy(model_dir):
+    generator, index = api.load_generator(model_dir), api.load_baseline(model_dir)
+    expected = typical_lengths([len(t) for t in index.texts], index.length_edges)
+    product = {"类型": ["裙"], "颜色": ["白色"]}
+    aims = {length: generator.expected_length(generator.request(product, None, "any", length)) for length in ("any", "short", "medium", "long")}
+    assert aims == expected
+    assert aims["short"] < aims["medium"] < aims["long"]
 
 
 def test_retrieval_baseline_substitutes_own_values():
@@ -597,6 +613,27 @@ def test_focus_metrics_compare_requested_values_with_the_no_focus_rate(model_dir
     assert metrics["no_focus_mention_rate"] == 0.0 and metrics["short_no_focus_mention_rate"] == 0.0
 
 
+class LengthEcho:
+    """A system that writes exactly as long as it is asked to (a middling copy when not asked)."""
+
+    CHARS = {"short": 40, "long": 200, "any": 110}
+
+    def generate(self, attributes, focus=None, tone="any", length="any", decoding=None, n=1):
+        return ["好" * self.CHARS[length]]
+
+
+def test_length_metrics_compare_requested_lengths_with_unrequested_ones(model_dir, parts):
+    from components.models.generator.evaluate import length_metrics
+
+    generator = api.load_generator(model_dir)
+    corpus = parts[5].head(4)
+    rows = [{"attributes": a, "summary": s} for a, s in zip(corpus["attributes"], corpus["summary"])]
+    plain = ["好" * 40, "好" * 110, "好" * 110, "好" * 200]
+    metrics, short_copies = length_metrics(LengthEcho(), generator, rows, plain, [100, 120], prefix="x_")
+    assert short_copies == ["好" * 40] * 4
+    assert metrics == {"x_short_length_rate": 1.0, "x_long_length_rate": 1.0, "x_no_length_short_rate": 0.25, "x_no_length_long_rate": 0.25}
+
+
 class FirstTwoValues:
     """A system that writes the first two attribute values it is given: order-dependent."""
 
@@ -622,3 +659,4 @@ def test_order_metrics_tell_a_set_reader_from_an_order_dependent_system(model_di
     order_bound = order_metrics(FirstTwoValues(), generator, rows, [FirstTwoValues().generate(r["attributes"])[0] for r in rows], rng_seed=0)
     assert order_bound["order_shift_bleu4"] != 0.0  # other values come first, so other copies
     assert order_bound["shuffled_order_bleu4"] - order_bound["order_shift_bleu4"] == pytest.approx(float(np.mean([bleu4(c, r["summary"]) for c, r in zip([FirstTwoValues().generate(r["attributes"])[0] for r in rows], rows)])))
+

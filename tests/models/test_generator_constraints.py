@@ -48,11 +48,14 @@ COATS = ValueVocabulary({"衣样式": ["外套", "西装", "风衣"], "衣领型
 SUIT_COLLAR_COAT = {"类型": ["上衣"], "衣样式": ["外套"], "衣领型": ["西装领"]}
 
 
-def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS, latin=None, doubles=None):
+def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS, latin=None, doubles=None, **settings_overrides):
     tokenizer, net = parts[0], parts[4]
     vocab = vocab if faithful else ValueVocabulary(vocab.values_by_key, [])
-    settings = DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3)
-    return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, settings, 64, known_latin_words=latin, known_doubles=doubles)
+    settings = DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3, **settings_overrides)
+    return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, settings, 64, known_latin_words=latin, known_doubles=doubles, typical_lengths=TYPICAL)
+
+
+TYPICAL = {"any": 10, "short": 6, "medium": 10, "long": 16}
 
 
 def piece(tokenizer, text):
@@ -383,3 +386,17 @@ def test_ad_law_word_list_errors(tmp_path):
         load_ad_law_words(empty)
     with pytest.raises(FileNotFoundError):
         load_ad_law_words(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_the_length_control_sets_where_a_copy_ends(parts, method):
+    # Pushed to write 好。好。… for ever: the copy ends at the first sentence end at or past its
+    # length control's typical length, whatever the exemplar or the model would do.
+    tokenizer = parts[0]
+    generator = make_generator(parts, [(piece(tokenizer, "好"), piece(tokenizer, "。"))], [], length_budget=1.0)
+    for length, aim in TYPICAL.items():
+        best, *others = generator.generate(WHITE_DRESS, length=length, decoding=method, n=2)
+        assert best == "好。" * (aim // 2), (length, best)
+        for copy in others:  # a beam's runner-up may wander, but it too ends at the first 。 past the aim
+            first_end = min(i for i, c in enumerate(copy) if c == "。" and i + 1 >= aim)
+            assert len(copy) == first_end + 1, (length, copy)

@@ -31,7 +31,7 @@ from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
 from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
-from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus
+from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus, typical_lengths
 from components.models.generator.model import CopyTransformer, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator
 from components.models.generator.tokenizer import PAD, CopyTokenizer
@@ -131,6 +131,7 @@ class Generator:
         known_latin_words: Iterable[str] | None = None,
         known_doubles: Iterable[str] | None = None,
         known_attributes: Sequence[dict[str, list[str]]] | None = None,
+        typical_lengths: dict[str, int] | None = None,
     ):
         """`retrieval`: when given, every request is conditioned on the nearest training copy
         (own values substituted), which the model edits into this product's copy.
@@ -138,7 +139,9 @@ class Generator:
         of the product's own values (see `copy_lexicon`). `known_doubles`: when given, a Chinese
         character may come twice in a row only if it is one of them or doubled in one of the
         product's own values (see `copy_doubles`). `known_attributes`: the training products,
-        against which `unfamiliar` tells which keys and values of a request the model never saw."""
+        against which `unfamiliar` tells which keys and values of a request the model never saw.
+        `typical_lengths`: characters a copy should have, per length control (`typical_lengths`
+        of the training copies); without them every copy aims at `TYPICAL_COPY_CHARS`."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -154,6 +157,7 @@ class Generator:
         self.known_doubles = None if known_doubles is None else frozenset(known_doubles)
         self.known_keys = {k for attrs in known_attributes or () for k in attrs}
         self.known_values = {v.lower() for attrs in known_attributes or () for vs in attrs.values() for v in vs}
+        self.typical_lengths = dict(typical_lengths or {})
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
@@ -273,8 +277,11 @@ class Generator:
             yield results
 
     def expected_length(self, request: Request) -> int:
-        """Characters a copy for this request should have: its exemplar's, else a typical copy's."""
-        return len(request.exemplar) if request.exemplar else TYPICAL_COPY_CHARS
+        """Characters a copy for this request should have: the median training copy's of its
+        length control. Not the exemplar's: one other product's copy says little about how long
+        this one's should be (its error is larger than a constant's), and it overrode the length
+        control (copies asked to be short came out in the short bucket half of the time)."""
+        return self.typical_lengths.get(request.length, TYPICAL_COPY_CHARS)
 
     def encode_sources(self, requests: Sequence[Request]) -> np.ndarray:
         encoded = [self.tokenizer.encode_source(r.attributes, r.focus, r.tone, r.length, self.max_source_len, r.exemplar, self.max_exemplar_len) for r in requests]
@@ -408,6 +415,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         copy_lexicon(retrieval.texts, vocabulary, load_latin_words(latin_path if latin_path.exists() else DEFAULT_LATIN_WORDS)),
         copy_doubles(retrieval.texts, vocabulary),
         retrieval.attributes,
+        typical_lengths([len(t) for t in retrieval.texts], retrieval.length_edges),
     )
 
 

@@ -5,6 +5,8 @@ Protocol (AdvertiseGen-comparable): the product's attributes only, no focus, ton
 - focus_coverage: the reference's own mentioned values requested as focus;
 - random_focus_coverage: random value pairs of the product requested as focus, against
   no_focus_mention_rate, how often the same values appear when no focus is requested;
+- short_length_rate / long_length_rate: copies asked to be short (long) that are, by the
+  corpus' length tertiles, against no_length_short_rate / no_length_long_rate with no request;
 - order_shift_*: the same products with their attributes listed in another order (catalogs
   follow no fixed order), minus the corpus-order scores: near 0 for a model that reads the
   attributes as a set;
@@ -24,7 +26,7 @@ from components.data.attributes import shuffled_attributes
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, Request, score_copies
 from components.models.generator.decoding import DecodingSettings
-from components.models.generator.focus import ANY, mentioned_values, random_focus
+from components.models.generator.focus import ANY, length_bucket, mentioned_values, random_focus
 from components.models.generator.retrieval import RetrievalGenerator
 
 
@@ -63,8 +65,25 @@ def _generate(system, requests: Sequence[Request], decoding=None) -> list[str]:
 lead_rate = tm.lead_coverage
 
 
-def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "") -> tuple[dict[str, float], list[str], list[list[str]]]:
-    """Coverage of requested focus (reference-derived and random) vs the no-focus rate."""
+def length_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], edges: Sequence[float], prefix: str = "") -> tuple[dict[str, float], list[str]]:
+    """How often copies asked to be short (long) are, against how often copies asked nothing
+    are; and the short copies (focus_metrics reuses them)."""
+    copies = {length: _generate(system, [generator.request(r["attributes"], None, ANY, length) for r in rows]) for length in ("short", "long")}
+
+    def rate(texts: Sequence[str], bucket: str) -> float:
+        return float(np.mean([length_bucket(len(t), edges) == bucket for t in texts]))
+
+    return {
+        f"{prefix}short_length_rate": rate(copies["short"], "short"),
+        f"{prefix}long_length_rate": rate(copies["long"], "long"),
+        f"{prefix}no_length_short_rate": rate(plain_copies, "short"),
+        f"{prefix}no_length_long_rate": rate(plain_copies, "long"),
+    }, copies["short"]
+
+
+def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copies: Sequence[str], rng_seed: int, prefix: str = "", short_plain: Sequence[str] | None = None) -> tuple[dict[str, float], list[str], list[list[str]]]:
+    """Coverage of requested focus (reference-derived and random) vs the no-focus rate.
+    `short_plain`: the system's copies of `rows` asked to be short, if already written."""
     oracle = [generator.request(r["attributes"], mentioned_values(r["summary"], r["attributes"]), ANY, ANY) for r in rows]
     oracle_copies = _generate(system, oracle)
     rng = np.random.default_rng(rng_seed)
@@ -72,7 +91,8 @@ def focus_metrics(system, generator: Generator, rows: Sequence[dict], plain_copi
     random_copies = _generate(system, randoms)
     # Short copies cannot mention everything, so there the focus decides what is said: the
     # clearest view of the personalization lever (full-length copies mention ~85% of values anyway).
-    short_plain = _generate(system, [generator.request(q.attributes, None, ANY, "short") for q in randoms])
+    if short_plain is None:
+        short_plain = _generate(system, [generator.request(r["attributes"], None, ANY, "short") for r in rows])
     short_focus = _generate(system, [generator.request(q.attributes, q.focus, ANY, "short") for q in randoms])
     with_focus = [(c, q.focus) for c, q in zip(oracle_copies, oracle) if q.focus]
     return {
@@ -159,7 +179,9 @@ def evaluate_heldout(generator: Generator, baseline: RetrievalGenerator, rows: S
         copies[prefix] = plain
         scores = score_copies(generator, rows, plain, no_focus)
         metrics.update(summarize(scores, prefix))
-        focus, random_copies, random_sets = focus_metrics(system, generator, rows[:focus_rows], plain[:focus_rows], seed, prefix)
+        lengths, short_copies = length_metrics(system, generator, rows[:focus_rows], plain[:focus_rows], baseline.length_edges, prefix)
+        metrics.update(lengths)
+        focus, random_copies, random_sets = focus_metrics(system, generator, rows[:focus_rows], plain[:focus_rows], seed, prefix, short_copies)
         metrics.update(focus)
         copies[prefix + "random"] = random_copies
     metrics.update(order_metrics(generator, generator, rows[:focus_rows], copies[""][:focus_rows], seed))

@@ -61,6 +61,21 @@ def length_edges(lengths: Sequence[int]) -> list[float]:
     return [float(x) for x in np.quantile(np.asarray(lengths), [1 / 3, 2 / 3])]
 
 
+def typical_lengths(lengths: Sequence[int], edges: Sequence[float]) -> dict[str, int]:
+    """The median human copy's length in characters, per length bucket and over all (`any`):
+    how long a copy asked for with that length control should be."""
+    lengths = np.asarray(lengths)
+    buckets = np.array([length_bucket(n, edges) for n in lengths])
+    overall = float(np.median(lengths))
+    bounds = {"short": (0, edges[0]), "medium": (edges[0] + 1, edges[1]), "long": (edges[1] + 1, np.inf)}
+    typical = {ANY: int(overall)}
+    for bucket in LENGTHS:
+        members = lengths[buckets == bucket]
+        # a bucket no copy falls in (a tiny corpus): the overall median, moved into the bucket
+        typical[bucket] = int(np.median(members)) if len(members) else int(np.clip(overall, *bounds[bucket]))
+    return typical
+
+
 def normalize_focus(focus: Sequence[str] | None, attributes: dict[str, list[str]]) -> list[str]:
     """Focus values the product actually has ("key#value" or "value"); others are dropped
     because foregrounding a value the product lacks would be a false claim."""
