@@ -19,6 +19,8 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml pr
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file")]
 UserOpt = Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")]
 ProductOpt = Annotated[str, typer.Option("--product", help="product id")]
+ToneOpt = Annotated[str, typer.Option("--tone", help="plain | lively | elegant | any")]
+LengthOpt = Annotated[str, typer.Option("--length", help="short | medium | long | any (the corpus' length tertiles)")]
 
 
 @app.callback()
@@ -146,6 +148,8 @@ def generate(
     product: ProductOpt,
     n: Annotated[int, typer.Option("--n", help="how many copies")] = 3,
     decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
+    tone: ToneOpt = "any",
+    length: LengthOpt = "any",
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -158,7 +162,7 @@ def generate(
     try:
         model = resolve_model(cfg, "generator")
         generator = load_generator(model.ref)
-        result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding)
+        result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
     except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -183,6 +187,8 @@ def generate_batch(
     model: Annotated[Optional[str], typer.Option(help="model dir or MLflow URI (default: the champion)")] = None,
     backend: Annotated[str, typer.Option(help="torch (fastest for batches on CPU) | onnx")] = "torch",
     resume: Annotated[bool, typer.Option("--resume", help="carry on from OUTPUT.partial, left by a job that stopped")] = False,
+    tone: ToneOpt = "any",
+    length: LengthOpt = "any",
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -211,7 +217,7 @@ def generate_batch(
     try:
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
-                           decoding=decoding, backend=backend, resume=resume, progress=progress)
+                           decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length)
     except (NoModel, GenerationInputError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

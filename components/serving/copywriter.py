@@ -10,7 +10,7 @@ import pandas as pd
 
 from components.config import Config
 from components.data.schema import load_products, load_users
-from components.models.generator.focus import focus_from_affinities
+from components.models.generator.focus import ANY, focus_from_affinities
 
 
 class UnknownEntity(LookupError):
@@ -63,14 +63,14 @@ def user_affinity_lift(cfg: Config, user_id: str) -> dict[str, float]:
 
 
 def personalized_copies(
-    cfg: Config, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2
+    cfg: Config, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2, tone: str = ANY, length: str = ANY
 ) -> PersonalizedCopies:
     user_id = resolve_user_id(cfg, user)
     attributes = product_attributes(cfg, product_id)
     lift = user_affinity_lift(cfg, user_id)
     # Only values this shopper favours more than shoppers overall become the focus.
     focus = focus_from_affinities({item: x - 1.0 for item, x in lift.items()}, attributes, k=k_focus)
-    copies = generator.generate(attributes, focus=focus or None, decoding=decoding, n=n)
+    copies = generator.generate(attributes, focus=focus or None, tone=tone, length=length, decoding=decoding, n=n)
     own = {f"{k}#{v}" for k, values in attributes.items() for v in values}
     shown = {item: round(x, 2) for item, x in lift.items() if item in own}
     return PersonalizedCopies(user_id, product_id, attributes, focus, copies, model="", affinities=shown)

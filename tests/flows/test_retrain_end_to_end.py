@@ -75,6 +75,13 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
         copies[backend] = out.read_text(encoding="utf-8")
     assert copies["torch"] == copies["onnx"]  # greedy parity, through the CLI
     assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--backend", "tpu"]).exit_code == 2
+    controlled = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy", "--length", "short", "--tone", "lively"])
+    assert controlled.exit_code == 0, controlled.output
+    assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--tone", "funny"]).exit_code == 2
+    refused = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--length", "tiny"])
+    assert refused.exit_code == 2 and "unknown length 'tiny'" in refused.output
+    shorter = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "1", "--length", "short"])
+    assert shorter.exit_code == 0, shorter.output
 
     explained = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0]])
     assert explained.exit_code == 0, explained.output

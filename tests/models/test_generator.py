@@ -283,6 +283,20 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
         api.load_generator(tmp_path / "nowhere")
 
 
+def test_generate_batch_applies_tone_and_length_and_refuses_unknown_ones(model_dir, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    for bad in ({"tone": "funny"}, {"length": "tiny"}):
+        with pytest.raises(api.GenerationInputError, match="unknown (tone 'funny'|length 'tiny'); expected one of"):
+            api.generate_batch(source, out, model_dir, decoding="greedy", **bad)
+        assert not out.exists() and not api.partial_path(out).exists() and not api.job_path(out).exists()
+    generator = api.load_generator(model_dir)
+    uncontrolled = generator.generate("类型#裙*颜色#白色", decoding="greedy")[0]
+    api.generate_batch(source, out, model_dir, decoding="greedy", tone="lively", length="short")
+    controlled = generator.generate("类型#裙*颜色#白色", tone="lively", length="short", decoding="greedy")[0]
+    assert json.loads(out.read_text(encoding="utf-8"))["copy"] == controlled != uncontrolled
+
+
 def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     contents = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#上衣*颜色#黑色", "类型#裙*风格#简约", "类型#裤*颜色#白色"]
@@ -312,6 +326,8 @@ def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tm
         api.generate_batch(source, out, model_dir, decoding="beam", resume=True)
     with pytest.raises(api.GenerationInputError, match="written with focus"):
         api.generate_batch(source, out, model_dir, decoding="greedy", focus=["白色"], resume=True)
+    with pytest.raises(api.GenerationInputError, match="written with length any, not short"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", length="short", resume=True)
     retrained = tmp_path / "retrained"
     shutil.copytree(model_dir, retrained)
     weights = torch.load(retrained / api.WEIGHTS_FILE, weights_only=True)

@@ -71,6 +71,14 @@ class Request:
     exemplar: str | None = None
 
 
+def check_controls(tone: str, length: str) -> None:
+    """Raise GenerationInputError for a tone or length control the model was not trained with."""
+    if tone not in (*TONES, ANY):
+        raise GenerationInputError(f"unknown tone {tone!r}; expected one of {', '.join((*TONES, ANY))}")
+    if length not in (*LENGTHS, ANY):
+        raise GenerationInputError(f"unknown length {length!r}; expected one of {', '.join((*LENGTHS, ANY))}")
+
+
 class TorchBackend:
     """decoding.Backend over the torch model (the same decoder_step that ONNX exports)."""
 
@@ -225,10 +233,7 @@ class Generator:
                 raise GenerationInputError(str(exc)) from exc
         if not isinstance(attributes, dict) or not attributes:
             raise GenerationInputError("attributes must be a non-empty dict of key -> list of values")
-        if tone not in (*TONES, ANY):
-            raise GenerationInputError(f"unknown tone {tone!r}; expected one of {(*TONES, ANY)}")
-        if length not in (*LENGTHS, ANY):
-            raise GenerationInputError(f"unknown length {length!r}; expected one of {(*LENGTHS, ANY)}")
+        check_controls(tone, length)
         chosen = normalize_focus(focus, attributes)
         exemplar = self.retrieval.generate(attributes, chosen, tone, length, n=1)[0] if self.retrieval is not None else None
         return Request(attributes, chosen, tone, length, exemplar)
@@ -511,13 +516,13 @@ def job_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial.job.json")
 
 
-def _job_record(model: str | Path, directory: Path, settings: DecodingSettings, focus: Sequence[str] | None) -> dict[str, Any]:
+def _job_record(model: str | Path, directory: Path, settings: DecodingSettings, focus: Sequence[str] | None, tone: str, length: str) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         digest.update((directory / name).read_bytes())
     # The runtime (torch or ONNX Runtime) is left out: the same model writes the same copies on
     # either (greedy exactly), so a job may resume on the other one.
-    return {"model": str(model), "model_sha256": digest.hexdigest(), "focus": list(focus or []), "decoding": asdict(settings)}
+    return {"model": str(model), "model_sha256": digest.hexdigest(), "focus": list(focus or []), "tone": tone, "length": length, "decoding": asdict(settings)}
 
 
 def _check_same_job(partial: Path, recorded_path: Path, job: dict[str, Any]) -> None:
@@ -528,8 +533,10 @@ def _check_same_job(partial: Path, recorded_path: Path, job: dict[str, Any]) -> 
         raise GenerationInputError(f"{partial} has no readable record of the model and settings that wrote it ({recorded_path.name}); cannot resume: delete it to start over") from exc
     if recorded.get("model_sha256") != job["model_sha256"]:
         raise GenerationInputError(f"{partial} was written by another model ({recorded.get('model')}); resuming would mix two models in one output: {start_over}")
-    if recorded.get("focus") != job["focus"]:
-        raise GenerationInputError(f"{partial} was written with focus {recorded.get('focus')}, not {job['focus']}: {start_over}")
+    for control in ("focus", "tone", "length"):
+        # a record from before tone and length were options was written with both at "any"
+        if recorded.get(control, ANY) != job[control]:
+            raise GenerationInputError(f"{partial} was written with {control} {recorded.get(control, ANY)}, not {job[control]}: {start_over}")
     before, now = recorded.get("decoding", {}), job["decoding"]
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
@@ -566,11 +573,13 @@ def generate_batch(
     decoding: str | dict | None = None,
     backend: str = "torch",
     resume: bool = False,
+    tone: str = ANY,
+    length: str = ANY,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 32,
 ) -> BatchReport:
     """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
-    restricted to the values each product has. The report counts what was written and the
+    restricted to the values each product has; so do the `tone` and `length` controls. The report counts what was written and the
     rows whose attributes the model does not know (see `Generator.unfamiliar`).
 
     Rows are written as each chunk is done, to `<output>.partial`, which becomes `output` only
@@ -578,6 +587,7 @@ def generate_batch(
     complete, and `resume` carries on from the partial file if it was written by the same model
     with the same focus and decoding settings (recorded beside it, see `job_path`).
     `progress(done, total)` is called after each chunk."""
+    check_controls(tone, length)
     rows = read_jsonl_contents(input_jsonl)
     output = Path(output_jsonl)
     if output.is_dir():  # found before the model runs, not after
@@ -587,13 +597,13 @@ def generate_batch(
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     directory = resolve_model_dir(model_dir_or_uri)
     generator = load_generator(directory, backend=backend, batch_size=batch_size)
-    job = _job_record(model_dir_or_uri, directory, settings_from(generator.defaults, decoding), focus)
+    job = _job_record(model_dir_or_uri, directory, settings_from(generator.defaults, decoding), focus, tone, length)
     if resume:  # checked before any retrieval or decoding work
         _check_same_job(partial, recorded, job)
         os.truncate(partial, complete)  # drop a line cut off mid-write; the complete ones stay
     else:
         recorded.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
-    requests = [generator.request(r["attributes"], focus, ANY, ANY) for r in rows[len(earlier) :]]
+    requests = [generator.request(r["attributes"], focus, tone, length) for r in rows[len(earlier) :]]
     with partial.open("a" if resume else "w", encoding="utf-8") as handle:
         done = len(earlier)
         if progress is not None:
