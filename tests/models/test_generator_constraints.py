@@ -48,14 +48,15 @@ COATS = ValueVocabulary({"衣样式": ["外套", "西装", "风衣"], "衣领型
 SUIT_COLLAR_COAT = {"类型": ["上衣"], "衣样式": ["外套"], "衣领型": ["西装领"]}
 
 
+# characters each length control aims at (a real bundle takes them from its training copies)
+TYPICAL = {"any": 10, "short": 6, "medium": 10, "long": 16}
+
+
 def make_generator(parts, pushes, ad_law_words, faithful=True, vocab=COLOURS, latin=None, doubles=None, **settings_overrides):
     tokenizer, net = parts[0], parts[4]
     vocab = vocab if faithful else ValueVocabulary(vocab.values_by_key, [])
     settings = DecodingSettings(max_len=24, no_repeat_ngram=0, num_candidates=3, **settings_overrides)
     return Generator(tokenizer, ForcedBackend(net, pushes), vocab, ad_law_words, settings, 64, known_latin_words=latin, known_doubles=doubles, typical_lengths=TYPICAL)
-
-
-TYPICAL = {"any": 10, "short": 6, "medium": 10, "long": 16}
 
 
 def piece(tokenizer, text):

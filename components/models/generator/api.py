@@ -579,13 +579,14 @@ def generate_batch(
     batch_size: int = 32,
 ) -> BatchReport:
     """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
-    restricted to the values each product has; so do the `tone` and `length` controls. The report counts what was written and the
-    rows whose attributes the model does not know (see `Generator.unfamiliar`).
+    restricted to the values each product has, and so do the `tone` and `length` controls. The
+    report counts what was written and the rows whose attributes the model does not know (see
+    `Generator.unfamiliar`).
 
     Rows are written as each chunk is done, to `<output>.partial`, which becomes `output` only
     once every row has its copy: a job that stops part-way leaves no output that looks
     complete, and `resume` carries on from the partial file if it was written by the same model
-    with the same focus and decoding settings (recorded beside it, see `job_path`).
+    with the same focus, tone, length and decoding settings (recorded beside it, see `job_path`).
     `progress(done, total)` is called after each chunk."""
     check_controls(tone, length)
     rows = read_jsonl_contents(input_jsonl)

@@ -46,8 +46,8 @@ class DecodingSettings:
     # ids, which every ban plan holds): allowed, it stops far too early (the `full` model, beam 4,
     # 200 held-out rows: 56 characters against 109, BLEU-4 6.0 against 9.6). Instead, once a copy
     # is this share of its expected length in characters (the median human copy's of the
-    # requested length bucket), it ends at the next sentence end; min_len tokens come first. 0 = off: copies
-    # run to max_len and are trimmed back to their last full sentence.
+    # requested length bucket), it ends at the next sentence end; min_len tokens come first.
+    # 0 = off: copies run to max_len and are trimmed back to their last full sentence.
     length_budget: float = 0.0
     # Copies of one job (a catalog batch) should not all read alike: every token bigram already
     # used by earlier copies of the job costs catalog_penalty x log(1 + uses). 0 = off.
