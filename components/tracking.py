@@ -50,6 +50,18 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def require_store(cfg=None) -> None:
+    """Raise FileNotFoundError when the embedded store does not exist yet. Commands that only read
+    the registry or move its aliases call this first: `configure` would otherwise create an empty
+    store at a mistyped path and report "no releases" instead of the real mistake."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(
+            f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}: run `copyflow retrain` first, "
+            f"or check --params, --profile and {TRACKING_URI_ENV}"
+        )
+
+
 def configure(cfg=None) -> str:
     """Point MLflow at the configured store and select the experiment; returns its id."""
     import mlflow

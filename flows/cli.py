@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,6 +44,32 @@ def _config(params: Path, profile: str):
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+
+
+def _registry_config(params: Path, profile: str):
+    """The config of a command that reads or moves registry aliases: its store must exist."""
+    from components.tracking import require_store
+
+    cfg = _config(params, profile)
+    try:
+        require_store(cfg)
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    return cfg
+
+
+@contextmanager
+def _registry_errors(verb: str) -> Iterator[None]:
+    """Refusals and registry failures of promote / rollback / compare as one red line, exit 1."""
+    from components.registry import PromotionRefused, RegistryInconsistent
+    from components.registry.store import PromotionBusy
+
+    try:
+        yield
+    except (PromotionRefused, PromotionBusy, RegistryInconsistent, LookupError) as exc:
+        typer.secho(f"{verb}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()
@@ -239,20 +267,19 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Make a release champion (all its models together) after re-checking its gate evidence."""
-    from components.registry import PromotionRefused
     from components.registry.status import render_status, status
     from components.registry import promote as do_promote
 
-    cfg = _config(params, profile)
-    try:
+    cfg = _registry_config(params, profile)
+    with _registry_errors("promotion refused"):
         result = do_promote(cfg, release=release, dry_run=dry_run, note=note)
-    except PromotionRefused as exc:
-        typer.secho(f"promotion refused: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
     if result.get("recheck_report"):
         typer.echo(result["recheck_report"])
-    verb = "would promote" if dry_run else ("promoted" if result["changed"] else "kept")
-    typer.echo(f"{verb} release {result['release']} (champion before: {result['replaces']})")
+    if result.get("message"):
+        typer.echo(result["message"])
+    else:
+        verb = "would promote" if dry_run else "promoted"
+        typer.echo(f"{verb} release {result['release']} (champion before: {result['replaces']})")
     typer.echo(render_status(status(cfg)))
 
 
@@ -263,16 +290,12 @@ def rollback(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Put the previous champion release back in one step."""
-    from components.registry import PromotionRefused
     from components.registry.status import render_status, status
     from components.registry import rollback as do_rollback
 
-    cfg = _config(params, profile)
-    try:
+    cfg = _registry_config(params, profile)
+    with _registry_errors("rollback refused"):
         result = do_rollback(cfg, note=note)
-    except PromotionRefused as exc:
-        typer.secho(f"rollback refused: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
     typer.echo(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
     typer.echo(render_status(status(cfg)))
 
@@ -282,7 +305,7 @@ def status_command(profile: ProfileOpt = "quick", params: ParamsOpt = Path("para
     """Champion / challenger / previous release and models, with their key metrics."""
     from components.registry.status import render_status, status
 
-    typer.echo(render_status(status(_config(params, profile))))
+    typer.echo(render_status(status(_registry_config(params, profile))))
 
 
 @app.command()
@@ -294,7 +317,10 @@ def compare(
     """Challenger vs champion on the frozen evaluation set: the gate report."""
     from components.registry import compare as do_compare
 
-    typer.echo(do_compare(_config(params, profile), release=release))
+    cfg = _registry_config(params, profile)
+    with _registry_errors("compare"):
+        report = do_compare(cfg, release=release)
+    typer.echo(report)
 
 
 @app.command()

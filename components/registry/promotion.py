@@ -21,9 +21,12 @@ from mlflow import MlflowClient
 from components.config import Config
 from components.evaluation.gates import GateResult, render_report
 from components.registry.evidence import EvidenceError, regate
-from components.registry.names import ALIASES, CHALLENGER, CHAMPION, PREVIOUS, RELEASE_MODEL, registered_model
+from components.registry.names import ALIASES, CHALLENGER, CHAMPION, PREVIOUS, REGISTERED_MODELS, RELEASE_MODEL, registered_model
 from components.registry.release import load_manifest, now_iso
 from components.registry.store import model_aliases, registry_client, registry_lock, set_alias
+
+
+NO_RELEASE: dict = {"release": None, "members": {}}  # a role (previous) that no release fills
 
 
 class PromotionRefused(RuntimeError):
@@ -49,15 +52,27 @@ def _member_families(*manifests: dict | None) -> set[str]:
 
 
 def check_consistency(client: MlflowClient) -> list[str]:
-    """Human-readable problems; [] when every member alias matches its release's manifest."""
+    """Human-readable problems; [] when every member alias matches its release's manifest.
+
+    Every registered family is checked, not only those of the aliased releases: a member left
+    champion by a release that no longer is one is a problem too (serving would not see it)."""
     problems: list[str] = []
     release_aliases = model_aliases(client, RELEASE_MODEL)
-    manifests = {alias: load_manifest(client, v) for alias, v in release_aliases.items() if alias in ALIASES}
-    families = _member_families(*manifests.values())
-    for family in sorted(families):
+    manifests: dict[str, dict] = {}
+    for alias, version in release_aliases.items():
+        if alias not in ALIASES:
+            continue
+        try:
+            manifests[alias] = load_manifest(client, version)
+        except LookupError as exc:
+            problems.append(f"{RELEASE_MODEL}@{alias} (v{version}): {exc}")
+    unreadable = {alias for alias in ALIASES if alias in release_aliases and alias not in manifests}
+    for family in sorted(REGISTERED_MODELS):
         name = registered_model(family)
         actual = model_aliases(client, name)
         for alias in ALIASES:
+            if alias in unreadable:
+                continue  # reported above; what its members should be is unknown
             member = (manifests.get(alias) or {}).get("members", {}).get(family)
             expected = str(member["version"]) if member else None
             got = actual.get(alias)
@@ -73,31 +88,69 @@ def check_consistency(client: MlflowClient) -> list[str]:
     return problems
 
 
-def _verify(client: MlflowClient, expected_release: dict[str, str | None]) -> None:
-    """Verify-after-write: the release aliases are what we wrote and members agree with them."""
+def _verify(client: MlflowClient, expected_release: dict[str, str | None], known: list[str]) -> list[str]:
+    """Verify-after-write: the release aliases are what we wrote, and the write added no
+    inconsistency to those already `known` before it (an unreadable challenger manifest, say, is
+    not this write's doing: `status` keeps reporting it). Returns the problems left."""
     actual = model_aliases(client, RELEASE_MODEL)
     problems = [
         f"{RELEASE_MODEL}@{alias} is {actual.get(alias) or 'unset'}, expected {version or 'unset'}"
         for alias, version in expected_release.items()
         if (None if actual.get(alias) is None else str(actual.get(alias))) != version
     ]
-    problems += check_consistency(client)
+    left = check_consistency(client)
+    problems += [p for p in left if p not in known]
     if problems:
         raise RegistryInconsistent("registry aliases disagree after the write:\n- " + "\n- ".join(problems))
+    return left
+
+
+def _missing_members(client: MlflowClient, manifest: dict) -> list[str]:
+    """Member versions of a release that are gone from the registry (deleted by hand)."""
+    from mlflow.exceptions import MlflowException
+
+    missing = []
+    for member in manifest["members"].values():
+        try:
+            client.get_model_version(member["registered_model"], str(member["version"]))
+        except MlflowException:
+            missing.append(f"{member['registered_model']} v{member['version']}")
+    return missing
 
 
 def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
-    """Members first, release last: the release alias is the commit point (a crash in between
-    leaves members ahead of the release, which the next promotion or rollback rewrites)."""
+    """Point champion at `champion` and previous at `previous`, on the release and every member.
+
+    Everything is read and checked before the first write, so a champion-to-be with a member
+    deleted by hand is refused with nothing moved (callers pass a `previous` that is intact). Members are written first, release last: the release
+    alias is the commit point (a crash in between leaves members ahead of the release, which
+    `status` reports and the next promote, of any release, rewrites). Every registered family is
+    written, so a family the new champion lacks loses its champion alias; a challenger that stays
+    challenger keeps its members' challenger aliases even where it shares a version with the
+    champion (a release that inherited the champion's member)."""
     champ_manifest = load_manifest(client, champion)
     prev_manifest = load_manifest(client, previous) if previous else None
-    for family in sorted(_member_families(champ_manifest, prev_manifest)):
+    challenger = model_aliases(client, RELEASE_MODEL).get(CHALLENGER)
+    challenger = None if challenger is None or str(challenger) == str(champion) else str(challenger)
+    try:
+        chall_manifest = load_manifest(client, challenger) if challenger else None
+    except LookupError:
+        chall_manifest = None  # unreadable challenger: left to `status`; its members stay as they are
+    missing = _missing_members(client, champ_manifest)
+    if missing:
+        raise PromotionRefused(
+            f"release {champion} lists member versions that no longer exist: {', '.join(missing)}; nothing was changed"
+        )
+    for family in sorted(REGISTERED_MODELS):
         name = registered_model(family)
         champ_member = champ_manifest["members"].get(family)
         prev_member = (prev_manifest or {"members": {}})["members"].get(family)
+        chall_member = (chall_manifest or {"members": {}})["members"].get(family)
         set_alias(client, name, CHAMPION, champ_member["version"] if champ_member else None)
         set_alias(client, name, PREVIOUS, prev_member["version"] if prev_member else None)
-        if champ_member and str(model_aliases(client, name).get(CHALLENGER)) == str(champ_member["version"]):
+        if chall_member:
+            set_alias(client, name, CHALLENGER, chall_member["version"])
+        elif champ_member and str(model_aliases(client, name).get(CHALLENGER)) == str(champ_member["version"]):
             set_alias(client, name, CHALLENGER, None)
     set_alias(client, RELEASE_MODEL, PREVIOUS, previous)
     set_alias(client, RELEASE_MODEL, CHAMPION, champion)
@@ -200,19 +253,39 @@ def promote(
     actor = actor or default_actor()
     if dry_run:  # no lock: nothing is written
         champion = _current(client, CHAMPION)
-        rechecked = recheck_evidence(cfg, client, target, champion) if _differs(champion, version) else []
-        return {**_plan(target, champion), "changed": False, "dry_run": True, "recheck_report": _report(rechecked)}
+        if not _differs(champion, version):
+            kept = _usable_previous(client, _current(client, PREVIOUS), version)
+            return {**_plan(target, champion, kept), "changed": False, "dry_run": True, "recheck_report": "",
+                    "message": f"release {version} is already the champion"}
+        rechecked = recheck_evidence(cfg, client, target, champion)
+        replaced = _usable_previous(client, _replaced(client, champion), version)
+        return {**_plan(target, champion, replaced), "changed": False, "dry_run": True, "recheck_report": _report(rechecked)}
     with registry_lock(cfg):
         champion = _current(client, CHAMPION)  # re-read under the lock: another promotion may have won
         if only_if_no_champion and champion is not None:
             return {**_plan(target, champion), "changed": False, "dry_run": False, "recheck_report": "",
                     "message": f"release {champion['release']} is already champion; auto-promotion skipped"}
         if not _differs(champion, version):
-            _verify(client, {CHAMPION: version})
-            return {**_plan(target, champion), "changed": False, "dry_run": False, "recheck_report": "",
-                    "message": f"release {version} is already the champion"}
+            # Already champion: nothing to promote, but a crash midway through an earlier promote or
+            # rollback may have left members behind; rewriting the same aliases repairs that.
+            previous_manifest = _usable_previous(client, _current(client, PREVIOUS), version)
+            previous = previous_manifest["release"]
+            before = check_consistency(client)
+            if before:
+                _apply(client, version, previous)
+            left = _verify(client, {CHAMPION: version, PREVIOUS: previous}, before)
+            repaired = [p for p in before if p not in left]
+            message = f"release {version} is already the champion"
+            if repaired:
+                message += "; its aliases were repaired:\n- " + "\n- ".join(repaired)
+            if left:
+                message += "\nstill inconsistent (not fixable by moving aliases):\n- " + "\n- ".join(left)
+            return {**_plan(target, champion, previous_manifest), "changed": bool(repaired), "dry_run": False,
+                    "recheck_report": "", "message": message}
         rechecked = recheck_evidence(cfg, client, target, champion)
-        previous = champion["release"] if champion else None
+        previous_manifest = _usable_previous(client, _replaced(client, champion), version)
+        previous = previous_manifest["release"]
+        before = check_consistency(client)
         _apply(client, version, previous)
         when = now_iso()
         tags = {"promoted_at": when, "promoted_by": actor, "promotion.note": note or "", "replaced_release": previous or ""}
@@ -221,9 +294,9 @@ def promote(
         if rechecked:
             client.set_model_version_tag(RELEASE_MODEL, version, "promotion.rechecked_against", previous or "")
         _tag_members(client, target, {"promoted_at": when, "promoted_by": actor, "release": version})
-        _verify(client, {CHAMPION: version, PREVIOUS: previous})
-    return {**_plan(target, champion), "changed": True, "dry_run": False, "recheck_report": _report(rechecked),
-            "promoted_at": when, "promoted_by": actor, "note": note or ""}
+        _verify(client, {CHAMPION: version, PREVIOUS: previous}, before)
+    return {**_plan(target, champion, previous_manifest), "changed": True, "dry_run": False,
+            "recheck_report": _report(rechecked), "promoted_at": when, "promoted_by": actor, "note": note or ""}
 
 
 def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> dict:
@@ -233,12 +306,15 @@ def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> 
     with registry_lock(cfg):
         current = _current(client, CHAMPION)
         previous = _current(client, PREVIOUS)
-        if current is None or previous is None:
+        if current is None:
+            raise PromotionRefused("nothing to roll back: no release has the alias 'champion' (promote one with `copyflow promote --release N`)")
+        if previous is None:
             raise PromotionRefused("nothing to roll back to: no release has the alias 'previous'")
         restored, rolled_back = previous["release"], current["release"]
         older = client.get_model_version(RELEASE_MODEL, restored).tags.get("replaced_release") or None
-        if older in (restored, rolled_back) or (older and not _exists(client, older)):
-            older = None
+        if older in (restored, rolled_back) or (older and not _intact(client, older)):
+            older = None  # the history ends here: a further rollback will refuse
+        before = check_consistency(client)
         _apply(client, restored, older)
         when = now_iso()
         for key, value in {"rolled_back_at": when, "rolled_back_by": actor, "rollback.note": note or ""}.items():
@@ -246,8 +322,8 @@ def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> 
         for key, value in {"restored_at": when, "restored_by": actor}.items():
             client.set_model_version_tag(RELEASE_MODEL, restored, key, value)
         _tag_members(client, previous, {"restored_at": when, "restored_by": actor, "release": restored})
-        _verify(client, {CHAMPION: restored, PREVIOUS: older})
-    older_manifest = load_manifest(client, older) if older else {"release": None, "members": {}}
+        _verify(client, {CHAMPION: restored, PREVIOUS: older}, before)
+    older_manifest = load_manifest(client, older) if older else NO_RELEASE
     return {**_plan(previous, current, older_manifest), "rolled_back": rolled_back, "previous": older,
             "changed": True, "at": when, "by": actor, "note": note or ""}
 
@@ -261,13 +337,25 @@ def _differs(champion: dict | None, version: str) -> bool:
     return champion is None or str(champion["release"]) != str(version)
 
 
-def _exists(client: MlflowClient, version: str) -> bool:
-    from mlflow.exceptions import MlflowException
+def _usable_previous(client: MlflowClient, candidate: dict | None, target: str) -> dict:
+    """`candidate` as the `previous` of `target`, or NO_RELEASE when it is none, is the target
+    itself, or has a member deleted by hand (a rollback could not restore it)."""
+    if candidate is None or str(candidate["release"]) == str(target) or _missing_members(client, candidate):
+        return NO_RELEASE
+    return candidate
 
+
+def _replaced(client: MlflowClient, champion: dict | None) -> dict | None:
+    """Who becomes `previous` on a promotion: the champion it replaces; with no champion (its
+    release deleted by hand), the release that already is previous, so the history is kept."""
+    return champion if champion is not None else _current(client, PREVIOUS)
+
+
+def _intact(client: MlflowClient, version: str) -> bool:
+    """The release exists, its manifest reads and every member version is still registered."""
     try:
-        client.get_model_version(RELEASE_MODEL, version)
-        return True
-    except MlflowException:
+        return not _missing_members(client, load_manifest(client, version))
+    except LookupError:
         return False
 
 

@@ -53,7 +53,12 @@ def load_manifest(client: MlflowClient, version: str | int) -> dict:
         model_version = client.get_model_version(RELEASE_MODEL, str(version))
     except MlflowException as exc:
         raise NoRelease(f"{RELEASE_MODEL} version {version} does not exist") from exc
-    manifest = json.loads(_manifest_cached(client.tracking_uri, model_version.source))
+    try:
+        manifest = json.loads(_manifest_cached(client.tracking_uri, model_version.source))
+    except (MlflowException, OSError, ValueError) as exc:
+        raise NoRelease(
+            f"the manifest of {RELEASE_MODEL} version {version} cannot be read from {model_version.source}: {exc}"
+        ) from exc
     manifest["release"] = str(model_version.version)
     return manifest
 

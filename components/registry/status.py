@@ -46,7 +46,11 @@ def status(cfg: Config) -> dict:
             release[alias] = None
             continue
         tags = client.get_model_version(RELEASE_MODEL, str(version)).tags or {}
-        manifest = load_manifest(client, version)
+        try:
+            manifest = load_manifest(client, version)
+        except LookupError as exc:  # shown, not raised: status is how a person finds this out
+            release[alias] = {"version": str(version), "error": str(exc)}
+            continue
         release[alias] = {
             "version": str(version),
             "profile": manifest.get("profile"),
@@ -89,6 +93,9 @@ def render_status(data: dict) -> str:
         if info is None:
             lines.append(f"  {alias:<10} –")
             continue
+        if "error" in info:
+            lines.append(f"  {alias:<10} v{info['version']:<4} UNREADABLE: {info['error']}")
+            continue
         members = ", ".join(f"{f} v{v}" for f, v in info["members"].items())
         promoted = f"  promoted {info['promoted_at']} by {info['promoted_by']}" if info["promoted_at"] else ""
         note = f"  note: {info['note']}" if info["note"] else ""
@@ -113,7 +120,9 @@ def render_status(data: dict) -> str:
     if not data["models"]:
         lines += ["", "no registered models yet: run `copyflow retrain`"]
     if data["problems"]:
-        lines += ["", "INCONSISTENT aliases (promote or rollback again to repair):"]
+        champion = data["release"].get(CHAMPION)
+        repair = f"`copyflow promote --release {champion['version']}` rewrites them" if champion else "promote a release to rewrite them"
+        lines += ["", f"INCONSISTENT aliases ({repair}):"]
         lines += [f"  - {p}" for p in data["problems"]]
     return "\n".join(lines)
 

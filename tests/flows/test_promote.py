@@ -169,3 +169,34 @@ def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
     assert tags["promotion.note"] == "from the flow" and tags["promoted_by"].startswith("prefect flow run")
     assert rollback.fn(note="undo", params_path=params)["release"] == "1"
     assert model_aliases(client, "copyflow-release")["champion"] == "1"
+
+
+def test_registry_commands_refuse_a_missing_store_and_report_refusals_in_one_line(pref_world, tmp_path):
+    """A mistyped store is not created empty; a busy lock, an unknown release and an already
+    champion release each get one line, not a traceback."""
+    from filelock import FileLock
+    from typer.testing import CliRunner
+
+    from components.registry.store import lock_path
+    from flows.cli import app
+    from tests.registry.world import clone_world, write_params
+
+    runner = CliRunner()
+    (tmp_path / "elsewhere").mkdir()
+    missing = write_params(tmp_path / "elsewhere")
+    for command in (["status"], ["compare"], ["promote"], ["rollback"]):
+        result = runner.invoke(app, [*command, "--params", str(missing)])
+        assert result.exit_code == 2 and "no MLflow tracking store at" in result.output, (command, result.output)
+    assert not (tmp_path / "elsewhere" / "mlflow.db").exists()
+
+    world = clone_world(pref_world, tmp_path / "clone", gates={"lock_timeout_s": 0.2})
+    params = ["--params", str(world.base / "params.yaml")]
+    compared = runner.invoke(app, ["compare", "--release", "9", *params])
+    assert compared.exit_code == 1 and "compare: copyflow-release version 9 does not exist" in compared.output
+    kept = runner.invoke(app, ["promote", "--release", "1", *params])
+    assert kept.exit_code == 0 and "release 1 is already the champion" in kept.output
+    with FileLock(str(lock_path(world.cfg))):
+        busy = runner.invoke(app, ["promote", *params])
+    assert busy.exit_code == 1 and "promotion refused: another promotion held" in busy.output
+    assert "Traceback" not in busy.output
+    assert model_aliases(registry_client(world.cfg), "copyflow-release")["champion"] == "1"

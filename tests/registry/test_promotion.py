@@ -205,3 +205,80 @@ def test_a_partial_retrain_inherits_the_champion_member_and_promotes_cleanly(fre
     assert model_aliases(client, "copyflow-generator")["champion"] == fresh_world.first.versions["generator"]
     assert model_aliases(client, "copyflow-preference")["champion"] == outcome.versions["preference"]
     assert check_consistency(client) == []
+
+
+def test_a_challenger_sharing_a_member_with_the_champion_keeps_its_aliases_through_promote_and_rollback(fresh_world):
+    """Release 3 retrains only the preference model and inherits release 1's generator. Making
+    release 2 champion and rolling back to 1 must leave release 3 a whole challenger: its
+    generator alias stays although that version is also the champion's."""
+    from components.registry.candidates import release_candidates
+    from tests.registry import helpers
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    manifest = helpers.train_preference(cfg, fresh_world.base)
+    assert release_candidates(cfg, [manifest], project_dir=ROOT, scorers=helpers.SCORERS).release == "3"
+    inherited = fresh_world.first.versions["generator"]
+    promote(cfg, release=2)
+    assert check_consistency(client) == []
+    rollback(cfg)
+    assert model_aliases(client, RELEASE_MODEL) == {"champion": "1", "challenger": "3"}
+    assert model_aliases(client, "copyflow-generator") == {"champion": inherited, "challenger": inherited}
+    assert check_consistency(client) == []
+    assert promote(cfg)["release"] == "3" and check_consistency(client) == []
+
+
+def test_a_rollback_to_a_release_with_a_deleted_member_is_refused_and_moves_nothing(fresh_world):
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    promote(cfg, release=2)
+    client.delete_model_version("copyflow-preference", fresh_world.first.versions["preference"])
+    before = champion_state(cfg)  # MLflow dropped the deleted version's `previous` alias with it
+    with pytest.raises(PromotionRefused, match=r"release 1 lists member versions that no longer exist: copyflow-preference v"):
+        rollback(cfg)
+    assert champion_state(cfg) == before
+    assert before["copyflow-generator"]["champion"] == fresh_world.second.versions["generator"]  # not moved
+
+
+def test_promoting_the_champion_again_repairs_members_left_behind(fresh_world):
+    """Two ways aliases drift: a crash midway through promoting release 2 (a member moved, the
+    release did not), and a stale champion alias on a family the champion release lacks. Status
+    reports both; `promote --release <champion>` rewrites them."""
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    set_alias(client, "copyflow-preference", "champion", fresh_world.second.versions["preference"])
+    client.create_registered_model("copyflow-effect")
+    stray = client.create_model_version("copyflow-effect", source=str(fresh_world.base / "nowhere")).version
+    set_alias(client, "copyflow-effect", "champion", stray)
+    problems = check_consistency(client)
+    assert len(problems) == 2 and any(p.startswith("copyflow-effect@champion is 1 but") for p in problems)
+
+    plan = promote(cfg, release=1, dry_run=True)
+    assert plan["message"] == "release 1 is already the champion" and plan["members"]["preference"]["previous"] is None
+    result = promote(cfg, release=1)
+    assert result["changed"] and "repaired" in result["message"] and "copyflow-effect@champion" in result["message"]
+    assert check_consistency(client) == []
+    assert model_aliases(client, "copyflow-preference")["champion"] == fresh_world.first.versions["preference"]
+    assert "champion" not in model_aliases(client, "copyflow-effect")
+    again = promote(cfg, release=1)
+    assert not again["changed"] and again["message"] == "release 1 is already the champion"
+
+
+def test_promoting_with_the_champion_release_deleted_keeps_the_previous_alias(fresh_world):
+    """Champion 2 with previous 1; release 2 is deleted by hand. Rollback says what is missing,
+    and promoting release 3 keeps 1 as previous, so a rollback still has somewhere to go."""
+    from components.registry.candidates import release_candidates
+    from tests.registry import helpers
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    manifest = helpers.train_preference(cfg, fresh_world.base)
+    assert release_candidates(cfg, [manifest], project_dir=ROOT, scorers=helpers.SCORERS).release == "3"
+    promote(cfg, release=2)
+    client.delete_model_version(RELEASE_MODEL, "2")
+    with pytest.raises(PromotionRefused, match="no release has the alias 'champion'"):
+        rollback(cfg)
+    promote(cfg, release=3)
+    assert model_aliases(client, RELEASE_MODEL) == {"champion": "3", "previous": "1"}
+    assert check_consistency(client) == []
+    assert rollback(cfg)["release"] == "1"

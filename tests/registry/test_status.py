@@ -52,3 +52,24 @@ def test_status_of_an_empty_registry(make_cfg):
     assert data["release"] == {"champion": None, "challenger": None, "previous": None}
     assert "no registered models yet" in render_status(data)
     assert "No challenger release" in compare(cfg)
+
+
+def test_a_release_whose_manifest_cannot_be_read_is_shown_not_raised(fresh_world):
+    """Its artifacts were lost (a moved store, a cleaned artifact root): status still shows the rest."""
+    import pytest
+
+    from components.registry.names import RELEASE_MODEL
+    from components.registry.promotion import PromotionRefused
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    lost = client.create_model_version(RELEASE_MODEL, source=(fresh_world.base / "lost" / "release").as_uri()).version
+    set_alias(client, RELEASE_MODEL, "challenger", lost)
+    data = status(cfg)
+    assert data["release"]["champion"]["version"] == "1"
+    assert data["release"]["challenger"]["version"] == str(lost) and "cannot be read" in data["release"]["challenger"]["error"]
+    assert any(p.startswith(f"copyflow-release@challenger (v{lost}): the manifest of") for p in data["problems"])
+    assert f"challenger v{lost}" in " ".join(render_status(data).split()) and "UNREADABLE" in render_status(data)
+    with pytest.raises(PromotionRefused, match="cannot be read"):
+        promote(cfg)
+    assert promote(cfg, release=2)["release"] == "2"  # the others still promote
