@@ -174,7 +174,7 @@ def explain(
 def generate(
     user: UserOpt,
     product: ProductOpt,
-    n: Annotated[int, typer.Option("--n", help="how many copies")] = 3,
+    n: Annotated[int, typer.Option("--n", min=1, help="how many copies (greedy decoding writes one)")] = 3,
     decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
     tone: ToneOpt = "any",
     length: LengthOpt = "any",
@@ -200,6 +200,9 @@ def generate(
     typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
     for i, text in enumerate(result.copies, 1):
         typer.echo(f"{i}. {text}")
+    if len(result.copies) < n:
+        typer.secho(f"note: {len(result.copies)} distinct {'copy' if len(result.copies) == 1 else 'copies'} of the {n} asked: "
+                    "this decoding finds no more (greedy writes one; use top_p or beam for several)", fg=typer.colors.YELLOW, err=True)
     report = BatchReport(len(result.copies))
     report.count(generator.unfamiliar(result.attributes))
     for warning in report.warnings():
@@ -242,11 +245,17 @@ def generate_batch(
     if backend not in ("torch", "onnx"):
         typer.secho(f"error: unknown backend {backend!r}; expected torch or onnx", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    from mlflow.exceptions import MlflowException
+
     try:
+        if model and not Path(model).is_dir():  # an MLflow URI: look it up in this project's store
+            from components.tracking import configure
+
+            configure(cfg)
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
                            decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length)
-    except (NoModel, GenerationInputError, FileNotFoundError) as exc:
+    except (NoModel, GenerationInputError, FileNotFoundError, MlflowException) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     except BaseException:  # stopped part-way (Ctrl-C, out of memory): say where the work is

@@ -74,6 +74,13 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
         assert "2/2 copies" in batch.output  # progress, on stderr
         copies[backend] = out.read_text(encoding="utf-8")
     assert copies["torch"] == copies["onnx"]  # greedy parity, through the CLI
+    # --model as an MLflow URI is looked up in this project's store, like the champion (in a
+    # process of its own: this one's MLflow already points at the store)
+    by_uri = subprocess.run([sys.executable, "-m", "flows.cli", "generate-batch", "--input", str(catalog), "--output", str(out),
+                             "--decoding", "greedy", "--model", "models:/copyflow-generator@champion"],
+                            cwd=project, capture_output=True, text=True, timeout=300)
+    assert by_uri.returncode == 0, by_uri.stdout[-2000:] + by_uri.stderr[-2000:]
+    assert out.read_text(encoding="utf-8") == copies["torch"]
     assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--backend", "tpu"]).exit_code == 2
     controlled = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy", "--length", "short", "--tone", "lively"])
     assert controlled.exit_code == 0, controlled.output
@@ -82,6 +89,9 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     assert refused.exit_code == 2 and "unknown length 'tiny'" in refused.output
     shorter = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "1", "--length", "short"])
     assert shorter.exit_code == 0, shorter.output
+    assert runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "0"]).exit_code == 2
+    one = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "3", "--decoding", "greedy"])
+    assert one.exit_code == 0 and "note: 1 distinct copy of the 3 asked" in one.output
 
     explained = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0]])
     assert explained.exit_code == 0, explained.output

@@ -283,6 +283,27 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
         api.load_generator(tmp_path / "nowhere")
 
 
+def test_generate_batch_refuses_paths_and_text_it_cannot_use_before_writing(model_dir, tmp_path):
+    """Each is refused before the model runs, with the input file as it was."""
+    source = tmp_path / "in.jsonl"
+    catalog = '{"id": 7, "content": "类型#裙*颜色#白色"}\n'
+    source.write_text(catalog, encoding="utf-8")
+    with pytest.raises(api.GenerationInputError, match="is the input file"):
+        api.generate_batch(source, tmp_path / "." / "in.jsonl", model_dir, decoding="greedy")
+    assert source.read_text(encoding="utf-8") == catalog  # the id survives
+    with pytest.raises(api.GenerationInputError, match="cannot create the output's folder"):
+        api.generate_batch(source, source / "out.jsonl", model_dir, decoding="greedy")
+    with pytest.raises(api.GenerationInputError, match="is not a file"):
+        api.generate_batch(tmp_path, tmp_path / "out.jsonl", model_dir, decoding="greedy")
+    # valid JSON, but a lone surrogate (a string cut mid-emoji) is not text: named up front
+    source.write_text(catalog + '{"content": "类型#裙*颜色#白\\ud800色"}\n', encoding="utf-8")
+    with pytest.raises(api.GenerationInputError, match=r"in.jsonl:2: 'content' is not valid Unicode"):
+        api.generate_batch(source, tmp_path / "out.jsonl", model_dir, decoding="greedy")
+    assert not (tmp_path / "out.jsonl").exists() and not api.partial_path(tmp_path / "out.jsonl").exists()
+    with pytest.raises(api.GenerationInputError, match="n must be at least 1"):
+        api.load_generator(model_dir).generate("类型#裙*颜色#白色", decoding="greedy", n=0)
+
+
 def test_generate_batch_applies_tone_and_length_and_refuses_unknown_ones(model_dir, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")

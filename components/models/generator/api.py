@@ -259,6 +259,8 @@ class Generator:
         """generate_many one chunk (batch_size requests) at a time, for jobs that write as they
         go. `earlier`: copies this job wrote before (a resumed batch), whose phrases the catalog
         penalty counts as if this call had written them."""
+        if n < 1:
+            raise GenerationInputError(f"n must be at least 1, got {n}")
         settings = settings_from(self.defaults, decoding)
         if settings.method == "top_p":
             settings = settings.with_(num_candidates=max(n, settings.num_candidates))
@@ -435,6 +437,8 @@ def read_jsonl_contents(path: Path | str, shown: int = 10) -> list[dict[str, Any
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
+    if not path.is_file():
+        raise GenerationInputError(f"input {path} is not a file")
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     # Bytes, decoded line by line: a bad line is named, and a leading BOM (spreadsheet exports) is fine.
@@ -468,6 +472,10 @@ def _content_row(raw: bytes, first: bool) -> dict[str, Any] | None:
         raise GenerationInputError(f"not valid JSON ({exc.msg})") from exc
     if not isinstance(row, dict) or not isinstance(row.get("content"), str):
         raise GenerationInputError("expected an object with a string 'content'")
+    try:
+        row["content"].encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON \ud800 escape: valid JSON, not text the tokenizer takes
+        raise GenerationInputError(f"'content' is not valid Unicode (a lone surrogate at character {exc.start})") from exc
     try:
         row["attributes"] = parse_attributes(row["content"])
     except ValueError as exc:
@@ -593,7 +601,13 @@ def generate_batch(
     output = Path(output_jsonl)
     if output.is_dir():  # found before the model runs, not after
         raise GenerationInputError(f"output {output} is a directory; give a file path")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists() and output.resolve() == Path(input_jsonl).resolve():
+        # The output keeps only content and copy: writing over the input would lose its other fields.
+        raise GenerationInputError(f"output {output} is the input file; give another path")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenerationInputError(f"cannot create the output's folder {output.parent}: {exc}") from exc
     partial, recorded = partial_path(output), job_path(output)
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     directory = resolve_model_dir(model_dir_or_uri)
