@@ -53,6 +53,10 @@ def stage_output_dir(cfg: Config, stage: str) -> Path:
 def run_stage(stage: str, cfg: Config, params_path: Path = Path("params.yaml")) -> dict:
     """Run one stage in this process (training stages in a child process) and return its summary."""
     if stage in STAGE_FUNCTIONS:
+        if stage == "clean":  # the first stage past the data gate runs only on what it accepted
+            from components.validation.gate import require_accepted_batch
+
+            require_accepted_batch(cfg)
         module_name, function_name = STAGE_FUNCTIONS[stage].split(":")
         function = getattr(importlib.import_module(module_name), function_name)
         return function(cfg)

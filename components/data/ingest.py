@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from components.config import Config
@@ -37,9 +38,11 @@ def _bad_values(df: pd.DataFrame, column: str, bad: pd.Series, path: Path, expec
 
 def to_float(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     converted = pd.to_numeric(df[column], errors="coerce").astype("float64")
-    bad = converted.isna() & df[column].notna()
+    # "inf" and "nan" parse as numbers, but no price, value or position is one: one inf purchase
+    # would turn a running spend into inf (and inf - inf into NaN) downstream.
+    bad = (converted.isna() & df[column].notna()) | np.isinf(converted.to_numpy())
     if bad.any():
-        raise _bad_values(df, column, bad, path, "numbers")
+        raise _bad_values(df, column, bad, path, "finite numbers")
     return converted
 
 

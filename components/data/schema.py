@@ -169,6 +169,18 @@ def load_all(data_dir: Path | str) -> dict[str, pd.DataFrame]:
     return {table: load_table(data_dir, table) for table in TABLES}
 
 
+def tables_sha256(data_dir: Path | str) -> str:
+    """One digest of a batch's table files: names the exact batch a gate verdict was given on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for table in TABLES:
+        path = table_path(data_dir, table)
+        digest.update(f"{table}\0".encode())
+        digest.update(path.read_bytes() if path.exists() else b"(missing)")
+    return digest.hexdigest()
+
+
 def write_all(tables: dict[str, pd.DataFrame], data_dir: Path | str) -> None:
     for table in TABLES:
         write_table(tables[table], data_dir, table)

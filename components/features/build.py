@@ -147,6 +147,10 @@ def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFr
     _fail_if(products["product_id"].duplicated(keep=False), "products.product_id duplicated", products, ["product_id"])
     # A missing price is legitimate for sources without prices (OBD); a negative one never is.
     _fail_if(products["price"] < 0, "products.price negative", products, ["product_id", "price"])
+    _fail_if(np.isinf(products["price"].to_numpy(dtype=np.float64, na_value=np.nan)), "products.price infinite", products, ["product_id", "price"])
+    # A purchase value feeds running spend sums: one inf or negative value would corrupt them.
+    value = events["value"].to_numpy(dtype=np.float64, na_value=np.nan)
+    _fail_if(np.isinf(value) | (value < 0), "events.value negative or infinite", events, [*shown, "value"])
     unknown_product = ~is_member(events["product_id"], products["product_id"])
     _fail_if(unknown_product, "events.product_id not in products", events, shown)
     _fail_if(~is_member(events["user_id"], users["user_id"]), "events.user_id not in users", events, shown)
@@ -230,6 +234,10 @@ def _compute_samples(
     missing_value = is_buy & np.isnan(value)
     report["purchase_value_imputed_from_price"] = int(missing_value.sum())
     value = np.where(missing_value, price[product], value)
+    # No value and no price (a source without prices): the spend is unknown, counted as 0.
+    unknown_value = is_buy & np.isnan(value)
+    report["purchase_value_unknown"] = int(unknown_value.sum())
+    value = np.where(unknown_value, 0.0, value)
     samples["u_monetary"] = user_prior(is_buy, np.where(is_buy, value, 0.0))
 
     # Global CTR so far: the prior that user and product CTRs shrink toward.

@@ -61,6 +61,10 @@ def prior_sum(
     event_weight = np.asarray(event_weight)
     if len(event_weight) != len(event_group):
         raise ValueError("event_weight must have one value per event")
+    if event_weight.dtype.kind == "f" and not np.isfinite(event_weight).all():
+        # The sums below subtract running totals across groups: one inf or NaN would spread to
+        # every later group (inf - inf), so it is refused, not summed.
+        raise ValueError(f"event_weight has {int((~np.isfinite(event_weight)).sum())} non-finite value(s)")
     order, group_start, _ = _sorted_stream(query_group, query_time, event_group, event_time)
     weight = np.concatenate([np.zeros(n_query, dtype=event_weight.dtype), event_weight])[order]
     running = np.cumsum(weight)

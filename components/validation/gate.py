@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import Config
-from components.data.schema import ID_COLUMNS, SCHEMAS, TABLES
+from components.data.schema import ID_COLUMNS, SCHEMAS, TABLES, tables_sha256
 from components.validation.reader import Batch, ReadIssue, read_batch
 from components.validation.report import (
     FAILED,
@@ -70,6 +70,27 @@ class DataValidationError(RuntimeError):
         )
 
 
+class BatchNotAccepted(RuntimeError):
+    """A stage after the gate was asked to run on a batch the gate did not accept."""
+
+
+def require_accepted_batch(cfg: Config) -> dict[str, Any]:
+    """The gate's summary, if it accepted exactly the ingested batch now on disk; else raise.
+
+    DVC and the retrain flow stop at a failed gate by themselves; this stops a stage run by hand
+    (`copyflow stage clean`) on a rejected, never validated or since re-ingested batch."""
+    ingested = cfg.stage_dir("ingested")
+    summary_path = cfg.stage_dir("validation") / "summary.json"
+    if not summary_path.exists():
+        raise BatchNotAccepted(f"{ingested} has not been validated: run `copyflow stage validate` first")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if not summary.get("success"):
+        raise BatchNotAccepted(f"the data gate rejected the batch in {ingested}; nothing downstream runs. Report: {summary.get('report')}")
+    if summary.get("data_sha256") != tables_sha256(ingested):
+        raise BatchNotAccepted(f"{ingested} changed since the data gate accepted it: run `copyflow stage validate` again")
+    return summary
+
+
 def accepted_batch_path(cfg: Config) -> Path:
     return cfg.state_dir() / ACCEPTED_BATCH_FILE
 
@@ -84,6 +105,7 @@ def run_validate(cfg: Config) -> dict[str, Any]:
     reference_path = accepted_batch_path(cfg)
     summary = {
         **report.summary(),
+        "data_sha256": tables_sha256(cfg.stage_dir("ingested")),
         "report": str(out_dir / "report.md"),
         "accepted_batch": str(reference_path) if report.success else None,
     }

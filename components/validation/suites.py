@@ -1,7 +1,7 @@
 """The expectation suites (expectations/<table>.json) and the run-time values they refer to.
 
 A suite value written as {"$PARAMETER": name} is filled when validation runs:
-  - from params.yaml: mostly_* shares, price_max, timestamp_min / timestamp_max;
+  - from params.yaml: mostly_* shares, price_min / price_max, timestamp_min / timestamp_max;
   - from the other tables of the same batch: product_ids, user_ids, copy_ids (referential integrity);
   - from the last accepted batch (expectations with meta.check == "drift"): row_count_min/max,
     <column>_mean_min/max, <column>_partition, kl_threshold.
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuite
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: medians (a reference of version 1 has none: those checks are skipped, and say why)
+# Drift checks on a column's centre: expectation type -> the reference statistic it compares with.
+CENTRE_STATS = {"expect_column_mean_to_be_between": "means", "expect_column_median_to_be_between": "medians"}
 
 # Which batch table/column fills each referential-integrity parameter.
 ID_SETS: dict[str, tuple[str, str]] = {
@@ -126,6 +128,7 @@ def config_parameters(cfg: Config, now: dt.datetime | None = None) -> dict[str, 
         "mostly_price_in_range": cfg.validation.mostly_price_in_range,
         "mostly_price_present": cfg.validation.mostly_price_present,
         "copies_min_rows": cfg.validation.min_copies,
+        "price_min": cfg.cleaning.price_min,
         "price_max": cfg.cleaning.price_max,
         "timestamp_min": earliest.isoformat(timespec="seconds"),
         "timestamp_max": latest.isoformat(timespec="seconds"),
@@ -170,14 +173,15 @@ def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: 
             rows = int(ref_table["rows"])
             values[_param(kwargs["min_value"])] = math.ceil(rows * drift.row_count_ratio_min)
             values[_param(kwargs["max_value"])] = math.floor(rows * drift.row_count_ratio_max)
-        elif kind == "expect_column_mean_to_be_between":
-            mean = (ref_table.get("means") or {}).get(column)
-            if mean is None:
-                unavailable.update({n: f"the accepted batch has no mean for {table}.{column}" for n in names})
+        elif kind in CENTRE_STATS:
+            stat = CENTRE_STATS[kind]
+            centre = (ref_table.get(stat) or {}).get(column)
+            if centre is None:
+                unavailable.update({n: f"the accepted batch has no {stat[:-1]} for {table}.{column}" for n in names})
                 continue
-            half_width = drift.mean_tolerance * abs(mean)
-            values[_param(kwargs["min_value"])] = mean - half_width
-            values[_param(kwargs["max_value"])] = mean + half_width
+            half_width = drift.mean_tolerance * abs(centre)
+            values[_param(kwargs["min_value"])] = centre - half_width
+            values[_param(kwargs["max_value"])] = centre + half_width
         elif kind == "expect_column_kl_divergence_to_be_less_than":
             partition = (ref_table.get("distributions") or {}).get(column)
             if not partition or not partition.get("values"):
@@ -199,33 +203,33 @@ def _param(value: Any) -> str:
 
 
 def stats_columns(directory: Path) -> dict[str, dict[str, list[str]]]:
-    """Which means and distributions the suites' drift expectations compare, per table."""
+    """Which means, medians and distributions the suites' drift expectations compare, per table."""
     wanted: dict[str, dict[str, list[str]]] = {}
     for table in TABLES:
         data = load_suite_dict(directory, table)
-        entry = wanted.setdefault(table, {"means": [], "distributions": []})
+        entry = wanted.setdefault(table, {"means": [], "medians": [], "distributions": []})
         for expectation in data["expectations"]:
             if check_of(expectation) != DRIFT_CHECK:
                 continue
             column = expectation.get("kwargs", {}).get("column")
-            if expectation["type"] == "expect_column_mean_to_be_between":
-                entry["means"].append(column)
+            if expectation["type"] in CENTRE_STATS:
+                entry[CENTRE_STATS[expectation["type"]]].append(column)
             elif expectation["type"] == "expect_column_kl_divergence_to_be_less_than":
                 entry["distributions"].append(column)
     return wanted
 
 
 def batch_stats(tables: dict[str, pd.DataFrame], directory: Path | None = None) -> dict[str, Any]:
-    """Reference statistics of a batch (row counts, the drift columns' means and value shares)."""
+    """Reference statistics of a batch (row counts, the drift columns' means, medians and value shares)."""
     wanted = stats_columns(directory or PROJECT_ROOT / "expectations")
     stats: dict[str, Any] = {"version": STATS_VERSION, "tables": {}}
     for table, frame in tables.items():
-        entry: dict[str, Any] = {"rows": int(len(frame)), "means": {}, "distributions": {}}
-        for column in wanted.get(table, {}).get("means", []):
+        entry: dict[str, Any] = {"rows": int(len(frame)), "means": {}, "medians": {}, "distributions": {}}
+        for stat, column in [(stat, c) for stat in ("means", "medians") for c in wanted.get(table, {}).get(stat, [])]:
             if column in frame.columns:
                 numbers = pd.to_numeric(frame[column], errors="coerce")
-                mean = numbers.mean()
-                entry["means"][column] = None if pd.isna(mean) else float(mean)
+                centre = numbers.mean() if stat == "means" else numbers.median()
+                entry[stat][column] = None if pd.isna(centre) else float(centre)
         for column in wanted.get(table, {}).get("distributions", []):
             if column in frame.columns:
                 shares = frame[column].dropna().astype(str).value_counts(normalize=True).sort_index()

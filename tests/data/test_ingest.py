@@ -88,7 +88,10 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     with pytest.raises(RawFormatError, match=r"events.csv: line 4, byte 51: not valid UTF-8"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,second,0.5,0.0\n")
-    with pytest.raises(RawFormatError, match=r"events.csv: column 'position': 1 value\(s\) are not numbers; lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv: column 'position': 1 value\(s\) are not finite numbers; lines \[4\]"):
+        run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,purchase,2026-01-05T10:00:09Z,1,0.5,inf\n")  # parses as a float
+    with pytest.raises(RawFormatError, match=r"events.csv: column 'value': 1 value\(s\) are not finite numbers; lines \[4\]"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
     with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):

@@ -240,6 +240,11 @@ def test_bad_input_names_table_column_and_examples(cfg):
     dupes = pd.concat([tables["events"], tables["events"].iloc[:2]], ignore_index=True)
     with pytest.raises(FeatureInputError, match=r"events\.event_id: rows share ids: 4 rows"):
         build_feature_tables(dict(tables, events=dupes), cfg.features)
+    for bad_value in (float("inf"), -1.0):
+        spent = tables["events"].copy()
+        spent.loc[spent.index[spent["event_type"] == "purchase"][0], "value"] = bad_value
+        with pytest.raises(FeatureInputError, match=r"events\.value negative or infinite: 1 rows"):
+            build_feature_tables(dict(tables, events=spent), cfg.features)
     short = dict(tables, events=tables["events"][tables["events"]["timestamp"] < tables["events"]["timestamp"].min() + pd.Timedelta(days=2)])
     with pytest.raises(ValueError, match="time split leaves .* empty"):
         build_feature_tables(short, cfg.features)

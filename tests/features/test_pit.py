@@ -26,6 +26,13 @@ def test_prior_sum_weights_and_empty_events():
         prior_sum(np.array([1]), np.array([1]), np.array([1, 1]), np.array([0, 0]), np.array([1.0]))
 
 
+def test_a_non_finite_weight_is_refused_not_spread_to_other_groups():
+    """The sums subtract running totals across groups, so an inf would make every later group NaN."""
+    for bad in (np.inf, np.nan):
+        with pytest.raises(ValueError, match="1 non-finite value"):
+            prior_sum(np.array([0, 1]), np.array([5, 5]), np.array([0, 1]), np.array([1, 1]), np.array([bad, 2.0]))
+
+
 def test_prior_last_time_is_latest_earlier_event_or_no_event():
     last = prior_last_time(
         np.array([0, 0, 1, 2]),

@@ -66,7 +66,6 @@ def test_tolerated_dirt_within_mostly_passes(cfg, clean, tmp_path):
     products, events = tables["products"], tables["events"]
     products.loc[4, "price"] = 999_999.0  # 1 of 60 above price_max (mostly 0.98)
     products.loc[9, "price"] = None  # 1 of 60 null (mostly 0.97)
-    products.loc[11, "price"] = 0.0  # zero is not negative
     tables["copies"].loc[2, "text"] = None  # 1 of 120
     events.loc[[5, 50], ["position", "propensity"]] = None
     # 5 replayed events: 10 of 805 rows take part in a duplicate (mostly_unique_events 0.98)
@@ -151,6 +150,26 @@ def test_negative_price_fails_even_once(cfg, clean, tmp_path):
     check = assert_rejected(report, "products", "expect_column_values_to_be_between", "price")
     assert "never negative" in check.description
     assert check.examples[0]["price"] == -0.01 and check.examples[0]["product_id"] == "p0012"
+
+
+def test_prices_all_zero_fail_the_range_and_an_infinite_or_negative_value_fails_even_once(cfg, clean, tmp_path):
+    """Cleaning would null every zero price (below cleaning.price_min), so a batch of them is
+    rejected here, not quietly stripped of prices; one inf purchase value would poison the
+    running spend features downstream."""
+    tables = copy_tables(clean)
+    tables["products"]["price"] = 0.0
+    events = tables["events"]
+    buys = events.index[events["event_type"] == "purchase"]
+    events.loc[buys[0], "value"] = float("inf")
+    events.loc[buys[1], "value"] = -3.0
+
+    report = validate_dir(write_batch(tables, tmp_path / "batch"), cfg)
+
+    check = assert_rejected(report, "products", "expect_column_values_to_be_between", "price")
+    assert "price_min..price_max" in check.description and "1 <= value" in report.to_text()
+    value = failure(report, "events", "expect_column_values_to_be_between", "value")
+    assert "finite amount, never negative" in value.description
+    assert {str(e["value"]) for e in value.examples} == {"-3.0", "inf"}
 
 
 def test_future_timestamps(cfg, clean, tmp_path):
@@ -253,13 +272,28 @@ def test_sharp_drift_against_accepted_reference(cfg, clean, tmp_path, kind):
     assert len(report.failures) == 1
 
 
-def test_mean_drift_against_accepted_reference(cfg, clean, tmp_path):
+def test_price_drift_against_accepted_reference(cfg, clean, tmp_path):
     tables = copy_tables(clean)
     tables["products"]["price"] = tables["products"]["price"] * 3  # same shape, prices tripled
 
     report = validate_dir(write_batch(tables, tmp_path / "batch"), cfg, reference=batch_stats(clean))
 
-    assert assert_rejected(report, "products", "expect_column_mean_to_be_between", "price").check == "drift"
+    assert assert_rejected(report, "products", "expect_column_median_to_be_between", "price").check == "drift"
+
+
+def test_price_outliers_in_the_reference_do_not_set_the_drift_bounds(cfg, clean, tmp_path):
+    """The reference is the raw accepted batch, outliers and all. A few 999999 prices (within
+    `mostly`, removed by cleaning) moved its mean tenfold, so a cleaner next batch was rejected
+    as drift; the median does not move."""
+    dirty = copy_tables(clean)
+    dirty["products"].loc[4, "price"] = 999_999.0
+    assert batch_stats(dirty)["tables"]["products"]["means"] == {}  # the price check is on medians now
+
+    report = validate_dir(write_batch(clean, tmp_path / "batch"), cfg, reference=batch_stats(dirty))
+
+    assert report.success, report.to_text()
+    median = [c for c in report.checks if c.expectation == "expect_column_median_to_be_between" and c.column == "price"]
+    assert len(median) == 1 and median[0] not in report.skipped  # evaluated, and passed
 
 
 def test_run_validate_gates_and_only_a_passing_batch_becomes_the_reference(make_cfg, clean):
@@ -325,3 +359,32 @@ def test_missing_table_and_missing_directory(cfg, clean, tmp_path):
     nowhere = validate_dir(tmp_path / "does-not-exist", cfg)
     assert not nowhere.success and len(nowhere.failures) == 4
     assert Path(nowhere.data_dir).name == "does-not-exist"
+
+
+def test_clean_runs_only_on_the_batch_the_gate_accepted(make_cfg, clean):
+    """`copyflow stage clean` by hand: refused on a never validated, rejected or since changed
+    batch (DVC and the retrain flow stop at the gate by themselves)."""
+    from components.pipeline import run_stage
+    from components.validation.gate import BatchNotAccepted
+
+    cfg = make_cfg()
+    ingested = cfg.stage_dir("ingested")
+    write_batch(clean, ingested)
+    with pytest.raises(BatchNotAccepted, match="has not been validated"):
+        run_stage("clean", cfg)
+    bad = copy_tables(clean)
+    bad["products"].loc[3, "price"] = -5.0
+    write_batch(bad, ingested)
+    with pytest.raises(DataValidationError):
+        run_validate(cfg)
+    with pytest.raises(BatchNotAccepted, match="the data gate rejected the batch"):
+        run_stage("clean", cfg)
+    assert not cfg.stage_dir("clean").exists()
+
+    write_batch(clean, ingested)
+    run_validate(cfg)
+    write_batch(bad, ingested)  # re-ingested after the verdict
+    with pytest.raises(BatchNotAccepted, match="changed since the data gate accepted it"):
+        run_stage("clean", cfg)
+    write_batch(clean, ingested)
+    assert run_stage("clean", cfg)["rows_before"]["products"] == len(clean["products"])

@@ -91,7 +91,8 @@ def test_batch_stats_and_drift_bounds(cfg_module, suites):
 
     events = stats["tables"]["events"]
     assert events["rows"] == 40
-    assert set(events["means"]) == {"value", "position"}
+    assert set(events["means"]) == {"position"} and set(events["medians"]) == {"value"}
+    assert set(stats["tables"]["products"]["medians"]) == {"price"}
     assert math.isclose(sum(events["distributions"]["event_type"]["weights"]), 1.0)
     assert set(stats["tables"]["products"]["distributions"]) == {"category"}
 
@@ -104,4 +105,6 @@ def test_batch_stats_and_drift_bounds(cfg_module, suites):
     assert bounds["row_count_max"] == math.floor(40 * drift.row_count_ratio_max)
     mean = events["means"]["position"]
     assert math.isclose(bounds["position_mean_max"], mean * (1 + drift.mean_tolerance))
+    median = events["medians"]["value"]
+    assert math.isclose(bounds["value_median_min"], median * (1 - drift.mean_tolerance))
     assert bounds["event_type_partition"] == events["distributions"]["event_type"]
