@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_PROFILE = "quick"
@@ -82,18 +82,30 @@ class PrivacyConfig(Section):
 
 
 class CleaningConfig(Section):
-    price_min: float
+    price_min: float = Field(ge=0)
     price_max: float
     bot_contamination: float = Field(gt=0, lt=0.5)
     bot_min_impressions: int = Field(ge=0)
     bot_filter: bool = True
 
+    @model_validator(mode="after")
+    def _price_range(self) -> CleaningConfig:
+        if self.price_min >= self.price_max:
+            raise ValueError(f"price_min ({self.price_min}) must be below price_max ({self.price_max})")
+        return self
+
 
 class DriftConfig(Section):
-    row_count_ratio_min: float
-    row_count_ratio_max: float
-    mean_tolerance: float
-    kl_threshold: float
+    row_count_ratio_min: float = Field(gt=0)
+    row_count_ratio_max: float = Field(gt=0)
+    mean_tolerance: float = Field(gt=0)
+    kl_threshold: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _row_count_range(self) -> DriftConfig:
+        if self.row_count_ratio_min > self.row_count_ratio_max:
+            raise ValueError(f"row_count_ratio_min ({self.row_count_ratio_min}) exceeds row_count_ratio_max ({self.row_count_ratio_max})")
+        return self
 
 
 class ValidationConfig(Section):
@@ -198,9 +210,15 @@ class GeneratorConfig(Section):
     exemplar_candidates: int = Field(default=3, gt=0)
     shuffle_attributes: bool = False
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GeneratorConfig:
+        if self.d_model % self.nhead:
+            raise ValueError(f"nhead ({self.nhead}) must divide d_model ({self.d_model})")
+        return self
+
 
 class GatesConfig(Section):
-    preference_auc_min: float
+    preference_auc_min: float = Field(ge=0, le=1)
     generator_bleu4_min: float
     max_hallucination_rate: float = Field(ge=0)
     max_ece: float = Field(ge=0)

@@ -91,7 +91,7 @@ def retrain(
     cfg = _config(params, profile)
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except (DataGateFailed, GateFailed, StageFailed) as exc:
+    except (DataGateFailed, GateFailed, StageFailed, ValueError) as exc:
         typer.secho(f"\nretrain failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))
@@ -147,19 +147,20 @@ def fetch_obd(
 def explain(
     user: UserOpt,
     product: ProductOpt,
-    top: Annotated[int, typer.Option(help="how many features to show")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="how many features to show")] = 10,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Why the preference model scores this shopper-product pair as it does (top features)."""
     from components.models.preference.explain import explain as explain_pair
-    from components.serving.copywriter import UnknownEntity, resolve_user_id
+    from components.serving.copywriter import UnknownEntity, product_attributes, resolve_user_id
     from components.serving.models import NoModel, resolve_model
 
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "preference")
         user_id = resolve_user_id(cfg, user)
+        product_attributes(cfg, product)  # a product not in the catalog has no features to explain
         contributions = explain_pair(model.ref, user_id, product, cfg, top_k=top)
     except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -73,8 +73,17 @@ def retrain(
     evaluation set and registers a release (promoted automatically only if params say so and
     no champion exists yet). A failing data gate or release gate fails the run.
     """
-    root = Path(project_dir).resolve()
-    cfg = load_config(root / params_path, profile)
+    params_file = (Path(project_dir) / params_path).resolve()
+    root = params_file.parent  # the project is where its params.yaml is, whatever the current directory
+    if params_file.name != "params.yaml" or not (root / "dvc.yaml").is_file():
+        # Every DVC stage reads (and DVC tracks) the params.yaml next to dvc.yaml; another file
+        # would be read here and ignored by every stage.
+        raise ValueError(
+            f"retrain runs the DVC pipeline, whose stages read the params.yaml next to dvc.yaml; "
+            f"{params_file} is not that file. Edit the project's params.yaml, or run single stages "
+            f"with `copyflow stage STAGE --params FILE`"
+        )
+    cfg = load_config(params_file, profile)
     tracking.configure(cfg)
     stages = list(stages or pipeline.stages_for(cfg))
     result = RetrainResult(profile=profile)
@@ -111,7 +120,7 @@ def retrain(
         mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
         manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
         if register_release and manifests:
-            result.release = release(profile, params_path, manifests, str(root), parent.info.run_id)
+            result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)
             mlflow.set_tag("release", str(result.release.get("release") or ""))
             mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
     return result

@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 
 BIN="${VENV:-.venv}/bin"
 RUN=.run
-HOST="${COPYFLOW_HOST:-127.0.0.1}"
+# mlflow/server.env holds the tracking server's settings; a variable already set in the environment wins.
+while IFS='=' read -r key value; do
+  if [[ $key =~ ^[A-Z_]+$ && -z "${!key:-}" ]]; then export "$key=$value"; fi
+done < <(grep -E '^[A-Z_]+=' mlflow/server.env)
+HOST="${COPYFLOW_HOST:-${MLFLOW_HOST:-127.0.0.1}}"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 MLFLOW_DIR="${MLFLOW_DIR:-mlflow}"          # params.yaml paths.mlflow_dir: the embedded store the CLI uses
@@ -54,11 +58,11 @@ wait_healthy() {  # wait_healthy NAME URL
 }
 
 start prefect-server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
-# --workers 1: one server process owns the sqlite store (sqlite does not like concurrent writers).
+# MLFLOW_WORKERS=1 (server.env): one server process owns the sqlite store (sqlite does not like concurrent writers).
 start mlflow-server "$BIN/mlflow" server \
   --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
   --artifacts-destination "$MLFLOW_DIR/artifacts" \
-  --host "$HOST" --port "$MLFLOW_PORT" --workers 1
+  --host "$HOST" --port "$MLFLOW_PORT" --workers "${MLFLOW_WORKERS:-1}"
 
 cat >"$RUN/env" <<ENV
 export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api

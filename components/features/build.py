@@ -393,7 +393,10 @@ def run_features(cfg: Config) -> dict:
         **built.report,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    # The file is a dependency of training: a wall-clock figure in it would make every re-run of
+    # this stage retrain the models on identical features. The returned summary keeps it.
+    stable = {key: value for key, value in summary.items() if key != "seconds"}
+    (out_dir / "summary.json").write_text(json.dumps(stable, ensure_ascii=False, indent=2), encoding="utf-8")
     return summary
 
 

@@ -1,6 +1,6 @@
 """Personalized copy for one shopper and one product: the shopper's strongest attribute
-affinities (point-in-time features) choose the generator's focus, and the preference model
-says how likely the shopper is to click the product at all."""
+affinities (point-in-time features) choose the generator's focus. How likely the shopper is to
+click the product at all is the preference model's (`copyflow explain`), not used here."""
 
 from __future__ import annotations
 

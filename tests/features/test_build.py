@@ -229,6 +229,10 @@ def test_run_features_writes_the_contract(cfg):
     assert {"user_id", "attr_key", "attr_value", "affinity"} <= set(affinity.columns)
     assert affinity["affinity"].between(0, 1).all() and (affinity["attr_key"] == "类型").any()
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"] == summary["rows"]
+    # the same input gives byte-identical outputs: DVC must not see new features (and retrain) on a re-run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "seconds" in run_features(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_bad_input_names_table_column_and_examples(cfg):

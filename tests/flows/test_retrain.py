@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config
@@ -41,6 +47,22 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
 
     second = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
     assert all(second.stages[s]["skipped"] for s in DATA_STAGES), second.stages
+    # from another directory: the project is where its params.yaml is
+    monkeypatch.chdir(tmp_path)
+    elsewhere = retrain(profile="quick", params_path=str(project / "params.yaml"), stages=list(DATA_STAGES))
+    assert all(elsewhere.stages[s]["skipped"] for s in DATA_STAGES), elsewhere.stages
+    # another params file would be ignored by every DVC stage: refused, not half-applied
+    (project / "alt.yaml").write_text((project / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ValueError, match="alt.yaml is not that file"):
+        retrain(profile="quick", params_path=str(project / "alt.yaml"), stages=list(DATA_STAGES))
+    monkeypatch.chdir(project)
+    # a profile override re-runs exactly the stages that read its section
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    params["profiles"]["quick"]["features"] = {**params["profiles"]["quick"]["features"], "ctr_prior_strength": 7.0}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    stale = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", *(f"{s}@quick" for s in DATA_STAGES)],
+                           cwd=project, capture_output=True, text=True, check=True)
+    assert set(json.loads(stale.stdout)) == {"features@quick"}, stale.stdout
     mlflow.set_tracking_uri(tracking_uri(load_config(project / "params.yaml", "quick")))
 
 

@@ -96,6 +96,9 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     explained = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0]])
     assert explained.exit_code == 0, explained.output
     assert "preference model: release 1 (champion)" in explained.output
+    ghost = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", "NOPE"])
+    assert ghost.exit_code == 2 and "product 'NOPE' is not in" in ghost.output
+    assert runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0], "--top", "-3"]).exit_code == 2
 
     unknown = runner.invoke(app, ["generate", "--user", "nobody", "--product", products.iloc[0]])
     assert unknown.exit_code == 2
