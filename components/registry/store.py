@@ -80,13 +80,15 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str | None) 
 
 
 def lock_path(cfg: Config) -> Path:
-    """Next to the sqlite database (shared by all local processes), else under paths.state."""
+    """Next to the sqlite database (shared by all local processes). With a server URI: next to
+    the embedded database too (paths.mlflow_dir), which is what `make up`'s server serves, so a
+    CLI on the sqlite route and a worker on the http route of one store exclude each other."""
     if os.environ.get(LOCK_ENV):
         return Path(os.environ[LOCK_ENV])
     uri = tracking.tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).with_suffix(".promotion.lock")
-    return Path(cfg.paths.state) / "registry.promotion.lock"
+    return Path(cfg.paths.mlflow_dir) / "mlflow.promotion.lock"
 
 
 @contextmanager
