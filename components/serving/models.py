@@ -1,7 +1,8 @@
 """Which model files serving uses: the champion release, never "latest".
 
 Before the first release exists (a fresh checkout that has only trained), callers may opt in to
-the newest local training output of a profile, and are told so.
+the newest local training output of a profile, and are told so. Never one whose release gate
+failed: that model is registered with gate.verdict=fail, and serving refuses it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ class ResolvedModel:
 
 def resolve_model(cfg: Config, family: str, alias: str = "champion", allow_local: bool = True) -> ResolvedModel:
     from components.registry import NoRelease, resolve_release
+    from components.tracking import require_store
 
     try:
+        require_store(cfg)  # a missing store means no release; do not create an empty one
         release = resolve_release(alias, cfg)
-    except NoRelease as exc:
+    except (NoRelease, FileNotFoundError) as exc:
         if not allow_local:
             raise NoModel(str(exc)) from exc
         return _local(cfg, family, reason=str(exc))
@@ -44,6 +47,28 @@ def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:
     if not manifest_path.exists():
         raise NoModel(f"{reason}; and no local {family} model at {manifest_path} (run `copyflow retrain`)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    failed = _failed_gate(cfg, family, manifest.get("run_id"))
+    if failed:
+        raise NoModel(f"{reason}; and the local {family} model at {manifest_path.parent} failed its release gate ({failed}), so it is not served")
     model_dir = manifest.get("model_dir")
     ref = model_dir if model_dir and Path(model_dir).exists() else manifest["model_uri"]
     return ResolvedModel(family, str(ref), f"local training output {manifest_path.parent} (no release yet)")
+
+
+def _failed_gate(cfg: Config, family: str, run_id: str | None) -> str | None:
+    """'copyflow-x vN: gate.verdict=fail' when the registry holds this training run's model
+    with a failed gate; None when it passed, was never gated, or there is no store."""
+    from components.registry.names import registered_model
+    from components.registry.store import registry_client
+    from components.tracking import require_store
+
+    if not run_id:
+        return None
+    try:
+        require_store(cfg)
+    except FileNotFoundError:
+        return None
+    name = registered_model(family)
+    versions = registry_client(cfg).search_model_versions(f"name = '{name}' and tag.training_run_id = '{run_id}'")
+    failed = [v for v in versions if (v.tags or {}).get("gate.verdict") == "fail"]
+    return f"{name} v{failed[0].version}: gate.verdict=fail" if failed else None

@@ -1,0 +1,45 @@
+"""Which model serving resolves: the champion release, else the local training output, never a
+model whose release gate failed; and asking creates no tracking store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.serving.models import NoModel, resolve_model
+
+
+def _local_generator(cfg, run_id: str) -> None:
+    """What the train_generator stage leaves: its manifest, naming the training run."""
+    model_dir = cfg.stage_dir("models") / "generator" / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"model": "generator", "run_id": run_id, "model_dir": str(model_dir), "model_uri": "models:/unused"}
+    (model_dir.parent / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_local_fallback_before_any_release_but_never_a_gate_failure(make_cfg, monkeypatch):
+    from components.registry.store import registry_client
+    from components.tracking import tracking_uri
+
+    monkeypatch.delenv("COPYFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg()
+    _local_generator(cfg, "run-1")
+    store = Path(tracking_uri(cfg).removeprefix("sqlite:///"))
+
+    resolved = resolve_model(cfg, "generator")  # no store yet: the local output
+    assert "no release yet" in resolved.origin and resolved.ref.endswith("model")
+    assert not store.exists()
+    with pytest.raises(NoModel, match="no MLflow tracking store"):
+        resolve_model(cfg, "generator", allow_local=False)
+
+    client = registry_client(cfg)  # a retrain registered that run's model, and its gate failed
+    client.create_registered_model("copyflow-generator")
+    tags = {"training_run_id": "run-1", "gate.verdict": "fail"}
+    client.create_model_version("copyflow-generator", source=str(cfg.stage_dir("models")), tags=tags)
+    with pytest.raises(NoModel, match=r"failed its release gate \(copyflow-generator v1: gate.verdict=fail\)"):
+        resolve_model(cfg, "generator")
+
+    _local_generator(cfg, "run-2")  # retrained since, not gated yet
+    assert "no release yet" in resolve_model(cfg, "generator").origin
