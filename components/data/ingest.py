@@ -54,11 +54,18 @@ def to_int(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return converted.astype("Int64")
 
 
-def to_utc_timestamp(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+def to_utc_timestamp(df: pd.DataFrame, column: str, path: Path, require_offset: bool = False) -> pd.Series:
+    """ISO 8601 text -> UTC. `require_offset`: a time of day must say its UTC offset (Z, +08:00);
+    a shop's local time without one would otherwise be read as UTC, hours off, with no error."""
     converted = pd.to_datetime(df[column], utc=True, format="ISO8601", errors="coerce")
     bad = converted.isna() & df[column].notna()
     if bad.any():
         raise _bad_values(df, column, bad, path, "ISO 8601 timestamps")
+    if require_offset:
+        text = df[column].astype("string").str.strip()
+        naive = df[column].notna() & ~text.str.contains(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$", case=False, regex=True).fillna(False)
+        if naive.any():
+            raise _bad_values(df, column, naive, path, "timestamps with a UTC offset (Z or +08:00)")
     return converted
 
 
@@ -119,7 +126,7 @@ def type_events(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "product_id": to_text(raw, "product_id"),
             "copy_id": to_text(raw, "copy_id"),
             "event_type": to_text(raw, "event_type"),
-            "timestamp": to_utc_timestamp(raw, "timestamp", path),
+            "timestamp": to_utc_timestamp(raw, "timestamp", path, require_offset=True),
             "position": to_int(raw, "position", path),
             "propensity": to_float(raw, "propensity", path),
             "value": to_float(raw, "value", path),

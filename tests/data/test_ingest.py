@@ -93,6 +93,9 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     events.write_bytes(good + b"e3,shopper1,p1,c1,purchase,2026-01-05T10:00:09Z,1,0.5,inf\n")  # parses as a float
     with pytest.raises(RawFormatError, match=r"events.csv: column 'value': 1 value\(s\) are not finite numbers; lines \[4\]"):
         run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T18:00:09,1,0.5,0.0\n")  # local time, no offset
+    with pytest.raises(RawFormatError, match=r"column 'timestamp'.*not timestamps with a UTC offset.*lines \[4\]"):
+        run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
     with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):
         run_ingest(cfg)
@@ -107,3 +110,15 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
 def test_missing_source_stage_is_a_clear_error(cfg):
     with pytest.raises(FileNotFoundError, match="run the source stage first"):
         run_ingest(cfg)
+
+
+def test_event_times_need_an_offset_and_keep_the_instant(tmp_path):
+    from components.data.ingest import to_utc_timestamp
+
+    raw = pd.DataFrame({"timestamp": ["2026-01-05T18:00:09+08:00", "2026-01-05T10:00:09Z", "2026-01-05T18:00:09+0800", None]})
+    converted = to_utc_timestamp(raw, "timestamp", tmp_path / "events.csv", require_offset=True)
+    assert converted.iloc[:3].tolist() == [pd.Timestamp("2026-01-05T10:00:09Z")] * 3 and pd.isna(converted.iloc[3])
+    naive = pd.DataFrame({"timestamp": ["2026-01-05T18:00:09"]})
+    with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
+        to_utc_timestamp(naive, "timestamp", tmp_path / "events.csv", require_offset=True)
+    assert to_utc_timestamp(naive, "timestamp", tmp_path / "users.csv").iloc[0] == pd.Timestamp("2026-01-05T18:00:09Z")
