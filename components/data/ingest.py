@@ -46,11 +46,18 @@ def to_float(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return converted
 
 
-def to_int(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+INT32_MAX = 2**31 - 1
+
+
+def to_int(df: pd.DataFrame, column: str, path: Path, limit: int = INT32_MAX) -> pd.Series:
+    """Whole numbers that fit the canonical column (int32 by default), named by line if not."""
     converted = to_float(df, column, path)
     bad = converted.notna() & (converted != converted.round())
     if bad.any():
         raise _bad_values(df, column, bad, path, "integers")
+    bad = converted.abs() > limit
+    if bad.any():
+        raise _bad_values(df, column, bad, path, f"integers within ±{limit:,}")
     return converted.astype("Int64")
 
 

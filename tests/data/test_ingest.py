@@ -93,6 +93,9 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     events.write_bytes(good + b"e3,shopper1,p1,c1,purchase,2026-01-05T10:00:09Z,1,0.5,inf\n")  # parses as a float
     with pytest.raises(RawFormatError, match=r"events.csv: column 'value': 1 value\(s\) are not finite numbers; lines \[4\]"):
         run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,3000000000,0.5,0.0\n")  # overflows int32
+    with pytest.raises(RawFormatError, match=r"column 'position': 1 value\(s\) are not integers within .*lines \[4\]"):
+        run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T18:00:09,1,0.5,0.0\n")  # local time, no offset
     with pytest.raises(RawFormatError, match=r"column 'timestamp'.*not timestamps with a UTC offset.*lines \[4\]"):
         run_ingest(cfg)
