@@ -242,7 +242,9 @@ def promote(
 
     `only_if_no_champion` (auto-promotion of a first release) leaves an existing champion alone.
     Returns {"release", "replaces", "members", "changed", "dry_run", "recheck_report", ...}.
-    Raises PromotionRefused (bad evidence) or RegistryInconsistent (verify-after-write failed).
+    Promoting the champion again rewrites its aliases where they drifted (a repair).
+    Raises PromotionRefused (bad evidence, a member version deleted by hand, an unreadable
+    manifest) or RegistryInconsistent (the write left an inconsistency it did not find).
     """
     client = registry_client(cfg)
     version = _target_version(client, release)
