@@ -70,7 +70,9 @@ def to_utc_timestamp(df: pd.DataFrame, column: str, path: Path, require_offset: 
         raise _bad_values(df, column, bad, path, "ISO 8601 timestamps")
     if require_offset:
         text = df[column].astype("string").str.strip()
-        naive = df[column].notna() & ~text.str.contains(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$", case=False, regex=True).fillna(False)
+        # a time of day, then its offset: a bare date's "-05" is its day, not an offset
+        offset = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+        naive = df[column].notna() & ~text.str.contains(offset, case=False, regex=True).fillna(False)
         if naive.any():
             raise _bad_values(df, column, naive, path, "timestamps with a UTC offset (Z or +08:00)")
     return converted

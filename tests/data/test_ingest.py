@@ -124,4 +124,7 @@ def test_event_times_need_an_offset_and_keep_the_instant(tmp_path):
     naive = pd.DataFrame({"timestamp": ["2026-01-05T18:00:09"]})
     with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
         to_utc_timestamp(naive, "timestamp", tmp_path / "events.csv", require_offset=True)
+    bare_date = pd.DataFrame({"timestamp": ["2026-01-05"]})  # its "-05" is the day, not an offset
+    with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
+        to_utc_timestamp(bare_date, "timestamp", tmp_path / "events.csv", require_offset=True)
     assert to_utc_timestamp(naive, "timestamp", tmp_path / "users.csv").iloc[0] == pd.Timestamp("2026-01-05T18:00:09Z")
