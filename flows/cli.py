@@ -81,7 +81,7 @@ def retrain(
     """Run the retrain flow (Prefect): source -> validate -> clean -> features -> train -> register."""
     from components.run_summary import format_summary
     from components.tracking import tracking_uri
-    from flows.retrain import DataGateFailed
+    from flows.retrain import DataGateFailed, ParamsNotTracked
     from flows.retrain import retrain as retrain_flow
 
     from components.dvc_runner import StageFailed
@@ -91,7 +91,7 @@ def retrain(
     cfg = _config(params, profile)
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except (DataGateFailed, GateFailed, StageFailed, ValueError) as exc:
+    except (DataGateFailed, GateFailed, StageFailed, ParamsNotTracked) as exc:
         typer.secho(f"\nretrain failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))

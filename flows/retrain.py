@@ -27,6 +27,10 @@ class DataGateFailed(RuntimeError):
     """The batch failed Great Expectations validation; nothing downstream ran."""
 
 
+class ParamsNotTracked(ValueError):
+    """A params file other than the one every DVC stage reads: it would apply to some steps only."""
+
+
 @task(task_run_name="{stage}@{profile}")
 def run_stage(
     stage: str, profile: str, project_dir: str, force: bool = False, parent_run_id: str = ""
@@ -78,7 +82,7 @@ def retrain(
     if params_file.name != "params.yaml" or not (root / "dvc.yaml").is_file():
         # Every DVC stage reads (and DVC tracks) the params.yaml next to dvc.yaml; another file
         # would be read here and ignored by every stage.
-        raise ValueError(
+        raise ParamsNotTracked(
             f"retrain runs the DVC pipeline, whose stages read the params.yaml next to dvc.yaml; "
             f"{params_file} is not that file. Edit the project's params.yaml, or run single stages "
             f"with `copyflow stage STAGE --params FILE`"

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from components.config import load_config
 from components.pipeline import DATA_STAGES
 from components.tracking import tracking_uri
-from flows.retrain import DataGateFailed, retrain
+from flows.retrain import DataGateFailed, ParamsNotTracked, retrain
 from tests.flows.conftest import make_project
 
 
@@ -53,7 +53,7 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     assert all(elsewhere.stages[s]["skipped"] for s in DATA_STAGES), elsewhere.stages
     # another params file would be ignored by every DVC stage: refused, not half-applied
     (project / "alt.yaml").write_text((project / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    with pytest.raises(ValueError, match="alt.yaml is not that file"):
+    with pytest.raises(ParamsNotTracked, match="alt.yaml is not that file"):
         retrain(profile="quick", params_path=str(project / "alt.yaml"), stages=list(DATA_STAGES))
     monkeypatch.chdir(project)
     # a profile override re-runs exactly the stages that read its section
