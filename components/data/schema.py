@@ -12,6 +12,7 @@ a clear `SchemaError` (never a silently different frame) when a file does not ma
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -171,8 +172,6 @@ def load_all(data_dir: Path | str) -> dict[str, pd.DataFrame]:
 
 def tables_sha256(data_dir: Path | str) -> str:
     """One digest of a batch's table files: names the exact batch a gate verdict was given on."""
-    import hashlib
-
     digest = hashlib.sha256()
     for table in TABLES:
         path = table_path(data_dir, table)

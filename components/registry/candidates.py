@@ -28,7 +28,7 @@ from components.registry.evidence import log_gate_artifacts, member_label, membe
 from components.registry.lineage import lineage_tags
 from components.registry.names import CHALLENGER, CHAMPION, RELEASE_MODEL, registered_model
 from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
-from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias
+from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
 REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
 
@@ -67,7 +67,7 @@ def _registered_versions(client: MlflowClient, families: list[str], manifests: l
     for family, manifest in zip(families, manifests, strict=True):
         name = registered_model(family)
         try:
-            versions = client.search_model_versions(f"name = '{name}' and tag.training_run_id = '{manifest['run_id']}'")
+            versions = versions_of_run(client, name, manifest["run_id"])
         except MlflowException:
             return None
         if not versions:

@@ -122,12 +122,13 @@ def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
     """Point champion at `champion` and previous at `previous`, on the release and every member.
 
     Everything is read and checked before the first write, so a champion-to-be with a member
-    deleted by hand is refused with nothing moved (callers pass a `previous` that is intact). Members are written first, release last: the release
-    alias is the commit point (a crash in between leaves members ahead of the release, which
-    `status` reports and the next promote, of any release, rewrites). Every registered family is
-    written, so a family the new champion lacks loses its champion alias; a challenger that stays
-    challenger keeps its members' challenger aliases even where it shares a version with the
-    champion (a release that inherited the champion's member)."""
+    deleted by hand is refused with nothing moved (callers pass a `previous` that is intact).
+    Members are written first, release last: the release alias is the commit point (a crash in
+    between leaves members ahead of the release, which `status` reports and the next promote, of
+    any release, rewrites). Every registered family is written, so a family the new champion
+    lacks loses its champion alias; a challenger that stays challenger keeps its members'
+    challenger aliases even where it shares a version with the champion (a release that
+    inherited the champion's member)."""
     champ_manifest = load_manifest(client, champion)
     prev_manifest = load_manifest(client, previous) if previous else None
     challenger = model_aliases(client, RELEASE_MODEL).get(CHALLENGER)
@@ -144,8 +145,8 @@ def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
     for family in sorted(REGISTERED_MODELS):
         name = registered_model(family)
         champ_member = champ_manifest["members"].get(family)
-        prev_member = (prev_manifest or {"members": {}})["members"].get(family)
-        chall_member = (chall_manifest or {"members": {}})["members"].get(family)
+        prev_member = (prev_manifest or NO_RELEASE)["members"].get(family)
+        chall_member = (chall_manifest or NO_RELEASE)["members"].get(family)
         set_alias(client, name, CHAMPION, champ_member["version"] if champ_member else None)
         set_alias(client, name, PREVIOUS, prev_member["version"] if prev_member else None)
         if chall_member:

@@ -64,6 +64,11 @@ def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
         raise
 
 
+def versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelVersion]:
+    """Versions of registered model `name` made from one training run (tag training_run_id)."""
+    return client.search_model_versions(f"name = '{name}' and tag.training_run_id = '{run_id}'")
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     version = model_aliases(client, name).get(alias)
     return None if version is None else client.get_model_version(name, str(version))

@@ -59,7 +59,7 @@ def _failed_gate(cfg: Config, family: str, run_id: str | None) -> str | None:
     """'copyflow-x vN: gate.verdict=fail' when the registry holds this training run's model
     with a failed gate; None when it passed, was never gated, or there is no store."""
     from components.registry.names import registered_model
-    from components.registry.store import registry_client
+    from components.registry.store import registry_client, versions_of_run
     from components.tracking import require_store
 
     if not run_id:
@@ -69,6 +69,5 @@ def _failed_gate(cfg: Config, family: str, run_id: str | None) -> str | None:
     except FileNotFoundError:
         return None
     name = registered_model(family)
-    versions = registry_client(cfg).search_model_versions(f"name = '{name}' and tag.training_run_id = '{run_id}'")
-    failed = [v for v in versions if (v.tags or {}).get("gate.verdict") == "fail"]
+    failed = [v for v in versions_of_run(registry_client(cfg), name, run_id) if (v.tags or {}).get("gate.verdict") == "fail"]
     return f"{name} v{failed[0].version}: gate.verdict=fail" if failed else None
