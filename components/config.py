@@ -200,6 +200,7 @@ class GeneratorConfig(Section):
     warmup_steps: int = Field(default=300, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
+    rdrop_alpha: float = Field(default=0.0, ge=0)  # R-Drop consistency weight (0 = off)
     ema_decay: float = Field(default=0.0, ge=0, lt=1)  # exponential moving average of the weights (0 = off)
     focus_empty_prob: float = Field(default=0.3, ge=0, le=1)
     control_any_prob: float = Field(default=0.3, ge=0, le=1)
@@ -233,6 +234,9 @@ class GatesConfig(Section):
 
 class Config(Section):
     profile: str
+    # Set by load_config, not in params.yaml: the profile names a tracking store of its own
+    # (paths.mlflow_dir), i.e. its models must not share a registry with the other profiles'.
+    own_store: bool = False
     seed: int
     paths: PathsConfig
     tracking: TrackingConfig
@@ -284,6 +288,7 @@ def load_config(
     if overrides:
         merged = deep_merge(merged, overrides)
     merged["profile"] = profile
+    merged["own_store"] = "mlflow_dir" in ((profiles[profile] or {}).get("paths") or {})
     # Relative paths are relative to the project (the folder of params.yaml), not to the
     # caller's working directory, so a flow, a DVC stage and a test all see the same files.
     project_root = params_path.resolve().parent

@@ -28,15 +28,32 @@ def disable_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+class StoreConflict(ValueError):
+    """$COPYFLOW_TRACKING_URI would put a profile that keeps a registry of its own into the shared one."""
+
+
 def tracking_uri(cfg=None) -> str:
     """params.yaml `tracking.uri`, else $COPYFLOW_TRACKING_URI, else the embedded sqlite store.
 
     Not $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself, so it would
     carry one profile's (or one test's) store into the next configuration in the same process.
+
+    A profile that names its own `paths.mlflow_dir` (obd: another shop) is never sent to the
+    shared store named by the variable: its models would take the same registered names and
+    aliases as the other profiles', and promoting one shop's release would replace the other's
+    champion. It must name its own `tracking.uri` instead.
     """
     if cfg is not None and cfg.tracking.uri:
         return cfg.tracking.uri
     if os.environ.get(TRACKING_URI_ENV):
+        if cfg is not None and cfg.own_store:
+            raise StoreConflict(
+                f"profile {cfg.profile!r} keeps a tracking store and registry of its own "
+                f"(paths.mlflow_dir: {cfg.paths.mlflow_dir}), but {TRACKING_URI_ENV}={os.environ[TRACKING_URI_ENV]} "
+                f"would register its models next to the other profiles' under the same names. "
+                f"Set profiles.{cfg.profile}.tracking.uri to a store of its own, or unset {TRACKING_URI_ENV} "
+                f"to use {Path(cfg.paths.mlflow_dir) / 'mlflow.db'}"
+            )
         return os.environ[TRACKING_URI_ENV]
     mlflow_dir = cfg.paths.mlflow_dir if cfg is not None else EMBEDDED_DIR
     return f"sqlite:///{(Path(mlflow_dir) / 'mlflow.db').resolve()}"

@@ -38,9 +38,12 @@ def _setup() -> None:
 
 def _config(params: Path, profile: str):
     from components.config import load_config
+    from components.tracking import tracking_uri
 
     try:
-        return load_config(params, profile)
+        cfg = load_config(params, profile)
+        tracking_uri(cfg)  # refuses a profile whose own store the environment would override
+        return cfg
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -1,0 +1,57 @@
+"""Which MLflow store a profile uses: params, then $COPYFLOW_TRACKING_URI, then the embedded one,
+and never the shared store for a profile that keeps a registry of its own (obd: another shop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from components.config import load_config
+from components.tracking import TRACKING_URI_ENV, StoreConflict, tracking_uri
+from tests.conftest import ROOT
+
+PARAMS = ROOT / "params.yaml"
+SERVER = "http://127.0.0.1:5999"
+
+
+def test_without_the_variable_each_profile_uses_its_embedded_store(monkeypatch):
+    monkeypatch.delenv(TRACKING_URI_ENV, raising=False)
+    quick, obd = load_config(PARAMS, "quick"), load_config(PARAMS, "obd")
+    assert tracking_uri(quick) == f"sqlite:///{ROOT / 'mlflow' / 'mlflow.db'}"
+    assert tracking_uri(obd) == f"sqlite:///{ROOT / 'mlflow' / 'obd' / 'mlflow.db'}"
+    assert not quick.own_store and obd.own_store
+
+
+def test_the_variable_moves_the_shared_profiles_but_refuses_one_with_its_own_store(monkeypatch):
+    monkeypatch.setenv(TRACKING_URI_ENV, SERVER)
+    assert tracking_uri(load_config(PARAMS, "quick")) == SERVER
+    assert tracking_uri(load_config(PARAMS, "full")) == SERVER
+    with pytest.raises(StoreConflict, match=r"profile 'obd' keeps a tracking store .*profiles\.obd\.tracking\.uri"):
+        tracking_uri(load_config(PARAMS, "obd"))
+
+
+def test_a_profile_with_its_own_store_may_name_its_own_server(monkeypatch):
+    monkeypatch.setenv(TRACKING_URI_ENV, SERVER)
+    obd = load_config(PARAMS, "obd", overrides={"tracking": {"uri": "http://127.0.0.1:5998"}})
+    assert tracking_uri(obd) == "http://127.0.0.1:5998"
+
+
+def test_overrides_of_the_store_path_do_not_count_as_the_profile_owning_one(monkeypatch, tmp_path):
+    # Tests and scripts point a profile at a scratch store with overrides; the variable still wins.
+    monkeypatch.setenv(TRACKING_URI_ENV, SERVER)
+    cfg = load_config(PARAMS, "quick", overrides={"paths": {"mlflow_dir": str(tmp_path)}})
+    assert not cfg.own_store and tracking_uri(cfg) == SERVER
+
+
+def test_the_cli_refuses_the_conflict_in_one_line_and_creates_no_store(monkeypatch, tmp_path):
+    from flows.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv(TRACKING_URI_ENV, f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}")
+    result = CliRunner().invoke(app, ["status", "--profile", "obd", "--params", str(params)])
+    assert result.exit_code == 2
+    assert "profile 'obd' keeps a tracking store" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "shared").exists() and not Path(tmp_path / "mlflow").exists()
