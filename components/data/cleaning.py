@@ -2,7 +2,9 @@
 
 Steps, in order (counts land in summary.json under `removed` and `imputed`):
 
-1. Duplicates: rows repeating an id (events: the same event_id replayed) keep their first copy.
+1. Duplicates: rows repeating an id (events: the same event_id replayed) keep their first copy;
+   so does an event equal to an earlier one in every field but its id (a producer that retried
+   and minted a new id: the same shopper, product, copy, type, microsecond timestamp, position).
 2. Missing values, per column (MISSING_VALUE_POLICY below says what and why):
    rows whose identity or meaning is lost are dropped; descriptive columns are imputed.
 3. Out-of-range prices (outside cfg.cleaning.price_min..price_max, e.g. 0 or 999999) are data
@@ -61,6 +63,13 @@ def drop_duplicate_ids(df: pd.DataFrame, table: str) -> tuple[pd.DataFrame, int]
     return df[keep].reset_index(drop=True), int((~keep).sum())
 
 
+def drop_replayed_events(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Events equal to an earlier one in every field but event_id: one impression or click sent
+    twice under fresh ids would double-count it in labels and frequency features."""
+    replayed = events.duplicated([c for c in events.columns if c != "event_id"], keep="first")
+    return events[~replayed].reset_index(drop=True), int(replayed.sum())
+
+
 def drop_missing(df: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int]:
     missing = df[columns].isna().any(axis=1)
     return df[~missing].reset_index(drop=True), int(missing.sum())
@@ -106,6 +115,7 @@ def clean_copies(copies: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 def clean_events(events: pd.DataFrame, copy_less_source: bool) -> tuple[pd.DataFrame, dict[str, int]]:
     removed: dict[str, int] = {}
     events, removed["duplicate_events"] = drop_duplicate_ids(events, "events")
+    events, removed["replayed_events"] = drop_replayed_events(events)
     required = ["event_id", "user_id", "product_id", "event_type", "timestamp", "position", "propensity"]
     if not copy_less_source:
         required.append("copy_id")

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from components.data.cleaning import run_clean
+from components.data.cleaning import clean_events, run_clean
 from components.data.ingest import run_ingest
 from components.data.privacy import k_anonymity, load_key, pseudonymize
 from components.data.schema import load_all
@@ -46,12 +46,29 @@ def test_cleaning_removes_the_dirt_and_counts_it(make_cfg):
     assert set(events["product_id"]) <= set(products["product_id"])
     assert set(events["copy_id"]) <= set(clean["copies"]["copy_id"])
     # every removed event is accounted for by exactly one reason
-    event_reasons = ["duplicate_events", "events_missing_required", "bot_events", "events_dangling_user",
+    event_reasons = ["duplicate_events", "replayed_events", "events_missing_required", "bot_events", "events_dangling_user",
                      "events_dangling_product", "events_dangling_copy"]
     assert summary["rows_before"]["events"] - sum(removed[r] for r in event_reasons) == summary["rows_after"]["events"]
     assert summary["rows_before"]["users"] - removed["bot_users"] == summary["rows_after"]["users"]
     assert summary["k_anonymity"] == k_anonymity(clean["users"], ["age_band", "city_tier"], cfg.privacy.k_anonymity_min)
     assert summary["k_anonymity"]["smallest_group"] >= 1
+
+
+def test_an_event_replayed_under_a_new_id_is_dropped_once(make_cfg):
+    cfg = make_cfg()
+    run_source(cfg)
+    run_ingest(cfg)
+    events = load_all(cfg.stage_dir("ingested"))["events"].dropna().drop_duplicates("event_id").reset_index(drop=True)
+    replays = events.sample(5, random_state=0).assign(event_id=lambda d: "replay-" + d["event_id"])
+    # Same shopper and product a microsecond later: a second real impression, kept.
+    later = events.sample(3, random_state=1).assign(
+        event_id=lambda d: "later-" + d["event_id"], timestamp=lambda d: d["timestamp"] + pd.Timedelta(microseconds=1)
+    )
+    cleaned, removed = clean_events(pd.concat([events, replays, later], ignore_index=True), copy_less_source=False)
+    assert removed["duplicate_events"] == 0 and removed["replayed_events"] == 5
+    assert len(cleaned) == len(events) + 3
+    assert not cleaned["event_id"].str.startswith("replay-").any()  # the first copy is the one kept
+    assert cleaned["event_id"].str.startswith("later-").sum() == 3
 
 
 def test_bots_are_caught(make_cfg):
