@@ -200,7 +200,6 @@ class GeneratorConfig(Section):
     warmup_steps: int = Field(default=300, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
-    rdrop_alpha: float = Field(default=0.0, ge=0)  # R-Drop consistency weight (0 = off)
     ema_decay: float = Field(default=0.0, ge=0, lt=1)  # exponential moving average of the weights (0 = off)
     focus_empty_prob: float = Field(default=0.3, ge=0, le=1)
     control_any_prob: float = Field(default=0.3, ge=0, le=1)

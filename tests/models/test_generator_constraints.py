@@ -8,7 +8,7 @@ import torch
 
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, TorchBackend, score_copies
-from components.models.generator.constraints import LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words, load_latin_words
+from components.models.generator.constraints import GARMENT_WORDS, LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import summarize
 from tests.models.generator_fixtures import ROOT, tiny_parts
@@ -108,6 +108,32 @@ def test_forced_unlisted_value_is_never_emitted(parts, method):
         assert COLOURS.unlisted(copy, no_colour_dress) == [], copy
         assert copy
     assert "黑色" in guarded.generate({"类型": ["裙"], "颜色": ["黑色"]}, decoding=method)[0]  # listed: fine
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_copy_never_names_a_garment_of_another_type(parts, method):
+    # Pushed toward 牛仔 + 裤 (这款牛仔裤…, the full model's slip for denim skirts): a 类型#裙
+    # product never gets 牛仔裤, trousers still do, and a skirt can still say 牛仔裙.
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "牛仔"), piece(tokenizer, "裤"))]
+    guarded = make_generator(parts, pushes, [])
+    jeans = {"类型": ["裤"], "材质": ["牛仔布"]}
+    assert "牛仔裤" in guarded.generate(jeans, decoding=method)[0]
+    denim_skirt = {"类型": ["裙"], "材质": ["牛仔布"], "裙型": ["牛仔裙"]}
+    for copy in guarded.generate(denim_skirt, decoding=method, n=3):
+        assert "牛仔裤" not in copy and COLOURS.contradictions(copy, denim_skirt) == [], copy
+    skirt_push = make_generator(parts, [(piece(tokenizer, "牛仔"), piece(tokenizer, "裙"))], [])
+    assert "牛仔裙" in skirt_push.generate(denim_skirt, decoding=method)[0]
+
+
+def test_garment_words_of_another_type_count_as_contradictions():
+    skirt, jeans, shoe = {"类型": ["裙"]}, {"类型": ["裤"]}, {"类型": ["鞋"]}
+    assert COLOURS.contradictions("这款牛仔裤，搭配裙子", skirt) == ["牛仔裤"]
+    assert COLOURS.contradictions("这款牛仔裤，搭配裙子", jeans) == ["裙子"]
+    assert COLOURS.unlisted("这款牛仔裤，搭配裙子", shoe) == []  # not a type the list knows
+    assert COLOURS.unlisted("搭配裤子", {"颜色": ["白色"]}) == []  # no type listed: unknown
+    # a catalog value that holds the word is the product's own (裤装 in a listed 裤装连体)
+    assert COLOURS.contradictions("这款裤装连体", {"类型": ["裙"], "款式": ["裤装连体"]}) == []
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
@@ -328,7 +354,8 @@ def test_contradictions_ignore_values_inside_the_products_own():
 def test_unlisted_values_are_every_factual_value_the_product_does_not_list():
     vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"], "材质": ["雪纺", "牛仔布"], "风格": ["简约"]}, ["颜色", "材质"])
     no_colour = {"类型": ["裙"], "材质": ["雪纺"]}
-    assert vocab.unlisted_values(no_colour) == ["牛仔布", "白色", "黑色", "红色", "粉红色"]  # contradictions first
+    # contradictions first, then the keys it lacks, then the garment words of the other types
+    assert vocab.unlisted_values(no_colour) == ["牛仔布", "白色", "黑色", "红色", "粉红色", *GARMENT_WORDS["裤"]]
     assert vocab.unlisted("黑色雪纺连衣裙，简约", no_colour) == ["黑色"]  # 风格 is no factual key
     assert vocab.contradictions("黑色雪纺连衣裙", no_colour) == []  # a guess, not a contradiction
     assert vocab.unlisted("粉红色的雪纺裙", {"颜色": ["粉红色"], "材质": ["雪纺"]}) == []  # 红色 inside its own 粉红色
