@@ -159,13 +159,15 @@ def explain(
     from components.serving.copywriter import UnknownEntity, product_attributes, resolve_user_id
     from components.serving.models import NoModel, resolve_model
 
+    from mlflow.exceptions import MlflowException
+
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "preference")
         user_id = resolve_user_id(cfg, user)
         product_attributes(cfg, product)  # a product not in the catalog has no features to explain
         contributions = explain_pair(model.ref, user_id, product, cfg, top_k=top)
-    except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError) as exc:
+    except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"preference model: {model.origin}\nuser {user_id}, product {product}")
@@ -190,12 +192,14 @@ def generate(
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel, resolve_model
 
+    from mlflow.exceptions import MlflowException
+
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "generator")
         generator = load_generator(model.ref)
         result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
-    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError) as exc:
+    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"generator: {model.origin}")

@@ -1,7 +1,8 @@
 """Which model files serving uses: the champion release, never "latest".
 
 Before the first release exists (a fresh checkout that has only trained), callers may opt in to
-the newest local training output of a profile, and are told so. Never one whose release gate
+the newest local training output of a profile, and are told so; once any release exists, a
+missing champion is an error, not a reason to serve an unpromoted model. Never one whose release gate
 failed: that model is registered with gate.verdict=fail, and serving refuses it.
 """
 
@@ -35,11 +36,32 @@ def resolve_model(cfg: Config, family: str, alias: str = "champion", allow_local
     except (NoRelease, FileNotFoundError) as exc:
         if not allow_local:
             raise NoModel(str(exc)) from exc
+        released = _release_versions(cfg)
+        if released:
+            # Releases exist but none holds the alias (its version deleted, or its manifest
+            # unreadable): the newest local output may be a candidate nobody promoted.
+            raise NoModel(
+                f"{exc}; {released} release version(s) exist, so serving does not fall back to the local "
+                f"training output: `copyflow status` shows them, `copyflow promote --release N` makes one champion"
+            ) from exc
         return _local(cfg, family, reason=str(exc))
     member = release["members"].get(family)
     if member is None:
         raise NoModel(f"release {release['release']} ({alias}) has no {family} model")
     return ResolvedModel(family, member.get("model_uri") or member["source_uri"], f"release {release['release']} ({alias})")
+
+
+def _release_versions(cfg: Config) -> int:
+    """How many release versions the registry holds (0 without a store)."""
+    from components.registry.names import RELEASE_MODEL
+    from components.registry.store import registry_client
+    from components.tracking import require_store
+
+    try:
+        require_store(cfg)
+    except FileNotFoundError:
+        return 0
+    return len(registry_client(cfg).search_model_versions(f"name='{RELEASE_MODEL}'"))
 
 
 def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:

@@ -318,6 +318,36 @@ def test_generate_batch_applies_tone_and_length_and_refuses_unknown_ones(model_d
     assert json.loads(out.read_text(encoding="utf-8"))["copy"] == controlled != uncontrolled
 
 
+def test_a_second_batch_job_on_the_same_output_is_refused(model_dir, tmp_path):
+    # Two jobs on one output interleaved their rows in the partial file and both said "wrote".
+    import fcntl
+    import subprocess
+    import sys
+    import textwrap
+
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    holder = textwrap.dedent(f"""
+        import fcntl, sys, time
+        handle = open({str(api.lock_path(out))!r}, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        print("held", flush=True)
+        sys.stdin.readline()
+    """)
+    job = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline().strip() == "held"  # another process is writing out.jsonl
+        with pytest.raises(api.GenerationInputError, match="another generate-batch job is writing"):
+            api.generate_batch(source, out, model_dir, decoding="greedy")
+        assert not out.exists() and not api.partial_path(out).exists() and not api.job_path(out).exists()
+    finally:
+        job.communicate("\n")  # the holder ends, and its lock with it
+    api.generate_batch(source, out, model_dir, decoding="greedy")
+    assert json.loads(out.read_text(encoding="utf-8"))["copy"]
+    with api.lock_path(out).open("a") as handle:  # released after the job
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     contents = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#上衣*颜色#黑色", "类型#裙*风格#简约", "类型#裤*颜色#白色"]

@@ -43,3 +43,19 @@ def test_local_fallback_before_any_release_but_never_a_gate_failure(make_cfg, mo
 
     _local_generator(cfg, "run-2")  # retrained since, not gated yet
     assert "no release yet" in resolve_model(cfg, "generator").origin
+
+
+def test_no_local_fallback_once_a_release_exists(make_cfg, monkeypatch):
+    # The champion release's version was deleted (its alias goes with it): releases exist, so
+    # serving must not quietly fall back to whatever the last retrain left on disk.
+    from components.registry.names import RELEASE_MODEL
+    from components.registry.store import registry_client
+
+    monkeypatch.delenv("COPYFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg()
+    _local_generator(cfg, "run-1")
+    client = registry_client(cfg)
+    client.create_registered_model(RELEASE_MODEL)
+    client.create_model_version(RELEASE_MODEL, source=str(cfg.stage_dir("models")))
+    with pytest.raises(NoModel, match=r"1 release version\(s\) exist, so serving does not fall back"):
+        resolve_model(cfg, "generator")

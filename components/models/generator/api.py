@@ -12,6 +12,7 @@ index and, once exported, onnx/encoder.onnx + onnx/decoder_step.onnx.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -518,6 +520,27 @@ def partial_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def lock_path(output: Path) -> Path:
+    """Held (flock) by the job writing `output`; kept afterwards: removing it would let a job that
+    opened it just before take a lock on a file the next job no longer sees."""
+    return output.with_name(output.name + ".lock")
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """One job per output: a second one would interleave its rows with the first's in the
+    partial file, and both would report success. The lock dies with its process."""
+    handle = lock_path(output).open("a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise GenerationInputError(f"another generate-batch job is writing {output} (it holds {lock_path(output)}); wait for it or choose another output") from exc
+        yield
+    finally:
+        handle.close()
+
+
 def job_path(output: Path) -> Path:
     """Beside the partial file: which model and settings the job writes with, so that a resume
     never mixes two models (a champion promoted in between) or two settings in one output."""
@@ -608,6 +631,11 @@ def generate_batch(
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenerationInputError(f"cannot create the output's folder {output.parent}: {exc}") from exc
+    with _output_lock(output):
+        return _write_batch(rows, output, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size)
+
+
+def _write_batch(rows, output: Path, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size) -> BatchReport:
     partial, recorded = partial_path(output), job_path(output)
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     directory = resolve_model_dir(model_dir_or_uri)
