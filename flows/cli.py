@@ -189,6 +189,7 @@ def generate(
 ) -> None:
     """Personalized copies for one shopper and product, from the champion release's generator."""
     from components.models.generator.api import BatchReport, GenerationInputError, load_generator
+    from components.models.generator.model import BrokenModel
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel, resolve_model
 
@@ -199,7 +200,7 @@ def generate(
         model = resolve_model(cfg, "generator")
         generator = load_generator(model.ref)
         result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
-    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, MlflowException) as exc:  # a deleted version: one line
+    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"generator: {model.origin}")
@@ -237,6 +238,7 @@ def generate_batch(
 
     from components.models.generator.api import GenerationInputError, partial_path
     from components.models.generator.api import generate_batch as run_batch
+    from components.models.generator.model import BrokenModel
     from components.serving.models import NoModel, resolve_model
 
     cfg = _config(params, profile)
@@ -263,7 +265,7 @@ def generate_batch(
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
                            decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length)
-    except (NoModel, GenerationInputError, FileNotFoundError, MlflowException) as exc:
+    except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     except BaseException:  # stopped part-way (Ctrl-C, out of memory): say where the work is

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.models.generator.model import CopyTransformer
+from components.models.generator.model import BrokenModel, CopyTransformer
 from components.models.generator.tokenizer import PAD
 
 ENCODER_FILE = "encoder.onnx"
@@ -72,6 +72,18 @@ def export_onnx(net: CopyTransformer, directory: Path) -> dict[str, Path]:
     return {"encoder": encoder_path, "decoder_step": decoder_path}
 
 
+def _session(path: Path, options):
+    """An ONNX Runtime session; a truncated graph or a missing weights file beside it
+    (`*.onnx.data`) is named, not left to surface as an ONNX Runtime traceback."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise BrokenModel(f"{path} cannot be loaded by ONNX Runtime ({reason}); re-export the bundle or use the torch backend") from exc
+
+
 class OnnxBackend:
     """decoding.Backend over ONNX Runtime sessions of the two exported graphs."""
 
@@ -85,9 +97,8 @@ class OnnxBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(onnx_dir / ENCODER_FILE), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(onnx_dir / DECODER_FILE), options, providers=providers)
+        self.encoder = _session(onnx_dir / ENCODER_FILE, options)
+        self.decoder = _session(onnx_dir / DECODER_FILE, options)
         shape = self.decoder.get_inputs()[1].shape  # [layers, batch, heads, time, head_dim]
         self.layers, self.heads, self.head_dim = int(shape[0]), int(shape[2]), int(shape[4])
 

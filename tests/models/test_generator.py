@@ -318,6 +318,31 @@ def test_generate_batch_applies_tone_and_length_and_refuses_unknown_ones(model_d
     assert json.loads(out.read_text(encoding="utf-8"))["copy"] == controlled != uncontrolled
 
 
+def test_a_damaged_bundle_is_named_not_a_traceback(model_dir, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from components.models.generator.model import BrokenModel
+    from flows.cli import app
+
+    damaged = tmp_path / "model"
+    shutil.copytree(model_dir, damaged)
+    (damaged / api.ONNX_DIR).mkdir(exist_ok=True)
+    for name in ("encoder.onnx", "decoder_step.onnx"):  # cut off mid-copy
+        (damaged / api.ONNX_DIR / name).write_bytes(b"\x08\x07\x12\x05torch\x3a")
+    with pytest.raises(BrokenModel, match=r"encoder.onnx cannot be loaded by ONNX Runtime .*torch backend"):
+        api.load_generator(damaged, backend="onnx")
+    weights = damaged / api.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(BrokenModel, match=r"weights.pt cannot be loaded .*the bundle is damaged"):
+        api.load_generator(damaged)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["generate-batch", "--input", str(source), "--output", str(tmp_path / "out.jsonl"), "--model", str(damaged)])
+    assert result.exit_code == 2 and "weights.pt cannot be loaded" in result.output and "Traceback" not in result.output
+
+
 def test_a_second_batch_job_on_the_same_output_is_refused(model_dir, tmp_path):
     # Two jobs on one output interleaved their rows in the partial file and both said "wrote".
     import fcntl

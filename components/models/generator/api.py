@@ -34,7 +34,7 @@ from components.evaluation import text_metrics as tm
 from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus, typical_lengths
-from components.models.generator.model import CopyTransformer, ModelSpec
+from components.models.generator.model import BrokenModel, CopyTransformer, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator
 from components.models.generator.tokenizer import PAD, CopyTokenizer
 
@@ -388,7 +388,12 @@ def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
 def load_torch_net(directory: Path) -> CopyTransformer:
     config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     net = CopyTransformer(ModelSpec(**config["spec"]))
-    net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    try:
+        net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated or foreign weights: torch raises OSError, RuntimeError, UnpicklingError
+        raise BrokenModel(f"{directory / WEIGHTS_FILE} cannot be loaded ({str(exc).strip().splitlines()[0][:300]}); the bundle is damaged") from exc
     return net.eval()
 
 

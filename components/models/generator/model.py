@@ -30,6 +30,10 @@ from torch import Tensor, nn
 from components.models.generator.tokenizer import PAD
 
 
+class BrokenModel(RuntimeError):
+    """A model file exists but cannot be read (truncated, corrupt, from another model)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     vocab_size: int
