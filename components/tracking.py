@@ -20,6 +20,7 @@ TELEMETRY_OFF = {
 
 EMBEDDED_DIR = Path("mlflow")
 TRACKING_URI_ENV = "COPYFLOW_TRACKING_URI"
+CACHE_DIR_ENV = "COPYFLOW_CACHE_DIR"
 
 
 def disable_telemetry() -> None:
@@ -99,6 +100,49 @@ def configure(cfg=None) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def artifact_cache_dir() -> Path:
+    """Where downloaded model artifacts are kept: $COPYFLOW_CACHE_DIR, else ~/.cache/copyflow."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "copyflow") / "artifacts"
+
+
+def download_artifacts_cached(artifact_uri: str) -> Path:
+    """Local copy of an MLflow artifact, downloaded once per tracking store and URI.
+
+    `mlflow.artifacts.download_artifacts` copies into a new temporary folder on every call and
+    never removes it: every `copyflow generate` left a 14 MB bundle in /tmp. A run's artifacts
+    (`runs:/<run id>/...`) and a logged model (`models:/m-<id>`) never change once written, so
+    they are kept under `artifact_cache_dir()`; a registered name or alias (`models:/name@champion`)
+    is first resolved to the logged model it points at now.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    if artifact_uri.startswith("models:/") and not artifact_uri.startswith("models:/m-"):
+        model_id = mlflow.models.get_model_info(artifact_uri).model_id
+        artifact_uri = f"models:/{model_id}" if model_id else artifact_uri
+    key = hashlib.sha256(f"{mlflow.get_tracking_uri()}\n{artifact_uri}".encode()).hexdigest()[:24]
+    root = artifact_cache_dir()
+    final, marker = root / key, root / key / ".copyflow-artifact"
+    if marker.is_file():
+        return final / marker.read_text(encoding="utf-8")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(staging)))
+        (staging / ".copyflow-artifact").write_text(local.relative_to(staging).as_posix(), encoding="utf-8")
+        try:
+            staging.rename(final)  # atomic: a reader never sees half a download
+        except OSError:
+            if not marker.is_file():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / marker.read_text(encoding="utf-8")
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.config import Config, deep_merge, load_config
-from components.tracking import TELEMETRY_OFF
+from components.tracking import CACHE_DIR_ENV, TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -21,9 +21,11 @@ TINY = {
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _telemetry_off():
+def _telemetry_off(tmp_path_factory):
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    # Downloaded model artifacts go to a session folder, not the user's ~/.cache.
+    os.environ.setdefault(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("artifact-cache")))
 
 
 @pytest.fixture

@@ -55,3 +55,25 @@ def test_the_cli_refuses_the_conflict_in_one_line_and_creates_no_store(monkeypat
     assert result.exit_code == 2
     assert "profile 'obd' keeps a tracking store" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "shared").exists() and not Path(tmp_path / "mlflow").exists()
+
+
+def test_a_run_artifact_is_downloaded_once_and_reused(tmp_path, monkeypatch):
+    # MLflow's download_artifacts copies into a new temporary folder on every call: serving a
+    # model from the registry left a full bundle in /tmp per command.
+    import mlflow
+
+    from components.tracking import CACHE_DIR_ENV, artifact_cache_dir, download_artifacts_cached
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"x": 1}', encoding="utf-8")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_artifacts(str(bundle), artifact_path="generator_bundle")
+    uri = f"runs:/{run.info.run_id}/generator_bundle"
+    first = download_artifacts_cached(uri)
+    assert (first / "config.json").read_text(encoding="utf-8") == '{"x": 1}'
+    assert download_artifacts_cached(uri) == first
+    assert [p.name for p in artifact_cache_dir().iterdir()] == [first.parent.name]  # one copy, no staging left

@@ -381,7 +381,9 @@ def resolve_model_dir(model_dir_or_uri: str | Path) -> Path:
             # A logged or registered pytorch-flavour model (e.g. the champion): serving needs
             # the whole bundle (tokenizer, constraints, ONNX) logged by the same run.
             uri = f"runs:/{mlflow.models.get_model_info(uri).run_id}/{BUNDLE_ARTIFACT}"
-        return resolve_model_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)))
+        from components.tracking import download_artifacts_cached
+
+        return resolve_model_dir(download_artifacts_cached(uri))
     raise FileNotFoundError(f"generator model not found: {model_dir_or_uri}")
 
 

@@ -139,7 +139,9 @@ def _download(uri: str) -> Path:
     """Local folder of a preference model referenced by an MLflow URI."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    from components.tracking import download_artifacts_cached
+
+    local = download_artifacts_cached(uri)
     for candidate in (local, local / MODEL_DIR_ARTIFACT):
         if (candidate / META_FILE).exists():
             return candidate
@@ -147,7 +149,7 @@ def _download(uri: str) -> Path:
     run_id = mlflow.models.get_model_info(uri).run_id
     if not run_id:
         raise FileNotFoundError(f"{uri}: no preference model folder and no source run to find one in")
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_DIR_ARTIFACT))
+    return download_artifacts_cached(f"runs:/{run_id}/{MODEL_DIR_ARTIFACT}")
 
 
 def load_preference(model_dir_or_uri: str | Path) -> PreferenceModel:
