@@ -91,9 +91,9 @@ def test_nucleus_samples_the_exact_nucleus_whatever_the_sorted_width():
     logprobs[0] = float("-inf")
     logprobs[0, 7] = 0.0  # only one token possible
     draws = {}
+    uniforms = torch.rand((4000, 3), generator=torch.Generator().manual_seed(1))
     for width in (2, 50):  # 2 is narrower than every nucleus here, so it must widen
-        generator = torch.Generator().manual_seed(1)
-        draws[width] = torch.stack([_nucleus(logprobs, 0.9, 0.7, generator, widths=(width,)) for _ in range(4000)])
+        draws[width] = torch.stack([_nucleus(logprobs, 0.9, 0.7, u, widths=(width,)) for u in uniforms])
     assert torch.equal(draws[2], draws[50])  # one uniform draw per row: the width changes nothing
     probs = torch.softmax(logprobs / 0.7, -1)
     for row in range(3):
@@ -316,6 +316,37 @@ def test_generate_batch_applies_tone_and_length_and_refuses_unknown_ones(model_d
     api.generate_batch(source, out, model_dir, decoding="greedy", tone="lively", length="short")
     controlled = generator.generate("类型#裙*颜色#白色", tone="lively", length="short", decoding="greedy")[0]
     assert json.loads(out.read_text(encoding="utf-8"))["copy"] == controlled != uncontrolled
+
+
+def test_a_sampled_copy_depends_on_its_product_and_the_seed_not_on_its_batch(model_dir):
+    # One random stream per batch made every copy depend on the rows before it: adding a row
+    # to a catalog job, or a batch of 1 against 64, changed copies that were not touched.
+    generator = api.load_generator(model_dir, batch_size=2)
+    products = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#上衣*颜色#黑色*衣样式#卫衣", "类型#裙*风格#简约*裙长#连衣裙"]
+    requests = [generator.request(p, None, "any", "any") for p in products]
+    decoding = {"method": "top_p", "temperature": 1.5, "num_candidates": 3}
+    together = generator.generate_many(requests, decoding, n=3)
+    alone = [generator.generate_many([r], decoding, n=3)[0] for r in requests]
+    reordered = generator.generate_many(requests[::-1], decoding, n=3)[::-1]
+    assert together == alone == reordered
+    other_seed = generator.generate_many(requests, {**decoding, "seed": 7}, n=3)
+    assert other_seed != together  # the seed still matters
+
+
+def test_decoding_overrides_a_search_cannot_run_with_are_refused(model_dir):
+    generator = api.load_generator(model_dir)
+    for overrides, message in [
+        ({"method": "top_p", "temperature": 0}, "temperature 0 is not above 0"),
+        ({"method": "top_p", "top_p": 0}, r"top_p 0 is not in \(0, 1\]"),
+        ({"beam_size": 0}, "beam_size 0"),
+        ({"max_len": 0}, "max_len"),
+        ({"method": "sample"}, "method 'sample'"),
+        ({"max_len": 10_000}, "beyond this model's"),
+    ]:
+        with pytest.raises(api.GenerationInputError, match=message):
+            generator.generate("类型#裙*颜色#白色", decoding=overrides)
+    with pytest.raises(api.GenerationInputError, match=r"a list of string values; not so for \['颜色'\]"):
+        generator.generate({"类型": ["裙"], "颜色": "白色"})  # a bare string, not ['白色']
 
 
 def test_a_damaged_bundle_is_named_not_a_traceback(model_dir, tmp_path):

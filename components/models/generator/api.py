@@ -122,8 +122,30 @@ def settings_from(defaults: DecodingSettings, decoding: str | dict | DecodingSet
         unknown = set(decoding) - set(asdict(defaults))
         if unknown:
             raise GenerationInputError(f"unknown decoding settings {sorted(unknown)}")
-        return defaults.with_(**decoding)
+        return checked_settings(defaults.with_(**decoding))
     raise GenerationInputError(f"decoding must be a name, a dict or DecodingSettings, not {type(decoding).__name__}")
+
+
+def checked_settings(settings: DecodingSettings) -> DecodingSettings:
+    """Overrides a search cannot run with, all named at once (temperature 0 or top_p 0 used to
+    fail deep inside sampling with "index -1 is out of bounds")."""
+    s = settings
+    problems = [
+        message
+        for bad, message in (
+            (s.method not in ("greedy", "beam", "top_p"), f"method {s.method!r} is not greedy, beam or top_p"),
+            (not 0 < s.top_p <= 1, f"top_p {s.top_p} is not in (0, 1]"),
+            (not s.temperature > 0, f"temperature {s.temperature} is not above 0"),
+            (s.beam_size < 1 or s.num_candidates < 1, f"beam_size {s.beam_size} and num_candidates {s.num_candidates} must be at least 1"),
+            (s.max_len < 1 or s.min_len < 0 or s.min_len > s.max_len, f"need 0 <= min_len ({s.min_len}) <= max_len ({s.max_len}) and max_len >= 1"),
+            (s.no_repeat_ngram < 0 or s.no_doubling < 0, "no_repeat_ngram and no_doubling must be 0 (off) or more"),
+            (s.length_budget < 0 or s.catalog_penalty < 0, "length_budget and catalog_penalty must be 0 (off) or more"),
+        )
+        if bad
+    ]
+    if problems:
+        raise GenerationInputError("invalid decoding settings: " + "; ".join(problems))
+    return settings
 
 
 class Generator:
@@ -142,6 +164,7 @@ class Generator:
         known_doubles: Iterable[str] | None = None,
         known_attributes: Sequence[dict[str, list[str]]] | None = None,
         typical_lengths: dict[str, int] | None = None,
+        max_target_len: int | None = None,
     ):
         """`retrieval`: when given, every request is conditioned on the nearest training copy
         (own values substituted), which the model edits into this product's copy.
@@ -151,7 +174,8 @@ class Generator:
         product's own values (see `copy_doubles`). `known_attributes`: the training products,
         against which `unfamiliar` tells which keys and values of a request the model never saw.
         `typical_lengths`: characters a copy should have, per length control (`typical_lengths`
-        of the training copies); without them every copy aims at `TYPICAL_COPY_CHARS`."""
+        of the training copies); without them every copy aims at `TYPICAL_COPY_CHARS`.
+        `max_target_len`: the model's target positions, the longest copy it can decode."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.vocabulary = vocabulary
@@ -168,6 +192,7 @@ class Generator:
         self.known_keys = {k for attrs in known_attributes or () for k in attrs}
         self.known_values = {v.lower() for attrs in known_attributes or () for vs in attrs.values() for v in vs}
         self.typical_lengths = dict(typical_lengths or {})
+        self.max_target_len = max_target_len
 
     # -- constraints -------------------------------------------------------------------------
     def ban_plan(self, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> BanPlan:
@@ -235,6 +260,9 @@ class Generator:
                 raise GenerationInputError(str(exc)) from exc
         if not isinstance(attributes, dict) or not attributes:
             raise GenerationInputError("attributes must be a non-empty dict of key -> list of values")
+        wrong = [k for k, vs in attributes.items() if not isinstance(k, str) or not isinstance(vs, (list, tuple)) or not all(isinstance(v, str) for v in vs)]
+        if wrong:  # a bare string would be read as a list of its characters
+            raise GenerationInputError(f"attributes must map a key to a list of string values; not so for {wrong[:5]} (e.g. {{'颜色': ['白色']}})")
         check_controls(tone, length)
         chosen = normalize_focus(focus, attributes)
         exemplar = self.retrieval.generate(attributes, chosen, tone, length, n=1)[0] if self.retrieval is not None else None
@@ -264,6 +292,8 @@ class Generator:
         if n < 1:
             raise GenerationInputError(f"n must be at least 1, got {n}")
         settings = settings_from(self.defaults, decoding)
+        if self.max_target_len is not None and settings.max_len > self.max_target_len:
+            raise GenerationInputError(f"max_len {settings.max_len} is beyond this model's {self.max_target_len} target positions")
         if settings.method == "top_p":
             settings = settings.with_(num_candidates=max(n, settings.num_candidates))
         elif settings.method == "beam":
@@ -432,6 +462,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         copy_doubles(retrieval.texts, vocabulary),
         retrieval.attributes,
         typical_lengths([len(t) for t in retrieval.texts], retrieval.length_edges),
+        config["spec"]["max_target_len"],
     )
 
 

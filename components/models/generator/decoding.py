@@ -9,6 +9,7 @@ log-probabilities they produce identical copies.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from components.models.generator.constraints import BanPlan, TokenBlocker
-from components.models.generator.tokenizer import BOS, EOS
+from components.models.generator.tokenizer import BOS, EOS, PAD
 
 SENTENCE_ENDS = ("。", "！", "!", "？", "?", "~", "～", "…")
 # No punctuation mark straight after one of these (the model's `。。`, `。，`; human copy has it
@@ -260,14 +261,27 @@ def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_tex
     return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected, memory=memory)
 
 
-def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, generator: torch.Generator, widths: Sequence[int] = (64, 512)) -> torch.Tensor:
-    """One token per row from the smallest set of likeliest tokens holding top_p_mass.
+def row_draws(src: np.ndarray, row_of: np.ndarray, per: int, seed: int, steps: int) -> torch.Tensor:
+    """Uniform numbers [rows, steps] for sampling, one stream per (product, candidate), seeded by
+    the seed and the source's tokens (padding left out). A copy then depends on its own product
+    and the seed only: not on which other rows share its batch or chunk, nor their order (with
+    one stream for the batch, adding a row changed every copy after it)."""
+    out = np.empty((len(row_of), steps), dtype=np.float64)
+    for i, b in enumerate(row_of):
+        tokens = np.ascontiguousarray(src[b][src[b] != PAD], dtype=np.int64)
+        out[i] = np.random.default_rng([seed, zlib.crc32(tokens.tobytes()), i % per]).random(steps)
+    return torch.from_numpy(out)
+
+
+def _nucleus(logprobs: torch.Tensor, top_p_mass: float, temperature: float, draws: torch.Tensor, widths: Sequence[int] = (64, 512)) -> torch.Tensor:
+    """One token per row from the smallest set of likeliest tokens holding top_p_mass, at the
+    row's uniform draw (`draws` [rows]) along the nucleus' cumulative mass.
     Each row is ranked over its top `widths[0]` tokens only, a row whose nucleus is wider over
     the next width, and so on up to the whole vocabulary: sorting and sampling every row over
-    the whole vocabulary took most of the decoding time. The draw is one uniform number per row
-    against the nucleus' cumulative mass, so the token drawn does not depend on the widths."""
+    the whole vocabulary took most of the decoding time. One draw per row, so the token drawn
+    does not depend on the widths."""
     probs = torch.softmax(logprobs / temperature, dim=-1)
-    draws = torch.rand((probs.shape[0], 1), generator=generator, dtype=probs.dtype)
+    draws = draws.to(probs.dtype).reshape(-1, 1)
     chosen = torch.empty(probs.shape[0], dtype=torch.long)
     todo = torch.ones(probs.shape[0], dtype=torch.bool)
     for width in [w for w in widths if w < probs.shape[-1]] + [probs.shape[-1]]:
@@ -299,7 +313,7 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
     rows = [_Row([], "") for _ in row_of]
     logprob = np.zeros(len(rows))
     done = np.zeros(len(rows), dtype=bool)
-    generator = torch.Generator().manual_seed(settings.seed)
+    draws = row_draws(src, row_of, per, settings.seed, settings.max_len) if sample else None
     last = np.full(len(rows), BOS, dtype=np.int64)
     stepped = np.arange(len(rows))  # the rows the backend state holds, in its order
     for step in range(settings.max_len):
@@ -310,7 +324,7 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
         live = ~done[stepped]
         if sample:  # finished rows draw nothing: their next token is ignored anyway
             chosen = torch.full((len(stepped),), EOS, dtype=torch.long)
-            chosen[torch.from_numpy(live)] = _nucleus(scores[torch.from_numpy(live)], settings.top_p, settings.temperature, generator)
+            chosen[torch.from_numpy(live)] = _nucleus(scores[torch.from_numpy(live)], settings.top_p, settings.temperature, draws[stepped[live], step])
         else:
             chosen = scores.argmax(-1)
         chosen_np = chosen.numpy()
