@@ -76,17 +76,30 @@ def check_parity(path: Path, model: torch.nn.Module, x: np.ndarray, tolerance: f
 
 
 class OnnxPreferenceScorer:
-    """Serving-side scorer: a frame of features -> P(click), with ONNX Runtime only (no torch model)."""
+    """Serving-side scorer: a frame of features -> P(click), with ONNX Runtime for the network
+    (no torch model) and the same cold-start routing as `PreferenceModel.predict`."""
 
     def __init__(self, model_dir: Path, threads: int | None = None):
+        import json
+
+        from components.models.preference.api import ENCODER_FILE, FALLBACK_FILE, META_FILE
         from components.models.preference.data import FeatureEncoder
+        from components.models.preference.fallback import PopularityFallback
 
         model_dir = Path(model_dir)
-        self.encoder = FeatureEncoder.load(model_dir / "encoder.json")
+        meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+        self.cold_policy, self.cold_min_events = meta["cold_policy"], int(meta["cold_min_events"])
+        self.encoder = FeatureEncoder.load(model_dir / ENCODER_FILE)
+        self.fallback = PopularityFallback.load(model_dir / FALLBACK_FILE)
         self.session = session(model_dir / ONNX_FILE, threads)
 
     def predict_packed(self, x: np.ndarray) -> np.ndarray:
+        """Network-only probabilities for packed rows (no cold-start routing)."""
         return onnx_predict(self.session, x)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.predict_packed(self.encoder.transform(frame))
+        """P(click) per row, cold-start shoppers routed to the fallback as the model's policy says."""
+        from components.models.preference.api import route_cold_start
+
+        x = self.encoder.transform(frame)
+        return route_cold_start(self.predict_packed(x), x, frame, self)

@@ -61,3 +61,24 @@ def test_parity_check_catches_a_different_model(trained):
     with pytest.raises(ParityError, match="max abs diff"):
         check_parity(models["deep"] / ONNX_FILE, other, data.test.x)
     assert torch_predict(other, data.test.x).shape == (len(data.test.x),)
+
+
+def test_onnx_scorer_routes_cold_start_shoppers_like_the_torch_model(trained, tmp_path):
+    # With cold_policy "fallback", the ONNX scorer returned the network's scores for cold
+    # shoppers too, where the torch model serves the popularity fallback's.
+    import json
+    import shutil
+
+    from components.models.preference.api import META_FILE
+
+    data, models = trained
+    model_dir = tmp_path / "deep"
+    shutil.copytree(models["deep"], model_dir)
+    meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+    (model_dir / META_FILE).write_text(json.dumps({**meta, "cold_policy": "fallback"}), encoding="utf-8")
+    model, scorer = load_preference(model_dir), OnnxPreferenceScorer(model_dir, threads=1)
+    frame = data.test.frame
+    cold = model.cold_mask(frame)
+    assert 0 < cold.sum() < len(frame)  # both kinds of rows are scored
+    assert not np.allclose(model.predict(frame)[cold], model.predict_model(frame)[cold], atol=1e-3)
+    np.testing.assert_allclose(scorer.predict(frame), model.predict(frame), atol=1e-4)

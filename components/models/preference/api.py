@@ -70,13 +70,19 @@ class PreferenceModel:
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """P(click) per row; cold-start shoppers go to the fallback when the policy says so."""
         x = self.encode(frame)
-        scores = self.predict_packed(x)
-        if self.cold_policy == "fallback":
-            cold = self.cold_mask(frame)
-            if cold.any():
-                scores = scores.astype(np.float64)
-                scores[cold] = self.fallback.predict(x[cold], self.encoder)
-        return np.asarray(scores, dtype=np.float64)
+        return route_cold_start(self.predict_packed(x), x, frame, self)
+
+
+def route_cold_start(scores: np.ndarray, x: np.ndarray, frame: pd.DataFrame, model) -> np.ndarray:
+    """The model's scores with cold-start shoppers' rows replaced by the fallback's when the
+    policy says so. `model`: anything with cold_policy, cold_min_events, fallback and encoder
+    (the torch model, or the ONNX scorer, which must route exactly the same rows)."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    if model.cold_policy == "fallback":
+        cold = is_cold(frame, model.cold_min_events)
+        if cold.any():
+            scores[cold] = model.fallback.predict(x[cold], model.encoder)
+    return scores
 
 
 def save_model_dir(
