@@ -347,6 +347,8 @@ def test_decoding_overrides_a_search_cannot_run_with_are_refused(model_dir):
             generator.generate("类型#裙*颜色#白色", decoding=overrides)
     with pytest.raises(api.GenerationInputError, match=r"a list of string values; not so for \['颜色'\]"):
         generator.generate({"类型": ["裙"], "颜色": "白色"})  # a bare string, not ['白色']
+    with pytest.raises(api.GenerationInputError, match="not valid Unicode"):
+        generator.generate({"类型": ["裙"], "颜色": ["白\ud800色"]})
 
 
 def test_a_damaged_bundle_is_named_not_a_traceback(model_dir, tmp_path):

@@ -148,6 +148,14 @@ def checked_settings(settings: DecodingSettings) -> DecodingSettings:
     return settings
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Generator:
     def __init__(
         self,
@@ -263,6 +271,9 @@ class Generator:
         wrong = [k for k, vs in attributes.items() if not isinstance(k, str) or not isinstance(vs, (list, tuple)) or not all(isinstance(v, str) for v in vs)]
         if wrong:  # a bare string would be read as a list of its characters
             raise GenerationInputError(f"attributes must map a key to a list of string values; not so for {wrong[:5]} (e.g. {{'颜色': ['白色']}})")
+        broken = [k for k, vs in attributes.items() if not all(_is_text(t) for t in (k, *vs))]
+        if broken:  # a lone surrogate (a string cut mid-emoji): sentencepiece would raise deep inside
+            raise GenerationInputError(f"attributes of {broken[:5]} are not valid Unicode text (a lone surrogate?)")
         check_controls(tone, length)
         chosen = normalize_focus(focus, attributes)
         exemplar = self.retrieval.generate(attributes, chosen, tone, length, n=1)[0] if self.retrieval is not None else None
