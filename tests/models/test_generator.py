@@ -331,6 +331,8 @@ def test_a_sampled_copy_depends_on_its_product_and_the_seed_not_on_its_batch(mod
     assert together == alone == reordered
     other_seed = generator.generate_many(requests, {**decoding, "seed": 7}, n=3)
     assert other_seed != together  # the seed still matters
+    twins = generator.generate_many([requests[0], requests[1], requests[0]], decoding, n=3)
+    assert twins[0] == together[0] and twins[2] != twins[0]  # a catalog's twin products get two copies
 
 
 def test_decoding_overrides_a_search_cannot_run_with_are_refused(model_dir):
@@ -404,6 +406,27 @@ def test_a_second_batch_job_on_the_same_output_is_refused(model_dir, tmp_path):
     assert json.loads(out.read_text(encoding="utf-8"))["copy"]
     with api.lock_path(out).open("a") as handle:  # released after the job
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_resumed_sampled_job_writes_what_an_uninterrupted_one_would(model_dir, tmp_path):
+    # Twin products on both sides of the stop: each keeps its own random stream.
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    contents = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#裙*颜色#白色"]
+    source.write_text("".join(json.dumps({"content": c}, ensure_ascii=False) + "\n" for c in contents), encoding="utf-8")
+    decoding = {"method": "top_p", "temperature": 1.5}
+    api.generate_batch(source, out, model_dir, decoding=decoding, batch_size=2)
+    complete = out.read_text(encoding="utf-8")
+    assert len({json.loads(line)["copy"] for line in complete.splitlines()[::2]}) == 3  # three white dresses, three copies
+    out.unlink()
+
+    def stop_after_first_chunk(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.generate_batch(source, out, model_dir, decoding=decoding, batch_size=2, progress=stop_after_first_chunk)
+    api.generate_batch(source, out, model_dir, decoding=decoding, batch_size=3, resume=True)
+    assert out.read_text(encoding="utf-8") == complete
 
 
 def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tmp_path):

@@ -148,6 +148,23 @@ def checked_settings(settings: DecodingSettings) -> DecodingSettings:
     return settings
 
 
+def twin_indices(requests: Sequence[Request], earlier: Iterable[Request] = ()) -> list[int]:
+    """For each request, how many identical requests (same attributes, focus, tone and length)
+    come before it in the job, `earlier` ones included: sampling draws from a stream per
+    (request, index), so twin products of a catalog get different copies."""
+    seen: Counter[str] = Counter(_identity(r) for r in earlier)
+    out = []
+    for request in requests:
+        key = _identity(request)
+        out.append(seen[key])
+        seen[key] += 1
+    return out
+
+
+def _identity(request: Request) -> str:
+    return json.dumps([request.attributes, request.focus, request.tone, request.length], ensure_ascii=False, sort_keys=True)
+
+
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -296,10 +313,11 @@ class Generator:
         chunk of requests avoids the phrases the job's earlier chunks already used."""
         return [copies for chunk in self.generate_chunks(requests, decoding, n) for copies in chunk]
 
-    def generate_chunks(self, requests: Sequence[Request], decoding=None, n: int = 1, earlier: Iterable[str] = ()) -> Iterator[list[list[str]]]:
+    def generate_chunks(self, requests: Sequence[Request], decoding=None, n: int = 1, earlier: Iterable[str] = (), earlier_requests: Iterable[Request] = ()) -> Iterator[list[list[str]]]:
         """generate_many one chunk (batch_size requests) at a time, for jobs that write as they
         go. `earlier`: copies this job wrote before (a resumed batch), whose phrases the catalog
-        penalty counts as if this call had written them."""
+        penalty counts as if this call had written them; `earlier_requests`: the requests they
+        were written for, so that a product's twins keep their places (see `twin_indices`)."""
         if n < 1:
             raise GenerationInputError(f"n must be at least 1, got {n}")
         settings = settings_from(self.defaults, decoding)
@@ -313,11 +331,12 @@ class Generator:
         if memory is not None:
             for text in earlier:
                 memory.add(self.tokenizer.encode_text(text))
+        twins = twin_indices(requests, earlier_requests)
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             src = self.encode_sources(chunk)
             plans = [self.ban_plan(r.attributes, settings.forbid_unlisted) for r in chunk]
-            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory)
+            candidates = search(self.backend, src, plans, self.tokenizer.piece_texts, settings, [self.expected_length(r) for r in chunk], memory, twins[start : start + self.batch_size])
             results = []
             for request, cands in zip(chunk, candidates):
                 ranked = self.rerank(request, cands, settings, n)
@@ -700,7 +719,9 @@ def _write_batch(rows, output: Path, model_dir_or_uri, focus, decoding, backend,
         done = len(earlier)
         if progress is not None:
             progress(done, len(rows))
-        for chunk in generator.generate_chunks(requests, decoding, n=1, earlier=earlier):
+        # Only the identity of the rows already written: their twins further on keep their streams.
+        before = [Request(r["attributes"], normalize_focus(focus, r["attributes"]), tone, length) for r in rows[: len(earlier)]]
+        for chunk in generator.generate_chunks(requests, decoding, n=1, earlier=earlier, earlier_requests=before):
             for row, texts in zip(rows[done:], chunk):
                 handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
             handle.flush()

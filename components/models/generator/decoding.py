@@ -257,19 +257,22 @@ def greedy(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_te
     return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=False, expected=expected, memory=memory)
 
 
-def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
-    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected, memory=memory)
+def top_p(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None, streams: Sequence[int] | None = None) -> list[list[Candidate]]:
+    return _sample_or_greedy(backend, src, plans, piece_texts, settings, sample=True, expected=expected, memory=memory, streams=streams)
 
 
-def row_draws(src: np.ndarray, row_of: np.ndarray, per: int, seed: int, steps: int) -> torch.Tensor:
-    """Uniform numbers [rows, steps] for sampling, one stream per (product, candidate), seeded by
-    the seed and the source's tokens (padding left out). A copy then depends on its own product
-    and the seed only: not on which other rows share its batch or chunk, nor their order (with
-    one stream for the batch, adding a row changed every copy after it)."""
+def row_draws(src: np.ndarray, row_of: np.ndarray, per: int, seed: int, steps: int, streams: Sequence[int] | None = None) -> torch.Tensor:
+    """Uniform numbers [rows, steps] for sampling, one stream per (example, candidate), seeded by
+    the seed, the example's source tokens (padding left out) and `streams[example]` (which of
+    several identical examples of a job this is: 0 for the first). A copy then depends on its
+    own product, its place among its twins and the seed: not on which other rows share its batch
+    or chunk, nor their order (with one stream for the batch, adding a row changed every copy
+    after it), while two identical products of a catalog still get two copies."""
     out = np.empty((len(row_of), steps), dtype=np.float64)
     for i, b in enumerate(row_of):
         tokens = np.ascontiguousarray(src[b][src[b] != PAD], dtype=np.int64)
-        out[i] = np.random.default_rng([seed, zlib.crc32(tokens.tobytes()), i % per]).random(steps)
+        twin = 0 if streams is None else int(streams[b])
+        out[i] = np.random.default_rng([seed, zlib.crc32(tokens.tobytes()), twin, i % per]).random(steps)
     return torch.from_numpy(out)
 
 
@@ -303,7 +306,7 @@ def _draw(ranked: torch.Tensor, order: torch.Tensor, draws: torch.Tensor, top_p_
     return order.gather(-1, picked)[:, 0]
 
 
-def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, expected=None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
+def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, expected=None, memory: PhraseMemory | None = None, streams: Sequence[int] | None = None) -> list[list[Candidate]]:
     batch = src.shape[0]
     per = settings.num_candidates if sample else 1
     row_of = np.repeat(np.arange(batch), per)
@@ -313,7 +316,7 @@ def _sample_or_greedy(backend, src, plans, piece_texts, settings, sample: bool, 
     rows = [_Row([], "") for _ in row_of]
     logprob = np.zeros(len(rows))
     done = np.zeros(len(rows), dtype=bool)
-    draws = row_draws(src, row_of, per, settings.seed, settings.max_len) if sample else None
+    draws = row_draws(src, row_of, per, settings.seed, settings.max_len, streams) if sample else None
     last = np.full(len(rows), BOS, dtype=np.int64)
     stepped = np.arange(len(rows))  # the rows the backend state holds, in its order
     for step in range(settings.max_len):
@@ -420,16 +423,17 @@ def beam(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_text
     return finished
 
 
-def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None) -> list[list[Candidate]]:
+def search(backend: Backend, src: np.ndarray, plans: Sequence[BanPlan], piece_texts: Sequence[str], settings: DecodingSettings, expected: Sequence[int] | None = None, memory: PhraseMemory | None = None, streams: Sequence[int] | None = None) -> list[list[Candidate]]:
     """Candidates per example, best first by (length-normalized) score. `expected`: each
     example's expected length in characters (for settings.length_budget). `memory`: the
-    phrases of the job's earlier copies (for settings.catalog_penalty)."""
+    phrases of the job's earlier copies (for settings.catalog_penalty). `streams`: each
+    example's place among identical examples of the job (for top_p's random draws)."""
     if settings.method == "greedy":
         return greedy(backend, src, plans, piece_texts, settings, expected, memory)
     if settings.method == "beam":
         return beam(backend, src, plans, piece_texts, settings, expected, memory)
     if settings.method == "top_p":
-        out = top_p(backend, src, plans, piece_texts, settings, expected, memory)
+        out = top_p(backend, src, plans, piece_texts, settings, expected, memory, streams)
         for candidates in out:
             candidates.sort(key=lambda c: c.score, reverse=True)
         return out
