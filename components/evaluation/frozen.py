@@ -3,7 +3,10 @@
 Why frozen: a gate compares two models, so both must see exactly the same examples. The test
 split moves with every new batch of data, so the first run of a profile copies its test rows to
 state/<profile>/frozen_eval/ and every later gate reuses them until someone explicitly refreshes
-the snapshot (which also invalidates the champion's stored evidence: it is re-scored).
+the snapshot (which also invalidates the champion's stored evidence: it is re-scored), or until
+new data moves the snapshot's rows into the candidate's train or valid split: a model must never
+be gated on rows it was trained or early-stopped on, so the snapshot is then re-frozen from the
+current test split (which neither model has seen) and the reason recorded in its meta.
 
 - preference: rows of features/samples.parquet with split == "test";
 - generator: the corpus test split (components/data/corpus.py), first `generator.eval_samples`
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import Config
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("preference", "generator")
 # (model reference: local dir or MLflow URI, snapshot rows) -> per-example frame for the gate
@@ -146,8 +152,9 @@ def load_snapshot(cfg: Config, family: str) -> FrozenSnapshot | None:
     return FrozenSnapshot(family, data_path, rows, meta["fingerprint"], meta["created_at"], meta["source"])
 
 
-def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, source: str = "") -> FrozenSnapshot:
-    """Write (or overwrite) the snapshot of `family` from `rows` (default: the family's source)."""
+def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, source: str = "", reason: str = "") -> FrozenSnapshot:
+    """Write (or overwrite) the snapshot of `family` from `rows` (default: the family's source).
+    `reason`: why it was (re-)frozen, kept in its meta."""
     from filelock import FileLock
 
     data_path, meta_path = _paths(cfg, family)
@@ -168,6 +175,7 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
             "source": source,
             "n_rows": len(stored),
             "profile": cfg.profile,
+            **({"reason": reason} if reason else {}),
         }
         os.replace(tmp, data_path)
         meta_tmp = meta_path.with_suffix(".tmp")
@@ -177,12 +185,36 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
 
 
 def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> FrozenSnapshot:
-    """The existing snapshot, or a new one frozen from the current data (or when `refresh`)."""
-    if not refresh:
-        existing = load_snapshot(cfg, family)
-        if existing is not None:
-            return existing
-    return freeze_snapshot(cfg, family)
+    """The existing snapshot, or a new one frozen from the current data (when there is none,
+    when `refresh`, or when the current data trains on some of its rows)."""
+    if refresh:
+        return freeze_snapshot(cfg, family, reason="refresh requested")
+    existing = load_snapshot(cfg, family)
+    if existing is None:
+        return freeze_snapshot(cfg, family, reason="first snapshot of this profile")
+    trained_on = rows_in_training(cfg, existing)
+    if not trained_on:
+        return existing
+    reason = (
+        f"{trained_on} of the {existing.n_rows} rows frozen at {existing.created_at} are now in the train or valid "
+        "split: a candidate trained on them cannot be gated on them"
+    )
+    log.warning("re-freezing the %s evaluation snapshot: %s", family, reason)
+    return freeze_snapshot(cfg, family, reason=reason)
+
+
+def rows_in_training(cfg: Config, snapshot: FrozenSnapshot) -> int:
+    """How many snapshot rows the current features put in the train or valid split (the
+    preference family; the generator's corpus split is fixed by content hash)."""
+    path = cfg.stage_dir("features") / "samples.parquet"
+    if snapshot.family != "preference" or not path.exists():
+        return 0
+    samples = pd.read_parquet(path)
+    ids = samples["example_id"] if "example_id" in samples.columns else samples.get("event_id")
+    if ids is None or "split" not in samples.columns:
+        return 0
+    trained = set(ids[samples["split"] != "test"].astype(str))
+    return int(snapshot.rows["example_id"].astype(str).isin(trained).sum())
 
 
 def refresh_snapshots(cfg: Config, families: tuple[str, ...] = FAMILIES) -> dict[str, str]:

@@ -45,6 +45,23 @@ def test_preference_snapshot_is_frozen_from_the_first_test_split_and_reused(cfg)
     assert load_snapshot(cfg, "preference").rows["example_id"].str.startswith("third-").all()
 
 
+def test_the_snapshot_is_refrozen_once_new_data_trains_on_its_rows(cfg):
+    # New days of data move the frozen test rows into the candidate's train/valid split: gating
+    # the candidate on rows it trained on would favour it over the champion.
+    import json
+
+    write_samples(cfg, "first")
+    first = ensure_snapshot(cfg, "preference")
+    grown = pd.read_parquet(cfg.stage_dir("features") / "samples.parquet").assign(split="train")
+    later = pd.DataFrame({"event_id": [f"later-{i}" for i in range(10)], "label": np.arange(10) % 2, "x": 0.5, "split": "test"})
+    pd.concat([grown, later], ignore_index=True).to_parquet(cfg.stage_dir("features") / "samples.parquet", index=False)
+    again = ensure_snapshot(cfg, "preference")
+    assert again.fingerprint != first.fingerprint and again.rows["example_id"].str.startswith("later-").all()
+    meta = json.loads(again.path.with_name("preference.meta.json").read_text(encoding="utf-8"))
+    assert meta["reason"].startswith("10 of the 10 rows frozen at")
+    assert ensure_snapshot(cfg, "preference").fingerprint == again.fingerprint  # stable while nothing overlaps
+
+
 def test_a_tampered_snapshot_is_refused(cfg):
     write_samples(cfg, "b")
     snapshot = ensure_snapshot(cfg, "preference")
