@@ -703,7 +703,20 @@ def generate_batch(
         return _write_batch(rows, output, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size)
 
 
-def _write_batch(rows, output: Path, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size) -> BatchReport:
+def _write_batch(
+    rows: list[dict[str, Any]],
+    output: Path,
+    model_dir_or_uri: str | Path,
+    focus: Sequence[str] | None,
+    decoding: str | dict | None,
+    backend: str,
+    resume: bool,
+    tone: str,
+    length: str,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+) -> BatchReport:
+    """generate_batch's work, under the output's lock."""
     partial, recorded = partial_path(output), job_path(output)
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     directory = resolve_model_dir(model_dir_or_uri)
