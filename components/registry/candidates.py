@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+import pandas as pd
 
 from components.config import Config
 from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
@@ -31,6 +32,13 @@ from components.registry.release import create_release, load_manifest, now_iso, 
 from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
 REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
+
+
+def gate_clusters(family: str, rows: pd.DataFrame) -> dict:
+    """The preference gate resamples shoppers (example_id -> user_id) when the snapshot has them."""
+    if family != "preference" or "user_id" not in rows.columns:
+        return {}
+    return {"clusters": pd.Series(rows["user_id"].astype(str).to_numpy(), index=rows["example_id"].astype(str))}
 
 
 class ManifestError(ValueError):
@@ -172,6 +180,7 @@ def release_candidates(
             snapshot=snapshot.fingerprint,
             candidate_label=f"candidate {registered_model(family)} (run {manifest['run_id'][:8]})",
             champion_label=member_label(champion_release, champ_member) if champ_member else None,
+            **gate_clusters(family, snapshot.rows),
         )
         gates.append(gate)
         evidence_uri = log_gate_artifacts(client, manifest["run_id"], family, candidate, gate)

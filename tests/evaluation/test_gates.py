@@ -72,6 +72,29 @@ def test_paired_bootstrap_interval_is_zero_for_identical_models_and_covers_a_rea
     assert low < delta < high and low > 0  # the better model is significantly better
 
 
+def test_the_interval_resamples_shoppers_when_given_them(gates):
+    # 40 shoppers x 50 impressions; the candidate shifts each shopper's scores by an amount of
+    # its own, so the AUC difference depends on which shoppers are drawn: resampling single
+    # impressions treats 2,000 correlated rows as independent and understates the interval.
+    rng = np.random.default_rng(0)
+    shopper = np.repeat(np.arange(40), 50)
+    labels = (rng.random(2000) < 0.3).astype(int)
+    champion = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.15, 2000), 0, 1)
+    candidate = np.clip(champion + rng.normal(0, 0.2, 40)[shopper], 0, 1)
+    args = dict(n_resamples=400, confidence_level=0.95, seed=0)
+    _, row_low, row_high = paired_bootstrap_delta(auc_by_ranks, (candidate,), (champion,), (labels,), **args)
+    _, low, high = paired_bootstrap_delta(auc_by_ranks, (candidate,), (champion,), (labels,), clusters=shopper, **args)
+    assert high - low > 1.5 * (row_high - row_low)
+    frame = pd.DataFrame({"example_id": [f"e{i}" for i in range(2000)], "label": labels, "score": candidate})
+    champ = frame.assign(score=champion)
+    clusters = pd.Series(shopper.astype(str), index=frame["example_id"])
+    result = preference_gate(gates, frame, champ, clusters=clusters)
+    rule = next(r for r in result.rules if r.kind == "non_inferiority")
+    assert rule.ci_high - rule.ci_low > 1.5 * (row_high - row_low)  # the gate resamples shoppers too
+    with pytest.raises(GateInputError, match="have no shopper"):
+        preference_gate(gates, frame, champ, clusters=clusters.iloc[:-3])
+
+
 def test_first_release_passes_on_floors_and_guardrails_alone(gates):
     result = preference_gate(gates, preference_frame())
     assert result.passed and result.champion_label is None and result.n_resamples == 0
