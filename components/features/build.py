@@ -42,7 +42,7 @@ from components.features.copy_mentions import copy_mention_index
 from components.features.history import recent_clicked_products
 from components.features.labels import impression_labels
 from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_sum, to_epoch_us
-from components.features.splits import SPLITS, assign_split, split_boundaries
+from components.features.splits import SPLITS, SplitBoundaries, assign_split, split_boundaries
 
 FEATURE_SET_VERSION = 1
 RECENCY_SENTINEL_HOURS = 24.0 * 365  # "never seen before"; u_has_history = 0 says so explicitly
@@ -314,6 +314,27 @@ def _compute_samples(
     return samples[list(SAMPLE_COLUMNS)], report, context
 
 
+def drop_open_windows(samples: pd.DataFrame, boundaries: SplitBoundaries, last_event: pd.Timestamp, window_days: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """With windowed labels an impression's label looks `window_days` ahead. A train row whose
+    window reaches into the valid days would learn from valid-period clicks (a valid row, from
+    test's), and a row whose window runs past the last event has a label not known yet (a
+    missing click reads as 0). Such rows are dropped and counted per split."""
+    window = pd.Timedelta(days=window_days)
+    limit = pd.Series(last_event, index=samples.index)
+    limit[samples["split"] == "train"] = boundaries.valid_start
+    limit[samples["split"] == "valid"] = boundaries.test_start
+    open_window = samples["timestamp"] + window > limit
+    dropped = {split: int((open_window & (samples["split"] == split)).sum()) for split in SPLITS}
+    kept = samples[~open_window]
+    empty = [split for split in SPLITS if not (kept["split"] == split).any()]
+    if empty:
+        raise ValueError(
+            f"a {window_days}-day label window leaves no complete {empty} rows: each split needs rows whose "
+            "window ends before the next split starts (features.label_window_days too large for valid_days/test_days?)"
+        )
+    return kept, dropped
+
+
 def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) -> FeatureTables:
     """All feature-stage outputs from the four clean tables (no I/O)."""
     events, products, copies, users = (tables[t] for t in ("events", "products", "copies", "users"))
@@ -321,6 +342,8 @@ def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) 
     boundaries = split_boundaries(events["timestamp"].max(), fcfg.valid_days, fcfg.test_days)
     split = assign_split(samples["timestamp"], boundaries)
     samples.insert(samples.columns.get_loc("label_purchase") + 1, "split", split)
+    if fcfg.label_window_days > 0:
+        samples, report["label_window_dropped"] = drop_open_windows(samples, boundaries, events["timestamp"].max(), fcfg.label_window_days)
     samples = samples.sort_values(["timestamp", "event_id"], ignore_index=True)
     report["split_boundaries"] = boundaries.as_dict()
     strength = fcfg.affinity_prior_strength

@@ -192,6 +192,22 @@ def test_features_match_a_naive_reference_on_random_samples(cfg):
 # ---------------------------------------------------------------- split, stage I/O, bad input
 
 
+def test_a_windowed_label_never_reaches_into_a_later_split(cfg):
+    # With a 2-day window, a train impression from the day before valid could take its label
+    # from a valid-period click; rows whose window is still open at the end are unknowable.
+    fcfg = cfg.features.model_copy(update={"valid_days": 3, "test_days": 3, "label_window_days": 2})
+    built = build_feature_tables(simulate(seed=6, days=16), fcfg)
+    samples, bounds = built.samples, built.report["split_boundaries"]
+    reach = samples["timestamp"] + pd.Timedelta(days=2)
+    assert (reach[samples["split"] == "train"] <= pd.Timestamp(bounds["valid_start"])).all()
+    assert (reach[samples["split"] == "valid"] <= pd.Timestamp(bounds["test_start"])).all()
+    dropped = built.report["label_window_dropped"]
+    assert dropped["train"] > 0 and dropped["valid"] > 0 and dropped["test"] > 0
+    assert set(samples["split"]) == {"train", "valid", "test"}
+    with pytest.raises(ValueError, match="leaves no complete"):
+        build_feature_tables(simulate(seed=6, days=16), fcfg.model_copy(update={"label_window_days": 5}))
+
+
 def test_split_is_time_ordered_without_overlap(cfg):
     samples = build_feature_tables(simulate(seed=6), cfg.features).samples
     by_split = samples.groupby("split")["timestamp"].agg(["min", "max", "size"])
