@@ -2,8 +2,8 @@
 
 An outcome event (click, add_to_cart, purchase) carries the user, product and, for simulated
 data, the copy of the impression that caused it, and comes seconds after it. We link it to the
-most recent impression at or before it with the same user + product (+ copy when both carry
-one). With `label_window_days > 0` the label instead means "the user clicked (bought) this
+most recent impression at or before it with the same user + product (+ copy, + slot, when
+the outcome carries them). With `label_window_days > 0` the label instead means "the user clicked (bought) this
 product within that many days after the impression", however the log links them.
 """
 
@@ -36,16 +36,27 @@ def _asof_link(outcomes: pd.DataFrame, impressions: pd.DataFrame, by: list[str])
     return pd.Series(linked.sort_values("_row")["impression_id"].to_numpy(), index=outcomes.index)
 
 
+def _slots(events: pd.DataFrame) -> pd.Series:
+    """The impression slot as an integer key (-1 where unknown)."""
+    if "position" not in events.columns:
+        return pd.Series(-1, index=events.index, dtype=np.int64)
+    return pd.to_numeric(events["position"], errors="coerce").fillna(-1).astype(np.int64)
+
+
 def link_outcomes(impressions: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd.Series, LinkReport]:
     """Impression event_id for every outcome row (NaN when no earlier impression matches)."""
-    impressions = impressions.assign(_copy=impressions["copy_id"].fillna(NO_COPY))
-    outcomes = outcomes.assign(_copy=outcomes["copy_id"].fillna(NO_COPY))
-    has_copy = outcomes["copy_id"].notna()
-    # An outcome that names its copy must match the impression's copy; one that does not
-    # (OBD, or a copy id lost upstream) matches on user + product alone.
-    with_copy = _asof_link(outcomes[has_copy], impressions, ["user_id", "product_id", "_copy"])
-    without_copy = _asof_link(outcomes[~has_copy], impressions, ["user_id", "product_id"])
-    impression_id = pd.concat([with_copy, without_copy]).reindex(outcomes.index)
+    impressions = impressions.assign(_copy=impressions["copy_id"].fillna(NO_COPY), _slot=_slots(impressions))
+    outcomes = outcomes.assign(_copy=outcomes["copy_id"].fillna(NO_COPY), _slot=_slots(outcomes))
+    has_copy, has_slot = outcomes["copy_id"].notna(), outcomes["_slot"] >= 0
+    # An outcome that names its copy must match the impression's copy, and one that names its
+    # slot, the impression's slot (OBD shows one item in several slots at the same instant: on
+    # user + product alone both clicks went to one impression); otherwise user + product.
+    parts = []
+    for copy_known in (True, False):
+        for slot_known in (True, False):
+            keys = ["user_id", "product_id"] + (["_copy"] if copy_known else []) + (["_slot"] if slot_known else [])
+            parts.append(_asof_link(outcomes[(has_copy == copy_known) & (has_slot == slot_known)], impressions, keys))
+    impression_id = pd.concat(parts).reindex(outcomes.index)
     n_linked = int(impression_id.notna().sum())
     return impression_id, LinkReport(linked=n_linked, unlinked=len(outcomes) - n_linked)
 

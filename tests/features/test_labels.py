@@ -37,6 +37,19 @@ def test_outcomes_without_copy_link_on_user_and_product_like_obd():
     assert labels["label_purchase"].tolist() == [0, 1]
 
 
+def test_simultaneous_impressions_in_two_slots_each_keep_their_click_like_obd():
+    # OBD shows one item to one pseudo-user in two slots at the same instant; each click names
+    # its slot. On user + product alone both clicks went to one impression.
+    events = frame("events", [
+        event("i1", "u", "p", "impression", ts(hours=0), None, position=1),
+        event("i2", "u", "p", "impression", ts(hours=0), None, position=2),
+        event("k1", "u", "p", "click", ts(hours=0), None, position=1),
+        event("k2", "u", "p", "click", ts(hours=0), None, position=2),
+    ])
+    labels, counts = impression_labels(_impressions(events), events, label_window_days=0)
+    assert labels["label"].tolist() == [1, 1] and counts["click_linked"] == 2
+
+
 def test_window_labels_count_any_click_on_the_product_within_the_window():
     events = frame("events", [
         event("i1", "u", "p", "impression", ts(day=0), "c1"),
