@@ -182,17 +182,12 @@ def paired_bootstrap_delta(
     n_resamples: int,
     confidence_level: float,
     seed: int,
-    clusters: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """(delta, ci_low, ci_high) of statistic(candidate) - statistic(champion) over paired resamples.
 
-    `statistic(*shared, *arrays, axis=-1)` must be vectorized along the last axis. `clusters`
-    (one id per example, e.g. the shopper): resample whole clusters, not examples. A shopper's
-    impressions are correlated, so resampling them one by one understates the interval.
+    `statistic(*shared, *arrays, axis=-1)` must be vectorized along the last axis.
     """
     n_shared, n_model = len(shared), len(candidate)
-    if clusters is not None:
-        return _cluster_bootstrap_delta(statistic, candidate, champion, shared, n_resamples, confidence_level, seed, clusters)
 
     def delta(*arrays, axis=-1):
         common = arrays[:n_shared]
@@ -214,22 +209,6 @@ def paired_bootstrap_delta(
         rng=np.random.default_rng(seed),
     )
     return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def _cluster_bootstrap_delta(statistic, candidate, champion, shared, n_resamples: int, confidence_level: float, seed: int, clusters: np.ndarray) -> tuple[float, float, float]:
-    """Percentile interval of the paired delta over resamples of whole clusters."""
-    from components.evaluation.preference import bootstrap_indices
-
-    def delta(rows=None):
-        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-        common = tuple(pick(a) for a in shared)
-        return float(statistic(*common, *(pick(a) for a in candidate))) - float(statistic(*common, *(pick(a) for a in champion)))
-
-    values = np.array([delta(rows) for rows in bootstrap_indices(len(clusters), n_resamples, seed, np.asarray(clusters))])
-    values = values[np.isfinite(values)]  # a resample with one class has no AUC
-    tail = (1 - confidence_level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-    return delta(), float(low), float(high)
 
 
 def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -353,22 +332,27 @@ def preference_gate(
         champ_scores = champion["score"].to_numpy(dtype=np.float64)
         champ_auc = float(auc_by_ranks(labels, champ_scores))
         champ_ece = expected_calibration_error(labels, champ_scores)
-        groups = None
-        if clusters is not None:
-            groups = candidate["example_id"].map(clusters)
-            if groups.isna().any():
-                raise GateInputError(f"{int(groups.isna().sum())} scored examples have no shopper in the snapshot's clusters")
-            groups = groups.astype(str).to_numpy()
-        interval = paired_bootstrap_delta(
-            auc_by_ranks,
-            (candidate["score"].to_numpy(dtype=np.float64),),
-            (champ_scores,),
-            shared=(labels,),
-            n_resamples=gates.bootstrap_resamples,
-            confidence_level=gates.confidence_level,
-            seed=seed,
-            clusters=groups,
-        )
+        cand_scores = candidate["score"].to_numpy(dtype=np.float64)
+        if clusters is None:
+            interval = paired_bootstrap_delta(
+                auc_by_ranks,
+                (cand_scores,),
+                (champ_scores,),
+                shared=(labels,),
+                n_resamples=gates.bootstrap_resamples,
+                confidence_level=gates.confidence_level,
+                seed=seed,
+            )
+        else:  # whole shoppers: the training evaluation's paired cluster bootstrap
+            from components.evaluation.preference import auc as sk_auc
+            from components.evaluation.preference import paired_difference
+
+            shoppers = candidate["example_id"].map(clusters)
+            if shoppers.isna().any():
+                raise GateInputError(f"{int(shoppers.isna().sum())} scored examples have no shopper in the snapshot's clusters")
+            diff = paired_difference(labels, cand_scores, champ_scores, sk_auc, gates.bootstrap_resamples, seed,
+                                     shoppers.astype(str).to_numpy(), gates.confidence_level)
+            interval = (diff.value, diff.low, diff.high)
     scores = candidate["score"].to_numpy(dtype=np.float64)
     auc = float(auc_by_ranks(labels, scores))
     ece = expected_calibration_error(labels, scores)

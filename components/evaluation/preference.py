@@ -112,11 +112,12 @@ def bootstrap_indices(n: int, n_boot: int, seed: int, clusters: np.ndarray | Non
         yield order[offsets]
 
 
-def _interval(point: float, samples: list[float]) -> Interval:
+def _interval(point: float, samples: list[float], confidence_level: float = 0.95) -> Interval:
     values = np.asarray([s for s in samples if not np.isnan(s)])
     if np.isnan(point) or values.size < 10:
         return Interval(point, float("nan"), float("nan"))
-    low, high = np.percentile(values, [2.5, 97.5])
+    tail = (1 - confidence_level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
     return Interval(float(point), float(low), float(high))
 
 
@@ -169,13 +170,14 @@ def paired_difference(
     n_boot: int,
     seed: int,
     clusters: np.ndarray | None = None,
+    confidence_level: float = 0.95,
 ) -> Interval:
     """metric(a) - metric(b) with a paired bootstrap interval (same resamples for both)."""
     y, p_a = _check(y, p_a)
     _, p_b = _check(y, p_b)
     point = metric(y, p_a) - metric(y, p_b)
     diffs = [metric(y[i], p_a[i]) - metric(y[i], p_b[i]) for i in bootstrap_indices(len(y), n_boot, seed, clusters)]
-    return _interval(point, diffs)
+    return _interval(point, diffs, confidence_level)
 
 
 # ---------------------------------------------------------------- the report of one model

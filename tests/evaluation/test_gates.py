@@ -20,6 +20,7 @@ from components.evaluation.gates import (
     preference_gate,
     render_report,
 )
+from components.evaluation.preference import auc, paired_difference
 
 
 def preference_frame(n: int = 3000, signal: float = 1.0, seed: int = 0, noise_seed: int | None = None) -> pd.DataFrame:
@@ -81,10 +82,9 @@ def test_the_interval_resamples_shoppers_when_given_them(gates):
     labels = (rng.random(2000) < 0.3).astype(int)
     champion = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.15, 2000), 0, 1)
     candidate = np.clip(champion + rng.normal(0, 0.2, 40)[shopper], 0, 1)
-    args = dict(n_resamples=400, confidence_level=0.95, seed=0)
-    _, row_low, row_high = paired_bootstrap_delta(auc_by_ranks, (candidate,), (champion,), (labels,), **args)
-    _, low, high = paired_bootstrap_delta(auc_by_ranks, (candidate,), (champion,), (labels,), clusters=shopper, **args)
-    assert high - low > 1.5 * (row_high - row_low)
+    _, row_low, row_high = paired_bootstrap_delta(auc_by_ranks, (candidate,), (champion,), (labels,), n_resamples=400, confidence_level=0.95, seed=0)
+    clustered = paired_difference(labels, candidate, champion, auc, 400, 0, shopper, confidence_level=0.95)
+    assert clustered.high - clustered.low > 1.5 * (row_high - row_low)
     frame = pd.DataFrame({"example_id": [f"e{i}" for i in range(2000)], "label": labels, "score": candidate})
     champ = frame.assign(score=champion)
     clusters = pd.Series(shopper.astype(str), index=frame["example_id"])
