@@ -2,9 +2,9 @@
 
 An outcome event (click, add_to_cart, purchase) carries the user, product and, for simulated
 data, the copy of the impression that caused it, and comes seconds after it. We link it to the
-most recent impression at or before it with the same user + product (+ copy, + slot, when
-the outcome carries them). With `label_window_days > 0` the label instead means "the user clicked (bought) this
-product within that many days after the impression", however the log links them.
+most recent impression at or before it with the same user + product (+ copy, + slot, when the
+outcome carries them). With `label_window_days > 0` the label instead means "the user clicked
+(bought) this product within that many days after the impression", however the log links them.
 """
 
 from __future__ import annotations
