@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from components.data.schema import write_all
 from components.evaluation.preference import evaluate_model
+from components.features.build import compute_samples, samples_to_arrow
 from components.models.preference.api import load_preference, save_model_dir, score_examples
 from components.models.preference.data import OOV, FeatureDataError, FeatureEncoder, load_feature_tables
-from components.models.preference.explain import explain, explain_row
+from components.models.preference.explain import explain, explain_row, pair_feature_row
 from components.models.preference.fallback import fit_fallback
 from components.models.preference.nets import AttributeInterest
 from components.models.preference.train import train
 from components.serving.preference_onnx import torch_predict
 from components.training.preference import load_data
+from tests.features.factories import START, event, frame, ts, user
+from tests.features.hand_example import hand_tables
 from tests.models.preference_data import synthetic_samples, write_synthetic_features
 
 FAST = {"max_epochs": 2, "batch_size": 256, "bootstrap": 40, "hidden": [32], "embedding_dim": 8}
@@ -192,3 +197,32 @@ def test_explain_a_pair_by_ids(model_dirs):
         assert len(top) == 5 and all(isinstance(name, str) and np.isfinite(value) for name, value in top)
     with pytest.raises(KeyError, match="unknown shopper"):
         explain(dirs["deep"], "no-such-user", unseen_product, cfg)
+
+
+def test_a_shopper_without_impressions_gets_the_features_stages_first_impression(cfg):
+    """The hand example's log plus u3 (signed up, never shown anything) and u4 (one click on
+    pB at 2h with no impression logged): explain's row is the features stage's own first
+    impression, one microsecond after the last event (3h)."""
+    tables = hand_tables()
+    tables["users"] = pd.concat([tables["users"], frame("users", [user("u3", START - pd.Timedelta(days=2)), user("u4", START)])], ignore_index=True)
+    tables["events"] = pd.concat([tables["events"], frame("events", [event("e11", "u4", "pB", "click", ts(hours=2), "cB", 1)])], ignore_index=True)
+    write_all(tables, cfg.stage_dir("clean"))
+    samples, _ = compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
+    cfg.stage_dir("features").mkdir(parents=True)
+    pq.write_table(samples_to_arrow(samples), cfg.stage_dir("features") / "samples.parquet")  # three hours: no time split
+    # End of data: 5 impressions, 4 clicks -> global CTR (4+1)/(5+2); CTR prior strength 10.
+    global_ctr = 5 / 7
+    u3 = pair_feature_row(cfg, "u3", "pC").iloc[0]
+    assert (u3["user_id"], u3["product_id"], u3["category"], u3["position"]) == ("u3", "pC", "裙", 0)
+    assert u3["u_has_history"] == 0 and u3["u_n_events"] == 0 and u3["is_cold"] == True  # noqa: E712
+    assert u3["u_recency_hours"] >= 24 * 365 and list(u3["hist_products"]) == []
+    assert u3["u_ctr"] == pytest.approx(global_ctr)
+    assert u3["u_days_since_signup"] == pytest.approx(2 + 3 / 24)
+    assert (u3["up_n_impressions"], u3["p_n_impressions"]) == (0, 1)  # pC: e4
+    u4 = pair_feature_row(cfg, "u4", "pA").iloc[0]
+    assert u4["u_has_history"] == 1 and u4["u_n_events"] == 1 and u4["u_n_clicks"] == 1
+    assert u4["u_recency_hours"] == pytest.approx(1.0, abs=1e-6)
+    assert u4["u_ctr"] == pytest.approx((1 + 10 * global_ctr) / 10)
+    assert list(u4["hist_products"]) == ["pB"] and u4["ua_category_affinity"] < 0.5  # clicked 裤, not 裙
+    with pytest.raises(KeyError, match="unknown shopper"):
+        pair_feature_row(cfg, "no-such-user", "pA")

@@ -132,7 +132,7 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     """Features of (shopper, product) from the features stage.
 
     The latest impression of exactly this pair when there is one (exact point-in-time
-    features). Otherwise the shopper's latest state (u_*, recent products) joined with the
+    features). A shopper with no impression at all: `first_impression_row`. Otherwise the shopper's latest state (u_*, recent products) joined with the
     product's latest state (p_*, category), the shopper x product affinities recomputed from
     end-of-data click shares (the features stage's smoothing), no earlier pair impressions, no
     copy and the top slot.
@@ -144,7 +144,7 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     samples = pd.read_parquet(path).sort_values("timestamp", kind="stable")
     user_rows = samples[samples["user_id"].astype(str) == str(user_id)]
     if user_rows.empty:
-        raise KeyError(f"unknown shopper {user_id!r}: no impressions in {path} (ids are pseudonymized at ingestion)")
+        return first_impression_row(cfg, user_id, product_id)
     pair = user_rows[user_rows["product_id"].astype(str) == str(product_id)]
     if len(pair):
         return pair.tail(1).reset_index(drop=True)
@@ -167,6 +167,51 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
             row[column] = 0
     row["copy_id"] = None                              # no particular copy: the pair itself
     row["position"] = samples["position"].min()        # the top slot
+    return row
+
+
+PROBE_EVENT_ID = "explain-probe"
+
+
+def first_impression_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
+    """Features of a first impression of the pair, for a shopper the features stage has no
+    impression of (signed up but not shown anything yet, or seen only through other events).
+
+    The clean tables plus one probe impression, a microsecond after the last event in the top
+    slot with no copy, go through the features stage's own computation: the cold-start priors,
+    the recency sentinel and the signup age are the stage's, not a second copy of its formulas.
+    """
+    from components.data.schema import load_table
+    from components.features.build import compute_samples
+
+    clean_dir = cfg.stage_dir("clean")
+    users = load_table(clean_dir, "users") if (clean_dir / "users.parquet").exists() else None
+    if users is None or str(user_id) not in set(users["user_id"].astype(str)):
+        raise KeyError(
+            f"unknown shopper {user_id!r}: no impressions in {cfg.stage_dir('features')} and not a shopper "
+            f"in {clean_dir} (ids are pseudonymized at ingestion)"
+        )
+    tables = {t: load_table(clean_dir, t) for t in ("events", "products", "copies")} | {"users": users}
+    if str(product_id) not in set(tables["products"]["product_id"].astype(str)):
+        raise KeyError(f"unknown product {product_id!r}: not in {clean_dir}")
+    events = tables["events"]
+    probe_id = PROBE_EVENT_ID
+    while probe_id in set(events["event_id"]):
+        probe_id += "'"
+    probe = pd.DataFrame({
+        "event_id": [probe_id],
+        "user_id": [str(user_id)],
+        "product_id": [str(product_id)],
+        "copy_id": [None],
+        "event_type": ["impression"],
+        "timestamp": [events["timestamp"].max() + pd.Timedelta(microseconds=1)],
+        "position": [events.loc[events["event_type"] == "impression", "position"].min()],
+        "propensity": [np.nan],
+        "value": [np.nan],
+    }).astype(events.dtypes.to_dict())
+    samples, _ = compute_samples(pd.concat([events, probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
+    row = samples[samples["event_id"] == probe_id].reset_index(drop=True)
+    row["copy_id"] = None                              # no particular copy: the pair itself
     return row
 
 
