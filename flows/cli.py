@@ -155,7 +155,7 @@ def explain(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Why the preference model scores this shopper-product pair as it does (top features)."""
-    from components.models.preference.explain import explain as explain_pair
+    from components.models.preference.explain import explain_pair
     from components.serving.copywriter import UnknownEntity, product_attributes, resolve_user_id
     from components.serving.models import NoModel, resolve_model
 
@@ -166,13 +166,15 @@ def explain(
         model = resolve_model(cfg, "preference")
         user_id = resolve_user_id(cfg, user)
         product_attributes(cfg, product)  # a product not in the catalog has no features to explain
-        contributions = explain_pair(model.ref, user_id, product, cfg, top_k=top)
+        explained = explain_pair(model.ref, user_id, product, cfg)
     except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    scorer = {"fallback": "the cold-start fallback (too few events for the model)"}.get(explained.source, f"the {explained.source} model")
     typer.echo(f"preference model: {model.origin}\nuser {user_id}, product {product}")
+    typer.echo(f"P(click) {explained.score:.4f}, scored by {scorer}")
     typer.echo(f"{'feature':<34} {'contribution (logit)':>20}")
-    for name, value in contributions:
+    for name, value in explained.contributions[:top]:
         typer.echo(f"{name:<34} {value:>+20.4f}")
 
 

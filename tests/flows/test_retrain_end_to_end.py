@@ -4,6 +4,7 @@ the CLI reads it back (status, generate, explain). Real Prefect, DVC, GE and MLf
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,7 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     explained = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0]])
     assert explained.exit_code == 0, explained.output
     assert "preference model: release 1 (champion)" in explained.output
+    assert re.search(r"P\(click\) 0\.\d{4}, scored by the (logreg|deep|cold-start fallback)", explained.output), explained.output
     ghost = runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", "NOPE"])
     assert ghost.exit_code == 2 and "product 'NOPE' is not in" in ghost.output
     assert runner.invoke(app, ["explain", "--user", users.iloc[0], "--product", products.iloc[0], "--top", "-3"]).exit_code == 2

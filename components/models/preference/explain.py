@@ -215,7 +215,12 @@ def first_impression_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     return row
 
 
+def explain_pair(model_dir: str | Path, user_id: str, product_id: str, cfg) -> Explanation:
+    """The model's score for one pair, which part of it scored (model or cold-start fallback),
+    and every feature's contribution."""
+    return explain_row(load_preference(model_dir), pair_feature_row(cfg, user_id, product_id))
+
+
 def explain(model_dir: str | Path, user_id: str, product_id: str, cfg, top_k: int = 10) -> list[tuple[str, float]]:
     """Top contributing features (logit scale, largest |contribution| first) for one pair."""
-    model = load_preference(model_dir)
-    return explain_row(model, pair_feature_row(cfg, user_id, product_id)).contributions[:top_k]
+    return explain_pair(model_dir, user_id, product_id, cfg).contributions[:top_k]
