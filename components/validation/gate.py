@@ -190,6 +190,11 @@ def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | 
         for table, extras in batch.extra_files.items()
         if extras
     ]
+    for table in batch:
+        known = {f.name for f in SCHEMAS[table]}
+        unknown = [str(c) for c in batch[table].columns if c not in known]
+        if unknown:
+            notes.append(f"{table}: columns not in the canonical schema, not validated and not kept (canonical tables hold only the schema's columns): {', '.join(unknown)}")
 
     runner = _SuiteRunner(batch)
     parameters = config_parameters(cfg, now)

@@ -76,6 +76,19 @@ def test_tolerated_dirt_within_mostly_passes(cfg, clean, tmp_path):
     assert report.success, report.to_text()
 
 
+def test_extra_columns_pass_with_a_note_that_names_them(cfg, clean, tmp_path):
+    batch = write_batch(clean, tmp_path / "batch")
+    (batch / "users.parquet").unlink()
+    clean["users"].assign(email="x@example.com", loyalty_tier=1).to_csv(batch / "users.csv", index=False)
+
+    report = validate_dir(batch, cfg)
+
+    assert report.success, report.to_text()
+    assert "Note: users: columns not in the canonical schema, not validated and not kept" in report.to_text()
+    assert "email, loyalty_tier" in report.to_text()
+    assert not any("products: columns" in note for note in report.notes)
+
+
 def test_missing_column(cfg, clean, tmp_path):
     batch = write_batch(clean, tmp_path / "batch")
     pq.write_table(pq.read_table(batch / "events.parquet").drop(["event_type"]), batch / "events.parquet")
