@@ -7,11 +7,12 @@ itself. Unknown keys are errors, so a typo in params.yaml fails loudly instead o
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_PROFILE = "quick"
@@ -55,7 +56,7 @@ class DirtConfig(Section):
 class SimulatorConfig(Section):
     n_users: int = Field(gt=0)
     days: int = Field(gt=1)
-    start_date: str
+    start_date: IsoDateTime
     sessions_per_user_per_day: float = Field(gt=0)
     impressions_per_session: int = Field(gt=0)
     dirichlet_alpha: float = Field(gt=0)
@@ -108,9 +109,21 @@ class DriftConfig(Section):
         return self
 
 
+def _iso_datetime(value: str) -> str:
+    """A date or date-time pydantic cannot leave as free text: it is parsed where it is used."""
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-01-05 or 2026-01-05T00:00:00+00:00)") from exc
+    return value
+
+
+IsoDateTime = Annotated[str, AfterValidator(_iso_datetime)]
+
+
 class ValidationConfig(Section):
     suites_dir: Path = Path("expectations")
-    min_timestamp: str = "2000-01-01T00:00:00+00:00"
+    min_timestamp: IsoDateTime = "2000-01-01T00:00:00+00:00"
     mostly_unique_events: float = Field(gt=0, le=1)
     mostly_not_null: float = Field(gt=0, le=1)
     mostly_price_in_range: float = Field(gt=0, le=1)
@@ -130,19 +143,35 @@ class FeaturesConfig(Section):
     affinity_prior_strength: float = Field(gt=0)
 
 
+# What lightning.Trainer accepts (checked here so a typo fails at load, not after the data stages).
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = (
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+    "32-true", "64-true", "64", "32", "16", "bf16",
+)
+
+
 class TrainerConfig(Section):
     """Passed straight to `lightning.Trainer`: scale out by editing params.yaml only."""
 
-    accelerator: str = "cpu"
-    devices: int | str = 1
+    accelerator: Literal[ACCELERATORS] = "cpu"
+    devices: int | Literal["auto"] | list[int] = 1  # a count (-1: all), "auto", or device ids
     strategy: str = "auto"
-    precision: str = "32-true"
-    num_nodes: int = 1
-    num_workers: int = 0
+    precision: Literal[PRECISIONS] = "32-true"
+    num_nodes: int = Field(default=1, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _devices(self) -> TrainerConfig:
+        if isinstance(self.devices, int) and self.devices < -1 or self.devices == 0:
+            raise ValueError(f"trainer.devices must be a positive count, -1 (all), 'auto' or a list of ids; got {self.devices!r}")
+        if isinstance(self.devices, list) and (not self.devices or min(self.devices) < 0):
+            raise ValueError(f"trainer.devices: a list of device ids must be non-empty and non-negative; got {self.devices!r}")
+        return self
 
 
 class PreferenceConfig(Section):
-    models: list[Literal["logreg", "deep"]]
+    models: list[Literal["logreg", "deep"]] = Field(min_length=1)
     batch_size: int = Field(gt=0)
     max_epochs: int = Field(gt=0)
     lr: float = Field(gt=0)
@@ -150,13 +179,19 @@ class PreferenceConfig(Section):
     patience: int = Field(ge=0)
     embedding_dim: int = Field(gt=0)
     cross_layers: int = Field(ge=0)
-    hidden: list[int]
+    hidden: list[Annotated[int, Field(gt=0)]]
     dropout: float = Field(ge=0, lt=1)
     cold_start_min_events: int = Field(ge=0)
     bootstrap: int = Field(ge=0)
     logreg_lr: float = Field(default=0.05, gt=0)
     id_dropout: float = Field(default=0.05, ge=0, lt=1)
     cold_holdout_users: float = Field(default=0.1, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _models_once(self) -> PreferenceConfig:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"preference.models lists a model twice: {self.models}")
+        return self
 
 
 class GeneratorConfig(Section):
@@ -196,7 +231,7 @@ class GeneratorConfig(Section):
     eval_samples: int = Field(gt=0)
     tradeoff_samples: int = Field(default=200, ge=0)
     parity_samples: int = Field(default=16, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(default=-1, ge=-1)  # -1: no step cap (epochs and the clock decide)
     warmup_steps: int = Field(default=300, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
@@ -214,6 +249,8 @@ class GeneratorConfig(Section):
     def _heads_divide_width(self) -> GeneratorConfig:
         if self.d_model % self.nhead:
             raise ValueError(f"nhead ({self.nhead}) must divide d_model ({self.d_model})")
+        if self.max_steps == 0:
+            raise ValueError("generator.max_steps 0 would train nothing (-1: no step cap)")
         return self
 
 
@@ -270,6 +307,30 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: key {key!r} appears twice in the same section")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_params(params_path: Path) -> dict[str, Any]:
+    """params.yaml as a dict: a mapping at the top, no key twice."""
+    with params_path.open(encoding="utf-8") as handle:
+        raw = yaml.load(handle, Loader=_UniqueKeyLoader)
+    if raw is None:
+        raise ValueError(f"{params_path} is empty")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{params_path} must be a mapping of sections at the top, not a {type(raw).__name__}")
+    return raw
+
+
 def load_config(
     params_path: Path | str = DEFAULT_PARAMS,
     profile: str = DEFAULT_PROFILE,
@@ -279,7 +340,7 @@ def load_config(
     params_path = Path(params_path)
     if not params_path.exists():
         raise FileNotFoundError(f"params file not found: {params_path.resolve()}")
-    raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    raw = read_params(params_path)
     profiles = raw.pop("profiles", {}) or {}
     if profile not in profiles:
         raise ValueError(f"unknown profile {profile!r}; params.yaml defines {sorted(profiles)}")

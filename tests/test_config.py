@@ -25,6 +25,22 @@ def test_every_profile_loads(profile):
         ({"validation": {"drift": {"row_count_ratio_min": 5.0}}}, "row_count_ratio_min \\(5.0\\) exceeds row_count_ratio_max"),
         ({"gates": {"preference_auc_min": 1.5}}, "preference_auc_min"),
         ({"generator": {"decodng": "beam"}}, "decodng"),  # a typo is an error, not an ignored key
+        # What lightning.Trainer would refuse only after the data stages, or accept and misuse.
+        ({"trainer": {"devices": 0}}, "trainer.devices must be a positive count"),
+        ({"trainer": {"devices": -2}}, "trainer.devices must be a positive count"),
+        ({"trainer": {"devices": "two"}}, "devices"),
+        ({"trainer": {"devices": []}}, "must be non-empty"),
+        ({"trainer": {"accelerator": "gpuu"}}, "accelerator"),
+        ({"trainer": {"precision": "15"}}, "precision"),
+        ({"trainer": {"num_nodes": 0}}, "num_nodes"),
+        ({"trainer": {"num_workers": -2}}, "num_workers"),
+        ({"preference": {"models": []}}, "models"),
+        ({"preference": {"models": ["deep", "deep"]}}, "lists a model twice"),
+        ({"preference": {"hidden": [64, 0]}}, "hidden"),
+        ({"generator": {"max_steps": 0}}, "would train nothing"),
+        ({"generator": {"max_steps": -7}}, "max_steps"),
+        ({"simulator": {"start_date": "yesterday"}}, "'yesterday' is not an ISO 8601 date"),
+        ({"validation": {"min_timestamp": "not-a-date"}}, "'not-a-date' is not an ISO 8601 date"),
     ],
 )
 def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
@@ -35,3 +51,24 @@ def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="unknown profile 'quik'"):
         load_config(PARAMS, "quik")
+
+
+@pytest.mark.parametrize("devices", ["auto", -1, [0, 1], 2])
+def test_every_lightning_form_of_devices_loads(devices):
+    assert load_config(PARAMS, "quick", {"trainer": {"devices": devices}}).trainer.devices == devices
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is empty"),
+        ("- seed\n", "must be a mapping of sections"),
+        ("seed: 42\nseed: 7\nprofiles: {quick: {}}\n", "line 2: key 'seed' appears twice"),
+        ("seed: 42\nprofiles:\n  quick: {}\n  quick: {}\n", "key 'quick' appears twice"),
+    ],
+)
+def test_a_malformed_params_file_is_named(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_config(path, "quick")
