@@ -300,8 +300,16 @@ class GeneratorModule(pl.LightningModule):
         return ((1 - eps) * nll + eps * smooth)[keep].mean()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.hparams.max_cpu_seconds and self.budget_used() >= 1.0:
-            self.trainer.should_stop = True  # the CPU budget is spent (Lightning's max_time is wall clock)
+        if not self.hparams.max_cpu_seconds:
+            return
+        spent = self.budget_used() >= 1.0  # the CPU budget (Lightning's max_time is wall clock)
+        if self.trainer.world_size > 1:
+            # Ranks' CPU clocks drift apart (rank 0 also logs), and Lightning does not reduce
+            # should_stop: a rank that stopped alone would wait in validation while the others
+            # wait in the gradient all-reduce. Rank 0's clock decides, as for the learning rate.
+            spent = bool(self.trainer.strategy.broadcast(spent, src=0))
+        if spent:
+            self.trainer.should_stop = True
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
