@@ -36,7 +36,7 @@ from components.models.generator.focus import length_edges
 from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import CopyTokenizer
-from components.training.launcher import write_manifest
+from components.training.launcher import check_files, exit_code_on_sigterm, write_manifest
 
 log = logging.getLogger("copyflow.generator")
 
@@ -108,9 +108,21 @@ class MlflowEpochLogger(Callback):
         mlflow.log_metrics(metrics, step=trainer.current_epoch)
 
 
+class EpochControls(Callback):
+    """Tells the training set which epoch starts, before Lightning creates that epoch's
+    DataLoader iterator (and its workers' copies of the dataset)."""
+
+    def __init__(self, dataset: BucketedBatches) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.dataset.set_epoch(trainer.current_epoch)
+
+
 def build_trainer(cfg: Config, out_dir: Path, ema_start: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
     """`ema_start`: the step the weight average starts at; it must not be later than the first
-    validation, which otherwise would score the initial weights the average was created with."""
+    validation, which otherwise would score the initial weights the average was created with
+    (`train` sets it once the trainer knows the world size)."""
     g, t = cfg.generator, cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
     strategy = t.strategy
@@ -244,13 +256,18 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     valid_loader = DataLoader(valid_ds, batch_size=None, shuffle=False, num_workers=workers)
 
     spec = ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len, g.embed_dim)
-    world = max(1, int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1) * cfg.trainer.num_nodes
+    trainer, checkpoint = build_trainer(cfg, out_dir)
+    # Lightning resolves devices "auto", -1 or a list of ids: each rank gets 1/world of the batches.
+    world = trainer.num_devices * trainer.num_nodes
     steps_per_epoch = max(1, len(train_ds) // world)
     total = steps_per_epoch * g.max_epochs if g.max_steps < 0 else min(g.max_steps, steps_per_epoch * g.max_epochs)
     module = GeneratorModule(spec.to_dict(), g.lr, min(g.warmup_steps, max(1, total // 10)), total, g.max_minutes * 60, g.label_smoothing, g.weight_decay, g.max_cpu_minutes * 60)
     # The average starts after warm-up (early weights would linger in it) or at the first epoch's
     # end if that comes sooner (an average never updated would be validated as the initial weights).
-    trainer, checkpoint = build_trainer(cfg, out_dir, ema_start=min(g.warmup_steps, steps_per_epoch - 1))
+    for callback in trainer.callbacks:
+        if isinstance(callback, EMAWeightAveraging):
+            callback.update_starting_at_step = min(g.warmup_steps, steps_per_epoch - 1)
+    trainer.callbacks.append(EpochControls(train_ds))
 
     run = None
     if is_launcher_rank():
@@ -280,6 +297,13 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
         manifest["metrics"].update({"train_seconds": train_seconds, "best_val_loss": float(checkpoint.best_model_score or float("nan"))})
         write_manifest(out_dir, manifest)
         return manifest
+    except BaseException as exc:
+        if run is not None:  # the run must not read FINISHED in the UI
+            import mlflow
+
+            mlflow.end_run(status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+            run = None
+        raise
     finally:
         if run is not None:
             import mlflow
@@ -321,10 +345,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     cfg = load_config(args.params, args.profile)
+    check_files(corpus=cfg.paths.corpus, ad_law_words=cfg.paths.ad_law_words, latin_words=cfg.paths.latin_words)
     if args.evaluate_only is not None:
         reevaluate(cfg, args.evaluate_only, args.out, args.parent_run_id)
     else:
-        train(cfg, args.out, args.parent_run_id)
+        exit_code_on_sigterm(train, cfg, args.out, args.parent_run_id)
 
 
 if __name__ == "__main__":

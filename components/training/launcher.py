@@ -19,6 +19,30 @@ class TrainingFailed(RuntimeError):
     pass
 
 
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell, a scheduler or Kubernetes expects
+
+
+def exit_code_on_sigterm(run, *args, **kwargs):
+    """Call `run(*args, **kwargs)` in an entry point; a SIGTERM during fit ends the process with 143.
+
+    Lightning turns SIGTERM into `SIGTERMException`, a SystemExit with no code, which would
+    end the process with 0: a scheduler or CI would count a killed training as a success."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        return run(*args, **kwargs)
+    except SIGTERMException as exc:
+        print(f"training stopped by SIGTERM (exit {SIGTERM_EXIT})", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT) from exc
+
+
+def check_files(**paths: Path) -> None:
+    """Fail in the first second on a file the run reads only after training."""
+    missing = [f"{name}: {path}" for name, path in paths.items() if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing before training starts: {'; '.join(missing)}")
+
+
 def launch(
     entry_module: str,
     *,

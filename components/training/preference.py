@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config, load_config
+from components.training.launcher import exit_code_on_sigterm
 
 STAGE = "preference"
 LOGGED_METRIC_PREFIXES = ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "threshold", "n", "positives", "cold_", "ceiling_", "baseline_", "onnx_", "val_", "train_", "epochs_")
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
     disable_telemetry()
     cfg = load_config(args.params, args.profile)
-    manifest = run_training(cfg, args.out, args.parent_run_id)
+    manifest = exit_code_on_sigterm(run_training, cfg, args.out, args.parent_run_id)
     if manifest is not None:
         print(json.dumps({k: manifest[k] for k in ("champion_kind", "run_id", "model_dir")}, ensure_ascii=False))
     return 0

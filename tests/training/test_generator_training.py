@@ -13,7 +13,7 @@ from tests.models.generator_fixtures import ROOT, write_params
 @pytest.mark.slow
 def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     # With weight averaging on: it must work under DDP too.
-    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, generator={"ema_decay": 0.9, "max_epochs": 2})
+    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, generator={"ema_decay": 0.9, "max_epochs": 2, "max_cpu_minutes": 0.5})  # the CPU budget is decided across ranks
     out = tmp_path / "out"
     parent_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(parent_uri)
@@ -54,3 +54,41 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     assert mlflow.pytorch.load_model(manifest["model_uri"]) is not None
     from_registry_uri = api.load_generator(manifest["model_uri"])  # pytorch-flavour URI -> its run's bundle
     assert from_registry_uri.generate_many(request, "greedy") == generator.generate_many(request, "greedy")
+
+
+def test_a_run_that_fails_after_training_is_marked_failed_in_mlflow(tmp_path, monkeypatch):
+    """The UI must not show FINISHED for a run whose evaluation or export broke."""
+    from components.config import load_config
+    from components.training import generator as entry
+
+    cfg = load_config(write_params(tmp_path, generator={"max_epochs": 1}), "quick")
+
+    def broken_export(*args, **kwargs):
+        raise OSError("disk full while exporting")
+
+    monkeypatch.setattr(entry, "evaluate_and_log", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        entry.train(cfg, tmp_path / "out")
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_sigterm_during_training_exits_143_not_0(monkeypatch):
+    """Lightning turns SIGTERM into a SystemExit with no code (exit status 0)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from components.training import generator, preference
+
+    def terminated(*args, **kwargs):
+        raise SIGTERMException()
+
+    monkeypatch.setattr(generator, "train", terminated)
+    monkeypatch.setattr(preference, "run_training", terminated)
+    params = str(ROOT / "params.yaml")
+    for main in (lambda: generator.main(["--profile", "quick", "--params", params, "--out", "unused"]),
+                 lambda: preference.main(["--profile", "quick", "--params", params, "--out", "unused"])):
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == 143
