@@ -569,14 +569,56 @@ def test_training_draws_shuffle_the_attribute_order_and_validation_keeps_it(part
     plain = ControlSampling(1.0, 1.0, 3, max_exemplar_len=0)  # no focus, tone and length "any"
     shuffling = ControlSampling(1.0, 1.0, 3, max_exemplar_len=0, shuffle_attributes=True)
 
-    def sources(sampling, resample, draws=6):
+    def sources(sampling, resample, epochs=6):
         batches = BucketedBatches(examples, tokenizer, 4, 64, sampling, seed=0, resample=resample)
-        return {tuple(batches[0]["src"][0].tolist()) for _ in range(draws)}
+        drawn = set()
+        for epoch in range(epochs):
+            batches.set_epoch(epoch)
+            drawn.add(tuple(batches[0]["src"][0].tolist()))
+        return drawn
 
     corpus_order = tokenizer.encode_source(attributes, [], "any", "any", 64)
     assert sources(plain, resample=True) == {tuple(corpus_order)}
     assert len(sources(shuffling, resample=True)) > 1
     assert sources(shuffling, resample=False) == {tuple(corpus_order)}  # comparable validation losses
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_epoch_draws_new_controls_also_in_dataloader_workers(parts, workers):
+    """Workers get a fresh copy of the dataset every epoch: the draws must follow the epoch
+    Lightning is in, not a counter that restarts in every copy."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
+    from components.training.generator import EpochControls
+
+    tokenizer, corpus = parts[0], parts[5].head(16)
+    examples = build_examples(list(corpus["attributes"]), list(corpus["summary"]), tokenizer, parts[2], 32)
+    dataset = BucketedBatches(examples, tokenizer, 4, 64, ControlSampling(0.3, 0.3, 3, max_exemplar_len=0, shuffle_attributes=True), seed=0, resample=True)
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).append(batch["src"].tolist())
+            return (self.weight * 0).sum() + self.weight.sum() ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    module = Recorder()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[EpochControls(dataset)], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers))
+    epochs = [module.seen[e] for e in range(3)]
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+    dataset.set_epoch(1)
+    assert [dataset[i]["src"].tolist() for i in range(len(dataset))] == epochs[1]  # reproducible per epoch
 
 
 def test_cached_decoder_steps_match_teacher_forcing(parts):

@@ -81,7 +81,13 @@ class BucketedBatches(Dataset):
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda i: len(self.examples[i].target))
             self.batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
-        self.draws = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training draws depend on (seed, batch, epoch), not on a counter: a DataLoader worker
+        gets a fresh copy of the dataset every epoch, so a counter would restart and repeat
+        the first epoch's controls (`EpochControls` calls this before the workers start)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -97,9 +103,8 @@ class BucketedBatches(Dataset):
         return focus, tone, length, exemplar
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        # Training draws fresh controls each time; validation is fixed per batch (comparable losses).
-        self.draws += 1
-        rng = np.random.default_rng((self.seed, index, self.draws if self.resample else 0))
+        # Training draws fresh controls every epoch; validation is fixed per batch (comparable losses).
+        rng = np.random.default_rng((self.seed, index, self.epoch + 1 if self.resample else 0))
         sources, targets = [], []
         for i in self.batches[index]:
             example = self.examples[i]
