@@ -112,6 +112,58 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(small_cfg, tmp_pa
     assert again.resumed_from == "finished" and again.best_checkpoint == resumed.best_checkpoint
 
 
+class _TrainLoss(Callback):
+    """The epoch's mean training loss, as Lightning aggregates it."""
+
+    def __init__(self):
+        self.per_epoch: dict[int, float] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.per_epoch[trainer.current_epoch] = float(trainer.callback_metrics["train_loss"])
+
+
+def test_history_rows_pair_each_epochs_training_and_validation_loss(small_cfg, tmp_path):
+    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
+    truth = _TrainLoss()
+    fit = train(small_cfg.model_copy(update={"preference": small_cfg.preference.model_copy(update={"max_epochs": 3, "patience": 5})}),
+                "logreg", load_data(small_cfg), tmp_path / "ckpt", callbacks=[truth])
+    assert [row["epoch"] for row in fit.history] == [0, 1, 2]
+    assert [row["train_loss"] for row in fit.history] == pytest.approx([truth.per_epoch[e] for e in range(3)])
+
+
+class _Poison(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            pl_module.net.linear.weight.fill_(float("nan"))
+
+
+def test_a_run_that_never_reaches_a_finite_validation_loss_is_not_kept(small_cfg, tmp_path):
+    from components.models.preference.train import DONE_FILE, TrainingDiverged
+
+    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
+    data = load_data(small_cfg)
+    with pytest.raises(TrainingDiverged, match="Lower preference.logreg_lr"):
+        train(small_cfg, "logreg", data, tmp_path / "ckpt", callbacks=[_Poison()])
+    assert not list((tmp_path / "ckpt").glob(f"*/{DONE_FILE}"))  # the next run trains again
+    assert train(small_cfg, "logreg", data, tmp_path / "ckpt").resumed_from != "finished"
+
+
+def test_a_run_that_stopped_early_continues_when_patience_is_raised(small_cfg, tmp_path):
+    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
+    data = load_data(small_cfg)
+
+    def cfg(patience):  # a large step zig-zags, so patience 0 stops within a few epochs
+        knobs = {"patience": patience, "max_epochs": 8, "logreg_lr": 0.5}
+        return small_cfg.model_copy(update={"preference": small_cfg.preference.model_copy(update=knobs)})
+
+    first = train(cfg(0), "logreg", data, tmp_path / "ckpt")
+    assert first.stopped_early and first.epochs_completed < 8
+    assert train(cfg(0), "logreg", data, tmp_path / "ckpt").resumed_from == "finished"
+    patient = train(cfg(8), "logreg", data, tmp_path / "ckpt")
+    assert patient.resumed_from.endswith("last.ckpt")
+    assert patient.epochs_completed == 8 and not patient.stopped_early  # the new patience, not the stored 0
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_evaluation_is_honest_shuffled_labels_score_chance(make_cfg, tmp_path, shuffle):
     cfg = make_cfg(preference={**FAST, "max_epochs": 3})

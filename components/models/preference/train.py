@@ -6,7 +6,9 @@
   interrupted run resumes from `last.ckpt`. Checkpoints live in a folder named after a
   fingerprint of everything that shapes the weights (model knobs, seed, the encoded training
   data), so a changed input never resumes from a stale checkpoint. `max_epochs` and `patience`
-  are deliberately left out of it: raising them continues the same run.
+  are deliberately left out of it: raising them continues the same run (a run that stopped
+  early is done only for the patience it stopped with).
+- A run whose validation loss was never finite raises `TrainingDiverged` and is not marked done.
 - Early stopping on validation loss.
 - No MLflow here: the entry point logs from rank 0 only, after training.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +65,21 @@ class EpochHistory(Callback):
         if self.first_epoch is None:
             self.first_epoch = trainer.current_epoch
 
+    def _record(self, trainer, prefix: str) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+        row = next((r for r in self.rows if r["epoch"] == trainer.current_epoch), None)
+        if row is None:
+            self.rows.append(row := {"epoch": trainer.current_epoch})
+        row.update(metrics)
+
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val_", "train_"))}
-        self.rows = [r for r in self.rows if r["epoch"] != trainer.current_epoch]
-        self.rows.append({"epoch": trainer.current_epoch, **metrics})
+        if not trainer.sanity_checking:
+            self._record(trainer, "val_")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Validation ends before the epoch's train_* means are aggregated: recorded here, or
+        # each row would carry the previous epoch's training loss.
+        self._record(trainer, "train_")
 
     def state_dict(self):
         return {"rows": self.rows}
@@ -138,6 +150,20 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, num_wo
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
+class TrainingDiverged(RuntimeError):
+    """Validation loss was never finite: no weights worth keeping (nothing is marked done)."""
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Lightning restores `patience` with a checkpoint; a resumed run keeps the configured one
+    (raising `preference.patience` must continue the run with the new patience)."""
+
+    def load_state_dict(self, state_dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 def _read_done(checkpoint_dir: Path) -> dict | None:
     path = checkpoint_dir / DONE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
@@ -157,7 +183,9 @@ def train(
     p = cfg.preference
 
     done = _read_done(checkpoint_dir)
-    if done and (done["stopped_early"] or done["epochs_completed"] >= p.max_epochs) and Path(done["best_checkpoint"]).exists():
+    # A run that stopped early is finished only for the patience it stopped with.
+    finished = done and ((done["stopped_early"] and done.get("patience") == p.patience) or done["epochs_completed"] >= p.max_epochs)
+    if finished and Path(done["best_checkpoint"]).exists():
         # The same training already finished: reuse it (an unchanged DVC/Prefect re-run is free).
         rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
         module = _load_best(kind, done["best_checkpoint"]) if rank_zero else None
@@ -169,7 +197,7 @@ def train(
     history = EpochHistory()
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-{epoch}", monitor="val_loss", mode="min",
                                  save_top_k=1, save_last=True, every_n_epochs=1)
-    early_stopping = EarlyStopping(monitor="val_loss", mode="min", patience=p.patience)
+    early_stopping = ConfiguredEarlyStopping(monitor="val_loss", mode="min", patience=p.patience)
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         max_epochs=p.max_epochs,
@@ -193,6 +221,14 @@ def train(
     )
     if trainer.interrupted:
         raise KeyboardInterrupt(f"training of {kind} was interrupted; re-run to resume from {last}")
+    score = checkpoint.best_model_score
+    if score is None or not bool(torch.isfinite(score)):
+        if trainer.is_global_zero:  # nothing in it is worth resuming from
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        raise TrainingDiverged(
+            f"training of {kind} diverged: no epoch reached a finite validation loss; its checkpoints were removed. "
+            f"Lower preference.{'logreg_lr' if kind == 'logreg' else 'lr'} or check the features for extreme values."
+        )
     best = checkpoint.best_model_path or str(last)
     stopped_early = early_stopping.stopped_epoch > 0
     result = FitResult(kind=kind, module=None, checkpoint_dir=checkpoint_dir, best_checkpoint=best, history=history.rows,
@@ -201,7 +237,7 @@ def train(
                        global_step=trainer.global_step)
     if trainer.is_global_zero:
         done = {"best_checkpoint": best, "epochs_completed": trainer.current_epoch, "stopped_early": stopped_early,
-                "history": history.rows, "global_step": trainer.global_step}
+                "patience": p.patience, "history": history.rows, "global_step": trainer.global_step}
         (checkpoint_dir / DONE_FILE).write_text(json.dumps(done, indent=2), encoding="utf-8")
         result.module = _load_best(kind, best)
     return result
