@@ -183,7 +183,7 @@ class PreferenceConfig(Section):
     dropout: float = Field(ge=0, lt=1)
     cold_start_min_events: int = Field(ge=0)
     bootstrap: int = Field(ge=0)
-    logreg_lr: float = Field(default=0.05, gt=0)
+    logreg_lr: float = Field(default=0.01, gt=0)
     id_dropout: float = Field(default=0.05, ge=0, lt=1)
     cold_holdout_users: float = Field(default=0.1, ge=0, lt=0.5)
 
