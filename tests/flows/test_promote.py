@@ -48,7 +48,7 @@ def _stop(process: subprocess.Popen) -> None:
 class PrefectServer:
     """A `prefect server start` process started in the background; `ready()` waits for health."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, services: bool = False):
         port = _free_port()
         self.log_path = base / "server.log"
         self.env = {
@@ -60,11 +60,12 @@ class PrefectServer:
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         }
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), *([] if services else ["--no-services"])],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -200,3 +201,37 @@ def test_registry_commands_refuse_a_missing_store_and_report_refusals_in_one_lin
     assert busy.exit_code == 1 and "promotion refused: another promotion held" in busy.output
     assert "Traceback" not in busy.output
     assert model_aliases(registry_client(world.cfg), "copyflow-release")["champion"] == "1"
+
+
+@pytest.mark.slow
+def test_the_nightly_retrain_schedule_creates_runs(tmp_path):
+    """`make deploy` registers the cron; the server's scheduler must turn it into scheduled
+    runs (SQLAlchemy 2.1 broke Prefect 3.8's scheduler insert: the cron was shown, never run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    server = PrefectServer(tmp_path, services=True)
+    try:
+        env = server.ready()
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as api:
+            template = ProcessWorker.get_default_base_job_template()
+            api.create_work_pool(WorkPoolCreate(name="copyflow-local", type="process", base_job_template=template))
+            _prefect(env, "--no-prompt", "deploy", "--prefect-file", "prefect.yaml", "--name", "retrain")
+            deadline, runs = time.monotonic() + 90, []
+            while not runs and time.monotonic() < deadline:
+                time.sleep(1)
+                runs = api.read_flow_runs(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retrain"])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                )
+        log = server.log_path.read_text()
+        assert runs, f"no scheduled retrain run after 90 s; server log:\n{log[-3000:]}"
+        assert "bulk DML" not in log
+        for run in runs:  # 02:00 in Shanghai is 18:00 UTC
+            assert (run.expected_start_time.hour, run.expected_start_time.minute) == (18, 0)
+    finally:
+        server.stop()
