@@ -5,7 +5,8 @@
 2. score each candidate, and the champion's member of the same family, on the same rows;
 3. run the family's gate; log per-example evidence, the report and gate metrics to MLflow;
 4. register every candidate version with its lineage tags and gate verdict (failed ones too,
-   so the registry shows why a version never shipped);
+   so the registry shows why a version never shipped); a family whose training DVC skipped
+   keeps the version its run already has (only its gate tags are updated);
 5. if every gate passed: alias `challenger` on each member and on a new `copyflow-release`
    version; if params say auto_promote and no champion exists yet, promote it.
 A failing gate raises GateFailed with the report after step 4: no alias moves.
@@ -27,7 +28,7 @@ from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snaps
 from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
 from components.registry.evidence import log_gate_artifacts, member_label, member_scores
 from components.registry.lineage import lineage_tags
-from components.registry.names import CHALLENGER, CHAMPION, RELEASE_MODEL, registered_model
+from components.registry.names import CHALLENGER, CHAMPION, LINEAGE_TAGS, RELEASE_MODEL, registered_model
 from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
 from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
@@ -69,18 +70,23 @@ class ReleaseOutcome:
         }
 
 
+def _version_of_run(client: MlflowClient, family: str, run_id: str):
+    """The latest version of the family registered from this training run, or None."""
+    try:
+        versions = versions_of_run(client, registered_model(family), run_id)
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
 def _registered_versions(client: MlflowClient, families: list[str], manifests: list[dict]) -> dict[str, object] | None:
     """family -> the version already registered from this manifest's training run, if all are."""
     found = {}
     for family, manifest in zip(families, manifests, strict=True):
-        name = registered_model(family)
-        try:
-            versions = versions_of_run(client, name, manifest["run_id"])
-        except MlflowException:
+        version = _version_of_run(client, family, manifest["run_id"])
+        if version is None:
             return None
-        if not versions:
-            return None
-        found[family] = max(versions, key=lambda v: int(v.version))
+        found[family] = version
     return found
 
 
@@ -201,11 +207,26 @@ def release_candidates(
     versions: dict[str, str] = {}
     lineage: dict[str, dict[str, str]] = {}
     for family, manifest in zip(families, manifests, strict=True):
-        tags = lineage_tags(cfg, manifest, project_dir=project_dir, flow_run_id=flow_run_id, parent_tags=parent_tags)
+        registered = _version_of_run(client, family, manifest["run_id"])
         gate = next(g for g in gates if g.family == family)
-        tags["gate.verdict"] = gate.verdict
-        tags["gate.failed_rules"] = ", ".join(f"{r.kind}:{r.metric}" for r in gate.failures()) or "none"
-        tags["gate.baseline_release"] = champion_release or "none"
+        gate_tags = {
+            "gate.verdict": gate.verdict,
+            "gate.failed_rules": ", ".join(f"{r.kind}:{r.metric}" for r in gate.failures()) or "none",
+            "gate.baseline_release": champion_release or "none",
+        }
+        if registered is not None:
+            # DVC skipped this family's training (another family changed): the same run keeps
+            # its version and the lineage of the retrain that trained it; gated again above.
+            versions[family] = str(registered.version)
+            members[family]["version_reused"] = True
+            members[family]["version"] = versions[family]
+            lineage[family] = {k: v for k, v in registered.tags.items() if k in LINEAGE_TAGS}
+            members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
+            for key, value in gate_tags.items():  # its latest gate
+                client.set_model_version_tag(registered_model(family), versions[family], key, value)
+            continue
+        tags = lineage_tags(cfg, manifest, project_dir=project_dir, flow_run_id=flow_run_id, parent_tags=parent_tags)
+        tags.update(gate_tags)
         versions[family] = _register(client, family, manifest, tags)
         members[family]["version"] = versions[family]
         members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
@@ -219,7 +240,9 @@ def release_candidates(
     # Families this retrain did not train keep the champion's version, so a release is complete.
     for family, member in (champion_manifest or {}).get("members", {}).items():
         members.setdefault(family, {**member, "inherited": True})
-    any_lineage = next(iter(lineage.values()))
+    # The release's own lineage is this retrain's: a freshly trained member's, when there is one.
+    fresh = [f for f in families if not members[f].get("version_reused")]
+    any_lineage = lineage[fresh[0]] if fresh else next(iter(lineage.values()))
     manifest = {
         "profile": cfg.profile,
         "created_at": now_iso(),

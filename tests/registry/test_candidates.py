@@ -123,6 +123,26 @@ def test_rerun_with_unchanged_training_runs_registers_nothing_new(world):
     assert len(client.search_model_versions("name='copyflow-preference'")) == count
 
 
+def test_a_family_whose_training_was_skipped_keeps_its_version(world, tmp_path):
+    """Only the preference stage re-ran (say, a preference knob changed): the generator's run
+    is registered already, so the new release points at its version instead of a copy."""
+    from tests.registry import helpers
+    from tests.registry.world import clone_world
+
+    clone = clone_world(world, tmp_path / "clone")
+    client = registry_client(clone.cfg)
+    generators_before = len(client.search_model_versions("name='copyflow-generator'"))
+    retrained = helpers.train_preference(clone.cfg, clone.base, seed=3)
+    outcome = release_candidates(clone.cfg, [retrained, world.manifests["gen2"]], project_dir=ROOT, scorers=helpers.SCORERS)
+    assert outcome.passed and outcome.release == "3"
+    assert outcome.versions["generator"] == world.second.versions["generator"]
+    assert outcome.versions["preference"] not in (world.first.versions["preference"], world.second.versions["preference"])
+    assert len(client.search_model_versions("name='copyflow-generator'")) == generators_before
+    release = client.get_model_version(RELEASE_MODEL, "3").tags
+    assert release["member.generator"] == world.second.versions["generator"]
+    assert release["prefect_flow_run_id"] == client.get_model_version("copyflow-preference", outcome.versions["preference"]).tags["prefect_flow_run_id"]
+
+
 def test_release_inside_a_retrain_run_records_its_lineage_and_report(world):
     client = registry_client(world.cfg)
     parent = client.get_run(world.parent_run_id)
