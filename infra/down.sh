@@ -13,7 +13,17 @@ stop() {  # stop NAME PATTERN: only if the recorded pid is still that program (p
   local pid
   pid=$(cat "$pidfile")
   if ! kill -0 "$pid" 2>/dev/null || ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern"; then
-    echo "$name: pid $pid is gone (or is no longer $pattern); removing $pidfile"
+    # The leader may have died alone (kill -9) while its workers still hold the port.
+    local members
+    members=$(pgrep -g "$pid" -f -- "$pattern" | tr '\n' ' ')
+    if [[ -n "$members" ]]; then
+      echo "$name: leader $pid is gone; stopping the rest of its process group ($members)"
+      kill -TERM -- "-$pid" 2>/dev/null
+      sleep 2
+      kill -KILL -- "-$pid" 2>/dev/null
+    else
+      echo "$name: pid $pid is gone (or is no longer $pattern); removing $pidfile"
+    fi
     rm -f "$pidfile"
     return
   fi

@@ -28,11 +28,21 @@ export PREFECT_HOME="$PWD/$RUN/prefect-home"
 
 running() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
-start() {  # start NAME CMD...: detached in its own session, so its pid is its process group id
-  local name=$1; shift
+port_free() {  # port_free PORT: nothing listens on HOST:PORT
+  "$BIN/python" -c "import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))" "$HOST" "$1" 2>/dev/null
+}
+
+start() {  # start NAME PORT CMD...: detached in its own session, so its pid is its process group id
+  local name=$1 port=$2; shift 2
   if running "$name"; then
     echo "$name already running (pid $(cat "$RUN/$name.pid"))"
     return
+  fi
+  if ! port_free "$port"; then
+    # Another checkout's server (or anything else) would answer our health check, and this
+    # checkout's runs would go to its store: refuse instead.
+    echo "$name: port $port on $HOST is already in use by another process; stop it or pick another port (PREFECT_PORT=... MLFLOW_PORT=... make up)" >&2
+    exit 1
   fi
   setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
@@ -43,8 +53,13 @@ wait_healthy() {  # wait_healthy NAME URL
   local name=$1 url=$2
   for _ in $(seq 1 180); do
     if "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; then
-      echo "$name healthy at $url"
-      return
+      if running "$name"; then
+        echo "$name healthy at $url"
+        return
+      fi
+      echo "$name answered at $url but our process exited: another server holds the port; last log lines:" >&2
+      tail -n 30 "$RUN/$name.log" >&2
+      exit 1
     fi
     if ! running "$name"; then
       echo "$name exited; last log lines:" >&2
@@ -57,9 +72,9 @@ wait_healthy() {  # wait_healthy NAME URL
   exit 1
 }
 
-start prefect-server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
+start prefect-server "$PREFECT_PORT" "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 # MLFLOW_WORKERS=1 (server.env): one server process owns the sqlite store (sqlite does not like concurrent writers).
-start mlflow-server "$BIN/mlflow" server \
+start mlflow-server "$MLFLOW_PORT" "$BIN/mlflow" server \
   --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
   --artifacts-destination "$MLFLOW_DIR/artifacts" \
   --host "$HOST" --port "$MLFLOW_PORT" --workers "${MLFLOW_WORKERS:-1}"
