@@ -74,8 +74,13 @@ wait_healthy() {  # wait_healthy NAME URL
 
 start prefect-server "$PREFECT_PORT" "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 # MLFLOW_WORKERS=1 (server.env): one server process owns the sqlite store (sqlite does not like concurrent writers).
+# --default-artifact-root: experiments created through the server store artifacts under the same
+# file:// folder the embedded mode uses, so the CLI reads them with or without the server (a
+# proxied mlflow-artifacts:/ location is readable only over http). --artifacts-destination still
+# serves experiments a proxied server created earlier.
 start mlflow-server "$MLFLOW_PORT" "$BIN/mlflow" server \
   --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
+  --default-artifact-root "file://$MLFLOW_DIR/artifacts" \
   --artifacts-destination "$MLFLOW_DIR/artifacts" \
   --host "$HOST" --port "$MLFLOW_PORT" --workers "${MLFLOW_WORKERS:-1}"
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -57,3 +59,39 @@ def test_down_stops_the_workers_of_a_leader_that_died_alone(tmp_path):
     assert "leader" in result.stdout and "stopping the rest of its process group" in result.stdout, result.stdout
     assert subprocess.run(["pgrep", "-g", str(group.pid)], capture_output=True).returncode == 1
     assert not (checkout / ".run" / "mlflow-server.pid").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_up_serves_the_embedded_store_and_down_stops_everything(tmp_path):
+    """Runs logged through `make up`'s MLflow server stay readable from the embedded store after
+    `make down` (a proxied mlflow-artifacts:/ location could only be read over http)."""
+    import mlflow
+
+    checkout = _checkout(tmp_path)
+    ports = {"PREFECT_PORT": str(_free_port()), "MLFLOW_PORT": str(_free_port())}
+    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), **ports}
+    try:
+        up = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        mlflow.set_tracking_uri(f"http://127.0.0.1:{ports['MLFLOW_PORT']}")
+        experiment = mlflow.create_experiment("served")
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_text("logged through the server", "notes/hello.txt")
+        assert mlflow.get_experiment(experiment).artifact_location.startswith("file://")
+    finally:
+        down = subprocess.run(["bash", "infra/down.sh"], cwd=checkout, capture_output=True, text=True, timeout=120)
+    assert "prefect-server stopped" in down.stdout and "mlflow-server stopped" in down.stdout, down.stdout
+    for port in ports.values():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", int(port)))  # free again
+
+    mlflow.set_tracking_uri(f"sqlite:///{checkout / 'mlflow' / 'mlflow.db'}")
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/notes/hello.txt", dst_path=str(tmp_path / "read"))
+    assert Path(path).read_text() == "logged through the server"
