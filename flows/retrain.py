@@ -16,11 +16,13 @@ from prefect.runtime import flow_run
 
 from components import dvc_runner, pipeline, tracking
 from components.config import load_config
-from components.run_summary import RetrainResult
+from components.evaluation.gates import GateFailed
+from components.run_summary import RetrainResult, format_summary
 
 # Stages whose failure can be transient (network, a killed worker) are retried; a failed data
 # gate is deterministic and never retried.
 RETRIES = {"source": 2, "train_preference": 1, "train_generator": 1}
+OUTPUT_TAIL_LINES = 15
 
 
 class DataGateFailed(RuntimeError):
@@ -38,7 +40,11 @@ def run_stage(
     logger = get_run_logger()
     env = {pipeline.PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
     result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env)
-    logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
+    if result.skipped:
+        logger.info("%s: unchanged, skipped by DVC", result.target)
+    else:  # the stage's own last lines, so the Prefect UI shows what it did, not only that it ran
+        tail = "\n".join(result.output.strip().splitlines()[-OUTPUT_TAIL_LINES:])
+        logger.info("%s: ran; last lines of its output:\n%s", result.target, tail)
     return result
 
 
@@ -52,14 +58,26 @@ def release(profile: str, params_path: str, manifests: list[dict], project_dir: 
     from components.registry import release_candidates
 
     cfg = load_config(Path(project_dir) / params_path, profile)
-    outcome = release_candidates(
-        cfg,
-        manifests,
-        project_dir=project_dir,
-        flow_run_id=str(flow_run.get_id() or ""),
-        parent_run_id=parent_run_id,
-    )
+    try:
+        outcome = release_candidates(
+            cfg,
+            manifests,
+            project_dir=project_dir,
+            flow_run_id=str(flow_run.get_id() or ""),
+            parent_run_id=parent_run_id,
+        )
+    except GateFailed as failed:
+        _publish(f"release-gate-{profile}", failed.report, f"Release gate report ({profile}): FAILED")
+        raise
+    _publish(f"release-gate-{profile}", outcome.report, f"Release gate report ({profile}): release {outcome.release}")
     return outcome.to_dict()
+
+
+def _publish(key: str, markdown: str, description: str) -> None:
+    """A markdown artifact on the flow run's page in the Prefect UI (latest under its key)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
 @flow(name="retrain", log_prints=True)
@@ -127,6 +145,9 @@ def retrain(
             result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)
             mlflow.set_tag("release", str(result.release.get("release") or ""))
             mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
+    summary = format_summary(result, tracking.tracking_uri(cfg))
+    _publish(f"retrain-{profile}", f"```\n{summary}\n```", f"copyflow retrain summary ({profile})")
+    get_run_logger().info("retrain done: summary in the artifact retrain-%s; MLflow run %s", profile, result.mlflow_run_id)
     return result
 
 
@@ -160,6 +181,7 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         report = pipeline.stage_output_dir(cfg, stage) / "report.md"
         text = report.read_text(encoding="utf-8") if report.exists() else failure.output
         logger.error("data gate failed; no later stage ran and no model was touched")
+        _publish(f"data-gate-{cfg.profile}", text, f"Great Expectations report ({cfg.profile}): FAILED")
         raise DataGateFailed(
             f"Data validation failed for profile {cfg.profile!r}; the run stopped before training.\n"
             f"Report: {report}\n\n{text}"

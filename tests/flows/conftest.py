@@ -45,3 +45,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def prefect_artifact(key: str) -> str:
+    """The latest markdown the flow published under `key` (what the Prefect UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no Prefect artifact {key!r}"
+    return max(found, key=lambda a: a.created).data

@@ -16,7 +16,7 @@ from components.config import load_config
 from components.pipeline import DATA_STAGES
 from components.tracking import tracking_uri
 from flows.retrain import DataGateFailed, ParamsNotTracked, retrain
-from tests.flows.conftest import make_project
+from tests.flows.conftest import make_project, prefect_artifact
 
 
 def _runs(project):
@@ -44,6 +44,8 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     assert sorted(r.data.tags["stage"] for r in children) == sorted(DATA_STAGES)
     ingest = next(r for r in children if r.data.tags["stage"] == "ingest")
     assert any(k.startswith("dvc.outs.") for k in ingest.data.tags)  # data hash from dvc.lock
+    summary = prefect_artifact("retrain-quick")
+    assert "data gate (Great Expectations): PASSED" in summary and first.mlflow_run_id in summary
 
     second = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
     assert all(second.stages[s]["skipped"] for s in DATA_STAGES), second.stages
@@ -86,3 +88,4 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     logged = {a.path for a in client.list_artifacts(gate_run.info.run_id)}
     assert "report.md" in logged
     assert client.search_registered_models() == []
+    assert "FAILED" in prefect_artifact("data-gate-quick") and "event_id" in prefect_artifact("data-gate-quick")

@@ -16,7 +16,7 @@ from components.config import load_config
 from components.tracking import tracking_uri
 from flows.cli import app
 from flows.retrain import retrain
-from tests.flows.conftest import make_project
+from tests.flows.conftest import make_project, prefect_artifact
 from tests.models.generator_fixtures import TINY_GENERATOR
 
 TINY_TRAINING = {
@@ -56,6 +56,8 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     assert all(stage["skipped"] for stage in second.stages.values()), second.stages
     assert second.release["release"] == "1"
     assert len(client.search_model_versions("name = 'copyflow-release'")) == 1
+    assert "Gate `preference`" in prefect_artifact("release-gate-quick")  # on the flow run's page
+    assert "release 1" in prefect_artifact("retrain-quick")
 
     users = pd.read_parquet(cfg.stage_dir("clean") / "users.parquet")["user_id"]
     products = pd.read_parquet(cfg.stage_dir("clean") / "products.parquet")["product_id"]
