@@ -47,7 +47,8 @@ def repro(
     invalidate a cached stage).
     """
     target = f"{stage}@{profile}"
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", target]
+    # Through components.lifecycle: DVC (and its stage) end if the flow process is killed.
+    cmd = [sys.executable, "-m", "components.lifecycle", "dvc", "repro", "--single-item", target]
     if force:
         cmd.append("--force")
     proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True)

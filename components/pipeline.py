@@ -102,4 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from components.lifecycle import die_with_parent
+
+    die_with_parent()  # run by DVC: end with it (and so end the trainer this stage launched)
     raise SystemExit(main())

@@ -448,4 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from components.lifecycle import die_with_parent
+
+    die_with_parent()  # rank 0 ends with the stage that launched it, a DDP rank with rank 0
     sys.exit(main())

@@ -1,0 +1,48 @@
+"""Processes that end with their parent.
+
+A retrain is a chain of processes: the flow -> `dvc repro` -> the stage command -> the training
+entry point (-> its DDP ranks). If the flow process is killed (SIGKILL, an OOM kill, a worker
+crash), nothing tells the rest of the chain: DVC would keep its stage locks and the trainer
+would keep running, and the next retrain would find the outputs busy. On Linux each link asks
+the kernel for a SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere this is a no-op.
+
+Each process asks for itself, after exec (a preexec_fn would run Python between fork and exec
+in a multi-threaded flow process). Programs that are not ours run through this module:
+`python -m components.lifecycle dvc repro ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask for `sig` when the parent process exits."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if parent == 1 or os.getppid() != parent:  # the parent was already gone
+        os.kill(os.getpid(), sig)
+
+
+def main() -> None:
+    """`python -m components.lifecycle MODULE ARGS...`: run `python -m MODULE ARGS...` so that it
+    ends with its parent."""
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m components.lifecycle MODULE [ARGS...]")
+    module = sys.argv[1]
+    sys.argv = [module, *sys.argv[2:]]
+    die_with_parent()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
