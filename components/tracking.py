@@ -159,6 +159,56 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return {k.replace(" ", "_"): v for k, v in flat.items()}
 
 
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: lets a later run tell a crashed run from a live one."""
+    import socket
+
+    return {"copyflow.host": socket.gethostname(), "copyflow.pid": str(os.getpid())}
+
+
+def end_orphaned_runs(experiment_id: str, kind: str, profile: str) -> list[str]:
+    """Mark FAILED the RUNNING `kind` runs of this profile whose process, on this host, is gone
+    (a SIGKILLed or OOM-killed flow never ends its runs), and their RUNNING nested runs.
+    Returns the ids it ended. Runs of other hosts are left alone: their processes cannot be seen."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.kind = '{kind}' and tags.profile = '{profile}'",
+        max_results=200,
+    )
+    ended: list[str] = []
+    for run in running:
+        tags = run.data.tags
+        pid = tags.get("copyflow.pid", "")
+        if tags.get("copyflow.host") != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        children = client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{run.info.run_id}'",
+            max_results=200,
+        )
+        for orphan in [*children, run]:
+            client.set_tag(orphan.info.run_id, "copyflow.orphaned", f"its process (pid {pid} on {host}) ended without ending the run")
+            client.set_terminated(orphan.info.run_id, status="FAILED")
+            ended.append(orphan.info.run_id)
+    return ended
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def git_commit(cwd: Path | str = ".") -> str:
     import subprocess
 

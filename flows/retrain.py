@@ -106,7 +106,9 @@ def retrain(
             f"with `copyflow stage STAGE --params FILE`"
         )
     cfg = load_config(params_file, profile)
-    tracking.configure(cfg)
+    experiment_id = tracking.configure(cfg)
+    for run_id in tracking.end_orphaned_runs(experiment_id, "retrain", profile):
+        get_run_logger().warning("MLflow run %s was left RUNNING by a retrain whose process died: marked FAILED", run_id)
     stages = list(stages or pipeline.stages_for(cfg))
     result = RetrainResult(profile=profile)
     tags = {
@@ -114,6 +116,7 @@ def retrain(
         "git_commit": tracking.git_commit(root),
         "prefect_flow_run_id": str(flow_run.get_id() or ""),
         "kind": "retrain",
+        **tracking.process_tags(),
     }
     with mlflow.start_run(run_name=f"retrain-{profile}", tags=tags) as parent:
         result.mlflow_run_id = parent.info.run_id

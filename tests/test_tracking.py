@@ -3,6 +3,7 @@ and never the shared store for a profile that keeps a registry of its own (obd: 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,40 @@ def test_a_run_artifact_is_downloaded_once_and_reused(tmp_path, monkeypatch):
     assert (first / "config.json").read_text(encoding="utf-8") == '{"x": 1}'
     assert download_artifacts_cached(uri) == first
     assert [p.name for p in artifact_cache_dir().iterdir()] == [first.parent.name]  # one copy, no staging left
+
+
+def test_runs_left_running_by_a_dead_process_are_ended_and_live_ones_kept(tmp_path):
+    """A SIGKILLed flow never ends its MLflow runs; the next retrain marks them FAILED."""
+    import socket
+    import subprocess
+    import sys
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components.tracking import end_orphaned_runs
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("copyflow")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+
+    def run(pid: str, run_host: str = host, kind: str = "retrain", parent: str | None = None) -> str:
+        tags = {"kind": kind, "profile": "quick", "copyflow.host": run_host, "copyflow.pid": pid}
+        if parent:
+            tags = {"mlflow.parentRunId": parent}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    crashed = run(gone)
+    crashed_child = run("", parent=crashed)
+    alive = run(str(os.getpid()))
+    elsewhere = run(gone, run_host="another-host")
+    other_kind = run(gone, kind="promote")
+
+    ended = end_orphaned_runs(experiment, "retrain", "quick")
+
+    assert sorted(ended) == sorted([crashed, crashed_child])
+    status = {run_id: client.get_run(run_id).info.status for run_id in (crashed, crashed_child, alive, elsewhere, other_kind)}
+    assert status == {crashed: "FAILED", crashed_child: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_kind: "RUNNING"}
+    assert "pid" in client.get_run(crashed).data.tags["copyflow.orphaned"]
