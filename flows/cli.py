@@ -49,6 +49,27 @@ def _config(params: Path, profile: str):
         raise typer.Exit(2) from exc
 
 
+def _require_prefect_server() -> None:
+    """With PREFECT_API_URL set (`source .run/env`), the server must answer: after `make down`
+    the flow would otherwise fail with a long traceback ending in "Failed to reach API"."""
+    import os
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # Prefect starts an ephemeral server of its own
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        typer.secho(
+            f"error: the Prefect server at PREFECT_API_URL={url} does not answer ({type(exc).__name__}). "
+            "Start it with `make up`, or `unset PREFECT_API_URL` to run on an ephemeral server.",
+            fg=typer.colors.RED, err=True,
+        )
+        raise typer.Exit(2) from exc
+
+
 def _registry_config(params: Path, profile: str):
     """The config of a command that reads or moves registry aliases: its store must exist."""
     from components.tracking import require_store
@@ -84,7 +105,7 @@ def retrain(
     """Run the retrain flow (Prefect): source -> validate -> clean -> features -> train -> register."""
     from components.run_summary import format_summary
     from components.tracking import tracking_uri
-    from flows.retrain import DataGateFailed, ParamsNotTracked
+    from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy
     from flows.retrain import retrain as retrain_flow
 
     from components.dvc_runner import StageFailed
@@ -92,9 +113,10 @@ def retrain(
     from components.registry.status import render_status, status
 
     cfg = _config(params, profile)
+    _require_prefect_server()
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except (DataGateFailed, GateFailed, StageFailed, ParamsNotTracked) as exc:
+    except (DataGateFailed, GateFailed, StageFailed, ParamsNotTracked, RetrainBusy) as exc:
         typer.secho(f"\nretrain failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))

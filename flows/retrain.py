@@ -8,6 +8,7 @@ PREFECT_API_URL is set.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -27,6 +28,10 @@ OUTPUT_TAIL_LINES = 15
 
 class DataGateFailed(RuntimeError):
     """The batch failed Great Expectations validation; nothing downstream ran."""
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain of the same profile holds the project's retrain lock."""
 
 
 class ParamsNotTracked(ValueError):
@@ -106,6 +111,31 @@ def retrain(
             f"with `copyflow stage STAGE --params FILE`"
         )
     cfg = load_config(params_file, profile)
+    with one_retrain_at_a_time(cfg):
+        return _retrain(cfg, root, params_file, stages, force, register_release)
+
+
+@contextmanager
+def one_retrain_at_a_time(cfg):
+    """Two retrains of one profile would rebuild the same DVC outputs under each other (DVC's
+    own stage locks last seconds, and a busy one fails the stage): the second is refused."""
+    from filelock import FileLock, Timeout
+
+    path = cfg.state_dir() / "retrain.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise RetrainBusy(f"another retrain of profile {cfg.profile!r} is running in this project (lock {path}); wait for it to finish") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force: bool, register_release: bool) -> RetrainResult:
+    profile = cfg.profile
     experiment_id = tracking.configure(cfg)
     for run_id in tracking.end_orphaned_runs(experiment_id, "retrain", profile):
         get_run_logger().warning("MLflow run %s was left RUNNING by a retrain whose process died: marked FAILED", run_id)

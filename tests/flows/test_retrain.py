@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from components.config import load_config
 from components.pipeline import DATA_STAGES
 from components.tracking import tracking_uri
-from flows.retrain import DataGateFailed, ParamsNotTracked, retrain
+from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, retrain
 from tests.flows.conftest import make_project, prefect_artifact
 
 
@@ -89,3 +89,34 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     assert "report.md" in logged
     assert client.search_registered_models() == []
     assert "FAILED" in prefect_artifact("data-gate-quick") and "event_id" in prefect_artifact("data-gate-quick")
+
+
+def test_a_second_retrain_of_the_same_profile_is_refused(tmp_path, prefect_harness, monkeypatch):
+    from filelock import FileLock
+
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    cfg = load_config(project / "params.yaml", "quick")
+    cfg.state_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cfg.state_dir() / "retrain.lock")):  # the first retrain, still running
+        with pytest.raises(RetrainBusy, match="another retrain of profile 'quick' is running"):
+            retrain(profile="quick", project_dir=str(project), stages=["source"])
+    assert not (project / "artifacts/quick/source").exists()
+
+
+def test_cli_retrain_says_in_one_line_that_the_prefect_server_is_down(tmp_path, monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    project = make_project(tmp_path)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    result = CliRunner().invoke(app, ["retrain", "--params", str(project / "params.yaml")])
+    assert result.exit_code == 2
+    assert f"the Prefect server at PREFECT_API_URL=http://127.0.0.1:{port}/api does not answer" in result.output
+    assert "Traceback" not in result.output
