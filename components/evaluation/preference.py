@@ -72,7 +72,9 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def ece(y: np.ndarray, p: np.ndarray) -> float:
-    return float(binary_calibration_error(torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y).long(), n_bins=ECE_BINS, norm="l1"))
+    # Copies: scores may come read-only (a parquet column), which torch warns about.
+    scores, labels = torch.tensor(np.asarray(p, dtype=np.float64)), torch.tensor(np.asarray(y, dtype=np.int64))
+    return float(binary_calibration_error(scores, labels, n_bins=ECE_BINS, norm="l1"))
 
 
 def precision_recall_f1(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float, float]:
