@@ -201,7 +201,7 @@ class GeneratorConfig(Section):
     encoder_layers: int = Field(gt=0)
     decoder_layers: int = Field(gt=0)
     dim_feedforward: int = Field(gt=0)
-    embed_dim: int = Field(default=0, ge=0)
+    embed_dim: int = Field(default=64, ge=0)
     dropout: float = Field(ge=0, lt=1)
     max_source_len: int = Field(gt=0)
     max_target_len: int = Field(gt=0)
@@ -218,7 +218,7 @@ class GeneratorConfig(Section):
     length_penalty: float
     no_repeat_ngram: int = Field(ge=0)
     num_candidates: int = Field(default=8, gt=0)
-    rerank_coverage: float = Field(default=0.0, ge=0)
+    rerank_coverage: float = Field(default=1.0, ge=0)
     min_len: int = Field(default=0, ge=0)
     max_decode_len: int = Field(default=110, gt=0)
     length_budget: float = Field(default=1.0, ge=0)
@@ -243,7 +243,7 @@ class GeneratorConfig(Section):
     max_exemplar_len: int = Field(default=100, ge=0)
     exemplar_dropout: float = Field(default=0.1, ge=0, le=1)
     exemplar_candidates: int = Field(default=3, gt=0)
-    shuffle_attributes: bool = False
+    shuffle_attributes: bool = True
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GeneratorConfig:
