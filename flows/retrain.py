@@ -23,7 +23,7 @@ from components.run_summary import RetrainResult, format_summary
 # Stages whose failure can be transient (network, a killed worker) are retried; a failed data
 # gate is deterministic and never retried.
 RETRIES = {"source": 2, "train_preference": 1, "train_generator": 1}
-OUTPUT_TAIL_LINES = 15
+SUMMARY_FIGURES = 30  # per stage, in the flow run's log
 
 
 class DataGateFailed(RuntimeError):
@@ -45,11 +45,7 @@ def run_stage(
     logger = get_run_logger()
     env = {pipeline.PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
     result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env)
-    if result.skipped:
-        logger.info("%s: unchanged, skipped by DVC", result.target)
-    else:  # the stage's own last lines, so the Prefect UI shows what it did, not only that it ran
-        tail = "\n".join(result.output.strip().splitlines()[-OUTPUT_TAIL_LINES:])
-        logger.info("%s: ran; last lines of its output:\n%s", result.target, tail)
+    logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
     return result
 
 
@@ -159,6 +155,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
                 raise  # unreachable for validate: _record_failure raises DataGateFailed
             summary = pipeline.read_summary(cfg, stage)
             result.stages[stage] = {"skipped": repro.skipped, "summary": summary}
+            get_run_logger().info("%s@%s: %s", stage, profile, _figures(summary))
             if stage in pipeline.TRAINING_STAGES:
                 continue  # the training process logged its own nested run
             tracking.log_stage(
@@ -182,6 +179,14 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
     _publish(f"retrain-{profile}", f"```\n{summary}\n```", f"copyflow retrain summary ({profile})")
     get_run_logger().info("retrain done: summary in the artifact retrain-%s; MLflow run %s", profile, result.mlflow_run_id)
     return result
+
+
+def _figures(summary: dict) -> str:
+    """What a stage did, in one line of the Prefect log: its summary's first numbers
+    (rows, removals, metrics), not the DVC chatter and library warnings of its output."""
+    figures = tracking.flatten_numbers(summary)
+    shown = ", ".join(f"{k}={v:g}" for k, v in list(figures.items())[:SUMMARY_FIGURES])
+    return shown + (f", … ({len(figures) - SUMMARY_FIGURES} more in MLflow)" if len(figures) > SUMMARY_FIGURES else "")
 
 
 def _stage_reports(cfg, stage: str) -> list[Path]:

@@ -120,3 +120,12 @@ def test_cli_retrain_says_in_one_line_that_the_prefect_server_is_down(tmp_path, 
     assert result.exit_code == 2
     assert f"the Prefect server at PREFECT_API_URL=http://127.0.0.1:{port}/api does not answer" in result.output
     assert "Traceback" not in result.output
+
+
+def test_each_stage_logs_its_figures_in_one_line():
+    from flows.retrain import SUMMARY_FIGURES, _figures
+
+    line = _figures({"stage": "clean", "rows_before": {"events": 62664}, "removed": {"bot_events": 9120, "replayed_events": 0}, "k_anonymity": True})
+    assert line == "rows_before.events=62664, removed.bot_events=9120, removed.replayed_events=0, k_anonymity=1"
+    many = _figures({f"m{i}": float(i) for i in range(SUMMARY_FIGURES + 5)})
+    assert many.endswith("… (5 more in MLflow)") and many.count("=") == SUMMARY_FIGURES
