@@ -25,6 +25,7 @@ class Section(BaseModel):
 class PathsConfig(Section):
     corpus: Path
     obd_dir: Path
+    source_folder: Path  # data.source folder: a shop's exports in the raw-layer format
     artifacts: Path
     state: Path
     pseudonym_key_file: Path
@@ -39,7 +40,7 @@ class TrackingConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["simulated", "obd"] = "simulated"
+    source: Literal["simulated", "obd", "folder"] = "simulated"
     n_products: int = Field(gt=0)
     valid_fraction: float = Field(ge=0, lt=0.5)
     test_fraction: float = Field(ge=0, lt=0.5)

@@ -17,7 +17,7 @@ INFRA = Path(__file__).resolve().parents[1] / "infra"
 app = typer.Typer(help="copyflow: learn shopper preferences; write, rank and ship personalized copy.",
                   no_args_is_help=True, add_completion=False)
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick | full | obd")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick | full | obd | shop")]
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file")]
 UserOpt = Annotated[str, typer.Option("--user", help="user id (pseudonymized, or raw)")]
 ProductOpt = Annotated[str, typer.Option("--product", help="product id")]

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 PARAMS = ROOT / "params.yaml"
 
 
-@pytest.mark.parametrize("profile", ["quick", "full", "obd"])
+@pytest.mark.parametrize("profile", ["quick", "full", "obd", "shop"])
 def test_every_profile_loads(profile):
     cfg = load_config(PARAMS, profile)
     assert cfg.profile == profile and cfg.generator.d_model % cfg.generator.nhead == 0

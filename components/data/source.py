@@ -2,6 +2,8 @@
 
     simulated  the AdvertiseGen corpus catalog + the seeded behaviour simulator (with dirt)
     obd        the Open Bandit Dataset CSVs fetched into cfg.paths.obd_dir (`fetch_obd`)
+    folder     a shop's own exports in cfg.paths.source_folder, already in the raw-layer format
+               (products.jsonl, copies.jsonl, users.csv, events.csv; see components/data/raw.py)
 
 The raw layer carries RAW user ids; only `ingest` (which pseudonymizes them) reads it.
 """
@@ -74,11 +76,35 @@ def write_obd_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    """Copy a shop's export folder into the raw layer, after reading every file the way ingest
+    will: a file that is missing, not UTF-8, malformed or short of a column stops here with its
+    name and line, before anything downstream runs. The bytes are copied unchanged."""
+    from components.data.raw import RawFormatError, read_raw_table
+
+    folder = Path(cfg.paths.source_folder)
+    if not folder.is_dir():
+        raise RawFormatError(f"data.source is folder, but paths.source_folder {folder} is not a directory")
+    missing = [name for name in RAW_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise RawFormatError(f"{folder}: missing {missing}; a shop export needs {list(RAW_FILES.values())} (docs/schema.md)")
+    rows = {table: len(read_raw_table(folder, table)) for table in RAW_FILES}
+    for name in RAW_FILES.values():
+        shutil.copy2(folder / name, out_dir / name)
+    events = read_raw_table(out_dir, "events")
+    return {
+        "folder": str(folder),
+        "rows": rows,
+        "event_types": {str(k): int(v) for k, v in events["event_type"].value_counts().items()},
+        "ignored_files": sorted(p.name for p in folder.iterdir() if p.name not in RAW_FILES.values()),
+    }
+
+
 def run_source(cfg: Config) -> dict[str, Any]:
     """Write the raw layer for cfg.data.source into artifacts/<profile>/source/ and summarize it."""
     out_dir = cfg.stage_dir(STAGE)
     _reset_dir(out_dir)
-    writers = {"simulated": write_simulated_source, "obd": write_obd_source}
+    writers = {"simulated": write_simulated_source, "obd": write_obd_source, "folder": write_folder_source}
     details = writers[cfg.data.source](cfg, out_dir)
     summary = {"stage": STAGE, "source": cfg.data.source, "files": dict(RAW_FILES), **details}
     return write_summary(out_dir, summary)

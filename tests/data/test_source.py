@@ -32,3 +32,45 @@ def test_simulated_source_writes_raw_layer_and_ground_truth(cfg):
     assert {"user_id", "key", "value", "weight", "preferred"} <= set(prefs.columns)
     weight_sums = prefs.groupby(["user_id", "key"])["weight"].sum()
     assert weight_sums.between(0.999, 1.001).all()  # a Dirichlet distribution per user and key
+
+
+def _shop_cfg(make_cfg, folder):
+    return make_cfg(data={"source": "folder"}, paths={"source_folder": str(folder)})
+
+
+def test_a_shop_export_folder_becomes_the_raw_layer_unchanged(make_cfg, tmp_path):
+    from tests.conftest import ROOT
+
+    cfg = _shop_cfg(make_cfg, ROOT / "data/shop")
+    summary = run_source(cfg)
+    out = cfg.stage_dir("source")
+    for name in RAW_FILES.values():
+        assert (out / name).read_bytes() == (ROOT / "data/shop" / name).read_bytes(), name
+    assert summary["source"] == "folder" and summary["rows"]["events"] == len(pd.read_csv(out / "events.csv"))
+    assert summary["event_types"]["impression"] > summary["event_types"]["click"] > 0
+    assert summary["ignored_files"] == ["README.md"]
+    assert not (out / "ground_truth").exists()  # a shop has no simulator truth
+
+
+def test_a_broken_shop_export_is_refused_with_file_and_line_before_anything_is_copied(make_cfg, tmp_path):
+    import shutil
+
+    import pytest
+
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    lines = (folder / "products.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2][:-5]  # a truncated line
+    (folder / "products.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"products.jsonl: line 3: not valid JSON"):
+        run_source(cfg)
+    assert not (cfg.stage_dir("source") / "events.csv").exists()
+    (folder / "users.csv").unlink()
+    with pytest.raises(RawFormatError, match=r"missing \['users.csv'\]"):
+        run_source(cfg)
+    with pytest.raises(RawFormatError, match="is not a directory"):
+        run_source(_shop_cfg(make_cfg, tmp_path / "nowhere"))

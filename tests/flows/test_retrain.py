@@ -129,3 +129,21 @@ def test_each_stage_logs_its_figures_in_one_line():
     assert line == "rows_before.events=62664, removed.bot_events=9120, removed.replayed_events=0, k_anonymity=1"
     many = _figures({f"m{i}": float(i) for i in range(SUMMARY_FIGURES + 5)})
     assert many.endswith("… (5 more in MLflow)") and many.count("=") == SUMMARY_FIGURES
+
+
+def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, prefect_harness, monkeypatch):
+    """profile shop: the export folder is the source; DVC tracks it, the gate checks it."""
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    first = retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES))
+    assert all(not first.stages[s]["skipped"] for s in DATA_STAGES)
+    assert first.summary("source")["source"] == "folder" and first.summary("validate")["success"] is True
+    assert (project / "mlflow/shop/mlflow.db").exists()  # its own store, like obd
+
+    assert all(retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES)).stages[s]["skipped"] for s in DATA_STAGES)
+    events = project / "data/shop/events.csv"
+    lines = events.read_text(encoding="utf-8").splitlines()
+    events.write_text("\n".join(lines[:-200]) + "\n", encoding="utf-8")  # the next export
+    again = retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES))
+    assert not again.stages["source"]["skipped"] and not again.stages["features"]["skipped"]
+    assert again.summary("source")["rows"]["events"] == first.summary("source")["rows"]["events"] - 200
