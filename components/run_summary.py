@@ -75,5 +75,6 @@ def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
     if result.release:
         lines.append(_release_line(result.release))
     lines.append(f"  MLflow run: {result.mlflow_run_id}" + (f"  ({tracking_uri})" if tracking_uri else ""))
-    lines.append("  open the UI: copyflow ui   (then http://127.0.0.1:5000)")
+    profile_option = "" if result.profile == "quick" else f" --profile {result.profile}"  # its own store for obd and shop
+    lines.append(f"  open the UI: copyflow ui{profile_option}   (then http://127.0.0.1:5000)")
     return "\n".join(lines)
