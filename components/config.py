@@ -269,6 +269,12 @@ class GatesConfig(Section):
     lock_timeout_s: float = Field(gt=0)
 
 
+class FlowConfig(Section):
+    """The retrain flow itself (not tracked by DVC: no stage reads it)."""
+
+    stage_timeout_minutes: float = Field(default=180, gt=0)  # a stage still running then is stopped, not retried
+
+
 class Config(Section):
     profile: str
     # Set by load_config, not in params.yaml: the profile names a tracking store of its own
@@ -288,6 +294,7 @@ class Config(Section):
     preference: PreferenceConfig
     generator: GeneratorConfig
     gates: GatesConfig
+    flow: FlowConfig = FlowConfig()
 
     def stage_dir(self, stage: str) -> Path:
         """Where a pipeline stage of this profile writes: artifacts/<profile>/<stage>/."""

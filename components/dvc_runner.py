@@ -23,6 +23,10 @@ class StageFailed(RuntimeError):
         super().__init__(f"dvc repro {target} failed (exit {returncode}):\n{tail}")
 
 
+class StageTimedOut(StageFailed):
+    """The stage ran past flow.stage_timeout_minutes and was stopped (not worth a retry)."""
+
+
 @dataclass(frozen=True)
 class ReproResult:
     target: str
@@ -39,19 +43,29 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def repro(
-    stage: str, profile: str, cwd: Path | str = ".", force: bool = False, env: dict[str, str] | None = None
+    stage: str,
+    profile: str,
+    cwd: Path | str = ".",
+    force: bool = False,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
 ) -> ReproResult:
     """`dvc repro --single-item STAGE@PROFILE`; raises StageFailed with DVC's output on failure.
 
     `env` adds variables for the stage command only (DVC does not hash them, so they never
-    invalidate a cached stage).
+    invalidate a cached stage). After `timeout_s` DVC is killed, and the stage and its trainer
+    end with it (components.lifecycle): StageTimedOut.
     """
     target = f"{stage}@{profile}"
     # Through components.lifecycle: DVC (and its stage) end if the flow process is killed.
     cmd = [sys.executable, "-m", "components.lifecycle", "dvc", "repro", "--single-item", target]
     if force:
         cmd.append("--force")
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part for part in (exc.stdout or "", exc.stderr or ""))
+        raise StageTimedOut(target, -9, f"{output}\nstopped after {timeout_s:.0f} s (flow.stage_timeout_minutes)") from exc
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise StageFailed(target, proc.returncode, output)

@@ -40,17 +40,23 @@ class ParamsNotTracked(ValueError):
 
 @task(task_run_name="{stage}@{profile}")
 def run_stage(
-    stage: str, profile: str, project_dir: str, force: bool = False, parent_run_id: str = ""
+    stage: str, profile: str, project_dir: str, force: bool = False, parent_run_id: str = "", timeout_s: float | None = None
 ) -> dvc_runner.ReproResult:
     logger = get_run_logger()
     env = {pipeline.PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
-    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env)
+    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env, timeout_s=timeout_s)
     logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
     return result
 
 
+def _retry_unless_timed_out(task, task_run, state) -> bool:
+    """A stage that ran past its time limit would only hang again: no retry."""
+    failure = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(failure, dvc_runner.StageTimedOut)
+
+
 def _stage_task(stage: str):
-    return run_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=5)
+    return run_stage.with_options(retries=RETRIES.get(stage, 0), retry_delay_seconds=5, retry_condition_fn=_retry_unless_timed_out)
 
 
 @task(task_run_name="release@{profile}")
@@ -149,7 +155,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
         mlflow.log_params({"profile": profile, "stages": ",".join(stages)})
         for stage in stages:
             try:
-                repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id)
+                repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id, cfg.flow.stage_timeout_minutes * 60)
             except dvc_runner.StageFailed as failure:
                 _record_failure(cfg, stage, failure, parent.info.run_id, root, result)
                 raise  # unreachable for validate: _record_failure raises DataGateFailed

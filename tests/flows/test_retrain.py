@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -147,3 +149,38 @@ def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, pr
     again = retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES))
     assert not again.stages["source"]["skipped"] and not again.stages["features"]["skipped"]
     assert again.summary("source")["rows"]["events"] == first.summary("source")["rows"]["events"] - 200
+
+
+def test_a_stage_past_its_time_limit_is_stopped_and_not_retried(tmp_path, prefect_harness, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from components.dvc_runner import StageTimedOut
+
+    project = make_project(tmp_path, {"flow": {"stage_timeout_minutes": 0.02}})  # 1.2 s: DVC alone takes longer
+    monkeypatch.chdir(project)
+    with pytest.raises(StageTimedOut, match="stopped after 1 s"):
+        retrain(profile="quick", project_dir=str(project), stages=["source"])
+    client, runs = _runs(project)
+    parent = next(r for r in runs if r.data.tags.get("kind") == "retrain")
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_stage"] == "source"
+    with get_client(sync_client=True) as api:
+        flow_run_id = parent.data.tags["prefect_flow_run_id"]
+        [task_run] = [t for t in api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                      if t.name.startswith("source@")]
+    assert task_run.run_count == 1  # `source` has two retries, none used on a timeout
+    time.sleep(1)  # the stage's SIGTERM (its parent DVC was killed) takes effect
+    assert _processes_in(project) == []  # DVC and its stage are gone, not left behind
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes (other than this one) whose working directory is `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.readlink(entry / "cwd") == str(folder):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
