@@ -43,8 +43,12 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks.run
 
+# With the machine's wheel folder, lock its CPU build of torch: left to choose, uv takes PyPI's
+# build of the same version, which pulls in the CUDA libraries (several GB). The sed drops the
+# local version label, so the lock also installs on a box with internet and no wheel folder.
 lock:
-	$(BIN)/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) -q -o requirements.lock
+	$(if $(PIP_FIND_LINKS),printf 'torch==2.13.0+cpu\n' > $(VENV)/lock-overrides.txt,: > $(VENV)/lock-overrides.txt)
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --override $(VENV)/lock-overrides.txt -q -o requirements.lock
 	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
 
 ui: install
