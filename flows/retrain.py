@@ -82,9 +82,12 @@ def release(profile: str, params_path: str, manifests: list[dict], project_dir: 
 
 def _publish(key: str, markdown: str, description: str) -> None:
     """A markdown artifact on the flow run's page in the Prefect UI (latest under its key)."""
+    import re
+
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(key=key, markdown=markdown, description=description)
+    # Prefect accepts only lowercase letters, digits and dashes in a key (a profile may be `My_Shop`).
+    create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", key.lower()), markdown=markdown, description=description)
 
 
 @flow(name="retrain", log_prints=True)
