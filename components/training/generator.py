@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from components.config import Config, load_config
 from components.data.corpus import load_corpus_splits
 from components.models.generator.api import BUNDLE_ARTIFACT, load_generator, save_model_dir
-from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary
+from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
@@ -36,7 +36,7 @@ from components.models.generator.focus import length_edges
 from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import CopyTokenizer
-from components.training.launcher import check_files, exit_code_on_sigterm, write_manifest
+from components.training.launcher import exit_code_on_sigterm, write_manifest
 
 log = logging.getLogger("copyflow.generator")
 
@@ -345,7 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     cfg = load_config(args.params, args.profile)
-    check_files(corpus=cfg.paths.corpus, ad_law_words=cfg.paths.ad_law_words, latin_words=cfg.paths.latin_words)
+    # The word lists go into the bundle after training: a missing or empty one fails now, not
+    # 25 minutes later (the corpus is the first thing `train` reads).
+    load_ad_law_words(cfg.paths.ad_law_words)
+    load_latin_words(cfg.paths.latin_words)
     if args.evaluate_only is not None:
         reevaluate(cfg, args.evaluate_only, args.out, args.parent_run_id)
     else:

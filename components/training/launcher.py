@@ -36,13 +36,6 @@ def exit_code_on_sigterm(run, *args, **kwargs):
         raise SystemExit(SIGTERM_EXIT) from exc
 
 
-def check_files(**paths: Path) -> None:
-    """Fail in the first second on a file the run reads only after training."""
-    missing = [f"{name}: {path}" for name, path in paths.items() if not Path(path).is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing before training starts: {'; '.join(missing)}")
-
-
 def launch(
     entry_module: str,
     *,

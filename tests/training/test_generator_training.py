@@ -92,3 +92,13 @@ def test_sigterm_during_training_exits_143_not_0(monkeypatch):
         with pytest.raises(SystemExit) as stopped:
             main()
         assert stopped.value.code == 143
+
+
+def test_a_missing_word_list_fails_before_training(tmp_path):
+    """The word lists are read into the bundle after training: checked first instead."""
+    from components.training import generator
+
+    params = write_params(tmp_path, paths={"ad_law_words": str(tmp_path / "nowhere.txt")})
+    with pytest.raises(FileNotFoundError, match="ad-law word list not found"):
+        generator.main(["--profile", "quick", "--params", str(params), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing trained
