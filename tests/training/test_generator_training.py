@@ -13,7 +13,7 @@ from tests.models.generator_fixtures import ROOT, write_params
 @pytest.mark.slow
 def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     # With weight averaging on: it must work under DDP too.
-    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, generator={"ema_decay": 0.9, "max_epochs": 2, "max_cpu_minutes": 0.5})  # the CPU budget is decided across ranks
+    params = write_params(tmp_path, trainer={"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, generator={"ema_decay": 0.9, "max_epochs": 50, "max_cpu_minutes": 0.1})  # the CPU budget ends it, on both ranks together
     out = tmp_path / "out"
     parent_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(parent_uri)
@@ -41,6 +41,7 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     assert child.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     assert child.data.params["trainer.devices"] == "2"
     assert "val_loss" in child.data.metrics or child.data.metrics["steps_run"] > 0
+    assert 0 < child.data.metrics["epochs_run"] < 50  # stopped by the CPU budget, no rank left waiting
 
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]  # the average is what gets kept

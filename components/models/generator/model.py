@@ -278,6 +278,7 @@ class GeneratorModule(pl.LightningModule):
         self.net = CopyTransformer(ModelSpec(**spec))
         self._started: float | None = None
         self._cpu_started: float | None = None
+        self._shared_used = 0.0  # budget_used() as rank 0 saw it at the last scheduler step
 
     def budget_used(self) -> float:
         """Share of the time budget spent: wall clock, or this process' CPU time when a CPU
@@ -302,13 +303,12 @@ class GeneratorModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if not self.hparams.max_cpu_seconds:
             return
-        spent = self.budget_used() >= 1.0  # the CPU budget (Lightning's max_time is wall clock)
-        if self.trainer.world_size > 1:
-            # Ranks' CPU clocks drift apart (rank 0 also logs), and Lightning does not reduce
-            # should_stop: a rank that stopped alone would wait in validation while the others
-            # wait in the gradient all-reduce. Rank 0's clock decides, as for the learning rate.
-            spent = bool(self.trainer.strategy.broadcast(spent, src=0))
-        if spent:
+        # The CPU budget (Lightning's max_time is wall clock). Under DDP the ranks' CPU clocks
+        # drift apart (rank 0 also logs), and Lightning does not reduce should_stop: a rank that
+        # stopped alone would wait in validation while the others wait in the gradient
+        # all-reduce. So every rank uses the value `schedule` broadcast from rank 0 (a step old).
+        used = self._shared_used if self.trainer.world_size > 1 else self.budget_used()
+        if used >= 1.0:
             self.trainer.should_stop = True
 
     def training_step(self, batch, batch_idx):
@@ -325,6 +325,7 @@ class GeneratorModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             # Every rank must apply the same learning rate, so rank 0's clock decides.
             used = float(self.trainer.strategy.broadcast(used, src=0))
+        self._shared_used = used
         progress = max(step / max(1, self.hparams.total_steps), used)
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
