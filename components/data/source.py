@@ -88,14 +88,13 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     missing = [name for name in RAW_FILES.values() if not (folder / name).is_file()]
     if missing:
         raise RawFormatError(f"{folder}: missing {missing}; a shop export needs {list(RAW_FILES.values())} (docs/schema.md)")
-    rows = {table: len(read_raw_table(folder, table)) for table in RAW_FILES}
+    tables = {table: read_raw_table(folder, table) for table in RAW_FILES}
     for name in RAW_FILES.values():
         shutil.copy2(folder / name, out_dir / name)
-    events = read_raw_table(out_dir, "events")
     return {
         "folder": str(folder),
-        "rows": rows,
-        "event_types": {str(k): int(v) for k, v in events["event_type"].value_counts().items()},
+        "rows": {table: len(frame) for table, frame in tables.items()},
+        "event_types": {str(k): int(v) for k, v in tables["events"]["event_type"].value_counts().items()},
         "ignored_files": sorted(p.name for p in folder.iterdir() if p.name not in RAW_FILES.values()),
     }
 
