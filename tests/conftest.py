@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,10 @@ def make_cfg(tmp_path):
 @pytest.fixture
 def cfg(make_cfg) -> Config:
     return make_cfg()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (for servers a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

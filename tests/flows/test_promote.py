@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from components.registry.store import model_aliases, registry_client
+from tests.conftest import free_port
 from tests.registry.world import build_world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +27,6 @@ def pref_world(tmp_path_factory):
     """Preference-only registry: release 1 champion, release 2 challenger."""
     return build_world(tmp_path_factory.mktemp("promote_world"), generator=False, with_failure=False)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -49,7 +44,7 @@ class PrefectServer:
     """A `prefect server start` process started in the background; `ready()` waits for health."""
 
     def __init__(self, base: Path, services: bool = False):
-        port = _free_port()
+        port = free_port()
         self.log_path = base / "server.log"
         self.env = {
             **os.environ,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,12 +63,6 @@ def test_down_stops_the_workers_of_a_leader_that_died_alone(tmp_path):
     assert not (checkout / ".run" / "mlflow-server.pid").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_up_serves_the_embedded_store_and_down_stops_everything(tmp_path):
     """Runs logged through `make up`'s MLflow server stay readable from the embedded store after
@@ -74,7 +70,7 @@ def test_up_serves_the_embedded_store_and_down_stops_everything(tmp_path):
     import mlflow
 
     checkout = _checkout(tmp_path)
-    ports = {"PREFECT_PORT": str(_free_port()), "MLFLOW_PORT": str(_free_port())}
+    ports = {"PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
     env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), **ports}
     try:
         up = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
