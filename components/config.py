@@ -365,8 +365,3 @@ def load_config(
         for key, value in (merged.get("paths") or {}).items()
     }
     return Config.model_validate(merged)
-
-
-def profile_names(params_path: Path | str = DEFAULT_PARAMS) -> list[str]:
-    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8")) or {}
-    return sorted((raw.get("profiles") or {}).keys())
