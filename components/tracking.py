@@ -170,12 +170,10 @@ def end_orphaned_runs(experiment_id: str, kind: str, profile: str) -> list[str]:
     """Mark FAILED the RUNNING `kind` runs of this profile whose process, on this host, is gone
     (a SIGKILLed or OOM-killed flow never ends its runs), and their RUNNING nested runs.
     Returns the ids it ended. Runs of other hosts are left alone: their processes cannot be seen."""
-    import socket
-
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    host = socket.gethostname()
+    host = process_tags()["copyflow.host"]
     running = client.search_runs(
         [experiment_id],
         filter_string=f"attributes.status = 'RUNNING' and tags.kind = '{kind}' and tags.profile = '{profile}'",
