@@ -26,6 +26,7 @@ class PathsConfig(Section):
     corpus: Path
     obd_dir: Path
     source_folder: Path  # data.source folder: a shop's exports in the raw-layer format
+    feedback_folder: Path  # the copy server's log of served copies and outcomes: <folder>/<profile>/
     artifacts: Path
     state: Path
     pseudonym_key_file: Path
@@ -269,6 +270,20 @@ class GatesConfig(Section):
     lock_timeout_s: float = Field(gt=0)
 
 
+class ServingConfig(Section):
+    """`copyflow serve`: the HTTP copy server (components/serving/app.py). No stage reads it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    backend: Literal["onnx", "torch"] = "onnx"
+    # Copies written per request; the one served is drawn uniformly from the distinct ones and
+    # logged with its propensity, so outcomes can later score other copy-choosing strategies.
+    candidates: int = Field(default=4, ge=1, le=16)
+    decoding: Literal["greedy", "beam", "top_p"] | None = None  # None: the generator's own default
+    reload_seconds: float = Field(default=60, ge=0)  # how often the champion is looked up again
+    threads: int = Field(default=1, ge=0)  # intra-op threads per decoding step (0: the runtime's choice)
+
+
 class FlowConfig(Section):
     """The retrain flow itself (not tracked by DVC: no stage reads it)."""
 
@@ -294,6 +309,7 @@ class Config(Section):
     preference: PreferenceConfig
     generator: GeneratorConfig
     gates: GatesConfig
+    serving: ServingConfig = ServingConfig()
     flow: FlowConfig = FlowConfig()
 
     def stage_dir(self, stage: str) -> Path:
@@ -302,6 +318,10 @@ class Config(Section):
 
     def state_dir(self) -> Path:
         return self.paths.state / self.profile
+
+    def feedback_dir(self) -> Path:
+        """Where this profile's copy server logs what it served and what shoppers did."""
+        return self.paths.feedback_folder / self.profile
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def make_cfg(tmp_path):
             "paths": {
                 "artifacts": str(tmp_path / "artifacts"),
                 "state": str(tmp_path / "state"),
+                "feedback_folder": str(tmp_path / "feedback"),
                 "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
                 "mlflow_dir": str(tmp_path / "mlflow"),
                 "corpus": str(ROOT / "data/advertisegen/train.jsonl"),

@@ -10,8 +10,10 @@ The raw layer carries RAW user ids; only `ingest` (which pseudonymizes them) rea
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,8 @@ def write_obd_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
 def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     """Copy a shop's export folder into the raw layer, after reading every file the way ingest
     will: a file that is missing, not UTF-8, malformed or short of a column stops here with its
-    name and line, before anything downstream runs. The bytes are copied unchanged."""
+    name and line, before anything downstream runs. The export's bytes are copied unchanged; the
+    copy server's feedback log (cfg.feedback_dir(), components/data/feedback.py) is appended."""
     from components.data.raw import RawFormatError, read_raw_table
 
     folder = Path(cfg.paths.source_folder)
@@ -91,12 +94,66 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     tables = {table: read_raw_table(folder, table) for table in RAW_FILES}
     for name in RAW_FILES.values():
         shutil.copy2(folder / name, out_dir / name)
+    feedback = append_feedback(cfg, out_dir, tables)
     return {
         "folder": str(folder),
         "rows": {table: len(frame) for table, frame in tables.items()},
         "event_types": {str(k): int(v) for k, v in tables["events"]["event_type"].value_counts().items()},
         "ignored_files": sorted(p.name for p in folder.iterdir() if p.name not in RAW_FILES.values()),
+        "feedback": feedback,
     }
+
+
+def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Append the served copies and their events from the feedback log to the raw layer.
+    A copy or event id the export already has is the export's (a shop that re-exports what it
+    was served): it is skipped, not doubled. The lines are appended in the export's own column
+    order, so the export's bytes stay as they were."""
+    import csv
+
+    from components.data.raw import RAW_COLUMNS, json_value, read_raw_table
+    from components.data.feedback import FeedbackLog
+
+    folder = cfg.feedback_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        found = FeedbackLog(folder).snapshot(Path(tmp))
+        if not found:
+            return {"folder": str(folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0}
+        for table in RAW_FILES:  # a log with copies but no events yet: read both the same way
+            if table in ("copies", "events") and table not in found:
+                (Path(tmp) / RAW_FILES[table]).write_text("" if table == "copies" else ",".join(RAW_COLUMNS[table]) + "\n", encoding="utf-8")
+        copies = read_raw_table(tmp, "copies")
+        events = read_raw_table(tmp, "events")
+    new_copies = copies[~copies["copy_id"].isin(export["copies"]["copy_id"])]
+    new_events = events[~events["event_id"].isin(export["events"]["event_id"])]
+    _append_lines(out_dir / RAW_FILES["copies"], [json.dumps({c: json_value(v) for c, v in row.items()}, ensure_ascii=False) for row in new_copies.to_dict("records")])
+    target = out_dir / RAW_FILES["events"]
+    with open(target, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle))
+    rows = new_events.reindex(columns=header).astype(object).where(new_events.reindex(columns=header).notna(), "")
+    lines = []
+    for record in rows.itertuples(index=False, name=None):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="").writerow(record)
+        lines.append(buffer.getvalue())
+    _append_lines(target, lines)
+    return {
+        "folder": str(folder),
+        "copies": len(new_copies),
+        "events": len(new_events),
+        "event_types": {str(k): int(v) for k, v in new_events["event_type"].value_counts().items()},
+        "skipped_as_duplicates": int(len(copies) - len(new_copies) + len(events) - len(new_events)),
+    }
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    text = path.read_text(encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as handle:
+        if text and not text.endswith("\n"):
+            handle.write("\n")
+        handle.write("\n".join(lines) + "\n")
 
 
 def run_source(cfg: Config) -> dict[str, Any]:

@@ -74,3 +74,44 @@ def test_a_broken_shop_export_is_refused_with_file_and_line_before_anything_is_c
         run_source(cfg)
     with pytest.raises(RawFormatError, match="is not a directory"):
         run_source(_shop_cfg(make_cfg, tmp_path / "nowhere"))
+
+
+def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, tmp_path):
+    """A folder source appends the feedback log (cfg.feedback_dir()) after the export's own
+    lines; ingestion then reads the served copies and their events like any other."""
+    import shutil
+
+    from components.data.feedback import FeedbackLog
+    from components.data.ingest import run_ingest
+    from components.data.privacy import load_key, pseudonym
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    assert run_source(cfg)["feedback"] == {"folder": str(cfg.feedback_dir()), "copies": 0, "events": 0, "skipped_as_duplicates": 0}
+
+    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
+    products = [json.loads(line)["product_id"] for line in (folder / "products.jsonl").read_text(encoding="utf-8").splitlines()]
+    log = FeedbackLog(cfg.feedback_dir())
+    served = [log.record_serving(users[i], products[i], f"为你写的第{i}条文案。", "models:/copyflow-generator/1", candidates=4) for i in range(3)]
+    log.record_event(served[0].serve_id, "click")
+    log.record_event(served[0].serve_id, "purchase", value=99.0)
+    # an event id the export has already (a client reusing the shop's own id): the export's line wins
+    exported_event = log.record_event(served[1].serve_id, "click", event_id="ev000000001")
+
+    summary = run_source(cfg)
+    out = cfg.stage_dir("source")
+    for name in ("copies.jsonl", "events.csv"):  # the export's bytes first, unchanged
+        assert (out / name).read_bytes().startswith((folder / name).read_bytes()), name
+    assert summary["feedback"]["copies"] == 3 and summary["feedback"]["events"] == 5  # 3 impressions, click, purchase
+    assert summary["feedback"]["skipped_as_duplicates"] == 1 and exported_event == "ev000000001"
+    assert summary["feedback"]["event_types"] == {"impression": 3, "click": 1, "purchase": 1}
+
+    run_ingest(cfg)
+    events = pd.read_parquet(cfg.stage_dir("ingested") / "events.parquet")
+    mine = events[events["copy_id"] == served[0].copy_id]
+    assert sorted(mine["event_type"]) == ["click", "impression", "purchase"]
+    assert set(mine["user_id"]) == {pseudonym(users[0], load_key(cfg))}  # raw ids go no further than the raw layer
+    copies = pd.read_parquet(cfg.stage_dir("ingested") / "copies.parquet")
+    assert (copies.loc[copies["copy_id"] == served[0].copy_id, "source"] == "generated").all()

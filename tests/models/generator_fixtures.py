@@ -49,6 +49,7 @@ def write_params(tmp_path: Path, profile: str = "quick", **overrides) -> Path:
             "corpus": str(tiny_corpus(tmp_path / "corpus.jsonl")),
             "artifacts": str(tmp_path / "artifacts"),
             "state": str(tmp_path / "state"),
+            "feedback_folder": str(tmp_path / "feedback"),
             "pseudonym_key_file": str(tmp_path / "pseudonym.key"),
             "ad_law_words": str(ROOT / "components/resources/ad_law_words.txt"),
             "latin_words": str(ROOT / "components/resources/latin_words.txt"),

@@ -1,0 +1,222 @@
+"""The feedback log: what the copy server (`copyflow serve`) served, and what shoppers then did.
+
+It is written in the raw layer's own formats (components/data/raw.py), so the next retrain of a
+`data.source: folder` profile reads it next to the shop's export (components/data/source.py):
+
+    copies.jsonl   each distinct copy served: copy_id, product_id, text, source "generated",
+                   model_version (the generator's model URI)
+    events.csv     impressions and outcomes of served copies, raw-layer columns; user ids are the
+                   shop's own (RAW), pseudonymized at ingestion like the export's
+    served.jsonl   one line per serving decision (serve_id, user, product, copy, how many
+                   candidates it was drawn from): what an outcome reported by serve_id refers to
+
+Every write appends whole lines under an exclusive `flock`, so several server processes can share
+one folder, and a reader taking the shared lock (`snapshot`) never sees half a line.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from components.data.raw import RAW_COLUMNS, RAW_FILES
+
+EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+SERVED_FILE = "served.jsonl"
+LOCK_FILE = ".lock"
+
+
+class FeedbackError(ValueError):
+    """An event the log cannot accept (bad type, time or value); nothing is written."""
+
+
+class UnknownServe(FeedbackError):
+    """The event names a serve_id this log never served."""
+
+
+@dataclass(frozen=True)
+class Served:
+    serve_id: str
+    user_id: str      # the shop's own id (raw), as the export carries it
+    product_id: str
+    copy_id: str
+    position: int
+    propensity: float  # P(this copy | the candidates): 1 / number of distinct candidates
+    candidates: int
+    model_version: str
+    timestamp: str
+
+
+def _check_id(name: str, value: str) -> None:
+    """Ids go into CSV lines and joins: no empty ones, no line breaks or other control characters."""
+    if not value or not value.isprintable():
+        raise FeedbackError(f"{name} {value!r} must be non-empty, printable, on one line")
+
+
+def copy_id_for(model_version: str, product_id: str, text: str) -> str:
+    """Stable id of a generated copy: the same text for the same product by the same model is one copy."""
+    digest = hashlib.sha256(f"{model_version}\x1f{product_id}\x1f{text}".encode("utf-8")).hexdigest()
+    return f"gen-{digest[:20]}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def parse_timestamp(value: str) -> str:
+    """An ISO 8601 time with a UTC offset, normalized to UTC (ingestion requires the offset)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise FeedbackError(f"timestamp {value!r} is not ISO 8601") from exc
+    if parsed.tzinfo is None:
+        raise FeedbackError(f"timestamp {value!r} has no UTC offset (write Z or +08:00)")
+    return parsed.astimezone(timezone.utc).isoformat()
+
+
+class FeedbackLog:
+    """Append-only feedback in one folder (created on first use)."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self._thread_lock = threading.Lock()
+        # What the files held when last read, and how far they were read: each write reads only
+        # what other processes appended since, so a long-running log costs no more per request.
+        self._copies: set[str] = set()
+        self._served: dict[str, Served] = {}
+        self._events: set[str] = set()
+        self._offsets: dict[str, int] = {}
+
+    @contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, open(self.folder / LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _append(self, name: str, text: str) -> None:
+        with open(self.folder / name, "a", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _new_lines(self, name: str) -> list[str]:
+        path = self.folder / name
+        if not path.exists():
+            return []
+        offset = self._offsets.get(name, 0)
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        self._offsets[name] = offset + len(data)
+        return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+
+    def _refresh(self) -> None:
+        """Take in what this or another process appended since the last read (under the lock)."""
+        for name, offset in self._offsets.items():
+            path = self.folder / name
+            if not path.exists() or path.stat().st_size < offset:  # truncated or replaced by hand: read all again
+                self._copies, self._served, self._events, self._offsets = set(), {}, set(), {}
+                break
+        for line in self._new_lines(RAW_FILES["copies"]):
+            self._copies.add(json.loads(line)["copy_id"])
+        for line in self._new_lines(SERVED_FILE):
+            record = Served(**json.loads(line))
+            self._served[record.serve_id] = record
+        header_unread = not self._offsets.get(RAW_FILES["events"])
+        rows = list(csv.reader(self._new_lines(RAW_FILES["events"])))
+        self._events.update(row[0] for row in rows[1 if header_unread else 0:])
+
+    def record_serving(
+        self, user_id: str, product_id: str, text: str, model_version: str, candidates: int, impression: bool = True
+    ) -> Served:
+        """Log one copy shown to one shopper (and, unless the caller reports it later, its impression)."""
+        for name, value in (("user_id", user_id), ("product_id", product_id), ("model_version", model_version)):
+            _check_id(name, value)
+        copy_id = copy_id_for(model_version, product_id, text)
+        served = Served(
+            serve_id=uuid.uuid4().hex, user_id=user_id, product_id=product_id, copy_id=copy_id, position=1,
+            propensity=1.0 / candidates, candidates=candidates, model_version=model_version, timestamp=utc_now(),
+        )
+        with self._locked(exclusive=True):
+            self._refresh()
+            if copy_id not in self._copies:
+                row = {"copy_id": copy_id, "product_id": product_id, "text": text, "source": "generated", "model_version": model_version}
+                self._append(RAW_FILES["copies"], json.dumps(row, ensure_ascii=False) + "\n")
+            self._append(SERVED_FILE, json.dumps(asdict(served), ensure_ascii=False) + "\n")
+            if impression:
+                self._append_event(served, "impression", served.timestamp, None, None)
+        return served
+
+    def record_event(
+        self, serve_id: str, event_type: str, timestamp: str | None = None, value: float | None = None, event_id: str | None = None
+    ) -> str:
+        """Log what the shopper did with a served copy; returns the event id. A repeated
+        event_id (a client retrying) is accepted once."""
+        if event_id is not None:
+            _check_id("event_id", event_id)
+        if event_type not in EVENT_TYPES:
+            raise FeedbackError(f"event_type {event_type!r} is not one of {list(EVENT_TYPES)}")
+        when = parse_timestamp(timestamp) if timestamp else utc_now()
+        if value is not None and not (value == value and value >= 0):  # NaN or negative
+            raise FeedbackError(f"value {value!r} must be a non-negative number")
+        with self._locked(exclusive=True):
+            self._refresh()
+            served = self._served.get(serve_id)
+            if served is None:
+                raise UnknownServe(f"serve_id {serve_id!r} was not served from {self.folder}")
+            if datetime.fromisoformat(when) < datetime.fromisoformat(served.timestamp):
+                raise FeedbackError(f"timestamp {when} is before the copy was served ({served.timestamp})")
+            if event_id is not None and event_id in self._events:
+                return event_id
+            return self._append_event(served, event_type, when, value, event_id)
+
+    def _append_event(self, served: Served, event_type: str, when: str, value: float | None, event_id: str | None) -> str:
+        path = self.folder / RAW_FILES["events"]
+        event_id = event_id or f"fb-{uuid.uuid4().hex}"
+        row = {
+            "event_id": event_id, "user_id": served.user_id, "product_id": served.product_id, "copy_id": served.copy_id,
+            "event_type": event_type, "timestamp": when, "position": served.position,
+            "propensity": served.propensity, "value": "" if value is None else value,
+        }
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RAW_COLUMNS["events"], lineterminator="\n")
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        self._append(RAW_FILES["events"], buffer.getvalue())
+        self._refresh()  # take in our own lines now, so the next call does not read them again
+        return event_id
+
+    def counts(self) -> dict[str, int]:
+        with self._locked(exclusive=False):
+            self._refresh()
+            return {"copies": len(self._copies), "served": len(self._served), "events": len(self._events)}
+
+    def snapshot(self, destination: Path) -> dict[str, Path]:
+        """Copy the raw-layer files (those that exist) under the shared lock: whole lines only."""
+        destination.mkdir(parents=True, exist_ok=True)
+        copied = {}
+        if not self.folder.is_dir():
+            return copied
+        with self._locked(exclusive=False):
+            for table in ("copies", "events"):
+                source = self.folder / RAW_FILES[table]
+                if source.exists():
+                    copied[table] = Path(shutil.copy2(source, destination / RAW_FILES[table]))
+        return copied

@@ -1,0 +1,90 @@
+"""The feedback log: served copies and outcomes in the raw layer's formats, whole lines only."""
+
+import json
+import multiprocessing
+
+import pandas as pd
+import pytest
+
+from components.data.feedback import FeedbackError, FeedbackLog, UnknownServe, copy_id_for
+from components.data.raw import RAW_COLUMNS, read_raw_table
+
+
+def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
+    log = FeedbackLog(tmp_path / "fb")
+    first = log.record_serving("shopper1", "p1", "这款白色连衣裙", "models:/copyflow-generator/2", candidates=4)
+    again = log.record_serving("shopper2", "p1", "这款白色连衣裙", "models:/copyflow-generator/2", candidates=2, impression=False)
+    assert first.copy_id == again.copy_id == copy_id_for("models:/copyflow-generator/2", "p1", "这款白色连衣裙")
+    assert first.serve_id != again.serve_id and first.propensity == 0.25 and again.propensity == 0.5
+    click = log.record_event(first.serve_id, "click")
+    log.record_event(first.serve_id, "purchase", timestamp="2099-01-01T08:00:00+08:00", value=129.0)
+
+    copies = read_raw_table(log.folder, "copies")
+    assert len(copies) == 1  # the same text for the same product by the same model is one copy
+    assert copies.iloc[0].to_dict() == {"copy_id": first.copy_id, "product_id": "p1", "text": "这款白色连衣裙",
+                                        "source": "generated", "model_version": "models:/copyflow-generator/2"}
+    events = read_raw_table(log.folder, "events")
+    assert list(events.columns) == RAW_COLUMNS["events"]
+    assert list(events["event_type"]) == ["impression", "click", "purchase"]  # the second serving logged none
+    assert set(events["user_id"]) == {"shopper1"} and click in set(events["event_id"])
+    assert events["propensity"].astype(float).tolist() == [0.25] * 3
+    assert events["timestamp"].iloc[2] == "2099-01-01T00:00:00+00:00"  # normalized to UTC
+    assert events["value"].iloc[2] == "129.0" and pd.isna(events["value"].iloc[1])
+    assert log.counts() == {"copies": 1, "served": 2, "events": 3}
+    assert FeedbackLog(log.folder).counts() == log.counts()  # another process's view, read from the files
+
+
+def test_bad_events_are_refused_and_write_nothing(tmp_path):
+    log = FeedbackLog(tmp_path)
+    served = log.record_serving("u", "p", "文案", "m", candidates=1)
+    before = (tmp_path / "events.csv").read_bytes()
+    with pytest.raises(UnknownServe, match="'nope' was not served"):
+        log.record_event("nope", "click")
+    with pytest.raises(FeedbackError, match="not one of"):
+        log.record_event(served.serve_id, "like")
+    with pytest.raises(FeedbackError, match="no UTC offset"):
+        log.record_event(served.serve_id, "click", timestamp="2099-01-01T00:00:00")
+    with pytest.raises(FeedbackError, match="not ISO 8601"):
+        log.record_event(served.serve_id, "click", timestamp="yesterday")
+    with pytest.raises(FeedbackError, match="before the copy was served"):
+        log.record_event(served.serve_id, "click", timestamp="2000-01-01T00:00:00Z")
+    with pytest.raises(FeedbackError, match="non-negative"):
+        log.record_event(served.serve_id, "purchase", value=float("nan"))
+    with pytest.raises(FeedbackError, match="on one line"):
+        log.record_event(served.serve_id, "click", event_id="a\nb")
+    with pytest.raises(FeedbackError, match="user_id"):
+        log.record_serving("shopper\r1", "p", "文案", "m", candidates=1)
+    assert (tmp_path / "events.csv").read_bytes() == before
+
+
+def test_a_retried_event_id_is_recorded_once(tmp_path):
+    log = FeedbackLog(tmp_path)
+    served = log.record_serving("u", "p", "文案", "m", candidates=1, impression=False)
+    assert log.record_event(served.serve_id, "click", event_id="client-7") == "client-7"
+    assert log.record_event(served.serve_id, "click", event_id="client-7") == "client-7"
+    assert list(read_raw_table(tmp_path, "events")["event_id"]) == ["client-7"]
+
+
+def _serve_many(folder, worker: int, n: int) -> None:
+    log = FeedbackLog(folder)
+    for i in range(n):
+        served = log.record_serving(f"u{worker}", f"p{i}", f"文案{worker}-{i}，" * 40, "m", candidates=2)
+        log.record_event(served.serve_id, "click")
+
+
+def test_processes_sharing_one_log_never_interleave_lines(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_serve_many, args=(tmp_path, w, 25)) for w in range(3)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(60)
+        assert p.exitcode == 0
+    events = read_raw_table(tmp_path, "events")
+    assert len(events) == 3 * 25 * 2 and events["event_id"].is_unique
+    assert len(read_raw_table(tmp_path, "copies")) == 75
+    served = [json.loads(line) for line in (tmp_path / "served.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(served) == 75
+    # every click follows its own impression, for the same shopper, product and copy
+    by_serve = events.groupby(["user_id", "product_id", "copy_id"])["event_type"].apply(list)
+    assert all(types == ["impression", "click"] for types in by_serve)
