@@ -398,5 +398,35 @@ def ui(
     raise typer.Exit(subprocess.call(cmd))
 
 
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="bind address (default: serving.host)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default: serving.port)")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve personalized copy over HTTP from the champion release, logging what was served and
+    what shoppers did (POST /copy, POST /feedback, GET /health; docs/serving.md)."""
+    import uvicorn
+
+    from components.models.generator.model import BrokenModel
+    from components.serving.app import ChampionGenerator, create_app
+    from components.serving.models import NoModel
+
+    from mlflow.exceptions import MlflowException
+
+    cfg = _config(params, profile)
+    champion = ChampionGenerator(cfg)
+    try:
+        loaded = champion.current()  # load before listening: a missing model is one line, not a 503 later
+    except (NoModel, BrokenModel, FileNotFoundError, MlflowException) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    host, port = host or cfg.serving.host, port or cfg.serving.port
+    typer.echo(f"copy server on http://{host}:{port} (generator: {loaded.origin}; feedback log: {cfg.feedback_dir()}); "
+               f"API docs at /docs; Ctrl-C stops it")
+    uvicorn.run(create_app(cfg, champion), host=host, port=port, log_level="info")
+
+
 if __name__ == "__main__":
     app()

@@ -107,3 +107,79 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     unknown = runner.invoke(app, ["generate", "--user", "nobody", "--product", products.iloc[0]])
     assert unknown.exit_code == 2
     assert "nobody" in unknown.output
+
+    serve_the_champion_over_http(project, cfg, users, products)
+
+
+def serve_the_champion_over_http(project, cfg, users, products) -> None:
+    """The copy server on the same project: the champion's copy for a shopper, the feedback log
+    in the raw layer's formats, clear refusals; then `copyflow serve` as a real process."""
+    import os
+    import signal
+    import time
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from components.data.privacy import load_key, pseudonym
+    from components.data.raw import read_raw_table
+    from components.serving.app import create_app
+    from tests.conftest import free_port
+
+    key = load_key(cfg)
+    raw_ids = pd.read_csv(cfg.stage_dir("source") / "users.csv", dtype=str)["user_id"]
+    raw_user = next(u for u in raw_ids if pseudonym(u, key) in set(users))  # a shopper that survived cleaning
+    product = products.iloc[0]
+    client = TestClient(create_app(cfg))
+    health = client.get("/health").json()
+    assert health["generator"] == "release 1 (champion)" and health["feedback"]["served"] == 0
+
+    served = client.post("/copy", json={"user": raw_user, "product": product, "length": "short"})
+    assert served.status_code == 200, served.text
+    body = served.json()
+    assert body["copy"] and body["generator"] == "release 1 (champion)" and body["model_version"].startswith("models:/")
+    assert body["propensity"] == 1 / body["candidates"] and 1 <= body["candidates"] <= cfg.serving.candidates
+    click = client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click"})
+    assert click.status_code == 200, click.text
+
+    folder = cfg.feedback_dir()
+    events = read_raw_table(folder, "events")
+    assert list(events["event_type"]) == ["impression", "click"] and set(events["user_id"]) == {raw_user}
+    assert set(events["copy_id"]) == {body["copy_id"]} and set(events["product_id"]) == {product}
+    copies = read_raw_table(folder, "copies")
+    assert list(copies["text"]) == [body["copy"]] and list(copies["model_version"]) == [body["model_version"]]
+
+    refusals = {
+        "pseudonym": (client.post("/copy", json={"user": pseudonym(raw_user, key), "product": product}), 422, "not its pseudonym"),
+        "unknown product": (client.post("/copy", json={"user": raw_user, "product": "NOPE"}), 404, "product 'NOPE' is not in"),
+        "unknown user": (client.post("/copy", json={"user": "nobody", "product": product}), 404, "nobody"),
+        "bad tone": (client.post("/copy", json={"user": raw_user, "product": product, "tone": "funny"}), 422, "tone"),
+        "unknown serve": (client.post("/feedback", json={"serve_id": "nope", "event_type": "click"}), 404, "was not served"),
+        "bad event": (client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "like"}), 422, "event_type"),
+        "naive time": (client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click",
+                                                      "timestamp": "2099-01-01T00:00:00"}), 422, "no UTC offset"),
+    }
+    for name, (response, status, text) in refusals.items():
+        assert response.status_code == status and text in response.text, (name, response.status_code, response.text)
+    assert len(read_raw_table(folder, "events")) == 2  # refusals write nothing
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "no answer"
+                time.sleep(0.5)
+        assert health.json()["feedback"] == {"folder": str(folder), "copies": 1, "served": 1, "events": 2}
+        again = httpx.post(f"http://127.0.0.1:{port}/copy", json={"user": raw_user, "product": product}, timeout=120)
+        assert again.status_code == 200 and again.json()["copy"], again.text
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        output = server.communicate(timeout=60)[0]
+    assert f"copy server on http://127.0.0.1:{port}" in output and "generator: release 1 (champion)" in output, output
+    assert len(read_raw_table(folder, "events")) == 3  # the second server appended to the same log

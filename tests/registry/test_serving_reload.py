@@ -1,0 +1,40 @@
+"""The copy server follows the champion release: a promote or rollback reaches a running server
+within `serving.reload_seconds`, on a real registry (the world's generators are templates, so
+the loader here only records which model it was asked for)."""
+
+from __future__ import annotations
+
+from components.registry.promotion import promote, rollback
+from components.serving.app import ChampionGenerator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_promote_and_a_rollback_reach_a_running_server_after_the_reload_interval(fresh_world):
+    cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
+    loads, clock = [], Clock()
+    champion = ChampionGenerator(cfg, load=lambda ref: loads.append(ref) or f"generator from {ref}", clock=clock)
+
+    first = champion.current()
+    assert first.origin == "release 1 (champion)" and first.generator == f"generator from {first.ref}"
+    promote(cfg, note="test", actor="test")
+    clock.now = 29.0
+    assert champion.current() is first  # not looked up again yet
+    clock.now = 30.0
+    second = champion.current()
+    assert second.origin == "release 2 (champion)" and second.ref != first.ref
+    clock.now = 60.0
+    assert champion.current().generator == second.generator  # same champion: not loaded again
+    assert loads == [first.ref, second.ref]
+
+    rollback(cfg, actor="test")
+    clock.now = 90.0
+    back = champion.current()
+    assert back.origin == "release 1 (champion)" and back.ref == first.ref
+    assert loads == [first.ref, second.ref, first.ref]
