@@ -1,6 +1,7 @@
 """Generator speed: latency of one copy (ONNX Runtime vs torch, greedy and beam 4) and batch
 throughput (copies/s at batch 64: greedy, beam 4, and the shipped default, top-p with 8
-candidates re-ranked). Copies are decoded with the model's own constraints
+candidates re-ranked), and the generation in one `copyflow serve` request (serving.candidates
+copies with the default decoding). Copies are decoded with the model's own constraints
 and length stop, so the latency is that of a real, shippable copy. Also the cost of one
 `full`-size training step on CPU with the shipped dropout against torch's own (same process,
 alternating rounds).
@@ -75,6 +76,18 @@ def latency(generator: api.Generator, decoding: str, repeats: int) -> tuple[floa
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
+def serving_request(generator: api.Generator, candidates: int, repeats: int) -> tuple[float, float]:
+    """p50 / p95 milliseconds of the generation in one `copyflow serve` request: `candidates`
+    copies of one product with the default decoding (the server then serves one of them)."""
+    times = []
+    generator.generate(PRODUCTS[0], n=candidates)  # warm-up
+    for i in range(repeats):
+        started = time.perf_counter()
+        generator.generate(PRODUCTS[i % len(PRODUCTS)], n=candidates)
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
 def throughput(generator: api.Generator, decoding, batch: int = 64) -> float:
     requests = [generator.request(PRODUCTS[i % len(PRODUCTS)], None, "any", "any") for i in range(batch)]
     started = time.perf_counter()
@@ -141,6 +154,10 @@ def run(report: dict, repeats: int = 10) -> dict:
                 report[f"{name}_{label}_latency_p95_ms"] = round(p95, 1)
             for decoding, label in (("greedy", "greedy"), ({"method": "beam", "beam_size": 4}, "beam4"), (None, "default")):
                 report[f"{name}_{label}_batch64_copies_per_s"] = round(throughput(generator, decoding), 2)
+            candidates = load_config("params.yaml", "quick").serving.candidates
+            p50, p95 = serving_request(generator, candidates, repeats)
+            report[f"{name}_serve_request_{candidates}_candidates_p50_ms"] = round(p50, 1)
+            report[f"{name}_serve_request_{candidates}_candidates_p95_ms"] = round(p95, 1)
         report["onnx_vs_torch_greedy_speedup"] = round(report["torch_greedy_latency_p50_ms"] / report["onnx_greedy_latency_p50_ms"], 2)
     report.update(training_step_ms())
     return report
