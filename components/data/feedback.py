@@ -192,7 +192,10 @@ class FeedbackLog:
         row = {
             "event_id": event_id, "user_id": served.user_id, "product_id": served.product_id, "copy_id": served.copy_id,
             "event_type": event_type, "timestamp": when, "position": served.position,
-            "propensity": served.propensity, "value": "" if value is None else value,
+            "propensity": served.propensity,
+            # As exports do: 0 for events without money; a purchase without a value is left
+            # empty, and cleaning fills in the product's price.
+            "value": value if value is not None else ("" if event_type == "purchase" else 0),
         }
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=RAW_COLUMNS["events"], lineterminator="\n")

@@ -29,7 +29,7 @@ def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
     assert set(events["user_id"]) == {"shopper1"} and click in set(events["event_id"])
     assert events["propensity"].astype(float).tolist() == [0.25] * 3
     assert events["timestamp"].iloc[2] == "2099-01-01T00:00:00+00:00"  # normalized to UTC
-    assert events["value"].iloc[2] == "129.0" and pd.isna(events["value"].iloc[1])
+    assert events["value"].iloc[2] == "129.0" and events["value"].iloc[1] == "0"  # no money in a click
     assert log.counts() == {"copies": 1, "served": 2, "events": 3}
     assert FeedbackLog(log.folder).counts() == log.counts()  # another process's view, read from the files
 
