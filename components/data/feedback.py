@@ -21,13 +21,14 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
-import shutil
 import threading
+import unicodedata
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +47,10 @@ class UnknownServe(FeedbackError):
     """The event names a serve_id this log never served."""
 
 
+class FeedbackLogBroken(RuntimeError):
+    """The log's files are not what this module writes (edited by hand): nothing more is appended."""
+
+
 @dataclass(frozen=True)
 class Served:
     serve_id: str
@@ -59,10 +64,11 @@ class Served:
     timestamp: str
 
 
-def _check_id(name: str, value: str) -> None:
-    """Ids go into CSV lines and joins: no empty ones, no line breaks or other control characters."""
-    if not value or not value.isprintable():
-        raise FeedbackError(f"{name} {value!r} must be non-empty, printable, on one line")
+def check_id(name: str, value: str) -> None:
+    """Ids go into CSV lines and joins: none empty, none with a line break or control character
+    (any other Unicode, a shop's CJK ids and spaces included, is fine)."""
+    if not value or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        raise FeedbackError(f"{name} {value!r} must be non-empty and on one line, without control characters")
 
 
 def copy_id_for(model_version: str, product_id: str, text: str) -> str:
@@ -75,29 +81,47 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def parse_timestamp(value: str) -> str:
-    """An ISO 8601 time with a UTC offset, normalized to UTC (ingestion requires the offset)."""
+def parse_timestamp(value: str, latest: datetime | None = None) -> str:
+    """An ISO 8601 time with a UTC offset, normalized to UTC (ingestion requires the offset), and
+    no later than `latest` (the data gate refuses events from the future)."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise FeedbackError(f"timestamp {value!r} is not ISO 8601") from exc
     if parsed.tzinfo is None:
         raise FeedbackError(f"timestamp {value!r} has no UTC offset (write Z or +08:00)")
-    return parsed.astimezone(timezone.utc).isoformat()
+    try:
+        utc = parsed.astimezone(timezone.utc)
+    except OverflowError as exc:  # year 1 or 9999, moved across midnight
+        raise FeedbackError(f"timestamp {value!r} is not within years 1..9999 in UTC") from exc
+    if latest is not None and utc > latest:
+        raise FeedbackError(f"timestamp {value!r} is in the future (later than {latest.isoformat()})")
+    return utc.isoformat()
+
+
+def _json_line(record: dict) -> str:
+    # ensure_ascii=False keeps Chinese readable, but leaves U+2028/U+2029/U+0085 raw, which some
+    # line readers split on: escape those three.
+    line = json.dumps(record, ensure_ascii=False)
+    return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085") + "\n"
 
 
 class FeedbackLog:
-    """Append-only feedback in one folder (created on first use)."""
+    """Append-only feedback in one folder (created on first write).
 
-    def __init__(self, folder: Path | str):
+    `max_future`: how far past the server's clock a reported event time may lie (the data gate's
+    `validation.max_timestamp_skew_hours`)."""
+
+    def __init__(self, folder: Path | str, max_future: timedelta = timedelta(hours=1)):
         self.folder = Path(folder)
+        self.max_future = max_future
         self._thread_lock = threading.Lock()
         # What the files held when last read, and how far they were read: each write reads only
         # what other processes appended since, so a long-running log costs no more per request.
         self._copies: set[str] = set()
         self._served: dict[str, Served] = {}
         self._events: set[str] = set()
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[str, tuple[int, int, int]] = {}  # file -> (device, inode, bytes read)
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
@@ -109,28 +133,51 @@ class FeedbackLog:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _repair_tail(self, name: str) -> None:
+        """A writer that died mid-line (killed, disk full) leaves a fragment without its newline:
+        move it to <name>.fragments, so the next line does not join it. Under the exclusive lock."""
+        path = self.folder / name
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with open(path, "rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) == b"\n":
+                return
+            handle.seek(0)
+            data = handle.read()
+            keep = data.rfind(b"\n") + 1
+            with open(self.folder / f"{name}.fragments", "ab") as fragments:
+                fragments.write(data[keep:] + b"\n")
+            handle.truncate(keep)
+
     def _append(self, name: str, text: str) -> None:
+        self._repair_tail(name)
         with open(self.folder / name, "a", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
 
     def _new_lines(self, name: str) -> list[str]:
+        """Whole lines appended since the last read; a trailing fragment waits (or is repaired)."""
         path = self.folder / name
         if not path.exists():
             return []
-        offset = self._offsets.get(name, 0)
+        stat = path.stat()
+        device, inode, offset = self._offsets.get(name, (stat.st_dev, stat.st_ino, 0))
         with open(path, "rb") as handle:
             handle.seek(offset)
             data = handle.read()
-        self._offsets[name] = offset + len(data)
-        return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+        complete = data.rfind(b"\n") + 1
+        self._offsets[name] = (stat.st_dev, stat.st_ino, offset + complete)
+        return [line for line in data[:complete].decode("utf-8").split("\n") if line.strip()]
 
     def _refresh(self) -> None:
         """Take in what this or another process appended since the last read (under the lock)."""
-        for name, offset in self._offsets.items():
+        for name, (device, inode, offset) in self._offsets.items():
             path = self.folder / name
-            if not path.exists() or path.stat().st_size < offset:  # truncated or replaced by hand: read all again
+            stat = path.stat() if path.exists() else None
+            if stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset:
+                # rotated, replaced or truncated by hand: read everything again
                 self._copies, self._served, self._events, self._offsets = set(), {}, set(), {}
                 break
         for line in self._new_lines(RAW_FILES["copies"]):
@@ -138,16 +185,27 @@ class FeedbackLog:
         for line in self._new_lines(SERVED_FILE):
             record = Served(**json.loads(line))
             self._served[record.serve_id] = record
-        header_unread = not self._offsets.get(RAW_FILES["events"])
+        header_unread = RAW_FILES["events"] not in self._offsets
         rows = list(csv.reader(self._new_lines(RAW_FILES["events"])))
-        self._events.update(row[0] for row in rows[1 if header_unread else 0:])
+        if header_unread and rows:
+            self._check_header(rows[0])
+            rows = rows[1:]
+        self._events.update(row[0] for row in rows)
+
+    def _check_header(self, header: list[str]) -> None:
+        if header != RAW_COLUMNS["events"]:
+            raise FeedbackLogBroken(
+                f"{self.folder / RAW_FILES['events']}: header {header} is not the raw layer's {RAW_COLUMNS['events']}; "
+                "rows written now would land in the wrong columns. Move the file aside (the source stage reads it "
+                "as it is) and the log starts a new one."
+            )
 
     def record_serving(
         self, user_id: str, product_id: str, text: str, model_version: str, candidates: int, impression: bool = True
     ) -> Served:
         """Log one copy shown to one shopper (and, unless the caller reports it later, its impression)."""
         for name, value in (("user_id", user_id), ("product_id", product_id), ("model_version", model_version)):
-            _check_id(name, value)
+            check_id(name, value)
         copy_id = copy_id_for(model_version, product_id, text)
         served = Served(
             serve_id=uuid.uuid4().hex, user_id=user_id, product_id=product_id, copy_id=copy_id, position=1,
@@ -157,10 +215,11 @@ class FeedbackLog:
             self._refresh()
             if copy_id not in self._copies:
                 row = {"copy_id": copy_id, "product_id": product_id, "text": text, "source": "generated", "model_version": model_version}
-                self._append(RAW_FILES["copies"], json.dumps(row, ensure_ascii=False) + "\n")
-            self._append(SERVED_FILE, json.dumps(asdict(served), ensure_ascii=False) + "\n")
+                self._append(RAW_FILES["copies"], _json_line(row))
+            self._append(SERVED_FILE, _json_line(asdict(served)))
             if impression:
                 self._append_event(served, "impression", served.timestamp, None, None)
+            self._refresh()  # take in our own lines now, so the next call does not read them again
         return served
 
     def record_event(
@@ -169,12 +228,12 @@ class FeedbackLog:
         """Log what the shopper did with a served copy; returns the event id. A repeated
         event_id (a client retrying) is accepted once."""
         if event_id is not None:
-            _check_id("event_id", event_id)
+            check_id("event_id", event_id)
         if event_type not in EVENT_TYPES:
             raise FeedbackError(f"event_type {event_type!r} is not one of {list(EVENT_TYPES)}")
-        when = parse_timestamp(timestamp) if timestamp else utc_now()
-        if value is not None and not (value == value and value >= 0):  # NaN or negative
-            raise FeedbackError(f"value {value!r} must be a non-negative number")
+        when = parse_timestamp(timestamp, latest=datetime.now(timezone.utc) + self.max_future) if timestamp else utc_now()
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise FeedbackError(f"value {value!r} must be a finite, non-negative number")
         with self._locked(exclusive=True):
             self._refresh()
             served = self._served.get(serve_id)
@@ -184,7 +243,9 @@ class FeedbackLog:
                 raise FeedbackError(f"timestamp {when} is before the copy was served ({served.timestamp})")
             if event_id is not None and event_id in self._events:
                 return event_id
-            return self._append_event(served, event_type, when, value, event_id)
+            event_id = self._append_event(served, event_type, when, value, event_id)
+            self._refresh()
+            return event_id
 
     def _append_event(self, served: Served, event_type: str, when: str, value: float | None, event_id: str | None) -> str:
         path = self.folder / RAW_FILES["events"]
@@ -203,16 +264,18 @@ class FeedbackLog:
             writer.writeheader()
         writer.writerow(row)
         self._append(RAW_FILES["events"], buffer.getvalue())
-        self._refresh()  # take in our own lines now, so the next call does not read them again
         return event_id
 
     def counts(self) -> dict[str, int]:
+        if not self.folder.is_dir():
+            return {"copies": 0, "served": 0, "events": 0}
         with self._locked(exclusive=False):
             self._refresh()
             return {"copies": len(self._copies), "served": len(self._served), "events": len(self._events)}
 
     def snapshot(self, destination: Path) -> dict[str, Path]:
-        """Copy the raw-layer files (those that exist) under the shared lock: whole lines only."""
+        """Copy the raw-layer files (those that exist) under the shared lock, whole lines only:
+        a fragment a dead writer left at the end is not copied."""
         destination.mkdir(parents=True, exist_ok=True)
         copied = {}
         if not self.folder.is_dir():
@@ -221,5 +284,8 @@ class FeedbackLog:
             for table in ("copies", "events"):
                 source = self.folder / RAW_FILES[table]
                 if source.exists():
-                    copied[table] = Path(shutil.copy2(source, destination / RAW_FILES[table]))
+                    data = source.read_bytes()
+                    target = destination / RAW_FILES[table]
+                    target.write_bytes(data[: data.rfind(b"\n") + 1])
+                    copied[table] = target
         return copied

@@ -119,7 +119,10 @@ def read_utf8(path: Path) -> str:
 def read_jsonl(path: Path, fields: list[str]) -> pd.DataFrame:
     """JSON Lines with the given fields (all required; values may be null)."""
     records, linenos = [], []
-    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+    # JSON Lines ends a line at "\n" only: str.splitlines would also split inside a JSON string
+    # that holds U+2028 or U+0085 unescaped (valid JSON), and break the record in two.
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -17,6 +17,7 @@ whole by one model.
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -24,10 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
 from fastapi import FastAPI, HTTPException
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from components.config import Config
-from components.data.feedback import EVENT_TYPES, FeedbackError, FeedbackLog, UnknownServe
+from components.data.feedback import EVENT_TYPES, FeedbackError, FeedbackLog, FeedbackLogBroken, UnknownServe, check_id
 
 
 class CopyRequest(BaseModel):
@@ -55,15 +59,16 @@ class FeedbackRequest(BaseModel):
     serve_id: str = Field(min_length=1)
     event_type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
     timestamp: Optional[str] = Field(None, description="ISO 8601 with a UTC offset; default: now")
-    value: Optional[float] = Field(None, ge=0, description="order value, for purchases")
+    value: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="order value, for purchases")
     event_id: Optional[str] = Field(None, min_length=1, description="the client's id: a retry is recorded once")
 
 
 @dataclass(frozen=True)
 class Loaded:
     generator: Any
-    ref: str      # the model URI (or local dir): the served copies' model_version
+    ref: str      # what the loader read: a model URI or a local dir
     origin: str   # "release 3 (champion)"
+    version: str  # the served copies' model_version: the registry URI, or the local output's run
 
 
 class ChampionGenerator:
@@ -89,29 +94,90 @@ class ChampionGenerator:
         with self._lock:
             if self._current is None or self._clock() - self._checked >= self.cfg.serving.reload_seconds:
                 model = resolve_model(self.cfg, "generator")
-                if self._current is None or model.ref != self._current.ref:
-                    self._current = Loaded(self._load(model.ref), model.ref, model.origin)
+                if self._current is None or model.version != self._current.version:
+                    self._current = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
                 else:
-                    self._current = Loaded(self._current.generator, model.ref, model.origin)
+                    self._current = Loaded(self._current.generator, model.ref, model.origin, model.version)
                 self._checked = self._clock()
             return self._current
 
 
-def create_app(cfg: Config, champion: ChampionGenerator | None = None) -> FastAPI:
-    """The server for one profile. Nothing is loaded until the first request (or `warm`)."""
+class ShopperSnapshot:
+    """The clean shoppers, catalog and affinities (copywriter.ShopperData), re-read when the
+    clean and features stages have written new ones, at most every `reload_seconds`. A retrain
+    rewrites those folders (DVC empties a stage's outputs before running it): while they are
+    missing or half-written, loading fails and the previous snapshot keeps serving."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._data = None
+        self._stamp: tuple | None = None
+        self._checked = float("-inf")
+        self.last_error: str | None = None
+
+    def _stamp_now(self) -> tuple:
+        files = [self.cfg.stage_dir(stage) / "summary.json" for stage in ("clean", "features")]
+        return tuple(f.stat().st_mtime_ns if f.exists() else None for f in files)
+
+    def current(self):
+        from components.serving.copywriter import ShopperData
+
+        with self._lock:
+            if self._data is None or self._clock() - self._checked >= self.cfg.serving.reload_seconds:
+                self._checked = self._clock()
+                stamp = self._stamp_now()
+                if self._data is not None and stamp == self._stamp:
+                    self.last_error = None  # the files are again the ones in memory
+                else:
+                    try:
+                        self._data, self._stamp, self.last_error = ShopperData.load(self.cfg), stamp, None
+                    except Exception as exc:  # mid-retrain: missing or half-written files
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        if self._data is None:
+                            raise ShopperDataUnavailable(self.last_error) from exc
+            return self._data
+
+
+class ShopperDataUnavailable(RuntimeError):
+    pass
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers: ShopperSnapshot | None = None) -> FastAPI:
+    """The server for one profile. Nothing is loaded until the first request."""
+    from datetime import timedelta
+
     from components.data.privacy import PSEUDONYM_PREFIX
     from components.models.generator.api import GenerationInputError
     from components.models.generator.model import BrokenModel
-    from components.serving.copywriter import UnknownEntity, personalized_copies, resolve_user_id
+    from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
 
     champion = champion or ChampionGenerator(cfg)
-    log = FeedbackLog(cfg.feedback_dir())
+    shoppers = shoppers or ShopperSnapshot(cfg)
+    log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours))
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
     app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}; feedback log {log.folder}")
-    app.state.champion, app.state.feedback = champion, log
+    app.state.champion, app.state.shoppers, app.state.feedback = champion, shoppers, log
+
+    @app.exception_handler(RequestValidationError)
+    def refuse(request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a JSON `Infinity` or `NaN` cannot be
+        # written back into a JSON response: it would turn a 422 into a 500.
+        return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
     def serving_model() -> Loaded:
         try:
@@ -119,23 +185,41 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None) -> FastAP
         except (NoModel, BrokenModel, FileNotFoundError, MlflowException) as exc:
             raise HTTPException(503, f"no generator to serve: {exc}") from exc
 
+    def shopper_data():
+        try:
+            return shoppers.current()
+        except ShopperDataUnavailable as exc:
+            raise HTTPException(503, f"no shopper data to personalize with (run `copyflow retrain --profile {cfg.profile}`): {exc}") from exc
+
+    def feedback_log_counts() -> dict[str, int]:
+        try:
+            return log.counts()
+        except FeedbackLogBroken as exc:
+            raise HTTPException(503, str(exc)) from exc
+
     @app.get("/health")
     def health() -> dict[str, Any]:
-        model = serving_model()
-        return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.ref,
-                "feedback": {"folder": str(log.folder), **log.counts()}}
+        model, data = serving_model(), shopper_data()
+        return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.version,
+                "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
+                "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
 
     @app.post("/copy", response_model=CopyResponse, response_model_by_alias=True)
     def copy(request: CopyRequest) -> dict[str, Any]:
-        model = serving_model()
         try:
-            user_id = resolve_user_id(cfg, request.user)
+            check_id("user", request.user)
+            check_id("product", request.product)
+        except FeedbackError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        model, data = serving_model(), shopper_data()
+        try:
+            user_id = data.resolve_user_id(request.user)
             if user_id == request.user and request.user.startswith(PSEUDONYM_PREFIX):
                 # The log is ingested like the shop's export, which pseudonymizes ids: a
                 # pseudonym would be hashed again and its outcomes joined to nobody.
                 raise HTTPException(422, "user: send the shop's own user id, not its pseudonym")
             with decode:
-                result = personalized_copies(cfg, model.generator, request.user, request.product, n=cfg.serving.candidates,
+                result = personalized_copies(data, model.generator, request.user, request.product, n=cfg.serving.candidates,
                                              decoding=cfg.serving.decoding, tone=request.tone, length=request.length)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc
@@ -145,16 +229,23 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None) -> FastAP
         if not distinct:
             raise HTTPException(500, "the generator wrote no copy for this product")
         chosen = distinct[secrets.randbelow(len(distinct))]
-        served = log.record_serving(request.user, request.product, chosen, model.ref, candidates=len(distinct), impression=request.impression)
+        try:
+            served = log.record_serving(request.user, request.product, chosen, model.version, candidates=len(distinct), impression=request.impression)
+        except FeedbackLogBroken as exc:
+            raise HTTPException(503, str(exc)) from exc
         return {"serve_id": served.serve_id, "copy_id": served.copy_id, "copy": chosen, "focus": result.focus,
-                "candidates": len(distinct), "propensity": served.propensity, "generator": model.origin, "model_version": model.ref}
+                "candidates": len(distinct), "propensity": served.propensity, "generator": model.origin, "model_version": model.version}
 
     @app.post("/feedback")
     def feedback(request: FeedbackRequest) -> dict[str, str]:
         try:
             event_id = log.record_event(request.serve_id, request.event_type, request.timestamp, request.value, request.event_id)
+        except UnknownServe as exc:
+            raise HTTPException(404, str(exc)) from exc
         except FeedbackError as exc:
-            raise HTTPException(404 if isinstance(exc, UnknownServe) else 422, str(exc)) from exc
+            raise HTTPException(422, str(exc)) from exc
+        except FeedbackLogBroken as exc:
+            raise HTTPException(503, str(exc)) from exc
         return {"event_id": event_id}
 
     return app

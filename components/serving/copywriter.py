@@ -1,10 +1,11 @@
 """Personalized copy for one shopper and one product: the shopper's strongest attribute
-affinities (point-in-time features) choose the generator's focus. How likely the shopper is to
+affinities (end-of-data features) choose the generator's focus. How likely the shopper is to
 click the product at all is the preference model's (`copyflow explain`), not used here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -28,18 +29,71 @@ class PersonalizedCopies:
     affinities: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_user_id(cfg: Config, user: str) -> str:
+@dataclass(frozen=True)
+class ShopperData:
+    """What personalization reads, in memory: the clean shoppers and catalog, and the shoppers'
+    and population's attribute affinities as of the end of the data. A server keeps one and swaps
+    it whole, so a retrain rewriting these folders never leaves it half-read."""
+
+    clean_dir: Path
+    users: frozenset[str]
+    attributes: dict[str, dict[str, list[str]]]
+    affinity: pd.DataFrame      # user_id, attr_key, attr_value, affinity
+    population: pd.DataFrame    # attr_key, attr_value, affinity_population
+    key: object = field(repr=False, default=None)  # the pseudonym key (PseudonymKey)
+
+    @classmethod
+    def load(cls, cfg: Config) -> "ShopperData":
+        from components.data.privacy import load_key
+
+        clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
+        products = load_products(clean)
+        affinity = pd.read_parquet(features / "user_affinity.parquet", columns=["user_id", "attr_key", "attr_value", "affinity"])
+        population = pd.read_parquet(features / "population_affinity.parquet", columns=["attr_key", "attr_value", "affinity"])
+        return cls(
+            clean_dir=clean,
+            users=frozenset(load_users(clean)["user_id"]),
+            attributes=dict(zip(products["product_id"], products["attributes"])),
+            affinity=affinity,
+            population=population.rename(columns={"affinity": "affinity_population"}),
+            key=load_key(cfg),
+        )
+
+    def resolve_user_id(self, user: str) -> str:
+        return _resolve(user, self.users, self.key, self.clean_dir)
+
+    def product_attributes(self, product_id: str) -> dict[str, list[str]]:
+        if product_id not in self.attributes:
+            raise UnknownEntity(f"product {product_id!r} is not in {self.clean_dir}")
+        return self.attributes[product_id]
+
+    def affinity_lift(self, user_id: str) -> dict[str, float]:
+        """key#value -> how much more this shopper clicks the value than shoppers overall
+        (their click share over the population's, as of the end of the data). A share alone is not
+        comparable across keys: a key with two values gives every value a share near 0.5."""
+        mine = self.affinity[self.affinity["user_id"] == user_id]
+        merged = mine.merge(self.population, on=["attr_key", "attr_value"])
+        lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
+        return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
+
+
+def _resolve(user: str, known, key, clean_dir: Path) -> str:
     """Accept the pseudonymized id, or a raw id (pseudonymized here with the same key)."""
-    users = load_users(cfg.stage_dir("clean"))
-    known = set(users["user_id"])
+    from components.data.privacy import pseudonym
+
     if user in known:
         return user
-    from components.data.privacy import load_key, pseudonym
-
-    candidate = pseudonym(user, load_key(cfg))
+    candidate = pseudonym(user, key)
     if candidate in known:
         return candidate
-    raise UnknownEntity(f"user {user!r} is not in {cfg.stage_dir('clean')} (neither as a pseudonym nor as a raw id)")
+    raise UnknownEntity(f"user {user!r} is not in {clean_dir} (neither as a pseudonym nor as a raw id)")
+
+
+def resolve_user_id(cfg: Config, user: str) -> str:
+    from components.data.privacy import load_key
+
+    clean = cfg.stage_dir("clean")
+    return _resolve(user, set(load_users(clean)["user_id"]), load_key(cfg), clean)
 
 
 def product_attributes(cfg: Config, product_id: str) -> dict[str, list[str]]:
@@ -50,24 +104,12 @@ def product_attributes(cfg: Config, product_id: str) -> dict[str, list[str]]:
     return row.iloc[0]["attributes"]
 
 
-def user_affinity_lift(cfg: Config, user_id: str) -> dict[str, float]:
-    """key#value -> how much more this shopper clicks the value than shoppers overall
-    (their click share over the population's, as of the end of the data). A share alone is not
-    comparable across keys: a key with two values gives every value a share near 0.5."""
-    features = cfg.stage_dir("features")
-    mine = pd.read_parquet(features / "user_affinity.parquet", filters=[("user_id", "==", user_id)])
-    everyone = pd.read_parquet(features / "population_affinity.parquet")
-    merged = mine.merge(everyone, on=["attr_key", "attr_value"], suffixes=("", "_population"))
-    lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
-    return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
-
-
 def personalized_copies(
-    cfg: Config, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2, tone: str = ANY, length: str = ANY
+    data: ShopperData, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2, tone: str = ANY, length: str = ANY
 ) -> PersonalizedCopies:
-    user_id = resolve_user_id(cfg, user)
-    attributes = product_attributes(cfg, product_id)
-    lift = user_affinity_lift(cfg, user_id)
+    user_id = data.resolve_user_id(user)
+    attributes = data.product_attributes(product_id)
+    lift = data.affinity_lift(user_id)
     # Only values this shopper favours more than shoppers overall become the focus.
     focus = focus_from_affinities({item: x - 1.0 for item, x in lift.items()}, attributes, k=k_focus)
     copies = generator.generate(attributes, focus=focus or None, tone=tone, length=length, decoding=decoding, n=n)

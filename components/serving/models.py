@@ -24,6 +24,11 @@ class ResolvedModel:
     family: str
     ref: str       # a local model dir or an MLflow URI, accepted by the family's loader
     origin: str    # "release 3 (champion)" or "local training output ..."
+    version: str = ""  # which model this is, for logs: the registry URI, or the local output's training run
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            object.__setattr__(self, "version", self.ref)
 
 
 def resolve_model(cfg: Config, family: str, alias: str = "champion", allow_local: bool = True) -> ResolvedModel:
@@ -74,7 +79,9 @@ def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:
         raise NoModel(f"{reason}; and the local {family} model at {manifest_path.parent} failed its release gate ({failed}), so it is not served")
     model_dir = manifest.get("model_dir")
     ref = model_dir if model_dir and Path(model_dir).exists() else manifest["model_uri"]
-    return ResolvedModel(family, str(ref), f"local training output {manifest_path.parent} (no release yet)")
+    # The local dir keeps its path across retrains: the training run tells one model from the next.
+    version = manifest.get("model_uri") or f"run:{manifest.get('run_id')}"
+    return ResolvedModel(family, str(ref), f"local training output {manifest_path.parent} (no release yet)", version)
 
 
 def _failed_gate(cfg: Config, family: str, run_id: str | None) -> str | None:

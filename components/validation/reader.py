@@ -173,7 +173,7 @@ def _parse_csv(text: str, path: Path, table: str) -> pd.DataFrame:
 
 def _parse_jsonl(text: str, path: Path, table: str) -> pd.DataFrame:
     records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a JSON string
         if not line.strip():
             continue
         try:

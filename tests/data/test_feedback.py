@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -17,7 +18,8 @@ def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
     assert first.copy_id == again.copy_id == copy_id_for("models:/copyflow-generator/2", "p1", "这款白色连衣裙")
     assert first.serve_id != again.serve_id and first.propensity == 0.25 and again.propensity == 0.5
     click = log.record_event(first.serve_id, "click")
-    log.record_event(first.serve_id, "purchase", timestamp="2099-01-01T08:00:00+08:00", value=129.0)
+    soon = datetime.now(timezone(timedelta(hours=8))) + timedelta(minutes=10)  # a shop in UTC+8, clocks a little apart
+    log.record_event(first.serve_id, "purchase", timestamp=soon.isoformat(), value=129.0)
 
     copies = read_raw_table(log.folder, "copies")
     assert len(copies) == 1  # the same text for the same product by the same model is one copy
@@ -28,7 +30,7 @@ def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
     assert list(events["event_type"]) == ["impression", "click", "purchase"]  # the second serving logged none
     assert set(events["user_id"]) == {"shopper1"} and click in set(events["event_id"])
     assert events["propensity"].astype(float).tolist() == [0.25] * 3
-    assert events["timestamp"].iloc[2] == "2099-01-01T00:00:00+00:00"  # normalized to UTC
+    assert events["timestamp"].iloc[2] == soon.astimezone(timezone.utc).isoformat()  # normalized to UTC
     assert events["value"].iloc[2] == "129.0" and events["value"].iloc[1] == "0"  # no money in a click
     assert log.counts() == {"copies": 1, "served": 2, "events": 3}
     assert FeedbackLog(log.folder).counts() == log.counts()  # another process's view, read from the files
@@ -43,7 +45,7 @@ def test_bad_events_are_refused_and_write_nothing(tmp_path):
     with pytest.raises(FeedbackError, match="not one of"):
         log.record_event(served.serve_id, "like")
     with pytest.raises(FeedbackError, match="no UTC offset"):
-        log.record_event(served.serve_id, "click", timestamp="2099-01-01T00:00:00")
+        log.record_event(served.serve_id, "click", timestamp="2026-01-01T00:00:00")
     with pytest.raises(FeedbackError, match="not ISO 8601"):
         log.record_event(served.serve_id, "click", timestamp="yesterday")
     with pytest.raises(FeedbackError, match="before the copy was served"):
@@ -88,3 +90,75 @@ def test_processes_sharing_one_log_never_interleave_lines(tmp_path):
     # every click follows its own impression, for the same shopper, product and copy
     by_serve = events.groupby(["user_id", "product_id", "copy_id"])["event_type"].apply(list)
     assert all(types == ["impression", "click"] for types in by_serve)
+
+
+def test_a_fragment_left_by_a_dead_writer_is_set_aside_and_never_joins_a_line(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first = log.record_serving("u", "p", "文案", "m", candidates=1)
+    for name in ("events.csv", "served.jsonl", "copies.jsonl"):  # killed mid-line, in every file
+        with open(tmp_path / name, "a", encoding="utf-8") as handle:
+            handle.write('fb-dead,u,p,"half')
+    assert len(FeedbackLog(tmp_path).snapshot(tmp_path / "snap")) == 2  # whole lines only
+    assert len(read_raw_table(tmp_path / "snap", "events")) == 1
+    second = log.record_serving("u", "p2", "另一条", "m", candidates=2)
+    log.record_event(second.serve_id, "click")
+    events = read_raw_table(tmp_path, "events")
+    assert list(events["event_type"]) == ["impression", "impression", "click"] and not events["event_id"].str.contains("dead").any()
+    assert (tmp_path / "events.csv.fragments").read_text(encoding="utf-8") == 'fb-dead,u,p,"half\n'
+    assert FeedbackLog(tmp_path).counts() == {"copies": 2, "served": 2, "events": 3}
+    assert log.record_event(first.serve_id, "click")
+
+
+def test_a_rotated_log_is_read_again_from_its_start(tmp_path):
+    writer, idle = FeedbackLog(tmp_path), FeedbackLog(tmp_path)
+    writer.record_serving("u", "p", "文案", "m", candidates=1)
+    assert idle.counts()["served"] == 1
+    for name in ("events.csv", "served.jsonl", "copies.jsonl"):  # archived by an operator
+        (tmp_path / name).rename(tmp_path / f"{name}.1")
+    for i in range(6):  # the new files grow past the idle reader's offsets
+        writer.record_serving("u", f"p{i}", f"新的第{i}条文案，" * 5, "m", candidates=1)
+    assert idle.counts() == {"copies": 6, "served": 6, "events": 6}
+    served = idle.record_serving("u", "p0", "新的第0条文案，" * 5, "m", candidates=1)  # a copy the new file has
+    assert len(read_raw_table(tmp_path, "copies")) == 6 and served.copy_id in set(read_raw_table(tmp_path, "copies")["copy_id"])
+
+
+def test_a_hand_edited_events_header_stops_appends_instead_of_shifting_columns(tmp_path):
+    from components.data.feedback import FeedbackLogBroken
+
+    log = FeedbackLog(tmp_path)
+    served = log.record_serving("u", "p", "文案", "m", candidates=1)
+    text = (tmp_path / "events.csv").read_text(encoding="utf-8").splitlines()
+    text[0] = "event_id,user_id,product_id,copy_id,event_type,timestamp,value,position,propensity"
+    (tmp_path / "events.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+    before = (tmp_path / "events.csv").read_bytes()
+    with pytest.raises(FeedbackLogBroken, match="header"):
+        FeedbackLog(tmp_path).record_event(served.serve_id, "click")
+    assert (tmp_path / "events.csv").read_bytes() == before
+
+
+def test_any_unicode_id_and_line_separators_in_copy_text_round_trip(tmp_path):
+    log = FeedbackLog(tmp_path)
+    text = "第一行\u2028第二行\u2029第三行\x85完"
+    served = log.record_serving("山田\u3000太郎", "p\u00a01", text, "m", candidates=1)
+    log.record_event(served.serve_id, "click")
+    copies = read_raw_table(tmp_path, "copies")
+    assert list(copies["text"]) == [text]
+    assert set(read_raw_table(tmp_path, "events")["user_id"]) == {"山田\u3000太郎"}
+    assert FeedbackLog(tmp_path).counts() == {"copies": 1, "served": 1, "events": 2}
+
+
+def test_times_and_values_the_data_gate_would_refuse_are_refused_here(tmp_path):
+    log = FeedbackLog(tmp_path, max_future=timedelta(hours=1))
+    served = log.record_serving("u", "p", "文案", "m", candidates=1)
+    later = (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat()
+    with pytest.raises(FeedbackError, match="in the future"):
+        log.record_event(served.serve_id, "click", timestamp=later)
+    for stamp in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-05:00"):
+        with pytest.raises(FeedbackError, match="within years 1..9999"):
+            log.record_event(served.serve_id, "click", timestamp=stamp)
+    for value in (float("inf"), -1.0):
+        with pytest.raises(FeedbackError, match="finite, non-negative"):
+            log.record_event(served.serve_id, "purchase", value=value)
+    soon = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat()  # clocks differ a little
+    log.record_event(served.serve_id, "purchase", timestamp=soon)
+    assert pd.isna(read_raw_table(tmp_path, "events")["value"].iloc[-1])  # a purchase without a value: cleaning fills in the price

@@ -130,9 +130,11 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     raw_ids = pd.read_csv(cfg.stage_dir("source") / "users.csv", dtype=str)["user_id"]
     raw_user = next(u for u in raw_ids if pseudonym(u, key) in set(users))  # a shopper that survived cleaning
     product = products.iloc[0]
-    client = TestClient(create_app(cfg))
+    always_reload = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"reload_seconds": 0})})
+    client = TestClient(create_app(always_reload))
     health = client.get("/health").json()
     assert health["generator"] == "release 1 (champion)" and health["feedback"]["served"] == 0
+    assert health["shoppers"] == {"users": len(users), "products": len(products), "reload_error": None}
 
     served = client.post("/copy", json={"user": raw_user, "product": product, "length": "short"})
     assert served.status_code == 200, served.text
@@ -158,10 +160,27 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
         "bad event": (client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "like"}), 422, "event_type"),
         "naive time": (client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click",
                                                       "timestamp": "2099-01-01T00:00:00"}), 422, "no UTC offset"),
+        "future time": (client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click",
+                                                       "timestamp": "2099-01-01T00:00:00Z"}), 422, "in the future"),
+        "infinite value": (client.post("/feedback", content='{"serve_id": "%s", "event_type": "purchase", "value": Infinity}' % body["serve_id"],
+                                       headers={"content-type": "application/json"}), 422, "value"),
+        "id with a line break": (client.post("/copy", json={"user": "a\nb", "product": product}), 422, "on one line"),
+        "CJK id with a wide space": (client.post("/copy", json={"user": "山田\u3000太郎", "product": product}), 404, "is not in"),
     }
     for name, (response, status, text) in refusals.items():
         assert response.status_code == status and text in response.text, (name, response.status_code, response.text)
     assert len(read_raw_table(folder, "events")) == 2  # refusals write nothing
+
+    # A retrain empties the features folder while it rebuilds it: the last snapshot keeps serving.
+    features = cfg.stage_dir("features")
+    features.rename(features.with_name("features.rebuilding"))
+    try:
+        during = client.post("/copy", json={"user": raw_user, "product": product, "impression": False})
+        assert during.status_code == 200, during.text
+        assert "FileNotFoundError" in client.get("/health").json()["shoppers"]["reload_error"]
+    finally:
+        features.with_name("features.rebuilding").rename(features)
+    assert client.get("/health").json()["shoppers"]["reload_error"] is None
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], cwd=project,
@@ -175,7 +194,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "no answer"
                 time.sleep(0.5)
-        assert health.json()["feedback"] == {"folder": str(folder), "copies": 1, "served": 1, "events": 2}
+        assert health.json()["feedback"]["served"] == 2 and health.json()["feedback"]["events"] == 2
         again = httpx.post(f"http://127.0.0.1:{port}/copy", json={"user": raw_user, "product": product}, timeout=120)
         assert again.status_code == 200 and again.json()["copy"], again.text
     finally:

@@ -15,7 +15,7 @@ def _local_generator(cfg, run_id: str) -> None:
     """What the train_generator stage leaves: its manifest, naming the training run."""
     model_dir = cfg.stage_dir("models") / "generator" / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"model": "generator", "run_id": run_id, "model_dir": str(model_dir), "model_uri": "models:/unused"}
+    manifest = {"model": "generator", "run_id": run_id, "model_dir": str(model_dir), "model_uri": f"models:/m-{run_id}"}
     (model_dir.parent / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
@@ -43,6 +43,18 @@ def test_local_fallback_before_any_release_but_never_a_gate_failure(make_cfg, mo
 
     _local_generator(cfg, "run-2")  # retrained since, not gated yet
     assert "no release yet" in resolve_model(cfg, "generator").origin
+
+
+def test_a_local_output_is_told_apart_by_its_training_run_not_its_folder(make_cfg, monkeypatch):
+    """Before any release, the copy server serves the local output, whose folder stays the same
+    across retrains: the model's version (what a server reloads on, and logs) must not."""
+    monkeypatch.delenv("COPYFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg()
+    _local_generator(cfg, "run-1")
+    first = resolve_model(cfg, "generator")
+    _local_generator(cfg, "run-2")
+    second = resolve_model(cfg, "generator")
+    assert first.ref == second.ref and (first.version, second.version) == ("models:/m-run-1", "models:/m-run-2")
 
 
 def test_no_local_fallback_once_a_release_exists(make_cfg, monkeypatch):

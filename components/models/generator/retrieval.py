@@ -107,6 +107,7 @@ class RetrievalGenerator:
 
     @classmethod
     def load(cls, directory: Path) -> RetrievalGenerator:
-        lines = (directory / RETRIEVAL_FILE).read_text(encoding="utf-8").splitlines()
+        # "\n" only: a copy may hold U+2028 unescaped, which str.splitlines would split on
+        lines = [line for line in (directory / RETRIEVAL_FILE).read_text(encoding="utf-8").split("\n") if line]
         header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
         return cls([r["attributes"] for r in rows], [r["text"] for r in rows], header["length_edges"])
