@@ -214,7 +214,7 @@ def generate(
     """Personalized copies for one shopper and product, from the champion release's generator."""
     from components.models.generator.api import BatchReport, GenerationInputError, load_generator
     from components.models.generator.model import BrokenModel
-    from components.serving.copywriter import UnknownEntity, personalized_copies
+    from components.serving.copywriter import ShopperData, UnknownEntity, personalized_copies
     from components.serving.models import NoModel, resolve_model
 
     from mlflow.exceptions import MlflowException
@@ -223,7 +223,7 @@ def generate(
     try:
         model = resolve_model(cfg, "generator")
         generator = load_generator(model.ref)
-        result = personalized_copies(cfg, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
+        result = personalized_copies(ShopperData.load(cfg), generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
     except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
