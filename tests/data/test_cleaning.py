@@ -102,3 +102,26 @@ def test_obd_without_copies_or_prices_cleans_without_loss(make_cfg, tmp_path):
     assert summary["rows_after"] == summary["rows_before"]
     assert clean["events"]["copy_id"].isna().all() and clean["copies"].empty
     assert summary["imputed"]["products.price_unavailable"] == len(clean["products"])
+
+
+def test_the_shop_profile_removes_the_example_exports_bots(make_cfg):
+    """data/shop holds the simulator's output with 6 bots among 106 shoppers (its README says how
+    it was made); the shop profile's bot share must be set so that cleaning finds them."""
+    from components.data.cleaning import run_clean
+    from components.data.ingest import run_ingest
+    from components.data.privacy import load_key, pseudonym
+    from components.data.schema import load_table
+    from components.data.source import run_source
+    from components.validation.gate import run_validate
+    from tests.conftest import ROOT
+
+    cfg = make_cfg("shop", tiny=False, paths={"source_folder": str(ROOT / "data/shop")})
+    run_source(cfg)
+    run_ingest(cfg)
+    run_validate(cfg)
+    summary = run_clean(cfg)
+    bots = ["shopper000004", "shopper000041", "shopper000051", "shopper000052", "shopper000065", "shopper000081"]
+    key = load_key(cfg)
+    kept = set(load_table(cfg.stage_dir("clean"), "users")["user_id"])
+    assert not kept & {pseudonym(b, key) for b in bots}
+    assert summary["bot_detection"]["users_flagged"] <= len(bots) + 1  # at most one real shopper mistaken
