@@ -65,25 +65,14 @@ def untrained_model_dir(directory: Path) -> Path:
     return directory
 
 
-def latency(generator: api.Generator, decoding: str, repeats: int) -> tuple[float, float]:
-    """p50 / p95 milliseconds for one copy of one product."""
+def latency(generator: api.Generator, decoding, repeats: int, n: int = 1) -> tuple[float, float]:
+    """p50 / p95 milliseconds for `n` copies of one product (n = serving.candidates: the
+    generation in one `copyflow serve` request, which then serves one of them)."""
     times = []
-    generator.generate(PRODUCTS[0], decoding=decoding)  # warm-up
+    generator.generate(PRODUCTS[0], decoding=decoding, n=n)  # warm-up
     for i in range(repeats):
         started = time.perf_counter()
-        generator.generate(PRODUCTS[i % len(PRODUCTS)], decoding=decoding)
-        times.append(1000 * (time.perf_counter() - started))
-    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
-
-
-def serving_request(generator: api.Generator, candidates: int, repeats: int) -> tuple[float, float]:
-    """p50 / p95 milliseconds of the generation in one `copyflow serve` request: `candidates`
-    copies of one product with the default decoding (the server then serves one of them)."""
-    times = []
-    generator.generate(PRODUCTS[0], n=candidates)  # warm-up
-    for i in range(repeats):
-        started = time.perf_counter()
-        generator.generate(PRODUCTS[i % len(PRODUCTS)], n=candidates)
+        generator.generate(PRODUCTS[i % len(PRODUCTS)], decoding=decoding, n=n)
         times.append(1000 * (time.perf_counter() - started))
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
@@ -155,7 +144,7 @@ def run(report: dict, repeats: int = 10) -> dict:
             for decoding, label in (("greedy", "greedy"), ({"method": "beam", "beam_size": 4}, "beam4"), (None, "default")):
                 report[f"{name}_{label}_batch64_copies_per_s"] = round(throughput(generator, decoding), 2)
             candidates = load_config("params.yaml", "quick").serving.candidates
-            p50, p95 = serving_request(generator, candidates, repeats)
+            p50, p95 = latency(generator, None, repeats, n=candidates)
             report[f"{name}_serve_request_{candidates}_candidates_p50_ms"] = round(p50, 1)
             report[f"{name}_serve_request_{candidates}_candidates_p95_ms"] = round(p95, 1)
         report["onnx_vs_torch_greedy_speedup"] = round(report["torch_greedy_latency_p50_ms"] / report["onnx_greedy_latency_p50_ms"], 2)
