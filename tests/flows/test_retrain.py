@@ -150,6 +150,20 @@ def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, pr
     assert not again.stages["source"]["skipped"] and not again.stages["features"]["skipped"]
     assert again.summary("source")["rows"]["events"] == first.summary("source")["rows"]["events"] - 200
 
+    # What `copyflow serve` logs is a dependency of source@shop too (dvc.yaml)...
+    from components.data.feedback import FeedbackLog
+
+    cfg = load_config(project / "params.yaml", "shop")
+    assert cfg.feedback_dir() == project / "data/feedback/shop"
+    product = json.loads((project / "data/shop/products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
+    log = FeedbackLog(cfg.feedback_dir())
+    log.record_serving("shopper000001", product, "为你写的文案。", "models:/copyflow-generator/1", candidates=2)
+    fed = retrain(profile="shop", project_dir=str(project), stages=["source"])
+    assert not fed.stages["source"]["skipped"] and fed.summary("source")["feedback"]["events"] == 1
+    # ...but not its serving decisions or lock file, which the stage does not read (.dvcignore)
+    log.record_serving("shopper000001", product, "为你写的文案。", "models:/copyflow-generator/1", candidates=2, impression=False)
+    assert retrain(profile="shop", project_dir=str(project), stages=["source"]).stages["source"]["skipped"]
+
 
 def test_a_stage_past_its_time_limit_is_stopped_and_not_retried(tmp_path, prefect_harness, monkeypatch):
     from prefect.client.orchestration import get_client
