@@ -1,6 +1,6 @@
 """The copy server: personalized copy over HTTP from the champion release, and the feedback log.
 
-    GET  /health    which generator serves (release, model URI) and the feedback log's counts
+    GET  /health    which generator serves (release, model URI), the shopper data, the feedback log's counts
     POST /copy      {user, product, tone?, length?} -> one copy for this shopper and product
     POST /feedback  {serve_id, event_type, timestamp?, value?, event_id?} -> what the shopper did
 
@@ -32,13 +32,14 @@ from pydantic import BaseModel, Field
 
 from components.config import Config
 from components.data.feedback import EVENT_TYPES, FeedbackError, FeedbackLog, FeedbackLogBroken, UnknownServe, check_id
+from components.models.generator.focus import ANY, LENGTHS, TONES
 
 
 class CopyRequest(BaseModel):
     user: str = Field(min_length=1, description="the shop's own user id (pseudonymized at ingestion)")
     product: str = Field(min_length=1)
-    tone: Literal["plain", "lively", "elegant", "any"] = "any"
-    length: Literal["short", "medium", "long", "any"] = "any"
+    tone: Literal[(*TONES, ANY)] = ANY  # type: ignore[valid-type]
+    length: Literal[(*LENGTHS, ANY)] = ANY  # type: ignore[valid-type]
     impression: bool = Field(True, description="log the impression now; false if the client reports it itself")
 
 
@@ -72,8 +73,8 @@ class Loaded:
 
 
 class ChampionGenerator:
-    """The champion release's generator, looked up again at most every `reload_seconds`; a new
-    champion is loaded before it replaces the old one, so requests never wait on an empty slot."""
+    """The champion release's generator, looked up again at most every `reload_seconds`. A new
+    champion replaces the old one once it has loaded; requests arriving meanwhile wait for it."""
 
     def __init__(self, cfg: Config, load: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
