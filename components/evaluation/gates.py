@@ -294,9 +294,13 @@ def _non_inferiority(
     if interval is None:
         return RuleResult(metric, "non_inferiority", rule, candidate_value, None, None, None, None, True, "first release")
     delta, low, high = interval
-    return RuleResult(
-        metric, "non_inferiority", rule, candidate_value, champion_value, delta, low, high, passed=bool(low > -margin)
+    passed = bool(low > -margin)
+    # A point estimate inside the margin with an interval reaching past it is no evidence of a
+    # worse model, only of too few frozen examples to show it is not: say so in the report.
+    note = "" if passed or delta <= -margin else (
+        f"inconclusive: the interval is {high - low:.3g} wide, the margin {margin:g}; a larger frozen set can decide"
     )
+    return RuleResult(metric, "non_inferiority", rule, candidate_value, champion_value, delta, low, high, passed, note)
 
 
 def preference_gate(

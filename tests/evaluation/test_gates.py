@@ -110,8 +110,21 @@ def test_non_inferiority_rejects_a_clearly_worse_candidate_and_accepts_an_equal_
     rule = next(r for r in worse.rules if r.kind == "non_inferiority")
     assert not rule.passed and rule.ci_low < -gates.non_inferiority_margin and rule.champion > rule.candidate
     assert next(r for r in worse.rules if r.kind == "floor").passed  # above the floor, still rejected
+    assert rule.note == ""  # clearly worse: no excuse in the report
     same = preference_gate(gates, champion.sample(frac=1.0, random_state=1), champion)  # row order must not matter
     assert same.passed and next(r for r in same.rules if r.kind == "non_inferiority").delta == 0.0
+
+
+def test_a_small_frozen_set_that_cannot_show_non_inferiority_says_so(gates):
+    """Equal models on 300 rows: the interval is wider than the margin, and the report says that
+    this, not a worse candidate, is why the rule fails."""
+    champion = preference_frame(n=300, signal=0.7, noise_seed=5)
+    candidate = preference_frame(n=300, signal=0.7, noise_seed=14)  # same labels, other noise: delta -0.001
+    rule = next(r for r in preference_gate(gates, candidate, champion).rules if r.kind == "non_inferiority")
+    assert not rule.passed and rule.delta > -gates.non_inferiority_margin
+    assert rule.note.startswith("inconclusive: the interval is") and "a larger frozen set can decide" in rule.note
+    report = render_report([preference_gate(gates, candidate, champion)])
+    assert "**FAIL** (inconclusive: the interval is" in report
 
 
 def test_ece_guardrail(gates):
