@@ -83,6 +83,7 @@ class ChampionGenerator:
         self._lock = threading.Lock()
         self._current: Loaded | None = None
         self._checked = float("-inf")
+        self.last_error: str | None = None  # why the last look-up failed, while the previous champion serves
 
     def _load_bundle(self, ref: str):
         from components.models.generator.api import load_generator
@@ -92,9 +93,20 @@ class ChampionGenerator:
     def current(self) -> Loaded:
         from components.serving.models import resolve_model
 
+        from mlflow.exceptions import MlflowException
+
         with self._lock:
             if self._current is None or self._clock() - self._checked >= self.cfg.serving.reload_seconds:
-                model = resolve_model(self.cfg, "generator")
+                try:
+                    model = resolve_model(self.cfg, "generator")
+                except MlflowException as exc:
+                    # The registry is unreachable (a tracking server down): the champion it last
+                    # named keeps serving. No champion at all (NoModel) is not this case.
+                    if self._current is None:
+                        raise
+                    self.last_error, self._checked = f"{type(exc).__name__}: {str(exc)[:300]}", self._clock()
+                    return self._current
+                self.last_error = None
                 if self._current is None or model.version != self._current.version:
                     self._current = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
                 else:
@@ -202,6 +214,7 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers:
     def health() -> dict[str, Any]:
         model, data = serving_model(), shopper_data()
         return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.version,
+                "registry_error": champion.last_error,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
                 "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
 

@@ -1,11 +1,16 @@
 """The copy server follows the champion release: a promote or rollback reaches a running server
 within `serving.reload_seconds`, on a real registry (the world's generators are templates, so
-the loader here only records which model it was asked for)."""
+the loader here only records which model it was asked for). While the registry is unreachable,
+the champion it last named keeps serving."""
 
 from __future__ import annotations
 
+import pytest
+from mlflow.exceptions import MlflowException
+
 from components.registry.promotion import promote, rollback
 from components.serving.app import ChampionGenerator
+from tests.conftest import free_port
 
 
 class Clock:
@@ -38,3 +43,22 @@ def test_a_promote_and_a_rollback_reach_a_running_server_after_the_reload_interv
     back = champion.current()
     assert back.origin == "release 1 (champion)" and back.ref == first.ref
     assert loads == [first.ref, second.ref, first.ref]
+
+
+def test_the_last_champion_keeps_serving_while_the_registry_is_unreachable(fresh_world, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
+    clock = Clock()
+    champion = ChampionGenerator(cfg, load=lambda ref: f"generator from {ref}", clock=clock)
+    first = champion.current()
+    down = f"http://127.0.0.1:{free_port()}"  # a tracking server nobody runs
+    champion.cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})})
+    clock.now = 30.0
+    assert champion.current() is first and "MlflowException" in champion.last_error
+    champion.cfg = cfg  # back up
+    clock.now = 60.0
+    assert champion.current().ref == first.ref and champion.last_error is None
+
+    fresh = ChampionGenerator(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})}), load=str)
+    with pytest.raises(MlflowException):  # nothing served yet: nothing to keep serving (a 503)
+        fresh.current()
