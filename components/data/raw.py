@@ -58,7 +58,7 @@ def raw_path(source_dir: Path | str, table: str) -> Path:
     return Path(source_dir) / RAW_FILES[table]
 
 
-def json_value(value: Any) -> Any:
+def _json_value(value: Any) -> Any:
     """NaN/NaT/pd.NA -> null (json.dumps would write the invalid token NaN); numpy scalars -> python."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -71,12 +71,16 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def write_jsonl(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
-    lines = [
-        json.dumps({c: json_value(v) for c, v in zip(columns, row)}, ensure_ascii=False)
+def jsonl_lines(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    """One JSON object per row (without the newline), nulls for missing values."""
+    return [
+        json.dumps({c: _json_value(v) for c, v in zip(columns, row)}, ensure_ascii=False)
         for row in df[columns].itertuples(index=False, name=None)
     ]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def write_jsonl(df: pd.DataFrame, path: Path, columns: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in jsonl_lines(df, columns)), encoding="utf-8")
     return path
 
 

@@ -111,7 +111,7 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
     order, so the export's bytes stay as they were."""
     import csv
 
-    from components.data.raw import RAW_COLUMNS, json_value, read_raw_table
+    from components.data.raw import RAW_COLUMNS, jsonl_lines, read_raw_table
     from components.data.feedback import FeedbackLog
 
     folder = cfg.feedback_dir()
@@ -119,14 +119,16 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
         found = FeedbackLog(folder).snapshot(Path(tmp))
         if not found:
             return {"folder": str(folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0}
-        for table in RAW_FILES:  # a log with copies but no events yet: read both the same way
-            if table in ("copies", "events") and table not in found:
-                (Path(tmp) / RAW_FILES[table]).write_text("" if table == "copies" else ",".join(RAW_COLUMNS[table]) + "\n", encoding="utf-8")
+        # a log with copies but no events yet (impressions reported later): read both the same way
+        if "copies" not in found:
+            (Path(tmp) / RAW_FILES["copies"]).write_text("", encoding="utf-8")
+        if "events" not in found:
+            (Path(tmp) / RAW_FILES["events"]).write_text(",".join(RAW_COLUMNS["events"]) + "\n", encoding="utf-8")
         copies = read_raw_table(tmp, "copies")
         events = read_raw_table(tmp, "events")
     new_copies = copies[~copies["copy_id"].isin(export["copies"]["copy_id"])]
     new_events = events[~events["event_id"].isin(export["events"]["event_id"])]
-    _append_lines(out_dir / RAW_FILES["copies"], [json.dumps({c: json_value(v) for c, v in row.items()}, ensure_ascii=False) for row in new_copies.to_dict("records")])
+    _append_lines(out_dir / RAW_FILES["copies"], jsonl_lines(new_copies, RAW_COLUMNS["copies"]))
     target = out_dir / RAW_FILES["events"]
     with open(target, encoding="utf-8", newline="") as handle:
         header = next(csv.reader(handle))
