@@ -27,11 +27,6 @@ def split_boundaries(last_timestamp: pd.Timestamp, valid_days: int, test_days: i
     return SplitBoundaries(valid_start=test_start - pd.Timedelta(days=valid_days), test_start=test_start, end=end)
 
 
-def boundaries_days(boundaries: SplitBoundaries) -> int:
-    """How many days the valid and test splits cover together."""
-    return (boundaries.end - boundaries.valid_start).days
-
-
 def assign_split(timestamps: pd.Series, boundaries: SplitBoundaries) -> pd.Series:
     split = np.where(
         timestamps >= boundaries.test_start,
@@ -44,12 +39,11 @@ def assign_split(timestamps: pd.Series, boundaries: SplitBoundaries) -> pd.Serie
         first, last = timestamps.min(), timestamps.max()
         ordered = timestamps.sort_values()
         gaps = ordered.diff()
-        widest = gaps.idxmax() if len(gaps.dropna()) else None
         hint = "features.valid_days / features.test_days too large for this data?"
-        if widest is not None and gaps.loc[widest] > pd.Timedelta(days=boundaries_days(boundaries)):
-            before = ordered[ordered < ordered.loc[widest]].max()
-            hint = (f"no impressions from {before} to {ordered.loc[widest]} ({gaps.loc[widest].days} days): new events after an old "
-                    "batch, such as a stale export with fresh feedback from `copyflow serve`?")
+        if gaps.notna().any() and gaps.max() > boundaries.end - boundaries.valid_start:
+            widest = gaps.idxmax()
+            hint = (f"no impressions from {ordered.shift().loc[widest]} to {ordered.loc[widest]} ({gaps.loc[widest].days} days): "
+                    "new events after an old batch, such as a stale export with fresh feedback from `copyflow serve`?")
         raise ValueError(
             f"time split leaves {empty} empty: impressions span {first} .. {last}, but the split needs "
             f"valid from {boundaries.valid_start} and test from {boundaries.test_start} ({hint})"
