@@ -178,7 +178,7 @@ def explain(
 ) -> None:
     """Why the preference model scores this shopper-product pair as it does (top features)."""
     from components.models.preference.explain import explain_pair
-    from components.serving.copywriter import UnknownEntity, product_attributes, resolve_user_id
+    from components.serving.copywriter import ShopperData, UnknownEntity
     from components.serving.models import NoModel, resolve_model
 
     from mlflow.exceptions import MlflowException
@@ -186,8 +186,9 @@ def explain(
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "preference")
-        user_id = resolve_user_id(cfg, user)
-        product_attributes(cfg, product)  # a product not in the catalog has no features to explain
+        shoppers = ShopperData.load(cfg)
+        user_id = shoppers.resolve_user_id(user)
+        shoppers.product_attributes(product)  # a product not in the catalog has no features to explain
         explained = explain_pair(model.ref, user_id, product, cfg)
     except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -60,7 +60,15 @@ class ShopperData:
         )
 
     def resolve_user_id(self, user: str) -> str:
-        return _resolve(user, self.users, self.key, self.clean_dir)
+        """Accept the pseudonymized id, or a raw id (pseudonymized here with the same key)."""
+        from components.data.privacy import pseudonym
+
+        if user in self.users:
+            return user
+        candidate = pseudonym(user, self.key)
+        if candidate in self.users:
+            return candidate
+        raise UnknownEntity(f"user {user!r} is not in {self.clean_dir} (neither as a pseudonym nor as a raw id)")
 
     def product_attributes(self, product_id: str) -> dict[str, list[str]]:
         if product_id not in self.attributes:
@@ -75,33 +83,6 @@ class ShopperData:
         merged = mine.merge(self.population, on=["attr_key", "attr_value"])
         lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
         return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
-
-
-def _resolve(user: str, known, key, clean_dir: Path) -> str:
-    """Accept the pseudonymized id, or a raw id (pseudonymized here with the same key)."""
-    from components.data.privacy import pseudonym
-
-    if user in known:
-        return user
-    candidate = pseudonym(user, key)
-    if candidate in known:
-        return candidate
-    raise UnknownEntity(f"user {user!r} is not in {clean_dir} (neither as a pseudonym nor as a raw id)")
-
-
-def resolve_user_id(cfg: Config, user: str) -> str:
-    from components.data.privacy import load_key
-
-    clean = cfg.stage_dir("clean")
-    return _resolve(user, set(load_users(clean)["user_id"]), load_key(cfg), clean)
-
-
-def product_attributes(cfg: Config, product_id: str) -> dict[str, list[str]]:
-    products = load_products(cfg.stage_dir("clean"))
-    row = products.loc[products["product_id"] == product_id]
-    if row.empty:
-        raise UnknownEntity(f"product {product_id!r} is not in {cfg.stage_dir('clean')}")
-    return row.iloc[0]["attributes"]
 
 
 def personalized_copies(
