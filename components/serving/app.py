@@ -146,7 +146,7 @@ class ShopperSnapshot:
                 else:
                     try:
                         self._data, self._stamp, self.last_error = ShopperData.load(self.cfg), stamp, None
-                    except Exception as exc:  # mid-retrain: missing or half-written files
+                    except (OSError, ValueError, KeyError) as exc:  # mid-retrain: missing or half-written files (SchemaError, ArrowInvalid are ValueErrors)
                         self.last_error = f"{type(exc).__name__}: {exc}"
                         if self._data is None:
                             raise ShopperDataUnavailable(self.last_error) from exc
