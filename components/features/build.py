@@ -10,6 +10,8 @@ Outputs (artifacts/<profile>/features/):
   user_affinity.parquet       end-of-data shopper affinities per attribute value (generator focus)
   population_affinity.parquet everyone's affinities (fallback for shoppers without clicks)
   product_attributes.parquet  product attributes, one row per (product, key, value)
+  copy_options.parquet        per impression, every catalog copy it could have shown and that
+                              copy's features (copy_options.py; for the copy-choice evaluation)
   summary.json                sizes, split sizes, positive rates, cold share, timings
 """
 
@@ -39,6 +41,7 @@ from components.features.affinity import (
 )
 from components.features.attribute_index import AttributeIndex, explode_product_attributes
 from components.features.copy_mentions import copy_mention_index
+from components.features.copy_options import copy_options
 from components.features.history import recent_clicked_products
 from components.features.labels import impression_labels
 from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_sum, to_epoch_us
@@ -89,6 +92,7 @@ OUTPUT_FILES = (
     "user_affinity.parquet",
     "population_affinity.parquet",
     "product_attributes.parquet",
+    "copy_options.parquet",
     "summary.json",
 )
 
@@ -103,6 +107,7 @@ class FeatureTables:
     user_affinity: pd.DataFrame
     population_affinity: pd.DataFrame
     product_attributes: pd.DataFrame
+    copy_options: pd.DataFrame  # copy_options.COLUMNS, for impressions in samples
     report: dict
 
 
@@ -173,6 +178,7 @@ class _ClickContext:
     index: AttributeIndex
     user_ids: pd.Index
     click_pairs: ClickPairs
+    copy_options: pd.DataFrame
 
 
 def compute_samples(
@@ -289,6 +295,7 @@ def _compute_samples(
     impression_copy = copy_ids.get_indexer(samples["copy_id"].fillna(""))  # -1: no copy shown
     changes = top_value_changes(click_pairs)
     samples["uc_copy_pref_mentions"] = copy_preference_mentions(imp, impression_copy, mentions, changes, index.n_pairs)
+    options = copy_options(samples["event_id"], samples["copy_id"], imp, copies, index, changes)
 
     samples["position"] = samples["position"].astype(np.int64)
     samples["category"] = products["category"].to_numpy()[imp.product]
@@ -310,7 +317,7 @@ def _compute_samples(
     report.update(link_report)
     report["n_attribute_pairs"] = index.n_pairs
     report["n_copies_shown"] = len(copy_ids)
-    context = _ClickContext(product_attributes, index, user_ids, click_pairs)
+    context = _ClickContext(product_attributes, index, user_ids, click_pairs, options)
     return samples[list(SAMPLE_COLUMNS)], report, context
 
 
@@ -347,11 +354,14 @@ def build_feature_tables(tables: dict[str, pd.DataFrame], fcfg: FeaturesConfig) 
     samples = samples.sort_values(["timestamp", "event_id"], ignore_index=True)
     report["split_boundaries"] = boundaries.as_dict()
     strength = fcfg.affinity_prior_strength
+    options = context.copy_options[is_member(context.copy_options["event_id"], samples["event_id"])].reset_index(drop=True)
+    report["copy_option_impressions"] = int(options["event_id"].nunique())
     return FeatureTables(
         samples=samples,
         user_affinity=user_affinity_table(context.click_pairs, context.index, context.user_ids, strength),
         population_affinity=population_affinity_table(context.click_pairs, context.index, strength),
         product_attributes=context.product_attributes,
+        copy_options=options,
         report=report,
     )
 
@@ -395,6 +405,7 @@ def run_features(cfg: Config) -> dict:
     built.user_affinity.to_parquet(out_dir / "user_affinity.parquet", index=False)
     built.population_affinity.to_parquet(out_dir / "population_affinity.parquet", index=False)
     built.product_attributes.to_parquet(out_dir / "product_attributes.parquet", index=False)
+    built.copy_options.to_parquet(out_dir / "copy_options.parquet", index=False)
     spec_json = json.dumps(feature_spec(), ensure_ascii=False, indent=2)
     (out_dir / "feature_spec.json").write_text(spec_json, encoding="utf-8")
     samples = built.samples

@@ -28,7 +28,6 @@ from components.config import Config, load_config
 from components.training.launcher import exit_code_on_sigterm
 
 STAGE = "preference"
-LOGGED_METRIC_PREFIXES = ("auc", "logloss", "pr_auc", "ece", "precision", "recall", "f1", "threshold", "n", "positives", "cold_", "ceiling_", "baseline_", "onnx_", "val_", "train_", "epochs_")
 
 
 CHAMPION_DIR = "model"
@@ -60,6 +59,11 @@ class KindReport:
 def copies_path(cfg: Config) -> Path:
     """The clean copies table: the deep model reads which attribute values each copy mentions."""
     return cfg.stage_dir("clean") / "copies.parquet"
+
+
+def copy_options_path(cfg: Config) -> Path:
+    """The features stage's copy options: every catalog copy each impression could have shown."""
+    return cfg.stage_dir("features") / "copy_options.parquet"
 
 
 def load_data(cfg: Config):
@@ -190,6 +194,47 @@ def _cold_metrics(cfg: Config, data, fallback, reports: dict[str, KindReport]) -
     return out
 
 
+def _copy_choice_metrics(cfg: Config, data, reports: dict[str, KindReport]) -> dict[str, dict[str, float]]:
+    """Per kind: what showing each test shopper the copy the model scores highest would have
+    earned (components/evaluation/copy_choice.py). Model scores, not the cold-start fallback:
+    the fallback does not see the copy, so it cannot choose one. Nothing when the source has
+    no product with two or more copies (OBD)."""
+    from components.data.schema import load_table
+    from components.data.source import read_ground_truth
+    from components.evaluation.copy_choice import (
+        choose,
+        off_policy_metrics,
+        option_frame,
+        simulator_copy_weight,
+        true_metrics,
+        true_option_probabilities,
+    )
+    from components.serving.preference_onnx import torch_predict
+
+    path = copy_options_path(cfg)
+    if not path.exists():
+        return {}
+    rows = option_frame(data.test.frame, pd.read_parquet(path))
+    if rows.empty:
+        return {}
+    x = data.encoder.transform(rows)
+    truth = None
+    truth_dir = cfg.stage_dir("source") / "ground_truth"
+    if (truth_dir / "user_preferences.parquet").exists():
+        clean = cfg.stage_dir("clean")
+        truth = true_option_probabilities(
+            rows, read_ground_truth(cfg, "impressions"), read_ground_truth(cfg, "user_preferences"),
+            load_table(clean, "copies"), load_table(clean, "products"), simulator_copy_weight(truth_dir),
+        )
+    out = {}
+    for kind, report in reports.items():
+        choice = choose(rows, torch_predict(report.module.probability_model(), x))
+        out[kind] = off_policy_metrics(choice, cfg.preference.bootstrap, cfg.seed)
+        if truth is not None:
+            out[kind] |= true_metrics(choice, truth)
+    return out
+
+
 def evaluate_all(cfg: Config, data, fits: dict, out_dir: Path) -> tuple[dict[str, KindReport], dict]:
     """Rank 0: evaluate every kind, compare them, and pick the champion (by validation AUC)."""
     from components.evaluation.preference import auc, bootstrap_metrics, paired_difference
@@ -199,6 +244,8 @@ def evaluate_all(cfg: Config, data, fits: dict, out_dir: Path) -> tuple[dict[str
     reports = {kind: _evaluate_kind(cfg, kind, fit, data, fallback, out_dir) for kind, fit in fits.items()}
     for kind, cold in _cold_metrics(cfg, data, fallback, reports).items():
         reports[kind].metrics.update(cold)
+    for kind, choice in _copy_choice_metrics(cfg, data, reports).items():
+        reports[kind].metrics.update(choice)
 
     comparison: dict = {}
     clusters = data.test.frame["user_id"].astype(str).to_numpy()
@@ -360,7 +407,38 @@ def report_markdown(cfg: Config, reports: dict[str, KindReport], comparison: dic
     if "auc_diff" in comparison:
         lines.append(f"- deep - logreg AUC: {ci(comparison, 'auc_diff')} (paired bootstrap)")
     lines.append(f"- champion (by validation AUC): {comparison['champion_kind']}")
+    lines += copy_choice_markdown(reports)
     return "\n".join(lines) + "\n"
+
+
+def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
+    """The copy-choice section of the report (empty without copy options)."""
+    with_lift = [r.metrics for r in reports.values() if "copy_choice_lift" in r.metrics]
+    if not with_lift:
+        return []
+    first = with_lift[0]
+    lines = [
+        "", "## Copy choice", "",
+        f"Showing each shopper the copy the model scores highest, on the {int(first['copy_choice_impressions'])} test "
+        f"impressions whose product has two or more copies ({first['copy_choice_mean_options']:.2f} on average). "
+        "Off-policy (self-normalized inverse propensity, the logged copy drawn uniformly); "
+        "95% shopper-bootstrap interval.", "",
+        "| | " + " | ".join(reports) + " |", "|---|" + "---|" * len(reports),
+    ]
+    rows = [("logged click rate (uniform copy)", "copy_choice_logged_ctr", "{:.4f}"),
+            ("estimated click rate, model's copy", "copy_choice_model_ctr", "{:.4f}"),
+            ("matched impressions (choice = shown)", "copy_choice_matched", "{:.0f}"),
+            ("simulator truth: uniform copy", "copy_choice_true_uniform_ctr", "{:.4f}"),
+            ("simulator truth: model's copy", "copy_choice_true_model_ctr", "{:.4f}"),
+            ("simulator truth: best copy", "copy_choice_true_best_ctr", "{:.4f}"),
+            ("share of the uniform-to-best gap closed", "copy_choice_true_captured", "{:.2f}")]
+    lift = [f"{m['copy_choice_lift']:+.1%} [{m['copy_choice_lift_ci_low']:+.1%}, {m['copy_choice_lift_ci_high']:+.1%}]"
+            if "copy_choice_lift" in m else "n/a (too few matched impressions)" for m in (r.metrics for r in reports.values())]
+    lines.append("| click-rate lift | " + " | ".join(lift) + " |")
+    for label, key, fmt in rows:
+        if all(key in r.metrics for r in reports.values()):
+            lines.append(f"| {label} | " + " | ".join(fmt.format(r.metrics[key]) for r in reports.values()) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------- entry

@@ -68,6 +68,11 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     for key in ("auc_diff_ci_low", "auc_diff_ci_high", "logloss", "pr_auc", "ece", "f1", "onnx_max_abs_diff"):
         assert np.isfinite(metrics[key]), key
     assert metrics["onnx_max_abs_diff"] <= 1e-4
+    # Copy choice on the test impressions whose product has several copies: in the simulator's
+    # truth, the champion's pick earns more clicks than the uniform draw that was logged.
+    assert metrics["copy_choice_impressions"] > 100, metrics
+    assert metrics["copy_choice_true_model_ctr"] > metrics["copy_choice_true_uniform_ctr"], metrics
+    assert "## Copy choice" in (out / "report.md").read_text(encoding="utf-8")
 
     # Exactly one MLflow run per model kind, nested under the stage's run; rank 1 logged nothing.
     experiment = mlflow.get_experiment_by_name("pref-test")
@@ -77,7 +82,7 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     assert {r.info.run_id for r in children} == {k["run_id"] for k in manifest["kinds"].values()}
     champion_run = next(r for r in children if r.info.run_id == manifest["run_id"])
     assert champion_run.data.metrics["auc"] == pytest.approx(metrics["auc"])
-    assert {"val_loss", "val_auc", "train_loss"} <= set(champion_run.data.metrics)
+    assert {"val_loss", "val_auc", "train_loss", "copy_choice_true_captured"} <= set(champion_run.data.metrics)
     history = mlflow.MlflowClient().get_metric_history(manifest["run_id"], "val_loss")
     assert sorted(m.step for m in history) == [0, 1]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(manifest["run_id"], "plots")}

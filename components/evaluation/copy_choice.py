@@ -1,0 +1,181 @@
+"""Copy choice: would the preference model show each shopper the copy that works better for them?
+
+The preference model scores (shopper, product, shown copy). Given the copies a product has, a
+*copy-choice policy* shows the copy the model scores highest for this shopper. This module
+measures what that policy would have earned, on test impressions that had a choice
+(features/copy_options.py: the product has two or more catalog copies).
+
+Off-policy, from the logged clicks alone (any source): the logging policy drew the shown copy
+uniformly among the product's copies (the simulator does, and `copyflow serve` does among its
+candidates), so an impression where the model's choice is the copy that was shown stands for
+`n_options` impressions. The self-normalized inverse-propensity estimate of the policy's click
+rate is
+
+    model_ctr = sum(label * w) / sum(w),   w = n_options * [choice == shown]
+
+and the logged click rate is that of a uniform choice. The interval of their ratio comes from a
+shopper-cluster bootstrap (components/evaluation/preference.py). A shop whose copies were not
+shown uniformly gets a biased estimate: this evaluation assumes uniform logging.
+
+For the simulated source the click probability of every option is known exactly (the simulator's
+copy effect: `copy_mention_weight` per preferred value the copy mentions, from
+source/ground_truth/), so the same choice is also scored without sampling noise, against the
+best copy an oracle would have chosen (`true_*`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.data.advertisegen import mentioned_values
+from components.evaluation.preference import Interval, _interval, bootstrap_indices
+
+COPY_FEATURES = ("copy_id", "uc_copy_pref_mentions")
+MIN_CHOSEN_AS_SHOWN = 20   # fewer matching impressions make the off-policy estimate meaningless
+
+
+@dataclass(frozen=True)
+class CopyChoice:
+    """One row per option of each evaluated impression (`option_frame`) and the choice made."""
+
+    options: pd.DataFrame   # event_id, copy_id, n_options, shown, score, chosen (+ option features)
+    impressions: pd.DataFrame  # event_id, user_id, n_options, label, chosen_is_shown
+
+
+def option_frame(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
+    """The impression rows of `frame`, once per option, with the option's copy features in
+    place of the shown copy's; `shown` marks the option that was shown."""
+    missing = [c for c in ("event_id", "copy_id", "n_options", *COPY_FEATURES[1:]) if c not in options.columns]
+    if missing:
+        raise ValueError(f"copy options lack columns {missing} (re-run the features stage)")
+    base = frame.drop(columns=[c for c in COPY_FEATURES if c in frame.columns]).assign(shown_copy=frame["copy_id"].to_numpy())
+    rows = options.merge(base, on="event_id", how="inner", validate="many_to_one", sort=False)
+    rows["shown"] = rows["copy_id"].astype(str).to_numpy() == rows.pop("shown_copy").astype(str).to_numpy()
+    return rows
+
+
+def choose(rows: pd.DataFrame, scores: np.ndarray) -> CopyChoice:
+    """Per impression, the option with the highest score (the first of equal ones)."""
+    rows = rows.assign(score=np.asarray(scores, dtype=np.float64)).reset_index(drop=True)
+    best = rows.groupby("event_id", sort=False)["score"].idxmax()
+    rows["chosen"] = False
+    rows.loc[best.to_numpy(), "chosen"] = True
+    shown = rows[rows["shown"]].set_index("event_id")
+    chosen_is_shown = rows[rows["chosen"]].set_index("event_id")["shown"]
+    impressions = pd.DataFrame({
+        "event_id": shown.index.to_numpy(),
+        "user_id": shown["user_id"].astype(str).to_numpy(),
+        "n_options": shown["n_options"].to_numpy(dtype=np.float64),
+        "label": shown["label"].to_numpy(dtype=np.float64),
+        "chosen_is_shown": chosen_is_shown.reindex(shown.index).to_numpy(dtype=bool),
+    })
+    return CopyChoice(options=rows, impressions=impressions)
+
+
+def _ctrs(label: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """(logged click rate, self-normalized IPS click rate of the choice)."""
+    total = weight.sum()
+    return float(label.mean()), float((label * weight).sum() / total) if total > 0 else float("nan")
+
+
+def off_policy_metrics(choice: CopyChoice, n_boot: int, seed: int) -> dict[str, float]:
+    """Logged and estimated click rates of the choice, and the lift with a 95% interval."""
+    imp = choice.impressions
+    label = imp["label"].to_numpy()
+    weight = imp["n_options"].to_numpy() * imp["chosen_is_shown"].to_numpy()
+    metrics = {
+        "copy_choice_impressions": float(len(imp)),
+        "copy_choice_mean_options": float(imp["n_options"].mean()) if len(imp) else float("nan"),
+        "copy_choice_matched": float(imp["chosen_is_shown"].sum()),
+    }
+    if imp["chosen_is_shown"].sum() < MIN_CHOSEN_AS_SHOWN or label.sum() == 0:
+        return metrics  # too few rows to estimate anything
+    logged, model = _ctrs(label, weight)
+    lifts = []
+    for rows in bootstrap_indices(len(imp), n_boot, seed, imp["user_id"].to_numpy()):
+        b_logged, b_model = _ctrs(label[rows], weight[rows])
+        lifts.append(b_model / b_logged - 1.0 if b_logged > 0 else float("nan"))
+    lift: Interval = _interval(model / logged - 1.0, lifts)
+    return metrics | {"copy_choice_logged_ctr": logged, "copy_choice_model_ctr": model, **lift.as_metrics("copy_choice_lift")}
+
+
+# ---------------------------------------------------------------- simulated ground truth
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def true_option_probabilities(
+    rows: pd.DataFrame,
+    truth_impressions: pd.DataFrame,
+    preferences: pd.DataFrame,
+    copies: pd.DataFrame,
+    products: pd.DataFrame,
+    copy_mention_weight: float,
+) -> np.ndarray:
+    """The simulator's exact click probability of every option row (event_id, copy_id).
+
+    The simulator's logit has `copy_mention_weight` per value of the product the copy mentions
+    that the shopper prefers; nothing else in it depends on the copy. So an option's probability
+    is the shown copy's, moved by that weight times the difference in preferred mentions. A bot
+    (`is_bot`) clicks at its own rate whatever it is shown: every option keeps the shown one's.
+    """
+    truth = truth_impressions.set_index(truth_impressions["event_id"].astype(str))
+    event = rows["event_id"].astype(str)
+    missing = ~event.isin(truth.index)
+    if missing.any():
+        raise ValueError(f"no ground truth for {int(missing.sum())} option rows, e.g. {event[missing].head(3).tolist()}")
+    raw_user = truth.loc[event, "user_id"].astype(str).to_numpy()
+    preferred = preferences[preferences["preferred"].astype(bool)]
+    liked = set(zip(preferred["user_id"].astype(str), preferred["key"].astype(str), preferred["value"].astype(str)))
+    text = copies.set_index(copies["copy_id"].astype(str))["text"].fillna("").astype(str)
+    attributes = {
+        str(p): {k: list(v) for k, v in dict(a).items()} for p, a in zip(products["product_id"], products["attributes"])
+    }
+
+    def preferred_mentions(user: str, copy_id: str, product_id: str) -> int:
+        return sum((user, k, v) in liked for k, v in mentioned_values(text[copy_id], attributes[product_id]))
+
+    mentions = np.array([
+        preferred_mentions(u, c, p) for u, c, p in zip(raw_user, rows["copy_id"].astype(str), rows["product_id"].astype(str))
+    ], dtype=np.float64)
+    # A bot left in by cleaning clicks at its own rate whatever the copy says.
+    human = ~truth.loc[event, "is_bot"].fillna(False).to_numpy(dtype=bool) if "is_bot" in truth.columns else np.ones(len(rows), bool)
+    shown = rows["shown"].to_numpy(dtype=bool)
+    check = shown & human
+    logged_mentions = truth.loc[event[check], "copy_mentions"].to_numpy(dtype=np.float64)
+    if not np.array_equal(mentions[check], logged_mentions):
+        bad = int((mentions[check] != logged_mentions).sum())
+        raise ValueError(f"the clean copies disagree with the simulator's ground truth on {bad} shown copies' mentions")
+    shown_mentions = pd.Series(mentions[shown], index=event[shown].to_numpy()).reindex(event).to_numpy()
+    shown_logit = _logit(truth.loc[event, "click_probability"].to_numpy(dtype=np.float64))
+    mentions = np.where(human, mentions, shown_mentions)
+    return 1.0 / (1.0 + np.exp(-(shown_logit + copy_mention_weight * (mentions - shown_mentions))))
+
+
+def true_metrics(choice: CopyChoice, probabilities: np.ndarray) -> dict[str, float]:
+    """Exact expected click rates: a uniform choice (what was logged), the model's choice, and
+    the best option; `captured` is the share of the uniform-to-best gap the model closes."""
+    rows = choice.options.assign(p=probabilities)
+    by_event = rows.groupby("event_id", sort=False)["p"]
+    uniform, best = float(by_event.mean().mean()), float(by_event.max().mean())
+    model = float(rows.loc[rows["chosen"], "p"].mean())
+    captured = (model - uniform) / (best - uniform) if best > uniform else float("nan")
+    return {
+        "copy_choice_true_uniform_ctr": uniform,
+        "copy_choice_true_model_ctr": model,
+        "copy_choice_true_best_ctr": best,
+        "copy_choice_true_captured": captured,
+    }
+
+
+def simulator_copy_weight(ground_truth_dir: Path) -> float:
+    params = json.loads((Path(ground_truth_dir) / "params.json").read_text(encoding="utf-8"))
+    return float(params["simulator"]["copy_mention_weight"])

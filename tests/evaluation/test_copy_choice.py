@@ -1,0 +1,107 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.evaluation.copy_choice import (
+    choose,
+    off_policy_metrics,
+    option_frame,
+    true_metrics,
+    true_option_probabilities,
+)
+
+
+def _uniformly_logged(n_users: int = 400, per_user: int = 10, seed: int = 0):
+    """Two copies per impression, shown uniformly. Copy "a" gets clicks at 5% from half the
+    shoppers and 25% from the other half; copy "b" the other way round."""
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    user = np.repeat(np.arange(n_users), per_user)
+    likes_a = user % 2 == 0
+    shown_a = rng.random(n) < 0.5
+    ctr = {"a": np.where(likes_a, 0.25, 0.05), "b": np.where(likes_a, 0.05, 0.25)}
+    label = (rng.random(n) < np.where(shown_a, ctr["a"], ctr["b"])).astype(int)
+    events = [f"e{i}" for i in range(n)]
+    frame = pd.DataFrame({
+        "event_id": events, "user_id": [f"u{u}" for u in user], "copy_id": np.where(shown_a, "a", "b"),
+        "uc_copy_pref_mentions": 0, "label": label,
+    })
+    options = pd.DataFrame({
+        "event_id": np.repeat(events, 2), "copy_id": np.tile(["a", "b"], n), "n_options": 2,
+        "uc_copy_pref_mentions": 0,
+    })
+    rows = option_frame(frame, options)
+    true_ctr = np.where(rows["copy_id"] == "a", np.repeat(ctr["a"], 2), np.repeat(ctr["b"], 2))
+    return rows, true_ctr
+
+
+def test_the_off_policy_estimate_recovers_each_policys_click_rate():
+    rows, true_ctr = _uniformly_logged()
+    best = off_policy_metrics(choose(rows, true_ctr), n_boot=200, seed=0)
+    worst = off_policy_metrics(choose(rows, -true_ctr), n_boot=200, seed=0)
+    always_a = off_policy_metrics(choose(rows, (rows["copy_id"] == "a").to_numpy(float)), n_boot=200, seed=0)
+    assert best["copy_choice_logged_ctr"] == pytest.approx(0.15, abs=0.02)
+    assert best["copy_choice_model_ctr"] == pytest.approx(0.25, abs=0.025)
+    assert worst["copy_choice_model_ctr"] == pytest.approx(0.05, abs=0.015)
+    assert always_a["copy_choice_model_ctr"] == pytest.approx(0.15, abs=0.025)
+    # The interval of the lift: above zero for the best copy, below for the worst, around it for neither.
+    assert best["copy_choice_lift_ci_low"] > 0.3 and worst["copy_choice_lift_ci_high"] < -0.4
+    assert always_a["copy_choice_lift_ci_low"] < 0 < always_a["copy_choice_lift_ci_high"]
+    assert best["copy_choice_impressions"] == 4000 and best["copy_choice_mean_options"] == 2
+
+
+def test_the_highest_score_is_chosen_and_the_first_of_a_tie():
+    frame = pd.DataFrame({"event_id": ["e1", "e2"], "user_id": ["u1", "u2"], "copy_id": ["x", "y"], "label": [1, 0]})
+    options = pd.DataFrame({"event_id": ["e1", "e1", "e1", "e2", "e2"], "copy_id": ["x", "y", "z", "x", "y"],
+                            "n_options": [3, 3, 3, 2, 2], "uc_copy_pref_mentions": [0, 1, 0, 0, 0]})
+    choice = choose(option_frame(frame, options), [0.1, 0.2, 0.2, 0.3, 0.3])
+    assert choice.options.loc[choice.options["chosen"], "copy_id"].tolist() == ["y", "x"]
+    assert choice.impressions["chosen_is_shown"].tolist() == [False, False]
+    # Too few impressions where the choice is the shown copy: no estimate, only the counts.
+    metrics = off_policy_metrics(choice, n_boot=50, seed=0)
+    assert metrics["copy_choice_matched"] == 0 and "copy_choice_model_ctr" not in metrics
+
+
+def test_options_replace_the_shown_copys_features():
+    frame = pd.DataFrame({"event_id": ["e1"], "user_id": ["u1"], "copy_id": ["x"], "uc_copy_pref_mentions": [5], "label": [1]})
+    options = pd.DataFrame({"event_id": ["e1", "e1"], "copy_id": ["x", "y"], "n_options": [2, 2], "uc_copy_pref_mentions": [5, 0]})
+    rows = option_frame(frame, options)
+    assert rows[["copy_id", "uc_copy_pref_mentions", "shown", "label"]].values.tolist() == [["x", 5, True, 1], ["y", 0, False, 1]]
+    with pytest.raises(ValueError, match="re-run the features stage"):
+        option_frame(frame, options.drop(columns="n_options"))
+
+
+def _truth_world():
+    frame = pd.DataFrame({"event_id": ["e1"], "user_id": ["pseudo1"], "product_id": ["p1"], "copy_id": ["plain"],
+                          "uc_copy_pref_mentions": [0], "label": [0]})
+    options = pd.DataFrame({"event_id": ["e1", "e1"], "copy_id": ["plain", "white"], "n_options": [2, 2], "uc_copy_pref_mentions": [0, 1]})
+    truth = pd.DataFrame({"event_id": ["e1"], "user_id": ["raw1"], "click_probability": [0.1], "copy_mentions": [0]})
+    preferences = pd.DataFrame({"user_id": ["raw1", "raw1"], "key": ["颜色", "类型"], "value": ["白色", "裙"], "preferred": [True, False]})
+    copies = pd.DataFrame({"copy_id": ["plain", "white"], "product_id": ["p1", "p1"], "text": ["一条好看的裙子", "白色的裙子"]})
+    products = pd.DataFrame({"product_id": ["p1"], "attributes": [{"类型": ["裙"], "颜色": ["白色"]}]})
+    return option_frame(frame, options), truth, preferences, copies, products
+
+
+def test_true_probabilities_move_by_the_simulators_weight_per_preferred_mention():
+    rows, truth, preferences, copies, products = _truth_world()
+    p = true_option_probabilities(rows, truth, preferences, copies, products, copy_mention_weight=0.8)
+    logit = np.log(0.1 / 0.9)
+    assert p == pytest.approx([0.1, 1 / (1 + np.exp(-(logit + 0.8)))])
+    metrics = true_metrics(choose(rows, [0.0, 1.0]), p)
+    assert metrics["copy_choice_true_model_ctr"] == pytest.approx(p[1]) == pytest.approx(metrics["copy_choice_true_best_ctr"])
+    assert metrics["copy_choice_true_uniform_ctr"] == pytest.approx(p.mean()) and metrics["copy_choice_true_captured"] == 1.0
+
+
+def test_ground_truth_that_disagrees_with_the_clean_copies_is_refused():
+    rows, truth, preferences, copies, products = _truth_world()
+    with pytest.raises(ValueError, match="disagree with the simulator's ground truth on 1 shown"):
+        true_option_probabilities(rows, truth.assign(copy_mentions=1), preferences, copies, products, 0.8)
+    with pytest.raises(ValueError, match="no ground truth for 2 option rows"):
+        true_option_probabilities(rows, truth.assign(event_id="other"), preferences, copies, products, 0.8)
+
+
+def test_a_bot_clicks_at_its_own_rate_whatever_the_copy():
+    rows, truth, preferences, copies, products = _truth_world()
+    # Its logged mentions are not checked either: the simulator keeps no preferences for bots.
+    p = true_option_probabilities(rows, truth.assign(is_bot=True, copy_mentions=3), preferences, copies, products, 0.8)
+    assert p == pytest.approx([0.1, 0.1])
