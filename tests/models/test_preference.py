@@ -211,6 +211,27 @@ def test_loaded_model_scores_like_the_trained_one_and_routes_cold_shoppers(model
     assert scored["example_id"].tolist() == frame["event_id"].tolist()
 
 
+def test_a_copy_scored_by_its_text_scores_as_the_same_copy_by_id(model_dirs):
+    # How the server scores its freshly generated candidates (components/serving/choice.py):
+    # by the values the text mentions, which training read from the copies table by copy id.
+    cfg, data, dirs = model_dirs
+    text = pd.read_parquet(cfg.stage_dir("clean") / "copies.parquet").set_index("copy_id")["text"]
+    pairs = pd.read_parquet(cfg.stage_dir("features") / "product_attributes.parquet")
+    attributes = {p: g.groupby("attr_key")["attr_value"].apply(list).to_dict() for p, g in pairs.groupby("product_id")}
+    frame = data.test.frame[data.test.frame["copy_id"].isin(text.index)].head(40)
+    assert len(frame) == 40
+    mentioned = [data.encoder.mention_codes([text[c]], attributes[p])[0] for c, p in zip(frame["copy_id"], frame["product_id"])]
+    assert sum((codes > 0).any() for codes in mentioned) >= 10  # the texts do mention values
+    for kind in ("logreg", "deep"):
+        model = load_preference(dirs[kind])
+        by_id = model.predict_model(frame)
+        by_text = [model.predict_copies(frame.iloc[[i]], [text[c]], attributes[p])[0]
+                   for i, (c, p) in enumerate(zip(frame["copy_id"], frame["product_id"]))]
+        np.testing.assert_allclose(by_text, by_id, atol=1e-6, err_msg=kind)
+    with pytest.raises(ValueError, match="2 rows but 1 copy texts"):
+        model.predict_copies(frame.head(2), ["x"], {})
+
+
 def test_logreg_contributions_add_up_to_the_logit(model_dirs):
     cfg, data, dirs = model_dirs
     model = load_preference(dirs["logreg"])

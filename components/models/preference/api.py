@@ -61,6 +61,19 @@ class PreferenceModel:
     def predict_model(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predict_packed(self.encode(frame))
 
+    def predict_copies(self, frame: pd.DataFrame, texts: list[str], attributes: dict[str, list[str]]) -> np.ndarray:
+        """Model-only P(click) of rows showing copies the training copies table does not hold
+        (`texts`, one per row, all of the product with these `attributes`): the deep net reads
+        the values each text mentions, as it does for the table's copies. The row's other
+        copy feature (`uc_copy_pref_mentions`) is the caller's. No cold-start routing: the
+        fallback does not see the copy."""
+        if len(frame) != len(texts):
+            raise ValueError(f"{len(frame)} rows but {len(texts)} copy texts")
+        x = torch.from_numpy(np.ascontiguousarray(self.encode(frame), dtype=np.float32))
+        mentions = torch.from_numpy(self.encoder.mention_codes(list(texts), attributes))
+        with torch.no_grad():
+            return torch.sigmoid(self.net(x, mentions=mentions)).numpy().astype(np.float64)
+
     def predict_fallback(self, frame: pd.DataFrame) -> np.ndarray:
         return self.fallback.predict(self.encode(frame), self.encoder)
 

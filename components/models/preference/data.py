@@ -113,6 +113,13 @@ def load_feature_tables(features_dir: Path | str, copies_path: Path | str | None
     return FeatureTables(samples=samples, spec=spec, product_attributes=attrs, features_dir=features_dir, copies=copies)
 
 
+def mentioned_attributes(text: str, attributes: list[tuple[str, str]]) -> list[str]:
+    """The "key#value" attributes whose value the text mentions (substring), sorted, at most
+    MAX_MENTIONS_PER_COPY: what the deep model reads of a copy."""
+    found = sorted({f"{k}#{v}" for k, v in attributes if v and v != UNKNOWN_VALUE and v in text})
+    return found[:MAX_MENTIONS_PER_COPY]
+
+
 def copy_mentions(copies: pd.DataFrame | None, product_attributes: pd.DataFrame) -> dict[str, list[str]]:
     """copy_id -> the "key#value" attributes of its product that its text mentions (substring)."""
     if copies is None or copies.empty:
@@ -121,11 +128,10 @@ def copy_mentions(copies: pd.DataFrame | None, product_attributes: pd.DataFrame)
     for product, key, value in zip(product_attributes["product_id"].astype(str), product_attributes["attr_key"].astype(str), product_attributes["attr_value"].astype(str)):
         if value and value != UNKNOWN_VALUE:
             by_product.setdefault(product, []).append((key, value))
-    mentions = {}
-    for copy_id, product, text in zip(copies["copy_id"].astype(str), copies["product_id"].astype(str), copies["text"].fillna("").astype(str)):
-        found = sorted({f"{k}#{v}" for k, v in by_product.get(product, []) if v in text})
-        mentions[copy_id] = found[:MAX_MENTIONS_PER_COPY]
-    return mentions
+    return {
+        copy_id: mentioned_attributes(text, by_product.get(product, []))
+        for copy_id, product, text in zip(copies["copy_id"].astype(str), copies["product_id"].astype(str), copies["text"].fillna("").astype(str))
+    }
 
 
 @dataclass
@@ -254,6 +260,16 @@ class FeatureEncoder:
         return FIRST_ID + len(self.trained_products)
 
     # ---- transform -----------------------------------------------------------------------
+    def mention_codes(self, texts: list[str], attributes: dict[str, list[str]]) -> np.ndarray:
+        """[len(texts), MAX_MENTIONS_PER_COPY] attribute codes (0-padded) of the product values
+        each text mentions: the deep net's copy input for copies it has no table row for."""
+        pairs = [(k, v) for k, values in attributes.items() for v in values]
+        codes = np.zeros((len(texts), MAX_MENTIONS_PER_COPY), dtype=np.int64)
+        for row, text in enumerate(texts):
+            known = [self.attributes[a] for a in mentioned_attributes(text, pairs) if a in self.attributes]
+            codes[row, : len(known)] = known
+        return codes
+
     def _ids(self, values: pd.Series, vocab: dict[str, int]) -> np.ndarray:
         if not vocab:
             return np.full(len(values), OOV, dtype=np.int64)

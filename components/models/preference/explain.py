@@ -102,11 +102,43 @@ def _smoothed(count: float, total: float, n_values: float, strength: float) -> f
     return (count + strength / n_values) / (total + strength)
 
 
-def _pair_affinities(cfg, features_dir: Path, samples: pd.DataFrame, user_id: str, product_id: str, category) -> dict[str, float]:
+@dataclass(frozen=True)
+class FeatureFiles:
+    """What a pair's feature row is built from: the features stage's samples (sorted by time),
+    product attributes and end-of-data shopper affinities, read once (a server keeps them)."""
+
+    features_dir: Path
+    samples: pd.DataFrame
+    product_attributes: pd.DataFrame | None  # None: not written (only a new pair's row needs them)
+    user_affinity: pd.DataFrame | None
+
+    @classmethod
+    def load(cls, features_dir: Path) -> "FeatureFiles":
+        path = features_dir / "samples.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
+        return cls(
+            features_dir=features_dir,
+            samples=pd.read_parquet(path).sort_values("timestamp", kind="stable", ignore_index=True),
+            product_attributes=_read_if_there(features_dir / "product_attributes.parquet"),
+            user_affinity=_read_if_there(features_dir / "user_affinity.parquet"),
+        )
+
+    def has_impressions(self, user_id: str) -> bool:
+        return bool((self.samples["user_id"].astype(str) == str(user_id)).any())
+
+
+def _read_if_there(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, category) -> dict[str, float]:
     """End-of-data versions of the shopper x product features (the features stage's formulas)."""
     strength = cfg.features.affinity_prior_strength
-    attrs = pd.read_parquet(features_dir / "product_attributes.parquet")
-    affinity = pd.read_parquet(features_dir / "user_affinity.parquet")
+    samples, attrs, affinity = files.samples, files.product_attributes, files.user_affinity
+    for name, frame in (("product_attributes", attrs), ("user_affinity", affinity)):
+        if frame is None:
+            raise FileNotFoundError(f"{files.features_dir / (name + '.parquet')} does not exist (run the features stage first)")
     values_per_key = _values_per_key(attrs)
     mine = affinity[affinity["user_id"].astype(str) == str(user_id)]
     key_clicks = mine.groupby("attr_key")["key_clicks"].max() if "key_clicks" in mine.columns else pd.Series(dtype=float)
@@ -128,20 +160,17 @@ def _pair_affinities(cfg, features_dir: Path, samples: pd.DataFrame, user_id: st
     }
 
 
-def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
+def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | None = None) -> pd.DataFrame:
     """Features of (shopper, product) from the features stage.
 
     The latest impression of exactly this pair when there is one (exact point-in-time
     features). A shopper with no impression at all: `first_impression_row`. Otherwise the shopper's latest state (u_*, recent products) joined with the
     product's latest state (p_*, category), the shopper x product affinities recomputed from
     end-of-data click shares (the features stage's smoothing), no earlier pair impressions, no
-    copy and the top slot.
+    copy and the top slot. `files`: the features stage's outputs already in memory (default: read).
     """
-    features_dir = cfg.stage_dir("features")
-    path = features_dir / "samples.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
-    samples = pd.read_parquet(path).sort_values("timestamp", kind="stable")
+    files = files or FeatureFiles.load(cfg.stage_dir("features"))
+    samples = files.samples
     user_rows = samples[samples["user_id"].astype(str) == str(user_id)]
     if user_rows.empty:
         return first_impression_row(cfg, user_id, product_id)
@@ -159,7 +188,7 @@ def pair_feature_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
     else:
         for column in product_columns:
             row[column] = np.nan if column != "category" else None
-    for column, value in _pair_affinities(cfg, features_dir, samples, user_id, product_id, row["category"].iloc[0]).items():
+    for column, value in _pair_affinities(cfg, files, user_id, product_id, row["category"].iloc[0]).items():
         if column in row.columns:
             row[column] = value
     for column in ("up_n_impressions", "up_n_clicks", "uc_copy_pref_mentions"):

@@ -67,14 +67,15 @@ class LogisticRegressionNet(nn.Module):
         self.category_weight = nn.Embedding(spec.n_categories, 1)
         nn.init.zeros_(self.category_weight.weight)
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def parts(self, x: torch.Tensor, mentions: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         numeric, _, _, category, _, _ = _unpack(x, self.spec.n_numeric)
         return numeric, self.category_weight(category)
 
     def head(self, numeric: torch.Tensor, category_term: torch.Tensor) -> torch.Tensor:
         return (self.linear(numeric) + category_term).squeeze(-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mentions: torch.Tensor | None = None) -> torch.Tensor:
+        """`mentions` is ignored: the baseline sees the copy only through its numeric features."""
         return self.head(*self.parts(x))
 
     def output_bias(self) -> nn.Parameter:
@@ -218,7 +219,10 @@ class DeepCTRNet(nn.Module):
             id_row = torch.where(drop_ids & (id_row != PAD), torch.full_like(id_row, OOV), id_row)
         return torch.cat([self.product_embedding(id_row), self._attribute_mean(self.product_attrs[catalogue_idx])], dim=-1)
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def parts(self, x: torch.Tensor, mentions: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """`mentions` [N, max_mentions] (attribute codes, 0-padded): the values each row's copy
+        mentions, for a copy the training copies table does not hold (a freshly generated one);
+        by default the table's row of the packed copy id."""
         numeric, user, product, category, copy, history = _unpack(x, self.spec.n_numeric)
         drop_product = None
         if self.training and self.spec.id_dropout > 0:
@@ -227,7 +231,7 @@ class DeepCTRNet(nn.Module):
             user = torch.where(drop_user, torch.full_like(user, OOV), user)
             drop_product = torch.rand(product.shape, device=product.device) < self.spec.id_dropout
         history_mask = (history != PAD).to(x.dtype)
-        mentions = self.copy_mentions[copy]
+        mentions = self.copy_mentions[copy] if mentions is None else mentions
         interest = self.attribute_interest(
             self.product_attrs[product], mentions, self.product_attrs[history], history_mask, self.attribute_key
         )
@@ -260,8 +264,8 @@ class DeepCTRNet(nn.Module):
         x0 = torch.cat([dense, user, item, category, mentions, interest, interest * item, fm], dim=-1)
         return self.output(torch.cat([self.cross(x0), self.mlp(x0)], dim=-1)).squeeze(-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(*self.parts(x))
+    def forward(self, x: torch.Tensor, mentions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(*self.parts(x, mentions))
 
     def output_bias(self) -> nn.Parameter:
         return self.output.bias
