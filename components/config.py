@@ -276,9 +276,15 @@ class ServingConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     backend: Literal["onnx", "torch"] = "onnx"
-    # Copies written per request; the one served is drawn uniformly from the distinct ones and
-    # logged with its propensity, so outcomes can later score other copy-choosing strategies.
+    # Copies written per request; one of the distinct ones is served and logged with its
+    # propensity, so outcomes can score any copy-choosing strategy off-policy.
     candidates: int = Field(default=4, ge=1, le=16)
+    # preference: the release's preference model picks the candidate this shopper is likeliest to
+    # click, epsilon-greedy (components/serving/choice.py); uniform: a uniform draw.
+    choice: Literal["preference", "uniform"] = "preference"
+    # Share of requests served a uniformly drawn candidate instead of the best one. Above 0, so
+    # every candidate keeps a chance (and a propensity) and the log can score other strategies.
+    exploration: float = Field(default=0.2, gt=0, le=1)
     decoding: Literal["greedy", "beam", "top_p"] | None = None  # None: the generator's own default
     reload_seconds: float = Field(default=60, ge=0)  # how often the champion is looked up again
     threads: int = Field(default=1, ge=0)  # intra-op threads per decoding step (0: the runtime's choice)

@@ -411,22 +411,30 @@ def serve(
     import uvicorn
 
     from components.models.generator.model import BrokenModel
-    from components.serving.app import ChampionGenerator, create_app
+    from components.serving.app import Champion, create_app
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
 
     cfg = _config(params, profile)
-    champion = ChampionGenerator(cfg)
+    champion = Champion(cfg, "generator")
     try:
         loaded = champion.current()  # load before listening: a missing model is one line, not a 503 later
     except (NoModel, BrokenModel, FileNotFoundError, MlflowException) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    scorer, choosing = None, "a uniform draw among the candidates"
+    if cfg.serving.choice == "preference":
+        scorer = Champion(cfg, "preference")
+        try:
+            choosing = f"the preference model of {scorer.current().origin}, exploration {cfg.serving.exploration}"
+        except (NoModel, FileNotFoundError, MlflowException) as exc:
+            # Copy can still be served: uniformly, until a preference model can be loaded.
+            choosing = f"a uniform draw until a preference model loads ({exc})"
     host, port = host or cfg.serving.host, port or cfg.serving.port
-    typer.echo(f"copy server on http://{host}:{port} (generator: {loaded.origin}; feedback log: {cfg.feedback_dir()}); "
-               f"API docs at /docs; Ctrl-C stops it")
-    uvicorn.run(create_app(cfg, champion), host=host, port=port, log_level="info")
+    typer.echo(f"copy server on http://{host}:{port} (generator: {loaded.origin}; copy chosen by {choosing}; "
+               f"feedback log: {cfg.feedback_dir()}); API docs at /docs; Ctrl-C stops it")
+    uvicorn.run(create_app(cfg, champion, scorer=scorer), host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":

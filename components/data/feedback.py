@@ -8,7 +8,8 @@ It is written in the raw layer's own formats (components/data/raw.py), so the ne
     events.csv     impressions and outcomes of served copies, raw-layer columns; user ids are the
                    shop's own (RAW), pseudonymized at ingestion like the export's
     served.jsonl   one line per serving decision (serve_id, user, product, copy, how many
-                   candidates it was drawn from): what an outcome reported by serve_id refers to
+                   candidates it was chosen from, by which strategy, with what propensity):
+                   what an outcome reported by serve_id refers to
 
 Every write appends whole lines under an exclusive `flock`, so several server processes can share
 one folder, and a reader taking the shared lock (`snapshot`) never sees half a line.
@@ -58,10 +59,11 @@ class Served:
     product_id: str
     copy_id: str
     position: int
-    propensity: float  # P(this copy | the candidates): 1 / number of distinct candidates
+    propensity: float  # P(this copy | the candidates) under the strategy that chose it
     candidates: int
     model_version: str
     timestamp: str
+    strategy: str = "uniform"  # what chose the copy (components/serving/choice.py); older lines: uniform
 
 
 def check_id(name: str, value: str) -> None:
@@ -201,15 +203,21 @@ class FeedbackLog:
             )
 
     def record_serving(
-        self, user_id: str, product_id: str, text: str, model_version: str, candidates: int, impression: bool = True
+        self, user_id: str, product_id: str, text: str, model_version: str, candidates: int, impression: bool = True,
+        propensity: float | None = None, strategy: str = "uniform",
     ) -> Served:
-        """Log one copy shown to one shopper (and, unless the caller reports it later, its impression)."""
+        """Log one copy shown to one shopper (and, unless the caller reports it later, its
+        impression). `propensity`: the probability the strategy gave this copy (default: a
+        uniform draw, 1 / candidates)."""
         for name, value in (("user_id", user_id), ("product_id", product_id), ("model_version", model_version)):
             check_id(name, value)
+        propensity = 1.0 / candidates if propensity is None else float(propensity)
+        if not 0.0 < propensity <= 1.0:
+            raise FeedbackError(f"propensity must be in (0, 1], got {propensity}: a copy served with probability 0 cannot be scored off-policy")
         copy_id = copy_id_for(model_version, product_id, text)
         served = Served(
             serve_id=uuid.uuid4().hex, user_id=user_id, product_id=product_id, copy_id=copy_id, position=1,
-            propensity=1.0 / candidates, candidates=candidates, model_version=model_version, timestamp=utc_now(),
+            propensity=propensity, candidates=candidates, model_version=model_version, timestamp=utc_now(), strategy=strategy,
         )
         with self._locked(exclusive=True):
             self._refresh()

@@ -5,20 +5,22 @@
     POST /feedback  {serve_id, event_type, timestamp?, value?, event_id?} -> what the shopper did
 
 A request writes `serving.candidates` copies (the shopper's strongest affinities choose the focus,
-as in `copyflow generate`) and serves one, drawn uniformly from the distinct ones. The draw and
-its propensity go to the feedback log (components/data/feedback.py) in the raw layer's formats,
-so the next retrain of a `data.source: folder` profile learns from what was served, and a later
-copy-choosing strategy can be scored off-policy on the same log.
+as in `copyflow generate`) and serves one of the distinct ones: by default the one the release's
+preference model expects this shopper to click most, with some exploration (`serving.choice`,
+components/serving/choice.py). The choice and its propensity go to the feedback log
+(components/data/feedback.py) in the raw layer's formats, so the next retrain of a
+`data.source: folder` profile learns from what was served, and any other copy-choosing strategy
+can be scored off-policy on the same log.
 
-The generator is the champion release's, looked up again every `serving.reload_seconds`: a
+The models are the champion release's, looked up again every `serving.reload_seconds`: a
 promote or rollback reaches a running server without a restart, and a request is always served
-whole by one model.
+whole by one model of each family.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ class CopyResponse(BaseModel):
     focus: list[str]
     candidates: int
     propensity: float
+    choice: str
     generator: str
     model_version: str
 
@@ -66,19 +69,22 @@ class FeedbackRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Loaded:
-    generator: Any
+    model: Any
     ref: str      # what the loader read: a model URI or a local dir
     origin: str   # "release 3 (champion)"
     version: str  # the served copies' model_version: the registry URI, or the local output's run
 
 
-class ChampionGenerator:
-    """The champion release's generator, looked up again at most every `reload_seconds`. A new
-    champion replaces the old one once it has loaded; requests arriving meanwhile wait for it."""
+class Champion:
+    """The champion release's model of one family (`generator`, `preference`), looked up again at
+    most every `reload_seconds`. A new champion replaces the old one once it has loaded; requests
+    arriving meanwhile wait for it."""
 
-    def __init__(self, cfg: Config, load: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg: Config, family: str = "generator", load: Callable[[str], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
-        self._load = load or self._load_bundle
+        self.family = family
+        self._load = load or {"generator": self._load_bundle, "preference": self._load_preference}[family]
         self._clock = clock
         self._lock = threading.Lock()
         self._current: Loaded | None = None
@@ -90,6 +96,12 @@ class ChampionGenerator:
 
         return load_generator(ref, backend=self.cfg.serving.backend, threads=self.cfg.serving.threads or None)
 
+    @staticmethod
+    def _load_preference(ref: str):
+        from components.models.preference.api import load_preference
+
+        return load_preference(ref)
+
     def current(self) -> Loaded:
         from components.serving.models import resolve_model
 
@@ -98,7 +110,7 @@ class ChampionGenerator:
         with self._lock:
             if self._current is None or self._clock() - self._checked >= self.cfg.serving.reload_seconds:
                 try:
-                    model = resolve_model(self.cfg, "generator")
+                    model = resolve_model(self.cfg, self.family)
                 except MlflowException as exc:
                     # The registry is unreachable (a tracking server down): the champion it last
                     # named keeps serving. No champion at all (NoModel) is not this case.
@@ -110,7 +122,7 @@ class ChampionGenerator:
                 if self._current is None or model.version != self._current.version:
                     self._current = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
                 else:
-                    self._current = Loaded(self._current.generator, model.ref, model.origin, model.version)
+                    self._current = Loaded(self._current.model, model.ref, model.origin, model.version)
                 self._checked = self._clock()
             return self._current
 
@@ -122,7 +134,10 @@ class ShopperSnapshot:
     missing or half-written, loading fails and the previous snapshot keeps serving."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic):
+        from components.serving.choice import PREFERENCE
+
         self.cfg = cfg
+        self.with_features = cfg.serving.choice == PREFERENCE  # samples in memory, to score candidates
         self._clock = clock
         self._lock = threading.Lock()
         self._data = None
@@ -145,7 +160,7 @@ class ShopperSnapshot:
                     self.last_error = None  # the files are again the ones in memory
                 else:
                     try:
-                        self._data, self._stamp, self.last_error = ShopperData.load(self.cfg), stamp, None
+                        self._data, self._stamp, self.last_error = ShopperData.load(self.cfg, self.with_features), stamp, None
                     except (OSError, ValueError, KeyError) as exc:  # mid-retrain: missing or half-written files (SchemaError, ArrowInvalid are ValueErrors)
                         self.last_error = f"{type(exc).__name__}: {exc}"
                         if self._data is None:
@@ -167,24 +182,31 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers: ShopperSnapshot | None = None) -> FastAPI:
-    """The server for one profile. Nothing is loaded until the first request."""
+def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperSnapshot | None = None,
+               scorer: Champion | None = None, rng: random.Random | None = None) -> FastAPI:
+    """The server for one profile. Nothing is loaded until the first request. `champion`: the
+    generator; `scorer`: the preference model that chooses among candidates (serving.choice)."""
     from datetime import timedelta
 
     from components.data.privacy import PSEUDONYM_PREFIX
     from components.models.generator.api import GenerationInputError
     from components.models.generator.model import BrokenModel
+    from components.serving.choice import PREFERENCE, choose, preference_scores
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
 
-    champion = champion or ChampionGenerator(cfg)
+    champion = champion or Champion(cfg, "generator")
     shoppers = shoppers or ShopperSnapshot(cfg)
+    if scorer is None and cfg.serving.choice == PREFERENCE:
+        scorer = Champion(cfg, "preference")
+    rng = rng or random.SystemRandom()
+    choice_errors: dict[str, str | None] = {"last": None}
     log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours))
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
     app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}; feedback log {log.folder}")
-    app.state.champion, app.state.shoppers, app.state.feedback = champion, shoppers, log
+    app.state.champion, app.state.shoppers, app.state.feedback, app.state.scorer = champion, shoppers, log, scorer
 
     @app.exception_handler(RequestValidationError)
     def refuse(request, exc: RequestValidationError) -> JSONResponse:
@@ -204,6 +226,19 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers:
         except ShopperDataUnavailable as exc:
             raise HTTPException(503, f"no shopper data to personalize with (run `copyflow retrain --profile {cfg.profile}`): {exc}") from exc
 
+    def candidate_scores(data, user_id: str, product: str, texts: list[str]):
+        """The preference champion's scores, or None (a uniform draw) when it cannot score: no
+        model, or a model or feature row that fails. Why is kept for /health."""
+        if scorer is None or len(texts) < 2:
+            return None
+        try:
+            scores = preference_scores(scorer.current().model, cfg, data, user_id, product, texts)
+            choice_errors["last"] = None
+            return scores
+        except (NoModel, FileNotFoundError, MlflowException, KeyError, ValueError) as exc:
+            choice_errors["last"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            return None
+
     def feedback_log_counts() -> dict[str, int]:
         try:
             return log.counts()
@@ -213,8 +248,9 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers:
     @app.get("/health")
     def health() -> dict[str, Any]:
         model, data = serving_model(), shopper_data()
+        chooser = {"strategy": cfg.serving.choice, "exploration": cfg.serving.exploration, "error": choice_errors["last"]}
         return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.version,
-                "registry_error": champion.last_error,
+                "registry_error": champion.last_error, "choice": chooser,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
                 "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
 
@@ -233,22 +269,26 @@ def create_app(cfg: Config, champion: ChampionGenerator | None = None, shoppers:
                 # pseudonym would be hashed again and its outcomes joined to nobody.
                 raise HTTPException(422, "user: send the shop's own user id, not its pseudonym")
             with decode:
-                result = personalized_copies(data, model.generator, request.user, request.product, n=cfg.serving.candidates,
+                result = personalized_copies(data, model.model, request.user, request.product, n=cfg.serving.candidates,
                                              decoding=cfg.serving.decoding, tone=request.tone, length=request.length)
+                distinct = list(dict.fromkeys(result.copies))
+                scores = candidate_scores(data, user_id, request.product, distinct)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc
         except GenerationInputError as exc:
             raise HTTPException(422, str(exc)) from exc
-        distinct = list(dict.fromkeys(result.copies))
         if not distinct:
             raise HTTPException(500, "the generator wrote no copy for this product")
-        chosen = distinct[secrets.randbelow(len(distinct))]
+        picked = choose(len(distinct), scores, cfg.serving.exploration, rng)
+        chosen = distinct[picked.index]
         try:
-            served = log.record_serving(request.user, request.product, chosen, model.version, candidates=len(distinct), impression=request.impression)
+            served = log.record_serving(request.user, request.product, chosen, model.version, candidates=len(distinct),
+                                        impression=request.impression, propensity=picked.propensity, strategy=picked.strategy)
         except FeedbackLogBroken as exc:
             raise HTTPException(503, str(exc)) from exc
         return {"serve_id": served.serve_id, "copy_id": served.copy_id, "copy": chosen, "focus": result.focus,
-                "candidates": len(distinct), "propensity": served.propensity, "generator": model.origin, "model_version": model.version}
+                "candidates": len(distinct), "propensity": served.propensity, "choice": picked.strategy,
+                "generator": model.origin, "model_version": model.version}
 
     @app.post("/feedback")
     def feedback(request: FeedbackRequest) -> dict[str, str]:

@@ -41,10 +41,14 @@ class ShopperData:
     affinity: pd.DataFrame      # user_id, attr_key, attr_value, affinity
     population: pd.DataFrame    # attr_key, attr_value, affinity_population
     key: object = field(repr=False, default=None)  # the pseudonym key (PseudonymKey)
+    features: object = field(repr=False, default=None)  # FeatureFiles, for scoring copies (serving.choice)
 
     @classmethod
-    def load(cls, cfg: Config) -> "ShopperData":
+    def load(cls, cfg: Config, with_features: bool = False) -> "ShopperData":
+        """`with_features`: also keep the features stage's samples in memory, to build the
+        feature rows the preference model scores candidate copies with."""
         from components.data.privacy import load_key
+        from components.models.preference.explain import FeatureFiles
 
         clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
         products = load_products(clean)
@@ -57,6 +61,7 @@ class ShopperData:
             affinity=affinity,
             population=population.rename(columns={"affinity": "affinity_population"}),
             key=load_key(cfg),
+            features=FeatureFiles.load(features) if with_features else None,
         )
 
     def resolve_user_id(self, user: str) -> str:
@@ -74,6 +79,14 @@ class ShopperData:
         if product_id not in self.attributes:
             raise UnknownEntity(f"product {product_id!r} is not in {self.clean_dir}")
         return self.attributes[product_id]
+
+    def top_values(self, user_id: str) -> set[tuple[str, str]]:
+        """The shopper's top value of each key, as of the end of the data (features stage)."""
+        if self.features is None or self.features.user_affinity is None:
+            return set()
+        table = self.features.user_affinity
+        mine = table[(table["user_id"] == user_id) & table["is_top"]]
+        return set(zip(mine["attr_key"], mine["attr_value"]))
 
     def affinity_lift(self, user_id: str) -> dict[str, float]:
         """key#value -> how much more this shopper clicks the value than shoppers overall

@@ -162,3 +162,20 @@ def test_times_and_values_the_data_gate_would_refuse_are_refused_here(tmp_path):
     soon = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat()  # clocks differ a little
     log.record_event(served.serve_id, "purchase", timestamp=soon)
     assert pd.isna(read_raw_table(tmp_path, "events")["value"].iloc[-1])  # a purchase without a value: cleaning fills in the price
+
+
+def test_a_strategys_propensity_is_logged_and_a_zero_one_refused(tmp_path):
+    log = FeedbackLog(tmp_path / "fb")
+    chosen = log.record_serving("shopper1", "p1", "白色连衣裙", "models:/g/1", candidates=4, propensity=0.85, strategy="preference")
+    decision = json.loads((log.folder / "served.jsonl").read_text(encoding="utf-8"))
+    assert (decision["strategy"], decision["propensity"]) == ("preference", 0.85) and chosen.propensity == 0.85
+    assert read_raw_table(log.folder, "events")["propensity"].astype(float).tolist() == [0.85]
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(FeedbackError, match="propensity must be in"):
+            log.record_serving("shopper1", "p1", "白色连衣裙", "models:/g/1", candidates=4, propensity=bad)
+    assert log.counts()["served"] == 1  # nothing written for a refusal
+    # A decision logged before strategies existed reads back as a uniform draw.
+    older = {k: v for k, v in decision.items() if k != "strategy"} | {"serve_id": "old"}
+    with open(log.folder / "served.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(older) + "\n")
+    assert FeedbackLog(log.folder).record_event("old", "click")

@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from components.registry.promotion import promote, rollback
-from components.serving.app import ChampionGenerator
+from components.serving.app import Champion
 from tests.conftest import free_port
 
 
@@ -24,10 +24,10 @@ class Clock:
 def test_a_promote_and_a_rollback_reach_a_running_server_after_the_reload_interval(fresh_world):
     cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
     loads, clock = [], Clock()
-    champion = ChampionGenerator(cfg, load=lambda ref: loads.append(ref) or f"generator from {ref}", clock=clock)
+    champion = Champion(cfg, "generator", load=lambda ref: loads.append(ref) or f"generator from {ref}", clock=clock)
 
     first = champion.current()
-    assert first.origin == "release 1 (champion)" and first.generator == f"generator from {first.ref}"
+    assert first.origin == "release 1 (champion)" and first.model == f"generator from {first.ref}"
     promote(cfg, note="test", actor="test")
     clock.now = 29.0
     assert champion.current() is first  # not looked up again yet
@@ -35,7 +35,7 @@ def test_a_promote_and_a_rollback_reach_a_running_server_after_the_reload_interv
     second = champion.current()
     assert second.origin == "release 2 (champion)" and second.ref != first.ref
     clock.now = 60.0
-    assert champion.current().generator == second.generator  # same champion: not loaded again
+    assert champion.current().model == second.model  # same champion: not loaded again
     assert loads == [first.ref, second.ref]
 
     rollback(cfg, actor="test")
@@ -49,7 +49,7 @@ def test_the_last_champion_keeps_serving_while_the_registry_is_unreachable(fresh
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
     clock = Clock()
-    champion = ChampionGenerator(cfg, load=lambda ref: f"generator from {ref}", clock=clock)
+    champion = Champion(cfg, "generator", load=lambda ref: f"generator from {ref}", clock=clock)
     first = champion.current()
     down = f"http://127.0.0.1:{free_port()}"  # a tracking server nobody runs
     champion.cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})})
@@ -59,6 +59,6 @@ def test_the_last_champion_keeps_serving_while_the_registry_is_unreachable(fresh
     clock.now = 60.0
     assert champion.current().ref == first.ref and champion.last_error is None
 
-    fresh = ChampionGenerator(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})}), load=str)
+    fresh = Champion(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})}), load=str)
     with pytest.raises(MlflowException):  # nothing served yet: nothing to keep serving (a 503)
         fresh.current()

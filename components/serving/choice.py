@@ -1,0 +1,82 @@
+"""Which of a request's candidate copies the server shows.
+
+`uniform`: every distinct candidate with probability 1/n.
+
+`preference`: the release's preference model scores each candidate for this shopper and product,
+reading the copy as it does in training: which of the product's values the text mentions, and
+how many of the shopper's top values (end-of-data features) it mentions. The best candidate is
+shown with probability 1 - exploration + exploration/n, every other one with exploration/n
+(epsilon-greedy). Training measures what such a choice earns on the catalog's own copies
+(components/evaluation/copy_choice.py, the report's "Copy choice"). Every candidate keeps a
+probability above zero, and the one drawn is logged with it, so the log still scores any later
+strategy off-policy.
+
+A shopper the features stage has no impression of gets the uniform draw: there is no feature
+row to score with (building one runs the whole features computation, seconds per request).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from components.data.attributes import UNK
+
+UNIFORM, PREFERENCE = "uniform", "preference"
+STRATEGIES = (UNIFORM, PREFERENCE)
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int           # into the distinct candidates
+    propensity: float    # the probability the strategy gave it
+    strategy: str        # what decided: "preference", or "uniform" (configured, or no scores)
+    scores: list[float] | None = None
+
+
+def top_value_mentions(texts: list[str], top_values: set[tuple[str, str]]) -> list[int]:
+    """Per text, how many of the shopper's top values it mentions: the features stage's
+    `uc_copy_pref_mentions` (a value mentioned verbatim; the masked brand never counts)."""
+    values = [v for _, v in top_values if v and v != UNK]
+    return [sum(v in text for v in values) for text in texts]
+
+
+def candidate_frame(row: pd.DataFrame, texts: list[str], top_values: set[tuple[str, str]]) -> pd.DataFrame:
+    """The pair's feature row once per candidate, with each candidate's copy features."""
+    frame = pd.concat([row.iloc[[0]]] * len(texts), ignore_index=True)
+    frame["copy_id"] = None  # not a copy of the training table: the model reads the text's mentions
+    frame["uc_copy_pref_mentions"] = top_value_mentions(texts, top_values)
+    return frame
+
+
+def choose(n: int, scores: np.ndarray | None, exploration: float, rng: random.Random) -> Choice:
+    """Epsilon-greedy over the scores (the first of equal best ones), uniform without them."""
+    if n < 1:
+        raise ValueError("no candidate to choose from")
+    if scores is None or n == 1:
+        return Choice(rng.randrange(n), 1.0 / n, UNIFORM)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != n or not np.isfinite(scores).all():
+        raise ValueError(f"need {n} finite scores, got {scores.tolist()}")
+    probabilities = np.full(n, exploration / n)
+    probabilities[int(np.argmax(scores))] += 1.0 - exploration
+    drawn = rng.random()
+    index = min(int(np.searchsorted(np.cumsum(probabilities), drawn, side="right")), n - 1)
+    return Choice(index, float(probabilities[index]), PREFERENCE, [float(s) for s in scores])
+
+
+def preference_scores(model, cfg, data, user_id: str, product_id: str, texts: list[str]) -> np.ndarray | None:
+    """P(click) of each candidate for this shopper (pseudonymized id) and product, by the
+    preference model `model`; None when there is nothing to score with (no features in `data`,
+    or no impression of this shopper in them)."""
+    from components.models.preference.explain import pair_feature_row
+
+    files = data.features
+    if files is None or not files.has_impressions(user_id):
+        return None
+    row = pair_feature_row(cfg, user_id, product_id, files)
+    frame = candidate_frame(row, texts, data.top_values(user_id))
+    return model.predict_copies(frame, texts, data.product_attributes(product_id))

@@ -1,0 +1,46 @@
+import random
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from components.serving.choice import PREFERENCE, UNIFORM, candidate_frame, choose, top_value_mentions
+
+
+def test_the_best_candidate_is_served_with_its_epsilon_greedy_probability():
+    rng = random.Random(0)
+    scores = [0.10, 0.30, 0.20, 0.05]
+    picks = [choose(4, scores, exploration=0.2, rng=rng) for _ in range(20000)]
+    counts = Counter(p.index for p in picks)
+    # best: 1 - 0.2 + 0.2/4 = 0.85; each other: 0.2/4 = 0.05. The logged propensity is exactly that.
+    assert counts[1] / len(picks) == pytest.approx(0.85, abs=0.01)
+    for other in (0, 2, 3):
+        assert counts[other] / len(picks) == pytest.approx(0.05, abs=0.006)
+    assert all(p.propensity == pytest.approx(0.85 if p.index == 1 else 0.05) for p in picks)
+    assert {p.strategy for p in picks} == {PREFERENCE}
+
+
+def test_full_exploration_ties_and_missing_scores_are_uniform_draws():
+    rng = random.Random(1)
+    uniform = Counter(choose(3, [0.9, 0.1, 0.1], exploration=1.0, rng=rng).index for _ in range(9000))
+    assert all(count / 9000 == pytest.approx(1 / 3, abs=0.02) for count in uniform.values())
+    tie = choose(2, [0.5, 0.5], exploration=1e-9, rng=random.Random(2))
+    assert tie.index == 0 and tie.propensity == pytest.approx(1.0)  # the first of equal best ones
+    unscored = choose(4, None, exploration=0.2, rng=random.Random(3))
+    assert unscored.strategy == UNIFORM and unscored.propensity == 0.25 and unscored.scores is None
+    single = choose(1, [0.3], exploration=0.2, rng=random.Random(4))
+    assert (single.index, single.propensity, single.strategy) == (0, 1.0, UNIFORM)
+    with pytest.raises(ValueError, match="finite scores"):
+        choose(2, [0.1, float("nan")], exploration=0.2, rng=random.Random(5))
+    with pytest.raises(ValueError, match="no candidate"):
+        choose(0, None, exploration=0.2, rng=random.Random(6))
+
+
+def test_candidates_carry_their_own_copy_features_on_the_pairs_row():
+    top = {("颜色", "白色"), ("类型", "裙"), ("品牌", "<UNK>")}
+    texts = ["白色的连衣裙", "黑色长裙", "简约大方"]
+    assert top_value_mentions(texts, top) == [2, 1, 0]
+    row = pd.DataFrame({"user_id": ["u"], "product_id": ["p"], "copy_id": ["c-shown"], "uc_copy_pref_mentions": [7], "p_ctr": [0.1]})
+    frame = candidate_frame(row, texts, top)
+    assert frame["uc_copy_pref_mentions"].tolist() == [2, 1, 0] and frame["copy_id"].isna().all()
+    assert (frame["p_ctr"] == 0.1).all() and (frame["user_id"] == "u").all() and len(frame) == 3
