@@ -4,11 +4,13 @@ the CLI reads it back (status, generate, explain). Real Prefect, DVC, GE and MLf
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -123,7 +125,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
 
     from components.data.privacy import load_key, pseudonym
     from components.data.raw import read_raw_table
-    from components.serving.app import create_app
+    from components.serving.app import Champion, create_app
     from tests.conftest import free_port
 
     key = load_key(cfg)
@@ -140,7 +142,15 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     assert served.status_code == 200, served.text
     body = served.json()
     assert body["copy"] and body["generator"] == "release 1 (champion)" and body["model_version"].startswith("models:/")
-    assert body["propensity"] == 1 / body["candidates"] and 1 <= body["candidates"] <= cfg.serving.candidates
+    assert 1 <= body["candidates"] <= cfg.serving.candidates
+    # The release's preference model chose among the candidates, epsilon-greedy (serving.choice).
+    n, eps = body["candidates"], cfg.serving.exploration
+    if n > 1:
+        assert body["choice"] == "preference", client.get("/health").json()["choice"]
+        assert body["propensity"] in (pytest.approx(1 - eps + eps / n), pytest.approx(eps / n))
+    else:
+        assert (body["choice"], body["propensity"]) == ("uniform", 1.0)
+    assert client.get("/health").json()["choice"] == {"strategy": "preference", "exploration": eps, "error": None}
     click = client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click"})
     assert click.status_code == 200, click.text
 
@@ -150,6 +160,25 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     assert set(events["copy_id"]) == {body["copy_id"]} and set(events["product_id"]) == {product}
     copies = read_raw_table(folder, "copies")
     assert list(copies["text"]) == [body["copy"]] and list(copies["model_version"]) == [body["model_version"]]
+    decision = json.loads((folder / "served.jsonl").read_text(encoding="utf-8"))
+    assert (decision["strategy"], decision["propensity"]) == (body["choice"], body["propensity"])
+    assert float(events["propensity"].iloc[0]) == pytest.approx(body["propensity"])
+
+    # What the choice earns on generated candidates, priced by the simulator's truth.
+    from components.evaluation.served_choice import measure
+
+    priced = measure(cfg, requests=6)
+    assert priced["requests"] == 6 and priced["scored_share"] > 0
+    assert 0 < priced["ctr_uniform"] <= priced["ctr_best"] and priced["ctr_pick"] <= priced["ctr_best"]
+
+    # A preference model that cannot score leaves the request to a uniform draw, and says why.
+    def unreadable(ref):
+        raise FileNotFoundError(f"{ref}: weights.pt is gone")
+
+    broken = TestClient(create_app(always_reload, scorer=Champion(always_reload, "preference", load=unreadable)))
+    uniform = broken.post("/copy", json={"user": raw_user, "product": product, "impression": False}).json()
+    assert uniform["choice"] == "uniform" and uniform["propensity"] == pytest.approx(1 / uniform["candidates"])
+    assert "weights.pt is gone" in broken.get("/health").json()["choice"]["error"]
 
     refusals = {
         "pseudonym": (client.post("/copy", json={"user": pseudonym(raw_user, key), "product": product}), 422, "not its pseudonym"),
@@ -194,7 +223,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "no answer"
                 time.sleep(0.5)
-        assert health.json()["feedback"]["served"] == 2 and health.json()["feedback"]["events"] == 2
+        assert health.json()["feedback"]["served"] == 3 and health.json()["feedback"]["events"] == 2
         again = httpx.post(f"http://127.0.0.1:{port}/copy", json={"user": raw_user, "product": product}, timeout=120)
         assert again.status_code == 200 and again.json()["copy"], again.text
     finally:
