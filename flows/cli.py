@@ -428,9 +428,8 @@ def serve(
         scorer = Champion(cfg, "preference")
         try:
             choosing = f"the preference model of {scorer.current().origin}, exploration {cfg.serving.exploration}"
-        except (NoModel, FileNotFoundError, MlflowException) as exc:
-            # Copy can still be served: uniformly, until a preference model can be loaded.
-            choosing = f"a uniform draw until a preference model loads ({exc})"
+        except Exception as exc:  # noqa: BLE001 - copy can still be served: uniformly, until a preference model loads
+            choosing = f"a uniform draw until a preference model loads ({type(exc).__name__}: {exc})"
     host, port = host or cfg.serving.host, port or cfg.serving.port
     typer.echo(f"copy server on http://{host}:{port} (generator: {loaded.origin}; copy chosen by {choosing}; "
                f"feedback log: {cfg.feedback_dir()}); API docs at /docs; Ctrl-C stops it")

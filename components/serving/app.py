@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
+import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -78,7 +79,14 @@ class Loaded:
 class Champion:
     """The champion release's model of one family (`generator`, `preference`), looked up again at
     most every `reload_seconds`. A new champion replaces the old one once it has loaded; requests
-    arriving meanwhile wait for it."""
+    arriving meanwhile wait for it.
+
+    - The registry unreachable, or a new champion that fails to load: the model loaded last keeps
+      serving, and `last_error` says why.
+    - No champion (NoModel: the alias gone, nothing trained): nothing serves.
+    - Nothing loaded and the last attempt failed: that failure is answered again until
+      `reload_seconds` have passed, without another look-up or load per request.
+    """
 
     def __init__(self, cfg: Config, family: str = "generator", load: Callable[[str], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -88,8 +96,14 @@ class Champion:
         self._clock = clock
         self._lock = threading.Lock()
         self._current: Loaded | None = None
+        self._failure: Exception | None = None  # why nothing is loaded, until the next look-up
         self._checked = float("-inf")
         self.last_error: str | None = None  # why the last look-up failed, while the previous champion serves
+
+    @property
+    def loaded(self) -> Loaded | None:
+        """The model serving now, without a look-up."""
+        return self._current
 
     def _load_bundle(self, ref: str):
         from components.models.generator.api import load_generator
@@ -103,28 +117,33 @@ class Champion:
         return load_preference(ref)
 
     def current(self) -> Loaded:
-        from components.serving.models import resolve_model
-
-        from mlflow.exceptions import MlflowException
+        from components.serving.models import NoModel, resolve_model
 
         with self._lock:
-            if self._current is None or self._clock() - self._checked >= self.cfg.serving.reload_seconds:
-                try:
-                    model = resolve_model(self.cfg, self.family)
-                except MlflowException as exc:
-                    # The registry is unreachable (a tracking server down): the champion it last
-                    # named keeps serving. No champion at all (NoModel) is not this case.
-                    if self._current is None:
-                        raise
-                    self.last_error, self._checked = f"{type(exc).__name__}: {str(exc)[:300]}", self._clock()
+            now = self._clock()
+            if now - self._checked < self.cfg.serving.reload_seconds:
+                if self._current is not None:
                     return self._current
-                self.last_error = None
+                if self._failure is not None:
+                    raise self._failure.with_traceback(None)
+            self._checked = now
+            try:
+                model = resolve_model(self.cfg, self.family)
                 if self._current is None or model.version != self._current.version:
-                    self._current = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
+                    loaded = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
                 else:
-                    self._current = Loaded(self._current.model, model.ref, model.origin, model.version)
-                self._checked = self._clock()
-            return self._current
+                    loaded = Loaded(self._current.model, model.ref, model.origin, model.version)
+            except NoModel as exc:
+                self._current, self._failure, self.last_error = None, exc, str(exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the model loaded last can still serve
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if self._current is None:
+                    self._failure = exc
+                    raise
+                return self._current
+            self._current, self._failure, self.last_error = loaded, None, None
+            return loaded
 
 
 class ShopperSnapshot:
@@ -191,7 +210,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     from components.data.privacy import PSEUDONYM_PREFIX
     from components.models.generator.api import GenerationInputError
     from components.models.generator.model import BrokenModel
-    from components.serving.choice import PREFERENCE, choose, preference_scores
+    from components.serving.choice import PREFERENCE, Choice, choose, preference_scores
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel
 
@@ -226,18 +245,23 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         except ShopperDataUnavailable as exc:
             raise HTTPException(503, f"no shopper data to personalize with (run `copyflow retrain --profile {cfg.profile}`): {exc}") from exc
 
-    def candidate_scores(data, user_id: str, product: str, texts: list[str]):
-        """The preference champion's scores, or None (a uniform draw) when it cannot score: no
-        model, or a model or feature row that fails. Why is kept for /health."""
-        if scorer is None or len(texts) < 2:
-            return None
-        try:
-            scores = preference_scores(scorer.current().model, cfg, data, user_id, product, texts)
-            choice_errors["last"] = None
-            return scores
-        except (NoModel, FileNotFoundError, MlflowException, KeyError, ValueError) as exc:
-            choice_errors["last"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            return None
+    def choose_copy(data, user_id: str, product: str, texts: list[str]) -> tuple[Choice, str | None]:
+        """The strategy's pick among the distinct candidates, and the preference model that
+        scored them. Choosing is optional: any failure of the model or of its feature row leaves
+        the request to a uniform draw, and `/health` shows why."""
+        scores, version = None, None
+        if scorer is not None and len(texts) > 1:
+            try:
+                loaded = scorer.current()
+                scores = preference_scores(loaded.model, cfg, data, user_id, product, texts)
+                if scores is not None and not np.isfinite(scores).all():
+                    raise ValueError(f"the preference model scored the candidates {np.round(scores, 4).tolist()}")
+                version = loaded.version if scores is not None else None
+                choice_errors["last"] = None
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                choice_errors["last"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                scores = None
+        return choose(len(texts), scores, cfg.serving.exploration, rng), version
 
     def feedback_log_counts() -> dict[str, int]:
         try:
@@ -248,7 +272,9 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     @app.get("/health")
     def health() -> dict[str, Any]:
         model, data = serving_model(), shopper_data()
-        chooser = {"strategy": cfg.serving.choice, "exploration": cfg.serving.exploration, "error": choice_errors["last"]}
+        scoring = scorer.loaded if scorer is not None else None
+        chooser = {"strategy": cfg.serving.choice, "exploration": cfg.serving.exploration,
+                   "preference_model": scoring.version if scoring else None, "error": choice_errors["last"]}
         return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.version,
                 "registry_error": champion.last_error, "choice": chooser,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
@@ -272,18 +298,18 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 result = personalized_copies(data, model.model, request.user, request.product, n=cfg.serving.candidates,
                                              decoding=cfg.serving.decoding, tone=request.tone, length=request.length)
                 distinct = list(dict.fromkeys(result.copies))
-                scores = candidate_scores(data, user_id, request.product, distinct)
+                if not distinct:
+                    raise HTTPException(500, "the generator wrote no copy for this product")
+                picked, scorer_version = choose_copy(data, user_id, request.product, distinct)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc
         except GenerationInputError as exc:
             raise HTTPException(422, str(exc)) from exc
-        if not distinct:
-            raise HTTPException(500, "the generator wrote no copy for this product")
-        picked = choose(len(distinct), scores, cfg.serving.exploration, rng)
         chosen = distinct[picked.index]
         try:
             served = log.record_serving(request.user, request.product, chosen, model.version, candidates=len(distinct),
-                                        impression=request.impression, propensity=picked.propensity, strategy=picked.strategy)
+                                        impression=request.impression, propensity=picked.propensity, strategy=picked.strategy,
+                                        candidate_texts=distinct, scores=picked.scores, scorer_version=scorer_version)
         except FeedbackLogBroken as exc:
             raise HTTPException(503, str(exc)) from exc
         return {"serve_id": served.serve_id, "copy_id": served.copy_id, "copy": chosen, "focus": result.focus,

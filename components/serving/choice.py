@@ -4,12 +4,14 @@
 
 `preference`: the release's preference model scores each candidate for this shopper and product,
 reading the copy as it does in training: which of the product's values the text mentions, and
-how many of the shopper's top values (end-of-data features) it mentions. The best candidate is
-shown with probability 1 - exploration + exploration/n, every other one with exploration/n
-(epsilon-greedy). Training measures what such a choice earns on the catalog's own copies
-(components/evaluation/copy_choice.py, the report's "Copy choice"). Every candidate keeps a
-probability above zero, and the one drawn is logged with it, so the log still scores any later
-strategy off-policy.
+how many of the shopper's top values (end-of-data features) it mentions. Epsilon-greedy: each
+candidate gets exploration/n, and the best one the rest, 1 - exploration, split evenly among
+candidates with equal best scores (candidates that mention the same values score the same, and
+the generator's first candidate must not take their share). Training measures what such a
+choice earns on the catalog's own copies (components/evaluation/copy_choice.py, the report's
+"Copy choice"). Every candidate keeps a probability above zero, and the log keeps the
+candidates, their scores and the chosen one's probability, so another strategy can be scored
+off-policy on it.
 
 A shopper the features stage has no impression of gets the uniform draw: there is no feature
 row to score with (building one runs the whole features computation, seconds per request).
@@ -52,8 +54,15 @@ def candidate_frame(row: pd.DataFrame, texts: list[str], top_values: set[tuple[s
     return frame
 
 
+def choice_probabilities(scores: np.ndarray, exploration: float) -> np.ndarray:
+    """Epsilon-greedy: exploration/n each, plus 1 - exploration shared by the best-scored ones."""
+    n = len(scores)
+    best = scores == scores.max()
+    return np.full(n, exploration / n) + best * (1.0 - exploration) / best.sum()
+
+
 def choose(n: int, scores: np.ndarray | None, exploration: float, rng: random.Random) -> Choice:
-    """Epsilon-greedy over the scores (the first of equal best ones), uniform without them."""
+    """Epsilon-greedy over the scores, uniform without them."""
     if n < 1:
         raise ValueError("no candidate to choose from")
     if scores is None or n == 1:
@@ -61,8 +70,7 @@ def choose(n: int, scores: np.ndarray | None, exploration: float, rng: random.Ra
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) != n or not np.isfinite(scores).all():
         raise ValueError(f"need {n} finite scores, got {scores.tolist()}")
-    probabilities = np.full(n, exploration / n)
-    probabilities[int(np.argmax(scores))] += 1.0 - exploration
+    probabilities = choice_probabilities(scores, exploration)
     drawn = rng.random()
     index = min(int(np.searchsorted(np.cumsum(probabilities), drawn, side="right")), n - 1)
     return Choice(index, float(probabilities[index]), PREFERENCE, [float(s) for s in scores])
@@ -79,4 +87,6 @@ def preference_scores(model, cfg, data, user_id: str, product_id: str, texts: li
         return None
     row = pair_feature_row(cfg, user_id, product_id, files)
     frame = candidate_frame(row, texts, data.top_values(user_id))
-    return model.predict_copies(frame, texts, data.product_attributes(product_id))
+    # The product's values as training read them (features stage: a catalog without a 类型 key
+    # gets its category as one), not the clean catalog's own list.
+    return model.predict_copies(frame, texts, files.attribute_dict(product_id))

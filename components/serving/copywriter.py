@@ -84,8 +84,8 @@ class ShopperData:
         """The shopper's top value of each key, as of the end of the data (features stage)."""
         if self.features is None or self.features.user_affinity is None:
             return set()
-        table = self.features.user_affinity
-        mine = table[(table["user_id"] == user_id) & table["is_top"]]
+        mine = self.features.affinities(user_id)
+        mine = mine[mine["is_top"].astype(bool)]
         return set(zip(mine["attr_key"], mine["attr_value"]))
 
     def affinity_lift(self, user_id: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -150,7 +151,8 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
         assert body["propensity"] in (pytest.approx(1 - eps + eps / n), pytest.approx(eps / n))
     else:
         assert (body["choice"], body["propensity"]) == ("uniform", 1.0)
-    assert client.get("/health").json()["choice"] == {"strategy": "preference", "exploration": eps, "error": None}
+    chooser = client.get("/health").json()["choice"]
+    assert chooser["preference_model"].startswith("models:/") and (chooser["strategy"], chooser["error"]) == ("preference", None)
     click = client.post("/feedback", json={"serve_id": body["serve_id"], "event_type": "click"})
     assert click.status_code == 200, click.text
 
@@ -162,6 +164,10 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     assert list(copies["text"]) == [body["copy"]] and list(copies["model_version"]) == [body["model_version"]]
     decision = json.loads((folder / "served.jsonl").read_text(encoding="utf-8"))
     assert (decision["strategy"], decision["propensity"]) == (body["choice"], body["propensity"])
+    # What scoring another strategy on this log needs: every candidate, its score, the scorer.
+    assert len(decision["candidate_texts"]) == n and body["copy"] in decision["candidate_texts"]
+    if n > 1:
+        assert len(decision["scores"]) == n and decision["scorer_version"] == chooser["preference_model"]
     assert float(events["propensity"].iloc[0]) == pytest.approx(body["propensity"])
 
     # What the choice earns on generated candidates, priced by the simulator's truth.
@@ -173,12 +179,19 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
 
     # A preference model that cannot score leaves the request to a uniform draw, and says why.
     def unreadable(ref):
-        raise FileNotFoundError(f"{ref}: weights.pt is gone")
+        raise RuntimeError(f"{ref}: weights.pt is truncated")  # what torch.load raises
 
-    broken = TestClient(create_app(always_reload, scorer=Champion(always_reload, "preference", load=unreadable)))
-    uniform = broken.post("/copy", json={"user": raw_user, "product": product, "impression": False}).json()
-    assert uniform["choice"] == "uniform" and uniform["propensity"] == pytest.approx(1 / uniform["candidates"])
-    assert "weights.pt is gone" in broken.get("/health").json()["choice"]["error"]
+    class ScoresNaN:  # a model that loads but scores nonsense
+        def predict_copies(self, frame, texts, attributes):
+            return np.full(len(texts), np.nan)
+
+    for load, why in ((unreadable, "weights.pt is truncated"), (lambda ref: ScoresNaN(), "scored the candidates [nan")):
+        broken = TestClient(create_app(always_reload, scorer=Champion(always_reload, "preference", load=load)))
+        uniform = broken.post("/copy", json={"user": raw_user, "product": product, "impression": False})
+        assert uniform.status_code == 200, uniform.text
+        assert uniform.json()["choice"] == "uniform" and uniform.json()["propensity"] == pytest.approx(1 / uniform.json()["candidates"])
+        if uniform.json()["candidates"] > 1:  # a single candidate is never scored
+            assert why in broken.get("/health").json()["choice"]["error"]
 
     refusals = {
         "pseudonym": (client.post("/copy", json={"user": pseudonym(raw_user, key), "product": product}), 422, "not its pseudonym"),
@@ -223,7 +236,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "no answer"
                 time.sleep(0.5)
-        assert health.json()["feedback"]["served"] == 3 and health.json()["feedback"]["events"] == 2
+        assert health.json()["feedback"]["served"] == 4 and health.json()["feedback"]["events"] == 2
         again = httpx.post(f"http://127.0.0.1:{port}/copy", json={"user": raw_user, "product": product}, timeout=120)
         assert again.status_code == 200 and again.json()["copy"], again.text
     finally:

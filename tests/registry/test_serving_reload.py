@@ -62,3 +62,40 @@ def test_the_last_champion_keeps_serving_while_the_registry_is_unreachable(fresh
     fresh = Champion(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})}), load=str)
     with pytest.raises(MlflowException):  # nothing served yet: nothing to keep serving (a 503)
         fresh.current()
+
+
+def test_a_new_champion_that_fails_to_load_leaves_the_last_one_serving(fresh_world):
+    cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
+    clock, attempts = Clock(), []
+
+    def load(ref):
+        attempts.append(ref)
+        if len(attempts) > 1:
+            raise RuntimeError("weights.pt is truncated")
+        return f"generator from {ref}"
+
+    champion = Champion(cfg, "generator", load=load, clock=clock)
+    first = champion.current()
+    promote(cfg, note="test", actor="test")
+    clock.now = 30.0
+    assert champion.current() is first and "weights.pt is truncated" in champion.last_error
+
+
+def test_a_model_that_cannot_load_is_not_tried_again_on_every_request(fresh_world):
+    cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
+    clock, attempts = Clock(), []
+
+    def load(ref):
+        attempts.append(ref)
+        raise RuntimeError("weights.pt is truncated")
+
+    champion = Champion(cfg, "preference", load=load, clock=clock)
+    for now in (0.0, 1.0, 29.0):
+        clock.now = now
+        with pytest.raises(RuntimeError, match="truncated"):
+            champion.current()
+    assert len(attempts) == 1  # answered from the recorded failure until the interval passes
+    clock.now = 30.0
+    with pytest.raises(RuntimeError):
+        champion.current()
+    assert len(attempts) == 2

@@ -24,8 +24,11 @@ def test_full_exploration_ties_and_missing_scores_are_uniform_draws():
     rng = random.Random(1)
     uniform = Counter(choose(3, [0.9, 0.1, 0.1], exploration=1.0, rng=rng).index for _ in range(9000))
     assert all(count / 9000 == pytest.approx(1 / 3, abs=0.02) for count in uniform.values())
-    tie = choose(2, [0.5, 0.5], exploration=1e-9, rng=random.Random(2))
-    assert tie.index == 0 and tie.propensity == pytest.approx(1.0)  # the first of equal best ones
+    # Equal best scores share the greedy part: 0.2/4 + 0.8/2 = 0.45 each, 0.05 for the others.
+    rng = random.Random(2)
+    ties = Counter(choose(4, [0.5, 0.1, 0.5, 0.2], exploration=0.2, rng=rng).index for _ in range(20000))
+    assert ties[0] / 20000 == pytest.approx(0.45, abs=0.01) and ties[2] / 20000 == pytest.approx(0.45, abs=0.01)
+    assert choose(4, [0.5, 0.1, 0.5, 0.2], exploration=0.2, rng=random.Random(7)).propensity in (pytest.approx(0.45), 0.05)
     unscored = choose(4, None, exploration=0.2, rng=random.Random(3))
     assert unscored.strategy == UNIFORM and unscored.propensity == 0.25 and unscored.scores is None
     single = choose(1, [0.3], exploration=0.2, rng=random.Random(4))
@@ -44,3 +47,33 @@ def test_candidates_carry_their_own_copy_features_on_the_pairs_row():
     frame = candidate_frame(row, texts, top)
     assert frame["uc_copy_pref_mentions"].tolist() == [2, 1, 0] and frame["copy_id"].isna().all()
     assert (frame["p_ctr"] == 0.1).all() and (frame["user_id"] == "u").all() and len(frame) == 3
+
+
+def test_candidates_are_read_with_the_products_values_as_training_read_them(tmp_path, cfg):
+    # The features stage gives a product without a 类型 key its category as one, and the model
+    # learned copies' mentions of it; the clean catalog's own list lacks it.
+    from pathlib import Path
+
+    from components.models.preference.explain import FeatureFiles
+    from components.serving.choice import preference_scores
+    from components.serving.copywriter import ShopperData
+
+    t = pd.Timestamp("2026-01-05", tz="UTC")
+    samples = pd.DataFrame({"event_id": ["e1"], "user_id": ["u1"], "product_id": ["p1"], "copy_id": ["c1"], "category": ["裙"],
+                            "timestamp": [t], "position": [1], "label": [0], "uc_copy_pref_mentions": [0]})
+    features = pd.DataFrame({"product_id": ["p1", "p1"], "attr_key": ["颜色", "类型"], "attr_value": ["白色", "裙"]})
+    affinity = pd.DataFrame({"user_id": ["u1"], "attr_key": ["颜色"], "attr_value": ["白色"], "affinity": [0.9], "is_top": [True]})
+    files = FeatureFiles(Path(tmp_path), samples, features, affinity)
+    data = ShopperData(clean_dir=Path(tmp_path), users=frozenset({"u1"}), attributes={"p1": {"颜色": ["白色"]}},
+                       affinity=affinity, population=pd.DataFrame(), features=files)
+
+    class Recorder:  # records what the model is asked to read
+        def predict_copies(self, frame, texts, attributes):
+            self.frame, self.attributes = frame, attributes
+            return [0.5] * len(texts)
+
+    model = Recorder()
+    assert preference_scores(model, cfg, data, "u1", "p1", ["白色连衣裙", "简约"]) == [0.5, 0.5]
+    assert model.attributes == {"颜色": ["白色"], "类型": ["裙"]}
+    assert model.frame["uc_copy_pref_mentions"].tolist() == [1, 0]
+    assert preference_scores(model, cfg, data, "someone-else", "p1", ["白色连衣裙", "简约"]) is None  # no row: uniform

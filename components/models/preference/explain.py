@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from components.models.preference.api import PreferenceModel, load_preference
@@ -102,47 +103,91 @@ def _smoothed(count: float, total: float, n_values: float, strength: float) -> f
     return (count + strength / n_values) / (total + strength)
 
 
-@dataclass(frozen=True)
 class FeatureFiles:
     """What a pair's feature row is built from: the features stage's samples (sorted by time),
-    product attributes and end-of-data shopper affinities, read once (a server keeps them)."""
+    product attributes and end-of-data shopper affinities, read once and indexed by shopper and
+    product, so a server builds a row without scanning every impression per request."""
 
-    features_dir: Path
-    samples: pd.DataFrame
-    product_attributes: pd.DataFrame | None  # None: not written (only a new pair's row needs them)
-    user_affinity: pd.DataFrame | None
+    def __init__(self, features_dir: Path, samples: pd.DataFrame, product_attributes: pd.DataFrame | None,
+                 user_affinity: pd.DataFrame | None):
+        self.features_dir = features_dir
+        self.samples = samples
+        self.product_attributes = product_attributes  # None: not written (only a new pair's row needs them)
+        self.user_affinity = user_affinity
+        self._user_rows = samples.groupby(samples["user_id"].astype(str), sort=False).indices
+        self._product_rows = samples.groupby(samples["product_id"].astype(str), sort=False).indices
+        self.n_categories = max(1, int(samples["category"].nunique()))
+        self.top_slot = samples["position"].min()
+        self._affinity_rows = {} if user_affinity is None else user_affinity.groupby(user_affinity["user_id"].astype(str), sort=False).indices
+        self._attribute_rows = {} if product_attributes is None else product_attributes.groupby(
+            product_attributes["product_id"].astype(str), sort=False).indices
 
     @classmethod
     def load(cls, features_dir: Path) -> "FeatureFiles":
         path = features_dir / "samples.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
+        samples = _read_one_chunk(path)
+        if not samples["timestamp"].is_monotonic_increasing:  # the features stage writes it in time order
+            samples = samples.sort_values("timestamp", kind="stable", ignore_index=True)
         return cls(
             features_dir=features_dir,
-            samples=pd.read_parquet(path).sort_values("timestamp", kind="stable", ignore_index=True),
+            samples=samples,
             product_attributes=_read_if_there(features_dir / "product_attributes.parquet"),
             user_affinity=_read_if_there(features_dir / "user_affinity.parquet"),
         )
 
     def has_impressions(self, user_id: str) -> bool:
-        return bool((self.samples["user_id"].astype(str) == str(user_id)).any())
+        return str(user_id) in self._user_rows
+
+    def user_rows(self, user_id: str) -> pd.DataFrame:
+        """The shopper's impressions, oldest first."""
+        return self.samples.iloc[self._user_rows.get(str(user_id), [])]
+
+    def product_rows(self, product_id: str) -> pd.DataFrame:
+        return self.samples.iloc[self._product_rows.get(str(product_id), [])]
+
+    def affinities(self, user_id: str) -> pd.DataFrame:
+        """The shopper's end-of-data affinity rows (user_affinity.parquet)."""
+        self._require("user_affinity")
+        return self.user_affinity.iloc[self._affinity_rows.get(str(user_id), [])]
+
+    def attributes(self, product_id: str) -> pd.DataFrame:
+        """The product's (attr_key, attr_value) rows as the features stage and the model read
+        them (a product without a 类型 key gets its category as one)."""
+        self._require("product_attributes")
+        return self.product_attributes.iloc[self._attribute_rows.get(str(product_id), [])]
+
+    def attribute_dict(self, product_id: str) -> dict[str, list[str]]:
+        rows = self.attributes(product_id)
+        out: dict[str, list[str]] = {}
+        for key, value in zip(rows["attr_key"].astype(str), rows["attr_value"].astype(str)):
+            out.setdefault(key, []).append(value)
+        return out
+
+    def _require(self, name: str) -> None:
+        if getattr(self, name) is None:
+            raise FileNotFoundError(f"{self.features_dir / (name + '.parquet')} does not exist (run the features stage first)")
+
+
+def _read_one_chunk(path: Path) -> pd.DataFrame:
+    """A parquet file with every column in one contiguous Arrow chunk. Taking a few rows of a
+    column split in chunks reads every chunk: 15 ms per row look-up at 1.3 M impressions,
+    against 0.3 ms in one chunk."""
+    return pq.read_table(path).combine_chunks().to_pandas()
 
 
 def _read_if_there(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.exists() else None
+    return _read_one_chunk(path) if path.exists() else None
 
 
 def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, category) -> dict[str, float]:
     """End-of-data versions of the shopper x product features (the features stage's formulas)."""
     strength = cfg.features.affinity_prior_strength
-    samples, attrs, affinity = files.samples, files.product_attributes, files.user_affinity
-    for name, frame in (("product_attributes", attrs), ("user_affinity", affinity)):
-        if frame is None:
-            raise FileNotFoundError(f"{files.features_dir / (name + '.parquet')} does not exist (run the features stage first)")
-    values_per_key = _values_per_key(attrs)
-    mine = affinity[affinity["user_id"].astype(str) == str(user_id)]
+    values_per_key = _values_per_key(files.product_attributes) if files.product_attributes is not None else None
+    mine = files.affinities(user_id)
     key_clicks = mine.groupby("attr_key")["key_clicks"].max() if "key_clicks" in mine.columns else pd.Series(dtype=float)
-    product_pairs = attrs[attrs["product_id"].astype(str) == str(product_id)]
+    product_pairs = files.attributes(product_id)
     shares = []
     for key, value in zip(product_pairs["attr_key"], product_pairs["attr_value"]):
         hit = mine[(mine["attr_key"] == key) & (mine["attr_value"] == value)]
@@ -150,13 +195,13 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
             shares.append(float(hit["affinity"].iloc[0]))
         else:
             shares.append(_smoothed(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength))
-    clicks = samples[(samples["user_id"].astype(str) == str(user_id)) & (samples["label"] == 1)]
-    n_categories = max(1, samples["category"].nunique())
+    user_rows = files.user_rows(user_id)
+    clicks = user_rows[user_rows["label"] == 1]
     in_category = float((clicks["category"] == category).sum()) if category is not None else 0.0
     return {
         "ua_attr_affinity": float(np.mean(shares)) if shares else np.nan,
         "ua_attr_affinity_max": float(np.max(shares)) if shares else np.nan,
-        "ua_category_affinity": _smoothed(in_category, float(len(clicks)), float(n_categories), strength),
+        "ua_category_affinity": _smoothed(in_category, float(len(clicks)), float(files.n_categories), strength),
     }
 
 
@@ -170,17 +215,16 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
     copy and the top slot. `files`: the features stage's outputs already in memory (default: read).
     """
     files = files or FeatureFiles.load(cfg.stage_dir("features"))
-    samples = files.samples
-    user_rows = samples[samples["user_id"].astype(str) == str(user_id)]
+    user_rows = files.user_rows(user_id)
     if user_rows.empty:
         return first_impression_row(cfg, user_id, product_id)
     pair = user_rows[user_rows["product_id"].astype(str) == str(product_id)]
     if len(pair):
         return pair.tail(1).reset_index(drop=True)
-    product_rows = samples[samples["product_id"].astype(str) == str(product_id)]
+    product_rows = files.product_rows(product_id)
     row = user_rows.tail(1).reset_index(drop=True).copy()
     row["product_id"] = str(product_id)
-    product_columns = [c for c in samples.columns if c.startswith("p_")] + ["category"]
+    product_columns = [c for c in files.samples.columns if c.startswith("p_")] + ["category"]
     if len(product_rows):
         latest = product_rows.iloc[-1]
         for column in product_columns:
@@ -195,7 +239,7 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
         if column in row.columns:
             row[column] = 0
     row["copy_id"] = None                              # no particular copy: the pair itself
-    row["position"] = samples["position"].min()        # the top slot
+    row["position"] = files.top_slot                   # the top slot
     return row
 
 
