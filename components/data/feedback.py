@@ -28,7 +28,7 @@ import threading
 import unicodedata
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -64,6 +64,20 @@ class Served:
     model_version: str
     timestamp: str
     strategy: str = "uniform"  # what chose the copy (components/serving/choice.py); older lines: uniform
+    # What another strategy needs to be scored off-policy on this decision: every distinct
+    # candidate (the served one among them), the scores they got and the model that scored them.
+    candidate_texts: tuple[str, ...] = ()
+    scores: tuple[float, ...] | None = None
+    scorer_version: str | None = None
+
+    @classmethod
+    def from_json(cls, line: str) -> "Served":
+        """A served.jsonl line; keys this version does not know (a newer server's) are ignored."""
+        record = json.loads(line)
+        return cls(**{name: record[name] for name in SERVED_FIELDS if name in record})
+
+
+SERVED_FIELDS = tuple(f.name for f in fields(Served))
 
 
 def check_id(name: str, value: str) -> None:
@@ -185,8 +199,9 @@ class FeedbackLog:
         for line in self._new_lines(RAW_FILES["copies"]):
             self._copies.add(json.loads(line)["copy_id"])
         for line in self._new_lines(SERVED_FILE):
-            record = Served(**json.loads(line))
-            self._served[record.serve_id] = record
+            record = Served.from_json(line)
+            # An outcome joins to shopper, product and copy: the candidates stay on disk only.
+            self._served[record.serve_id] = replace(record, candidate_texts=(), scores=None)
         header_unread = RAW_FILES["events"] not in self._offsets
         rows = list(csv.reader(self._new_lines(RAW_FILES["events"])))
         if header_unread and rows:
@@ -204,11 +219,13 @@ class FeedbackLog:
 
     def record_serving(
         self, user_id: str, product_id: str, text: str, model_version: str, candidates: int, impression: bool = True,
-        propensity: float | None = None, strategy: str = "uniform",
+        propensity: float | None = None, strategy: str = "uniform", candidate_texts: list[str] | None = None,
+        scores: list[float] | None = None, scorer_version: str | None = None,
     ) -> Served:
         """Log one copy shown to one shopper (and, unless the caller reports it later, its
         impression). `propensity`: the probability the strategy gave this copy (default: a
-        uniform draw, 1 / candidates)."""
+        uniform draw, 1 / candidates); `candidate_texts`, `scores`, `scorer_version`: what the
+        strategy chose among, for scoring other strategies on the log later."""
         for name, value in (("user_id", user_id), ("product_id", product_id), ("model_version", model_version)):
             check_id(name, value)
         propensity = 1.0 / candidates if propensity is None else float(propensity)
@@ -218,6 +235,8 @@ class FeedbackLog:
         served = Served(
             serve_id=uuid.uuid4().hex, user_id=user_id, product_id=product_id, copy_id=copy_id, position=1,
             propensity=propensity, candidates=candidates, model_version=model_version, timestamp=utc_now(), strategy=strategy,
+            candidate_texts=tuple(candidate_texts or ()), scores=None if scores is None else tuple(float(x) for x in scores),
+            scorer_version=scorer_version,
         )
         with self._locked(exclusive=True):
             self._refresh()

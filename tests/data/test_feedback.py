@@ -174,8 +174,22 @@ def test_a_strategys_propensity_is_logged_and_a_zero_one_refused(tmp_path):
         with pytest.raises(FeedbackError, match="propensity must be in"):
             log.record_serving("shopper1", "p1", "白色连衣裙", "models:/g/1", candidates=4, propensity=bad)
     assert log.counts()["served"] == 1  # nothing written for a refusal
-    # A decision logged before strategies existed reads back as a uniform draw.
-    older = {k: v for k, v in decision.items() if k != "strategy"} | {"serve_id": "old"}
+    # A decision logged before strategies existed reads back as a uniform draw, and one with a
+    # key a newer server added is read too (several servers may share the folder mid-upgrade).
+    older = {k: v for k, v in decision.items() if k not in ("strategy", "candidate_texts", "scores", "scorer_version")}
+    newer = decision | {"serve_id": "newer", "a_later_field": [1, 2]}
     with open(log.folder / "served.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(older) + "\n")
-    assert FeedbackLog(log.folder).record_event("old", "click")
+        handle.write(json.dumps(older | {"serve_id": "old"}) + "\n" + json.dumps(newer) + "\n")
+    again = FeedbackLog(log.folder)
+    assert again.record_event("old", "click") and again.record_event("newer", "click")
+
+
+def test_the_candidates_and_their_scores_are_logged_with_the_decision(tmp_path):
+    log = FeedbackLog(tmp_path / "fb")
+    log.record_serving("shopper1", "p1", "白色\u2028连衣裙", "models:/g/1", candidates=2, propensity=0.9, strategy="preference",
+                       candidate_texts=["黑色长裙", "白色\u2028连衣裙"], scores=[0.1, 0.3], scorer_version="models:/p/4")
+    line = (log.folder / "served.jsonl").read_text(encoding="utf-8")
+    assert line.count("\n") == 1  # the separator inside a candidate is escaped
+    decision = json.loads(line)
+    assert decision["candidate_texts"] == ["黑色长裙", "白色\u2028连衣裙"] and decision["scores"] == [0.1, 0.3]
+    assert decision["scorer_version"] == "models:/p/4"
