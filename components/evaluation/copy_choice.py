@@ -15,7 +15,11 @@ rate is
 
 and the logged click rate is that of a uniform choice. The interval of their ratio comes from a
 shopper-cluster bootstrap (components/evaluation/preference.py). A shop whose copies were not
-shown uniformly gets a biased estimate: this evaluation assumes uniform logging.
+shown uniformly gets a biased estimate: this evaluation assumes uniform logging, and checks it
+as far as the data allow. The choice does not depend on which copy was shown, so under uniform
+logging it matches the shown copy with probability 1/n_options; `copy_choice_match_z` is the
+matches' distance from that expectation in standard deviations, and beyond
+UNIFORM_LOGGING_MAX_Z the report says the logging does not look uniform.
 
 For the simulated source the click probability of every option is known exactly (the simulator's
 copy effect: `copy_mention_weight` per preferred value the copy mentions, from
@@ -37,6 +41,7 @@ from components.evaluation.preference import Interval, _interval, bootstrap_indi
 
 COPY_FEATURES = ("copy_id", "uc_copy_pref_mentions")
 MIN_CHOSEN_AS_SHOWN = 20   # fewer matching impressions make the off-policy estimate meaningless
+UNIFORM_LOGGING_MAX_Z = 4.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,10 @@ def option_frame(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
 
 def choose(rows: pd.DataFrame, scores: np.ndarray) -> CopyChoice:
     """Per impression, the option with the highest score (the first of equal ones)."""
-    rows = rows.assign(score=np.asarray(scores, dtype=np.float64)).reset_index(drop=True)
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).any():
+        raise ValueError(f"{int(np.isnan(scores).sum())} of {len(scores)} option scores are NaN: the model is broken")
+    rows = rows.assign(score=scores).reset_index(drop=True)
     best = rows.groupby("event_id", sort=False)["score"].idxmax()
     rows["chosen"] = False
     rows.loc[best.to_numpy(), "chosen"] = True
@@ -88,10 +96,13 @@ def off_policy_metrics(choice: CopyChoice, n_boot: int, seed: int) -> dict[str, 
     imp = choice.impressions
     label = imp["label"].to_numpy()
     weight = imp["n_options"].to_numpy() * imp["chosen_is_shown"].to_numpy()
+    share = 1.0 / imp["n_options"].to_numpy()
+    expected, spread = share.sum(), np.sqrt((share * (1 - share)).sum())
     metrics = {
         "copy_choice_impressions": float(len(imp)),
         "copy_choice_mean_options": float(imp["n_options"].mean()) if len(imp) else float("nan"),
         "copy_choice_matched": float(imp["chosen_is_shown"].sum()),
+        "copy_choice_match_z": float((imp["chosen_is_shown"].sum() - expected) / spread) if spread > 0 else float("nan"),
     }
     if imp["chosen_is_shown"].sum() < MIN_CHOSEN_AS_SHOWN or label.sum() == 0:
         return metrics  # too few rows to estimate anything

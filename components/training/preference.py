@@ -413,6 +413,8 @@ def report_markdown(cfg: Config, reports: dict[str, KindReport], comparison: dic
 
 def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
     """The copy-choice section of the report (empty without copy options)."""
+    from components.evaluation.copy_choice import UNIFORM_LOGGING_MAX_Z
+
     with_lift = [r.metrics for r in reports.values() if "copy_choice_lift" in r.metrics]
     if not with_lift:
         return []
@@ -435,9 +437,14 @@ def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
     lift = [f"{m['copy_choice_lift']:+.1%} [{m['copy_choice_lift_ci_low']:+.1%}, {m['copy_choice_lift_ci_high']:+.1%}]"
             if "copy_choice_lift" in m else "n/a (too few matched impressions)" for m in (r.metrics for r in reports.values())]
     lines.append("| click-rate lift | " + " | ".join(lift) + " |")
+    lines.append("| matches with the shown copy, z vs uniform logging | " + " | ".join(
+        f"{m['copy_choice_match_z']:+.1f}" for m in (r.metrics for r in reports.values())) + " |")
     for label, key, fmt in rows:
         if all(key in r.metrics for r in reports.values()):
             lines.append(f"| {label} | " + " | ".join(fmt.format(r.metrics[key]) for r in reports.values()) + " |")
+    if any(abs(r.metrics["copy_choice_match_z"]) > UNIFORM_LOGGING_MAX_Z for r in reports.values()):
+        lines += ["", f"**The logged copies do not look uniformly drawn** (|z| > {UNIFORM_LOGGING_MAX_Z:g}): the model's "
+                  "choice matches the shown copy more or less often than 1 in n, so the off-policy figures are biased."]
     return lines
 
 

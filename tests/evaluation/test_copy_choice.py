@@ -11,14 +11,15 @@ from components.evaluation.copy_choice import (
 )
 
 
-def _uniformly_logged(n_users: int = 400, per_user: int = 10, seed: int = 0):
-    """Two copies per impression, shown uniformly. Copy "a" gets clicks at 5% from half the
-    shoppers and 25% from the other half; copy "b" the other way round."""
+def _uniformly_logged(n_users: int = 400, per_user: int = 10, seed: int = 0, share_a: float = 0.5):
+    """Two copies per impression, shown uniformly (unless `share_a` says otherwise). Copy "a"
+    gets clicks at 5% from half the shoppers and 25% from the other half; copy "b" the other
+    way round."""
     rng = np.random.default_rng(seed)
     n = n_users * per_user
     user = np.repeat(np.arange(n_users), per_user)
     likes_a = user % 2 == 0
-    shown_a = rng.random(n) < 0.5
+    shown_a = rng.random(n) < share_a
     ctr = {"a": np.where(likes_a, 0.25, 0.05), "b": np.where(likes_a, 0.05, 0.25)}
     label = (rng.random(n) < np.where(shown_a, ctr["a"], ctr["b"])).astype(int)
     events = [f"e{i}" for i in range(n)]
@@ -48,6 +49,17 @@ def test_the_off_policy_estimate_recovers_each_policys_click_rate():
     assert best["copy_choice_lift_ci_low"] > 0.3 and worst["copy_choice_lift_ci_high"] < -0.4
     assert always_a["copy_choice_lift_ci_low"] < 0 < always_a["copy_choice_lift_ci_high"]
     assert best["copy_choice_impressions"] == 4000 and best["copy_choice_mean_options"] == 2
+    # Uniform logging: each policy matches the shown copy about 1 time in 2.
+    assert all(abs(m["copy_choice_match_z"]) < 4 for m in (best, worst, always_a))
+
+
+def test_logging_that_was_not_uniform_shows_in_the_matches():
+    # Copy "a" shown 90% of the time: "always a" matches the shown copy far more often than
+    # 1 in 2, which uniform logging cannot explain. (Where the skew depends on the shopper, the
+    # estimate is biased; the z-score is the warning.)
+    rows, _ = _uniformly_logged(share_a=0.9)
+    skewed = off_policy_metrics(choose(rows, (rows["copy_id"] == "a").to_numpy(float)), n_boot=50, seed=0)
+    assert skewed["copy_choice_match_z"] > 20
 
 
 def test_the_highest_score_is_chosen_and_the_first_of_a_tie():
@@ -69,6 +81,8 @@ def test_options_replace_the_shown_copys_features():
     assert rows[["copy_id", "uc_copy_pref_mentions", "shown", "label"]].values.tolist() == [["x", 5, True, 1], ["y", 0, False, 1]]
     with pytest.raises(ValueError, match="re-run the features stage"):
         option_frame(frame, options.drop(columns="n_options"))
+    with pytest.raises(ValueError, match="1 of 2 option scores are NaN"):
+        choose(rows, [0.1, float("nan")])
 
 
 def _truth_world():
