@@ -38,7 +38,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.evaluation.copy_choice import simulator_copy_weight, true_option_probabilities
     from components.models.generator.api import load_generator
     from components.models.preference.api import load_preference
-    from components.serving.choice import preference_scores
+    from components.serving.choice import choice_probabilities, preference_scores
     from components.serving.copywriter import ShopperData, personalized_copies
     from components.serving.models import resolve_model
 
@@ -67,7 +67,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
         tick = time.perf_counter()
         scores = preference_scores(preference, cfg, data, impression.user_id, impression.product_id, texts)
         scoring_ms.append(1000 * (time.perf_counter() - tick))
-        picks[impression.event_id] = int(np.argmax(scores)) if scores is not None else None
+        picks[impression.event_id] = scores
         # The impression's own (shown) copy anchors the truth; its candidates are priced against it.
         ids = [f"{GENERATED}-{impression.event_id}-{i}" for i in range(len(texts))]
         options.append(pd.DataFrame({"event_id": impression.event_id, "copy_id": [impression.copy_id, *ids],
@@ -76,15 +76,20 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     options = pd.concat(options, ignore_index=True)
     copies = pd.concat([catalog_copies[["copy_id", "product_id", "text"]], *generated], ignore_index=True)
     options["p"] = true_option_probabilities(options, truth, preferences, copies, products, weight)
-    rows = []
+    rows, eps = [], cfg.serving.exploration
     for event_id, group in options[~options["shown"]].groupby("event_id", sort=False):
-        p, pick = group["p"].to_numpy(), picks[event_id]
-        rows.append({"uniform": p.mean(), "pick": p[pick] if pick is not None else p.mean(), "best": p.max(),
-                     "differ": bool(p.max() > p.min()), "scored": pick is not None})
+        p, scores = group["p"].to_numpy(), picks[event_id]
+        if scores is None or len(p) == 1:
+            pick = served = p.mean()  # the server's uniform draw
+        else:
+            scores = np.asarray(scores, dtype=np.float64)
+            pick = float(p[scores == scores.max()].mean())  # the greedy part, shared by equal best scores
+            served = float(choice_probabilities(scores, eps) @ p)  # what the server's draw earns on average
+        rows.append({"uniform": p.mean(), "pick": pick, "served": served, "best": p.max(),
+                     "differ": bool(p.max() > p.min()), "scored": scores is not None})
     frame = pd.DataFrame(rows)
     uniform, pick, best = frame["uniform"].mean(), frame["pick"].mean(), frame["best"].mean()
-    eps = cfg.serving.exploration
-    greedy = (1 - eps) * pick + eps * uniform
+    greedy = frame["served"].mean()
     rng = np.random.default_rng(seed)
     lifts = []
     for _ in range(2000):
