@@ -1,5 +1,7 @@
 """Preference model speed: training throughput of the Lightning loop vs a plain torch loop on
-the same net and data, and scoring throughput of ONNX Runtime vs torch eager at batch 1 and 4096.
+the same net and data, scoring throughput of ONNX Runtime vs torch eager at batch 1 and 4096,
+and the copy server's choice (scoring a request's 4 candidates) on the features as they are and
+tiled ten times, when a trained model exists.
 
 Data: the features stage of artifacts/{quick,full} when one exists (the real encoded rows),
 else random rows shaped like the quick profile's (speed does not depend on what rows mean).
@@ -151,3 +153,55 @@ def run(report: dict) -> None:
             report[f"score_b{batch}_torch_pairs_per_s"] = torch_rate
             report[f"score_b{batch}_onnx_pairs_per_s"] = onnx_rate
             report[f"score_b{batch}_onnx_vs_torch_ratio"] = onnx_rate / torch_rate
+
+    _serve_choice(cfg, report)
+
+
+SERVE_CHOICE_PAIRS = 30
+SERVE_CHOICE_TILES = 10
+
+
+def _serve_choice(cfg, report: dict) -> None:
+    """Per-request cost of the copy server's choice (components/serving/choice.py): the pair's
+    feature row from the features held in memory, plus scoring 4 candidates. Once on the data as
+    it is, once with every shopper copied SERVE_CHOICE_TILES times (a shop that much larger): the
+    ratio is how the cost grows with the data."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from components.models.preference.api import load_preference
+    from components.models.preference.explain import FeatureFiles
+    from components.serving.choice import preference_scores
+    from components.serving.copywriter import ShopperData
+    from components.serving.models import NoModel, resolve_model
+
+    try:
+        model = load_preference(resolve_model(cfg, "preference").ref)
+        data = ShopperData.load(cfg, with_features=True)
+    except (NoModel, FileNotFoundError) as exc:
+        report["serve_choice"] = f"skipped: {exc}"[:200]
+        return
+    samples = data.features.samples
+    users = samples["user_id"].drop_duplicates().head(SERVE_CHOICE_PAIRS).tolist()
+    products = list(data.attributes)[:SERVE_CHOICE_PAIRS]
+    texts = ["这款连衣裙简约大方", "白色的设计显瘦", "宽松的版型，舒适自在", "复古的格纹，时尚感十足"]
+
+    def p50_ms(shoppers: ShopperData) -> float:
+        times = []
+        for user, product in zip(users, products):
+            started = time.perf_counter()
+            preference_scores(model, cfg, shoppers, user, product, texts)
+            times.append(time.perf_counter() - started)
+        return 1000 * float(np.median(times))
+
+    base = p50_ms(data)
+    tiled = pd.concat([samples.assign(user_id=samples["user_id"] + (f"~{i}" if i else "")) for i in range(SERVE_CHOICE_TILES)],
+                      ignore_index=True)
+    tiled = pa.Table.from_pandas(tiled, preserve_index=False).combine_chunks().to_pandas()  # as FeatureFiles.load reads it
+    files = data.features
+    bigger = ShopperData(data.clean_dir, data.users, data.attributes, data.affinity, data.population, data.key,
+                         FeatureFiles(files.features_dir, tiled, files.product_attributes, files.user_affinity))
+    report["serve_choice_impressions"] = int(len(samples))
+    report["serve_choice_4_candidates_p50_ms"] = base
+    report[f"serve_choice_4_candidates_x{SERVE_CHOICE_TILES}_data_p50_ms"] = p50_ms(bigger)
+    report[f"serve_choice_x{SERVE_CHOICE_TILES}_data_cost_ratio"] = report[f"serve_choice_4_candidates_x{SERVE_CHOICE_TILES}_data_p50_ms"] / base
