@@ -212,7 +212,9 @@ def generate(
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Personalized copies for one shopper and product, from the champion release's generator."""
+    """Personalized copies for one shopper and product, from the champion release's generator,
+    each with the release's preference model's P(click) for this shopper (what `copyflow serve`
+    chooses by)."""
     from components.models.generator.api import BatchReport, GenerationInputError, load_generator
     from components.models.generator.model import BrokenModel
     from components.serving.copywriter import ShopperData, UnknownEntity, personalized_copies
@@ -224,7 +226,8 @@ def generate(
     try:
         model = resolve_model(cfg, "generator")
         generator = load_generator(model.ref)
-        result = personalized_copies(ShopperData.load(cfg), generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
+        shoppers = ShopperData.load(cfg, with_features=True)
+        result = personalized_copies(shoppers, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
     except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -232,8 +235,10 @@ def generate(
     typer.echo(f"product {product}: " + "*".join(f"{k}#{v}" for k, vs in result.attributes.items() for v in vs))
     typer.echo(f"shopper {result.user_id} favours (lift vs all shoppers): {result.affinities}")
     typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
+    scores, scored_by = _copy_scores(cfg, shoppers, result)
     for i, text in enumerate(result.copies, 1):
-        typer.echo(f"{i}. {text}")
+        typer.echo(f"{i}. [P(click) {scores[i - 1]:.4f}] {text}" if scores is not None else f"{i}. {text}")
+    typer.echo(scored_by)
     if len(result.copies) < n:
         typer.secho(f"note: {len(result.copies)} distinct {'copy' if len(result.copies) == 1 else 'copies'} of the {n} asked: "
                     "this decoding finds no more (greedy writes one; use top_p or beam for several)", fg=typer.colors.YELLOW, err=True)
@@ -241,6 +246,23 @@ def generate(
     report.count(generator.unfamiliar(result.attributes))
     for warning in report.warnings():
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+
+def _copy_scores(cfg, shoppers, result) -> tuple[list[float] | None, str]:
+    """The preference model's P(click) of each copy for this shopper, as the copy server
+    scores its candidates, and a line saying by which model (or why none)."""
+    from components.models.preference.api import load_preference
+    from components.serving.choice import preference_scores
+    from components.serving.models import resolve_model
+
+    try:
+        model = resolve_model(cfg, "preference")
+        scores = preference_scores(load_preference(model.ref), cfg, shoppers, result.user_id, result.product_id, result.copies)
+    except Exception as exc:  # noqa: BLE001 - the copies stand without scores
+        return None, f"no P(click): the preference model cannot score them ({type(exc).__name__}: {str(exc)[:200]})"
+    if scores is None:
+        return None, "no P(click): the features have no impression of this shopper (the server draws uniformly)"
+    return [float(x) for x in scores], f"P(click): preference model {model.origin}, as `copyflow serve` chooses"
 
 
 @app.command("generate-batch")

@@ -67,7 +67,8 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     generated = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "2"])
     assert generated.exit_code == 0, generated.output
     assert "generator: release 1 (champion)" in generated.output
-    assert "\n1. " in generated.output
+    assert re.search(r"\n1\. \[P\(click\) 0\.\d{4}\] ", generated.output), generated.output
+    assert "P(click): preference model release 1 (champion)" in generated.output
 
     catalog = project / "catalog.jsonl"
     catalog.write_text('{"content": "类型#裙*颜色#白色"}\n{"content": "类型#裤*版型#宽松"}\n', encoding="utf-8")
