@@ -29,7 +29,7 @@ LINEAGE_TAGS = (
 METRIC_TAG_PREFIX = "metric."
 # Metrics shown by `copyflow status` and copied to version tags, per family.
 KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "preference": ("auc", "auc_ci_low", "auc_ci_high", "logloss", "ece", "pr_auc"),
+    "preference": ("auc", "auc_ci_low", "auc_ci_high", "logloss", "ece", "pr_auc", "copy_choice_lift"),
     "generator": ("bleu4", "rougeL", "distinct2", "distinct2_vs_human", "hallucination_rate", "unlisted_rate", "ad_law_violations"),
     "effect": (),
 }

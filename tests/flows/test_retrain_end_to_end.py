@@ -64,6 +64,8 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
 
     users = pd.read_parquet(cfg.stage_dir("clean") / "users.parquet")["user_id"]
     products = pd.read_parquet(cfg.stage_dir("clean") / "products.parquet")["product_id"]
+    shown = runner.invoke(app, ["status"])  # the copy-choice lift beside the AUC, for comparing releases
+    assert shown.exit_code == 0 and "copy_choice_lift" in shown.output, shown.output
     generated = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--n", "2"])
     assert generated.exit_code == 0, generated.output
     assert "generator: release 1 (champion)" in generated.output
