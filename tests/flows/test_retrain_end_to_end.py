@@ -130,6 +130,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     from components.data.privacy import load_key, pseudonym
     from components.data.raw import read_raw_table
     from components.serving.app import Champion, create_app
+    from components.serving.choice import choice_probabilities
     from tests.conftest import free_port
 
     key = load_key(cfg)
@@ -149,9 +150,8 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     assert 1 <= body["candidates"] <= cfg.serving.candidates
     # The release's preference model chose among the candidates, epsilon-greedy (serving.choice).
     n, eps = body["candidates"], cfg.serving.exploration
-    if n > 1:
+    if n > 1:  # the propensity itself is checked against the logged scores below
         assert body["choice"] == "preference", client.get("/health").json()["choice"]
-        assert body["propensity"] in (pytest.approx(1 - eps + eps / n), pytest.approx(eps / n))
     else:
         assert (body["choice"], body["propensity"]) == ("uniform", 1.0)
     chooser = client.get("/health").json()["choice"]
@@ -171,6 +171,9 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     assert len(decision["candidate_texts"]) == n and body["copy"] in decision["candidate_texts"]
     if n > 1:
         assert len(decision["scores"]) == n and decision["scorer_version"] == chooser["preference_model"]
+        # epsilon-greedy on those scores: eps/n each, 1 - eps shared by the equal best ones
+        served_at = decision["candidate_texts"].index(body["copy"])
+        assert body["propensity"] == pytest.approx(choice_probabilities(np.array(decision["scores"]), eps)[served_at])
     assert float(events["propensity"].iloc[0]) == pytest.approx(body["propensity"])
 
     # What the choice earns on generated candidates, priced by the simulator's truth.
