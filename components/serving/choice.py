@@ -28,7 +28,6 @@ import pandas as pd
 from components.data.attributes import UNK
 
 UNIFORM, PREFERENCE = "uniform", "preference"
-STRATEGIES = (UNIFORM, PREFERENCE)
 
 
 @dataclass(frozen=True)
