@@ -5,20 +5,24 @@ The preference model scores (shopper, product, shown copy). Given the copies a p
 measures what that policy would have earned, on test impressions that had a choice
 (features/copy_options.py: the product has two or more catalog copies).
 
-Off-policy, from the logged clicks alone (any source): the logging policy drew the shown copy
-uniformly among the product's copies (the simulator does, and `copyflow serve` does among its
-candidates), so an impression where the model's choice is the copy that was shown stands for
-`n_options` impressions. The self-normalized inverse-propensity estimate of the policy's click
-rate is
+The choice is the copy server's rule without exploration (components/serving/choice.py,
+`choice_probabilities`): the best-scored option, or an even share among options with equal best
+scores (copies that mention the same values score the same).
 
-    model_ctr = sum(label * w) / sum(w),   w = n_options * [choice == shown]
+Off-policy, from the logged clicks alone (any source): the logging policy is assumed to have
+drawn the shown copy uniformly among the product's copies (the simulator does; a shop's export
+must, for the figure to hold), so an impression stands for `n_options` impressions in the share
+the choice gives its shown copy. The self-normalized inverse-propensity estimate of the
+choice's click rate is
+
+    model_ctr = sum(label * w) / sum(w),   w = n_options * P(choice = shown copy)
 
 and the logged click rate is that of a uniform choice. The interval of their ratio comes from a
 shopper-cluster bootstrap (components/evaluation/preference.py). A shop whose copies were not
 shown uniformly gets a biased estimate: this evaluation assumes uniform logging, and checks it
 as far as the data allow. The choice does not depend on which copy was shown, so under uniform
 logging it matches the shown copy with probability 1/n_options; `copy_choice_match_z` is the
-matches' distance from that expectation in standard deviations, and beyond
+(expected) matches' distance from that expectation in standard deviations, and beyond
 UNIFORM_LOGGING_MAX_Z the report says the logging does not look uniform.
 
 For the simulated source the click probability of every option is known exactly (the simulator's
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 
 from components.data.advertisegen import mentioned_values
 from components.evaluation.preference import Interval, _interval, bootstrap_indices
@@ -48,8 +53,8 @@ UNIFORM_LOGGING_MAX_Z = 4.0
 class CopyChoice:
     """One row per option of each evaluated impression (`option_frame`) and the choice made."""
 
-    options: pd.DataFrame   # event_id, copy_id, n_options, shown, score, chosen (+ option features)
-    impressions: pd.DataFrame  # event_id, user_id, n_options, label, chosen_is_shown
+    options: pd.DataFrame   # event_id, copy_id, n_options, shown, score, share (+ option features)
+    impressions: pd.DataFrame  # event_id, user_id, n_options, label, shown_share, share_sq_sum
 
 
 def option_frame(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
@@ -65,22 +70,23 @@ def option_frame(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose(rows: pd.DataFrame, scores: np.ndarray) -> CopyChoice:
-    """Per impression, the option with the highest score (the first of equal ones)."""
+    """Per impression, the probability the choice gives each option (`share`): 1 for the
+    best-scored one, shared evenly among equal best scores (the server's rule at exploration 0)."""
     scores = np.asarray(scores, dtype=np.float64)
     if np.isnan(scores).any():
         raise ValueError(f"{int(np.isnan(scores).sum())} of {len(scores)} option scores are NaN: the model is broken")
     rows = rows.assign(score=scores).reset_index(drop=True)
-    best = rows.groupby("event_id", sort=False)["score"].idxmax()
-    rows["chosen"] = False
-    rows.loc[best.to_numpy(), "chosen"] = True
+    best = (rows["score"] == rows.groupby("event_id", sort=False)["score"].transform("max")).astype(np.float64)
+    rows["share"] = best / best.groupby(rows["event_id"], sort=False).transform("sum")
+    share_sq_sum = (rows["share"] ** 2).groupby(rows["event_id"], sort=False).sum()
     shown = rows[rows["shown"]].set_index("event_id")
-    chosen_is_shown = rows[rows["chosen"]].set_index("event_id")["shown"]
     impressions = pd.DataFrame({
         "event_id": shown.index.to_numpy(),
         "user_id": shown["user_id"].astype(str).to_numpy(),
         "n_options": shown["n_options"].to_numpy(dtype=np.float64),
         "label": shown["label"].to_numpy(dtype=np.float64),
-        "chosen_is_shown": chosen_is_shown.reindex(shown.index).to_numpy(dtype=bool),
+        "shown_share": shown["share"].to_numpy(dtype=np.float64),
+        "share_sq_sum": share_sq_sum.reindex(shown.index).to_numpy(dtype=np.float64),
     })
     return CopyChoice(options=rows, impressions=impressions)
 
@@ -95,16 +101,20 @@ def off_policy_metrics(choice: CopyChoice, n_boot: int, seed: int) -> dict[str, 
     """Logged and estimated click rates of the choice, and the lift with a 95% interval."""
     imp = choice.impressions
     label = imp["label"].to_numpy()
-    weight = imp["n_options"].to_numpy() * imp["chosen_is_shown"].to_numpy()
-    share = 1.0 / imp["n_options"].to_numpy()
-    expected, spread = share.sum(), np.sqrt((share * (1 - share)).sum())
+    n, shown_share = imp["n_options"].to_numpy(), imp["shown_share"].to_numpy()
+    weight = n * shown_share
+    # Under uniform logging the shown copy is any option with probability 1/n, so its share has
+    # mean 1/n and variance sum(share^2)/n - 1/n^2.
+    matched = shown_share.sum()
+    expected = (1.0 / n).sum()
+    spread = np.sqrt(np.clip(imp["share_sq_sum"].to_numpy() / n - 1.0 / n**2, 0.0, None).sum())
     metrics = {
         "copy_choice_impressions": float(len(imp)),
-        "copy_choice_mean_options": float(imp["n_options"].mean()) if len(imp) else float("nan"),
-        "copy_choice_matched": float(imp["chosen_is_shown"].sum()),
-        "copy_choice_match_z": float((imp["chosen_is_shown"].sum() - expected) / spread) if spread > 0 else float("nan"),
+        "copy_choice_mean_options": float(n.mean()) if len(imp) else float("nan"),
+        "copy_choice_matched": float(matched),
+        "copy_choice_match_z": float((matched - expected) / spread) if spread > 0 else float("nan"),
     }
-    if imp["chosen_is_shown"].sum() < MIN_CHOSEN_AS_SHOWN or label.sum() == 0:
+    if matched < MIN_CHOSEN_AS_SHOWN or label.sum() == 0:
         return metrics  # too few rows to estimate anything
     logged, model = _ctrs(label, weight)
     lifts = []
@@ -116,11 +126,6 @@ def off_policy_metrics(choice: CopyChoice, n_boot: int, seed: int) -> dict[str, 
 
 
 # ---------------------------------------------------------------- simulated ground truth
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return np.log(p / (1 - p))
 
 
 def true_option_probabilities(
@@ -166,9 +171,9 @@ def true_option_probabilities(
         bad = int((mentions[check] != logged_mentions).sum())
         raise ValueError(f"the clean copies disagree with the simulator's ground truth on {bad} shown copies' mentions")
     shown_mentions = pd.Series(mentions[shown], index=event[shown].to_numpy()).reindex(event).to_numpy()
-    shown_logit = _logit(truth.loc[event, "click_probability"].to_numpy(dtype=np.float64))
+    shown_logit = logit(np.clip(truth.loc[event, "click_probability"].to_numpy(dtype=np.float64), 1e-9, 1 - 1e-9))
     mentions = np.where(human, mentions, shown_mentions)
-    return 1.0 / (1.0 + np.exp(-(shown_logit + copy_mention_weight * (mentions - shown_mentions))))
+    return expit(shown_logit + copy_mention_weight * (mentions - shown_mentions))
 
 
 def true_metrics(choice: CopyChoice, probabilities: np.ndarray) -> dict[str, float]:
@@ -177,7 +182,7 @@ def true_metrics(choice: CopyChoice, probabilities: np.ndarray) -> dict[str, flo
     rows = choice.options.assign(p=probabilities)
     by_event = rows.groupby("event_id", sort=False)["p"]
     uniform, best = float(by_event.mean().mean()), float(by_event.max().mean())
-    model = float(rows.loc[rows["chosen"], "p"].mean())
+    model = float((rows["p"] * rows["share"]).groupby(rows["event_id"], sort=False).sum().mean())
     captured = (model - uniform) / (best - uniform) if best > uniform else float("nan")
     return {
         "copy_choice_true_uniform_ctr": uniform,

@@ -421,7 +421,8 @@ def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
     first = with_lift[0]
     lines = [
         "", "## Copy choice", "",
-        f"Showing each shopper the copy the model scores highest, on the {int(first['copy_choice_impressions'])} test "
+        f"Showing each shopper the copy the model scores highest (equal best scores share the choice, as in "
+        f"`copyflow serve`), on the {int(first['copy_choice_impressions'])} test "
         f"impressions whose product has two or more copies ({first['copy_choice_mean_options']:.2f} on average). "
         "Off-policy (self-normalized inverse propensity, the logged copy drawn uniformly); "
         "95% shopper-bootstrap interval.", "",
@@ -429,7 +430,7 @@ def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
     ]
     rows = [("logged click rate (uniform copy)", "copy_choice_logged_ctr", "{:.4f}"),
             ("estimated click rate, model's copy", "copy_choice_model_ctr", "{:.4f}"),
-            ("matched impressions (choice = shown)", "copy_choice_matched", "{:.0f}"),
+            ("matched impressions (choice = shown; a tie counts its share)", "copy_choice_matched", "{:.0f}"),
             ("simulator truth: uniform copy", "copy_choice_true_uniform_ctr", "{:.4f}"),
             ("simulator truth: model's copy", "copy_choice_true_model_ctr", "{:.4f}"),
             ("simulator truth: best copy", "copy_choice_true_best_ctr", "{:.4f}"),

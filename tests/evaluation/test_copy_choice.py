@@ -9,6 +9,7 @@ from components.evaluation.copy_choice import (
     true_metrics,
     true_option_probabilities,
 )
+from components.serving.choice import choice_probabilities
 
 
 def _uniformly_logged(n_users: int = 400, per_user: int = 10, seed: int = 0, share_a: float = 0.5):
@@ -62,16 +63,22 @@ def test_logging_that_was_not_uniform_shows_in_the_matches():
     assert skewed["copy_choice_match_z"] > 20
 
 
-def test_the_highest_score_is_chosen_and_the_first_of_a_tie():
+def test_the_highest_score_is_chosen_and_equal_best_scores_share_it_as_the_server_does():
     frame = pd.DataFrame({"event_id": ["e1", "e2"], "user_id": ["u1", "u2"], "copy_id": ["x", "y"], "label": [1, 0]})
     options = pd.DataFrame({"event_id": ["e1", "e1", "e1", "e2", "e2"], "copy_id": ["x", "y", "z", "x", "y"],
                             "n_options": [3, 3, 3, 2, 2], "uc_copy_pref_mentions": [0, 1, 0, 0, 0]})
-    choice = choose(option_frame(frame, options), [0.1, 0.2, 0.2, 0.3, 0.3])
-    assert choice.options.loc[choice.options["chosen"], "copy_id"].tolist() == ["y", "x"]
-    assert choice.impressions["chosen_is_shown"].tolist() == [False, False]
+    scores = [0.1, 0.2, 0.2, 0.3, 0.3]
+    choice = choose(option_frame(frame, options), scores)
+    assert choice.options["share"].tolist() == [0.0, 0.5, 0.5, 0.5, 0.5]
+    for event, group in choice.options.groupby("event_id"):  # the server's rule, without exploration
+        assert group["share"].tolist() == choice_probabilities(group["score"].to_numpy(), exploration=0.0).tolist(), event
+    assert choice.impressions["shown_share"].tolist() == [0.0, 0.5]
     # Too few impressions where the choice is the shown copy: no estimate, only the counts.
     metrics = off_policy_metrics(choice, n_boot=50, seed=0)
-    assert metrics["copy_choice_matched"] == 0 and "copy_choice_model_ctr" not in metrics
+    assert metrics["copy_choice_matched"] == 0.5 and "copy_choice_model_ctr" not in metrics
+    # In the truth, a shared choice earns the mean of the tied options.
+    truth = true_metrics(choice, np.array([0.1, 0.2, 0.4, 0.3, 0.5]))
+    assert truth["copy_choice_true_model_ctr"] == pytest.approx((0.3 + 0.4) / 2)
 
 
 def test_options_replace_the_shown_copys_features():
