@@ -30,12 +30,14 @@ import pandas as pd
 from components.config import Config, load_config
 
 GENERATED = "generated-candidate"
+BOOTSTRAP = 2000  # resamples of the requests
 
 
 def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.data.schema import load_table
     from components.data.source import read_ground_truth
     from components.evaluation.copy_choice import simulator_copy_weight, true_option_probabilities
+    from components.evaluation.preference import _interval, bootstrap_indices
     from components.models.generator.api import load_generator
     from components.models.preference.api import load_preference
     from components.serving.choice import choice_probabilities, preference_scores
@@ -90,12 +92,9 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     frame = pd.DataFrame(rows)
     uniform, pick, best = frame["uniform"].mean(), frame["pick"].mean(), frame["best"].mean()
     greedy = frame["served"].mean()
-    rng = np.random.default_rng(seed)
-    lifts = []
-    for _ in range(2000):
-        sample = frame.iloc[rng.integers(0, len(frame), len(frame))]
-        lifts.append(sample["pick"].mean() / sample["uniform"].mean() - 1)
-    low, high = np.percentile(lifts, [2.5, 97.5])
+    pick_rate, uniform_rate = frame["pick"].to_numpy(), frame["uniform"].to_numpy()
+    lift = _interval(pick / uniform - 1, [pick_rate[rows].mean() / uniform_rate[rows].mean() - 1
+                                          for rows in bootstrap_indices(len(frame), BOOTSTRAP, seed)])
     return {
         "profile": cfg.profile,
         "requests": len(frame),
@@ -106,7 +105,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
         "ctr_epsilon_greedy": float(greedy),
         "ctr_best": float(best),
         "lift_pick": float(pick / uniform - 1),
-        "lift_pick_ci": [float(low), float(high)],
+        "lift_pick_ci": [lift.low, lift.high],
         "lift_epsilon_greedy": float(greedy / uniform - 1),
         "gap_closed": float((pick - uniform) / (best - uniform)) if best > uniform else float("nan"),
         "scoring_ms_p50": float(np.median(scoring_ms)),
