@@ -52,7 +52,10 @@ class ShopperData:
 
         clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
         products = load_products(clean)
-        affinity = pd.read_parquet(features / "user_affinity.parquet", columns=["user_id", "attr_key", "attr_value", "affinity"])
+        files = FeatureFiles.load(features) if with_features else None
+        # With the features in memory, their affinity table (indexed by shopper) is the one read.
+        affinity = files.user_affinity if files is not None and files.user_affinity is not None else pd.read_parquet(
+            features / "user_affinity.parquet", columns=["user_id", "attr_key", "attr_value", "affinity"])
         population = pd.read_parquet(features / "population_affinity.parquet", columns=["attr_key", "attr_value", "affinity"])
         return cls(
             clean_dir=clean,
@@ -61,7 +64,7 @@ class ShopperData:
             affinity=affinity,
             population=population.rename(columns={"affinity": "affinity_population"}),
             key=load_key(cfg),
-            features=FeatureFiles.load(features) if with_features else None,
+            features=files,
         )
 
     def resolve_user_id(self, user: str) -> str:
@@ -92,8 +95,9 @@ class ShopperData:
         """key#value -> how much more this shopper clicks the value than shoppers overall
         (their click share over the population's, as of the end of the data). A share alone is not
         comparable across keys: a key with two values gives every value a share near 0.5."""
-        mine = self.affinity[self.affinity["user_id"] == user_id]
-        merged = mine.merge(self.population, on=["attr_key", "attr_value"])
+        # Indexed look-up when the features are in memory (the server); one scan otherwise (a CLI call).
+        mine = self.features.affinities(user_id) if self.features is not None else self.affinity[self.affinity["user_id"] == user_id]
+        merged = mine[["user_id", "attr_key", "attr_value", "affinity"]].merge(self.population, on=["attr_key", "attr_value"])
         lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
         return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
 
