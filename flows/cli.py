@@ -434,6 +434,7 @@ def serve(
 
     from components.models.generator.model import BrokenModel
     from components.serving.app import Champion, create_app
+    from components.serving.choice import PREFERENCE
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
@@ -446,7 +447,7 @@ def serve(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     scorer, choosing = None, "a uniform draw among the candidates"
-    if cfg.serving.choice == "preference":
+    if cfg.serving.choice == PREFERENCE:  # loaded before listening too, so the first line says which
         scorer = Champion(cfg, "preference")
         try:
             choosing = f"the preference model of {scorer.current().origin}, exploration {cfg.serving.exploration}"
