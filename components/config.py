@@ -87,9 +87,21 @@ class PrivacyConfig(Section):
 class CleaningConfig(Section):
     price_min: float = Field(ge=0)
     price_max: float
-    bot_contamination: float = Field(gt=0, lt=0.5)
+    bot_z: float = Field(default=4.0, gt=0)  # robust z a signal must reach to count as evidence
+    bot_min_signals: int = Field(default=2, ge=1, le=3)  # of volume, pace and click rate
     bot_min_impressions: int = Field(ge=0)
     bot_filter: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bot_share(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bot_contamination" in data:
+            raise ValueError(
+                "cleaning.bot_contamination is gone: bots are no longer a fixed share of shoppers (it removed a shop's "
+                "heaviest real customers, or missed bots beyond the share). Delete it; bot_z and bot_min_signals set "
+                "the evidence a user must show (docs/schema.md, 'Bots')"
+            )
+        return data
 
     @model_validator(mode="after")
     def _price_range(self) -> CleaningConfig:

@@ -38,6 +38,8 @@ def test_every_profile_loads(profile):
         ({"preference": {"models": ["deep", "deep"]}}, "lists a model twice"),
         ({"preference": {"hidden": [64, 0]}}, "hidden"),
         ({"generator": {"max_steps": 0}}, "would train nothing"),
+        ({"cleaning": {"bot_contamination": 0.02}}, "bot_contamination is gone"),  # a params file from before bot_z
+        ({"cleaning": {"bot_min_signals": 4}}, "bot_min_signals"),
         ({"generator": {"max_steps": -7}}, "max_steps"),
         ({"simulator": {"start_date": "yesterday"}}, "'yesterday' is not an ISO 8601 date"),
         ({"validation": {"min_timestamp": "not-a-date"}}, "'not-a-date' is not an ISO 8601 date"),

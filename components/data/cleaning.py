@@ -9,12 +9,18 @@ Steps, in order (counts land in summary.json under `removed` and `imputed`):
    rows whose identity or meaning is lost are dropped; descriptive columns are imputed.
 3. Out-of-range prices (outside cfg.cleaning.price_min..price_max, e.g. 0 or 999999) are data
    entry errors: they are replaced like a missing price (category median of valid prices).
-4. Bots: an IsolationForest over per-user activity features (impressions per active day,
-   clicks, CTR, inter-event gaps, ...) flags anomalous users; only users with at least
-   cfg.cleaning.bot_min_impressions impressions can be flagged (a light user is never a bot
-   here), and flagged users and all their events are removed. bot_users.csv lists them.
-   cfg.cleaning.bot_filter: false turns this off where "users" are not people (OBD's
-   pseudo-users are segments of shoppers sharing features, so their volume is no bot signal).
+4. Bots: each user's activity is compared with the population's on three signals, as robust
+   z-scores (distance from the median in units of the scaled MAD, so the bots being scored
+   cannot hide themselves by inflating the spread): volume (impressions per active day, log),
+   pace (median seconds between events, log; faster = higher) and click rate (either way: click
+   farms click far more than people, crawlers never). A user with at least
+   cfg.cleaning.bot_min_impressions impressions on whom at least cfg.cleaning.bot_min_signals
+   signals reach cfg.cleaning.bot_z is a bot; flagged users and all their events are removed,
+   and bot_users.csv lists them with each signal's z. The rule is a level of evidence, not a
+   share: a shop with no bots loses no shopper, and one with many loses them all. Volume alone
+   never suffices (a shop's best customers are heavy users). cfg.cleaning.bot_filter: false
+   turns this off where "users" are not people (OBD's pseudo-users are segments of shoppers
+   sharing features, so their volume is no bot signal).
 5. Referential integrity: events whose user, product or copy no longer exists are dropped,
    as are copies of removed products.
 6. k-anonymity over cfg.privacy.quasi_identifiers is reported (smallest group size, users in
@@ -28,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
+from scipy.stats import median_abs_deviation
 
 from components.config import Config
 from components.data.attributes import category_of
@@ -149,7 +155,8 @@ def clean_users(users: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame
 
 
 def user_activity(events: pd.DataFrame) -> pd.DataFrame:
-    """Per-user activity features for bot detection (one row per user with any event)."""
+    """Per-user activity features for bot detection (one row per user with any event).
+    median_gap_seconds is NaN for a user with one event: no pace to judge."""
     ev = events[["user_id", "event_type", "timestamp", "product_id"]].sort_values(["user_id", "timestamp"])
     seconds = (ev["timestamp"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     gap = seconds.groupby(ev["user_id"].to_numpy()).diff()
@@ -160,7 +167,7 @@ def user_activity(events: pd.DataFrame) -> pd.DataFrame:
     clicks = counts.get("click", pd.Series(0, index=counts.index))
     purchases = counts.get("purchase", pd.Series(0, index=counts.index))
     active_days = grouped["day"].nunique()
-    features = pd.DataFrame(
+    return pd.DataFrame(
         {
             "impressions": impressions,
             "clicks": clicks,
@@ -168,33 +175,45 @@ def user_activity(events: pd.DataFrame) -> pd.DataFrame:
             "purchase_per_click": purchases / clicks.clip(lower=1),
             "active_days": active_days,
             "impressions_per_active_day": impressions / active_days.clip(lower=1),
-            "median_gap_seconds": grouped["gap"].median().fillna(0.0),
+            "median_gap_seconds": grouped["gap"].median(),
             "distinct_products_share": grouped["product_id"].nunique() / grouped.size(),
         }
     )
-    return features.fillna(0.0)
+
+
+def robust_z(values: pd.Series) -> pd.Series:
+    """(value - median) / scaled MAD over the defined values; 0 where the spread is 0 (no
+    evidence either way), NaN where the value is NaN."""
+    defined = values.dropna()
+    if defined.empty:
+        return values * np.nan
+    scale = median_abs_deviation(defined, scale="normal")
+    if not scale > 0:
+        return values.where(values.isna(), 0.0)
+    return (values - defined.median()) / scale
+
+
+def bot_signals(features: pd.DataFrame) -> pd.DataFrame:
+    """Each signal's z in the direction a bot deviates (higher = more bot-like)."""
+    return pd.DataFrame(
+        {
+            "z_volume": robust_z(np.log1p(features["impressions_per_active_day"])),
+            "z_pace": -robust_z(np.log1p(features["median_gap_seconds"])),
+            "z_click_rate": robust_z(features["ctr"]).abs(),
+        },
+        index=features.index,
+    )
 
 
 def detect_bots(events: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """IsolationForest over log-scaled activity features; returns features + score + is_bot."""
+    """Activity features, each signal's z, how many reach cfg.cleaning.bot_z, and is_bot."""
     features = user_activity(events)
-    if not cfg.cleaning.bot_filter or len(features) < 2:
-        return features.assign(anomaly_score=0.0, is_bot=False)
-    x = np.column_stack(
-        [
-            np.log1p(features["impressions_per_active_day"]),
-            np.log1p(features["clicks"]),
-            features["ctr"],
-            features["purchase_per_click"],
-            np.log1p(features["median_gap_seconds"]),
-            features["distinct_products_share"],
-        ]
-    )
-    forest = IsolationForest(n_estimators=100, contamination=cfg.cleaning.bot_contamination, random_state=cfg.seed)
-    flagged = forest.fit_predict(x) == -1
-    eligible = features["impressions"].to_numpy() >= cfg.cleaning.bot_min_impressions
-    # score_samples: lower = more anomalous (kept for the audit file)
-    return features.assign(anomaly_score=forest.score_samples(x), is_bot=flagged & eligible)
+    if not cfg.cleaning.bot_filter or features.empty:
+        return features.assign(signals=0, is_bot=False)
+    z = bot_signals(features)
+    signals = (z >= cfg.cleaning.bot_z).sum(axis=1)  # NaN (no pace to judge) never counts
+    eligible = features["impressions"] >= cfg.cleaning.bot_min_impressions
+    return pd.concat([features, z.round(2)], axis=1).assign(signals=signals, is_bot=eligible & (signals >= cfg.cleaning.bot_min_signals))
 
 
 def drop_dangling(
@@ -220,11 +239,14 @@ def drop_dangling(
 def bot_detection_report(activity: pd.DataFrame, cfg: Config) -> dict[str, Any]:
     bots = activity[activity["is_bot"]]
     return {
-        "method": "IsolationForest" if cfg.cleaning.bot_filter else "disabled (cleaning.bot_filter: false)",
-        "contamination": cfg.cleaning.bot_contamination,
+        "method": "robust z on volume, pace and click rate" if cfg.cleaning.bot_filter else "disabled (cleaning.bot_filter: false)",
+        "z": cfg.cleaning.bot_z,
+        "min_signals": cfg.cleaning.bot_min_signals,
         "min_impressions": cfg.cleaning.bot_min_impressions,
         "users_scored": int(len(activity)),
         "users_flagged": int(len(bots)),
+        # eligible users one signal short of a bot: where to look if bots slip through
+        "users_one_signal_short": int(((activity["signals"] == cfg.cleaning.bot_min_signals - 1) & (activity["impressions"] >= cfg.cleaning.bot_min_impressions)).sum()) if cfg.cleaning.bot_filter else 0,
         "flagged_impressions": int(bots["impressions"].sum()),
     }
 
