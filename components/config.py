@@ -90,6 +90,9 @@ class CleaningConfig(Section):
     bot_z: float = Field(default=4.0, gt=0)  # robust z a signal must reach to count as evidence
     bot_min_signals: int = Field(default=2, ge=1, le=3)  # of volume, pace and click rate
     bot_min_impressions: int = Field(ge=0)
+    bot_reference_min_impressions: int = Field(default=20, ge=1)  # the yardstick: users with at least this many
+    bot_min_reference_users: int = Field(default=30, ge=3)  # fewer such users: no yardstick, nobody flagged
+    bot_session_gap_minutes: float = Field(default=30.0, gt=0)  # pace counts gaps up to this (a longer one is a new visit)
     bot_filter: bool = True
 
     @model_validator(mode="before")

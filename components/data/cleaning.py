@@ -9,18 +9,18 @@ Steps, in order (counts land in summary.json under `removed` and `imputed`):
    rows whose identity or meaning is lost are dropped; descriptive columns are imputed.
 3. Out-of-range prices (outside cfg.cleaning.price_min..price_max, e.g. 0 or 999999) are data
    entry errors: they are replaced like a missing price (category median of valid prices).
-4. Bots: each user's activity is compared with the population's on three signals, as robust
-   z-scores (distance from the median in units of the scaled MAD, so the bots being scored
-   cannot hide themselves by inflating the spread): volume (impressions per active day, log),
-   pace (median seconds between events, log; faster = higher) and click rate (either way: click
-   farms click far more than people, crawlers never). A user with at least
-   cfg.cleaning.bot_min_impressions impressions on whom at least cfg.cleaning.bot_min_signals
-   signals reach cfg.cleaning.bot_z is a bot; flagged users and all their events are removed,
-   and bot_users.csv lists them with each signal's z. The rule is a level of evidence, not a
-   share: a shop with no bots loses no shopper, and one with many loses them all. Volume alone
-   never suffices (a shop's best customers are heavy users). cfg.cleaning.bot_filter: false
-   turns this off where "users" are not people (OBD's pseudo-users are segments of shoppers
-   sharing features, so their volume is no bot signal).
+4. Bots: each user's activity is compared with that of the users with at least
+   cfg.cleaning.bot_reference_min_impressions impressions on three signals, as robust z-scores
+   (distance from the median in units of the scaled MAD): volume (impressions per active day,
+   log), pace (median gap between distinct timestamps within a visit, log; faster = higher) and
+   click rate (either way). A user with at least cfg.cleaning.bot_min_impressions impressions on
+   whom at least cfg.cleaning.bot_min_signals signals reach cfg.cleaning.bot_z is a bot; flagged
+   users and all their events are removed, and bot_users.csv lists them with each signal's z.
+   The rule is a level of evidence, not a share: a shop with no bots loses no shopper. Volume
+   alone never suffices at the default of two signals (a shop's best customers are heavy users).
+   It holds while bots are a minority of the reference users (docs/schema.md, "Bots").
+   cfg.cleaning.bot_filter: false turns this off where "users" are not people (OBD's
+   pseudo-users are segments of shoppers sharing features, so their volume is no bot signal).
 5. Referential integrity: events whose user, product or copy no longer exists are dropped,
    as are copies of removed products.
 6. k-anonymity over cfg.privacy.quasi_identifiers is reported (smallest group size, users in
@@ -154,13 +154,21 @@ def clean_users(users: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame
     return users, removed, imputed
 
 
-def user_activity(events: pd.DataFrame) -> pd.DataFrame:
+def user_activity(events: pd.DataFrame, session_gap_seconds: float) -> pd.DataFrame:
     """Per-user activity features for bot detection (one row per user with any event).
-    median_gap_seconds is NaN for a user with one event: no pace to judge."""
+
+    median_gap_seconds is the pace of browsing: the median gap between the user's consecutive
+    distinct timestamps within a session (gaps up to session_gap_seconds). Distinct, because a
+    shop may stamp a page's impressions with the page's load time; within a session, because the
+    hours between two visits say nothing about how fast a person reads. NaN where no such gap
+    exists (one event, or one event per visit): no pace to judge. ctr is NaN without impressions."""
     ev = events[["user_id", "event_type", "timestamp", "product_id"]].sort_values(["user_id", "timestamp"])
-    seconds = (ev["timestamp"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    gap = seconds.groupby(ev["user_id"].to_numpy()).diff()
-    ev = ev.assign(gap=gap.to_numpy(), day=ev["timestamp"].dt.floor("D"))
+    stamps = ev[["user_id", "timestamp"]].drop_duplicates()
+    seconds = (stamps["timestamp"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    gaps = seconds.groupby(stamps["user_id"].to_numpy()).diff()
+    in_session = gaps.where(gaps <= session_gap_seconds)
+    pace = in_session.groupby(stamps["user_id"].to_numpy()).median()
+    ev = ev.assign(day=ev["timestamp"].dt.floor("D"))
     grouped = ev.groupby("user_id")
     counts = pd.crosstab(ev["user_id"], ev["event_type"])
     impressions = counts.get("impression", pd.Series(0, index=counts.index))
@@ -171,49 +179,80 @@ def user_activity(events: pd.DataFrame) -> pd.DataFrame:
         {
             "impressions": impressions,
             "clicks": clicks,
-            "ctr": clicks / impressions.clip(lower=1),
+            "ctr": (clicks / impressions).where(impressions > 0),
             "purchase_per_click": purchases / clicks.clip(lower=1),
             "active_days": active_days,
             "impressions_per_active_day": impressions / active_days.clip(lower=1),
-            "median_gap_seconds": grouped["gap"].median(),
+            "median_gap_seconds": pace.reindex(counts.index),
             "distinct_products_share": grouped["product_id"].nunique() / grouped.size(),
         }
     )
 
 
-def robust_z(values: pd.Series) -> pd.Series:
-    """(value - median) / scaled MAD over the defined values; 0 where the spread is 0 (no
-    evidence either way), NaN where the value is NaN."""
-    defined = values.dropna()
-    if defined.empty:
-        return values * np.nan
-    scale = median_abs_deviation(defined, scale="normal")
-    if not scale > 0:
-        return values.where(values.isna(), 0.0)
-    return (values - defined.median()) / scale
+# Iglewicz and Hoaglin's stand-in for the scaled MAD where over half the values are equal
+MEAN_ABSOLUTE_DEVIATION_SCALE = 1.2533
 
 
-def bot_signals(features: pd.DataFrame) -> pd.DataFrame:
-    """Each signal's z in the direction a bot deviates (higher = more bot-like)."""
+def robust_scale(reference: pd.Series) -> tuple[float, float]:
+    """(median, spread) of the defined values: the MAD scaled to a normal's standard deviation,
+    or where it is 0 (over half the values equal) the scaled mean absolute deviation; spread 0
+    only when every value is equal, NaN when none is defined."""
+    defined = reference.dropna().to_numpy(dtype=float)
+    if defined.size == 0:
+        return float("nan"), float("nan")
+    median = float(np.median(defined))
+    spread = float(median_abs_deviation(defined, scale="normal"))
+    if spread == 0:
+        spread = MEAN_ABSOLUTE_DEVIATION_SCALE * float(np.mean(np.abs(defined - median)))
+    return median, spread
+
+
+def robust_z(values: pd.Series, reference: pd.Series | None = None) -> pd.Series:
+    """(value - median) / spread (`robust_scale` of `reference`, default the values themselves);
+    0 where the reference has no spread (no evidence either way), NaN where the value is NaN."""
+    median, spread = robust_scale(values if reference is None else reference)
+    if not spread > 0:
+        return values.where(values.isna(), 0.0).astype(float)
+    return (values - median) / spread
+
+
+BOT_SIGNALS = ("z_volume", "z_pace", "z_click_rate")
+
+
+def bot_signals(features: pd.DataFrame, reference: pd.Series) -> pd.DataFrame:
+    """Each signal's z in the direction a bot deviates (higher = more bot-like), against the
+    users marked in `reference` (bool, aligned with features)."""
+    volume = np.log1p(features["impressions_per_active_day"])
+    pace = np.log1p(features["median_gap_seconds"])
+    ctr = features["ctr"]
     return pd.DataFrame(
         {
-            "z_volume": robust_z(np.log1p(features["impressions_per_active_day"])),
-            "z_pace": -robust_z(np.log1p(features["median_gap_seconds"])),
-            "z_click_rate": robust_z(features["ctr"]).abs(),
+            "z_volume": robust_z(volume, volume[reference]),
+            "z_pace": -robust_z(pace, pace[reference]),
+            "z_click_rate": robust_z(ctr, ctr[reference]).abs(),
         },
         index=features.index,
     )
 
 
 def detect_bots(events: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Activity features, each signal's z, how many reach cfg.cleaning.bot_z, and is_bot."""
-    features = user_activity(events)
-    if not cfg.cleaning.bot_filter or features.empty:
-        return features.assign(signals=0, is_bot=False)
-    z = bot_signals(features)
-    signals = (z >= cfg.cleaning.bot_z).sum(axis=1)  # NaN (no pace to judge) never counts
-    eligible = features["impressions"] >= cfg.cleaning.bot_min_impressions
-    return pd.concat([features, z.round(2)], axis=1).assign(signals=signals, is_bot=eligible & (signals >= cfg.cleaning.bot_min_signals))
+    """Activity features, each signal's z, how many reach cfg.cleaning.bot_z, and is_bot.
+
+    The yardstick is the users with at least cfg.cleaning.bot_reference_min_impressions
+    impressions: a light user's click rate and pace are noise (1 impression, 0 or 1 click), and
+    in a real shop light users are the majority. With fewer than
+    cfg.cleaning.bot_min_reference_users of them there is no yardstick, and nobody is flagged."""
+    c = cfg.cleaning
+    features = user_activity(events, c.bot_session_gap_minutes * 60)
+    if not c.bot_filter or features.empty:
+        return features.assign(**dict.fromkeys(BOT_SIGNALS, np.nan), reference=False, signals=0, is_bot=False)
+    reference = features["impressions"] >= c.bot_reference_min_impressions
+    if int(reference.sum()) < c.bot_min_reference_users:
+        return features.assign(**dict.fromkeys(BOT_SIGNALS, np.nan), reference=reference, signals=0, is_bot=False)
+    z = bot_signals(features, reference)
+    signals = (z >= c.bot_z).sum(axis=1)  # NaN (no pace to judge) never counts
+    eligible = features["impressions"] >= c.bot_min_impressions
+    return pd.concat([features, z.round(2)], axis=1).assign(reference=reference, signals=signals, is_bot=eligible & (signals >= c.bot_min_signals))
 
 
 def drop_dangling(
@@ -237,17 +276,33 @@ def drop_dangling(
 
 
 def bot_detection_report(activity: pd.DataFrame, cfg: Config) -> dict[str, Any]:
+    c = cfg.cleaning
     bots = activity[activity["is_bot"]]
+    reference_users = int(activity["reference"].sum()) if "reference" in activity else 0
+    if not c.bot_filter:
+        method = "disabled (cleaning.bot_filter: false)"
+    elif reference_users < c.bot_min_reference_users:
+        method = f"skipped: {reference_users} users with >= {c.bot_reference_min_impressions} impressions, fewer than bot_min_reference_users ({c.bot_min_reference_users})"
+    else:
+        method = "robust z on volume, pace and click rate"
+    scored = method.startswith("robust")
+    eligible = activity["impressions"] >= c.bot_min_impressions
     return {
-        "method": "robust z on volume, pace and click rate" if cfg.cleaning.bot_filter else "disabled (cleaning.bot_filter: false)",
-        "z": cfg.cleaning.bot_z,
-        "min_signals": cfg.cleaning.bot_min_signals,
-        "min_impressions": cfg.cleaning.bot_min_impressions,
+        "method": method,
+        "z": c.bot_z,
+        "min_signals": c.bot_min_signals,
+        "min_impressions": c.bot_min_impressions,
+        "reference_users": reference_users,
         "users_scored": int(len(activity)),
         "users_flagged": int(len(bots)),
-        # eligible users one signal short of a bot: where to look if bots slip through
-        "users_one_signal_short": int(((activity["signals"] == cfg.cleaning.bot_min_signals - 1) & (activity["impressions"] >= cfg.cleaning.bot_min_impressions)).sum()) if cfg.cleaning.bot_filter else 0,
         "flagged_impressions": int(bots["impressions"].sum()),
+        # eligible users one signal short of a bot: where to look if bots slip through
+        "users_one_signal_short": int((eligible & (activity["signals"] == c.bot_min_signals - 1)).sum()) if scored and c.bot_min_signals > 1 else None,
+        # a signal with no spread among the reference users can flag nobody
+        "signals_without_spread": [
+            name for name, column in (("volume", "impressions_per_active_day"), ("pace", "median_gap_seconds"), ("click_rate", "ctr"))
+            if scored and not robust_scale(activity.loc[activity["reference"], column])[1] > 0
+        ],
     }
 
 

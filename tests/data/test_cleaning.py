@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data.cleaning import clean_events, detect_bots, run_clean
+from components.data.cleaning import bot_detection_report, bot_signals, clean_events, detect_bots, robust_z, run_clean
 from components.data.ingest import run_ingest
 from components.data.privacy import k_anonymity, load_key, pseudonymize
 from components.data.schema import load_all
@@ -83,16 +83,24 @@ def test_bots_are_caught(make_cfg):
     assert not set(load_all(cfg.stage_dir("clean"))["users"]["user_id"]) & flagged
 
 
-def activity_world(seed: int = 0) -> pd.DataFrame:
-    """200 shoppers over 10 days: 10-40 impressions on each active day, 3-12 s apart, about 7% clicked."""
+def activity_world(seed: int = 0, light_users: int = 0, page_stamped: tuple[str, ...] = ()) -> pd.DataFrame:
+    """200 shoppers over 10 days: 10-40 impressions on each active day, 3-12 s apart, about 7%
+    clicked; a heavy real customer, a crawler, a click farm, a one-event visitor; optionally
+    `light_users` who come 1-3 times for one product each (most of a real shop's users), and
+    users whose impressions are stamped with their page's load time (10 per page)."""
     rng = np.random.default_rng(seed)
     rows = []
+    start = pd.Timestamp("2026-03-01", tz="UTC")
 
     def add(user, days, per_day, gap, ctr, products=300):
         for day in range(days):
-            t = pd.Timestamp("2026-03-01", tz="UTC") + pd.Timedelta(days=day, hours=int(rng.integers(8, 20)))
-            for _ in range(per_day):
-                t += pd.Timedelta(seconds=float(gap()))
+            t = start + pd.Timedelta(days=day, hours=int(rng.integers(8, 20)))
+            for i in range(per_day):
+                step = float(gap())  # drawn either way: page stamping changes no other user's draws
+                if user not in page_stamped:
+                    t += pd.Timedelta(seconds=step)
+                elif i % 10 == 0:
+                    t += pd.Timedelta(seconds=10 * step)
                 product = f"p{int(rng.integers(products))}"
                 rows.append((user, product, "impression", t))
                 if rng.random() < ctr:
@@ -101,10 +109,37 @@ def activity_world(seed: int = 0) -> pd.DataFrame:
     for i in range(200):
         add(f"u{i}", int(rng.integers(3, 11)), int(rng.integers(10, 40)), lambda: 3 + rng.exponential(5), rng.uniform(0.03, 0.12))
     add("best_customer", 10, 150, lambda: 3 + rng.exponential(5), 0.08)  # heavy, but a person's pace and clicks
-    add("crawler", 10, 150, lambda: 0.2 + rng.exponential(0.5), 0.0)  # fast and never clicks
+    add("crawler", 10, 250, lambda: 0.2 + rng.exponential(0.5), 0.0)  # fast and never clicks
     add("click_farm", 10, 60, lambda: 1 + rng.exponential(0.5), 0.6)
-    rows.append(("one_event", "p1", "impression", pd.Timestamp("2026-03-02", tz="UTC")))
+    for i in range(light_users):
+        for _ in range(int(rng.integers(1, 4))):
+            t = start + pd.Timedelta(seconds=float(rng.uniform(0, 10 * 86400)))
+            rows.append((f"light{i}", f"p{int(rng.integers(300))}", "impression", t))
+            if rng.random() < 0.05:
+                rows.append((f"light{i}", "p1", "click", t + pd.Timedelta(seconds=2)))
+    rows.append(("one_event", "p1", "impression", start + pd.Timedelta(days=1)))
     return pd.DataFrame(rows, columns=["user_id", "product_id", "event_type", "timestamp"])
+
+
+def test_robust_z_is_the_distance_from_the_median_in_scaled_mads():
+    z = robust_z(pd.Series([1.0, 2.0, 3.0, 4.0, 100.0, np.nan]))
+    assert z.iloc[2] == 0 and np.isclose(z.iloc[4], 97 / 1.4826) and np.isnan(z.iloc[5])
+    # over half the values equal (most shoppers never click): the MAD is 0, the scaled mean
+    # absolute deviation stands in, so the outlier still stands out
+    z = robust_z(pd.Series([0.0] * 6 + [0.9]))
+    assert np.isclose(z.iloc[6], 0.9 / (1.2533 * 0.9 / 7)) and (z.iloc[:6] == 0).all()
+    assert (robust_z(pd.Series([5.0] * 4)) == 0).all()  # no spread at all: no evidence
+    assert robust_z(pd.Series([np.nan, np.nan])).isna().all()
+    # against a reference population: the reference's median and spread
+    assert np.isclose(robust_z(pd.Series([10.0]), reference=pd.Series([1.0, 2.0, 3.0])).iloc[0], 8 / 1.4826)
+
+
+def test_a_click_rate_far_below_everyone_elses_is_evidence_too():
+    features = pd.DataFrame(
+        {"impressions_per_active_day": [20.0] * 41, "median_gap_seconds": [6.0] * 41, "ctr": [0.1 + 0.002 * (i % 5) for i in range(40)] + [0.0]}
+    )
+    z = bot_signals(features, pd.Series(True, index=features.index))
+    assert z["z_click_rate"].iloc[-1] >= 4 and z["z_click_rate"].iloc[:-1].max() < 4
 
 
 def test_bots_need_several_signals_and_no_share_is_removed(make_cfg):
@@ -116,14 +151,41 @@ def test_bots_need_several_signals_and_no_share_is_removed(make_cfg):
     best = activity.loc["best_customer"]
     assert best["z_volume"] >= cfg.cleaning.bot_z and best["signals"] == 1 and not best["is_bot"]
     assert activity.loc["crawler", ["z_volume", "z_pace"]].ge(cfg.cleaning.bot_z).all()
-    # One event: no pace to judge (NaN never counts as evidence).
-    assert pd.isna(activity.loc["one_event", "z_pace"]) and activity.loc["one_event", "signals"] <= 1
+    # One event: no pace to judge (NaN never counts as evidence), and nothing else stands out.
+    assert pd.isna(activity.loc["one_event", "z_pace"]) and activity.loc["one_event", "signals"] == 0
+    report = bot_detection_report(activity, cfg)
+    assert report["users_flagged"] == 2 and report["users_one_signal_short"] == 1  # best_customer
+    assert report["signals_without_spread"] == []
     # Without bots nobody is removed: the rule is a level of evidence, not a share of shoppers.
     clean = detect_bots(events[~events["user_id"].isin(["crawler", "click_farm"])], cfg)
     assert not clean["is_bot"].any()
     # Each of these bots shows two of the three signals: asking for all three spares both.
     strict = detect_bots(events, make_cfg(cleaning={"bot_min_impressions": 100, "bot_min_signals": 3}))
     assert activity.loc[["crawler", "click_farm"], "signals"].eq(2).all() and not strict["is_bot"].any()
+    one = make_cfg(cleaning={"bot_min_impressions": 100, "bot_min_signals": 1})
+    assert bot_detection_report(detect_bots(events, one), one)["users_one_signal_short"] is None
+
+
+def test_light_users_and_page_stamped_logs_do_not_make_real_shoppers_bots(make_cfg):
+    """A real shop: most users come once or twice for one product (their click rate is 0 or 1,
+    the gap between visits hours), and some logs stamp a page's impressions with its load time.
+    Neither may move the yardstick or read as a bot's pace."""
+    cfg = make_cfg(cleaning={"bot_min_impressions": 100})
+    events = activity_world(light_users=2000, page_stamped=("best_customer", "u0", "u1"))
+    activity = detect_bots(events, cfg)
+    assert set(activity.index[activity["is_bot"]]) == {"crawler", "click_farm"}
+    assert activity["reference"].sum() < 210  # light users are no yardstick
+    assert activity.loc["best_customer", "signals"] == 1  # 10 impressions a page: not a bot's pace
+    # pace is read within a visit: the hours between a light user's visits are no pace
+    light = activity.index.str.startswith("light")
+    assert activity.loc[light, "median_gap_seconds"].max() < 1800 and not activity.loc[light, "is_bot"].any()
+
+
+def test_too_few_established_users_is_no_yardstick(make_cfg):
+    cfg = make_cfg(cleaning={"bot_min_impressions": 100, "bot_min_reference_users": 300})
+    activity = detect_bots(activity_world(), cfg)
+    report = bot_detection_report(activity, cfg)
+    assert not activity["is_bot"].any() and report["method"].startswith("skipped: 203 users")
 
 
 def test_light_users_are_never_bots_and_the_filter_can_be_off(make_cfg):
