@@ -257,6 +257,8 @@ class GeneratorConfig(Section):
     control_any_prob: float = Field(default=0.3, ge=0, le=1)
     max_focus: int = Field(default=3, gt=0)
     faithful_key_max_rate: float = Field(default=0.05, ge=0, le=1)
+    faithful_alias_max_rate: float = Field(default=0.001, ge=0, le=1)
+    faithful_alias_min_uses: int = Field(default=5, ge=1)
     max_exemplar_len: int = Field(default=100, ge=0)
     exemplar_dropout: float = Field(default=0.1, ge=0, le=1)
     exemplar_candidates: int = Field(default=3, gt=0)

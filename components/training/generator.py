@@ -73,7 +73,9 @@ def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame]) ->
         keys = {k for attrs in train["attributes"] for k in attrs}
         values = {v for attrs in train["attributes"] for vs in attrs.values() for v in vs}
         tokenizer = CopyTokenizer.train(train["summary"], keys, values, cfg.generator.tokenizer_vocab_size)
-        vocabulary = build_value_vocabulary(list(train["attributes"]), list(train["summary"]), cfg.generator.faithful_key_max_rate)
+        vocabulary = build_value_vocabulary(
+            list(train["attributes"]), list(train["summary"]), cfg.generator.faithful_key_max_rate, cfg.generator.faithful_alias_max_rate, cfg.generator.faithful_alias_min_uses
+        )
         edges = length_edges([len(t) for t in train["summary"]])
         tokenizer.save(prepared_dir)
         meta.write_text(json.dumps({"vocabulary": vocabulary.to_dict(), "length_edges": edges}, ensure_ascii=False), encoding="utf-8")
@@ -276,7 +278,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
         configure(cfg)
         run = mlflow.start_run(run_name=f"generator-{cfg.profile}", parent_run_id=parent_run_id, nested=parent_run_id is not None)
         mlflow.set_tags({"model": "generator", "profile": cfg.profile})
-        mlflow.log_params({f"generator.{k}": v for k, v in g.model_dump().items()} | {f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()} | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys)})
+        mlflow.log_params({f"generator.{k}": v for k, v in g.model_dump().items()} | {f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()} | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
     started = time.perf_counter()
     try:
         trainer.fit(module, train_loader, valid_loader)

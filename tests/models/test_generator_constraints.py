@@ -8,7 +8,7 @@ import torch
 
 from components.evaluation import text_metrics as tm
 from components.models.generator.api import Generator, TorchBackend, score_copies
-from components.models.generator.constraints import GARMENT_WORDS, LatinLexicon, TokenBlocker, ValueVocabulary, load_ad_law_words, load_latin_words
+from components.models.generator.constraints import GARMENT_WORDS, LatinLexicon, TokenBlocker, ValueVocabulary, build_value_vocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import summarize
 from tests.models.generator_fixtures import ROOT, tiny_parts
@@ -124,6 +124,49 @@ def test_a_copy_never_names_a_garment_of_another_type(parts, method):
         assert "牛仔裤" not in copy and COLOURS.contradictions(copy, denim_skirt) == [], copy
     skirt_push = make_generator(parts, [(piece(tokenizer, "牛仔"), piece(tokenizer, "裙"))], [])
     assert "牛仔裙" in skirt_push.generate(denim_skirt, decoding=method)[0]
+
+
+FABRICS = ValueVocabulary({"材质": ["牛仔布", "亚麻", "棉"], "裙型": ["牛仔裙", "a字"]}, ["材质", "裙型"], aliases={"牛仔": ["材质", "裙型"]})
+LINEN_TROUSERS = {"类型": ["裤"], "材质": ["亚麻"]}
+
+
+def test_value_aliases_are_the_short_forms_human_copies_use_as_the_value():
+    # 牛仔 is said by every copy of a denim product and by no other: an alias of 牛仔布 / 牛仔裙.
+    # 直筒 (of 直筒裤) is said of many products without it (直筒版型 for a dress): not one.
+    denim = [({"类型": ["裤"], "材质": ["牛仔布"], "裤型": ["直筒裤"]}, "这款牛仔裤采用直筒版型，百搭")] * 6
+    skirts = [({"类型": ["裙"], "材质": ["牛仔布"], "裙型": ["牛仔裙"]}, "牛仔裙，复古")] * 2
+    others = [({"类型": ["裙"], "材质": ["亚麻"], "裤型": ["阔腿裤"]}, "亚麻面料，直筒版型，清爽")] * 40
+    rows = denim + skirts + others
+    vocab = build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, alias_max_human_rate=0.001, alias_min_uses=5)
+    assert vocab.aliases == {"牛仔": ["材质", "裙型"]}
+    # one other product saying 牛仔 in 41 is above 0.001: no longer an alias; nor below min_uses
+    rows_one_more = rows + [({"类型": ["裙"], "材质": ["亚麻"]}, "牛仔风")]
+    assert build_value_vocabulary([a for a, _ in rows_one_more], [t for _, t in rows_one_more], 0.05).aliases == {}
+    assert build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, alias_min_uses=9).aliases == {}
+    # the vocabulary round-trips with its aliases; one saved before them reads as "unknown"
+    assert ValueVocabulary.from_dict(vocab.to_dict()).aliases == vocab.aliases
+    assert ValueVocabulary.from_dict({"values_by_key": {}, "factual_keys": []}).aliases is None
+
+
+def test_an_alias_counts_as_its_value():
+    # 亚麻牛仔面料 for linen trousers: 牛仔 is no catalog value, but it states denim.
+    assert FABRICS.contradictions("亚麻牛仔面料，清爽", LINEN_TROUSERS) == ["牛仔"]
+    assert FABRICS.unlisted("这款牛仔阔腿裤", {"类型": ["裤"]}) == ["牛仔"]  # no material listed
+    assert FABRICS.contradictions("这款牛仔阔腿裤", {"类型": ["裤"]}) == []  # nor contradicted
+    # a product with a value that holds the alias may say it anywhere (牛仔裤 of 牛仔布)
+    assert FABRICS.unlisted("这款牛仔裤，复古牛仔", {"类型": ["裤"], "材质": ["牛仔布"]}) == []
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_forced_alias_is_never_emitted(parts, method):
+    tokenizer = parts[0]
+    pushes = [(piece(tokenizer, "牛仔"), piece(tokenizer, "裤"))]
+    free = make_generator(parts, pushes, [], vocab=ValueVocabulary(FABRICS.values_by_key, FABRICS.factual_keys, aliases={}))
+    assert "牛仔" in free.generate(LINEN_TROUSERS, decoding=method)[0]  # without the alias, the push wins
+    guarded = make_generator(parts, pushes, [], vocab=FABRICS)
+    for copy in guarded.generate(LINEN_TROUSERS, decoding=method, n=3):
+        assert "牛仔" not in copy and copy, copy
+    assert "牛仔裤" in guarded.generate({"类型": ["裤"], "材质": ["牛仔布"]}, decoding=method)[0]
 
 
 def test_garment_words_of_another_type_count_as_contradictions():

@@ -31,7 +31,7 @@ import torch
 
 from components.data.attributes import parse_attributes
 from components.evaluation import text_metrics as tm
-from components.models.generator.constraints import BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words, load_latin_words
+from components.models.generator.constraints import ALIAS_MAX_HUMAN_RATE, ALIAS_MIN_USES, BanPlan, LatinLexicon, TokenBlocker, ValueVocabulary, latin_words, load_ad_law_words, load_latin_words, value_aliases
 from components.models.generator.decoding import DecodingSettings, PhraseMemory, search
 from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, normalize_focus, typical_lengths
 from components.models.generator.model import BrokenModel, CopyTransformer, ModelSpec
@@ -477,6 +477,8 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
     exemplars = config.get("max_exemplar_len", 0) > 0
     retrieval = RetrievalGenerator.load(directory)
     vocabulary = ValueVocabulary.from_dict(json.loads((directory / VALUES_FILE).read_text(encoding="utf-8")))
+    if vocabulary.aliases is None:  # saved before aliases: derived from its own training copies
+        vocabulary.aliases = value_aliases(retrieval.attributes, retrieval.texts, vocabulary, ALIAS_MAX_HUMAN_RATE, ALIAS_MIN_USES)
     latin_path = directory / LATIN_FILE
     return Generator(
         CopyTokenizer.load(directory),
