@@ -305,6 +305,9 @@ class ServingConfig(Section):
     decoding: Literal["greedy", "beam", "top_p"] | None = None  # None: the generator's own default
     reload_seconds: float = Field(default=60, ge=0)  # how often the champion is looked up again
     threads: int = Field(default=1, ge=0)  # intra-op threads per decoding step (0: the runtime's choice)
+    # The environment variable holding the bearer token /copy and /feedback require (unset or
+    # empty: no token; `copyflow serve` then binds only to a loopback address).
+    token_env: str = Field(default="COPYFLOW_SERVE_TOKEN", min_length=1)
 
 
 class FlowConfig(Section):

@@ -427,19 +427,28 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default: serving.port)")] = None,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
+    allow_unauthenticated: Annotated[bool, typer.Option(help="bind beyond loopback without a token (behind a gateway that authenticates)")] = False,
 ) -> None:
     """Serve personalized copy over HTTP from the champion release, logging what was served and
     what shoppers did (POST /copy, POST /feedback, GET /health; docs/serving.md)."""
     import uvicorn
 
     from components.models.generator.model import BrokenModel
-    from components.serving.app import Champion, create_app
+    from components.serving.app import Champion, create_app, is_loopback, serving_token
     from components.serving.choice import PREFERENCE
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
 
     cfg = _config(params, profile)
+    host, port = host or cfg.serving.host, port or cfg.serving.port
+    token = serving_token(cfg)
+    if token is None and not is_loopback(host) and not allow_unauthenticated:
+        # /feedback writes what the next release trains on: open to a network, anyone could.
+        typer.secho(f"error: refusing to serve on {host} without a token: anyone who reaches it could write the feedback log "
+                    f"the next release trains on. Set {cfg.serving.token_env} (clients send Authorization: Bearer <token>), "
+                    "or pass --allow-unauthenticated behind a gateway that authenticates.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     champion = Champion(cfg, "generator")
     try:
         loaded = champion.current()  # load before listening: a missing model is one line, not a 503 later
@@ -453,9 +462,9 @@ def serve(
             choosing = f"the preference model of {scorer.current().origin}, exploration {cfg.serving.exploration}"
         except Exception as exc:  # noqa: BLE001 - copy can still be served: uniformly, until a preference model loads
             choosing = f"a uniform draw until a preference model loads ({type(exc).__name__}: {exc})"
-    host, port = host or cfg.serving.host, port or cfg.serving.port
+    access = f"bearer token from {cfg.serving.token_env}" if token else "no token"
     typer.echo(f"copy server on http://{host}:{port} (generator: {loaded.origin}; copy chosen by {choosing}; "
-               f"feedback log: {cfg.feedback_dir()}); API docs at /docs; Ctrl-C stops it")
+               f"/copy and /feedback: {access}; feedback log: {cfg.feedback_dir()}); API docs at /docs; Ctrl-C stops it")
     uvicorn.run(create_app(cfg, champion, scorer=scorer), host=host, port=port, log_level="info")
 
 

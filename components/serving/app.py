@@ -19,7 +19,10 @@ whole by one model of each family.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import math
+import os
 import random
 import threading
 import time
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -201,6 +205,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def serving_token(cfg: Config) -> str | None:
+    """The bearer token /copy and /feedback require, from the environment variable
+    cfg.serving.token_env; None where it is unset or empty."""
+    return os.environ.get(cfg.serving.token_env) or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperSnapshot | None = None,
                scorer: Champion | None = None, rng: random.Random | None = None) -> FastAPI:
     """The server for one profile. Nothing is loaded until the first request. `champion`: the
@@ -225,6 +244,17 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours))
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
     app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}; feedback log {log.folder}")
+    token = serving_token(cfg)
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        """/copy and /feedback write the log the next release trains on: with a token set, only
+        a caller that presents it may write."""
+        if token is None:
+            return
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, f"send Authorization: Bearer <the token in {cfg.serving.token_env}>", headers={"WWW-Authenticate": "Bearer"})
+
     app.state.champion, app.state.shoppers, app.state.feedback, app.state.scorer = champion, shoppers, log, scorer
 
     @app.exception_handler(RequestValidationError)
@@ -275,12 +305,12 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         scoring = scorer.loaded if scorer is not None else None
         chooser = {"strategy": cfg.serving.choice, "exploration": cfg.serving.exploration,
                    "preference_model": scoring.version if scoring else None, "error": choice_errors["last"]}
-        return {"status": "ok", "profile": cfg.profile, "generator": model.origin, "model_version": model.version,
+        return {"status": "ok", "profile": cfg.profile, "token_required": token is not None, "generator": model.origin, "model_version": model.version,
                 "registry_error": champion.last_error, "choice": chooser,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
                 "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
 
-    @app.post("/copy", response_model=CopyResponse, response_model_by_alias=True)
+    @app.post("/copy", response_model=CopyResponse, response_model_by_alias=True, dependencies=[Depends(authorized)])
     def copy(request: CopyRequest) -> dict[str, Any]:
         try:
             check_id("user", request.user)
@@ -316,7 +346,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 "candidates": len(distinct), "propensity": served.propensity, "choice": picked.strategy,
                 "generator": model.origin, "model_version": model.version}
 
-    @app.post("/feedback")
+    @app.post("/feedback", dependencies=[Depends(authorized)])
     def feedback(request: FeedbackRequest) -> dict[str, str]:
         try:
             event_id = log.record_event(request.serve_id, request.event_type, request.timestamp, request.value, request.event_id)
