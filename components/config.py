@@ -281,6 +281,7 @@ class GatesConfig(Section):
     max_ad_law_violations: float = Field(ge=0)
     non_inferiority_margin: float = Field(ge=0)
     generator_bleu4_margin: float = Field(ge=0)
+    copy_choice_margin: float = Field(default=0.10, ge=0)  # copy-choice lift (relative click rate) vs the champion
     bootstrap_resamples: int = Field(ge=100)
     confidence_level: float = Field(gt=0.5, lt=1)
     auto_promote: bool

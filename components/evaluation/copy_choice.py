@@ -34,6 +34,7 @@ best copy an oracle would have chosen (`true_*`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,50 @@ def option_frame(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
     rows = options.merge(base, on="event_id", how="inner", validate="many_to_one", sort=False)
     rows["shown"] = rows["copy_id"].astype(str).to_numpy() == rows.pop("shown_copy").astype(str).to_numpy()
     return rows
+
+
+OPTIONS_COLUMN = "copy_options"  # a frozen snapshot's options per row: [{copy_id, uc_copy_pref_mentions}, ...]
+
+
+def with_copy_options(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each impression's options nested in one column (empty where its product had
+    one copy), so a frozen snapshot carries them and stays one file with one fingerprint."""
+    nested = (
+        options.sort_values(["event_id", "copy_id"], kind="stable")
+        .groupby("event_id", sort=False)[list(COPY_FEATURES)]
+        .apply(lambda g: g.to_dict("records"))
+    )
+    listed = frame["event_id"].map(nested)
+    return frame.assign(**{OPTIONS_COLUMN: [v if isinstance(v, list) else [] for v in listed]})
+
+
+def nested_options(frame: pd.DataFrame) -> pd.DataFrame:
+    """`with_copy_options` undone: [event_id, copy_id, n_options, uc_copy_pref_mentions]."""
+    records = [
+        {"event_id": event, "n_options": len(opts), **dict(option)}
+        for event, opts in zip(frame["event_id"], frame[OPTIONS_COLUMN])
+        for option in (opts if len(opts) >= 2 else [])
+    ]
+    return pd.DataFrame(records, columns=["event_id", "n_options", *COPY_FEATURES])
+
+
+def choice_weights(frame: pd.DataFrame, score: Callable[[pd.DataFrame], np.ndarray]) -> pd.Series:
+    """Per impression of a frozen snapshot with options: n_options x the share the model's
+    choice gives the shown copy (its off-policy weight); NaN without a choice."""
+    options = nested_options(frame)
+    weights = pd.Series(np.nan, index=frame["event_id"].astype(str).to_numpy())
+    if options.empty:
+        return weights
+    rows = option_frame(frame.drop(columns=[OPTIONS_COLUMN]), options)
+    choice = choose(rows, score(rows)).impressions
+    weights.loc[choice["event_id"].astype(str).to_numpy()] = (choice["n_options"] * choice["shown_share"]).to_numpy()
+    return weights
+
+
+def snips_lift(label: np.ndarray, weight: np.ndarray) -> float:
+    """The choice's self-normalized IPS click rate over the logged (uniform) one, minus 1."""
+    logged, model = _ctrs(np.asarray(label, dtype=np.float64), np.asarray(weight, dtype=np.float64))
+    return model / logged - 1.0 if logged > 0 else float("nan")
 
 
 def choose(rows: pd.DataFrame, scores: np.ndarray) -> CopyChoice:

@@ -97,6 +97,12 @@ def preference_source_rows(cfg: Config) -> tuple[pd.DataFrame, str]:
         if "event_id" not in rows.columns:
             raise SnapshotError(f"{path}: neither 'example_id' nor 'event_id' column to identify examples")
         rows.insert(0, "example_id", rows["event_id"].astype(str))
+    options = path.parent / "copy_options.parquet"
+    if options.exists() and "event_id" in rows.columns:
+        # The copies each impression could have shown, frozen with it: the gate's copy-choice rule
+        from components.evaluation.copy_choice import with_copy_options
+
+        rows = with_copy_options(rows, pd.read_parquet(options))
     return rows, str(path)
 
 
@@ -229,10 +235,17 @@ def refresh_snapshots(cfg: Config, families: tuple[str, ...] = FAMILIES) -> dict
 
 
 def score_preference(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """[example_id, label, score] from the preference family's own scoring API."""
+    """[example_id, label, score] from the preference family's own scoring API, and where the
+    snapshot froze copy options, `choice_weight` (components/evaluation/copy_choice.py)."""
+    from components.evaluation.copy_choice import OPTIONS_COLUMN, choice_weights
     from components.models.preference.api import load_preference, score_examples
 
-    return score_examples(load_preference(model_ref), rows)
+    model = load_preference(model_ref)
+    frame = score_examples(model, rows.drop(columns=[OPTIONS_COLUMN], errors="ignore"))
+    if OPTIONS_COLUMN in rows.columns:
+        weights = choice_weights(rows, model.predict)
+        frame["choice_weight"] = weights.reindex(rows["event_id"].astype(str).to_numpy()).to_numpy()
+    return frame
 
 
 def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:

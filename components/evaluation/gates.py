@@ -303,6 +303,43 @@ def _non_inferiority(
     return RuleResult(metric, "non_inferiority", rule, candidate_value, champion_value, delta, low, high, passed, note)
 
 
+def _copy_choice_rule(
+    gates: GatesConfig, candidate: pd.DataFrame, champion: pd.DataFrame | None, seed: int, clusters: pd.Series | None
+) -> RuleResult | None:
+    """Non-inferiority of the copy choice's off-policy lift (components/evaluation/copy_choice.py)
+    on the snapshot's impressions with two or more copies; None where the snapshot froze no
+    options (OBD, a snapshot older than the rule). Frames are aligned when both are given."""
+    from components.evaluation.copy_choice import MIN_CHOSEN_AS_SHOWN, snips_lift
+    from components.evaluation.preference import _interval, bootstrap_indices
+
+    if "choice_weight" not in candidate.columns:
+        return None
+    rule = f"CI low of delta > -{gates.copy_choice_margin:g}"
+    has_choice = candidate["choice_weight"].notna().to_numpy()
+    labels = candidate["label"].to_numpy(dtype=np.float64)[has_choice]
+    weight = candidate["choice_weight"].to_numpy(dtype=np.float64)[has_choice]
+    # The estimate rests on impressions whose shown copy is the chosen one (weight > 0).
+    matched = float((weight > 0).sum())
+    if matched < MIN_CHOSEN_AS_SHOWN or labels.sum() == 0:
+        return RuleResult("copy_choice_lift", "non_inferiority", rule, float("nan"), None, None, None, None, True,
+                          f"not measured: {int(matched)} frozen impressions show the chosen copy, {int(labels.sum())} clicks")
+    lift = snips_lift(labels, weight)
+    if champion is None or "choice_weight" not in champion.columns:
+        note = "first release" if champion is None else "champion scored before the copy-choice rule: not compared"
+        return RuleResult("copy_choice_lift", "non_inferiority", rule, lift, None, None, None, None, True, note)
+    champ_weight = champion["choice_weight"].to_numpy(dtype=np.float64)[has_choice]
+    if np.isnan(champ_weight).any():
+        raise GateInputError("candidate and champion disagree on which frozen impressions had a copy choice")
+    shoppers = None
+    if clusters is not None:
+        shoppers = candidate["example_id"].map(clusters).astype(str).to_numpy()[has_choice]
+    champ_lift = snips_lift(labels, champ_weight)
+    deltas = [snips_lift(labels[i], weight[i]) - snips_lift(labels[i], champ_weight[i])
+              for i in bootstrap_indices(len(labels), gates.bootstrap_resamples, seed, shoppers)]
+    diff = _interval(lift - champ_lift, deltas, gates.confidence_level)
+    return _non_inferiority("copy_choice_lift", lift, champ_lift, gates.copy_choice_margin, (diff.value, diff.low, diff.high))
+
+
 def preference_gate(
     gates: GatesConfig,
     candidate: pd.DataFrame,
@@ -365,6 +402,9 @@ def preference_gate(
         _guardrail("ece", ece, gates.max_ece, champ_ece),
         _non_inferiority("auc", auc, champ_auc, gates.non_inferiority_margin, interval),
     ]
+    choice_rule = _copy_choice_rule(gates, candidate, champion, seed, clusters)
+    if choice_rule is not None:
+        rules.append(choice_rule)
     return GateResult(
         family="preference",
         rules=rules,
@@ -374,7 +414,8 @@ def preference_gate(
         champion_label=champion_label if champion is not None else None,
         confidence_level=gates.confidence_level,
         n_resamples=gates.bootstrap_resamples if champion is not None else 0,
-        metrics={"auc": auc, "ece": ece, "positive_rate": float(labels.mean())},
+        metrics={"auc": auc, "ece": ece, "positive_rate": float(labels.mean())}
+        | ({"copy_choice_lift": choice_rule.candidate} if choice_rule is not None and choice_rule.candidate == choice_rule.candidate else {}),
     )
 
 

@@ -126,3 +126,23 @@ def test_a_bot_clicks_at_its_own_rate_whatever_the_copy():
     # Its logged mentions are not checked either: the simulator keeps no preferences for bots.
     p = true_option_probabilities(rows, truth.assign(is_bot=True, copy_mentions=3), preferences, copies, products, 0.8)
     assert p == pytest.approx([0.1, 0.1])
+
+
+def test_options_nest_into_a_snapshot_and_weigh_the_choice(tmp_path):
+    """A frozen snapshot carries each impression's options in one column (through parquet), and
+    choice_weights gives n_options x the choice's share of the shown copy."""
+    from components.evaluation.copy_choice import OPTIONS_COLUMN, choice_weights, nested_options, with_copy_options
+
+    frame = pd.DataFrame({"event_id": ["e1", "e2", "e3"], "user_id": ["u", "u", "v"], "copy_id": ["a", "b", "z"],
+                          "label": [1, 0, 0], "uc_copy_pref_mentions": [0, 1, 0]})
+    options = pd.DataFrame({"event_id": ["e1", "e1", "e2", "e2", "e2"], "copy_id": ["a", "b", "a", "b", "c"],
+                            "n_options": [2, 2, 3, 3, 3], "uc_copy_pref_mentions": [0, 2, 0, 1, 1]})
+    nested = with_copy_options(frame, options)
+    nested.to_parquet(tmp_path / "s.parquet")
+    back = pd.read_parquet(tmp_path / "s.parquet")
+    assert back[OPTIONS_COLUMN].map(len).tolist() == [2, 3, 0]
+    assert nested_options(back).sort_values(["event_id", "copy_id"]).reset_index(drop=True).equals(
+        options.sort_values(["event_id", "copy_id"]).reset_index(drop=True)[["event_id", "n_options", "copy_id", "uc_copy_pref_mentions"]])
+    # A model that scores by mentions: e1 picks b (not shown: 0), e2 ties b and c (shown b: 3 x 1/2).
+    weights = choice_weights(back, lambda rows: rows["uc_copy_pref_mentions"].to_numpy(dtype=float))
+    assert weights["e1"] == 0 and weights["e2"] == 1.5 and np.isnan(weights["e3"])

@@ -179,6 +179,43 @@ def test_report_is_a_markdown_table_and_round_trips(gates):
     assert GateResult.from_dict(result.to_dict()).to_markdown() == result.to_markdown()
 
 
+def choice_frames(n: int = 6000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Impressions of products with 3 copies, the shown one drawn uniformly; one copy clicks at
+    0.15, the others at 0.05. Frames of a model that always chooses the good copy, one that
+    chooses it half the time, and one that always chooses a poor copy (choice_weight = 3 where
+    its choice is the shown copy, else 0)."""
+    rng = np.random.default_rng(seed)
+    shown = rng.integers(3, size=n)  # copy 0 is the good one
+    label = (rng.random(n) < np.where(shown == 0, 0.15, 0.05)).astype(int)
+    click_rate = np.where(shown == 0, 0.15, 0.05)  # calibrated scores: the AUC floor and ECE guardrail hold
+    base = pd.DataFrame({"example_id": [f"c{i}" for i in range(n)], "label": label, "score": click_rate + rng.normal(0, 0.005, n)})
+    half = np.where(rng.random(n) < 0.5, 0, 1)
+    good, mixed, poor = (base.assign(choice_weight=3.0 * (shown == pick)) for pick in (0, half, 1))
+    return good, mixed, poor
+
+
+def test_copy_choice_must_not_get_measurably_worse(gates):
+    good, mixed, poor = choice_frames()
+    clusters = pd.Series([f"s{i % 500}" for i in range(len(good))], index=good["example_id"])
+    first = next(r for r in preference_gate(gates, good, clusters=clusters).rules if r.metric == "copy_choice_lift")
+    assert first.passed and first.note == "first release" and first.candidate > 0.5  # 0.15 / (0.25 / 3) - 1 = +0.8
+    worse = preference_gate(gates, poor, good, clusters=clusters)
+    rule = next(r for r in worse.rules if r.metric == "copy_choice_lift")
+    assert not worse.passed and not rule.passed and rule.ci_high < 0 and rule.candidate < 0 < rule.champion
+    assert all(r.passed for r in worse.rules if r.metric != "copy_choice_lift")  # its AUC is the same
+    same = next(r for r in preference_gate(gates, good, good, clusters=clusters).rules if r.metric == "copy_choice_lift")
+    assert same.passed and same.delta == 0.0
+    better = next(r for r in preference_gate(gates, good, mixed, clusters=clusters).rules if r.metric == "copy_choice_lift")
+    assert better.passed and better.ci_low > 0
+    # Not measurable: no options frozen (OBD), too few matches, a champion scored before the rule.
+    assert all(r.metric != "copy_choice_lift" for r in preference_gate(gates, good.drop(columns="choice_weight")).rules)
+    few = good.assign(choice_weight=np.where(np.arange(len(good)) < 30, good["choice_weight"], np.nan))
+    note = next(r for r in preference_gate(gates, few, good).rules if r.metric == "copy_choice_lift").note
+    assert note.startswith("not measured:")
+    old = next(r for r in preference_gate(gates, good, poor.drop(columns="choice_weight")).rules if r.metric == "copy_choice_lift")
+    assert old.passed and "not compared" in old.note
+
+
 @pytest.fixture
 def gates(cfg):
     return cfg.gates.model_copy(update={"bootstrap_resamples": 300})

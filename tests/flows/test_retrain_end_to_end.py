@@ -59,7 +59,9 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     assert all(stage["skipped"] for stage in second.stages.values()), second.stages
     assert second.release["release"] == "1"
     assert len(client.search_model_versions("name = 'copyflow-release'")) == 1
-    assert "Gate `preference`" in prefect_artifact("release-gate-quick")  # on the flow run's page
+    gate_report = prefect_artifact("release-gate-quick")
+    assert "Gate `preference`" in gate_report  # on the flow run's page
+    assert "| copy_choice_lift |" in gate_report  # the snapshot froze the copies each impression could show
     assert "release 1" in prefect_artifact("retrain-quick")
 
     users = pd.read_parquet(cfg.stage_dir("clean") / "users.parquet")["user_id"]
