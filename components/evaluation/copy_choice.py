@@ -47,6 +47,7 @@ from components.evaluation.preference import Interval, _interval, bootstrap_indi
 
 COPY_FEATURES = ("copy_id", "uc_copy_pref_mentions")
 MIN_CHOSEN_AS_SHOWN = 20   # fewer matching impressions make the off-policy estimate meaningless
+MIN_CHOSEN_CLICKS = 10     # the release gate's copy-choice rule: clicks on matched impressions, per model
 UNIFORM_LOGGING_MAX_Z = 4.0
 
 
@@ -75,14 +76,15 @@ OPTIONS_COLUMN = "copy_options"  # a frozen snapshot's options per row: [{copy_i
 
 def with_copy_options(frame: pd.DataFrame, options: pd.DataFrame) -> pd.DataFrame:
     """`frame` with each impression's options nested in one column (empty where its product had
-    one copy), so a frozen snapshot carries them and stays one file with one fingerprint."""
-    nested = (
-        options.sort_values(["event_id", "copy_id"], kind="stable")
-        .groupby("event_id", sort=False)[list(COPY_FEATURES)]
-        .apply(lambda g: g.to_dict("records"))
-    )
-    listed = frame["event_id"].map(nested)
-    return frame.assign(**{OPTIONS_COLUMN: [v if isinstance(v, list) else [] for v in listed]})
+    one copy), so a frozen snapshot carries them and stays one file with one fingerprint.
+    `frame` unchanged where none of its impressions has options (OBD has no copies)."""
+    options = options[options["event_id"].isin(frame["event_id"])]
+    if options.empty:
+        return frame
+    nested: dict[str, list[dict]] = {}
+    for event, group in options.sort_values(["event_id", "copy_id"], kind="stable").groupby("event_id", sort=False):
+        nested[event] = group[list(COPY_FEATURES)].to_dict("records")
+    return frame.assign(**{OPTIONS_COLUMN: [nested.get(event, []) for event in frame["event_id"]]})
 
 
 def nested_options(frame: pd.DataFrame) -> pd.DataFrame:

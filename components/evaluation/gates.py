@@ -11,8 +11,9 @@ Three kinds of rule, all configured in params.yaml `gates`:
 
 Inputs are per-example frames (one row per snapshot example), so the gate is a pure function that
 tests can feed directly; components/evaluation/frozen.py produces those frames from real models.
-Preference frames: [example_id, label, score]; generator frames: [example_id, bleu4, rougeL,
-hallucinated, ad_law_violations].
+Preference frames: [example_id, label, score], and `choice_weight` where the snapshot froze copy
+options (the copy-choice rule); generator frames: [example_id, bleu4, rougeL, hallucinated,
+ad_law_violations].
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class RuleResult:
     metric: str
     kind: RuleKind
     rule: str  # human-readable, e.g. ">= 0.600" or "CI low of delta > -0.010"
-    candidate: float
+    candidate: float | None  # None: not measured
     champion: float | None
     delta: float | None
     ci_low: float | None
@@ -307,36 +308,47 @@ def _copy_choice_rule(
     gates: GatesConfig, candidate: pd.DataFrame, champion: pd.DataFrame | None, seed: int, clusters: pd.Series | None
 ) -> RuleResult | None:
     """Non-inferiority of the copy choice's off-policy lift (components/evaluation/copy_choice.py)
-    on the snapshot's impressions with two or more copies; None where the snapshot froze no
-    options (OBD, a snapshot older than the rule). Frames are aligned when both are given."""
-    from components.evaluation.copy_choice import MIN_CHOSEN_AS_SHOWN, snips_lift
+    on the snapshot's impressions with two or more copies; None where no frozen impression has
+    a choice (OBD, a snapshot frozen before the rule). Frames are aligned when both are given.
+
+    The estimate rests on clicks on impressions whose shown copy a model chose: with fewer than
+    MIN_CHOSEN_CLICKS of them for either model, or too many bootstrap resamples without one, the
+    rule is reported as not measured (a pass) instead of a verdict drawn from a few clicks."""
+    from components.evaluation.copy_choice import MIN_CHOSEN_CLICKS, snips_lift
     from components.evaluation.preference import _interval, bootstrap_indices
 
-    if "choice_weight" not in candidate.columns:
+    if "choice_weight" not in candidate.columns or candidate["choice_weight"].isna().all():
         return None
     rule = f"CI low of delta > -{gates.copy_choice_margin:g}"
+
+    def unmeasured(note: str, lift: float | None = None) -> RuleResult:
+        return RuleResult("copy_choice_lift", "non_inferiority", rule, lift, None, None, None, None, True, note)
+
     has_choice = candidate["choice_weight"].notna().to_numpy()
     labels = candidate["label"].to_numpy(dtype=np.float64)[has_choice]
     weight = candidate["choice_weight"].to_numpy(dtype=np.float64)[has_choice]
-    # The estimate rests on impressions whose shown copy is the chosen one (weight > 0).
-    matched = float((weight > 0).sum())
-    if matched < MIN_CHOSEN_AS_SHOWN or labels.sum() == 0:
-        return RuleResult("copy_choice_lift", "non_inferiority", rule, float("nan"), None, None, None, None, True,
-                          f"not measured: {int(matched)} frozen impressions show the chosen copy, {int(labels.sum())} clicks")
+    chosen_clicks = int(((weight > 0) & (labels > 0)).sum())
+    if chosen_clicks < MIN_CHOSEN_CLICKS:
+        return unmeasured(f"not measured: {chosen_clicks} clicks on frozen impressions showing the candidate's chosen copy, fewer than {MIN_CHOSEN_CLICKS}")
     lift = snips_lift(labels, weight)
     if champion is None or "choice_weight" not in champion.columns:
-        note = "first release" if champion is None else "champion scored before the copy-choice rule: not compared"
-        return RuleResult("copy_choice_lift", "non_inferiority", rule, lift, None, None, None, None, True, note)
+        return unmeasured("first release" if champion is None else "champion scored before the copy-choice rule: not compared", lift)
     champ_weight = champion["choice_weight"].to_numpy(dtype=np.float64)[has_choice]
     if np.isnan(champ_weight).any():
         raise GateInputError("candidate and champion disagree on which frozen impressions had a copy choice")
+    champ_clicks = int(((champ_weight > 0) & (labels > 0)).sum())
+    if champ_clicks < MIN_CHOSEN_CLICKS:
+        return unmeasured(f"not compared: {champ_clicks} clicks on frozen impressions showing the champion's chosen copy", lift)
     shoppers = None
     if clusters is not None:
         shoppers = candidate["example_id"].map(clusters).astype(str).to_numpy()[has_choice]
     champ_lift = snips_lift(labels, champ_weight)
-    deltas = [snips_lift(labels[i], weight[i]) - snips_lift(labels[i], champ_weight[i])
-              for i in bootstrap_indices(len(labels), gates.bootstrap_resamples, seed, shoppers)]
-    diff = _interval(lift - champ_lift, deltas, gates.confidence_level)
+    deltas = np.array([snips_lift(labels[i], weight[i]) - snips_lift(labels[i], champ_weight[i])
+                       for i in bootstrap_indices(len(labels), gates.bootstrap_resamples, seed, shoppers)])
+    undefined = float(np.isnan(deltas).mean())
+    if undefined > 0.01:  # resamples without a click: the interval would describe only the others
+        return unmeasured(f"not measured: {undefined:.0%} of the resamples have no click to weigh", lift)
+    diff = _interval(lift - champ_lift, list(deltas), gates.confidence_level)
     return _non_inferiority("copy_choice_lift", lift, champ_lift, gates.copy_choice_margin, (diff.value, diff.low, diff.high))
 
 
@@ -415,7 +427,7 @@ def preference_gate(
         confidence_level=gates.confidence_level,
         n_resamples=gates.bootstrap_resamples if champion is not None else 0,
         metrics={"auc": auc, "ece": ece, "positive_rate": float(labels.mean())}
-        | ({"copy_choice_lift": choice_rule.candidate} if choice_rule is not None and choice_rule.candidate == choice_rule.candidate else {}),
+        | ({"copy_choice_lift": choice_rule.candidate} if choice_rule is not None and choice_rule.candidate is not None else {}),
     )
 
 

@@ -35,7 +35,8 @@ def log_gate_artifacts(client: MlflowClient, run_id: str, family: str, frame: pd
     for rule in gate.rules:
         # Consistent names across runs so two retrains compare side by side in the MLflow UI.
         prefix = f"gate.{rule.kind}.{rule.metric}"
-        client.log_metric(run_id, f"{prefix}.candidate", rule.candidate)
+        if rule.candidate is not None:  # None: the rule could not be measured (its note says why)
+            client.log_metric(run_id, f"{prefix}.candidate", rule.candidate)
         if rule.delta is not None:
             client.log_metric(run_id, f"{prefix}.delta", rule.delta)
         if rule.ci_low is not None:

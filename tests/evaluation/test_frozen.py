@@ -62,6 +62,21 @@ def test_the_snapshot_is_refrozen_once_new_data_trains_on_its_rows(cfg):
     assert ensure_snapshot(cfg, "preference").fingerprint == again.fingerprint  # stable while nothing overlaps
 
 
+def test_the_preference_snapshot_freezes_each_impressions_copy_options(cfg):
+    """The copies each test impression could have shown travel with it (the gate's copy-choice
+    rule); a features stage with no options (OBD: no copies) freezes none and no column."""
+    write_samples(cfg, "b1")
+    options_path = cfg.stage_dir("features") / "copy_options.parquet"
+    pd.DataFrame({"event_id": [], "copy_id": [], "n_options": [], "uc_copy_pref_mentions": []}).astype(
+        {"event_id": str, "copy_id": str, "n_options": "int64", "uc_copy_pref_mentions": "int64"}).to_parquet(options_path)
+    assert "copy_options" not in ensure_snapshot(cfg, "preference").rows.columns
+    pd.DataFrame({"event_id": ["b1-45", "b1-45", "b1-2"], "copy_id": ["a", "b", "a"], "n_options": [2, 2, 2],
+                  "uc_copy_pref_mentions": [1, 0, 0]}).to_parquet(options_path)
+    rows = ensure_snapshot(cfg, "preference", refresh=True).rows.set_index("event_id")
+    assert [o["copy_id"] for o in rows.loc["b1-45", "copy_options"]] == ["a", "b"]  # b1-2 is a train row: not frozen
+    assert rows["copy_options"].map(len).sum() == 2
+
+
 def test_a_tampered_snapshot_is_refused(cfg):
     write_samples(cfg, "b")
     snapshot = ensure_snapshot(cfg, "preference")

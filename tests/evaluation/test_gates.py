@@ -214,6 +214,28 @@ def test_copy_choice_must_not_get_measurably_worse(gates):
     assert note.startswith("not measured:")
     old = next(r for r in preference_gate(gates, good, poor.drop(columns="choice_weight")).rules if r.metric == "copy_choice_lift")
     assert old.passed and "not compared" in old.note
+    assert all(r.metric != "copy_choice_lift" for r in preference_gate(gates, good.assign(choice_weight=np.nan)).rules)
+
+
+def test_a_copy_choice_verdict_needs_clicks_from_more_than_a_few_shoppers(gates):
+    """Ten clicks, all from one shopper, all on copies both models chose: most shopper resamples
+    hold none of them, so no verdict is drawn (the rule reads `not measured`), whichever way."""
+    good, _, poor = choice_frames()
+    shoppers = pd.Series([f"s{i % 100}" for i in range(len(good))], index=good["example_id"])
+    one_shopper = good["example_id"].map(shoppers).eq("s7").to_numpy()
+    label = (one_shopper & (good["choice_weight"] > 0)).astype(int).to_numpy().copy()
+    label[np.flatnonzero(label)[10:]] = 0
+    cand, champ = good.assign(label=label), poor.assign(label=label, choice_weight=np.where(label > 0, 3.0, poor["choice_weight"]))
+    for a, b in ((cand, champ), (champ, cand)):
+        rule = next(r for r in _choice_only(gates, a, b, shoppers) if r.metric == "copy_choice_lift")
+        assert rule.passed and rule.note.startswith("not measured") and "resamples have no click" in rule.note and rule.ci_low is None
+    assert label.sum() == 10
+
+
+def _choice_only(gates, candidate, champion, clusters):
+    from components.evaluation.gates import _copy_choice_rule
+
+    return [_copy_choice_rule(gates, candidate, champion, 0, clusters)]
 
 
 @pytest.fixture

@@ -155,3 +155,32 @@ def test_release_inside_a_retrain_run_records_its_lineage_and_report(world):
         assert tags["ge.verdict"] == "passed" and tags["prefect_flow_run_id"] == "flow-run-2"
     first = client.get_model_version("copyflow-preference", world.first.versions["preference"]).tags
     assert first["prefect_flow_run_id"] == "none"  # released outside Prefect: recorded as such, not missing
+
+
+def test_a_copy_choice_rule_that_cannot_be_measured_still_releases(tmp_path):
+    """Too few clicks on chosen copies: the rule reads `not measured` and passes, and nothing
+    non-finite reaches the release manifest (strict JSON) or the run's metrics."""
+    import json
+
+    import numpy as np
+
+    from components.registry.release import release_with_alias
+    from tests.registry import helpers
+    from tests.registry.world import registry_cfg
+
+    cfg = registry_cfg(tmp_path)
+    helpers.write_samples(cfg)
+    manifest = helpers.train_preference(cfg, tmp_path)
+
+    def few_choices(ref, rows):
+        frame = helpers.score_preference(ref, rows)
+        weight = np.full(len(frame), np.nan)
+        weight[:30], weight[30:35] = 0.0, 2.0
+        return frame.assign(choice_weight=weight)
+
+    outcome = release_candidates(cfg, [manifest], project_dir=ROOT, scorers={"preference": few_choices})
+    assert outcome.passed and outcome.release == "1"
+    [rule] = [r for r in outcome.gates[0].rules if r.metric == "copy_choice_lift"]
+    assert rule.candidate is None and rule.note.startswith("not measured")
+    _, release_manifest = release_with_alias(registry_client(cfg), "champion")
+    assert json.loads(json.dumps(release_manifest, allow_nan=False))
