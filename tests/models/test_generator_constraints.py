@@ -135,14 +135,20 @@ def test_value_aliases_are_the_short_forms_human_copies_use_as_the_value():
     # 直筒 (of 直筒裤) is said of many products without it (直筒版型 for a dress): not one.
     denim = [({"类型": ["裤"], "材质": ["牛仔布"], "裤型": ["直筒裤"]}, "这款牛仔裤采用直筒版型，百搭")] * 6
     skirts = [({"类型": ["裙"], "材质": ["牛仔布"], "裙型": ["牛仔裙"]}, "牛仔裙，复古")] * 2
-    others = [({"类型": ["裙"], "材质": ["亚麻"], "裤型": ["阔腿裤"]}, "亚麻面料，直筒版型，清爽")] * 40
+    others = [({"类型": ["裙"], "材质": ["亚麻"], "裤型": ["阔腿裤"]}, "亚麻面料，直筒版型，清爽")] * 100
     rows = denim + skirts + others
-    vocab = build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, alias_max_human_rate=0.001, alias_min_uses=5)
-    assert vocab.aliases == {"牛仔": ["材质", "裙型"]}
-    # one other product saying 牛仔 in 41 is above 0.001: no longer an alias; nor below min_uses
-    rows_one_more = rows + [({"类型": ["裙"], "材质": ["亚麻"]}, "牛仔风")]
-    assert build_value_vocabulary([a for a, _ in rows_one_more], [t for _, t in rows_one_more], 0.05).aliases == {}
-    assert build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, alias_min_uses=9).aliases == {}
+
+    def aliases(rows, **kw):
+        kw = {"alias_max_human_rate": 0.01, "alias_min_uses": 5} | kw
+        return build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, **kw).aliases
+
+    assert aliases(rows) == {"牛仔": ["材质", "裙型"]}
+    # two other products saying 牛仔 among 102 is above 1%: no longer an alias; nor below min_uses
+    assert aliases(rows + [({"类型": ["裙"], "材质": ["亚麻"]}, "牛仔风")] * 2) == {}
+    assert aliases(rows, alias_min_uses=9) == {}
+    # 40 other copies cannot show a rate under 1% (a zero there is no evidence): no alias at all
+    assert aliases(denim + skirts + others[:40]) == {}
+    vocab = build_value_vocabulary([a for a, _ in rows], [t for _, t in rows], 0.05, alias_max_human_rate=0.01)
     # the vocabulary round-trips with its aliases; one saved before them reads as "unknown"
     assert ValueVocabulary.from_dict(vocab.to_dict()).aliases == vocab.aliases
     assert ValueVocabulary.from_dict({"values_by_key": {}, "factual_keys": []}).aliases is None

@@ -200,7 +200,8 @@ def value_aliases(
     A candidate is the first two characters of a factual value of three or more Chinese
     characters (牛仔 of 牛仔布) that is no value itself. It is an alias when at least `min_uses`
     human copies of products listing a value that contains it say it, and at most
-    `max_human_rate` of the copies of the other products do. So 牛仔 (said by all 553 copies of
+    `max_human_rate` of the copies of the other products do, among at least 1 / max_human_rate
+    of them (a smaller corpus cannot show so low a rate, and yields none). So 牛仔 (said by all 553 copies of
     denim products and 3 of the 4,447 others) is one, and 直筒 (2.1% of the others: `直筒版型`
     describes many a dress) or 立体 (10%) are not."""
     every_value = {v for values in vocabulary.values_by_key.values() for v in values}
@@ -224,7 +225,9 @@ def value_aliases(
     return {
         stem: sorted(keys)
         for stem, keys in sorted(keys_of.items())
-        if said_listed[stem] >= min_uses and said_other[stem] <= max_human_rate * others[stem]
+        # fewer than 1 / max_human_rate other copies cannot show a rate that low (a zero in 200
+        # copies is no evidence of under 0.1%): a small corpus yields no alias, not every candidate
+        if said_listed[stem] >= min_uses and others[stem] * max_human_rate >= 1 and said_other[stem] <= max_human_rate * others[stem]
     }
 
 
