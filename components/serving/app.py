@@ -208,7 +208,8 @@ def _json_safe(value: Any) -> Any:
 def serving_token(cfg: Config) -> str | None:
     """The bearer token /copy and /feedback require, from the environment variable
     cfg.serving.token_env; None where it is unset or empty."""
-    return os.environ.get(cfg.serving.token_env) or None
+    # Stripped: a token with a trailing newline (echo > file) could never be sent in a header.
+    return (os.environ.get(cfg.serving.token_env) or "").strip() or None
 
 
 def is_loopback(host: str) -> bool:
@@ -243,7 +244,8 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     choice_errors: dict[str, str | None] = {"last": None}
     log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours))
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
-    app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}; feedback log {log.folder}")
+    # No paths in the description: /docs and /openapi.json are open to anyone who reaches the server.
+    app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}")
     token = serving_token(cfg)
     bearer = HTTPBearer(auto_error=False)
 

@@ -51,6 +51,11 @@ def test_with_a_token_only_its_bearer_may_write_the_log(make_cfg, monkeypatch):
     response = client.post("/copy", json={"user": "u", "product": "p"}, headers=ok)
     assert response.status_code == 503 and "no generator to serve" in response.text  # past the door; no model yet
     assert client.get("/health").status_code == 503  # health needs no token (it says only that there is no model)
+    assert str(cfg.feedback_dir()) not in client.get("/openapi.json").text  # the open API description names no path
+    monkeypatch.setenv(cfg.serving.token_env, "s3cret\n")  # as `echo > file` leaves it: no header can carry it
+    assert TestClient(create_app(cfg)).post("/copy", json={"user": "u", "product": "p"}, headers=ok).status_code == 503
+    monkeypatch.setenv(cfg.serving.token_env, "  ")  # blank: no token
+    assert TestClient(create_app(cfg)).post("/copy", json={"user": "u", "product": "p"}).status_code == 503
     monkeypatch.delenv(cfg.serving.token_env)
     assert TestClient(create_app(cfg)).post("/copy", json={"user": "u", "product": "p"}).status_code == 503
 
