@@ -164,11 +164,8 @@ def off_policy_metrics(choice: CopyChoice, n_boot: int, seed: int) -> dict[str, 
     if matched < MIN_CHOSEN_AS_SHOWN or label.sum() == 0:
         return metrics  # too few rows to estimate anything
     logged, model = _ctrs(label, weight)
-    lifts = []
-    for rows in bootstrap_indices(len(imp), n_boot, seed, imp["user_id"].to_numpy()):
-        b_logged, b_model = _ctrs(label[rows], weight[rows])
-        lifts.append(b_model / b_logged - 1.0 if b_logged > 0 else float("nan"))
-    lift: Interval = _interval(model / logged - 1.0, lifts)
+    lifts = [snips_lift(label[rows], weight[rows]) for rows in bootstrap_indices(len(imp), n_boot, seed, imp["user_id"].to_numpy())]
+    lift: Interval = _interval(snips_lift(label, weight), lifts)
     return metrics | {"copy_choice_logged_ctr": logged, "copy_choice_model_ctr": model, **lift.as_metrics("copy_choice_lift")}
 
 
