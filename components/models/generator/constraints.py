@@ -201,9 +201,9 @@ def value_aliases(
     characters (牛仔 of 牛仔布) that is no value itself. It is an alias when at least `min_uses`
     human copies of products listing a value that contains it say it, and at most
     `max_human_rate` of the copies of the other products do, among at least 1 / max_human_rate
-    of them (a smaller corpus cannot show so low a rate, and yields none). So 牛仔 (said by all 553 copies of
-    denim products and 3 of the 4,447 others) is one, and 直筒 (2.1% of the others: `直筒版型`
-    describes many a dress) or 立体 (10%) are not."""
+    of them (a smaller corpus cannot show so low a rate, and yields none). In the whole corpus,
+    牛仔 (said by all 553 copies of denim products and 3 of the 4,447 others) is one; 直筒 (2.1%
+    of the others: `直筒版型` describes many a dress) and 立体 (10%) are not."""
     every_value = {v for values in vocabulary.values_by_key.values() for v in values}
     keys_of: dict[str, set[str]] = defaultdict(set)
     for key in vocabulary.factual_keys:
