@@ -6,11 +6,17 @@ Launched as its own process (components.training.launcher): under DDP Lightning 
 command for every extra rank. Every rank trains; rank 0 alone prepares the tokenizer (the other
 ranks, started later by Lightning, read what it wrote), evaluates, exports ONNX, logs to MLflow
 and writes manifest.json.
+
+Checkpoints go to a folder named by a fingerprint of everything that shapes the weights
+(components/training/checkpoints.py), outside DIR: a run stopped part-way resumes from its last
+epoch, with the time budget it had left, and a run that finished is reused (only evaluated again)
+when nothing but decoding or evaluation settings changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +41,9 @@ from components.models.generator.evaluate import evaluate_heldout, tradeoff_sett
 from components.models.generator.focus import length_edges
 from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
+from components.models.generator.tokenizer import META_FILE as TOKENIZER_META
 from components.models.generator.tokenizer import CopyTokenizer
+from components.training.checkpoints import LAST, checkpoint_root, prune, read_done, run_dir, write_done
 from components.training.launcher import exit_code_on_sigterm, write_manifest
 
 log = logging.getLogger("copyflow.generator")
@@ -47,6 +55,17 @@ METRIC_KEYS = (
     "hallucination_rate", "unlisted_rate", "ad_law_violations",
 )
 PIP_REQUIREMENTS = ["torch==2.13.0", "sentencepiece==0.2.3", "onnxruntime==1.32.0", "numpy", "pandas"]
+STAGE = "generator"
+# Part of the checkpoint fingerprint: bump when a code change makes old checkpoints unusable.
+MODEL_CODE_VERSION = 1
+# Knobs that do not shape the weights: decoding, evaluation, threads, and the value vocabulary's
+# rates (the constraints built around the model). Changing only these reuses a finished training.
+NOT_TRAINING = frozenset({
+    "decoding", "beam_size", "top_p", "temperature", "length_penalty", "no_repeat_ngram", "num_candidates", "rerank_coverage",
+    "min_len", "max_decode_len", "length_budget", "catalog_penalty", "no_doubling", "forbid_unlisted",
+    "torch_threads", "train_threads", "focus_samples", "eval_samples", "tradeoff_samples", "parity_samples",
+    "faithful_key_max_rate", "faithful_alias_max_rate", "faithful_alias_min_uses",
+})
 
 
 def is_launcher_rank() -> bool:
@@ -64,15 +83,32 @@ def decoding_defaults(cfg: Config) -> DecodingSettings:
     )
 
 
-def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame]) -> tuple[CopyTokenizer, ValueVocabulary, list[float]]:
+def fingerprint(cfg: Config, splits: dict[str, pd.DataFrame]) -> str:
+    """Everything that shapes the weights: the training knobs, seed, trainer and the training and
+    validation rows (the tokenizer and exemplars are built from them)."""
+    knobs = cfg.generator.model_dump(exclude=set(NOT_TRAINING))
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"code": MODEL_CODE_VERSION, "seed": cfg.seed, "knobs": knobs, "trainer": cfg.trainer.model_dump()}, sort_keys=True, default=str).encode())
+    for split in ("train", "valid"):
+        rows = splits[split]
+        digest.update(json.dumps([list(rows["attributes"]), list(rows["summary"])], ensure_ascii=False, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame], tokenizer_dir: Path) -> tuple[CopyTokenizer, ValueVocabulary, list[float]]:
     """Tokenizer, value vocabulary and length buckets from the training split (rank 0 writes,
-    other ranks read the same files so every rank sees identical token ids)."""
+    other ranks read the same files so every rank sees identical token ids). The tokenizer is
+    kept with the checkpoints (`tokenizer_dir`): a resumed run must use the ids it trained with."""
     meta = prepared_dir / "prepared.json"
     if is_launcher_rank():
         train = splits["train"]
-        keys = {k for attrs in train["attributes"] for k in attrs}
-        values = {v for attrs in train["attributes"] for vs in attrs.values() for v in vs}
-        tokenizer = CopyTokenizer.train(train["summary"], keys, values, cfg.generator.tokenizer_vocab_size)
+        if (tokenizer_dir / TOKENIZER_META).exists():  # written last: a complete tokenizer
+            tokenizer = CopyTokenizer.load(tokenizer_dir)
+        else:
+            keys = {k for attrs in train["attributes"] for k in attrs}
+            values = {v for attrs in train["attributes"] for vs in attrs.values() for v in vs}
+            tokenizer = CopyTokenizer.train(train["summary"], keys, values, cfg.generator.tokenizer_vocab_size)
+            tokenizer.save(tokenizer_dir)
         vocabulary = build_value_vocabulary(
             list(train["attributes"]), list(train["summary"]), cfg.generator.faithful_key_max_rate, cfg.generator.faithful_alias_max_rate, cfg.generator.faithful_alias_min_uses
         )
@@ -121,12 +157,12 @@ class EpochControls(Callback):
         self.dataset.set_epoch(trainer.current_epoch)
 
 
-def build_trainer(cfg: Config, out_dir: Path, ema_start: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: Config, out_dir: Path, checkpoint_dir: Path, ema_start: int = 0) -> tuple[pl.Trainer, ModelCheckpoint]:
     """`ema_start`: the step the weight average starts at; it must not be later than the first
     validation, which otherwise would score the initial weights the average was created with
     (`train` sets it once the trainer knows the world size)."""
     g, t = cfg.generator, cfg.trainer
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
     strategy = t.strategy
     if strategy == "ddp" and t.accelerator == "cpu":
         from lightning.pytorch.strategies import DDPStrategy
@@ -234,8 +270,9 @@ def _has_tabulate() -> bool:
         return False
 
 
-def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict | None:
-    """Train on every rank; rank 0 returns the manifest (other ranks return None)."""
+def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callbacks: list[Callback] | None = None) -> dict | None:
+    """Train (or resume, or reuse a finished run of) the generator on every rank; rank 0
+    evaluates and returns the manifest (other ranks return None)."""
     from components.tracking import configure
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -246,7 +283,10 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     splits = load_corpus_splits(cfg)
     if splits["train"].empty or splits["valid"].empty:
         raise ValueError(f"corpus {cfg.paths.corpus} gives {len(splits['train'])} train / {len(splits['valid'])} valid rows: too few")
-    tokenizer, vocabulary, edges = prepare(cfg, out_dir / "prepared", splits)
+    # Checkpoints outside out_dir (which DVC clears before a re-run): a stopped run resumes, a
+    # finished one with the same fingerprint is reused (components/training/checkpoints.py).
+    ckpt_dir = run_dir(checkpoint_root(cfg, STAGE), STAGE, fingerprint(cfg, splits))
+    tokenizer, vocabulary, edges = prepare(cfg, out_dir / "prepared", splits, ckpt_dir / "tokenizer")
     exemplar_dropout = g.exemplar_dropout if g.max_exemplar_len > 0 else 1.0
     sampling = ControlSampling(g.focus_empty_prob, g.control_any_prob, g.max_focus, exemplar_dropout, g.max_exemplar_len, g.shuffle_attributes)
     train, valid = splits["train"], splits["valid"]
@@ -258,7 +298,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     valid_loader = DataLoader(valid_ds, batch_size=None, shuffle=False, num_workers=workers)
 
     spec = ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, g.dropout, g.max_source_len, g.max_target_len, g.embed_dim)
-    trainer, checkpoint = build_trainer(cfg, out_dir)
+    trainer, checkpoint = build_trainer(cfg, out_dir, ckpt_dir)
     # Lightning resolves devices "auto", -1 or a list of ids: each rank gets 1/world of the batches.
     world = trainer.num_devices * trainer.num_nodes
     steps_per_epoch = max(1, len(train_ds) // world)
@@ -269,34 +309,50 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None) -> dict 
     for callback in trainer.callbacks:
         if isinstance(callback, EMAWeightAveraging):
             callback.update_starting_at_step = min(g.warmup_steps, steps_per_epoch - 1)
-    trainer.callbacks.append(EpochControls(train_ds))
+    trainer.callbacks.extend([EpochControls(train_ds), *(callbacks or [])])
 
+    done = read_done(ckpt_dir)
+    reuse = done is not None and Path(done["best_checkpoint"]).exists()
+    last = ckpt_dir / LAST
+    resume = None if reuse or not last.exists() else last
     run = None
     if is_launcher_rank():
         import mlflow
 
         configure(cfg)
         run = mlflow.start_run(run_name=f"generator-{cfg.profile}", parent_run_id=parent_run_id, nested=parent_run_id is not None)
-        mlflow.set_tags({"model": "generator", "profile": cfg.profile})
+        mlflow.set_tags({"model": "generator", "profile": cfg.profile, "checkpoints": str(ckpt_dir),
+                         "training": "reused a finished run" if reuse else f"resumed from {resume}" if resume else "from scratch"})
         mlflow.log_params({f"generator.{k}": v for k, v in g.model_dump().items()} | {f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()} | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
     started = time.perf_counter()
     try:
-        trainer.fit(module, train_loader, valid_loader)
-        if not trainer.is_global_zero:
-            return None
+        if reuse:  # no fit: under DDP no other rank is started
+            log.info("generator training %s finished before: reusing its best checkpoint", ckpt_dir)
+        else:
+            trainer.fit(module, train_loader, valid_loader, ckpt_path=resume)  # Ctrl-C: Lightning exits 1
+            if not checkpoint.best_model_path:  # no validation ran (a step cap inside the first epoch)
+                trainer.save_checkpoint(last)  # on every rank: a collective under DDP
+            if not trainer.is_global_zero:
+                return None
+            done = {"best_checkpoint": checkpoint.best_model_path or str(last), "epochs_run": trainer.current_epoch,
+                    "steps_run": trainer.global_step, "best_val_loss": float(checkpoint.best_model_score or float("nan")),
+                    "train_seconds": time.perf_counter() - started, "resumed_from": str(resume) if resume else None}
+            write_done(ckpt_dir, done)
+            prune(ckpt_dir)
         if g.torch_threads:  # decoding runs many tiny steps (and DDP's launcher reset the count)
             torch.set_num_threads(g.torch_threads)
         import mlflow
 
         train_seconds = time.perf_counter() - started
         net = module.net
-        if checkpoint.best_model_path:  # early stopping kept training past the best epoch
-            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-            net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+        # The best epoch's weights (early stopping trains past it; with EMA, the average).
+        state = torch.load(done["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+        net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
         net = net.cpu().eval()
-        mlflow.log_metrics({"train_seconds": train_seconds, "epochs_run": float(trainer.current_epoch), "steps_run": float(trainer.global_step), "best_val_loss": float(checkpoint.best_model_score or float("nan"))})
+        mlflow.log_metrics({"train_seconds": train_seconds, "epochs_run": float(done["epochs_run"]), "steps_run": float(done["steps_run"]),
+                            "best_val_loss": done["best_val_loss"], "training_reused": float(reuse)})
         manifest = evaluate_and_log(cfg, out_dir, splits, net, tokenizer, vocabulary, edges, run)
-        manifest["metrics"].update({"train_seconds": train_seconds, "best_val_loss": float(checkpoint.best_model_score or float("nan"))})
+        manifest["metrics"].update({"train_seconds": train_seconds, "best_val_loss": done["best_val_loss"]})
         write_manifest(out_dir, manifest)
         return manifest
     except BaseException as exc:

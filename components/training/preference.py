@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config, load_config
+from components.training.checkpoints import checkpoint_root
 from components.training.launcher import exit_code_on_sigterm
 
 STAGE = "preference"
@@ -35,7 +36,8 @@ CHAMPION_DIR = "model"
 
 def default_out_dir(cfg: Config) -> Path:
     """Where the pipeline stage writes: artifacts/<profile>/models/preference/ (champion model
-    folder in model/, one folder per kind, checkpoints/, plots/, report.md, manifest.json)."""
+    folder in model/, one folder per kind, plots/, report.md, manifest.json). Checkpoints are
+    kept outside it (components.training.checkpoints), so a re-run resumes them."""
     return cfg.stage_dir("models") / STAGE
 
 
@@ -469,7 +471,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
     fits = {}
     for kind in cfg.preference.models:
         tick = time.perf_counter()
-        fits[kind] = train(cfg, kind, data, out_dir / "checkpoints", callbacks=callbacks)
+        fits[kind] = train(cfg, kind, data, checkpoint_root(cfg, STAGE), callbacks=callbacks)
         timings[f"train_{kind}_s"] = time.perf_counter() - tick
     if not all(fit.is_global_zero for fit in fits.values()):
         return None

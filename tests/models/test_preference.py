@@ -138,7 +138,8 @@ class _Poison(Callback):
 
 
 def test_a_run_that_never_reaches_a_finite_validation_loss_is_not_kept(small_cfg, tmp_path):
-    from components.models.preference.train import DONE_FILE, TrainingDiverged
+    from components.models.preference.train import TrainingDiverged
+    from components.training.checkpoints import DONE_FILE
 
     write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
     data = load_data(small_cfg)

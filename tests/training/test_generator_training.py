@@ -3,6 +3,7 @@
 import mlflow
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from components.models.generator import api
 from components.training.generator import METRIC_KEYS
@@ -43,7 +44,11 @@ def test_ddp_training_logs_one_run_and_writes_manifest(tmp_path):
     assert "val_loss" in child.data.metrics or child.data.metrics["steps_run"] > 0
     assert 0 < child.data.metrics["epochs_run"] < 50  # stopped by the CPU budget, no rank left waiting
 
-    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    from components.config import load_config
+    from components.training.checkpoints import checkpoint_root
+
+    (last,) = checkpoint_root(load_config(params, "quick"), "generator").glob("generator-*/last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]  # the average is what gets kept
     assert averaged.keys() == current.keys() and any(not averaged[k].equal(current[k]) for k in averaged)
 
@@ -103,3 +108,82 @@ def test_a_missing_word_list_fails_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="ad-law word list not found"):
         generator.main(["--profile", "quick", "--params", str(params), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # nothing trained
+
+
+class _LostMachine(RuntimeError):
+    pass
+
+
+class _StopAtEpoch(Callback):
+    """The machine goes away as the given epoch starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise _LostMachine("preempted")
+
+
+def _evaluated_weights(monkeypatch) -> list[dict]:
+    """Stand in for evaluation (minutes of decoding): keep the weights it was handed."""
+    from components.training import generator as entry
+
+    seen: list[dict] = []
+
+    def keep(cfg, out_dir, splits, net, *args):
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        return {"model": "generator", "run_id": args[-1].info.run_id, "metrics": {}}
+
+    monkeypatch.setattr(entry, "evaluate_and_log", keep)
+    return seen
+
+
+def test_a_stopped_training_resumes_and_a_finished_one_is_reused(tmp_path, monkeypatch):
+    """Checkpoints live outside the stage's output folder (which DVC clears before a re-run):
+    a stopped run goes on from its last epoch, with the time budget it had left; a finished run
+    whose training knobs and data did not change is evaluated again, not trained again."""
+    from components.config import load_config
+    from components.training import generator as entry
+    from components.training.checkpoints import checkpoint_root, read_done
+
+    seen = _evaluated_weights(monkeypatch)
+    params = write_params(tmp_path, generator={"max_epochs": 3, "max_steps": -1, "patience": 10})
+    cfg = load_config(params, "quick")
+    out = tmp_path / "out"
+
+    with pytest.raises(_LostMachine):
+        entry.train(cfg, out, callbacks=[_StopAtEpoch(2)])
+    (run_dir,) = checkpoint_root(cfg, "generator").glob("generator-*")
+    assert read_done(run_dir) is None and not seen  # an interrupted run is neither done nor evaluated
+    stopped = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert stopped["epoch"] == 1 and stopped["budget_used"] > 0
+    assert (out / "prepared").exists()
+    import shutil
+
+    shutil.rmtree(out)  # what DVC does before it re-runs the stage
+
+    entry.train(cfg, out)
+    done = read_done(run_dir)
+    assert done["resumed_from"] == str(run_dir / "last.ckpt") and done["epochs_run"] == 3
+    assert done["steps_run"] == stopped["global_step"] * 3 // 2  # went on, not over: 2 epochs, then 1 more
+    resumed = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["budget_used"] > stopped["budget_used"]
+    assert len(seen) == 1
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    tags = [r.data.tags["training"] for r in mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time ASC"])]
+    assert tags[0] == "from scratch" and tags[1].startswith("resumed from")
+
+    # Decoding settings do not shape the weights: the finished training is reused as it is.
+    decoding_only = load_config(write_params(tmp_path, generator={"max_epochs": 3, "max_steps": -1, "patience": 10, "temperature": 0.5}), "quick")
+    entry.train(decoding_only, out)
+    assert len(seen) == 2 and all(seen[0][k].equal(seen[1][k]) for k in seen[0])
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"])
+    assert runs[0].data.tags["training"] == "reused a finished run" and runs[0].data.metrics["training_reused"] == 1.0
+    assert read_done(run_dir) == done
+
+    # A training knob does: a new run, in its own folder.
+    other = load_config(write_params(tmp_path, generator={"max_epochs": 1, "max_steps": -1, "patience": 10}), "quick")
+    entry.train(other, out)
+    assert len(list(checkpoint_root(cfg, "generator").glob("generator-*"))) == 2

@@ -89,7 +89,9 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     assert artifacts == {"plots/roc.png", "plots/pr.png", "plots/reliability.png"}
 
     # Checkpoints were written by rank 0, and the model is usable from MLflow and from disk.
-    assert list((out / "checkpoints").glob(f"{manifest['champion_kind']}-*/last.ckpt"))
+    from components.training.checkpoints import checkpoint_root
+
+    assert list(checkpoint_root(cfg, "preference").glob(f"{manifest['champion_kind']}-*/last.ckpt"))
     samples = __import__("pandas").read_parquet(cfg.stage_dir("features") / "samples.parquet").tail(50)
     from_uri, from_dir = load_preference(manifest["model_uri"]), load_preference(manifest["model_dir"])
     np.testing.assert_allclose(from_uri.predict(samples), from_dir.predict(samples), atol=1e-6)

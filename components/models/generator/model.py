@@ -279,16 +279,25 @@ class GeneratorModule(pl.LightningModule):
         self._started: float | None = None
         self._cpu_started: float | None = None
         self._shared_used = 0.0  # budget_used() as rank 0 saw it at the last scheduler step
+        self._used_before = 0.0  # the budget a resumed run had spent before its checkpoint
 
     def budget_used(self) -> float:
         """Share of the time budget spent: wall clock, or this process' CPU time when a CPU
-        budget is set (on a shared machine CPU time is the compute the model actually got)."""
+        budget is set (on a shared machine CPU time is the compute the model actually got).
+        A run resumed from a checkpoint goes on from the share spent when it was saved."""
         if self._started is None:
             self._started, self._cpu_started = time.monotonic(), time.process_time()
         used = (time.monotonic() - self._started) / self.hparams.max_seconds
         if self.hparams.max_cpu_seconds:
             used = max(used, (time.process_time() - self._cpu_started) / self.hparams.max_cpu_seconds)
-        return used
+        return self._used_before + used
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["budget_used"] = self.budget_used()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._used_before = float(checkpoint.get("budget_used", 0.0))
+        self._started = None  # this process' clocks start now
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """NLL of the copy/vocabulary mixture, plus label smoothing on the vocabulary part."""

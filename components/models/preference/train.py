@@ -3,7 +3,8 @@
 - `cfg.trainer` goes straight into `lightning.Trainer` (accelerator, devices, strategy, precision,
   num_nodes): scaling out is a params.yaml edit.
 - A checkpoint is written every epoch (`last.ckpt`) plus the best one by validation loss; an
-  interrupted run resumes from `last.ckpt`. Checkpoints live in a folder named after a
+  interrupted run resumes from `last.ckpt`. Checkpoints live in a folder (under
+  components.training.checkpoints' root, outside the stage's outputs) named after a
   fingerprint of everything that shapes the weights (model knobs, seed, the encoded training
   data), so a changed input never resumes from a stale checkpoint. `max_epochs` and `patience`
   are deliberately left out of it: raising them continues the same run (a run that stopped
@@ -29,14 +30,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from components.config import Config
+from components.training.checkpoints import LAST, prune, read_done, run_dir, write_done
 from components.models.preference.data import MAX_ATTRS_PER_PRODUCT, MAX_MENTIONS_PER_COPY, PreferenceData
 from components.models.preference.modules import PreferenceModule, module_class
 from components.models.preference.nets import NetSpec
 
-DONE_FILE = "done.json"
 # Part of the checkpoint fingerprint: bump when a code change makes old checkpoints unusable.
 MODEL_CODE_VERSION = 3
-LAST = "last.ckpt"
 
 
 @dataclass
@@ -164,11 +164,6 @@ class ConfiguredEarlyStopping(EarlyStopping):
         self.patience = patience
 
 
-def _read_done(checkpoint_dir: Path) -> dict | None:
-    path = checkpoint_dir / DONE_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def train(
     cfg: Config,
     kind: str,
@@ -178,11 +173,10 @@ def train(
 ) -> FitResult:
     """Train (or resume, or reuse a finished run of) one preference model. Call on every rank."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    checkpoint_dir = Path(checkpoint_root) / f"{kind}-{fingerprint(cfg, kind, data)}"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = run_dir(checkpoint_root, kind, fingerprint(cfg, kind, data))
     p = cfg.preference
 
-    done = _read_done(checkpoint_dir)
+    done = read_done(checkpoint_dir)
     # A run that stopped early is finished only for the patience it stopped with.
     finished = done and ((done["stopped_early"] and done.get("patience") == p.patience) or done["epochs_completed"] >= p.max_epochs)
     if finished and Path(done["best_checkpoint"]).exists():
@@ -238,7 +232,8 @@ def train(
     if trainer.is_global_zero:
         done = {"best_checkpoint": best, "epochs_completed": trainer.current_epoch, "stopped_early": stopped_early,
                 "patience": p.patience, "history": history.rows, "global_step": trainer.global_step}
-        (checkpoint_dir / DONE_FILE).write_text(json.dumps(done, indent=2), encoding="utf-8")
+        write_done(checkpoint_dir, done)
+        prune(checkpoint_dir)
         result.module = _load_best(kind, best)
     return result
 
