@@ -89,10 +89,17 @@ def _registry_errors(verb: str) -> Iterator[None]:
     from components.registry import PromotionRefused, RegistryInconsistent
     from components.registry.store import PromotionBusy
 
+    from mlflow.exceptions import MlflowException
+
     try:
         yield
     except (PromotionRefused, PromotionBusy, RegistryInconsistent, LookupError) as exc:
         typer.secho(f"{verb}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    except MlflowException as exc:  # the store itself failed: one line, and where to look
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        typer.secho(f"{verb}: the registry failed: {first}; `copyflow status` shows the aliases as they are now",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
 
 
@@ -339,6 +346,8 @@ def promote(
     cfg = _registry_config(params, profile)
     with _registry_errors("promotion refused"):
         result = do_promote(cfg, release=release, dry_run=dry_run, note=note)
+    for line in result.get("notes", []):
+        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
     if result.get("recheck_report"):
         typer.echo(result["recheck_report"])
     if result.get("message"):
@@ -362,6 +371,8 @@ def rollback(
     cfg = _registry_config(params, profile)
     with _registry_errors("rollback refused"):
         result = do_rollback(cfg, note=note)
+    for line in result.get("notes", []):
+        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
     typer.echo(render_status(status(cfg)))
 

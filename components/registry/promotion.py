@@ -9,6 +9,9 @@ the target as `replaced_release`). Rollback: champion -> previous, previous -> t
 one had replaced, so repeated rollbacks walk back through the promotion history.
 All writes happen under `registry_lock` and re-read the current champion inside it, so ten
 promotions started at once serialize and leave one consistent champion.
+A release is made champion only if it can be served (`_unservable`: members registered, their
+runs and files present). A champion or previous whose manifest cannot be read, and a challenger
+with a member deleted by hand, are set aside rather than blocking every way out.
 """
 
 from __future__ import annotations
@@ -118,6 +121,37 @@ def _missing_members(client: MlflowClient, manifest: dict) -> list[str]:
     return missing
 
 
+def _missing_artifacts(client: MlflowClient, manifest: dict) -> list[str]:
+    """Member models whose files are gone (a deleted run, a cleaned-up artifact store): serving
+    could not load them. Checks the logged model and the bundle the server downloads."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    missing = []
+    for member in manifest["members"].values():
+        label = f"{member['registered_model']} v{member['version']}"
+        try:
+            run = client.get_run(member["run_id"]) if member.get("run_id") else None
+            if run is not None and run.info.lifecycle_stage == "deleted":
+                missing.append(f"{label} (its run {member['run_id']} was deleted)")
+                continue
+            mlflow.models.get_model_info(member["model_uri"])
+            bundle = member.get("onnx_uri") or ""
+            if bundle.startswith("runs:/"):
+                run_id, _, path = bundle.removeprefix("runs:/").partition("/")
+                if not client.list_artifacts(run_id, path):
+                    missing.append(f"{label} (no files at {bundle})")
+        except (MlflowException, OSError) as exc:
+            missing.append(f"{label} ({str(exc).strip().splitlines()[0][:200]})")
+    return missing
+
+
+def _unservable(client: MlflowClient, manifest: dict) -> list[str]:
+    """Why the release could not be served if it became champion: members deleted from the
+    registry, or whose files are gone. [] when it could."""
+    return _missing_members(client, manifest) or _missing_artifacts(client, manifest)
+
+
 def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
     """Point champion at `champion` and previous at `previous`, on the release and every member.
 
@@ -133,14 +167,17 @@ def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
     prev_manifest = load_manifest(client, previous) if previous else None
     challenger = model_aliases(client, RELEASE_MODEL).get(CHALLENGER)
     challenger = None if challenger is None or str(challenger) == str(champion) else str(challenger)
+    set_aside = False  # a challenger whose members' aliases are left exactly as they are
     try:
         chall_manifest = load_manifest(client, challenger) if challenger else None
     except LookupError:
-        chall_manifest = None  # unreadable challenger: left to `status`; its members stay as they are
-    missing = _missing_members(client, champ_manifest)
+        chall_manifest, set_aside = None, True  # unreadable challenger: left to `status`
+    if chall_manifest is not None and _missing_members(client, chall_manifest):
+        chall_manifest, set_aside = None, True  # a member deleted by hand: likewise (its alias cannot be set)
+    missing = _unservable(client, champ_manifest)
     if missing:
         raise PromotionRefused(
-            f"release {champion} lists member versions that no longer exist: {', '.join(missing)}; nothing was changed"
+            f"release {champion} cannot be served: {'; '.join(missing)}; nothing was changed"
         )
     for family in sorted(REGISTERED_MODELS):
         name = registered_model(family)
@@ -151,7 +188,7 @@ def _apply(client: MlflowClient, champion: str, previous: str | None) -> None:
         set_alias(client, name, PREVIOUS, prev_member["version"] if prev_member else None)
         if chall_member:
             set_alias(client, name, CHALLENGER, chall_member["version"])
-        elif champ_member and str(model_aliases(client, name).get(CHALLENGER)) == str(champ_member["version"]):
+        elif not set_aside and champ_member and str(model_aliases(client, name).get(CHALLENGER)) == str(champ_member["version"]):
             set_alias(client, name, CHALLENGER, None)
     set_alias(client, RELEASE_MODEL, PREVIOUS, previous)
     set_alias(client, RELEASE_MODEL, CHAMPION, champion)
@@ -174,6 +211,9 @@ def recheck_evidence(cfg: Config, client: MlflowClient, target: dict, champion: 
     Returns the gate results that were re-computed ([] when the stored verdict applies as is).
     """
     version = target["release"]
+    missing = _unservable(client, target)
+    if missing:  # before reading the members' tags, which would fail on a deleted version
+        raise PromotionRefused(f"release {version} cannot be served: {'; '.join(missing)}; nothing was changed")
     release_tags = client.get_model_version(RELEASE_MODEL, version).tags
     if release_tags.get("gate.verdict") != "pass" or target.get("gate_verdict") != "pass":
         raise PromotionRefused(f"release {version} has no passing gate evidence (gate.verdict={release_tags.get('gate.verdict')!r})")
@@ -254,24 +294,25 @@ def promote(
     except LookupError as exc:
         raise PromotionRefused(str(exc)) from exc
     actor = actor or default_actor()
+    notes: list[str] = []
     if dry_run:  # no lock: nothing is written
-        champion = _current(client, CHAMPION)
+        champion = _readable(client, CHAMPION, notes)
         if not _differs(champion, version):
-            kept = _usable_previous(client, _current(client, PREVIOUS), version)
+            kept = _usable_previous(client, _readable(client, PREVIOUS, notes), version)
             return {**_plan(target, champion, kept), "changed": False, "dry_run": True, "recheck_report": "",
-                    "message": f"release {version} is already the champion"}
+                    "message": f"release {version} is already the champion", "notes": notes}
         rechecked = recheck_evidence(cfg, client, target, champion)
-        replaced = _usable_previous(client, _replaced(client, champion), version)
-        return {**_plan(target, champion, replaced), "changed": False, "dry_run": True, "recheck_report": _report(rechecked)}
+        replaced = _usable_previous(client, _replaced(client, champion, notes), version)
+        return {**_plan(target, champion, replaced), "changed": False, "dry_run": True, "recheck_report": _report(rechecked), "notes": notes}
     with registry_lock(cfg):
-        champion = _current(client, CHAMPION)  # re-read under the lock: another promotion may have won
+        champion = _readable(client, CHAMPION, notes)  # re-read under the lock: another promotion may have won
         if only_if_no_champion and champion is not None:
             return {**_plan(target, champion), "changed": False, "dry_run": False, "recheck_report": "",
                     "message": f"release {champion['release']} is already champion; auto-promotion skipped"}
         if not _differs(champion, version):
             # Already champion: nothing to promote, but a crash midway through an earlier promote or
             # rollback may have left members behind; rewriting the same aliases repairs that.
-            previous_manifest = _usable_previous(client, _current(client, PREVIOUS), version)
+            previous_manifest = _usable_previous(client, _readable(client, PREVIOUS, notes), version)
             previous = previous_manifest["release"]
             before = check_consistency(client)
             if before:
@@ -284,9 +325,9 @@ def promote(
             if left:
                 message += "\nstill inconsistent (not fixable by moving aliases):\n- " + "\n- ".join(left)
             return {**_plan(target, champion, previous_manifest), "changed": bool(repaired), "dry_run": False,
-                    "recheck_report": "", "message": message}
+                    "recheck_report": "", "message": message, "notes": notes}
         rechecked = recheck_evidence(cfg, client, target, champion)
-        previous_manifest = _usable_previous(client, _replaced(client, champion), version)
+        previous_manifest = _usable_previous(client, _replaced(client, champion, notes), version)
         previous = previous_manifest["release"]
         before = check_consistency(client)
         _apply(client, version, previous)
@@ -299,16 +340,22 @@ def promote(
         _tag_members(client, target, {"promoted_at": when, "promoted_by": actor, "release": version})
         _verify(client, {CHAMPION: version, PREVIOUS: previous}, before)
     return {**_plan(target, champion, previous_manifest), "changed": True, "dry_run": False,
-            "recheck_report": _report(rechecked), "promoted_at": when, "promoted_by": actor, "note": note or ""}
+            "recheck_report": _report(rechecked), "promoted_at": when, "promoted_by": actor, "note": note or "", "notes": notes}
 
 
 def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> dict:
     """Champion back to `previous` in one step; previous becomes the release that one replaced."""
     client = registry_client(cfg)
     actor = actor or default_actor()
+    notes: list[str] = []
     with registry_lock(cfg):
-        current = _current(client, CHAMPION)
-        previous = _current(client, PREVIOUS)
+        champion_version = model_aliases(client, RELEASE_MODEL).get(CHAMPION)
+        # An unreadable champion is rolled back like any other (its members' aliases move with
+        # the restored release's); an unreadable or unservable previous cannot be restored.
+        current = _readable(client, CHAMPION, notes)
+        if current is None and champion_version is not None:
+            current = {"release": str(champion_version), "members": {}}
+        previous = _current(client, PREVIOUS) if model_aliases(client, RELEASE_MODEL).get(PREVIOUS) is not None else None
         if current is None:
             raise PromotionRefused("nothing to roll back: no release has the alias 'champion' (promote one with `copyflow promote --release N`)")
         if previous is None:
@@ -328,12 +375,23 @@ def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> 
         _verify(client, {CHAMPION: restored, PREVIOUS: older}, before)
     older_manifest = load_manifest(client, older) if older else NO_RELEASE
     return {**_plan(previous, current, older_manifest), "rolled_back": rolled_back, "previous": older,
-            "changed": True, "at": when, "by": actor, "note": note or ""}
+            "changed": True, "at": when, "by": actor, "note": note or "", "notes": notes}
 
 
 def _current(client: MlflowClient, alias: str) -> dict | None:
     version = model_aliases(client, RELEASE_MODEL).get(alias)
     return None if version is None else load_manifest(client, version)
+
+
+def _readable(client: MlflowClient, alias: str, notes: list[str]) -> dict | None:
+    """The release holding `alias`, or None when none does or its manifest cannot be read (noted
+    in `notes`). An unreadable champion or previous counts as none, as a deleted one does: it
+    could not be served or restored, and it must not block promoting or restoring another."""
+    try:
+        return _current(client, alias)
+    except LookupError as exc:
+        notes.append(f"the release holding '{alias}' was set aside: {exc}")
+        return None
 
 
 def _differs(champion: dict | None, version: str) -> bool:
@@ -343,21 +401,22 @@ def _differs(champion: dict | None, version: str) -> bool:
 def _usable_previous(client: MlflowClient, candidate: dict | None, target: str) -> dict:
     """`candidate` as the `previous` of `target`, or NO_RELEASE when it is none, is the target
     itself, or has a member deleted by hand (a rollback could not restore it)."""
-    if candidate is None or str(candidate["release"]) == str(target) or _missing_members(client, candidate):
+    if candidate is None or str(candidate["release"]) == str(target) or _unservable(client, candidate):
         return NO_RELEASE
     return candidate
 
 
-def _replaced(client: MlflowClient, champion: dict | None) -> dict | None:
+def _replaced(client: MlflowClient, champion: dict | None, notes: list[str]) -> dict | None:
     """Who becomes `previous` on a promotion: the champion it replaces; with no champion (its
-    release deleted by hand), the release that already is previous, so the history is kept."""
-    return champion if champion is not None else _current(client, PREVIOUS)
+    release deleted by hand, or unreadable), the release that already is previous, so the
+    history is kept."""
+    return champion if champion is not None else _readable(client, PREVIOUS, notes)
 
 
 def _intact(client: MlflowClient, version: str) -> bool:
     """The release exists, its manifest reads and every member version is still registered."""
     try:
-        return not _missing_members(client, load_manifest(client, version))
+        return not _unservable(client, load_manifest(client, version))
     except LookupError:
         return False
 

@@ -78,6 +78,7 @@ class Loaded:
     ref: str      # what the loader read: a model URI or a local dir
     origin: str   # "release 3 (champion)"
     version: str  # the served copies' model_version: the registry URI, or the local output's run
+    release: str | None = None  # its release (None: a local training output)
 
 
 class Champion:
@@ -103,6 +104,7 @@ class Champion:
         self._failure: Exception | None = None  # why nothing is loaded, until the next look-up
         self._checked = float("-inf")
         self.last_error: str | None = None  # why the last look-up failed, while the previous champion serves
+        self.not_loaded: str | None = None  # the champion that failed to load while an older one serves
 
     @property
     def loaded(self) -> Loaded | None:
@@ -131,12 +133,13 @@ class Champion:
                 if self._failure is not None:
                     raise self._failure.with_traceback(None)
             self._checked = now
+            model = None
             try:
                 model = resolve_model(self.cfg, self.family)
                 if self._current is None or model.version != self._current.version:
-                    loaded = Loaded(self._load(model.ref), model.ref, model.origin, model.version)
+                    loaded = Loaded(self._load(model.ref), model.ref, model.origin, model.version, model.release)
                 else:
-                    loaded = Loaded(self._current.model, model.ref, model.origin, model.version)
+                    loaded = Loaded(self._current.model, model.ref, model.origin, model.version, model.release)
             except NoModel as exc:
                 self._current, self._failure, self.last_error = None, exc, str(exc)
                 raise
@@ -145,8 +148,9 @@ class Champion:
                 if self._current is None:
                     self._failure = exc
                     raise
+                self.not_loaded = model.origin if model is not None and model.version != self._current.version else None
                 return self._current
-            self._current, self._failure, self.last_error = loaded, None, None
+            self._current, self._failure, self.last_error, self.not_loaded = loaded, None, None, None
             return loaded
 
 
@@ -277,7 +281,17 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         except ShopperDataUnavailable as exc:
             raise HTTPException(503, f"no shopper data to personalize with (run `copyflow retrain --profile {cfg.profile}`): {exc}") from exc
 
-    def choose_copy(data, user_id: str, product: str, texts: list[str]) -> tuple[Choice, str | None]:
+    def same_release(model: Loaded, scoring: Loaded) -> None:
+        """One release serves, all its models together: a preference model of another release
+        than the generator's (one of the two failed to load the new champion) does not choose."""
+        if scoring.release != model.release:
+            failed = champion.not_loaded or (scorer.not_loaded if scorer is not None else None)
+            raise ValueError(
+                f"the preference model is {scoring.origin}'s and the generator {model.origin}'s"
+                f"{f' ({failed} failed to load)' if failed else ''}: copies are drawn uniformly until both serve one release"
+            )
+
+    def choose_copy(model: Loaded, data, user_id: str, product: str, texts: list[str]) -> tuple[Choice, str | None]:
         """The strategy's pick among the distinct candidates, and the preference model that
         scored them. Choosing is optional: any failure of the model or of its feature row leaves
         the request to a uniform draw, and `/health` shows why."""
@@ -285,6 +299,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         if scorer is not None and len(texts) > 1:
             try:
                 loaded = scorer.current()
+                same_release(model, loaded)
                 scores = preference_scores(loaded.model, cfg, data, user_id, product, texts)
                 if scores is not None and not np.isfinite(scores).all():
                     raise ValueError(f"the preference model scored the candidates {np.round(scores, 4).tolist()}")
@@ -304,11 +319,19 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     @app.get("/health")
     def health() -> dict[str, Any]:
         model, data = serving_model(), shopper_data()
-        scoring = scorer.loaded if scorer is not None else None
+        scoring, error = None, choice_errors["last"]
+        if scorer is not None:
+            try:  # looked up as a request would, so a promote or rollback shows here without a /copy
+                scoring = scorer.current()
+                same_release(model, scoring)
+            except Exception as exc:  # noqa: BLE001 - reported, as choose_copy would meet it
+                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                scoring = scoring or scorer.loaded
         chooser = {"strategy": cfg.serving.choice, "exploration": cfg.serving.exploration,
-                   "preference_model": scoring.version if scoring else None, "error": choice_errors["last"]}
+                   "preference_model": scoring.version if scoring else None, "preference_origin": scoring.origin if scoring else None,
+                   "preference_not_loaded": scorer.not_loaded if scorer is not None else None, "error": error}
         return {"status": "ok", "profile": cfg.profile, "token_required": token is not None, "generator": model.origin, "model_version": model.version,
-                "registry_error": champion.last_error, "choice": chooser,
+                "generator_not_loaded": champion.not_loaded, "registry_error": champion.last_error, "choice": chooser,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
                 "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
 
@@ -332,7 +355,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 distinct = list(dict.fromkeys(result.copies))
                 if not distinct:
                     raise HTTPException(500, "the generator wrote no copy for this product")
-                picked, scorer_version = choose_copy(data, user_id, request.product, distinct)
+                picked, scorer_version = choose_copy(model, data, user_id, request.product, distinct)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc
         except GenerationInputError as exc:

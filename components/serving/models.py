@@ -25,6 +25,7 @@ class ResolvedModel:
     ref: str       # a local model dir or an MLflow URI, accepted by the family's loader
     origin: str    # "release 3 (champion)" or "local training output ..."
     version: str = ""  # which model this is, for logs: the registry URI, or the local output's training run
+    release: str | None = None  # the release it belongs to (None: a local training output)
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -53,7 +54,8 @@ def resolve_model(cfg: Config, family: str, alias: str = "champion", allow_local
     member = release["members"].get(family)
     if member is None:
         raise NoModel(f"release {release['release']} ({alias}) has no {family} model")
-    return ResolvedModel(family, member.get("model_uri") or member["source_uri"], f"release {release['release']} ({alias})")
+    return ResolvedModel(family, member.get("model_uri") or member["source_uri"], f"release {release['release']} ({alias})",
+                         release=str(release["release"]))
 
 
 def _release_versions(cfg: Config) -> int:

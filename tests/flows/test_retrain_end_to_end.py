@@ -201,6 +201,29 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
         if uniform.json()["candidates"] > 1:  # a single candidate is never scored
             assert why in broken.get("/health").json()["choice"]["error"]
 
+    # One release serves, all its models together: a preference model of another release than
+    # the generator's (the new champion's generator failed to load) does not choose.
+    from dataclasses import replace
+
+    class OtherRelease:
+        not_loaded = None
+
+        def __init__(self, inner: Champion) -> None:
+            self.inner = inner
+
+        def current(self):
+            return replace(self.inner.current(), origin="release 2 (champion)", release="2")
+
+        @property
+        def loaded(self):
+            return self.current()
+
+    mixed = TestClient(create_app(always_reload, scorer=OtherRelease(Champion(always_reload, "preference"))))
+    uniform = mixed.post("/copy", json={"user": raw_user, "product": product, "impression": False})
+    assert uniform.status_code == 200 and uniform.json()["choice"] == "uniform", uniform.text
+    health = mixed.get("/health").json()
+    assert "until both serve one release" in health["choice"]["error"] and health["generator"] == "release 1 (champion)"
+
     refusals = {
         "pseudonym": (client.post("/copy", json={"user": pseudonym(raw_user, key), "product": product}), 422, "not its pseudonym"),
         "unknown product": (client.post("/copy", json={"user": raw_user, "product": "NOPE"}), 404, "product 'NOPE' is not in"),
@@ -244,7 +267,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() is not None else "no answer"
                 time.sleep(0.5)
-        assert health.json()["feedback"]["served"] == 4 and health.json()["feedback"]["events"] == 2
+        assert health.json()["feedback"]["served"] == 5 and health.json()["feedback"]["events"] == 2
         again = httpx.post(f"http://127.0.0.1:{port}/copy", json={"user": raw_user, "product": product}, timeout=120)
         assert again.status_code == 200 and again.json()["copy"], again.text
     finally:

@@ -234,10 +234,96 @@ def test_a_rollback_to_a_release_with_a_deleted_member_is_refused_and_moves_noth
     promote(cfg, release=2)
     client.delete_model_version("copyflow-preference", fresh_world.first.versions["preference"])
     before = champion_state(cfg)  # MLflow dropped the deleted version's `previous` alias with it
-    with pytest.raises(PromotionRefused, match=r"release 1 lists member versions that no longer exist: copyflow-preference v"):
+    with pytest.raises(PromotionRefused, match=r"release 1 cannot be served: copyflow-preference v\d+; nothing was changed"):
         rollback(cfg)
     assert champion_state(cfg) == before
     assert before["copyflow-generator"]["champion"] == fresh_world.second.versions["generator"]  # not moved
+
+
+def test_a_challenger_with_a_deleted_member_blocks_neither_repair_nor_rollback(fresh_world):
+    """Champion 2, previous 1, challenger 3 (a new preference model, release 2's generator
+    carried over); release 3's preference version is deleted by hand. Promoting the challenger
+    is refused in one line; repairing the champion and rolling back work, and leave the broken
+    challenger's member aliases alone (status keeps reporting it)."""
+    from components.registry.candidates import release_candidates
+    from tests.registry import helpers
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    promote(cfg, release=2)
+    manifest = helpers.train_preference(cfg, fresh_world.base)
+    assert release_candidates(cfg, [manifest], project_dir=ROOT, scorers=helpers.SCORERS).release == "3"
+    deleted = model_aliases(client, "copyflow-preference")["challenger"]
+    client.delete_model_version("copyflow-preference", deleted)
+    before = champion_state(cfg)
+    with pytest.raises(PromotionRefused, match=rf"release 3 cannot be served: copyflow-preference v{deleted}; nothing was changed"):
+        promote(cfg)
+    with pytest.raises(PromotionRefused, match="cannot be served"):
+        promote(cfg, dry_run=True)
+    assert champion_state(cfg) == before
+
+    repaired = promote(cfg, release=2)  # the repair that status suggests
+    assert not repaired["changed"] and "still inconsistent" in repaired["message"]
+    assert champion_state(cfg) == before
+
+    assert rollback(cfg)["release"] == "1"
+    assert model_aliases(client, RELEASE_MODEL) == {"champion": "1", "challenger": "3"}
+    assert model_aliases(client, "copyflow-generator")["champion"] == fresh_world.first.versions["generator"]
+    assert model_aliases(client, "copyflow-generator")["challenger"] == fresh_world.second.versions["generator"]  # release 3's, left alone
+    assert check_consistency(client) == [f"copyflow-preference@challenger is unset but {RELEASE_MODEL}@challenger (v3) says {deleted}"]
+
+
+def test_a_release_whose_model_files_are_gone_is_refused(fresh_world):
+    """A deleted run (an artifact clean-up) leaves the registry entries in place: serving would
+    fail to load them, so promotion refuses, naming the member, and moves nothing."""
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    version = fresh_world.second.versions["generator"]
+    run_id = client.get_model_version("copyflow-generator", version).run_id
+    client.delete_run(run_id)
+    before = champion_state(cfg)
+    with pytest.raises(PromotionRefused, match=rf"release 2 cannot be served: copyflow-generator v{version} \(its run {run_id} was deleted\)"):
+        promote(cfg)
+    assert champion_state(cfg) == before
+
+
+def test_an_unreadable_champion_manifest_blocks_neither_rollback_nor_another_promotion(fresh_world):
+    """Champion 2 (previous 1) with its manifest damaged on disk: rollback restores release 1,
+    and promoting release 1 instead works too, each with a warning naming the set-aside release."""
+    from pathlib import Path
+
+    from components.registry.release import _manifest_cached
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    promote(cfg, release=2)
+    # The clone reads the original world's artifacts: damage them, and restore them after.
+    source = Path(client.get_model_version(RELEASE_MODEL, "2").source.removeprefix("file://")) / "manifest.json"
+    intact = source.read_bytes()
+
+    def damage() -> None:
+        source.write_text('{"schema": 1, "members": ', encoding="utf-8")
+        _manifest_cached.cache_clear()
+
+    try:
+        damage()
+        result = rollback(cfg)
+        assert result["release"] == "1" and result["rolled_back"] == "2"
+        assert any("set aside" in n and "cannot be read" in n for n in result["notes"])
+        assert model_aliases(client, RELEASE_MODEL) == {"champion": "1"}
+        assert check_consistency(client) == []
+
+        # The same damage, promoting release 1 by hand instead of rolling back.
+        source.write_bytes(intact)
+        _manifest_cached.cache_clear()
+        promote(cfg, release=2)
+        damage()
+        promoted = promote(cfg, release=1)
+        assert promoted["changed"] and any("set aside" in n for n in promoted["notes"])
+        assert model_aliases(client, RELEASE_MODEL)["champion"] == "1"
+    finally:
+        source.write_bytes(intact)
+        _manifest_cached.cache_clear()
 
 
 def test_promoting_the_champion_again_repairs_members_left_behind(fresh_world):

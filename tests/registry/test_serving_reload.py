@@ -36,6 +36,7 @@ def test_a_promote_and_a_rollback_reach_a_running_server_after_the_reload_interv
     assert second.origin == "release 2 (champion)" and second.ref != first.ref
     clock.now = 60.0
     assert champion.current().model == second.model  # same champion: not loaded again
+    assert (first.release, second.release, champion.not_loaded) == ("1", "2", None)
     assert loads == [first.ref, second.ref]
 
     rollback(cfg, actor="test")
@@ -79,6 +80,7 @@ def test_a_new_champion_that_fails_to_load_leaves_the_last_one_serving(fresh_wor
     promote(cfg, note="test", actor="test")
     clock.now = 30.0
     assert champion.current() is first and "weights.pt is truncated" in champion.last_error
+    assert (first.release, champion.not_loaded) == ("1", "release 2 (champion)")  # /health names both
 
 
 def test_a_model_that_cannot_load_is_not_tried_again_on_every_request(fresh_world):
