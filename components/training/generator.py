@@ -162,7 +162,7 @@ def build_trainer(cfg: Config, out_dir: Path, checkpoint_dir: Path, ema_start: i
     validation, which otherwise would score the initial weights the average was created with
     (`train` sets it once the trainer knows the world size)."""
     g, t = cfg.generator, cfg.trainer
-    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="{epoch}", monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1)
     strategy = t.strategy
     if strategy == "ddp" and t.accelerator == "cpu":
         from lightning.pytorch.strategies import DDPStrategy
