@@ -355,7 +355,7 @@ def rollback(cfg: Config, note: str | None = None, actor: str | None = None) -> 
         current = _readable(client, CHAMPION, notes)
         if current is None and champion_version is not None:
             current = {"release": str(champion_version), "members": {}}
-        previous = _current(client, PREVIOUS) if model_aliases(client, RELEASE_MODEL).get(PREVIOUS) is not None else None
+        previous = _current(client, PREVIOUS)
         if current is None:
             raise PromotionRefused("nothing to roll back: no release has the alias 'champion' (promote one with `copyflow promote --release N`)")
         if previous is None:
