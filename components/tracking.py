@@ -29,6 +29,11 @@ def disable_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+def profile_uri_env(profile: str) -> str:
+    """The variable that names the store of a profile that keeps one of its own (shop, obd)."""
+    return f"{TRACKING_URI_ENV}_{profile.upper()}"
+
+
 class StoreConflict(ValueError):
     """$COPYFLOW_TRACKING_URI would put a profile that keeps a registry of its own into the shared one."""
 
@@ -42,18 +47,22 @@ def tracking_uri(cfg=None) -> str:
     A profile that names its own `paths.mlflow_dir` (obd: another shop) is never sent to the
     shared store named by the variable: its models would take the same registered names and
     aliases as the other profiles', and promoting one shop's release would replace the other's
-    champion. It must name its own `tracking.uri` instead.
+    champion. It must name its own `tracking.uri`, or its own variable
+    ($COPYFLOW_TRACKING_URI_<PROFILE>, which `make up` writes for each such profile so that one
+    worker can run every profile's deployments), instead.
     """
     if cfg is not None and cfg.tracking.uri:
         return cfg.tracking.uri
+    if cfg is not None and cfg.own_store and os.environ.get(profile_uri_env(cfg.profile)):
+        return os.environ[profile_uri_env(cfg.profile)]
     if os.environ.get(TRACKING_URI_ENV):
         if cfg is not None and cfg.own_store:
             raise StoreConflict(
                 f"profile {cfg.profile!r} keeps a tracking store and registry of its own "
                 f"(paths.mlflow_dir: {cfg.paths.mlflow_dir}), but {TRACKING_URI_ENV}={os.environ[TRACKING_URI_ENV]} "
                 f"would register its models next to the other profiles' under the same names. "
-                f"Set profiles.{cfg.profile}.tracking.uri to a store of its own, or unset {TRACKING_URI_ENV} "
-                f"to use {Path(cfg.paths.mlflow_dir) / 'mlflow.db'}"
+                f"Set profiles.{cfg.profile}.tracking.uri or {profile_uri_env(cfg.profile)} to a store of its own, "
+                f"or unset {TRACKING_URI_ENV} to use {Path(cfg.paths.mlflow_dir) / 'mlflow.db'}"
             )
         return os.environ[TRACKING_URI_ENV]
     mlflow_dir = cfg.paths.mlflow_dir if cfg is not None else EMBEDDED_DIR

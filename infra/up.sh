@@ -89,6 +89,21 @@ export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 export COPYFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 ENV
+# A profile with a registry of its own (shop, obd: another shop) must not use the shared server:
+# it keeps its embedded store, named by its own variable, so the worker runs its deployments too.
+"$BIN/python" - >>"$RUN/env" <<'PY'
+from pathlib import Path
+
+import yaml
+
+from components.config import load_config
+from components.tracking import profile_uri_env
+
+for name in yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["profiles"]:
+    cfg = load_config("params.yaml", name)
+    if cfg.own_store and not cfg.tracking.uri:
+        print(f"export {profile_uri_env(name)}=sqlite:///{(Path(cfg.paths.mlflow_dir) / 'mlflow.db').resolve()}")
+PY
 
 wait_healthy prefect-server "http://$HOST:$PREFECT_PORT/api/health"
 wait_healthy mlflow-server "http://$HOST:$MLFLOW_PORT/health"

@@ -33,6 +33,16 @@ def test_the_variable_moves_the_shared_profiles_but_refuses_one_with_its_own_sto
         tracking_uri(load_config(PARAMS, "obd"))
 
 
+def test_a_profile_with_its_own_store_follows_its_own_variable_beside_the_shared_one(monkeypatch):
+    """What `make up` writes to .run/env, so one worker runs the shared and the shop profiles."""
+    monkeypatch.setenv(TRACKING_URI_ENV, SERVER)
+    monkeypatch.setenv(f"{TRACKING_URI_ENV}_SHOP", "sqlite:////srv/copyflow/mlflow/shop/mlflow.db")
+    assert tracking_uri(load_config(PARAMS, "shop")) == "sqlite:////srv/copyflow/mlflow/shop/mlflow.db"
+    assert tracking_uri(load_config(PARAMS, "quick")) == SERVER  # the shared profiles are unaffected
+    with pytest.raises(StoreConflict, match=r"COPYFLOW_TRACKING_URI_OBD"):  # another shop's variable is its own
+        tracking_uri(load_config(PARAMS, "obd"))
+
+
 def test_a_profile_with_its_own_store_may_name_its_own_server(monkeypatch):
     monkeypatch.setenv(TRACKING_URI_ENV, SERVER)
     obd = load_config(PARAMS, "obd", overrides={"tracking": {"uri": "http://127.0.0.1:5998"}})
