@@ -72,6 +72,27 @@ wait_healthy() {  # wait_healthy NAME URL
   exit 1
 }
 
+# A profile with a registry of its own (shop, obd: another shop) must not use the shared server:
+# it keeps its embedded store, named by its own variable, so the worker runs its deployments too.
+# Worked out before any server starts: a broken params.yaml stops here, with nothing left running.
+OWN_STORES=""
+if [[ -f params.yaml ]]; then
+  OWN_STORES="$("$BIN/python" - <<'PY'
+from pathlib import Path
+
+import yaml
+
+from components.config import load_config
+from components.tracking import profile_uri_env
+
+for name in yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["profiles"]:
+    cfg = load_config("params.yaml", name)
+    if cfg.own_store and not cfg.tracking.uri:
+        print(f"export {profile_uri_env(name)}=sqlite:///{(Path(cfg.paths.mlflow_dir) / 'mlflow.db').resolve()}")
+PY
+)"
+fi
+
 start prefect-server "$PREFECT_PORT" "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 # MLFLOW_WORKERS=1 (server.env): one server process owns the sqlite store (sqlite does not like concurrent writers).
 # --default-artifact-root: experiments created through the server store artifacts under the same
@@ -89,21 +110,7 @@ export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 export COPYFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 ENV
-# A profile with a registry of its own (shop, obd: another shop) must not use the shared server:
-# it keeps its embedded store, named by its own variable, so the worker runs its deployments too.
-"$BIN/python" - >>"$RUN/env" <<'PY'
-from pathlib import Path
-
-import yaml
-
-from components.config import load_config
-from components.tracking import profile_uri_env
-
-for name in yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["profiles"]:
-    cfg = load_config("params.yaml", name)
-    if cfg.own_store and not cfg.tracking.uri:
-        print(f"export {profile_uri_env(name)}=sqlite:///{(Path(cfg.paths.mlflow_dir) / 'mlflow.db').resolve()}")
-PY
+[[ -z "$OWN_STORES" ]] || echo "$OWN_STORES" >>"$RUN/env"
 
 wait_healthy prefect-server "http://$HOST:$PREFECT_PORT/api/health"
 wait_healthy mlflow-server "http://$HOST:$MLFLOW_PORT/health"
