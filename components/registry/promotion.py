@@ -400,7 +400,8 @@ def _differs(champion: dict | None, version: str) -> bool:
 
 def _usable_previous(client: MlflowClient, candidate: dict | None, target: str) -> dict:
     """`candidate` as the `previous` of `target`, or NO_RELEASE when it is none, is the target
-    itself, or has a member deleted by hand (a rollback could not restore it)."""
+    itself, or cannot be served (a member deleted by hand or its files gone: a rollback could
+    not restore it)."""
     if candidate is None or str(candidate["release"]) == str(target) or _unservable(client, candidate):
         return NO_RELEASE
     return candidate
@@ -414,7 +415,7 @@ def _replaced(client: MlflowClient, champion: dict | None, notes: list[str]) -> 
 
 
 def _intact(client: MlflowClient, version: str) -> bool:
-    """The release exists, its manifest reads and every member version is still registered."""
+    """The release exists, its manifest reads and it can be served (`_unservable`)."""
     try:
         return not _unservable(client, load_manifest(client, version))
     except LookupError:

@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from components.config import Config
-from components.training.checkpoints import LAST, prune, read_done, run_dir, write_done
 from components.models.preference.data import MAX_ATTRS_PER_PRODUCT, MAX_MENTIONS_PER_COPY, PreferenceData
 from components.models.preference.modules import PreferenceModule, module_class
 from components.models.preference.nets import NetSpec
+from components.training.checkpoints import LAST, prune, read_done, run_dir, write_done
 
 # Part of the checkpoint fingerprint: bump when a code change makes old checkpoints unusable.
 MODEL_CODE_VERSION = 3
