@@ -147,6 +147,7 @@ class ValidationConfig(Section):
     mostly_price_present: float = Field(default=0.97, ge=0, le=1)
     min_copies: int = Field(default=1, ge=0)
     max_timestamp_skew_hours: float = Field(ge=0)
+    mostly_after_impression: float = Field(default=0.99, gt=0, le=1)
     drift: DriftConfig
 
 

@@ -21,10 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from components.config import Config
 from components.data.schema import ID_COLUMNS, SCHEMAS, TABLES, tables_sha256
+from components.validation.derived import derived_columns, unavailable_reason, with_derived_columns
 from components.validation.reader import Batch, ReadIssue, read_batch
 from components.validation.report import (
     FAILED,
@@ -206,6 +208,7 @@ def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | 
         empty |= {table} if is_empty else set()
     id_sets = id_set_parameters(batch, usable)
     for table in batch:
+        runner.use_frame(table, with_derived_columns(table, batch[table], usable[table]))
         drift = drift_parameters(table, suites[table]["expectations"], reference, cfg)
         checks += _checks_pass(
             runner,
@@ -310,9 +313,12 @@ def _without_missing_column_noise(checks: list[CheckResult]) -> list[CheckResult
 
 
 def _skip_reason(table: str, expectation: dict[str, Any], usable: set[str], unavailable: dict[str, str]) -> str:
-    column = expectation.get("kwargs", {}).get("column")
-    if column and column in {f.name for f in SCHEMAS[table]} and column not in usable:
-        return f"{table}.{column} failed its schema checks (see above)"
+    kwargs = expectation.get("kwargs", {})
+    for column in (kwargs.get(k) for k in ("column", "column_A", "column_B")):
+        if column and column in {f.name for f in SCHEMAS[table]} and column not in usable:
+            return f"{table}.{column} failed its schema checks (see above)"
+        if column in derived_columns(table) and (reason := unavailable_reason(table, column, usable)):
+            return reason
     missing = sorted(parameter_names(expectation.get("kwargs", {})) & set(unavailable))
     return unavailable[missing[0]] if missing else ""
 
@@ -363,12 +369,19 @@ class _SuiteRunner:
             analytics_enabled=False,
         )
         self._datasource = gx.get_context(mode="ephemeral", project_config=config).data_sources.add_pandas("copyflow_batch")
-        self._frames = frames
+        self._frames = dict(frames)
         self._batches: dict[str, Any] = {}
+
+    def use_frame(self, table: str, frame: pd.DataFrame) -> None:
+        """Check `frame` for this table from now on (the schema pass saw the batch as read; the
+        other checks also see the derived columns)."""
+        if frame is not self._frames[table]:
+            self._frames[table] = frame
+            self._batches.pop(table, None)
 
     def _batch(self, table: str):
         if table not in self._batches:
-            asset = self._datasource.add_dataframe_asset(f"{table}_frame")
+            asset = self._datasource.add_dataframe_asset(f"{table}_frame_{len(self._datasource.assets)}")
             definition = asset.add_batch_definition_whole_dataframe(f"{table}_whole")
             self._batches[table] = definition.get_batch(batch_parameters={"dataframe": self._frames[table]})
         return self._batches[table]
@@ -393,7 +406,7 @@ def _check_from_result(table: str, result, frame: pd.DataFrame) -> CheckResult:
     kind = config.type
     kwargs = dict(config.kwargs)
     meta = dict(config.meta or {})
-    column = kwargs.get("column")
+    column = kwargs.get("column") or kwargs.get("column_A")
     outcome = dict(result.result or {})
     exception = _exception_message(result.exception_info)
     check = CheckResult(
@@ -417,7 +430,7 @@ def _check_from_result(table: str, result, frame: pd.DataFrame) -> CheckResult:
         check.observed = _observed_text(kind, kwargs, outcome)
     if check.status == FAILED:
         indices = outcome.get("partial_unexpected_index_list") or []
-        check.examples = example_rows(frame, indices, leading=(ID_COLUMNS.get(table), column))
+        check.examples = example_rows(frame, indices, leading=(ID_COLUMNS.get(table), column, kwargs.get("column_B")))
         if kind == "expect_column_kl_divergence_to_be_less_than":
             check.details = _kl_shifts(outcome)
     return check
@@ -448,6 +461,13 @@ def _mostly(kwargs: dict[str, Any], of: str = "non-null rows") -> str:
     return f" for at least {mostly:.1%} of {of}" if isinstance(mostly, (int, float)) and mostly < 1 else " for every row"
 
 
+def _where(kwargs: dict[str, Any]) -> str:
+    condition = kwargs.get("row_condition")
+    if isinstance(condition, dict):
+        condition = condition.get("pass_through_filter", condition)
+    return f" among rows where {getattr(condition, 'pass_through_filter', condition)}" if condition else ""
+
+
 def _expected_text(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if kind == "expect_column_to_exist":
@@ -456,11 +476,15 @@ def _expected_text(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> s
         types = kwargs.get("type_list") or [kwargs.get("type_")]
         return f"value type in {types}"
     if kind == "expect_column_values_to_not_be_null":
-        condition = kwargs.get("row_condition")
-        if isinstance(condition, dict):
-            condition = condition.get("pass_through_filter", condition)
-        where = f" among rows where {getattr(condition, 'pass_through_filter', condition)}" if condition else ""
-        return "not null" + _mostly(kwargs, of="rows") + where
+        return "not null" + _mostly(kwargs, of="rows") + _where(kwargs)
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        relation = ">=" if kwargs.get("or_equal") else ">"
+        where = _where(kwargs).replace(" among rows where ", " of the rows where ")
+        pair = f"{kwargs.get('column_A')} {relation} {kwargs.get('column_B')}"
+        mostly = kwargs.get("mostly")
+        if isinstance(mostly, (int, float)) and mostly < 1:
+            return f"{pair} for at least {mostly:.1%}{where or ' of the rows'} that have both"
+        return f"{pair} in every row{where.replace(' of the rows', '')} that has both"
     if kind == "expect_column_values_to_be_unique":
         return "unique" + _mostly(kwargs)
     if kind in ("expect_column_values_to_be_between", "expect_column_value_lengths_to_be_between"):
@@ -490,6 +514,8 @@ def _expected_text(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> s
 
 
 def _observed_text(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any]) -> str:
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b" and "unexpected_count" in outcome:
+        return _pair_observed_text(kwargs, outcome)
     if "unexpected_count" in outcome:
         count, total = outcome.get("unexpected_count") or 0, outcome.get("element_count") or 0
         if count == 0:
@@ -513,7 +539,23 @@ def _observed_text(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any]) -
     return _fmt(observed) if observed is not None else ""
 
 
+def _pair_observed_text(kwargs: dict[str, Any], outcome: dict[str, Any]) -> str:
+    """Counted over the rows that have both values (GE leaves the others out)."""
+    count = outcome.get("unexpected_count") or 0
+    compared = (outcome.get("element_count") or 0) - (outcome.get("missing_count") or 0)
+    a, b = kwargs.get("column_A"), kwargs.get("column_B")
+    if count == 0:
+        return f"all {compared:,} rows with both {a} and {b} conform"
+    percent = outcome.get("unexpected_percent_nonmissing", outcome.get("unexpected_percent")) or 0.0
+    pairs = [p for p in (outcome.get("partial_unexpected_list") or []) if isinstance(p, (tuple, list)) and len(p) == 2]
+    samples = ", ".join(f"{_sample(x)} vs {_sample(y)}" for x, y in pairs[:MAX_EXAMPLES])
+    relation = "before" if kwargs.get("or_equal") else "at or before"
+    return f"{count:,} of {compared:,} rows with both ({percent:.2f}%) have {a} {relation} {b}" + (f"; e.g. {samples}" if samples else "")
+
+
 def _sample(value: Any) -> str:
+    if isinstance(value, (np.datetime64, pd.Timestamp, dt.datetime)):
+        return pd.Timestamp(value).isoformat(timespec="seconds")
     if value is None:
         return "<null>"
     text = repr(value) if isinstance(value, str) else str(value)

@@ -57,7 +57,18 @@ def clean_tables(n_products: int = 60, n_users: int = 30, n_events: int = 800, s
             "value": np.where(event_type == "purchase", products["price"].to_numpy()[product_index], 0.0),
         }
     )
-    return {"products": products, "copies": copies, "users": users, "events": events}
+    return {"products": products, "copies": copies, "users": users, "events": events_after_their_impressions(events)}
+
+
+def events_after_their_impressions(events: pd.DataFrame) -> pd.DataFrame:
+    """Move every click, cart or purchase that would come before the first impression of its
+    shopper, product and copy to a minute after it, as real logs have them."""
+    key = ["user_id", "product_id", "copy_id"]
+    first = events[events["event_type"] == "impression"].groupby(key)["timestamp"].min().rename("first")
+    joined = events.join(first, on=key)
+    early = (joined["event_type"] != "impression") & (joined["timestamp"] < joined["first"])
+    events.loc[early, "timestamp"] = joined.loc[early, "first"] + pd.Timedelta(minutes=1)
+    return events
 
 
 def write_batch(tables: dict[str, pd.DataFrame], data_dir: Path) -> Path:
