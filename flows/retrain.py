@@ -19,6 +19,7 @@ from components import dvc_runner, pipeline, tracking
 from components.config import load_config
 from components.evaluation.gates import GateFailed
 from components.run_summary import RetrainResult, format_summary
+from components.validation.report import failures_section
 
 # Stages whose failure can be transient (network, a killed worker) are retried; a failed data
 # gate is deterministic and never retried.
@@ -27,7 +28,10 @@ SUMMARY_FIGURES = 30  # per stage, in the flow run's log
 
 
 class DataGateFailed(RuntimeError):
-    """The batch failed Great Expectations validation; nothing downstream ran."""
+    """The batch failed Great Expectations validation; nothing downstream ran.
+
+    The message is a few lines (Prefect repeats it in the log, the traceback and the flow run's
+    state); the failures are logged once and the whole report is an artifact."""
 
 
 class RetrainBusy(RuntimeError):
@@ -227,9 +231,12 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         mlflow.set_tag("ge.verdict", "failed")
         report = pipeline.stage_output_dir(cfg, stage) / "report.md"
         text = report.read_text(encoding="utf-8") if report.exists() else failure.output
-        logger.error("data gate failed; no later stage ran and no model was touched")
+        failed = summary.get("failed") or []
+        listed = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        verdict = f"{len(failed)} of {summary.get('evaluated_expectations', '?')} checks failed ({listed})" if failed else "the batch could not be validated"
+        logger.error("data gate failed; no later stage ran and no model was touched.\n%s", failures_section(text) or text)
         _publish(f"data-gate-{cfg.profile}", text, f"Great Expectations report ({cfg.profile}): FAILED")
         raise DataGateFailed(
-            f"Data validation failed for profile {cfg.profile!r}; the run stopped before training.\n"
-            f"Report: {report}\n\n{text}"
+            f"Data validation failed for profile {cfg.profile!r}: {verdict}. The run stopped before training.\n"
+            f"Report: {report} (also the Prefect artifact data-gate-{cfg.profile} and the MLflow run {parent_run_id})"
         ) from failure

@@ -230,6 +230,16 @@ class ValidationReport:
         return "\n".join(out) + "\n"
 
 
+def failures_section(markdown: str) -> str:
+    """The "## Failures" section of a report.md (what a person needs to act), '' if it has none."""
+    lines = markdown.splitlines()
+    if "## Failures" not in lines:
+        return ""
+    start = lines.index("## Failures")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip() + "\n"
+
+
 # ----------------------------------------------------------------------------------- helpers
 
 

@@ -7,7 +7,16 @@ import math
 
 import pandas as pd
 
-from components.validation.report import FAILED, PASSED, SKIPPED, CheckResult, TableSummary, ValidationReport, example_rows
+from components.validation.report import (
+    FAILED,
+    PASSED,
+    SKIPPED,
+    CheckResult,
+    TableSummary,
+    ValidationReport,
+    example_rows,
+    failures_section,
+)
 from components.validation.suites import FIRST_BATCH_REASON
 
 
@@ -81,3 +90,20 @@ def test_markdown_and_json_reports():
     assert data["failures"][0]["examples"][0]["price"] == -3.5
     assert data["failed"] == ["products.price: expect_column_values_to_be_between"]
     assert report.summary()["drift_checked"] is False
+
+
+def test_failures_section_is_what_a_person_acts_on():
+    markdown = make_report().to_markdown()
+
+    section = failures_section(markdown)
+
+    assert section.startswith("## Failures") and "products.price is never negative" in section
+    assert "| 0 | p1 | -3.5 |" in section  # the bad rows come with it
+    assert "## Skipped checks" not in section and "## All checks" not in section
+    assert failures_section(make_passing_markdown()) == ""
+
+
+def make_passing_markdown() -> str:
+    report = make_report()
+    report.success, report.checks = True, [c for c in report.checks if c.status != FAILED]
+    return report.to_markdown()
