@@ -70,6 +70,25 @@ def _require_prefect_server() -> None:
         raise typer.Exit(2) from exc
 
 
+def _require_free_port(host: str, port: int) -> None:
+    """Refuse in one line when something already listens there. `mlflow server` only logs
+    uvicorn's "address already in use" and exits 0, and the URL it printed then shows the other
+    server, possibly another profile's store."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed port's TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "is already in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror})"
+            typer.secho(f"error: port {port} on {host} {why}; nothing was started. Stop that process or pick another --port.",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+
+
 def _registry_config(params: Path, profile: str):
     """The config of a command that reads or moves registry aliases: its store must exist."""
     from components.tracking import require_store
@@ -424,6 +443,7 @@ def ui(
 
     cfg = _config(params, profile)
     uri = tracking_uri(cfg)
+    _require_free_port(host, port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]
     if artifact_root(uri):

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.config import Config, deep_merge, load_config
 from components.tracking import CACHE_DIR_ENV, TELEMETRY_OFF
@@ -63,3 +64,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def params_file(cfg, tmp_path: Path) -> Path:
+    """A params.yaml in tmp_path that points at `cfg`'s paths and store (for CLI commands)."""
+    params = tmp_path / "params.yaml"
+    raw = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))
+    raw["paths"].update({k: str(v) for k, v in cfg.paths.model_dump().items()})
+    raw["tracking"]["uri"] = cfg.tracking.uri
+    params.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return params

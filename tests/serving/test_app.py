@@ -3,13 +3,12 @@ running server answers 503 with the reason instead of serving something unpromot
 
 from __future__ import annotations
 
-import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from components.serving.app import create_app, is_loopback
 from flows.cli import app
-from tests.conftest import PARAMS
+from tests.conftest import params_file
 
 
 def test_no_model_is_a_one_line_refusal_to_start_and_a_503_with_the_reason(make_cfg, tmp_path, monkeypatch):
@@ -26,15 +25,6 @@ def test_no_model_is_a_one_line_refusal_to_start_and_a_503_with_the_reason(make_
         assert response.status_code == 503 and "no generator to serve" in response.text
     assert client.post("/copy", json={"user": "", "product": "p"}).status_code == 422  # malformed before anything loads
     assert not cfg.feedback_dir().exists()  # nothing served, nothing logged
-
-
-def params_file(cfg, tmp_path):
-    params = tmp_path / "params.yaml"
-    raw = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))
-    raw["paths"].update({k: str(v) for k, v in cfg.paths.model_dump().items()})
-    raw["tracking"]["uri"] = cfg.tracking.uri
-    params.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    return params
 
 
 def test_with_a_token_only_its_bearer_may_write_the_log(make_cfg, monkeypatch):
