@@ -24,7 +24,7 @@ stop() {  # stop NAME PATTERN: only if the recorded pid is still that program (p
     else
       echo "$name: pid $pid is gone (or is no longer $pattern); removing $pidfile"
     fi
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$RUN/$name.port"
     return
   fi
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
@@ -36,7 +36,7 @@ stop() {  # stop NAME PATTERN: only if the recorded pid is still that program (p
     echo "$name: still running after 15s, sending KILL"
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$RUN/$name.port"
   echo "$name stopped (pid $pid)"
 }
 

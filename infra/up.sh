@@ -2,6 +2,7 @@
 # `make up`: a local Prefect server and the MLflow tracking server, in the background.
 #   logs: .run/prefect-server.log  .run/mlflow-server.log
 #   pids: .run/prefect-server.pid  .run/mlflow-server.pid   (each the leader of its own process group)
+#   ports: .run/prefect-server.port  .run/mlflow-server.port (a running server keeps its port)
 #   env:  .run/env  (PREFECT_API_URL, COPYFLOW_TRACKING_URI: `source .run/env` to use the servers)
 # `make down` (infra/down.sh) stops exactly these process groups and nothing else.
 set -euo pipefail
@@ -32,21 +33,39 @@ port_free() {  # port_free PORT: nothing listens on HOST:PORT
   "$BIN/python" -c "import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))" "$HOST" "$1" 2>/dev/null
 }
 
-start() {  # start NAME PORT CMD...: detached in its own session, so its pid is its process group id
-  local name=$1 port=$2; shift 2
-  if running "$name"; then
-    echo "$name already running (pid $(cat "$RUN/$name.pid"))"
-    return
+# A server that is already running keeps the port it was started on (.run/NAME.port): .run/env
+# must name where it listens, not a port asked for now where nothing does.
+keep_port() {  # keep_port NAME VAR: set VAR to the running server's port, if it has one
+  local name=$1 var=$2 recorded
+  running "$name" && [[ -f "$RUN/$name.port" ]] || return 0
+  recorded=$(cat "$RUN/$name.port")
+  if [[ $recorded != "${!var}" ]]; then
+    echo "$name is already running on port $recorded ($var=${!var} asked): keeping it; \`make down\` first to move it" >&2
   fi
+  printf -v "$var" '%s' "$recorded"
+}
+
+require_port() {  # require_port NAME PORT: refuse before anything starts if another process holds it
+  local name=$1 port=$2
+  running "$name" && return 0
   if ! port_free "$port"; then
     # Another checkout's server (or anything else) would answer our health check, and this
     # checkout's runs would go to its store: refuse instead.
-    echo "$name: port $port on $HOST is already in use by another process; stop it or pick another port (PREFECT_PORT=... MLFLOW_PORT=... make up)" >&2
+    echo "$name: port $port on $HOST is already in use by another process; nothing was started. Stop it or pick another port (PREFECT_PORT=... MLFLOW_PORT=... make up)" >&2
     exit 1
+  fi
+}
+
+start() {  # start NAME PORT CMD...: detached in its own session, so its pid is its process group id
+  local name=$1 port=$2; shift 2
+  if running "$name"; then
+    echo "$name already running (pid $(cat "$RUN/$name.pid"), port $port)"
+    return
   fi
   setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
-  echo "$name started (pid $!, log $RUN/$name.log)"
+  echo "$port" >"$RUN/$name.port"
+  echo "$name started (pid $!, port $port, log $RUN/$name.log)"
 }
 
 wait_healthy() {  # wait_healthy NAME URL
@@ -92,6 +111,11 @@ for name in yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["pro
 PY
 )"
 fi
+
+keep_port prefect-server PREFECT_PORT
+keep_port mlflow-server MLFLOW_PORT
+require_port prefect-server "$PREFECT_PORT"
+require_port mlflow-server "$MLFLOW_PORT"
 
 start prefect-server "$PREFECT_PORT" "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
 # MLFLOW_WORKERS=1 (server.env): one server process owns the sqlite store (sqlite does not like concurrent writers).

@@ -42,6 +42,21 @@ def test_up_refuses_a_port_another_server_holds(tmp_path):
     assert not list((checkout / ".run").glob("*.pid"))  # nothing started, nothing to stop
 
 
+def test_up_starts_nothing_when_the_second_port_is_taken(tmp_path):
+    # The MLflow port is checked before the Prefect server starts: no server is left running.
+    checkout = _checkout(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(port)}
+        result = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"mlflow-server: port {port} on 127.0.0.1 is already in use by another process; nothing was started" in result.stderr
+    assert "started" not in result.stdout
+    assert not list((checkout / ".run").glob("*.pid"))
+
+
 def test_down_stops_the_workers_of_a_leader_that_died_alone(tmp_path):
     checkout = _checkout(tmp_path)
     # A leader and a worker in their own session, named like the MLflow server's processes.
@@ -80,9 +95,16 @@ def test_up_serves_the_embedded_store_and_down_stops_everything(tmp_path):
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_text("logged through the server", "notes/hello.txt")
         assert mlflow.get_experiment(experiment).artifact_location.startswith("file://")
+        # `make up` again with another port while the servers run: they keep theirs, and so does .run/env
+        moved = {**env, "PREFECT_PORT": str(free_port())}
+        again = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=moved, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"prefect-server is already running on port {ports['PREFECT_PORT']}" in again.stderr
+        assert f"PREFECT_API_URL=http://127.0.0.1:{ports['PREFECT_PORT']}/api" in (checkout / ".run" / "env").read_text()
     finally:
         down = subprocess.run(["bash", "infra/down.sh"], cwd=checkout, capture_output=True, text=True, timeout=120)
     assert "prefect-server stopped" in down.stdout and "mlflow-server stopped" in down.stdout, down.stdout
+    assert not list((checkout / ".run").glob("*.port"))
     for port in ports.values():
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
