@@ -183,6 +183,10 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
             if stage == "validate":
                 mlflow.set_tag("ge.verdict", "passed")
         mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
+        if (root / "dvc.lock").exists():
+            # Every retrain rewrites dvc.lock, so git does not keep it: the run does. With it,
+            # `dvc checkout` restores this run's data and models from the DVC cache.
+            mlflow.log_artifact(str(root / "dvc.lock"))
         manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
         if register_release and manifests:
             result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -41,7 +42,8 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     client, runs = _runs(project)
     parent = client.get_run(first.mlflow_run_id)
     assert parent.data.tags["ge.verdict"] == "passed"
-    assert parent.data.tags["dvc.lock.sha256"]
+    logged_lock = Path(client.download_artifacts(first.mlflow_run_id, "dvc.lock", str(tmp_path / "lock")))
+    assert hashlib.sha256(logged_lock.read_bytes()).hexdigest() == parent.data.tags["dvc.lock.sha256"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.mlflow_run_id]
     assert sorted(r.data.tags["stage"] for r in children) == sorted(DATA_STAGES)
     ingest = next(r for r in children if r.data.tags["stage"] == "ingest")
