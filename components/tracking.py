@@ -21,6 +21,10 @@ TELEMETRY_OFF = {
 EMBEDDED_DIR = Path("mlflow")
 TRACKING_URI_ENV = "COPYFLOW_TRACKING_URI"
 CACHE_DIR_ENV = "COPYFLOW_CACHE_DIR"
+CACHE_MAX_MB_ENV = "COPYFLOW_CACHE_MAX_MB"
+CACHE_MAX_MB = 4096  # a release is ~20 MB of bundles: months of nightly releases, not years
+CACHE_KEEP_RECENT_S = 3600  # an entry used this recently may be loading in another process: never evicted
+MARKER = ".copyflow-artifact"
 
 
 def disable_telemetry() -> None:
@@ -136,14 +140,15 @@ def download_artifacts_cached(artifact_uri: str) -> Path:
         artifact_uri = f"models:/{model_id}" if model_id else artifact_uri
     key = hashlib.sha256(f"{mlflow.get_tracking_uri()}\n{artifact_uri}".encode()).hexdigest()[:24]
     root = artifact_cache_dir()
-    final, marker = root / key, root / key / ".copyflow-artifact"
+    final, marker = root / key, root / key / MARKER
     if marker.is_file():
+        _touch(marker)
         return final / marker.read_text(encoding="utf-8")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(staging)))
-        (staging / ".copyflow-artifact").write_text(local.relative_to(staging).as_posix(), encoding="utf-8")
+        (staging / MARKER).write_text(local.relative_to(staging).as_posix(), encoding="utf-8")
         try:
             staging.rename(final)  # atomic: a reader never sees half a download
         except OSError:
@@ -151,7 +156,58 @@ def download_artifacts_cached(artifact_uri: str) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    evict_artifact_cache(keep=final)
     return final / marker.read_text(encoding="utf-8")
+
+
+def _touch(marker: Path) -> None:
+    try:
+        os.utime(marker)  # the marker's time is the entry's last use
+    except OSError:
+        pass  # a read-only cache still serves
+
+
+def evict_artifact_cache(keep: Path | None = None, max_mb: float | None = None, now: float | None = None) -> list[str]:
+    """Remove the least recently used entries until the cache is under $COPYFLOW_CACHE_MAX_MB
+    (default 4096). Every nightly release adds its bundles, and a long-running server host would
+    otherwise fill its disk. Entries used within the last hour, and `keep`, stay whatever their
+    size; so do staging folders of downloads in progress, unless a day old (a killed download).
+    Returns the names removed."""
+    import shutil
+    import time
+
+    root = artifact_cache_dir()
+    limit = (max_mb if max_mb is not None else float(os.environ.get(CACHE_MAX_MB_ENV) or CACHE_MAX_MB)) * 2**20
+    now = time.time() if now is None else now
+    entries, removed = [], []
+    for path in root.iterdir() if root.is_dir() else []:
+        try:
+            if path.name.startswith("."):
+                if path.is_dir() and now - path.stat().st_mtime > 86400:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+                continue
+            used = (path / MARKER).stat().st_mtime
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        except OSError:
+            continue  # removed by another process meanwhile
+        entries.append((used, size, path))
+    total = sum(size for _, size, _ in entries)
+    for used, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if path == keep or now - used < CACHE_KEEP_RECENT_S:
+            continue
+        # Renamed away first: a reader finds the entry whole or not at all, and downloads it again.
+        doomed = path.with_name(f".evicted-{path.name}")
+        try:
+            path.rename(doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        total -= size
+        removed.append(path.name)
+    return removed
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:

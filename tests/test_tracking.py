@@ -125,3 +125,57 @@ def test_runs_left_running_by_a_dead_process_are_ended_and_live_ones_kept(tmp_pa
     status = {run_id: client.get_run(run_id).info.status for run_id in (crashed, crashed_child, alive, elsewhere, other_kind)}
     assert status == {crashed: "FAILED", crashed_child: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", other_kind: "RUNNING"}
     assert "pid" in client.get_run(crashed).data.tags["copyflow.orphaned"]
+
+
+def test_the_artifact_cache_evicts_the_least_recently_used_entries_over_its_size(tmp_path, monkeypatch):
+    # Every nightly release adds its bundles; a server host would otherwise fill its disk.
+    import time
+
+    from components.tracking import CACHE_DIR_ENV, MARKER, artifact_cache_dir, evict_artifact_cache
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    root = artifact_cache_dir()
+    now = time.time()
+
+    def entry(name: str, mb: float, used_hours_ago: float) -> Path:
+        path = root / name / "bundle"
+        path.mkdir(parents=True)
+        (path / "weights.bin").write_bytes(b"\0" * int(mb * 2**20))
+        (root / name / MARKER).write_text("bundle", encoding="utf-8")
+        os.utime(root / name / MARKER, (now - used_hours_ago * 3600,) * 2)
+        return root / name
+
+    entry("a", 2, 72), entry("b", 2, 48), entry("d", 2, 0.1)
+    kept = entry("c", 2, 96)
+    killed_download = root / ".e-x1y2"
+    killed_download.mkdir()
+    os.utime(killed_download, (now - 2 * 86400,) * 2)
+    in_progress = root / ".f-x3y4"
+    in_progress.mkdir()
+
+    removed = evict_artifact_cache(keep=kept, max_mb=4.5, now=now)
+
+    # 8 MB over a 4.5 MB limit: the least recently used go first; `keep` and an entry used in
+    # the last hour (another process may be loading it) stay even though they are older or big
+    assert removed == [".e-x1y2", "a", "b"]
+    assert sorted(p.name for p in root.iterdir()) == [".f-x3y4", "c", "d"]
+    assert evict_artifact_cache(max_mb=4.5, now=now) == []  # under the limit: nothing more to do
+
+
+def test_a_cache_hit_counts_as_a_use(tmp_path, monkeypatch):
+    import mlflow
+
+    from components.tracking import CACHE_DIR_ENV, MARKER, download_artifacts_cached
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_text("x", "bundle/config.json")
+    uri = f"runs:/{run.info.run_id}/bundle"
+    marker = download_artifacts_cached(uri).parent / MARKER
+    os.utime(marker, (1_000_000_000,) * 2)
+
+    download_artifacts_cached(uri)
+
+    assert marker.stat().st_mtime > 1_000_000_000
