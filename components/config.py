@@ -148,6 +148,7 @@ class ValidationConfig(Section):
     min_copies: int = Field(default=1, ge=0)
     max_timestamp_skew_hours: float = Field(ge=0)
     mostly_after_impression: float = Field(default=0.99, gt=0, le=1)
+    max_event_value: float = Field(default=1_000_000.0, gt=0)
     drift: DriftConfig
 
 

@@ -126,17 +126,24 @@ class FeedbackLog:
     """Append-only feedback in one folder (created on first write).
 
     `max_future`: how far past the server's clock a reported event time may lie (the data gate's
-    `validation.max_timestamp_skew_hours`)."""
+    `validation.max_timestamp_skew_hours`); `max_value`: the largest purchase value (the gate's
+    `validation.max_event_value`). What the data gate would refuse is refused here, when the
+    client can still be told, not at the next retrain, where it would fail every night."""
 
-    def __init__(self, folder: Path | str, max_future: timedelta = timedelta(hours=1)):
+    def __init__(self, folder: Path | str, max_future: timedelta = timedelta(hours=1), max_value: float = 1_000_000.0):
         self.folder = Path(folder)
         self.max_future = max_future
+        self.max_value = max_value
         self._thread_lock = threading.Lock()
         # What the files held when last read, and how far they were read: each write reads only
         # what other processes appended since, so a long-running log costs no more per request.
         self._copies: set[str] = set()
         self._served: dict[str, Served] = {}
         self._events: set[str] = set()
+        # Per shopper, product and copy: the first impression and the earliest outcome logged
+        # (the data gate wants no click, cart or purchase before the first impression).
+        self._first_seen: dict[tuple[str, str, str], datetime] = {}
+        self._first_outcome: dict[tuple[str, str, str], datetime] = {}
         self._offsets: dict[str, tuple[int, int, int]] = {}  # file -> (device, inode, bytes read)
 
     @contextmanager
@@ -195,6 +202,7 @@ class FeedbackLog:
             if stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset:
                 # rotated, replaced or truncated by hand: read everything again
                 self._copies, self._served, self._events, self._offsets = set(), {}, set(), {}
+                self._first_seen, self._first_outcome = {}, {}
                 break
         for line in self._new_lines(RAW_FILES["copies"]):
             self._copies.add(json.loads(line)["copy_id"])
@@ -208,6 +216,31 @@ class FeedbackLog:
             self._check_header(rows[0])
             rows = rows[1:]
         self._events.update(row[0] for row in rows)
+        for row in rows:
+            self._take_in_time(row)
+
+    def _take_in_time(self, row: list[str]) -> None:
+        fields = dict(zip(RAW_COLUMNS["events"], row))
+        try:
+            when = datetime.fromisoformat(fields["timestamp"])
+        except (KeyError, ValueError):
+            return  # not a row this log wrote; the source stage's readers judge it
+        key = (fields.get("user_id", ""), fields.get("product_id", ""), fields.get("copy_id", ""))
+        earliest = self._first_seen if fields.get("event_type") == "impression" else self._first_outcome
+        if key not in earliest or when < earliest[key]:
+            earliest[key] = when
+
+    def _check_order(self, served: Served, event_type: str, when: str) -> None:
+        """No outcome before the first impression of the same shopper, product and copy."""
+        key, at = (served.user_id, served.product_id, served.copy_id), datetime.fromisoformat(when)
+        seen, outcome = self._first_seen.get(key), self._first_outcome.get(key)
+        if event_type != "impression" and seen is not None and at < seen:
+            raise FeedbackError(f"timestamp {when} is before this shopper's first impression of this copy ({seen.isoformat()})")
+        if event_type == "impression" and seen is None and outcome is not None and outcome < at:
+            raise FeedbackError(
+                f"impression at {when} is after the {outcome.isoformat()} outcome already logged for this shopper and copy: "
+                "report the time the copy was first shown"
+            )
 
     def _check_header(self, header: list[str]) -> None:
         if header != RAW_COLUMNS["events"]:
@@ -259,8 +292,8 @@ class FeedbackLog:
         if event_type not in EVENT_TYPES:
             raise FeedbackError(f"event_type {event_type!r} is not one of {list(EVENT_TYPES)}")
         when = parse_timestamp(timestamp, latest=datetime.now(timezone.utc) + self.max_future) if timestamp else utc_now()
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise FeedbackError(f"value {value!r} must be a finite, non-negative number")
+        if value is not None and not (math.isfinite(value) and 0 <= value <= self.max_value):
+            raise FeedbackError(f"value {value!r} must be a finite, non-negative number no larger than {self.max_value:g}")
         with self._locked(exclusive=True):
             self._refresh()
             served = self._served.get(serve_id)
@@ -270,6 +303,7 @@ class FeedbackLog:
                 raise FeedbackError(f"timestamp {when} is before the copy was served ({served.timestamp})")
             if event_id is not None and event_id in self._events:
                 return event_id
+            self._check_order(served, event_type, when)
             event_id = self._append_event(served, event_type, when, value, event_id)
             self._refresh()
             return event_id

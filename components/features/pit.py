@@ -62,16 +62,14 @@ def prior_sum(
     if len(event_weight) != len(event_group):
         raise ValueError("event_weight must have one value per event")
     if event_weight.dtype.kind == "f" and not np.isfinite(event_weight).all():
-        # The sums below subtract running totals across groups: one inf or NaN would spread to
-        # every later group (inf - inf), so it is refused, not summed.
         raise ValueError(f"event_weight has {int((~np.isfinite(event_weight)).sum())} non-finite value(s)")
     order, group_start, _ = _sorted_stream(query_group, query_time, event_group, event_time)
     weight = np.concatenate([np.zeros(n_query, dtype=event_weight.dtype), event_weight])[order]
-    running = np.cumsum(weight)
-    before_row = running - weight
-    # Subtract what was accumulated before the row's group began.
+    # Running totals restart in each group. (One running total over all groups, minus the total
+    # where each group began, lets one shopper's huge purchase wipe out every later shopper's
+    # sum: 1e308 + 129 - 1e308 is 0, and 1e308 + 1e308 overflows to inf, then inf - inf is NaN.)
     group_index = np.cumsum(group_start) - 1
-    within_group = before_row - before_row[group_start][group_index]
+    within_group = pd.Series(weight).groupby(group_index).cumsum().to_numpy() - weight
     result = np.empty(n_query, dtype=within_group.dtype)
     is_query = order < n_query
     result[order[is_query]] = within_group[is_query]

@@ -246,7 +246,8 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         scorer = Champion(cfg, "preference")
     rng = rng or random.SystemRandom()
     choice_errors: dict[str, str | None] = {"last": None}
-    log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours))
+    log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours),
+                      max_value=cfg.validation.max_event_value)
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
     # No paths in the description: /docs and /openapi.json are open to anyone who reaches the server.
     app = FastAPI(title="copyflow copy server", description=f"profile {cfg.profile}")

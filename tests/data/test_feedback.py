@@ -36,6 +36,29 @@ def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
     assert FeedbackLog(log.folder).counts() == log.counts()  # another process's view, read from the files
 
 
+def test_no_outcome_is_logged_before_the_first_impression_of_its_copy(tmp_path):
+    # The data gate rejects a batch where more than 1% of outcomes come before the first
+    # impression of their shopper, product and copy; accepted here, such events would fail every
+    # later retrain. A frontend that reports impressions itself (impression=False) can send them late.
+    log = FeedbackLog(tmp_path)
+    served = log.record_serving("u", "p", "文案", "m", candidates=1, impression=False)
+    shown = datetime.fromisoformat(served.timestamp)
+    at = lambda seconds: (shown + timedelta(seconds=seconds)).isoformat()  # noqa: E731
+
+    log.record_event(served.serve_id, "click", timestamp=at(2))  # no impression yet: nothing to compare with
+    with pytest.raises(FeedbackError, match="after the .* outcome already logged"):
+        log.record_event(served.serve_id, "impression", timestamp=at(3))
+    log.record_event(served.serve_id, "impression", timestamp=at(1))
+    log.record_event(served.serve_id, "impression", timestamp=at(5))  # shown again after the click: fine
+    other = FeedbackLog(tmp_path)  # another server process on the same folder knows it from the files
+    with pytest.raises(FeedbackError, match="before this shopper's first impression of this copy"):
+        other.record_event(served.serve_id, "add_to_cart", timestamp=at(0.5))
+    other.record_event(served.serve_id, "add_to_cart", timestamp=at(1))
+
+    events = read_raw_table(tmp_path, "events")
+    assert list(events["event_type"]) == ["click", "impression", "impression", "add_to_cart"]
+
+
 def test_bad_events_are_refused_and_write_nothing(tmp_path):
     log = FeedbackLog(tmp_path)
     served = log.record_serving("u", "p", "文案", "m", candidates=1)
@@ -50,8 +73,10 @@ def test_bad_events_are_refused_and_write_nothing(tmp_path):
         log.record_event(served.serve_id, "click", timestamp="yesterday")
     with pytest.raises(FeedbackError, match="before the copy was served"):
         log.record_event(served.serve_id, "click", timestamp="2000-01-01T00:00:00Z")
-    with pytest.raises(FeedbackError, match="non-negative"):
+    with pytest.raises(FeedbackError, match="finite, non-negative number no larger than 1e"):
         log.record_event(served.serve_id, "purchase", value=float("nan"))
+    with pytest.raises(FeedbackError, match="finite, non-negative number no larger than 1e"):  # finite, but it would wreck the sums
+        log.record_event(served.serve_id, "purchase", value=1e308)
     with pytest.raises(FeedbackError, match="on one line"):
         log.record_event(served.serve_id, "click", event_id="a\nb")
     with pytest.raises(FeedbackError, match="user_id"):

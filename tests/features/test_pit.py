@@ -26,11 +26,19 @@ def test_prior_sum_weights_and_empty_events():
         prior_sum(np.array([1]), np.array([1]), np.array([1, 1]), np.array([0, 0]), np.array([1.0]))
 
 
-def test_a_non_finite_weight_is_refused_not_spread_to_other_groups():
-    """The sums subtract running totals across groups, so an inf would make every later group NaN."""
+def test_a_non_finite_weight_is_refused():
     for bad in (np.inf, np.nan):
         with pytest.raises(ValueError, match="1 non-finite value"):
             prior_sum(np.array([0, 1]), np.array([5, 5]), np.array([0, 1]), np.array([1, 1]), np.array([bad, 2.0]))
+
+
+def test_one_groups_huge_sum_leaves_the_other_groups_exact():
+    # A running total over all groups, minus each group's starting total, gave shopper 1 nan
+    # (1e308 + 1e308 overflows) or 256 instead of 188 (1e18 swallows 129 + 59).
+    for huge in (1e308, 1e18):
+        sums = prior_sum(np.array([1, 2]), np.array([10, 10]), np.array([0, 0, 1, 1, 2]), np.array([1, 2, 3, 4, 5]),
+                         np.array([huge, huge, 129.0, 59.0, 7.5]))
+        assert sums.tolist() == [188.0, 7.5]
 
 
 def test_prior_last_time_is_latest_earlier_event_or_no_event():
