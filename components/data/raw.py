@@ -156,8 +156,24 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
+    _require_full_rows(path, text, len(df.columns))
     df.index = pd.RangeIndex(2, len(df) + 2, name="line")  # header is line 1
     return df[columns]
+
+
+def _require_full_rows(path: Path, text: str, width: int) -> None:
+    """pandas refuses a row with too many fields but fills a short one with missing values: a row
+    cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text))
+    short = []
+    for record in reader:
+        if record and len(record) < width:
+            short.append((reader.line_num, len(record)))
+    if short:
+        where = ", ".join(f"line {line} has {n}" for line, n in short[:5]) + (f", and {len(short) - 5} more" if len(short) > 5 else "")
+        raise RawFormatError(f"{path}: {len(short)} row(s) with fewer than the header's {width} fields ({where}): cut off or mis-quoted")
 
 
 def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:

@@ -102,6 +102,9 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
     with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):
         run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,1,0.02186\n")  # cut off mid-row
+    with pytest.raises(RawFormatError, match=r"events.csv: 1 row\(s\) with fewer than the header's 9 fields \(line 4 has 8\)"):
+        run_ingest(cfg)
     events.write_bytes(good)
     products = source_dir / "products.jsonl"
     products.write_text(products.read_text(encoding="utf-8").replace("类型#裙*", "类型裙*"), encoding="utf-8")
