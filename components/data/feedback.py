@@ -122,6 +122,9 @@ def _json_line(record: dict) -> str:
     return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085") + "\n"
 
 
+TAIL_BYTES = 64
+
+
 class FeedbackLog:
     """Append-only feedback in one folder (created on first write).
 
@@ -144,7 +147,9 @@ class FeedbackLog:
         # (the data gate wants no click, cart or purchase before the first impression).
         self._first_seen: dict[tuple[str, str, str], datetime] = {}
         self._first_outcome: dict[tuple[str, str, str], datetime] = {}
-        self._offsets: dict[str, tuple[int, int, int]] = {}  # file -> (device, inode, bytes read)
+        # file -> (device, inode, bytes read, the last bytes read): a file cut and written again
+        # past the old offset is told apart by those bytes, not only by its size.
+        self._offsets: dict[str, tuple[int, int, int, bytes]] = {}
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
@@ -186,21 +191,34 @@ class FeedbackLog:
         if not path.exists():
             return []
         stat = path.stat()
-        device, inode, offset = self._offsets.get(name, (stat.st_dev, stat.st_ino, 0))
+        device, inode, offset, tail = self._offsets.get(name, (stat.st_dev, stat.st_ino, 0, b""))
         with open(path, "rb") as handle:
             handle.seek(offset)
             data = handle.read()
         complete = data.rfind(b"\n") + 1
-        self._offsets[name] = (stat.st_dev, stat.st_ino, offset + complete)
+        if complete:
+            tail = (tail + data[:complete])[-TAIL_BYTES:]
+        self._offsets[name] = (stat.st_dev, stat.st_ino, offset + complete, tail)
         return [line for line in data[:complete].decode("utf-8").split("\n") if line.strip()]
+
+    def _unchanged_before(self, name: str, offset: int, tail: bytes) -> bool:
+        """The file still holds, just before `offset`, the bytes this log last read there."""
+        path = self.folder / name
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset - len(tail))
+                return handle.read(len(tail)) == tail
+        except OSError:
+            return False
 
     def _refresh(self) -> None:
         """Take in what this or another process appended since the last read (under the lock)."""
-        for name, (device, inode, offset) in self._offsets.items():
+        for name, (device, inode, offset, tail) in self._offsets.items():
             path = self.folder / name
             stat = path.stat() if path.exists() else None
-            if stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset:
-                # rotated, replaced or truncated by hand: read everything again
+            if (stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset
+                    or not self._unchanged_before(name, offset, tail)):
+                # rotated, replaced or truncated by hand (maybe written again since): read everything again
                 self._copies, self._served, self._events, self._offsets = set(), {}, set(), {}
                 self._first_seen, self._first_outcome = {}, {}
                 break
@@ -210,7 +228,7 @@ class FeedbackLog:
             record = Served.from_json(line)
             # An outcome joins to shopper, product and copy: the candidates stay on disk only.
             self._served[record.serve_id] = replace(record, candidate_texts=(), scores=None)
-        header_unread = RAW_FILES["events"] not in self._offsets
+        header_unread = self._offsets.get(RAW_FILES["events"], (0, 0, 0, b""))[2] == 0  # reading from the top
         rows = list(csv.reader(self._new_lines(RAW_FILES["events"])))
         if header_unread and rows:
             self._check_header(rows[0])
@@ -310,6 +328,7 @@ class FeedbackLog:
 
     def _append_event(self, served: Served, event_type: str, when: str, value: float | None, event_id: str | None) -> str:
         path = self.folder / RAW_FILES["events"]
+        self._repair_tail(RAW_FILES["events"])  # first: a header cut off by a crash is a fragment, and then there is none
         event_id = event_id or f"fb-{uuid.uuid4().hex}"
         row = {
             "event_id": event_id, "user_id": served.user_id, "product_id": served.product_id, "copy_id": served.copy_id,

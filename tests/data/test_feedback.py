@@ -218,3 +218,46 @@ def test_the_candidates_and_their_scores_are_logged_with_the_decision(tmp_path):
     decision = json.loads(line)
     assert decision["candidate_texts"] == ["黑色长裙", "白色\u2028连衣裙"] and decision["scores"] == [0.1, 0.3]
     assert decision["scorer_version"] == "models:/p/4"
+
+
+def test_a_log_cut_by_hand_and_written_again_is_read_again_by_every_server(tmp_path):
+    # Server B repairs the cut line and appends: the file grows back past server A's offset. A
+    # used to resume mid-line, drop an acknowledged retry and write B's event a second time.
+    a, b = FeedbackLog(tmp_path), FeedbackLog(tmp_path)
+    served = a.record_serving("shopper1", "p1", "文案", "m", candidates=4)
+    a.record_event(served.serve_id, "click", event_id="e-last")
+    b.counts()  # both have read the whole file
+    events = tmp_path / "events.csv"
+    with open(events, "rb+") as handle:
+        handle.truncate(events.stat().st_size - 40)  # e-last cut mid-line, as a crash would
+    b.record_event(served.serve_id, "click", event_id="e-from-b")
+
+    assert a.record_event(served.serve_id, "click", event_id="e-last") == "e-last"
+    assert a.record_event(served.serve_id, "click", event_id="e-from-b") == "e-from-b"
+
+    ids = list(read_raw_table(tmp_path, "events")["event_id"])
+    assert ids.count("e-last") == 1 and ids.count("e-from-b") == 1
+    assert a.counts() == b.counts() == FeedbackLog(tmp_path).counts()
+
+
+def test_a_header_cut_off_by_a_crash_is_written_again(tmp_path):
+    (tmp_path / "events.csv").write_text("event_id,user_id,prod")  # the first write died mid-header
+    log = FeedbackLog(tmp_path)
+    served = log.record_serving("shopper1", "p1", "文案", "m", candidates=4)
+    log.record_event(served.serve_id, "click")
+
+    events = read_raw_table(tmp_path, "events")  # what the source stage reads
+    assert list(events["event_type"]) == ["impression", "click"]
+    assert FeedbackLog(tmp_path).counts()["events"] == 2  # a new server starts on it
+    assert (tmp_path / "events.csv.fragments").read_text() == "event_id,user_id,prod\n"
+
+
+def test_an_emptied_log_does_not_count_its_new_header_as_an_event(tmp_path):
+    (tmp_path / "events.csv").write_text("")  # archived with `: > events.csv`
+    log = FeedbackLog(tmp_path)
+    assert log.counts()["events"] == 0
+    served = log.record_serving("shopper1", "p1", "文案", "m", candidates=4)
+
+    assert log.counts()["events"] == 1
+    log.record_event(served.serve_id, "click", event_id="event_id")  # a client id that equals the header's first name
+    assert list(read_raw_table(tmp_path, "events")["event_id"].iloc[1:]) == ["event_id"]
