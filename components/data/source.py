@@ -111,7 +111,7 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
     order, so the export's bytes stay as they were."""
     import csv
 
-    from components.data.raw import RAW_COLUMNS, jsonl_lines, read_raw_table
+    from components.data.raw import RAW_COLUMNS, RawFormatError, jsonl_lines, read_raw_table
     from components.data.feedback import FeedbackLog
 
     folder = cfg.feedback_dir()
@@ -124,8 +124,11 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
             (Path(tmp) / RAW_FILES["copies"]).write_text("", encoding="utf-8")
         if "events" not in found:
             (Path(tmp) / RAW_FILES["events"]).write_text(",".join(RAW_COLUMNS["events"]) + "\n", encoding="utf-8")
-        copies = read_raw_table(tmp, "copies")
-        events = read_raw_table(tmp, "events")
+        try:
+            copies = read_raw_table(tmp, "copies")
+            events = read_raw_table(tmp, "events")
+        except RawFormatError as exc:  # name the log's file, not the snapshot's (deleted when this returns)
+            raise RawFormatError(str(exc).replace(str(Path(tmp)), str(folder))) from exc
     new_copies = copies[~copies["copy_id"].isin(export["copies"]["copy_id"])]
     new_events = events[~events["event_id"].isin(export["events"]["event_id"])]
     _append_lines(out_dir / RAW_FILES["copies"], jsonl_lines(new_copies, RAW_COLUMNS["copies"]))

@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from components.data.raw import RAW_FILES
 from components.data.source import read_ground_truth, run_source
@@ -115,3 +116,26 @@ def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, t
     assert set(mine["user_id"]) == {pseudonym(users[0], load_key(cfg))}  # raw ids go no further than the raw layer
     copies = pd.read_parquet(cfg.stage_dir("ingested") / "copies.parquet")
     assert (copies.loc[copies["copy_id"] == served[0].copy_id, "source"] == "generated").all()
+
+
+def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
+    # The stage reads a snapshot of the log; an error naming the snapshot (a deleted temp folder)
+    # would leave the operator nothing to open.
+    import shutil
+
+    from components.data.feedback import FeedbackLog
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
+    product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
+    FeedbackLog(cfg.feedback_dir()).record_serving(users[0], product, "文案。", "models:/copyflow-generator/1", candidates=4)
+    with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
+        handle.write("fb-1,shopper,p\n")  # a line edited by hand
+
+    with pytest.raises(RawFormatError, match="row") as refused:
+        run_source(cfg)
+    assert str(cfg.feedback_dir() / "events.csv") in str(refused.value) and "line 3 has 3" in str(refused.value)
