@@ -164,9 +164,33 @@ def validate(
     if not data_dir.is_dir():
         typer.secho(f"error: {data_dir} is not a directory", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    report = validate_dir(data_dir, cfg, reference={} if no_reference else None)
+    report = validate_dir(data_dir, cfg, drift_skipped="not checked (--no-reference)" if no_reference else "")
     typer.echo(report.to_text())
     raise typer.Exit(0 if report.success else 1)
+
+
+@app.command("accept-batch")
+def accept_batch(
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """After reading a drift failure and judging the change real: make the profile's ingested batch
+    the drift reference, so the next retrain compares with it. Every other check must pass."""
+    from components.registry.promotion import default_actor
+    from components.validation.gate import BatchNotAcceptable
+    from components.validation.gate import accept_batch as do_accept
+
+    cfg = _config(params, profile)
+    try:
+        accepted = do_accept(cfg, actor=default_actor())
+    except (BatchNotAcceptable, FileNotFoundError) as exc:
+        if isinstance(exc, BatchNotAcceptable):
+            typer.echo(exc.report.to_text())
+        typer.secho(f"error: {exc}; the drift reference is unchanged", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"the ingested batch of profile {profile!r} is now the drift reference ({accepted['reference']}; "
+               f"{accepted['evaluated_expectations']} checks passed, drift not checked; it replaces the reference accepted at "
+               f"{accepted['replaced_reference_of']}). Run `copyflow retrain --profile {profile}` again.")
 
 
 @app.command()

@@ -119,6 +119,44 @@ def run_validate(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+ACCEPT_REASON = "not checked: this batch is being accepted as the new drift reference (copyflow accept-batch)"
+
+
+class BatchNotAcceptable(RuntimeError):
+    """Checks other than drift fail: accepting the batch by hand would not make it valid."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        failed = [f"{c.where}: {c.expectation}" for c in report.failures]
+        super().__init__(f"{len(failed)} check(s) other than drift fail, so the batch cannot be accepted: {'; '.join(failed[:8])}")
+
+
+def accept_batch(cfg: Config, actor: str) -> dict[str, Any]:
+    """Make the ingested batch the drift reference after a person has judged its drift real (a
+    new season, a bigger catalog, a feedback log that grew): without this, a batch that changed
+    for good fails the drift checks on every retrain. Every other check must still pass; drift
+    is not checked against the old reference. The next `validate` (retrain) then runs as usual,
+    against this batch. Returns what was accepted; raises BatchNotAcceptable."""
+    ingested = cfg.stage_dir("ingested")
+    if not ingested.is_dir():
+        raise FileNotFoundError(f"{ingested} does not exist: run the source and ingest stages (or a retrain) first")
+    report = validate_dir(ingested, cfg, drift_skipped=ACCEPT_REASON)
+    if not report.success:
+        raise BatchNotAcceptable(report)
+    path = accepted_batch_path(cfg)
+    replaced = None
+    if path.exists():
+        try:
+            replaced = json.loads(path.read_text(encoding="utf-8")).get("accepted_at")
+        except (ValueError, UnicodeDecodeError):
+            replaced = "an unreadable reference"
+    accepted = {**report.batch_stats, "accepted_at": report.started_at, "data_dir": report.data_dir,
+                "accepted_by": actor, "drift_accepted": True, "replaced_reference_of": replaced}
+    atomic_write_text(path, json.dumps(accepted, indent=2, ensure_ascii=False))
+    return {"reference": str(path), "accepted_at": report.started_at, "replaced_reference_of": replaced,
+            "evaluated_expectations": report.evaluated, "data_sha256": tables_sha256(ingested)}
+
+
 def write_report(report: ValidationReport, out_dir: Path, summary: dict[str, Any] | None = None) -> dict[str, Path]:
     """report.md, report.json and summary.json (written whatever the verdict)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,18 +209,20 @@ def load_reference(cfg: Config) -> tuple[dict[str, Any] | None, CheckResult | No
     return reference, None
 
 
-def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | None = None, *, now: dt.datetime | None = None) -> ValidationReport:
+def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | None = None, *, now: dt.datetime | None = None,
+                 drift_skipped: str = "") -> ValidationReport:
     """Validate a batch directory against the suites. Bad data never raises: every problem is a
     failed check in the report (a broken suite file raises `SuiteError`, a configuration bug).
 
     `reference` = statistics of the last accepted batch (`batch_stats`); by default they are read
-    from state/<profile>/accepted_batch.json when it exists, else drift is not checked."""
+    from state/<profile>/accepted_batch.json when it exists, else drift is not checked.
+    `drift_skipped`: skip the drift checks, with this reason."""
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     directory = suites_dir(cfg)
     suites = {table: load_suite_dict(directory, table) for table in TABLES}
     checks: list[CheckResult] = []
-    if reference is None:
+    if reference is None and not drift_skipped:
         reference, problem = load_reference(cfg)
         checks += [problem] if problem else []
     batch = read_batch(data_dir)
@@ -209,7 +249,7 @@ def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | 
     id_sets = id_set_parameters(batch, usable)
     for table in batch:
         runner.use_frame(table, with_derived_columns(table, batch[table], usable[table]))
-        drift = drift_parameters(table, suites[table]["expectations"], reference, cfg)
+        drift = drift_parameters(table, suites[table]["expectations"], reference, cfg, skipped=drift_skipped)
         checks += _checks_pass(
             runner,
             table,

@@ -152,8 +152,10 @@ def id_set_parameters(tables: dict[str, pd.DataFrame], usable: dict[str, set[str
     return Parameters(values, unavailable)
 
 
-def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: dict[str, Any] | None, cfg: Config) -> Parameters:
-    """Row-count, mean and distribution bounds for one table from the last accepted batch's stats."""
+def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: dict[str, Any] | None, cfg: Config,
+                     skipped: str = "") -> Parameters:
+    """Row-count, mean and distribution bounds for one table from the last accepted batch's stats
+    (none, with the reason `skipped`, when drift is not to be checked)."""
     drift = cfg.validation.drift
     values: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
@@ -163,6 +165,9 @@ def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: 
             continue
         kwargs = expectation.get("kwargs", {})
         names = parameter_names(kwargs) - {"kl_threshold"}
+        if skipped:
+            unavailable.update({n: skipped for n in names})
+            continue
         if reference is None:
             unavailable.update({n: FIRST_BATCH_REASON for n in names})
             continue

@@ -110,3 +110,30 @@ def test_each_corruption_exits_1_with_a_readable_report(kind, clean, params, tmp
     assert "FAILED" in result.output
     assert mentioned in result.output
     assert "Traceback" not in result.output
+
+
+def test_accept_batch_makes_a_drifted_batch_the_reference_and_nothing_else(clean, params):
+    cfg = load_config(params, "quick")
+    reference = accepted_batch_path(cfg)
+    missing = CliRunner().invoke(app, ["accept-batch", "--params", str(params)])
+    assert missing.exit_code == 1 and "run the source and ingest stages" in missing.output
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    reference.write_text(json.dumps({**batch_stats(clean), "accepted_at": "2026-01-01T00:00:00+00:00"}, default=str), encoding="utf-8")
+    drifted = copy_tables(clean)  # three times the shoppers: a real change, say a campaign
+    drifted["users"] = pd.concat([drifted["users"]] * 3, ignore_index=True)
+    drifted["users"]["user_id"] = [f"u{i:04d}" for i in range(len(drifted["users"]))]
+    write_batch(drifted, cfg.stage_dir("ingested"))
+    assert CliRunner().invoke(app, ["validate", str(cfg.stage_dir("ingested")), "--params", str(params)]).exit_code == 1
+    assert CliRunner().invoke(app, ["validate", str(cfg.stage_dir("ingested")), "--params", str(params), "--no-reference"]).exit_code == 0
+
+    accepted = CliRunner().invoke(app, ["accept-batch", "--params", str(params)])
+
+    assert accepted.exit_code == 0, accepted.output
+    assert "is now the drift reference" in accepted.output and "2026-01-01T00:00:00+00:00" in accepted.output
+    assert CliRunner().invoke(app, ["validate", str(cfg.stage_dir("ingested")), "--params", str(params)]).exit_code == 0
+    before = reference.read_bytes()
+    _corrupt_tables("negative price", drifted)
+    write_batch(drifted, cfg.stage_dir("ingested"))
+    refused = CliRunner().invoke(app, ["accept-batch", "--params", str(params)])
+    assert refused.exit_code == 1 and "cannot be accepted" in refused.output and "the drift reference is unchanged" in refused.output
+    assert reference.read_bytes() == before

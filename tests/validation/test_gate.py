@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.data.schema import to_arrow
-from components.validation.gate import DataValidationError, accepted_batch_path, run_validate, validate_dir
+from components.validation.gate import (
+    BatchNotAcceptable,
+    DataValidationError,
+    accept_batch,
+    accepted_batch_path,
+    run_validate,
+    validate_dir,
+)
 from components.validation.report import FAILED, SKIPPED, CheckResult, ValidationReport
 from components.validation.suites import FIRST_BATCH_REASON, batch_stats
 from tests.validation.factories import clean_tables, copy_tables, write_batch
@@ -398,6 +405,22 @@ def test_run_validate_gates_and_only_a_passing_batch_becomes_the_reference(make_
         run_validate(cfg)
     assert reference.read_bytes() == before
     assert json.loads((out / "report.json").read_text())["drift_checked"] is True
+
+    # 4. a person judges that change real: the batch becomes the reference by hand, and passes
+    accepted = accept_batch(cfg, actor="ops")
+    saved = json.loads(reference.read_text())
+    assert saved["tables"]["users"]["rows"] == 3 * len(clean["users"]) and saved["accepted_by"] == "ops"
+    assert accepted["replaced_reference_of"] == json.loads(before)["accepted_at"]
+    assert run_validate(cfg)["drift_checked"] is True
+
+    # 5. drift can be accepted, nothing else: a broken batch leaves the reference alone
+    before = reference.read_bytes()
+    broken = copy_tables(drifted)
+    broken["products"].loc[3, "price"] = -5.0
+    write_batch(broken, ingested)
+    with pytest.raises(BatchNotAcceptable, match="products.price: expect_column_values_to_be_between"):
+        accept_batch(cfg, actor="ops")
+    assert reference.read_bytes() == before
 
 
 def test_corrupt_reference_file_is_a_readable_failure(cfg, clean, tmp_path):
