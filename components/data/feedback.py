@@ -48,6 +48,10 @@ class UnknownServe(FeedbackError):
     """The event names a serve_id this log never served."""
 
 
+class EventIdTaken(FeedbackError):
+    """A client event_id already names another event (another serve or type): not a retry."""
+
+
 class FeedbackLogBroken(RuntimeError):
     """The log's files are not what this module writes (edited by hand): nothing more is appended."""
 
@@ -142,7 +146,7 @@ class FeedbackLog:
         # what other processes appended since, so a long-running log costs no more per request.
         self._copies: set[str] = set()
         self._served: dict[str, Served] = {}
-        self._events: set[str] = set()
+        self._events: dict[str, tuple[str, ...]] = {}  # event id -> shopper, product, copy, event type
         # Per shopper, product and copy: the first impression and the earliest outcome logged
         # (the data gate wants no click, cart or purchase before the first impression).
         self._first_seen: dict[tuple[str, str, str], datetime] = {}
@@ -219,7 +223,7 @@ class FeedbackLog:
             if (stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset
                     or not self._unchanged_before(name, offset, tail)):
                 # rotated, replaced or truncated by hand (maybe written again since): read everything again
-                self._copies, self._served, self._events, self._offsets = set(), {}, set(), {}
+                self._copies, self._served, self._events, self._offsets = set(), {}, {}, {}
                 self._first_seen, self._first_outcome = {}, {}
                 break
         for line in self._new_lines(RAW_FILES["copies"]):
@@ -233,7 +237,7 @@ class FeedbackLog:
         if header_unread and rows:
             self._check_header(rows[0])
             rows = rows[1:]
-        self._events.update(row[0] for row in rows)
+        self._events.update((row[0], tuple(row[1:5])) for row in rows)
         for row in rows:
             self._take_in_time(row)
 
@@ -247,6 +251,18 @@ class FeedbackLog:
         earliest = self._first_seen if fields.get("event_type") == "impression" else self._first_outcome
         if key not in earliest or when < earliest[key]:
             earliest[key] = when
+
+    def _no_earlier_than_possible(self, served: Served, event_type: str, when: str) -> str:
+        at, earliest = datetime.fromisoformat(when), datetime.fromisoformat(served.timestamp)
+        what = "the copy was served"
+        seen = self._first_seen.get((served.user_id, served.product_id, served.copy_id))
+        if event_type != "impression" and seen is not None and seen > earliest:
+            earliest, what = seen, "this shopper's first impression of this copy"
+        if at >= earliest:
+            return when
+        if earliest - at <= self.max_future:
+            return earliest.isoformat()  # a client clock a little behind
+        raise FeedbackError(f"timestamp {when} is before {what} ({earliest.isoformat()}) by more than clocks drift apart ({self.max_future})")
 
     def _check_order(self, served: Served, event_type: str, when: str) -> None:
         """No outcome before the first impression of the same shopper, product and copy."""
@@ -304,7 +320,11 @@ class FeedbackLog:
         self, serve_id: str, event_type: str, timestamp: str | None = None, value: float | None = None, event_id: str | None = None
     ) -> str:
         """Log what the shopper did with a served copy; returns the event id. A repeated
-        event_id (a client retrying) is accepted once."""
+        event_id (a client retrying) is accepted once; one naming another event is refused.
+
+        Client clocks run a little apart from the server's: an outcome stamped before the serve
+        (or before the first impression of its copy) by less than `max_future` is recorded at that
+        moment instead, the earliest it can have happened; earlier than that is refused."""
         if event_id is not None:
             check_id("event_id", event_id)
         if event_type not in EVENT_TYPES:
@@ -317,10 +337,11 @@ class FeedbackLog:
             served = self._served.get(serve_id)
             if served is None:
                 raise UnknownServe(f"serve_id {serve_id!r} was not served from {self.folder}")
-            if datetime.fromisoformat(when) < datetime.fromisoformat(served.timestamp):
-                raise FeedbackError(f"timestamp {when} is before the copy was served ({served.timestamp})")
             if event_id is not None and event_id in self._events:
+                if self._events[event_id] != (served.user_id, served.product_id, served.copy_id, event_type):
+                    raise EventIdTaken(f"event_id {event_id!r} already names another event ({', '.join(self._events[event_id])})")
                 return event_id
+            when = self._no_earlier_than_possible(served, event_type, when)
             self._check_order(served, event_type, when)
             event_id = self._append_event(served, event_type, when, value, event_id)
             self._refresh()

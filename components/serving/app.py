@@ -38,7 +38,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from components.config import Config
-from components.data.feedback import EVENT_TYPES, FeedbackError, FeedbackLog, FeedbackLogBroken, UnknownServe, check_id
+from components.data.feedback import (
+    EVENT_TYPES,
+    EventIdTaken,
+    FeedbackError,
+    FeedbackLog,
+    FeedbackLogBroken,
+    UnknownServe,
+    check_id,
+)
 from components.models.generator.focus import ANY, LENGTHS, TONES
 
 
@@ -378,6 +386,8 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
             event_id = log.record_event(request.serve_id, request.event_type, request.timestamp, request.value, request.event_id)
         except UnknownServe as exc:
             raise HTTPException(404, str(exc)) from exc
+        except EventIdTaken as exc:
+            raise HTTPException(409, str(exc)) from exc
         except FeedbackError as exc:
             raise HTTPException(422, str(exc)) from exc
         except FeedbackLogBroken as exc:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from components.data.feedback import FeedbackError, FeedbackLog, UnknownServe, copy_id_for
+from components.data.feedback import EventIdTaken, FeedbackError, FeedbackLog, UnknownServe, copy_id_for
 from components.data.raw import RAW_COLUMNS, read_raw_table
 
 
@@ -40,23 +40,50 @@ def test_no_outcome_is_logged_before_the_first_impression_of_its_copy(tmp_path):
     # The data gate rejects a batch where more than 1% of outcomes come before the first
     # impression of their shopper, product and copy; accepted here, such events would fail every
     # later retrain. A frontend that reports impressions itself (impression=False) can send them late.
-    log = FeedbackLog(tmp_path)
+    log = FeedbackLog(tmp_path, max_future=timedelta(minutes=10))  # clocks may be ten minutes apart
     served = log.record_serving("u", "p", "文案", "m", candidates=1, impression=False)
     shown = datetime.fromisoformat(served.timestamp)
     at = lambda seconds: (shown + timedelta(seconds=seconds)).isoformat()  # noqa: E731
 
-    log.record_event(served.serve_id, "click", timestamp=at(2))  # no impression yet: nothing to compare with
+    log.record_event(served.serve_id, "click", timestamp=at(200))  # no impression yet: nothing to compare with
     with pytest.raises(FeedbackError, match="after the .* outcome already logged"):
-        log.record_event(served.serve_id, "impression", timestamp=at(3))
-    log.record_event(served.serve_id, "impression", timestamp=at(1))
-    log.record_event(served.serve_id, "impression", timestamp=at(5))  # shown again after the click: fine
-    other = FeedbackLog(tmp_path)  # another server process on the same folder knows it from the files
-    with pytest.raises(FeedbackError, match="before this shopper's first impression of this copy"):
-        other.record_event(served.serve_id, "add_to_cart", timestamp=at(0.5))
-    other.record_event(served.serve_id, "add_to_cart", timestamp=at(1))
+        log.record_event(served.serve_id, "impression", timestamp=at(300))
+    log.record_event(served.serve_id, "impression", timestamp=at(100))
+    log.record_event(served.serve_id, "impression", timestamp=at(500))  # shown again after the click: fine
+    other = FeedbackLog(tmp_path, max_future=timedelta(minutes=10))  # another server process knows it from the files
+    with pytest.raises(FeedbackError, match="before this shopper's first impression of this copy .* by more than clocks drift apart"):
+        other.record_event(served.serve_id, "add_to_cart", timestamp=at(-550))
+    # a client clock a little behind: recorded at the first impression, the earliest it can have happened
+    other.record_event(served.serve_id, "add_to_cart", timestamp=at(70))
 
     events = read_raw_table(tmp_path, "events")
     assert list(events["event_type"]) == ["click", "impression", "impression", "add_to_cart"]
+    assert events["timestamp"].iloc[3] == at(100)
+
+
+def test_a_client_clock_a_little_behind_does_not_lose_a_fast_click(tmp_path):
+    # A click reported at one-second precision in the second of the serve came out "before the
+    # copy was served" and was refused; clocks a little apart are tolerated like future times.
+    log = FeedbackLog(tmp_path, max_future=timedelta(hours=1))
+    served = log.record_serving("u", "p", "文案", "m", candidates=1)
+    same_second = datetime.fromisoformat(served.timestamp).replace(microsecond=0).isoformat()
+
+    log.record_event(served.serve_id, "click", timestamp=same_second)
+
+    events = read_raw_table(tmp_path, "events")
+    assert list(events["timestamp"]) == [served.timestamp, served.timestamp]  # at the serve, not before it
+
+
+def test_an_event_id_that_names_another_event_is_refused_not_dropped(tmp_path):
+    log = FeedbackLog(tmp_path)
+    first, second = (log.record_serving(user, "p", "文案", "m", candidates=1) for user in ("u1", "u2"))
+    log.record_event(first.serve_id, "click", event_id="e-1")
+    assert log.record_event(first.serve_id, "click", event_id="e-1") == "e-1"  # a retry: written once
+    with pytest.raises(EventIdTaken, match="'e-1' already names another event"):
+        log.record_event(second.serve_id, "purchase", value=500.0, event_id="e-1")
+    with pytest.raises(EventIdTaken):
+        log.record_event(first.serve_id, "purchase", event_id="e-1")
+    assert list(read_raw_table(tmp_path, "events")["event_type"]) == ["impression", "impression", "click"]
 
 
 def test_bad_events_are_refused_and_write_nothing(tmp_path):
