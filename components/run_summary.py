@@ -52,6 +52,13 @@ def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
     if skipped:
         lines.append(f"  stages unchanged (skipped by DVC): {', '.join(skipped)}")
     lines += _table_counts(result)
+    feedback = (result.summary("source") or {}).get("feedback") or {}
+    if feedback.get("events") or feedback.get("copies"):
+        lines.append(f"  served feedback taken in: {feedback.get('copies', 0):,} copies, {feedback.get('events', 0):,} events "
+                     f"({feedback.get('skipped_as_duplicates', 0):,} already in the export)")
+    if feedback.get("fragments_not_read"):
+        lines.append(f"  WARNING: {feedback['fragments_not_read']} partial line(s) in {feedback.get('folder')} were not read "
+                     "(writers that died mid-line; see its *.fragments files)")
     validate = result.summary("validate")
     if validate:
         verdict = "PASSED" if validate.get("success") else "FAILED"

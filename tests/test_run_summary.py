@@ -12,3 +12,13 @@ def test_the_summary_points_at_the_profiles_own_ui():
     assert "stages run: clean" in text and "removed: bot_events=20" in text
     assert "open the UI: copyflow ui --profile shop" in text and "MLflow run: abc  (sqlite:///mlflow/shop/mlflow.db)" in text
     assert "open the UI: copyflow ui   (" in format_summary(RetrainResult(profile="quick"))
+
+
+def test_the_summary_says_how_much_served_feedback_came_in_and_warns_of_unread_fragments():
+    feedback = {"folder": "data/feedback/shop", "copies": 3, "events": 5, "skipped_as_duplicates": 1, "fragments_not_read": 2}
+    result = RetrainResult(profile="shop", stages={"source": {"skipped": False, "summary": {"feedback": feedback}}})
+    text = format_summary(result)
+    assert "served feedback taken in: 3 copies, 5 events (1 already in the export)" in text
+    assert "WARNING: 2 partial line(s) in data/feedback/shop were not read" in text
+    quiet = RetrainResult(profile="quick", stages={"source": {"skipped": False, "summary": {}}})
+    assert "feedback" not in format_summary(quiet) and "WARNING" not in format_summary(quiet)

@@ -374,6 +374,19 @@ class FeedbackLog:
             self._refresh()
             return {"copies": len(self._copies), "served": len(self._served), "events": len(self._events)}
 
+    def fragments(self) -> int:
+        """Partial lines that dead writers left: moved to `<file>.fragments`, or still at a file's
+        end. No table reads them; the source stage reports the count, so none goes unnoticed."""
+        count = 0
+        for name in (RAW_FILES["copies"], RAW_FILES["events"], SERVED_FILE):
+            moved = self.folder / f"{name}.fragments"
+            if moved.exists():
+                count += sum(1 for line in moved.read_bytes().split(b"\n") if line.strip())
+            live = self.folder / name
+            if live.exists() and live.stat().st_size and not live.read_bytes().endswith(b"\n"):
+                count += 1
+        return count
+
     def snapshot(self, destination: Path) -> dict[str, Path]:
         """Copy the raw-layer files (those that exist) under the shared lock, whole lines only:
         a fragment a dead writer left at the end is not copied."""

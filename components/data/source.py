@@ -115,10 +115,12 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
     from components.data.feedback import FeedbackLog
 
     folder = cfg.feedback_dir()
+    log = FeedbackLog(folder)
+    fragments = log.fragments() if folder.is_dir() else 0
     with tempfile.TemporaryDirectory() as tmp:
-        found = FeedbackLog(folder).snapshot(Path(tmp))
+        found = log.snapshot(Path(tmp))
         if not found:
-            return {"folder": str(folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0}
+            return {"folder": str(folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0, "fragments_not_read": fragments}
         # a log with copies but no events yet (impressions reported later): read both the same way
         if "copies" not in found:
             (Path(tmp) / RAW_FILES["copies"]).write_text("", encoding="utf-8")
@@ -148,6 +150,7 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
         "events": len(new_events),
         "event_types": {str(k): int(v) for k, v in new_events["event_type"].value_counts().items()},
         "skipped_as_duplicates": int(len(copies) - len(new_copies) + len(events) - len(new_events)),
+        "fragments_not_read": fragments,
     }
 
 

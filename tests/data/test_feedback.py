@@ -277,6 +277,10 @@ def test_a_header_cut_off_by_a_crash_is_written_again(tmp_path):
     assert list(events["event_type"]) == ["impression", "click"]
     assert FeedbackLog(tmp_path).counts()["events"] == 2  # a new server starts on it
     assert (tmp_path / "events.csv.fragments").read_text() == "event_id,user_id,prod\n"
+    assert log.fragments() == 1  # the source stage reports it
+    with open(tmp_path / "served.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"serve_id": "cut')  # a writer dying now
+    assert log.fragments() == 2
 
 
 def test_an_emptied_log_does_not_count_its_new_header_as_an_event(tmp_path):

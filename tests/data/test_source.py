@@ -90,7 +90,8 @@ def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, t
     folder = tmp_path / "export"
     shutil.copytree(ROOT / "data/shop", folder)
     cfg = _shop_cfg(make_cfg, folder)
-    assert run_source(cfg)["feedback"] == {"folder": str(cfg.feedback_dir()), "copies": 0, "events": 0, "skipped_as_duplicates": 0}
+    assert run_source(cfg)["feedback"] == {"folder": str(cfg.feedback_dir()), "copies": 0, "events": 0, "skipped_as_duplicates": 0,
+                                        "fragments_not_read": 0}
 
     users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
     products = [json.loads(line)["product_id"] for line in (folder / "products.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -108,6 +109,7 @@ def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, t
     assert summary["feedback"]["copies"] == 3 and summary["feedback"]["events"] == 5  # 3 impressions, click, purchase
     assert summary["feedback"]["skipped_as_duplicates"] == 1 and exported_event == "ev000000001"
     assert summary["feedback"]["event_types"] == {"impression": 3, "click": 1, "purchase": 1}
+    assert summary["feedback"]["fragments_not_read"] == 0
 
     run_ingest(cfg)
     events = pd.read_parquet(cfg.stage_dir("ingested") / "events.parquet")
