@@ -135,14 +135,15 @@ def retrain(
     from flows.retrain import retrain as retrain_flow
 
     from components.dvc_runner import StageFailed
-    from components.evaluation.gates import GateFailed
+    from components.evaluation.frozen import SnapshotError
+    from components.evaluation.gates import GateFailed, GateInputError
     from components.registry.status import render_status, status
 
     cfg = _config(params, profile)
     _require_prefect_server()
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
-    except (DataGateFailed, GateFailed, StageFailed, ParamsNotTracked, RetrainBusy) as exc:
+    except (DataGateFailed, GateFailed, GateInputError, SnapshotError, StageFailed, ParamsNotTracked, RetrainBusy) as exc:
         typer.secho(f"\nretrain failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo("\n" + format_summary(result, tracking_uri(cfg)))

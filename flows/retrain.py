@@ -17,7 +17,8 @@ from prefect.runtime import flow_run
 
 from components import dvc_runner, pipeline, tracking
 from components.config import load_config
-from components.evaluation.gates import GateFailed
+from components.evaluation.frozen import SnapshotError
+from components.evaluation.gates import GateFailed, GateInputError
 from components.run_summary import RetrainResult, format_summary
 from components.validation.report import failures_section
 
@@ -79,6 +80,7 @@ def release(profile: str, params_path: str, manifests: list[dict], project_dir: 
         )
     except GateFailed as failed:
         _publish(f"release-gate-{profile}", failed.report, f"Release gate report ({profile}): FAILED")
+        get_run_logger().error("release gate failed; no alias was moved (the models are registered with their verdict):\n%s", failed.report)
         raise
     _publish(f"release-gate-{profile}", outcome.report, f"Release gate report ({profile}): release {outcome.release}")
     return outcome.to_dict()
@@ -189,7 +191,11 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
             mlflow.log_artifact(str(root / "dvc.lock"))
         manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
         if register_release and manifests:
-            result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)
+            try:
+                result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)
+            except (GateFailed, GateInputError, SnapshotError) as failure:
+                mlflow.set_tags({"failed_stage": "release", "error": str(failure).strip().splitlines()[0][:240]})
+                raise
             mlflow.set_tag("release", str(result.release.get("release") or ""))
             mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
     summary = format_summary(result, tracking.tracking_uri(cfg))

@@ -170,6 +170,8 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
     if "example_id" not in rows.columns or rows["example_id"].duplicated().any():
         raise SnapshotError(f"snapshot rows for {family} need a unique 'example_id' column")
     stored = rows.drop(columns=["attributes"], errors="ignore") if family == "generator" else rows
+    if problem := too_few_per_class(family, stored):
+        raise SnapshotError(f"cannot freeze the {family} evaluation snapshot of profile {cfg.profile!r}: {problem}")
     with FileLock(str(data_path) + ".lock", timeout=120):
         tmp = data_path.with_suffix(".parquet.tmp")
         stored.to_parquet(tmp, index=False)
@@ -190,6 +192,22 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
     return FrozenSnapshot(family, data_path, _with_derived_columns(family, stored), fingerprint, meta["created_at"], source)
 
 
+def too_few_per_class(family: str, rows: pd.DataFrame) -> str:
+    """Why these preference rows cannot gate a model ('' when they can): the AUC and its interval
+    need enough clicks and non-clicks (gates.MIN_EXAMPLES_PER_CLASS of each)."""
+    from components.evaluation.gates import MIN_EXAMPLES_PER_CLASS
+
+    if family != "preference" or "label" not in rows.columns:
+        return ""
+    positives = int((rows["label"] == 1).sum())
+    negatives = len(rows) - positives
+    if min(positives, negatives) >= MIN_EXAMPLES_PER_CLASS:
+        return ""
+    return (f"its test split has {positives} clicks and {negatives} non-clicks; the release gate needs at least "
+            f"{MIN_EXAMPLES_PER_CLASS} of each to estimate AUC and its interval. Give the test split more days "
+            "(features.test_days) or the profile more data")
+
+
 def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> FrozenSnapshot:
     """The existing snapshot, or a new one frozen from the current data (when there is none,
     when `refresh`, or when the current data trains on some of its rows)."""
@@ -198,6 +216,9 @@ def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> Froze
     existing = load_snapshot(cfg, family)
     if existing is None:
         return freeze_snapshot(cfg, family, reason="first snapshot of this profile")
+    if problem := too_few_per_class(family, existing.rows):  # frozen before this check existed
+        log.warning("re-freezing the %s evaluation snapshot: %s", family, problem)
+        return freeze_snapshot(cfg, family, reason=problem)
     trained_on = rows_in_training(cfg, existing)
     if not trained_on:
         return existing

@@ -41,12 +41,19 @@ class GateInputError(ValueError):
 
 
 class GateFailed(RuntimeError):
-    """At least one gate rule failed; `report` is the markdown table that says which and why."""
+    """At least one gate rule failed; `report` is the markdown table that says which and why.
 
-    def __init__(self, report: str, results: list[GateResult] | None = None):
-        super().__init__(f"release gate failed; no alias was moved.\n\n{report}")
+    The message is one line naming the failed rules (Prefect repeats it in its log, the
+    traceback and the run's state); the report is published and printed once."""
+
+    def __init__(self, report: str, results: list[GateResult] | None = None, why: str = ""):
         self.report = report
         self.results = results or []
+        failed = [
+            f"{g.family} {r.metric} {_fmt_value(r.candidate)} fails {r.kind} {r.rule}"
+            for g in self.results for r in g.failures()
+        ]
+        super().__init__(f"release gate failed; no alias was moved: {why or '; '.join(failed) or 'see the report'}")
 
 
 @dataclass(frozen=True)
@@ -497,3 +504,7 @@ def evaluate_gate(
     if family not in GATES:
         raise GateInputError(f"no release gate is defined for model family {family!r}; known: {sorted(GATES)}")
     return GATES[family](gates, candidate, champion, **kwargs)
+
+
+def _fmt_value(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.4f}"

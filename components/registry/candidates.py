@@ -106,9 +106,8 @@ def _previous_outcome(client: MlflowClient, found: dict) -> ReleaseOutcome:
         except (MlflowException, OSError):
             reports.append(f"(no stored gate report for {version.name} v{version.version})")
     text = "\n\n".join(reports)
-    raise GateFailed(
-        "These training runs were already evaluated and rejected (training was skipped: nothing changed).\n\n" + text
-    )
+    why = "these training runs were already evaluated and rejected (training was skipped: nothing changed)"
+    raise GateFailed(f"{why[0].upper()}{why[1:]}.\n\n{text}", why=why)
 
 
 def _check_manifest(manifest: dict) -> str:

@@ -16,13 +16,14 @@ from components.evaluation.frozen import (
 )
 
 
-def write_samples(cfg, batch: str, n: int = 50) -> None:
+def write_samples(cfg, batch: str, n: int = 70) -> None:
+    """n rows, the last 20 in the test split: 10 clicks and 10 non-clicks, the least the gate takes."""
     frame = pd.DataFrame(
         {
             "event_id": [f"{batch}-{i}" for i in range(n)],
             "label": np.arange(n) % 2,
             "x": np.linspace(0, 1, n),
-            "split": ["train"] * (n - 10) + ["test"] * 10,
+            "split": ["train"] * (n - 20) + ["test"] * 20,
         }
     )
     path = cfg.stage_dir("features") / "samples.parquet"
@@ -34,7 +35,7 @@ def test_preference_snapshot_is_frozen_from_the_first_test_split_and_reused(cfg)
     write_samples(cfg, "first")
     first = ensure_snapshot(cfg, "preference")
     assert first.path.parent == frozen_dir(cfg) == cfg.state_dir() / "frozen_eval"
-    assert first.n_rows == 10 and first.rows["example_id"].tolist() == [f"first-{i}" for i in range(40, 50)]
+    assert first.n_rows == 20 and first.rows["example_id"].tolist() == [f"first-{i}" for i in range(50, 70)]
     write_samples(cfg, "second")  # a new batch arrives
     again = ensure_snapshot(cfg, "preference")
     assert again.fingerprint == first.fingerprint and again.rows["example_id"].str.startswith("first-").all()
@@ -53,12 +54,12 @@ def test_the_snapshot_is_refrozen_once_new_data_trains_on_its_rows(cfg):
     write_samples(cfg, "first")
     first = ensure_snapshot(cfg, "preference")
     grown = pd.read_parquet(cfg.stage_dir("features") / "samples.parquet").assign(split="train")
-    later = pd.DataFrame({"event_id": [f"later-{i}" for i in range(10)], "label": np.arange(10) % 2, "x": 0.5, "split": "test"})
+    later = pd.DataFrame({"event_id": [f"later-{i}" for i in range(20)], "label": np.arange(20) % 2, "x": 0.5, "split": "test"})
     pd.concat([grown, later], ignore_index=True).to_parquet(cfg.stage_dir("features") / "samples.parquet", index=False)
     again = ensure_snapshot(cfg, "preference")
     assert again.fingerprint != first.fingerprint and again.rows["example_id"].str.startswith("later-").all()
     meta = json.loads(again.path.with_name("preference.meta.json").read_text(encoding="utf-8"))
-    assert meta["reason"].startswith("10 of the 10 rows frozen at")
+    assert meta["reason"].startswith("20 of the 20 rows frozen at")
     assert ensure_snapshot(cfg, "preference").fingerprint == again.fingerprint  # stable while nothing overlaps
 
 
@@ -70,10 +71,10 @@ def test_the_preference_snapshot_freezes_each_impressions_copy_options(cfg):
     pd.DataFrame({"event_id": [], "copy_id": [], "n_options": [], "uc_copy_pref_mentions": []}).astype(
         {"event_id": str, "copy_id": str, "n_options": "int64", "uc_copy_pref_mentions": "int64"}).to_parquet(options_path)
     assert "copy_options" not in ensure_snapshot(cfg, "preference").rows.columns
-    pd.DataFrame({"event_id": ["b1-45", "b1-45", "b1-2"], "copy_id": ["a", "b", "a"], "n_options": [2, 2, 2],
+    pd.DataFrame({"event_id": ["b1-55", "b1-55", "b1-2"], "copy_id": ["a", "b", "a"], "n_options": [2, 2, 2],
                   "uc_copy_pref_mentions": [1, 0, 0]}).to_parquet(options_path)
     rows = ensure_snapshot(cfg, "preference", refresh=True).rows.set_index("event_id")
-    assert [o["copy_id"] for o in rows.loc["b1-45", "copy_options"]] == ["a", "b"]  # b1-2 is a train row: not frozen
+    assert [o["copy_id"] for o in rows.loc["b1-55", "copy_options"]] == ["a", "b"]  # b1-2 is a train row: not frozen
     assert rows["copy_options"].map(len).sum() == 2
 
 
@@ -116,5 +117,20 @@ def test_scores_are_cached_per_model_and_snapshot(cfg):
     again = score_on_snapshot(snapshot, "models:/m/1", cache_key="runs:/a/model", scorer=scorer)
     pd.testing.assert_frame_equal(first, again)
     assert calls == ["/models/a"]
-    with pytest.raises(SnapshotError, match="left 10 snapshot examples unscored"):
+    with pytest.raises(SnapshotError, match="left 20 snapshot examples unscored"):
         score_on_snapshot(snapshot, "b", cache_key="runs:/b/model", scorer=lambda ref, rows: rows.iloc[:0][["example_id"]])
+
+
+def test_a_test_split_too_small_to_gate_is_not_frozen(cfg):
+    # The OBD sample's two test days held 9 clicks: the snapshot was frozen anyway, and every
+    # release then crashed on it, even after more test days were configured.
+    write_samples(cfg, "few", n=30)
+    frame = pd.read_parquet(cfg.stage_dir("features") / "samples.parquet")
+    frame.loc[frame["split"] == "test", "label"] = [1] * 9 + [0] * 11
+    frame.to_parquet(cfg.stage_dir("features") / "samples.parquet", index=False)
+    with pytest.raises(SnapshotError, match="its test split has 9 clicks and 11 non-clicks; the release gate needs at least 10"):
+        ensure_snapshot(cfg, "preference")
+    assert load_snapshot(cfg, "preference") is None  # nothing frozen
+
+    write_samples(cfg, "enough")
+    assert ensure_snapshot(cfg, "preference").rows["example_id"].str.startswith("enough-").all()
