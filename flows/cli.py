@@ -325,6 +325,7 @@ def generate_batch(
     model: Annotated[Optional[str], typer.Option(help="model dir or MLflow URI (default: the champion)")] = None,
     backend: Annotated[str, typer.Option(help="torch (fastest for batches on CPU) | onnx")] = "torch",
     resume: Annotated[bool, typer.Option("--resume", help="carry on from OUTPUT.partial, left by a job that stopped")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing OUTPUT (or a stopped job's OUTPUT.partial)")] = False,
     tone: ToneOpt = "any",
     length: LengthOpt = "any",
     profile: ProfileOpt = "quick",
@@ -362,7 +363,8 @@ def generate_batch(
             configure(cfg)
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
-                           decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length)
+                           decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length,
+                           overwrite=overwrite)
     except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -88,12 +88,14 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     # --model as an MLflow URI is looked up in this project's store, like the champion (in a
     # process of its own: this one's MLflow already points at the store)
     by_uri = subprocess.run([sys.executable, "-m", "flows.cli", "generate-batch", "--input", str(catalog), "--output", str(out),
-                             "--decoding", "greedy", "--model", "models:/copyflow-generator@champion"],
+                             "--decoding", "greedy", "--model", "models:/copyflow-generator@champion", "--overwrite"],
                             cwd=project, capture_output=True, text=True, timeout=300)
     assert by_uri.returncode == 0, by_uri.stdout[-2000:] + by_uri.stderr[-2000:]
     assert out.read_text(encoding="utf-8") == copies["torch"]
     assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--backend", "tpu"]).exit_code == 2
-    controlled = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy", "--length", "short", "--tone", "lively"])
+    kept = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy"])
+    assert kept.exit_code == 2 and "exists: --overwrite replaces it" in kept.output  # no copies lost unasked
+    controlled = runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--decoding", "greedy", "--length", "short", "--tone", "lively", "--overwrite"])
     assert controlled.exit_code == 0, controlled.output
     assert runner.invoke(app, ["generate-batch", "--input", str(catalog), "--output", str(out), "--tone", "funny"]).exit_code == 2
     refused = runner.invoke(app, ["generate", "--user", users.iloc[0], "--product", products.iloc[0], "--length", "tiny"])

@@ -243,7 +243,9 @@ def test_generate_batch_and_errors(model_dir, tmp_path):
     # the copies cannot be trusted to reflect
     odd = ["品牌#Nike*类型#运动鞋*颜色#黑色", "风格#最顶级*类型#裤", "品牌#Nike*类型#裤"]
     source.write_text("".join(json.dumps({"content": c}, ensure_ascii=False) + "\n" for c in odd), encoding="utf-8")
-    report = api.generate_batch(source, out, model_dir, decoding="greedy")
+    with pytest.raises(api.GenerationInputError, match="out.jsonl exists: --overwrite replaces it"):
+        api.generate_batch(source, out, model_dir, decoding="greedy")  # the first job's copies are not lost unasked
+    report = api.generate_batch(source, out, model_dir, decoding="greedy", overwrite=True)
     assert report.written == 3 and len(out.read_text(encoding="utf-8").splitlines()) == 3
     assert report.unseen_keys == {"品牌": 2}
     assert report.unseen_values == {"品牌#Nike": 2, "类型#运动鞋": 1, "风格#最顶级": 1}
@@ -480,12 +482,24 @@ def test_generate_batch_writes_as_it_goes_and_resumes_after_a_stop(model_dir, tm
     api.job_path(out).write_text(job, encoding="utf-8")
     api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True)
     assert out.read_text(encoding="utf-8") == complete
+    # a finished output is not replaced unasked, even by a resume
+    with pytest.raises(api.GenerationInputError, match="exists: --overwrite replaces it"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
+    out.unlink()
     # a partial file from another input is not resumed, and nothing is lost
     partial.write_text(json.dumps({"content": "类型#裙*颜色#黑色", "copy": "黑色连衣裙。"}, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(api.GenerationInputError, match="is not for row 1 of this input"):
         api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
     assert "黑色连衣裙" in partial.read_text(encoding="utf-8")
-    partial.unlink()
+    # a run without --resume does not throw a stopped job's copies away either
+    with pytest.raises(api.GenerationInputError, match=r"a stopped job left 1 copies in .*out.jsonl.partial: --resume carries on"):
+        api.generate_batch(source, out, model_dir, decoding="greedy")
+    with pytest.raises(api.GenerationInputError, match="is where the unfinished rows of output"):
+        api.generate_batch(partial, out, model_dir, decoding="greedy")  # nor is the partial file read as an input
+    assert "黑色连衣裙" in partial.read_text(encoding="utf-8")
+    api.generate_batch(source, out, model_dir, decoding="greedy", overwrite=True)  # asked: starts over
+    assert out.read_text(encoding="utf-8") == complete and not partial.exists()
+    out.unlink()
     with pytest.raises(api.GenerationInputError, match="nothing to resume"):
         api.generate_batch(source, out, model_dir, decoding="greedy", resume=True)
 

@@ -678,6 +678,7 @@ def generate_batch(
     length: str = ANY,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 32,
+    overwrite: bool = False,
 ) -> BatchReport:
     """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
     restricted to the values each product has, and so do the `tone` and `length` controls. The
@@ -688,10 +689,15 @@ def generate_batch(
     once every row has its copy: a job that stops part-way leaves no output that looks
     complete, and `resume` carries on from the partial file if it was written by the same model
     with the same focus, tone, length and decoding settings (recorded beside it, see `job_path`).
-    `progress(done, total)` is called after each chunk."""
+    `progress(done, total)` is called after each chunk. Work is never thrown away unasked: an
+    existing output, or a stopped job's partial file without `resume`, is refused unless
+    `overwrite`."""
     check_controls(tone, length)
     rows = read_jsonl_contents(input_jsonl)
     output = Path(output_jsonl)
+    partial = partial_path(output)
+    if Path(input_jsonl).resolve() in (partial.resolve(), job_path(output).resolve()):
+        raise GenerationInputError(f"input {input_jsonl} is where the unfinished rows of output {output} are kept; move it or give another output")
     if output.is_dir():  # found before the model runs, not after
         raise GenerationInputError(f"output {output} is a directory; give a file path")
     if output.exists() and output.resolve() == Path(input_jsonl).resolve():
@@ -702,6 +708,15 @@ def generate_batch(
     except OSError as exc:
         raise GenerationInputError(f"cannot create the output's folder {output.parent}: {exc}") from exc
     with _output_lock(output):
+        if output.exists() and not overwrite:
+            raise GenerationInputError(f"output {output} exists: --overwrite replaces it, or give another path")
+        if partial.exists() and not resume and not overwrite:
+            with partial.open("rb") as handle:
+                done = sum(1 for line in handle if line.endswith(b"\n"))
+            raise GenerationInputError(
+                f"a stopped job left {done} copies in {partial}: --resume carries on from them (same model and options), "
+                "--overwrite starts over without them"
+            )
         return _write_batch(rows, output, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size)
 
 
