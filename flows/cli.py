@@ -13,6 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
+# `generate` decodes one shopper's copies as one batch (about 1 MB each): 20,000 ran out of memory
+# with a traceback. Many products are a job for generate-batch.
+MAX_COPIES_PER_REQUEST = 50
 
 app = typer.Typer(help="copyflow: learn shopper preferences; write, rank and ship personalized copy.",
                   no_args_is_help=True, add_completion=False)
@@ -212,10 +215,15 @@ def fetch_obd(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Download the Open Bandit Dataset sample (PyPI package obp, not installed) into data/external/obd."""
+    from components.data.obd import ObdFetchError
     from components.data.obd import fetch_obd as fetch
 
     cfg = _config(params, profile)
-    path = fetch(cfg.paths.obd_dir, cfg.obd.version)
+    try:
+        path = fetch(cfg.paths.obd_dir, cfg.obd.version)
+    except ObdFetchError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"Open Bandit Dataset sample ready in {path}. Next: copyflow retrain --profile obd")
 
 
@@ -256,7 +264,7 @@ def explain(
 def generate(
     user: UserOpt,
     product: ProductOpt,
-    n: Annotated[int, typer.Option("--n", min=1, help="how many copies (greedy decoding writes one)")] = 3,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_COPIES_PER_REQUEST, help="how many copies (greedy decoding writes one)")] = 3,
     decoding: Annotated[Optional[str], typer.Option(help="greedy | beam | top_p (default: params.yaml)")] = None,
     tone: ToneOpt = "any",
     length: LengthOpt = "any",

@@ -72,7 +72,13 @@ def _release_versions(cfg: Config) -> int:
 
 
 def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:
+    from components.pipeline import stages_for
+
     manifest_path = cfg.stage_dir("models") / family / "manifest.json"
+    if not manifest_path.exists() and f"train_{family}" not in stages_for(cfg):
+        # `copyflow retrain` would not help: this profile never trains one (OBD logs have no copy text)
+        raise NoModel(f"profile {cfg.profile!r} has no {family} model: its data ({cfg.data.source}) has no copy text to train one on. "
+                      f"Use a profile with copies, or give --model")
     if not manifest_path.exists():
         raise NoModel(f"{reason}; and no local {family} model at {manifest_path} (run `copyflow retrain`)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

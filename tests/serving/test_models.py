@@ -71,3 +71,14 @@ def test_no_local_fallback_once_a_release_exists(make_cfg, monkeypatch):
     client.create_model_version(RELEASE_MODEL, source=str(cfg.stage_dir("models")))
     with pytest.raises(NoModel, match=r"1 release version\(s\) exist, so serving does not fall back"):
         resolve_model(cfg, "generator")
+
+
+def test_a_profile_without_copy_text_says_it_has_no_generator_rather_than_to_retrain(make_cfg, monkeypatch):
+    # "run `copyflow retrain`" sent obd users round in a loop: its retrain never trains a generator.
+    monkeypatch.delenv("COPYFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(profile="obd")
+    with pytest.raises(NoModel, match="profile 'obd' has no generator model: its data \\(obd\\) has no copy text") as refused:
+        resolve_model(cfg, "generator")
+    assert "copyflow retrain" not in str(refused.value)
+    with pytest.raises(NoModel, match="copyflow retrain"):  # the preference model it does train
+        resolve_model(cfg, "preference")
