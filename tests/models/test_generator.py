@@ -864,3 +864,21 @@ def test_order_metrics_tell_a_set_reader_from_an_order_dependent_system(model_di
     assert order_bound["order_shift_bleu4"] != 0.0  # other values come first, so other copies
     assert order_bound["shuffled_order_bleu4"] - order_bound["order_shift_bleu4"] == pytest.approx(float(np.mean([bleu4(c, r["summary"]) for c, r in zip([FirstTwoValues().generate(r["attributes"])[0] for r in rows], rows)])))
 
+
+
+def test_generate_batch_says_what_it_could_not_use(model_dir, tmp_path):
+    # Everything past the model's input length was dropped without a word (the product type
+    # included, when it came last), and a mistyped focus value was ignored just as quietly.
+    generator = api.load_generator(model_dir)
+    many = "*".join(f"图案#花纹{i}" for i in range(generator.max_source_len)) + "*类型#裙"
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": many}, ensure_ascii=False) + "\n" + '{"content": "类型#裙*颜色#白色"}\n', encoding="utf-8")
+
+    report = api.generate_batch(source, out, model_dir, decoding="greedy", focus=["白色", "白邑"])
+
+    assert report.cut_off["类型#裙"] == 1 and "图案#花纹0" not in report.cut_off
+    assert report.focus_unused == ["白邑"]
+    notes = report.warnings()
+    assert any(n.startswith("values past the model's input length, which it never saw (rows): ") for n in notes)
+    assert "focus values no row has, so no copy foregrounds them: 白邑" in notes
+    assert generator.unfamiliar({"类型": ["裙"], "颜色": ["白色"]})["cut_off"] == []

@@ -269,6 +269,7 @@ class Generator:
             "unseen_keys": [k for k in attributes if known and k not in self.known_keys],
             "unseen_values": [f"{k}#{v}" for k, v in pairs if known and v.lower() not in self.known_values],
             "ad_law_values": [f"{k}#{v}" for k, v in pairs if tm.banned_occurrences(v, self.ad_law_words)],
+            "cut_off": self.tokenizer.pairs_past(attributes, self.max_source_len),
         }
 
     def violations(self, text: str, attributes: dict[str, list[str]], forbid_unlisted: bool = True) -> dict[str, list[str]]:
@@ -564,11 +565,13 @@ class BatchReport:
     unseen_keys: Counter[str] = field(default_factory=Counter)
     unseen_values: Counter[str] = field(default_factory=Counter)
     ad_law_values: Counter[str] = field(default_factory=Counter)
+    cut_off: Counter[str] = field(default_factory=Counter)
+    focus_unused: list[str] = field(default_factory=list)  # asked for, but no row has them
 
     def count(self, found: dict[str, list[str]]) -> None:
         """Add one row's `Generator.unfamiliar` findings."""
-        for name in ("unseen_keys", "unseen_values", "ad_law_values"):
-            getattr(self, name).update(set(found[name]))
+        for name in ("unseen_keys", "unseen_values", "ad_law_values", "cut_off"):
+            getattr(self, name).update(set(found.get(name, ())))
 
     def warnings(self, shown: int = 5) -> list[str]:
         def top(counter: Counter[str]) -> str:
@@ -582,6 +585,10 @@ class BatchReport:
             notes.append(f"values no training product had, which copies may garble or leave out (rows): {top(self.unseen_values)}")
         if self.ad_law_values:
             notes.append(f"values with advertising-law words, which no copy states (rows): {top(self.ad_law_values)}")
+        if self.cut_off:
+            notes.append(f"values past the model's input length, which it never saw (rows): {top(self.cut_off)}")
+        if self.focus_unused:
+            notes.append(f"focus values no row has, so no copy foregrounds them: {', '.join(self.focus_unused)}")
         return notes
 
 
@@ -763,6 +770,8 @@ def _write_batch(
     report = BatchReport(len(rows))
     for row in rows:
         report.count(generator.unfamiliar(row["attributes"]))
+    present = {v for row in rows for vs in row["attributes"].values() for v in vs}
+    report.focus_unused = [f for f in dict.fromkeys(focus or ()) if f and f not in present]
     return report
 
 

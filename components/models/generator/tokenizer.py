@@ -140,6 +140,17 @@ class CopyTokenizer:
             ids += [self.token_id(EXEMPLAR_MARK)] + self.encode_text(exemplar)[: min(max_exemplar_len, room)]
         return ids[: max_len - 1] + [EOS]
 
+    def pairs_past(self, attributes: dict[str, list[str]], max_len: int) -> list[str]:
+        """`key#value` pairs that `encode_source` cuts off at max_len (the model never sees them)."""
+        used, cut = 2, []  # tone and length codes
+        for key, values in attributes.items():
+            has_key = self.sp.piece_to_id(key_token(key)) != UNK_ID
+            for value in values:
+                used += has_key + len(self.encode_text(value))  # a focus mark adds one more; not counted
+                if used > max_len - 1:
+                    cut.append(f"{key}#{value}")
+        return cut
+
     def encode_target(self, text: str, max_len: int) -> list[int]:
         """BOS + text + EOS, the text truncated to fit max_len."""
         return [BOS] + self.encode_text(text)[: max_len - 2] + [EOS]
