@@ -29,32 +29,23 @@ def _checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_up_refuses_a_port_another_server_holds(tmp_path):
+@pytest.mark.parametrize("taken", ["prefect-server", "mlflow-server"])
+def test_up_starts_nothing_when_a_port_another_server_holds_is_taken(tmp_path, taken):
+    # Both ports are checked before either server starts: a taken MLflow port used to leave the
+    # Prefect server running.
     checkout = _checkout(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PREFECT_PORT": str(port), "MLFLOW_PORT": "1"}
+        ports = {"PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
+        ports["PREFECT_PORT" if taken == "prefect-server" else "MLFLOW_PORT"] = str(port)
+        env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), **ports}
         result = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"port {port} on 127.0.0.1 is already in use by another process" in result.stderr
-    assert not list((checkout / ".run").glob("*.pid"))  # nothing started, nothing to stop
-
-
-def test_up_starts_nothing_when_the_second_port_is_taken(tmp_path):
-    # The MLflow port is checked before the Prefect server starts: no server is left running.
-    checkout = _checkout(tmp_path)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(port)}
-        result = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert f"mlflow-server: port {port} on 127.0.0.1 is already in use by another process; nothing was started" in result.stderr
+    assert f"{taken}: port {port} on 127.0.0.1 is already in use by another process; nothing was started" in result.stderr
     assert "started" not in result.stdout
-    assert not list((checkout / ".run").glob("*.pid"))
+    assert not list((checkout / ".run").glob("*.pid"))  # nothing started, nothing to stop
 
 
 def test_down_stops_the_workers_of_a_leader_that_died_alone(tmp_path):
