@@ -376,9 +376,12 @@ def generate_batch(
     except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
-    except BaseException:  # stopped part-way (Ctrl-C, out of memory): say where the work is
+    except BaseException as exc:  # stopped part-way (Ctrl-C, out of memory, a full disk): say where the work is
         if first and partial_path(output).exists():
             typer.secho(f"stopped; the copies written so far are in {partial_path(output)}: run again with --resume (same model and options) to carry on", fg=typer.colors.YELLOW, err=True)
+        if isinstance(exc, (OSError, MemoryError)):  # the machine's limit, not a bug: one line, not a traceback chain
+            typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from exc
         raise
     typer.echo(f"wrote {report.written} {'copy' if report.written == 1 else 'copies'} to {output} (generator: {origin})")
     for warning in report.warnings():

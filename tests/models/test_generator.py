@@ -882,3 +882,29 @@ def test_generate_batch_says_what_it_could_not_use(model_dir, tmp_path):
     assert any(n.startswith("values past the model's input length, which it never saw (rows): ") for n in notes)
     assert "focus values no row has, so no copy foregrounds them: 白邑" in notes
     assert generator.unfamiliar({"类型": ["裙"], "颜色": ["白色"]})["cut_off"] == []
+
+
+def test_generate_batch_on_a_full_disk_says_so_in_two_lines(model_dir, tmp_path):
+    # A full disk ended in three chained OSError tracebacks after the "--resume" hint.
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n" for _ in range(64)), encoding="utf-8")
+
+    def small_files():  # as if the disk filled up: writing past 2 kB fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "generate-batch", "--input", str(source), "--output", str(out),
+         "--model", str(model_dir), "--decoding", "greedy", "--params", str(ROOT / "params.yaml")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "run again with --resume" in result.stderr and "error: OSError: [Errno 27] File too large" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and api.partial_path(out).exists()  # the rows written so far are kept
