@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -908,3 +909,10 @@ def test_generate_batch_on_a_full_disk_says_so_in_two_lines(model_dir, tmp_path)
     assert "run again with --resume" in result.stderr and "error: OSError: [Errno 27] File too large" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and api.partial_path(out).exists()  # the rows written so far are kept
+
+
+def test_batch_warnings_escape_control_characters_from_the_input():
+    report = api.BatchReport(1, unseen_values=Counter({"颜色#白\t色\x1b[31m": 1}), focus_unused=["a\x00b"])
+    notes = " ".join(report.warnings())
+    assert "颜色#白\\t色\\x1b[31m (1)" in notes and "a\\x00b" in notes
+    assert not any(not c.isprintable() for c in notes)

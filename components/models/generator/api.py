@@ -576,7 +576,7 @@ class BatchReport:
     def warnings(self, shown: int = 5) -> list[str]:
         def top(counter: Counter[str]) -> str:
             more = len(counter) - shown
-            return ", ".join(f"{name} ({rows})" for name, rows in counter.most_common(shown)) + (f", and {more} more" if more > 0 else "")
+            return ", ".join(f"{_printable(name)} ({rows})" for name, rows in counter.most_common(shown)) + (f", and {more} more" if more > 0 else "")
 
         notes = []
         if self.unseen_keys:
@@ -588,8 +588,13 @@ class BatchReport:
         if self.cut_off:
             notes.append(f"values past the model's input length, which it never saw (rows): {top(self.cut_off)}")
         if self.focus_unused:
-            notes.append(f"focus values no row has, so no copy foregrounds them: {', '.join(self.focus_unused)}")
+            notes.append(f"focus values no row has, so no copy foregrounds them: {', '.join(map(_printable, self.focus_unused))}")
         return notes
+
+
+def _printable(text: str) -> str:
+    """Input text for a terminal line: a tab, NUL or escape sequence from a row is shown escaped, not sent."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def partial_path(output: Path) -> Path:
