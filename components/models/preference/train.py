@@ -8,7 +8,8 @@
   fingerprint of everything that shapes the weights (model knobs, seed, the encoded training
   data), so a changed input never resumes from a stale checkpoint. `max_epochs` and `patience`
   are deliberately left out of it: raising them continues the same run (a run that stopped
-  early is done only for the patience it stopped with).
+  early is done only for the patience it stopped with); lowering `max_epochs` below the epochs
+  already trained starts over.
 - A run whose validation loss was never finite raises `TrainingDiverged` and is not marked done.
 - Early stopping on validation loss.
 - No MLflow here: the entry point logs from rank 0 only, after training.
@@ -177,8 +178,13 @@ def train(
     p = cfg.preference
 
     done = read_done(checkpoint_dir)
+    if done and done["epochs_completed"] > p.max_epochs:
+        # It trained longer than asked now: neither reusable nor resumable. Start over, or the
+        # model (and what dvc.lock records for it) would not match the configured max_epochs.
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        done = None
     # A run that stopped early is finished only for the patience it stopped with.
-    finished = done and ((done["stopped_early"] and done.get("patience") == p.patience) or done["epochs_completed"] >= p.max_epochs)
+    finished = done and ((done["stopped_early"] and done.get("patience") == p.patience) or done["epochs_completed"] == p.max_epochs)
     if finished and Path(done["best_checkpoint"]).exists():
         # The same training already finished: reuse it (an unchanged DVC/Prefect re-run is free).
         rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
