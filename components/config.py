@@ -380,7 +380,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_params(params_path: Path) -> dict[str, Any]:
     """params.yaml as a dict: a mapping at the top, no key twice."""
     with params_path.open(encoding="utf-8") as handle:
-        raw = yaml.load(handle, Loader=_UniqueKeyLoader)
+        try:
+            raw = yaml.load(handle, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as exc:  # a ValueError, so every command reports it in one line
+            raise ValueError(f"{params_path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if raw is None:
         raise ValueError(f"{params_path} is empty")
     if not isinstance(raw, dict):
@@ -399,8 +402,10 @@ def load_config(
         raise FileNotFoundError(f"params file not found: {params_path.resolve()}")
     raw = read_params(params_path)
     profiles = raw.pop("profiles", {}) or {}
-    if profile not in profiles:
-        raise ValueError(f"unknown profile {profile!r}; params.yaml defines {sorted(profiles)}")
+    if not isinstance(profiles, dict) or profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r}; params.yaml defines {sorted(profiles) if isinstance(profiles, dict) else 'no profiles mapping'}")
+    if not isinstance(profiles[profile] or {}, dict):
+        raise ValueError(f"profiles.{profile} must be a mapping of sections, not {profiles[profile]!r}")
     merged = deep_merge(raw, profiles[profile] or {})
     if overrides:
         merged = deep_merge(merged, overrides)
@@ -409,8 +414,9 @@ def load_config(
     # Relative paths are relative to the project (the folder of params.yaml), not to the
     # caller's working directory, so a flow, a DVC stage and a test all see the same files.
     project_root = params_path.resolve().parent
-    merged["paths"] = {
-        key: str(value if Path(value).is_absolute() else project_root / value)
-        for key, value in (merged.get("paths") or {}).items()
-    }
+    paths = merged.get("paths") or {}
+    wrong = {key: value for key, value in (paths.items() if isinstance(paths, dict) else []) if not isinstance(value, str)}
+    if not isinstance(paths, dict) or wrong:
+        raise ValueError(f"paths must map names to path strings; not so for {wrong or paths!r}")
+    merged["paths"] = {key: str(value if Path(value).is_absolute() else project_root / value) for key, value in paths.items()}
     return Config.model_validate(merged)

@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     from components.tracking import disable_telemetry
 
     disable_telemetry()
-    cfg = load_config(args.params, args.profile)
+    try:
+        cfg = load_config(args.params, args.profile)
+    except (FileNotFoundError, ValueError) as exc:  # one line in the DVC log, naming the key, not a traceback
+        print(f"copyflow stage {args.stage!r}: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_stage(args.stage, cfg, args.params)
     except Exception as exc:  # the message is what a person reads in the DVC/Prefect log

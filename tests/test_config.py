@@ -67,6 +67,10 @@ def test_every_lightning_form_of_devices_loads(devices):
         ("- seed\n", "must be a mapping of sections"),
         ("seed: 42\nseed: 7\nprofiles: {quick: {}}\n", "line 2: key 'seed' appears twice"),
         ("seed: 42\nprofiles:\n  quick: {}\n  quick: {}\n", "key 'quick' appears twice"),
+        # each escaped as a 190-line traceback from every command
+        ("seed: 42\npreference: {max_epochs: [8}\nprofiles: {quick: {}}\n", "is not valid YAML: .*line 2"),
+        ("seed: 42\nprofiles: {quick: 3}\n", "profiles.quick must be a mapping of sections, not 3"),
+        ("seed: 42\npaths: {ad_law_words: 5}\nprofiles: {quick: {}}\n", "paths must map names to path strings; not so for {'ad_law_words': 5}"),
     ],
 )
 def test_a_malformed_params_file_is_named(tmp_path, text, message):
@@ -74,3 +78,15 @@ def test_a_malformed_params_file_is_named(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         load_config(path, "quick")
+
+
+def test_a_dvc_stage_names_a_bad_knob_without_a_traceback(tmp_path, capsys):
+    # `dvc repro` runs `python -m components.pipeline`: a typo'd key was a 22-line traceback there
+    from components.pipeline import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8").replace("  patience:", "  patiense:", 1), encoding="utf-8")
+
+    assert main(["features", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("copyflow stage 'features': ") and "patiense" in err and "Traceback" not in err
