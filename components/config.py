@@ -170,12 +170,22 @@ PRECISIONS = (
 )
 
 
+# Lightning's registered strategy names (a test checks them against its registry) and "auto".
+STRATEGIES = (
+    "auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true", "ddp_fork_find_unused_parameters_false", "fsdp", "fsdp_cpu_offload",
+    "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "single_device", "xla", "single_xla",
+)
+
+
 class TrainerConfig(Section):
     """Passed straight to `lightning.Trainer`: scale out by editing params.yaml only."""
 
     accelerator: Literal[ACCELERATORS] = "cpu"
     devices: int | Literal["auto"] | list[int] = 1  # a count (-1: all), "auto", or device ids
-    strategy: str = "auto"
+    strategy: Literal[STRATEGIES] = "auto"  # a typo fails at load, not after the data stages
     precision: Literal[PRECISIONS] = "32-true"
     num_nodes: int = Field(default=1, ge=1)
     num_workers: int = Field(default=0, ge=0)

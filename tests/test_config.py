@@ -43,6 +43,7 @@ def test_every_profile_loads(profile):
         ({"generator": {"max_steps": -7}}, "max_steps"),
         ({"simulator": {"start_date": "yesterday"}}, "'yesterday' is not an ISO 8601 date"),
         ({"validation": {"min_timestamp": "not-a-date"}}, "'not-a-date' is not an ISO 8601 date"),
+        ({"trainer": {"strategy": "dpp"}}, "trainer.strategy"),  # failed only inside training, after the data stages
     ],
 )
 def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
@@ -53,6 +54,16 @@ def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="unknown profile 'quik'"):
         load_config(PARAMS, "quik")
+
+
+def test_every_strategy_the_config_accepts_is_one_lightning_knows():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from components.config import STRATEGIES
+
+    assert set(STRATEGIES) - {"auto"} <= set(StrategyRegistry.available_strategies())
+    for strategy in ("ddp", "ddp_spawn", "auto"):
+        assert load_config(PARAMS, "quick", {"trainer": {"strategy": strategy}}).trainer.strategy == strategy
 
 
 @pytest.mark.parametrize("devices", ["auto", -1, [0, 1], 2])
