@@ -20,7 +20,7 @@ from components.config import load_config
 from components.evaluation.frozen import SnapshotError
 from components.evaluation.gates import GateFailed, GateInputError
 from components.run_summary import RetrainResult, format_summary
-from components.validation.report import failures_section
+from components.validation.report import failures_section, list_failed
 
 # Stages whose failure can be transient (network, a killed worker) are retried; a failed data
 # gate is deterministic and never retried.
@@ -242,8 +242,8 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         report = pipeline.stage_output_dir(cfg, stage) / "report.md"
         text = report.read_text(encoding="utf-8") if report.exists() else failure.output
         failed = summary.get("failed") or []
-        listed = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
-        verdict = f"{len(failed)} of {summary.get('evaluated_expectations', '?')} checks failed ({listed})" if failed else "the batch could not be validated"
+        verdict = (f"{len(failed)} of {summary.get('evaluated_expectations', '?')} checks failed ({list_failed(failed, 5)})"
+                   if failed else "the batch could not be validated")
         logger.error("data gate failed; no later stage ran and no model was touched.\n%s", failures_section(text) or text)
         _publish(f"data-gate-{cfg.profile}", text, f"Great Expectations report ({cfg.profile}): FAILED")
         raise DataGateFailed(

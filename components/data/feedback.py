@@ -265,11 +265,10 @@ class FeedbackLog:
         raise FeedbackError(f"timestamp {when} is before {what} ({earliest.isoformat()}) by more than clocks drift apart ({self.max_future})")
 
     def _check_order(self, served: Served, event_type: str, when: str) -> None:
-        """No outcome before the first impression of the same shopper, product and copy."""
+        """No first impression after an outcome of the same shopper, product and copy (an outcome
+        before the first impression was moved up to it, or refused, by `_no_earlier_than_possible`)."""
         key, at = (served.user_id, served.product_id, served.copy_id), datetime.fromisoformat(when)
         seen, outcome = self._first_seen.get(key), self._first_outcome.get(key)
-        if event_type != "impression" and seen is not None and at < seen:
-            raise FeedbackError(f"timestamp {when} is before this shopper's first impression of this copy ({seen.isoformat()})")
         if event_type == "impression" and seen is None and outcome is not None and outcome < at:
             raise FeedbackError(
                 f"impression at {when} is after the {outcome.isoformat()} outcome already logged for this shopper and copy: "

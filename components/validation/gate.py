@@ -37,6 +37,7 @@ from components.validation.report import (
     TableSummary,
     ValidationReport,
     example_rows,
+    list_failed,
 )
 from components.validation.suites import (
     FIRST_BATCH_REASON,
@@ -64,11 +65,10 @@ class DataValidationError(RuntimeError):
     def __init__(self, report: ValidationReport, report_path: Path) -> None:
         self.report = report
         self.report_path = report_path
-        failed = [f"{c.where}: {c.expectation}" for c in report.failures]
-        listed = "; ".join(failed[:8]) + (f"; and {len(failed) - 8} more" if len(failed) > 8 else "")
+        failed = report.summary()["failed"]
         super().__init__(
             f"data validation failed for {report.data_dir}: {len(failed)} of {report.evaluated} checks failed "
-            f"({listed}). Full report: {report_path}"
+            f"({list_failed(failed)}). Full report: {report_path}"
         )
 
 
@@ -114,9 +114,16 @@ def run_validate(cfg: Config) -> dict[str, Any]:
     paths = write_report(report, out_dir, summary)
     if not report.success:
         raise DataValidationError(report, paths["report.md"])
-    accepted = {**report.batch_stats, "accepted_at": report.started_at, "data_dir": report.data_dir}
-    atomic_write_text(reference_path, json.dumps(accepted, indent=2, ensure_ascii=False))
+    save_reference(cfg, report)
     return summary
+
+
+def save_reference(cfg: Config, report: ValidationReport, **note: Any) -> Path:
+    """Make this passing batch the drift reference of the next one (`note`: how it was accepted)."""
+    path = accepted_batch_path(cfg)
+    accepted = {**report.batch_stats, "accepted_at": report.started_at, "data_dir": report.data_dir, **note}
+    atomic_write_text(path, json.dumps(accepted, indent=2, ensure_ascii=False))
+    return path
 
 
 ACCEPT_REASON = "not checked: this batch is being accepted as the new drift reference (copyflow accept-batch)"
@@ -127,8 +134,8 @@ class BatchNotAcceptable(RuntimeError):
 
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
-        failed = [f"{c.where}: {c.expectation}" for c in report.failures]
-        super().__init__(f"{len(failed)} check(s) other than drift fail, so the batch cannot be accepted: {'; '.join(failed[:8])}")
+        failed = report.summary()["failed"]
+        super().__init__(f"{len(failed)} check(s) other than drift fail, so the batch cannot be accepted: {list_failed(failed)}")
 
 
 def accept_batch(cfg: Config, actor: str) -> dict[str, Any]:
@@ -150,11 +157,9 @@ def accept_batch(cfg: Config, actor: str) -> dict[str, Any]:
             replaced = json.loads(path.read_text(encoding="utf-8")).get("accepted_at")
         except (ValueError, UnicodeDecodeError):
             replaced = "an unreadable reference"
-    accepted = {**report.batch_stats, "accepted_at": report.started_at, "data_dir": report.data_dir,
-                "accepted_by": actor, "drift_accepted": True, "replaced_reference_of": replaced}
-    atomic_write_text(path, json.dumps(accepted, indent=2, ensure_ascii=False))
+    save_reference(cfg, report, accepted_by=actor, drift_accepted=True, replaced_reference_of=replaced)
     return {"reference": str(path), "accepted_at": report.started_at, "replaced_reference_of": replaced,
-            "evaluated_expectations": report.evaluated, "data_sha256": tables_sha256(ingested)}
+            "evaluated_expectations": report.evaluated}
 
 
 def write_report(report: ValidationReport, out_dir: Path, summary: dict[str, Any] | None = None) -> dict[str, Path]:

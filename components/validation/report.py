@@ -230,6 +230,11 @@ class ValidationReport:
         return "\n".join(out) + "\n"
 
 
+def list_failed(failed: list[str], limit: int = 8) -> str:
+    """`table.column: expectation` names of failed checks on one line, the first `limit` of them."""
+    return "; ".join(failed[:limit]) + (f"; and {len(failed) - limit} more" if len(failed) > limit else "")
+
+
 def failures_section(markdown: str) -> str:
     """The "## Failures" section of a report.md (what a person needs to act), '' if it has none."""
     lines = markdown.splitlines()
