@@ -2,7 +2,7 @@
 
 dvc.yaml calls exactly this entry point, and the Prefect retrain flow runs the stages through
 `dvc repro`, so the orchestrated run, a manual `dvc repro` and a test all execute the same code.
-Data flows one way: source -> ingest -> validate -> clean -> features -> train_*.
+Data flows one way: (pseudonym_key) source -> ingest -> validate -> clean -> features -> train_*.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from components.config import Config, load_config
 
 # stage -> "module:function"; each function takes a Config and returns its summary dict.
 STAGE_FUNCTIONS: dict[str, str] = {
+    "pseudonym_key": "components.data.privacy:run_key_check",
     "source": "components.data.source:run_source",
     "ingest": "components.data.ingest:run_ingest",
     "validate": "components.validation.gate:run_validate",
@@ -31,6 +32,8 @@ TRAINING_STAGES: dict[str, str] = {
 }
 STAGES: tuple[str, ...] = (*STAGE_FUNCTIONS, *TRAINING_STAGES)
 DATA_STAGES: tuple[str, ...] = tuple(STAGE_FUNCTIONS)
+# Run on every repro (dvc.yaml `always_changed`): what they check lives outside the repository.
+ALWAYS_RUN_STAGES: tuple[str, ...] = ("pseudonym_key",)
 
 # The retrain flow sets this so training runs nest under its MLflow parent run; DVC does not
 # hash the environment, so a cached stage stays cached whoever launches it.

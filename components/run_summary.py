@@ -59,6 +59,11 @@ def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
     if feedback.get("fragments_not_read"):
         lines.append(f"  WARNING: {feedback['fragments_not_read']} partial line(s) in {feedback.get('folder')} were not read "
                      "(writers that died mid-line; see its *.fragments files)")
+    anonymity = (result.summary("clean") or {}).get("k_anonymity") or {}
+    if anonymity and not anonymity.get("satisfied", True):
+        lines.append(f"  WARNING: k-anonymity not met: {anonymity.get('users_below_k', '?'):,} shoppers share their "
+                     f"{', '.join(anonymity.get('quasi_identifiers') or [])} with fewer than {anonymity.get('k_min')} shoppers "
+                     "(privacy.k_anonymity_min); coarsen those columns before the clean layer leaves this machine")
     validate = result.summary("validate")
     if validate:
         verdict = "PASSED" if validate.get("success") else "FAILED"

@@ -197,9 +197,35 @@ def accept_batch(
                f"{accepted['replaced_reference_of']}). Run `copyflow retrain --profile {profile}` again.")
 
 
+@app.command("rotate-key")
+def rotate_key(
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Start over with a new pseudonym key on purpose (a leaked or lost key): the key in
+    $COPYFLOW_PSEUDONYM_KEY, or the key file (a new one if there is none), becomes the profile's
+    key of record. Every shopper gets a new id at the next retrain."""
+    from components.data.privacy import PseudonymKeyError
+    from components.data.privacy import rotate_key as do_rotate
+
+    cfg = _config(params, profile)
+    try:
+        rotated = do_rotate(cfg)
+    except PseudonymKeyError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    if not rotated["changed"]:
+        typer.echo(f"key {rotated['key_id']} is already profile {profile!r}'s pseudonym key; nothing changed")
+        return
+    typer.echo(f"profile {profile!r} now pseudonymizes with key {rotated['key_id']} (was {rotated['previous']}). The next "
+               f"`copyflow retrain --profile {profile}` gives every shopper a new id and re-freezes the preference evaluation "
+               "set. Until its release is promoted, the served preference model knows no shopper (cold start for all); "
+               "restart `copyflow serve` with the new key after that retrain.")
+
+
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="source | ingest | validate | clean | features | train_*")],
+    name: Annotated[str, typer.Argument(help="pseudonym_key | source | ingest | validate | clean | features | train_*")],
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -502,6 +528,7 @@ def serve(
     what shoppers did (POST /copy, POST /feedback, GET /health; docs/serving.md)."""
     import uvicorn
 
+    from components.data.privacy import PseudonymKeyError, key_for_data
     from components.models.generator.model import BrokenModel
     from components.serving.app import Champion, create_app, is_loopback, serving_token
     from components.serving.choice import PREFERENCE
@@ -521,7 +548,8 @@ def serve(
     champion = Champion(cfg, "generator")
     try:
         loaded = champion.current()  # load before listening: a missing model is one line, not a 503 later
-    except (NoModel, BrokenModel, FileNotFoundError, MlflowException) as exc:
+        key_for_data(cfg)  # a key other than the data's would make every shopper unknown
+    except (NoModel, BrokenModel, FileNotFoundError, MlflowException, PseudonymKeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     scorer, choosing = None, "a uniform draw among the candidates"

@@ -22,3 +22,11 @@ def test_the_summary_says_how_much_served_feedback_came_in_and_warns_of_unread_f
     assert "WARNING: 2 partial line(s) in data/feedback/shop were not read" in text
     quiet = RetrainResult(profile="quick", stages={"source": {"skipped": False, "summary": {}}})
     assert "feedback" not in format_summary(quiet) and "WARNING" not in format_summary(quiet)
+
+
+def test_the_summary_warns_when_k_anonymity_is_not_met():
+    below = {"quasi_identifiers": ["age_band", "city_tier"], "k_min": 5, "users_below_k": 31, "satisfied": False}
+    result = RetrainResult(profile="shop", stages={"clean": {"skipped": False, "summary": {"k_anonymity": below}}})
+    assert "WARNING: k-anonymity not met: 31 shoppers share their age_band, city_tier with fewer than 5" in format_summary(result)
+    met = RetrainResult(profile="shop", stages={"clean": {"skipped": False, "summary": {"k_anonymity": {**below, "satisfied": True}}}})
+    assert "WARNING" not in format_summary(met)

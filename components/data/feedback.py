@@ -52,6 +52,11 @@ class EventIdTaken(FeedbackError):
     """A client event_id already names another event (another serve or type): not a retry."""
 
 
+def _private(path: str, flags: int) -> int:
+    """Open (creating) a log file readable by its owner only: it holds raw shopper ids."""
+    return os.open(path, flags, 0o600)
+
+
 class FeedbackLogBroken(RuntimeError):
     """The log's files are not what this module writes (edited by hand): nothing more is appended."""
 
@@ -157,8 +162,8 @@ class FeedbackLog:
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, open(self.folder / LOCK_FILE, "a+") as handle:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # raw shopper ids: the owner's only
+        with self._thread_lock, open(self.folder / LOCK_FILE, "a+", opener=_private) as handle:
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield
@@ -178,13 +183,13 @@ class FeedbackLog:
             handle.seek(0)
             data = handle.read()
             keep = data.rfind(b"\n") + 1
-            with open(self.folder / f"{name}.fragments", "ab") as fragments:
+            with open(self.folder / f"{name}.fragments", "ab", opener=_private) as fragments:
                 fragments.write(data[keep:] + b"\n")
             handle.truncate(keep)
 
     def _append(self, name: str, text: str) -> None:
         self._repair_tail(name)
-        with open(self.folder / name, "a", encoding="utf-8") as handle:
+        with open(self.folder / name, "a", encoding="utf-8", opener=_private) as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -335,10 +340,10 @@ class FeedbackLog:
             self._refresh()
             served = self._served.get(serve_id)
             if served is None:
-                raise UnknownServe(f"serve_id {serve_id!r} was not served from {self.folder}")
+                raise UnknownServe(f"serve_id {serve_id!r} was not served by this profile's copy server")  # no paths: an HTTP answer
             if event_id is not None and event_id in self._events:
                 if self._events[event_id] != (served.user_id, served.product_id, served.copy_id, event_type):
-                    raise EventIdTaken(f"event_id {event_id!r} already names another event ({', '.join(self._events[event_id])})")
+                    raise EventIdTaken(f"event_id {event_id!r} already names another event")  # whose: not the caller's to know
                 return event_id
             when = self._no_earlier_than_possible(served, event_type, when)
             self._check_order(served, event_type, when)

@@ -171,7 +171,16 @@ def run_source(cfg: Config) -> dict[str, Any]:
     writers = {"simulated": write_simulated_source, "obd": write_obd_source, "folder": write_folder_source}
     details = writers[cfg.data.source](cfg, out_dir)
     summary = {"stage": STAGE, "source": cfg.data.source, "files": dict(RAW_FILES), **details}
-    return write_summary(out_dir, summary)
+    written = write_summary(out_dir, summary)
+    _owner_only(out_dir)
+    return written
+
+
+def _owner_only(out_dir: Path) -> None:
+    """The raw layer holds raw shopper ids: readable by the owner only, like the pseudonym key."""
+    for path in out_dir.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    out_dir.chmod(0o700)
 
 
 def read_ground_truth(cfg: Config, name: str) -> pd.DataFrame:

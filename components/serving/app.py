@@ -342,7 +342,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         return {"status": "ok", "profile": cfg.profile, "token_required": token is not None, "generator": model.origin, "model_version": model.version,
                 "generator_not_loaded": champion.not_loaded, "registry_error": champion.last_error, "choice": chooser,
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
-                "feedback": {"folder": str(log.folder), **feedback_log_counts()}}
+                "feedback": feedback_log_counts()}  # no paths: /health answers without a token
 
     @app.post("/copy", response_model=CopyResponse, response_model_by_alias=True, dependencies=[Depends(authorized)])
     def copy(request: CopyRequest) -> dict[str, Any]:

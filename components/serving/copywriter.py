@@ -47,7 +47,7 @@ class ShopperData:
     def load(cls, cfg: Config, with_features: bool = False) -> "ShopperData":
         """`with_features`: also keep the features stage's samples in memory, to build the
         feature rows the preference model scores candidate copies with."""
-        from components.data.privacy import load_key
+        from components.data.privacy import key_for_data
         from components.models.preference.explain import FeatureFiles
 
         clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
@@ -63,7 +63,7 @@ class ShopperData:
             attributes=dict(zip(products["product_id"], products["attributes"])),
             affinity=affinity,
             population=population.rename(columns={"affinity": "affinity_population"}),
-            key=load_key(cfg),
+            key=key_for_data(cfg),
             features=files,
         )
 
@@ -76,11 +76,11 @@ class ShopperData:
         candidate = pseudonym(user, self.key)
         if candidate in self.users:
             return candidate
-        raise UnknownEntity(f"user {user!r} is not in {self.clean_dir} (neither as a pseudonym nor as a raw id)")
+        raise UnknownEntity(f"user {user!r} is not a shopper in this profile's data (neither as a raw id nor as a pseudonym)")
 
     def product_attributes(self, product_id: str) -> dict[str, list[str]]:
         if product_id not in self.attributes:
-            raise UnknownEntity(f"product {product_id!r} is not in {self.clean_dir}")
+            raise UnknownEntity(f"product {product_id!r} is not in this profile's catalog")
         return self.attributes[product_id]
 
     def top_values(self, user_id: str) -> set[tuple[str, str]]:

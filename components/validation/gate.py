@@ -475,7 +475,10 @@ def _check_from_result(table: str, result, frame: pd.DataFrame) -> CheckResult:
         check.observed = _observed_text(kind, kwargs, outcome)
     if check.status == FAILED:
         indices = outcome.get("partial_unexpected_index_list") or []
-        check.examples = example_rows(frame, indices, leading=(ID_COLUMNS.get(table), column, kwargs.get("column_B")))
+        # A shopper's row is their quasi-identifiers (age band, city tier, signup date): a report that
+        # is published (MLflow, Prefect) shows only the id and the failing column.
+        check.examples = example_rows(frame, indices, leading=(ID_COLUMNS.get(table), column, kwargs.get("column_B")),
+                                      only_leading=table == "users")
         if kind == "expect_column_kl_divergence_to_be_less_than":
             check.details = _kl_shifts(outcome)
     return check

@@ -353,11 +353,12 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def example_rows(frame: pd.DataFrame, indices: list[Any], leading: tuple[str | None, ...] = (), limit: int = MAX_EXAMPLES) -> list[dict[str, Any]]:
-    """Full rows of `frame` at the given index labels, JSON-safe and long text cut; the `leading`
-    columns (the row's id, the failing column) come first."""
+def example_rows(frame: pd.DataFrame, indices: list[Any], leading: tuple[str | None, ...] = (), limit: int = MAX_EXAMPLES,
+                 only_leading: bool = False) -> list[dict[str, Any]]:
+    """Rows of `frame` at the given index labels, JSON-safe and long text cut; the `leading`
+    columns (the row's id, the failing column) come first, then the rest unless `only_leading`."""
     first = [c for c in dict.fromkeys(leading) if c is not None and c in frame.columns]
-    columns = first + [c for c in frame.columns if c not in first]
+    columns = first + ([] if only_leading else [c for c in frame.columns if c not in first])
     rows = []
     for index in [i for i in indices if i in frame.index][:limit]:
         record: dict[str, Any] = {"row": int(index) if isinstance(index, (int, np.integer)) else str(index)}

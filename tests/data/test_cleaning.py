@@ -208,7 +208,7 @@ def test_obd_without_copies_or_prices_cleans_without_loss(make_cfg, tmp_path):
 
 
 def test_the_shop_profile_removes_the_example_exports_bots(make_cfg):
-    """data/shop holds the simulator's output with 6 bots among 106 shoppers (its README says how
+    """data/shop_example holds the simulator's output with 6 bots among 106 shoppers (its README says how
     it was made): cleaning must find all six and keep every real shopper, its heaviest included."""
     from components.data.cleaning import run_clean
     from components.data.ingest import run_ingest
@@ -218,7 +218,7 @@ def test_the_shop_profile_removes_the_example_exports_bots(make_cfg):
     from components.validation.gate import run_validate
     from tests.conftest import ROOT
 
-    cfg = make_cfg("shop", tiny=False, paths={"source_folder": str(ROOT / "data/shop")})
+    cfg = make_cfg("shop", tiny=False, paths={"source_folder": str(ROOT / "data/shop_example")})
     run_source(cfg)
     run_ingest(cfg)
     run_validate(cfg)

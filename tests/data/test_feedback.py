@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import stat
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -9,6 +10,15 @@ import pytest
 
 from components.data.feedback import EventIdTaken, FeedbackError, FeedbackLog, UnknownServe, copy_id_for
 from components.data.raw import RAW_COLUMNS, read_raw_table
+
+
+def test_the_log_is_readable_by_its_owner_only(tmp_path):
+    folder = tmp_path / "feedback"
+    log = FeedbackLog(folder)
+    log.record_event(log.record_serving("shopper1", "p", "文案", "m", candidates=1).serve_id, "click")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # raw shopper ids
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()}
+    assert {"served.jsonl", "events.csv"} <= set(modes) and set(modes.values()) == {0o600}, modes
 
 
 def test_a_served_copy_and_its_outcomes_read_back_as_raw_layer_tables(tmp_path):
@@ -79,8 +89,9 @@ def test_an_event_id_that_names_another_event_is_refused_not_dropped(tmp_path):
     first, second = (log.record_serving(user, "p", "文案", "m", candidates=1) for user in ("u1", "u2"))
     log.record_event(first.serve_id, "click", event_id="e-1")
     assert log.record_event(first.serve_id, "click", event_id="e-1") == "e-1"  # a retry: written once
-    with pytest.raises(EventIdTaken, match="'e-1' already names another event"):
+    with pytest.raises(EventIdTaken, match="'e-1' already names another event$") as taken:
         log.record_event(second.serve_id, "purchase", value=500.0, event_id="e-1")
+    assert "u1" not in str(taken.value)  # whose event it is: not the caller's to know
     with pytest.raises(EventIdTaken):
         log.record_event(first.serve_id, "purchase", event_id="e-1")
     assert list(read_raw_table(tmp_path, "events")["event_type"]) == ["impression", "impression", "click"]

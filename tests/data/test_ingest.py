@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from components.data.ingest import run_ingest
-from components.data.privacy import load_key
+from components.data.privacy import PseudonymKeyError, load_key, recorded_key_id, rotate_key
 from components.data.raw import RawFormatError, write_raw_table
 from components.data.schema import load_all
 from components.data.source import run_source
@@ -50,8 +50,14 @@ def test_pseudonyms_are_stable_per_key_and_change_with_the_key(cfg, monkeypatch)
     first = load_all(cfg.stage_dir("ingested"))["users"]["user_id"]
     run_ingest(cfg)
     assert load_all(cfg.stage_dir("ingested"))["users"]["user_id"].equals(first)
-    monkeypatch.setenv(cfg.privacy.key_env, "rotated key")
-    assert run_ingest(cfg)["pseudonym_key_origin"] == f"env:{cfg.privacy.key_env}"
+    monkeypatch.setenv(cfg.privacy.key_env, "rotated key " + "r" * 40)
+    with pytest.raises(PseudonymKeyError, match="rotate-key"):
+        run_ingest(cfg)  # another key would split every shopper's history: refused, nothing rewritten
+    assert load_all(cfg.stage_dir("ingested"))["users"]["user_id"].equals(first)
+    rotate_key(cfg)
+    summary = run_ingest(cfg)
+    assert summary["pseudonym_key_origin"] == f"env:{cfg.privacy.key_env}"
+    assert summary["pseudonym_key_id"] == load_key(cfg).key_id == recorded_key_id(cfg)
     rotated = load_all(cfg.stage_dir("ingested"))["users"]["user_id"]
     assert len(rotated) == len(first) and not set(rotated) & set(first)
 

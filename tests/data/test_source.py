@@ -1,4 +1,5 @@
 import json
+import stat
 
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ def test_simulated_source_writes_raw_layer_and_ground_truth(cfg):
     events = pd.read_csv(out / "events.csv")
     assert summary["rows"]["events"] == len(events)
     assert events["user_id"].str.startswith("shopper").all()  # raw ids live here, and only here
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and stat.S_IMODE((out / "users.csv").stat().st_mode) == 0o600
     assert 0.03 <= summary["simulation"]["ctr"] <= 0.12
     assert summary["dirt"]["bot_users"] == cfg.simulator.dirt.bot_users
 
@@ -42,11 +44,11 @@ def _shop_cfg(make_cfg, folder):
 def test_a_shop_export_folder_becomes_the_raw_layer_unchanged(make_cfg, tmp_path):
     from tests.conftest import ROOT
 
-    cfg = _shop_cfg(make_cfg, ROOT / "data/shop")
+    cfg = _shop_cfg(make_cfg, ROOT / "data/shop_example")
     summary = run_source(cfg)
     out = cfg.stage_dir("source")
     for name in RAW_FILES.values():
-        assert (out / name).read_bytes() == (ROOT / "data/shop" / name).read_bytes(), name
+        assert (out / name).read_bytes() == (ROOT / "data/shop_example" / name).read_bytes(), name
     assert summary["source"] == "folder" and summary["rows"]["events"] == len(pd.read_csv(out / "events.csv"))
     assert summary["event_types"]["impression"] > summary["event_types"]["click"] > 0
     assert summary["ignored_files"] == ["README.md"]
@@ -62,7 +64,7 @@ def test_a_broken_shop_export_is_refused_with_file_and_line_before_anything_is_c
     from tests.conftest import ROOT
 
     folder = tmp_path / "export"
-    shutil.copytree(ROOT / "data/shop", folder)
+    shutil.copytree(ROOT / "data/shop_example", folder)
     cfg = _shop_cfg(make_cfg, folder)
     lines = (folder / "products.jsonl").read_text(encoding="utf-8").splitlines()
     lines[2] = lines[2][:-5]  # a truncated line
@@ -88,7 +90,7 @@ def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, t
     from tests.conftest import ROOT
 
     folder = tmp_path / "export"
-    shutil.copytree(ROOT / "data/shop", folder)
+    shutil.copytree(ROOT / "data/shop_example", folder)
     cfg = _shop_cfg(make_cfg, folder)
     assert run_source(cfg)["feedback"] == {"folder": str(cfg.feedback_dir()), "copies": 0, "events": 0, "skipped_as_duplicates": 0,
                                         "fragments_not_read": 0}
@@ -130,7 +132,7 @@ def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     from tests.conftest import ROOT
 
     folder = tmp_path / "export"
-    shutil.copytree(ROOT / "data/shop", folder)
+    shutil.copytree(ROOT / "data/shop_example", folder)
     cfg = _shop_cfg(make_cfg, folder)
     users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
     product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]

@@ -25,7 +25,7 @@ def make_project(tmp_path: Path, quick_overrides: dict | None = None) -> Path:
     project.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "pyproject.toml"):
         shutil.copy(ROOT / name, project / name)
-    for name in ("components", "expectations", ".dvc", "data/advertisegen", "data/shop", "data/feedback/shop"):
+    for name in ("components", "expectations", ".dvc", "data/advertisegen", "data/shop_example", "data/feedback/shop"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     quick = params["profiles"]["quick"]

@@ -16,7 +16,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config
-from components.pipeline import DATA_STAGES
+from components.data.privacy import load_key, recorded_key_id, rotate_key
+from components.dvc_runner import StageFailed
+from components.pipeline import ALWAYS_RUN_STAGES, DATA_STAGES
 from components.tracking import tracking_uri
 from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, retrain
 from tests.flows.conftest import make_project, prefect_artifact
@@ -52,11 +54,12 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     assert "data gate (Great Expectations): PASSED" in summary and first.mlflow_run_id in summary
 
     second = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
-    assert all(second.stages[s]["skipped"] for s in DATA_STAGES), second.stages
+    cached = [s for s in DATA_STAGES if s not in ALWAYS_RUN_STAGES]
+    assert all(second.stages[s]["skipped"] for s in cached) and not second.stages["pseudonym_key"]["skipped"], second.stages
     # from another directory: the project is where its params.yaml is
     monkeypatch.chdir(tmp_path)
     elsewhere = retrain(profile="quick", params_path=str(project / "params.yaml"), stages=list(DATA_STAGES))
-    assert all(elsewhere.stages[s]["skipped"] for s in DATA_STAGES), elsewhere.stages
+    assert all(elsewhere.stages[s]["skipped"] for s in cached), elsewhere.stages
     # another params file would be ignored by every DVC stage: refused, not half-applied
     (project / "alt.yaml").write_text((project / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(ParamsNotTracked, match="alt.yaml is not that file"):
@@ -66,9 +69,23 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
     params["profiles"]["quick"]["features"] = {**params["profiles"]["quick"]["features"], "ctr_prior_strength": 7.0}
     (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    stale = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", *(f"{s}@quick" for s in DATA_STAGES)],
+    stale = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", *(f"{s}@quick" for s in cached)],
                            cwd=project, capture_output=True, text=True, check=True)
     assert set(json.loads(stale.stdout)) == {"features@quick"}, stale.stdout
+
+    # Another pseudonym key would give every shopper a new id: refused at the first stage.
+    cfg = load_config(project / "params.yaml", "quick")
+    before = (project / "artifacts/quick/ingested/users.parquet").read_bytes()
+    monkeypatch.setenv(cfg.privacy.key_env, "9" * 64)
+    with pytest.raises(StageFailed, match="pseudonym_key@quick.*\n(.*\n)*.*not the one profile 'quick' was pseudonymized with"):
+        retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
+    assert (project / "artifacts/quick/ingested/users.parquet").read_bytes() == before
+    # Rotated on purpose: ingest runs again (DVC's run cache cannot restore the old key's ids).
+    rotate_key(cfg)
+    rotated = retrain(profile="quick", project_dir=str(project), stages=list(DATA_STAGES))
+    assert not rotated.stages["ingest"]["skipped"] and rotated.stages["source"]["skipped"]
+    assert rotated.summary("ingest")["pseudonym_key_id"] == load_key(cfg).key_id == recorded_key_id(cfg)
+    assert (project / "artifacts/quick/ingested/users.parquet").read_bytes() != before
     mlflow.set_tracking_uri(tracking_uri(load_config(project / "params.yaml", "quick")))
 
 
@@ -148,8 +165,9 @@ def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, pr
     assert first.summary("source")["source"] == "folder" and first.summary("validate")["success"] is True
     assert (project / "mlflow/shop/mlflow.db").exists()  # its own store, like obd
 
-    assert all(retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES)).stages[s]["skipped"] for s in DATA_STAGES)
-    events = project / "data/shop/events.csv"
+    unchanged = retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES))
+    assert all(unchanged.stages[s]["skipped"] for s in DATA_STAGES if s not in ALWAYS_RUN_STAGES)
+    events = project / "data/shop_example/events.csv"
     lines = events.read_text(encoding="utf-8").splitlines()
     events.write_text("\n".join(lines[:-200]) + "\n", encoding="utf-8")  # the next export
     again = retrain(profile="shop", project_dir=str(project), stages=list(DATA_STAGES))
@@ -161,7 +179,7 @@ def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, pr
 
     cfg = load_config(project / "params.yaml", "shop")
     assert cfg.feedback_dir() == project / "data/feedback/shop"
-    product = json.loads((project / "data/shop/products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
+    product = json.loads((project / "data/shop_example/products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
     log = FeedbackLog(cfg.feedback_dir())
     log.record_serving("shopper000001", product, "为你写的文案。", "models:/copyflow-generator/1", candidates=2)
     fed = retrain(profile="shop", project_dir=str(project), stages=["source"])

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from components.config import load_config
+from components.pipeline import ALWAYS_RUN_STAGES
 from components.tracking import tracking_uri
 from flows.cli import app
 from flows.retrain import retrain
@@ -56,7 +57,7 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
 
     # Nothing changed: DVC skips every stage, and the same models are not registered again.
     second = retrain(profile="quick", project_dir=str(project))
-    assert all(stage["skipped"] for stage in second.stages.values()), second.stages
+    assert all(v["skipped"] for s, v in second.stages.items() if s not in ALWAYS_RUN_STAGES), second.stages
     assert second.release["release"] == "1"
     assert len(client.search_model_versions("name = 'copyflow-release'")) == 1
     gate_report = prefect_artifact("release-gate-quick")
@@ -117,6 +118,9 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     unknown = runner.invoke(app, ["generate", "--user", "nobody", "--product", products.iloc[0]])
     assert unknown.exit_code == 2
     assert "nobody" in unknown.output
+    # a server with another pseudonym key would know no shopper: it refuses to start
+    other_key = runner.invoke(app, ["serve"], env={cfg.privacy.key_env: "7" * 64})
+    assert other_key.exit_code == 2 and "no shopper would be recognized" in other_key.output, other_key.output
 
     serve_the_champion_over_http(project, cfg, users, products)
 
@@ -240,10 +244,11 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
         "infinite value": (client.post("/feedback", content='{"serve_id": "%s", "event_type": "purchase", "value": Infinity}' % body["serve_id"],
                                        headers={"content-type": "application/json"}), 422, "value"),
         "id with a line break": (client.post("/copy", json={"user": "a\nb", "product": product}), 422, "on one line"),
-        "CJK id with a wide space": (client.post("/copy", json={"user": "山田\u3000太郎", "product": product}), 404, "is not in"),
+        "CJK id with a wide space": (client.post("/copy", json={"user": "山田\u3000太郎", "product": product}), 404, "is not a shopper"),
     }
     for name, (response, status, text) in refusals.items():
         assert response.status_code == status and text in response.text, (name, response.status_code, response.text)
+        assert str(project) not in response.text, (name, response.text)  # no server paths in answers
     assert len(read_raw_table(folder, "events")) == 2  # refusals write nothing
 
     # A retrain empties the features folder while it rebuilds it: the last snapshot keeps serving.

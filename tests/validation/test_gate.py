@@ -164,6 +164,8 @@ def test_duplicate_ids(cfg, clean, tmp_path):
 
     check = assert_rejected(report, "users", "expect_column_values_to_be_unique", "user_id")
     assert {e["user_id"] for e in check.examples} == {"u0004"} and len(check.examples) == 2
+    # the report is published: a shopper's quasi-identifiers are not in it, only the id and the failing column
+    assert all(set(e) == {"row", "user_id"} for e in check.examples), check.examples
 
 
 def test_negative_price_fails_even_once(cfg, clean, tmp_path):
