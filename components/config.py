@@ -290,6 +290,9 @@ class GatesConfig(Section):
     generator_bleu4_min: float
     max_hallucination_rate: float = Field(ge=0)
     max_ece: float = Field(ge=0)
+    # |mean P(click) / click rate - 1|: ECE is an absolute gap, so at a 7% click rate scores at
+    # half the true rate still pass max_ece; this ratio does not.
+    max_calibration_ratio_error: float = Field(default=0.25, gt=0)
     max_ad_law_violations: float = Field(ge=0)
     non_inferiority_margin: float = Field(ge=0)
     generator_bleu4_margin: float = Field(ge=0)

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import Config
+from components.data.privacy import recorded_key_id
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class FrozenSnapshot:
     fingerprint: str  # sha256 of the parquet file: the identity evidence is tied to
     created_at: str
     source: str
+    key_id: str | None = None  # the pseudonym key its shopper ids were made with (preference)
 
     @property
     def n_rows(self) -> int:
@@ -155,7 +157,8 @@ def load_snapshot(cfg: Config, family: str) -> FrozenSnapshot | None:
             "refresh the snapshot explicitly instead of editing it"
         )
     rows = _with_derived_columns(family, pd.read_parquet(data_path))
-    return FrozenSnapshot(family, data_path, rows, meta["fingerprint"], meta["created_at"], meta["source"])
+    return FrozenSnapshot(family, data_path, rows, meta["fingerprint"], meta["created_at"], meta["source"],
+                          meta.get("pseudonym_key_id"))
 
 
 def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, source: str = "", reason: str = "") -> FrozenSnapshot:
@@ -172,6 +175,7 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
     stored = rows.drop(columns=["attributes"], errors="ignore") if family == "generator" else rows
     if problem := too_few_per_class(family, stored):
         raise SnapshotError(f"cannot freeze the {family} evaluation snapshot of profile {cfg.profile!r}: {problem}")
+    key_id = recorded_key_id(cfg) if family == "preference" else None
     with FileLock(str(data_path) + ".lock", timeout=120):
         tmp = data_path.with_suffix(".parquet.tmp")
         stored.to_parquet(tmp, index=False)
@@ -183,13 +187,14 @@ def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, 
             "source": source,
             "n_rows": len(stored),
             "profile": cfg.profile,
+            **({"pseudonym_key_id": key_id} if key_id else {}),
             **({"reason": reason} if reason else {}),
         }
         os.replace(tmp, data_path)
         meta_tmp = meta_path.with_suffix(".tmp")
         meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         os.replace(meta_tmp, meta_path)
-    return FrozenSnapshot(family, data_path, _with_derived_columns(family, stored), fingerprint, meta["created_at"], source)
+    return FrozenSnapshot(family, data_path, _with_derived_columns(family, stored), fingerprint, meta["created_at"], source, key_id)
 
 
 def too_few_per_class(family: str, rows: pd.DataFrame) -> str:
@@ -219,6 +224,12 @@ def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> Froze
     if problem := too_few_per_class(family, existing.rows):  # frozen before this check existed
         log.warning("re-freezing the %s evaluation snapshot: %s", family, problem)
         return freeze_snapshot(cfg, family, reason=problem)
+    current = recorded_key_id(cfg)
+    if existing.key_id and current and existing.key_id != current:
+        reason = (f"its shopper ids were made with pseudonym key {existing.key_id}, and the profile's data now "
+                  f"with key {current} (copyflow rotate-key): no shopper of it would be known")
+        log.warning("re-freezing the %s evaluation snapshot: %s", family, reason)
+        return freeze_snapshot(cfg, family, reason=reason)
     trained_on = rows_in_training(cfg, existing)
     if not trained_on:
         return existing
@@ -231,8 +242,14 @@ def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> Froze
 
 
 def rows_in_training(cfg: Config, snapshot: FrozenSnapshot) -> int:
-    """How many snapshot rows the current features put in the train or valid split (the
-    preference family; the generator's corpus split is fixed by content hash)."""
+    """How many snapshot rows the current data puts in the train or valid split: for preference,
+    by the features' split; for the generator, by the corpus split of each row's attributes under
+    the current `data.valid_fraction` / `data.test_fraction` (changing them moves rows)."""
+    if snapshot.family == "generator":
+        from components.data.corpus import split_of
+
+        splits = snapshot.rows["content"].map(lambda c: split_of(c, cfg.data.valid_fraction, cfg.data.test_fraction))
+        return int((splits != "test").sum())
     path = cfg.stage_dir("features") / "samples.parquet"
     if snapshot.family != "preference" or not path.exists():
         return 0

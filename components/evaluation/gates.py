@@ -2,7 +2,8 @@
 
 Three kinds of rule, all configured in params.yaml `gates`:
 - floor: the candidate's metric must reach an absolute minimum (preference AUC, generator BLEU-4);
-- guardrail: a must-hold limit (ad-law violations = 0, hallucination rate and ECE under a cap);
+- guardrail: a must-hold limit (ad-law violations = 0, hallucination rate, ECE and the ratio of
+  mean predicted to observed click rate within a cap);
 - non-inferiority: on the frozen evaluation snapshot, the paired bootstrap interval of
   (candidate - champion) must have its lower bound above -margin. "Paired" = both models are
   scored on the same rows and every resample draws the same rows for both, so the interval is
@@ -179,6 +180,11 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, n_bins: i
     slots = n_bins + 1  # a score of exactly 1.0 gets its own slot, as in torchmetrics
     gap = np.abs(np.bincount(bins, labels, slots) - np.bincount(bins, scores, slots))
     return float(gap.sum() / len(scores))
+
+
+def calibration_ratio_error(labels: np.ndarray, scores: np.ndarray) -> float:
+    """|mean predicted P(click) / observed click rate - 1| (calibration in the large)."""
+    return float(abs(np.mean(scores) / np.mean(labels) - 1.0))
 
 
 def paired_bootstrap_delta(
@@ -382,7 +388,7 @@ def preference_gate(
             f"frozen snapshot has {n_pos} positives and {len(labels) - n_pos} negatives; need at least "
             f"{MIN_EXAMPLES_PER_CLASS} of each to estimate AUC and its interval"
         )
-    interval = champ_auc = champ_ece = None
+    interval = champ_auc = champ_ece = champ_ratio = None
     if champion is not None:
         champion = _require(champion, PREFERENCE_COLUMNS, "champion preference")
         candidate, champion = align_pair(candidate, champion)
@@ -392,6 +398,7 @@ def preference_gate(
         champ_scores = champion["score"].to_numpy(dtype=np.float64)
         champ_auc = float(auc_by_ranks(labels, champ_scores))
         champ_ece = expected_calibration_error(labels, champ_scores)
+        champ_ratio = calibration_ratio_error(labels, champ_scores)
         cand_scores = candidate["score"].to_numpy(dtype=np.float64)
         if clusters is None:
             interval = paired_bootstrap_delta(
@@ -416,9 +423,11 @@ def preference_gate(
     scores = candidate["score"].to_numpy(dtype=np.float64)
     auc = float(auc_by_ranks(labels, scores))
     ece = expected_calibration_error(labels, scores)
+    ratio_error = calibration_ratio_error(labels, scores)
     rules = [
         _floor("auc", auc, gates.preference_auc_min, champ_auc),
         _guardrail("ece", ece, gates.max_ece, champ_ece),
+        _guardrail("calibration_ratio_error", ratio_error, gates.max_calibration_ratio_error, champ_ratio),
         _non_inferiority("auc", auc, champ_auc, gates.non_inferiority_margin, interval),
     ]
     choice_rule = _copy_choice_rule(gates, candidate, champion, seed, clusters)
@@ -433,7 +442,8 @@ def preference_gate(
         champion_label=champion_label if champion is not None else None,
         confidence_level=gates.confidence_level,
         n_resamples=gates.bootstrap_resamples if champion is not None else 0,
-        metrics={"auc": auc, "ece": ece, "positive_rate": float(labels.mean())}
+        metrics={"auc": auc, "ece": ece, "calibration_ratio_error": ratio_error, "positive_rate": float(labels.mean()),
+                 "mean_score": float(scores.mean())}
         | ({"copy_choice_lift": choice_rule.candidate} if choice_rule is not None and choice_rule.candidate is not None else {}),
     )
 

@@ -24,13 +24,14 @@ from mlflow.exceptions import MlflowException
 import pandas as pd
 
 from components.config import Config
+from components.evaluation.copy_rules import judge_copies
 from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
 from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
 from components.registry.evidence import log_gate_artifacts, member_label, member_scores
 from components.registry.lineage import lineage_tags
 from components.registry.names import CHALLENGER, CHAMPION, LINEAGE_TAGS, RELEASE_MODEL, registered_model
 from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
-from components.registry.store import ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
+from components.registry.store import bundle_files, ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
 REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
 
@@ -176,6 +177,9 @@ def release_candidates(
         candidate = score_on_snapshot(snapshot, _model_ref(manifest), cache_key=manifest["model_uri"], scorer=scorer)
         champ_member = (champion_manifest or {}).get("members", {}).get(family)
         champion_frame = member_scores(snapshot, champ_member, scorer) if champ_member else None
+        if family == "generator":  # ad-law words and contradictions by the gate's rules, not each bundle's own
+            candidate = judge_copies(cfg, candidate, snapshot.rows)
+            champion_frame = judge_copies(cfg, champion_frame, snapshot.rows) if champion_frame is not None else None
         gate = evaluate_gate(
             family,
             cfg.gates,
@@ -193,6 +197,7 @@ def release_candidates(
             "registered_model": registered_model(family),
             "source_uri": manifest["model_uri"],
             "onnx_uri": manifest.get("onnx_uri"),
+            "bundle_files": bundle_files(client, manifest.get("onnx_uri")),
             "run_id": manifest["run_id"],
             "metrics": _finite(manifest.get("metrics") or {}),
             "gate": gate.to_dict(),

@@ -13,7 +13,8 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from components.config import Config
-from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, score_on_snapshot
+from components.evaluation.copy_rules import judge_copies
+from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, load_snapshot, score_on_snapshot
 from components.evaluation.gates import GateResult, evaluate_gate
 
 
@@ -103,6 +104,11 @@ def regate(cfg: Config, target: dict, champion: dict | None) -> list[GateResult]
                     f"{str(champ_member.get('snapshot'))[:12]}); run retrain to evaluate a fresh candidate"
                 )
             champion_frame = load_evidence(champ_member)
+        snapshot = load_snapshot(cfg, family) if family == "generator" else None
+        if snapshot is not None and snapshot.fingerprint == member.get("snapshot"):
+            # evidence stored before the gate owned its copy rules was counted by each bundle's own
+            candidate = judge_copies(cfg, candidate, snapshot.rows)
+            champion_frame = judge_copies(cfg, champion_frame, snapshot.rows) if champion_frame is not None else None
         results.append(
             evaluate_gate(
                 family,

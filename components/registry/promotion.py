@@ -26,7 +26,7 @@ from components.evaluation.gates import GateResult, render_report
 from components.registry.evidence import EvidenceError, regate
 from components.registry.names import ALIASES, CHALLENGER, CHAMPION, PREVIOUS, REGISTERED_MODELS, RELEASE_MODEL, registered_model
 from components.registry.release import load_manifest, now_iso
-from components.registry.store import model_aliases, registry_client, registry_lock, set_alias
+from components.registry.store import bundle_files, model_aliases, registry_client, registry_lock, set_alias
 
 
 NO_RELEASE: dict = {"release": None, "members": {}}  # a role (previous) that no release fills
@@ -138,12 +138,22 @@ def _missing_artifacts(client: MlflowClient, manifest: dict) -> list[str]:
             mlflow.models.get_model_info(member["model_uri"])
             bundle = member.get("onnx_uri") or ""
             if bundle.startswith("runs:/"):
-                run_id, _, path = bundle.removeprefix("runs:/").partition("/")
-                if not client.list_artifacts(run_id, path):
+                now = bundle_files(client, bundle)
+                if not now:
                     missing.append(f"{label} (no files at {bundle})")
+                elif changed := _changed_files(member.get("bundle_files"), now):
+                    missing.append(f"{label} (its files changed since it was gated: {changed})")
         except (MlflowException, OSError) as exc:
             missing.append(f"{label} ({str(exc).strip().splitlines()[0][:200]})")
     return missing
+
+
+def _changed_files(recorded: dict[str, int] | None, now: dict[str, int]) -> str:
+    """Which recorded files are gone or of another size ('' when none; releases from before the
+    sizes were recorded have none to compare)."""
+    problems = [f"{path} missing" if path not in now else f"{path} {now[path]:,} bytes, was {size:,}"
+                for path, size in (recorded or {}).items() if now.get(path) != size]
+    return "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
 def _unservable(client: MlflowClient, manifest: dict) -> list[str]:

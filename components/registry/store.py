@@ -115,3 +115,21 @@ def registry_lock(cfg: Config) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+def bundle_files(client: MlflowClient, uri: str | None) -> dict[str, int] | None:
+    """{artifact path: size in bytes} of every file under a `runs:/RUN/PATH` bundle (what a server
+    downloads), or None for another kind of URI. Recorded in a release's manifest, so promote and
+    rollback can tell a bundle that was cut short or replaced since it was gated."""
+    if not uri or not uri.startswith("runs:/"):
+        return None
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    sizes: dict[str, int] = {}
+    folders = [path]
+    while folders:
+        for info in client.list_artifacts(run_id, folders.pop()):
+            if info.is_dir:
+                folders.append(info.path)
+            else:
+                sizes[info.path] = int(info.file_size or 0)
+    return sizes

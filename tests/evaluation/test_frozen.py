@@ -104,6 +104,37 @@ def test_generator_snapshot_is_the_corpus_test_split(make_cfg):
     assert load_snapshot(cfg, "generator").fingerprint == snapshot.fingerprint
 
 
+def test_the_generator_snapshot_is_refrozen_when_a_new_split_trains_on_its_rows(make_cfg):
+    from components.data.corpus import split_of
+
+    first = ensure_snapshot(make_cfg(generator={"eval_samples": 40}), "generator")
+    narrower = make_cfg(generator={"eval_samples": 40}, data={"test_fraction": 0.05, "valid_fraction": 0.02})
+    moved = sum(split_of(c, 0.02, 0.05) != "test" for c in first.rows["content"])
+    assert moved > 0  # these rows are now in the candidate's train or valid split
+    again = ensure_snapshot(narrower, "generator")
+    assert again.fingerprint != first.fingerprint
+    assert all(split_of(c, 0.02, 0.05) == "test" for c in again.rows["content"])
+    assert ensure_snapshot(narrower, "generator").fingerprint == again.fingerprint
+
+
+def test_the_preference_snapshot_is_refrozen_after_the_pseudonym_key_is_rotated(cfg, monkeypatch):
+    import json
+
+    from components.data.privacy import profile_key, rotate_key
+
+    monkeypatch.delenv(cfg.privacy.key_env, raising=False)
+    old = profile_key(cfg).key_id
+    write_samples(cfg, "first")
+    first = ensure_snapshot(cfg, "preference")
+    assert ensure_snapshot(cfg, "preference").fingerprint == first.fingerprint
+    monkeypatch.setenv(cfg.privacy.key_env, "n" * 64)
+    new = rotate_key(cfg)["key_id"]
+    again = ensure_snapshot(cfg, "preference")  # its shoppers' ids were made with the old key
+    meta = json.loads(again.path.with_name("preference.meta.json").read_text(encoding="utf-8"))
+    assert meta["pseudonym_key_id"] == new and f"pseudonym key {old}" in meta["reason"]
+    assert ensure_snapshot(cfg, "preference").created_at == again.created_at
+
+
 def test_scores_are_cached_per_model_and_snapshot(cfg):
     write_samples(cfg, "c")
     snapshot = ensure_snapshot(cfg, "preference")

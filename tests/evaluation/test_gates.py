@@ -129,9 +129,12 @@ def test_a_small_frozen_set_that_cannot_show_non_inferiority_says_so(gates):
 
 def test_ece_guardrail(gates):
     frame = preference_frame()
-    frame["score"] = np.clip(frame["score"] + 0.3, 0, 1)  # same ranking, badly calibrated
+    logit = np.log(frame["score"] / (1 - frame["score"]))
+    frame["score"] = 1 / (1 + np.exp(-3 * logit))  # same ranking and mean, over-confident
     result = preference_gate(gates, frame)
     assert [f"{r.kind}:{r.metric}" for r in result.failures()] == ["guardrail:ece"]
+    frame["score"] = np.clip(frame["score"] + 0.3, 0, 1)  # and too high on average
+    assert [r.metric for r in preference_gate(gates, frame).failures()] == ["ece", "calibration_ratio_error"]
 
 
 def test_generator_guardrails_hold_exactly(gates):
@@ -241,3 +244,18 @@ def _choice_only(gates, candidate, champion, clusters):
 @pytest.fixture
 def gates(cfg):
     return cfg.gates.model_copy(update={"bootstrap_resamples": 300})
+
+
+def test_scores_at_half_the_true_click_rate_pass_ece_but_not_the_calibration_ratio(cfg):
+    # At a 7% click rate the absolute ECE gap of halved scores is ~0.035, under max_ece 0.05.
+    rng = np.random.default_rng(3)
+    p = 1 / (1 + np.exp(-(1.2 * rng.normal(size=20000) - 3.0)))
+    label = (rng.random(p.size) < p).astype(int)
+    frame = pd.DataFrame({"example_id": [f"x{i}" for i in range(p.size)], "label": label, "score": p})
+    calibrated = preference_gate(cfg.gates, frame)
+    halved = preference_gate(cfg.gates, frame.assign(score=p * 0.5))
+    rule = {r.metric: r for r in halved.rules}
+    assert 0.05 < label.mean() < 0.1 and calibrated.passed
+    assert rule["ece"].passed and not rule["calibration_ratio_error"].passed
+    assert rule["calibration_ratio_error"].candidate == pytest.approx(0.5, abs=0.05)
+    assert "calibration_ratio_error" in str(halved.to_markdown())

@@ -138,6 +138,7 @@ def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "example_id": rows["example_id"],
+            "copy": copies,  # the gate re-counts ad-law words and contradictions from the copies themselves
             "bleu4": [bleu4(c, r) for c, r in zip(copies, rows["summary"])],
             # the template only restates input values, so a copy hallucinates iff it names none of them
             "hallucinated": [not any(v in c for v in vs) for c, vs in zip(copies, values)],

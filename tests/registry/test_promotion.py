@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -285,6 +286,38 @@ def test_a_release_whose_model_files_are_gone_is_refused(fresh_world):
     with pytest.raises(PromotionRefused, match=rf"release 2 cannot be served: copyflow-generator v{version} \(its run {run_id} was deleted\)"):
         promote(cfg)
     assert champion_state(cfg) == before
+
+
+def test_a_bundle_cut_short_since_it_was_gated_cannot_become_champion(fresh_world, tmp_path):
+    """A server downloads the bundle: a file truncated or removed in the artifact store after the
+    gate (a failed copy, a clean-up) would fail to load there, so promote and rollback refuse it."""
+    from urllib.parse import unquote, urlparse
+
+    from components.registry.promotion import _missing_artifacts
+    from components.registry.release import load_manifest
+    from components.registry.store import bundle_files
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    manifest = load_manifest(client, "2")
+    bundle = tmp_path / "generator_bundle"
+    (bundle / "onnx").mkdir(parents=True)
+    (bundle / "onnx" / "decoder.onnx").write_bytes(b"\x08" * 1000)
+    (bundle / "weights.pt").write_bytes(b"\x01" * 500)
+    run = client.create_run(client.get_run(manifest["members"]["generator"]["run_id"]).info.experiment_id)
+    client.log_artifacts(run.info.run_id, str(bundle), "generator_bundle")
+    member = manifest["members"]["generator"]
+    member["onnx_uri"] = f"runs:/{run.info.run_id}/generator_bundle"
+    member["bundle_files"] = bundle_files(client, member["onnx_uri"])
+    assert member["bundle_files"] == {"generator_bundle/onnx/decoder.onnx": 1000, "generator_bundle/weights.pt": 500}
+    assert _missing_artifacts(client, manifest) == []
+
+    stored = Path(unquote(urlparse(client.get_run(run.info.run_id).info.artifact_uri).path)) / "generator_bundle"
+    (stored / "onnx" / "decoder.onnx").write_bytes(b"\x08" * 10)
+    (stored / "weights.pt").unlink()
+    [problem] = _missing_artifacts(client, manifest)
+    assert "its files changed since it was gated:" in problem
+    assert "generator_bundle/onnx/decoder.onnx 10 bytes, was 1,000" in problem and "generator_bundle/weights.pt missing" in problem
 
 
 def test_an_unreadable_champion_manifest_blocks_neither_rollback_nor_another_promotion(fresh_world):

@@ -109,7 +109,8 @@ def build_world(base: Path, *, generator: bool = True, with_failure: bool = True
     helpers.write_samples(cfg, seed=1)
     m["better"] = helpers.train_preference(cfg, base)
     if generator:
-        m["gen2"] = helpers.train_generator(cfg, base, suffix="面料柔软亲肤，穿着舒适又显瘦。")
+        # no attribute value in the suffix: 显瘦 would contradict a 宽松 product's 版型 (the gate counts it)
+        m["gen2"] = helpers.train_generator(cfg, base, suffix="面料柔软亲肤，穿着舒适又好看。")
     second = [m[k] for k in ("better", "gen2") if k in m]
     # As the retrain flow does: inside its parent run, which carries the GE verdict and flow-run id.
     import mlflow

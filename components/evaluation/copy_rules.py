@@ -1,0 +1,69 @@
+"""The release gate's own rules for generated copy: ad-law words and contradicting values.
+
+A generator bundle carries the word list and the value vocabulary it decodes with, and the
+evaluation it logs counts with them. The gate must not: a bundle built with a shorter list (an
+edited profile, a tampered `values.json`) would then both write and grade under the weaker
+rules. So the gate re-counts every candidate's and champion's copies with rules it owns:
+
+- ad-law words: the statutory list shipped in the repository (components/resources) together
+  with the profile's `paths.ad_law_words`; a profile can add words, never remove one;
+- contradicting values: a value vocabulary built from the corpus's training split with the
+  profile's `generator.faithful_*` knobs, as training builds it, not read from the bundle.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import Config
+
+STATUTORY_AD_LAW_WORDS = Path(__file__).resolve().parents[1] / "resources" / "ad_law_words.txt"
+
+
+def gate_ad_law_words(cfg: Config) -> list[str]:
+    """The statutory list and the profile's own, without duplicates."""
+    from components.models.generator.constraints import load_ad_law_words
+
+    words = load_ad_law_words(STATUTORY_AD_LAW_WORDS) + load_ad_law_words(cfg.paths.ad_law_words)
+    return list(dict.fromkeys(words))
+
+
+def gate_vocabulary(cfg: Config):
+    """The value vocabulary training would build from the configured corpus (ValueVocabulary)."""
+    g = cfg.generator
+    corpus = Path(cfg.paths.corpus).resolve()
+    return _vocabulary(str(corpus), corpus.stat().st_mtime_ns, cfg.data.valid_fraction, cfg.data.test_fraction,
+                       g.faithful_key_max_rate, g.faithful_alias_max_rate, g.faithful_alias_min_uses)
+
+
+@lru_cache(maxsize=4)
+def _vocabulary(corpus: str, _mtime: int, valid_fraction: float, test_fraction: float,
+                key_max_rate: float, alias_max_rate: float, alias_min_uses: int):
+    from components.data.corpus import read_corpus, split_corpus
+    from components.models.generator.constraints import build_value_vocabulary
+
+    train = split_corpus(read_corpus(corpus), valid_fraction, test_fraction)["train"]
+    return build_value_vocabulary(list(train["attributes"]), list(train["summary"]), key_max_rate, alias_max_rate, alias_min_uses)
+
+
+def judge_copies(cfg: Config, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (per-example generator scores with each `copy`) with `ad_law_violations`,
+    `hallucinated` and `contradictions` counted by the gate's rules. `rows`: the snapshot rows
+    (example_id, attributes)."""
+    from components.evaluation.text_metrics import banned_occurrences
+
+    if "copy" not in frame.columns:
+        raise ValueError("generator scores have no 'copy' column: the gate cannot check the copies themselves")
+    words, vocabulary = gate_ad_law_words(cfg), gate_vocabulary(cfg)
+    attributes = rows.set_index("example_id")["attributes"]
+    judged = frame.copy()
+    copies = judged["copy"].fillna("").astype(str)
+    own = judged["example_id"].map(attributes)
+    contradictions = [vocabulary.contradictions(text, attrs) for text, attrs in zip(copies, own)]
+    judged["ad_law_violations"] = [len(banned_occurrences(text, words)) for text in copies]
+    judged["contradictions"] = ["、".join(found) for found in contradictions]
+    judged["hallucinated"] = [bool(found) for found in contradictions]
+    return judged

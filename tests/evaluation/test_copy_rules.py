@@ -1,0 +1,29 @@
+"""The gate judges copies with its own rules, not with the word list and vocabulary of the bundle it judges."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from components.evaluation.copy_rules import STATUTORY_AD_LAW_WORDS, gate_ad_law_words, judge_copies
+
+
+def test_a_profile_can_add_ad_law_words_but_not_remove_any(make_cfg, tmp_path):
+    statutory = [w for w in STATUTORY_AD_LAW_WORDS.read_text(encoding="utf-8").splitlines() if w and not w.startswith("#")]
+    assert "最" in statutory
+    shorter = tmp_path / "shop_words.txt"
+    shorter.write_text("\n".join([w for w in statutory if w != "最"] + ["秒杀"]) + "\n", encoding="utf-8")
+    words = gate_ad_law_words(make_cfg(paths={"ad_law_words": str(shorter)}))
+    assert "最" in words and "秒杀" in words and len(words) == len(set(words))
+
+
+def test_copies_are_recounted_whatever_the_bundle_reported(cfg):
+    rows = pd.DataFrame({"example_id": ["a", "b", "c"],
+                         "attributes": [{"类型": ["上衣"], "颜色": ["白色"]}, {"类型": ["上衣"], "颜色": ["白色"]}, {"类型": ["裙"]}]})
+    # what a bundle with an emptied list and vocabulary would report about its own copies
+    frame = pd.DataFrame({"example_id": ["a", "b", "c"], "bleu4": [9.0, 8.0, 7.0], "hallucinated": [False] * 3,
+                          "ad_law_violations": [0] * 3,
+                          "copy": ["这款黑色上衣，最时尚的选择。", "白色上衣，清爽简约。", "一条温柔的裙子。"]})
+    judged = judge_copies(cfg, frame, rows)
+    assert judged["ad_law_violations"].tolist() == [1, 0, 0]
+    assert judged["hallucinated"].tolist() == [True, False, False] and judged["contradictions"].iloc[0] == "黑色"
+    assert judged["bleu4"].tolist() == [9.0, 8.0, 7.0] and frame["ad_law_violations"].sum() == 0  # the input is left as it was
