@@ -160,8 +160,8 @@ def key_for_data(cfg: Config) -> PseudonymKey:
 
 def rotate_key(cfg: Config) -> dict[str, Any]:
     """Make the current key (a new key file if there is none) the profile's key of record; the
-    next retrain re-pseudonymizes every shopper with it. The caller discards what holds the old
-    ids and cannot be rebuilt from them (the frozen preference set)."""
+    next retrain re-pseudonymizes every shopper with it, and the gate re-freezes the preference
+    evaluation set, whose shoppers' ids changed (components/evaluation/frozen.py)."""
     previous = recorded_key_id(cfg)
     key = load_key(cfg, create=True)
     if key.key_id != previous:
