@@ -208,6 +208,8 @@ def _figures(summary: dict) -> str:
     """What a stage did, in one line of the Prefect log: its summary's first numbers
     (rows, removals, metrics), not the DVC chatter and library warnings of its output."""
     figures = tracking.flatten_numbers(summary)
+    if not figures:  # a stage that reports no number (pseudonym_key: the key's fingerprint)
+        return ", ".join(f"{k}={v}" for k, v in summary.items() if k != "stage" and isinstance(v, str))
     shown = ", ".join(f"{k}={v:g}" for k, v in list(figures.items())[:SUMMARY_FIGURES])
     return shown + (f", … ({len(figures) - SUMMARY_FIGURES} more in MLflow)" if len(figures) > SUMMARY_FIGURES else "")
 

@@ -154,6 +154,7 @@ def test_each_stage_logs_its_figures_in_one_line():
     assert line == "rows_before.events=62664, removed.bot_events=9120, removed.replayed_events=0, k_anonymity=1"
     many = _figures({f"m{i}": float(i) for i in range(SUMMARY_FIGURES + 5)})
     assert many.endswith("… (5 more in MLflow)") and many.count("=") == SUMMARY_FIGURES
+    assert _figures({"stage": "pseudonym_key", "key_id": "26debe7865b7"}) == "key_id=26debe7865b7"
 
 
 def test_a_shop_export_runs_the_pipeline_and_a_new_export_reruns_it(tmp_path, prefect_harness, monkeypatch):
