@@ -220,6 +220,11 @@ def ensure_snapshot(cfg: Config, family: str, *, refresh: bool = False) -> Froze
         return freeze_snapshot(cfg, family, reason="refresh requested")
     existing = load_snapshot(cfg, family)
     if existing is None:
+        data_path, meta_path = _paths(cfg, family)
+        if data_path.exists() or meta_path.exists():  # half of it deleted: say so, the champion is re-scored
+            reason = f"{(meta_path if data_path.exists() else data_path).name} was missing, so the snapshot could not be verified"
+            log.warning("re-freezing the %s evaluation snapshot: %s", family, reason)
+            return freeze_snapshot(cfg, family, reason=reason)
         return freeze_snapshot(cfg, family, reason="first snapshot of this profile")
     if problem := too_few_per_class(family, existing.rows):  # frozen before this check existed
         log.warning("re-freezing the %s evaluation snapshot: %s", family, problem)

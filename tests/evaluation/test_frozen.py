@@ -78,6 +78,18 @@ def test_the_preference_snapshot_freezes_each_impressions_copy_options(cfg):
     assert rows["copy_options"].map(len).sum() == 2
 
 
+def test_a_snapshot_missing_its_meta_file_is_refrozen_with_that_reason(cfg, caplog):
+    import json
+
+    write_samples(cfg, "first")
+    first = ensure_snapshot(cfg, "preference")
+    meta = first.path.with_name("preference.meta.json")
+    meta.unlink()
+    again = ensure_snapshot(cfg, "preference")
+    assert json.loads(meta.read_text(encoding="utf-8"))["reason"] == "preference.meta.json was missing, so the snapshot could not be verified"
+    assert again.n_rows == first.n_rows and "re-freezing the preference evaluation snapshot" in caplog.text
+
+
 def test_a_tampered_snapshot_is_refused(cfg):
     write_samples(cfg, "b")
     snapshot = ensure_snapshot(cfg, "preference")
