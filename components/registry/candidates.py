@@ -27,20 +27,13 @@ from components.config import Config
 from components.evaluation.copy_rules import judge_copies
 from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
 from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
-from components.registry.evidence import log_gate_artifacts, member_label, member_scores
+from components.registry.evidence import gate_clusters, log_gate_artifacts, member_label, member_scores
 from components.registry.lineage import lineage_tags
 from components.registry.names import CHALLENGER, CHAMPION, LINEAGE_TAGS, RELEASE_MODEL, registered_model
 from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
 from components.registry.store import bundle_files, ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
 REQUIRED_MANIFEST_KEYS = ("model", "run_id", "model_uri", "metrics")
-
-
-def gate_clusters(family: str, rows: pd.DataFrame) -> dict:
-    """The preference gate resamples shoppers (example_id -> user_id) when the snapshot has them."""
-    if family != "preference" or "user_id" not in rows.columns:
-        return {}
-    return {"clusters": pd.Series(rows["user_id"].astype(str).to_numpy(), index=rows["example_id"].astype(str))}
 
 
 class ManifestError(ValueError):

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from components.config import Config
 from components.evaluation.copy_rules import judge_copies
-from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, load_snapshot, score_on_snapshot
+from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, SnapshotError, load_snapshot, score_on_snapshot
 from components.evaluation.gates import GateResult, evaluate_gate
 
 
@@ -78,6 +78,13 @@ def member_scores(snapshot: FrozenSnapshot, member: dict, scorer: Scorer | None 
     )
 
 
+def gate_clusters(family: str, rows: pd.DataFrame) -> dict:
+    """The preference gate resamples shoppers (example_id -> user_id) when the snapshot has them."""
+    if family != "preference" or "user_id" not in rows.columns:
+        return {}
+    return {"clusters": pd.Series(rows["user_id"].astype(str).to_numpy(), index=rows["example_id"].astype(str))}
+
+
 def member_label(release: str | None, member: dict) -> str:
     where = f"release {release} " if release else ""
     return f"{where}({member['registered_model']} v{member['version']})"
@@ -104,11 +111,17 @@ def regate(cfg: Config, target: dict, champion: dict | None) -> list[GateResult]
                     f"{str(champ_member.get('snapshot'))[:12]}); run retrain to evaluate a fresh candidate"
                 )
             champion_frame = load_evidence(champ_member)
-        snapshot = load_snapshot(cfg, family) if family == "generator" else None
-        if snapshot is not None and snapshot.fingerprint == member.get("snapshot"):
-            # evidence stored before the gate owned its copy rules was counted by each bundle's own
-            candidate = judge_copies(cfg, candidate, snapshot.rows)
-            champion_frame = judge_copies(cfg, champion_frame, snapshot.rows) if champion_frame is not None else None
+        # The snapshot the evidence was scored on, when it is still the frozen one: its rows give
+        # the preference gate its shoppers to resample (as at the retrain) and the generator gate
+        # the products whose copies it re-counts with its own rules.
+        try:
+            snapshot = load_snapshot(cfg, family)
+        except SnapshotError:  # edited since: the stored evidence alone, as before the snapshot was read here
+            snapshot = None
+        rows = snapshot.rows if snapshot is not None and snapshot.fingerprint == member.get("snapshot") else None
+        if rows is not None and family == "generator":
+            candidate = judge_copies(cfg, candidate, rows)
+            champion_frame = judge_copies(cfg, champion_frame, rows) if champion_frame is not None else None
         results.append(
             evaluate_gate(
                 family,
@@ -119,6 +132,7 @@ def regate(cfg: Config, target: dict, champion: dict | None) -> list[GateResult]
                 snapshot=member.get("snapshot", ""),
                 candidate_label=member_label(target["release"], member),
                 champion_label=member_label(champion["release"], champ_member) if champ_member else None,
+                **(gate_clusters(family, rows) if rows is not None else {}),
             )
         )
     return results

@@ -34,6 +34,7 @@ def write_samples(cfg: Config, n: int = 1600, seed: int = 0, shift: float = 0.0)
     p = 1 / (1 + np.exp(-(x @ TRUE_WEIGHTS - 0.8)))
     frame = pd.DataFrame(x, columns=FEATURES)
     frame.insert(0, "event_id", [f"e{seed}-{i}" for i in range(n)])
+    frame.insert(1, "user_id", [f"u{i % 160}" for i in range(n)])  # ten impressions a shopper: the gate resamples shoppers
     frame["label"] = (rng.random(n) < p).astype(int)
     frame["split"] = np.where(np.arange(n) < int(n * 0.6), "train", np.where(np.arange(n) < int(n * 0.7), "valid", "test"))
     path = cfg.stage_dir("features") / "samples.parquet"

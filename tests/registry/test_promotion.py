@@ -98,6 +98,21 @@ def test_promoting_an_older_release_over_a_better_champion_is_rechecked_and_refu
     assert rollback(cfg)["release"] == "1"
 
 
+def test_the_promotion_recheck_resamples_shoppers_as_the_retrain_gate_did(fresh_world):
+    """Re-run from stored evidence, release 2's gate against release 1 gives the interval the
+    retrain gave it: the same shoppers resampled, not single impressions."""
+    from components.registry.evidence import regate
+    from components.registry.release import load_manifest
+
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    target, champion = load_manifest(client, "2"), load_manifest(client, "1")
+    [again] = [g for g in regate(cfg, target, champion) if g.family == "preference"]
+    stored = {r["metric"]: r for r in target["members"]["preference"]["gate"]["rules"] if r["kind"] == "non_inferiority"}
+    rechecked = {r.metric: r for r in again.rules if r.kind == "non_inferiority"}
+    assert (rechecked["auc"].ci_low, rechecked["auc"].ci_high) == pytest.approx((stored["auc"]["ci_low"], stored["auc"]["ci_high"]))
+
+
 def test_an_interrupted_promotion_is_reported_and_repaired_by_the_next_one(fresh_world):
     cfg = fresh_world.cfg
     client = registry_client(cfg)
