@@ -215,7 +215,7 @@ def rotate_key(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     if not rotated["changed"]:
-        typer.echo(f"key {rotated['key_id']} is already profile {profile!r}'s pseudonym key; nothing changed")
+        typer.echo(f"key {rotated['key_id']} is already the pseudonym key of profile {profile!r}; nothing changed")
         return
     typer.echo(f"profile {profile!r} now pseudonymizes with key {rotated['key_id']} (was {rotated['previous']}). The next "
                f"`copyflow retrain --profile {profile}` gives every shopper a new id and re-freezes the preference evaluation "
