@@ -108,10 +108,13 @@ def recorded_key_id(cfg: Config) -> str | None:
     record = _record_path(cfg)
     if record.exists():
         return json.loads(record.read_text(encoding="utf-8"))["key_id"]
+    return ingested_key_id(cfg)
+
+
+def ingested_key_id(cfg: Config) -> str | None:
+    """The fingerprint of the key the profile's ingested batch was made with (None: none recorded)."""
     summary = cfg.stage_dir("ingested") / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text(encoding="utf-8")).get("pseudonym_key_id")
-    return None
+    return json.loads(summary.read_text(encoding="utf-8")).get("pseudonym_key_id") if summary.exists() else None
 
 
 def _write_record(cfg: Config, key: PseudonymKey, note: str) -> None:
@@ -149,8 +152,7 @@ def key_for_data(cfg: Config) -> PseudonymKey:
     """The key to turn a shop's raw ids into the pseudonyms of the profile's ingested data (a
     server, a CLI): never created here, and refused when the data was made with another key."""
     key = load_key(cfg)
-    summary = cfg.stage_dir("ingested") / "summary.json"
-    made_with = json.loads(summary.read_text(encoding="utf-8")).get("pseudonym_key_id") if summary.exists() else None
+    made_with = ingested_key_id(cfg)
     if made_with and made_with != key.key_id:
         raise PseudonymKeyError(f"the pseudonym key here ({key.origin}, key {key.key_id}) is not the one profile "
                                 f"{cfg.profile!r}'s data was pseudonymized with (key {made_with}): no shopper would be "
