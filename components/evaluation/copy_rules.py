@@ -13,7 +13,6 @@ rules. So the gate re-counts every candidate's and champion's copies with rules 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -32,21 +31,31 @@ def gate_ad_law_words(cfg: Config) -> list[str]:
 
 
 def gate_vocabulary(cfg: Config):
-    """The value vocabulary training would build from the configured corpus (ValueVocabulary)."""
+    """The value vocabulary training would build from the configured corpus (ValueVocabulary);
+    kept per corpus file and knobs, as a promotion re-check judges several releases."""
     g = cfg.generator
     corpus = Path(cfg.paths.corpus).resolve()
-    return _vocabulary(str(corpus), corpus.stat().st_mtime_ns, cfg.data.valid_fraction, cfg.data.test_fraction,
-                       g.faithful_key_max_rate, g.faithful_alias_max_rate, g.faithful_alias_min_uses)
+    key = (str(corpus), corpus.stat().st_mtime_ns, cfg.data.valid_fraction, cfg.data.test_fraction,
+           g.faithful_key_max_rate, g.faithful_alias_max_rate, g.faithful_alias_min_uses)
+    if key not in _VOCABULARIES:
+        from components.data.corpus import load_corpus_splits
+        from components.models.generator.constraints import corpus_value_vocabulary
+
+        _VOCABULARIES.clear()  # one corpus at a time is what a process judges
+        _VOCABULARIES[key] = corpus_value_vocabulary(load_corpus_splits(cfg)["train"], g)
+    return _VOCABULARIES[key]
 
 
-@lru_cache(maxsize=4)
-def _vocabulary(corpus: str, _mtime: int, valid_fraction: float, test_fraction: float,
-                key_max_rate: float, alias_max_rate: float, alias_min_uses: int):
-    from components.data.corpus import read_corpus, split_corpus
-    from components.models.generator.constraints import build_value_vocabulary
+_VOCABULARIES: dict[tuple, object] = {}
 
-    train = split_corpus(read_corpus(corpus), valid_fraction, test_fraction)["train"]
-    return build_value_vocabulary(list(train["attributes"]), list(train["summary"]), key_max_rate, alias_max_rate, alias_min_uses)
+
+def judge_generator_frames(cfg: Config, family: str, candidate: pd.DataFrame, champion: pd.DataFrame | None,
+                           rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """For the generator family, the candidate's and champion's frames judged by the gate's rules
+    (`judge_copies`); the frames of other families as they are."""
+    if family != "generator":
+        return candidate, champion
+    return judge_copies(cfg, candidate, rows), (judge_copies(cfg, champion, rows) if champion is not None else None)
 
 
 def judge_copies(cfg: Config, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 import pandas as pd
 
 from components.config import Config
-from components.evaluation.copy_rules import judge_copies
+from components.evaluation.copy_rules import judge_generator_frames
 from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snapshot
 from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
 from components.registry.evidence import gate_clusters, log_gate_artifacts, member_label, member_scores
@@ -170,9 +170,8 @@ def release_candidates(
         candidate = score_on_snapshot(snapshot, _model_ref(manifest), cache_key=manifest["model_uri"], scorer=scorer)
         champ_member = (champion_manifest or {}).get("members", {}).get(family)
         champion_frame = member_scores(snapshot, champ_member, scorer) if champ_member else None
-        if family == "generator":  # ad-law words and contradictions by the gate's rules, not each bundle's own
-            candidate = judge_copies(cfg, candidate, snapshot.rows)
-            champion_frame = judge_copies(cfg, champion_frame, snapshot.rows) if champion_frame is not None else None
+        # ad-law words and contradictions by the gate's rules, not each bundle's own
+        candidate, champion_frame = judge_generator_frames(cfg, family, candidate, champion_frame, snapshot.rows)
         gate = evaluate_gate(
             family,
             cfg.gates,

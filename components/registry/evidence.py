@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from components.config import Config
-from components.evaluation.copy_rules import judge_copies
+from components.evaluation.copy_rules import judge_generator_frames
 from components.evaluation.frozen import DEFAULT_SCORERS, FrozenSnapshot, Scorer, SnapshotError, load_snapshot, score_on_snapshot
 from components.evaluation.gates import GateResult, evaluate_gate
 
@@ -119,9 +119,8 @@ def regate(cfg: Config, target: dict, champion: dict | None) -> list[GateResult]
         except SnapshotError:  # edited since: the stored evidence alone, as before the snapshot was read here
             snapshot = None
         rows = snapshot.rows if snapshot is not None and snapshot.fingerprint == member.get("snapshot") else None
-        if rows is not None and family == "generator":
-            candidate = judge_copies(cfg, candidate, rows)
-            champion_frame = judge_copies(cfg, champion_frame, rows) if champion_frame is not None else None
+        if rows is not None:
+            candidate, champion_frame = judge_generator_frames(cfg, family, candidate, champion_frame, rows)
         results.append(
             evaluate_gate(
                 family,

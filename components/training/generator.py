@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from components.config import Config, load_config
 from components.data.corpus import load_corpus_splits
 from components.models.generator.api import BUNDLE_ARTIFACT, load_generator, save_model_dir
-from components.models.generator.constraints import ValueVocabulary, build_value_vocabulary, load_ad_law_words, load_latin_words
+from components.models.generator.constraints import ValueVocabulary, corpus_value_vocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
@@ -109,9 +109,7 @@ def prepare(cfg: Config, prepared_dir: Path, splits: dict[str, pd.DataFrame], to
             values = {v for attrs in train["attributes"] for vs in attrs.values() for v in vs}
             tokenizer = CopyTokenizer.train(train["summary"], keys, values, cfg.generator.tokenizer_vocab_size)
             tokenizer.save(tokenizer_dir)
-        vocabulary = build_value_vocabulary(
-            list(train["attributes"]), list(train["summary"]), cfg.generator.faithful_key_max_rate, cfg.generator.faithful_alias_max_rate, cfg.generator.faithful_alias_min_uses
-        )
+        vocabulary = corpus_value_vocabulary(train, cfg.generator)
         edges = length_edges([len(t) for t in train["summary"]])
         tokenizer.save(prepared_dir)
         meta.write_text(json.dumps({"vocabulary": vocabulary.to_dict(), "length_edges": edges}, ensure_ascii=False), encoding="utf-8")

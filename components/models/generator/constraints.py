@@ -265,6 +265,14 @@ def build_value_vocabulary(
     return vocabulary
 
 
+def corpus_value_vocabulary(train, generator_cfg) -> ValueVocabulary:
+    """The vocabulary of a corpus split (DataFrame with `attributes`, `summary`) under the
+    generator's `faithful_*` knobs: what training ships and what the release gate judges with."""
+    g = generator_cfg
+    return build_value_vocabulary(list(train["attributes"]), list(train["summary"]), g.faithful_key_max_rate,
+                                  g.faithful_alias_max_rate, g.faithful_alias_min_uses)
+
+
 _LETTERS = re.compile(r"[a-z]+")
 
 
