@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,24 +54,54 @@ def repro(
     """`dvc repro --single-item STAGE@PROFILE`; raises StageFailed with DVC's output on failure.
 
     `env` adds variables for the stage command only (DVC does not hash them, so they never
-    invalidate a cached stage). After `timeout_s` DVC is killed, and the stage and its trainer
-    end with it (components.lifecycle): StageTimedOut.
+    invalidate a cached stage). After `timeout_s` DVC, its stage and the stage's trainer are
+    stopped together: StageTimedOut.
     """
     target = f"{stage}@{profile}"
-    # Through components.lifecycle: DVC (and its stage) end if the flow process is killed.
+    # Through components.lifecycle, as the leader of a new process group: DVC and everything
+    # under it (the shell DVC starts, the stage, its trainer) end together, on a timeout here or
+    # when the flow process is killed.
     cmd = [sys.executable, "-m", "components.lifecycle", "dvc", "repro", "--single-item", target]
     if force:
         cmd.append("--force")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part for part in (exc.stdout or "", exc.stderr or ""))
-        raise StageTimedOut(target, -9, f"{output}\nstopped after {timeout_s:.0f} s (flow.stage_timeout_minutes)") from exc
-    output = proc.stdout + proc.stderr
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        output = _stop_group(proc)
+        raise StageTimedOut(target, -9, f"{output}\nstopped after {timeout_s:.0f} s (flow.stage_timeout_minutes)") from None
+    except BaseException:  # Ctrl-C or a cancelled flow: the stage must not run on unwatched
+        _stop_group(proc)
+        raise
     if proc.returncode != 0:
         raise StageFailed(target, proc.returncode, output)
     skipped = "didn't change, skipping" in output
     return ReproResult(target=target, skipped=skipped, output=output)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> str:
+    """End DVC's process group and return what it printed.
+
+    SIGTERM first: a Lightning trainer stops at its next step. Once everything that shares
+    DVC's output has ended (or after `grace_s`), SIGKILL whatever is left in the group.
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        output = None
+    _signal_group(proc.pid, signal.SIGKILL)
+    if output is None:
+        output, _ = proc.communicate()
+    return output or ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # every process in the group has ended
+        pass
 
 
 def stage_lock(stage: str, profile: str, cwd: Path | str = ".") -> dict:

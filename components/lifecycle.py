@@ -9,6 +9,11 @@ the kernel for a SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewher
 Each process asks for itself, after exec (a preexec_fn would run Python between fork and exec
 in a multi-threaded flow process). Programs that are not ours run through this module:
 `python -m components.lifecycle dvc repro ...`.
+
+A link that is not Python breaks the chain: DVC runs each stage through `$SHELL -c`, and dash
+(Debian's /bin/sh) forks the stage instead of exec-ing it, so the stage's parent is a shell
+that nobody signals. So DVC runs as the leader of its own process group (components.dvc_runner),
+and when it is told to end, this module ends the whole group: the shell, the stage, the trainer.
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+def end_group_on_sigterm() -> None:
+    """When this process leads its process group, a SIGTERM ends every process in the group.
+
+    Only a group leader does this: a process in its parent's group would end its parent too.
+    """
+    if not hasattr(os, "killpg") or os.getpgrp() != os.getpid():
+        return
+
+    def end_group(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.killpg(os.getpgrp(), signal.SIGTERM)  # this process included: it ends here
+
+    signal.signal(signal.SIGTERM, end_group)
+
+
 def main() -> None:
     """`python -m components.lifecycle MODULE ARGS...`: run `python -m MODULE ARGS...` so that it
     ends with its parent."""
@@ -40,6 +60,7 @@ def main() -> None:
         raise SystemExit("usage: python -m components.lifecycle MODULE [ARGS...]")
     module = sys.argv[1]
     sys.argv = [module, *sys.argv[2:]]
+    end_group_on_sigterm()
     die_with_parent()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
