@@ -93,6 +93,7 @@ class CleaningConfig(Section):
     bot_reference_min_impressions: int = Field(default=20, ge=1)  # the yardstick: users with at least this many
     bot_min_reference_users: int = Field(default=30, ge=3)  # fewer such users: no yardstick, nobody flagged
     bot_session_gap_minutes: float = Field(default=30.0, gt=0)  # pace counts gaps up to this (a longer one is a new visit)
+    bot_require_pace: bool = True  # one signal must be pace (volume + click rate is also a best customer)
     bot_filter: bool = True
 
     @model_validator(mode="before")
@@ -148,6 +149,7 @@ class ValidationConfig(Section):
     min_copies: int = Field(default=1, ge=0)
     max_timestamp_skew_hours: float = Field(ge=0)
     mostly_after_impression: float = Field(default=0.99, gt=0, le=1)
+    mostly_outcome_with_impression: float = Field(default=0.97, gt=0, le=1)
     max_event_value: float = Field(default=1_000_000.0, gt=0)
     drift: DriftConfig
 

@@ -6,15 +6,17 @@ Steps, in order (counts land in summary.json under `removed` and `imputed`):
    so does an event equal to an earlier one in every field but its id (a producer that retried
    and minted a new id: the same shopper, product, copy, type, microsecond timestamp, position).
 2. Missing values, per column (MISSING_VALUE_POLICY below says what and why):
-   rows whose identity or meaning is lost are dropped; descriptive columns are imputed.
+   rows whose identity or meaning is lost are dropped; descriptive columns are imputed. An
+   impression needs its slot, propensity and copy; a click, cart or purchase does not.
 3. Out-of-range prices (outside cfg.cleaning.price_min..price_max, e.g. 0 or 999999) are data
    entry errors: they are replaced like a missing price (category median of valid prices).
 4. Bots: each user's activity is compared with that of the users with at least
    cfg.cleaning.bot_reference_min_impressions impressions on three signals, as robust z-scores
    (distance from the median in units of the scaled MAD): volume (impressions per active day,
-   log), pace (median gap between distinct timestamps within a visit, log; faster = higher) and
-   click rate (either way). A user with at least cfg.cleaning.bot_min_impressions impressions on
-   whom at least cfg.cleaning.bot_min_signals signals reach cfg.cleaning.bot_z is a bot; flagged
+   log), pace (median gap between distinct impression timestamps within a visit, log; faster =
+   higher) and click rate (either way). A user with at least cfg.cleaning.bot_min_impressions impressions on
+   whom at least cfg.cleaning.bot_min_signals signals reach cfg.cleaning.bot_z (one of them pace,
+   with cfg.cleaning.bot_require_pace) is a bot; flagged
    users and all their events are removed, and bot_users.csv lists them with each signal's z.
    The rule is a level of evidence, not a share: a shop with no bots loses no shopper. Volume
    alone never suffices at the default of two signals (a shop's best customers are heavy users).
@@ -50,9 +52,9 @@ UNKNOWN = "unknown"
 MISSING_VALUE_POLICY: dict[str, str] = {
     "events.event_id|user_id|product_id|event_type": "drop row (the event cannot be attributed)",
     "events.timestamp": "drop row (point-in-time features need the time)",
-    "events.position": "drop row (position bias must be known for debiasing)",
-    "events.propensity": "drop row (off-policy estimates need the logging propensity)",
-    "events.copy_id": "drop row, unless the source has no copies at all (OBD)",
+    "events.position": "impressions: drop row (position bias must be known for debiasing); other events: keep (an outcome need not name its slot)",
+    "events.propensity": "impressions: drop row (off-policy estimates need the logging propensity); other events: keep",
+    "events.copy_id": "impressions: drop row, unless the source has no copies at all (OBD); other events: keep (linked by shopper and product)",
     "events.value": "impute: the product price for a purchase, 0 for any other event",
     "products.product_id|attributes": "drop row",
     "products.category": "impute from the 类型 attribute, else 'unknown'",
@@ -118,15 +120,38 @@ def clean_copies(copies: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return copies, removed
 
 
+# Every event needs these; an impression also needs IMPRESSION_REQUIRED (and its copy_id where
+# the source has copies). A click, cart or purchase is linked to its impression by shopper and
+# product, so its own slot, propensity and copy may be missing (a purchase rarely has a slot).
+EVENT_REQUIRED = ["event_id", "user_id", "product_id", "event_type", "timestamp"]
+IMPRESSION_REQUIRED = ["position", "propensity"]
+
+
+class NothingLeft(ValueError):
+    """Cleaning would leave a table with no rows: a batch to fix, not data to train on."""
+
+
 def clean_events(events: pd.DataFrame, copy_less_source: bool) -> tuple[pd.DataFrame, dict[str, int]]:
     removed: dict[str, int] = {}
     events, removed["duplicate_events"] = drop_duplicate_ids(events, "events")
     events, removed["replayed_events"] = drop_replayed_events(events)
-    required = ["event_id", "user_id", "product_id", "event_type", "timestamp", "position", "propensity"]
-    if not copy_less_source:
-        required.append("copy_id")
-    events, removed["events_missing_required"] = drop_missing(events, required)
+    events, removed["events_missing_required"] = drop_missing(events, EVENT_REQUIRED)
+    impression_required = IMPRESSION_REQUIRED + ([] if copy_less_source else ["copy_id"])
+    bad = (events["event_type"] == "impression") & events[impression_required].isna().any(axis=1)
+    events = events[~bad].reset_index(drop=True)
+    removed["impressions_missing_required"] = int(bad.sum())
     return events, removed
+
+
+def require_impressions(events: pd.DataFrame, rows_before: int, removed: dict[str, int]) -> None:
+    """Raise NothingLeft, with what removed the rows, when no impression is left to learn from."""
+    if (events["event_type"] == "impression").any():
+        return
+    why = ", ".join(f"{name} {count:,}" for name, count in removed.items() if count and ("event" in name or "impression" in name))
+    raise NothingLeft(
+        f"clean: no impression is left of the batch's {rows_before:,} events (removed: {why or 'none'}); "
+        "fix the export and ingest it again"
+    )
 
 
 def impute_event_values(events: pd.DataFrame, products: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -158,12 +183,15 @@ def user_activity(events: pd.DataFrame, session_gap_seconds: float) -> pd.DataFr
     """Per-user activity features for bot detection (one row per user with any event).
 
     median_gap_seconds is the pace of browsing: the median gap between the user's consecutive
-    distinct timestamps within a session (gaps up to session_gap_seconds). Distinct, because a
-    shop may stamp a page's impressions with the page's load time; within a session, because the
-    hours between two visits say nothing about how fast a person reads. NaN where no such gap
-    exists (one event, or one event per visit): no pace to judge. ctr is NaN without impressions."""
+    distinct impression timestamps within a session (gaps up to session_gap_seconds). Distinct,
+    because a shop may stamp a page's impressions with the page's load time; within a session,
+    because the hours between two visits say nothing about how fast a person reads; impressions
+    only, because a click comes seconds after the impression it answers: counting clicks would
+    make an engaged shopper's pace look fast, and pace and click rate one signal, not two. NaN
+    where no such gap exists (one impression per visit): no pace to judge. ctr is NaN without
+    impressions."""
     ev = events[["user_id", "event_type", "timestamp", "product_id"]].sort_values(["user_id", "timestamp"])
-    stamps = ev[["user_id", "timestamp"]].drop_duplicates()
+    stamps = ev.loc[ev["event_type"] == "impression", ["user_id", "timestamp"]].drop_duplicates()
     seconds = (stamps["timestamp"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     gaps = seconds.groupby(stamps["user_id"].to_numpy()).diff()
     in_session = gaps.where(gaps <= session_gap_seconds)
@@ -252,7 +280,11 @@ def detect_bots(events: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     z = bot_signals(features, reference)
     signals = (z >= c.bot_z).sum(axis=1)  # NaN (no pace to judge) never counts
     eligible = features["impressions"] >= c.bot_min_impressions
-    return pd.concat([features, z.round(2)], axis=1).assign(reference=reference, signals=signals, is_bot=eligible & (signals >= c.bot_min_signals))
+    # Volume and click rate together are also how an engaged best customer looks; a bot's tell is
+    # its speed, so with bot_require_pace one of its signals must be pace.
+    paced = (z["z_pace"] >= c.bot_z) if c.bot_require_pace else True
+    is_bot = eligible & (signals >= c.bot_min_signals) & paced
+    return pd.concat([features, z.round(2)], axis=1).assign(reference=reference, signals=signals, is_bot=is_bot)
 
 
 def drop_dangling(
@@ -269,7 +301,7 @@ def drop_dangling(
     ):
         if column == "copy_id" and copy_less_source:
             continue
-        dangling = ~events[column].isin(ids)
+        dangling = events[column].notna() & ~events[column].isin(ids)  # a click may name no copy
         events = events[~dangling].reset_index(drop=True)
         removed[f"events_dangling_{column.removesuffix('_id')}"] = int(dangling.sum())
     return events, copies, removed
@@ -321,6 +353,7 @@ def run_clean(cfg: Config) -> dict[str, Any]:
     removed.update(r)
     events, r = clean_events(tables["events"], copy_less_source)
     removed.update(r)
+    require_impressions(events, rows_before["events"], removed)
     events, imputed["events.value"] = impute_event_values(events, products)
     users, r, i = clean_users(tables["users"], events)
     removed.update(r)
@@ -335,6 +368,7 @@ def run_clean(cfg: Config) -> dict[str, Any]:
 
     events, copies, r = drop_dangling(events, users, products, copies, copy_less_source)
     removed.update(r)
+    require_impressions(events, rows_before["events"], removed)
 
     out_dir = cfg.stage_dir(STAGE)
     if out_dir.exists():

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pandas as pd
 
 FIRST_IMPRESSION = "first_impression_at"
-# An event answers the first impression of the same shopper, product and copy.
+# An event answers the first impression of the same shopper, product and copy (without a copy_id,
+# of the same shopper and product).
 IMPRESSION_KEY = ("user_id", "product_id", "copy_id")
 COPY_KEY = "_copy_key"
 NEEDS = {FIRST_IMPRESSION: (*IMPRESSION_KEY, "event_type", "timestamp")}
@@ -28,12 +29,18 @@ def with_derived_columns(table: str, frame: pd.DataFrame, usable: set[str]) -> p
     so failing rows are reported with their own row numbers)."""
     if table != "events" or not set(NEEDS[FIRST_IMPRESSION]) <= usable:
         return frame
-    # A source without copies (OBD) has no copy_id: its events answer the shopper's impression of the product.
+    # An event without a copy_id (every event of a source without copies, OBD; a click that does
+    # not say which copy it answers) answers the shopper's first impression of the product.
     keyed = frame.assign(**{COPY_KEY: frame["copy_id"].fillna("")})
-    key = [*IMPRESSION_KEY[:-1], COPY_KEY]
+    by_copy = [*IMPRESSION_KEY[:-1], COPY_KEY]
+    by_product = list(IMPRESSION_KEY[:-1])
     impressions = keyed[keyed["event_type"] == "impression"]
-    first = impressions.groupby(key, dropna=True)["timestamp"].min().rename(FIRST_IMPRESSION)
-    return keyed.join(first, on=key).drop(columns=COPY_KEY)
+    first = keyed.join(impressions.groupby(by_copy, dropna=True)["timestamp"].min().rename(FIRST_IMPRESSION), on=by_copy)
+    no_copy = (frame["copy_id"].isna() & (frame["event_type"] != "impression")).to_numpy()
+    if no_copy.any():
+        any_copy = impressions.groupby(by_product, dropna=True)["timestamp"].min().rename(FIRST_IMPRESSION)
+        first.loc[no_copy, FIRST_IMPRESSION] = keyed.loc[no_copy, by_product].join(any_copy, on=by_product)[FIRST_IMPRESSION]
+    return first.drop(columns=COPY_KEY)
 
 
 def unavailable_reason(table: str, column: str, usable: set[str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ from components.validation.suites import (
     build_suite,
     check_of,
     config_parameters,
+    config_unavailable,
     drift_parameters,
     id_set_parameters,
     load_suite_dict,
     parameter_names,
+    row_filter,
     suites_dir,
 )
 
@@ -260,7 +263,7 @@ def validate_dir(data_dir: Path | str, cfg: Config, reference: dict[str, Any] | 
             table,
             suites[table],
             values={**parameters, **id_sets.values, **drift.values},
-            unavailable={**id_sets.unavailable, **drift.unavailable},
+            unavailable={**config_unavailable(cfg), **id_sets.unavailable, **drift.unavailable},
             usable=usable[table],
             skip_all=f"{table} has no rows" if table in empty else "",
         )
@@ -364,6 +367,10 @@ def _skip_reason(table: str, expectation: dict[str, Any], usable: set[str], unav
             return f"{table}.{column} failed its schema checks (see above)"
         if column in derived_columns(table) and (reason := unavailable_reason(table, column, usable)):
             return reason
+    condition = row_filter(kwargs)
+    for column in sorted({f.name for f in SCHEMAS[table]} - usable):
+        if condition and re.search(rf"\b{re.escape(column)}\b", condition):
+            return f"{table}.{column}, which selects the rows this checks ({condition}), failed its schema checks (see above)"
     missing = sorted(parameter_names(expectation.get("kwargs", {})) & set(unavailable))
     return unavailable[missing[0]] if missing else ""
 

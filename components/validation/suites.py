@@ -4,7 +4,8 @@ A suite value written as {"$PARAMETER": name} is filled when validation runs:
   - from params.yaml: mostly_* shares, price_min / price_max, timestamp_min / timestamp_max;
   - from the other tables of the same batch: product_ids, user_ids, copy_ids (referential integrity);
   - from the last accepted batch (expectations with meta.check == "drift"): row_count_min/max,
-    <column>_mean_min/max, <column>_partition, kl_threshold.
+    <column>_mean_min/max, <column>_partition, kl_threshold. A centre is taken over the rows the
+    expectation's row_condition selects, in the reference as in the batch checked.
 A parameter that cannot be filled (no accepted batch yet, an unreadable referenced table) skips
 the expectations that need it, and the report says why.
 """
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuite
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-STATS_VERSION = 2  # 2: medians (a reference of version 1 has none: those checks are skipped, and say why)
+STATS_VERSION = 3  # 2: medians; 3: centres over a check's row_condition (an older reference lacks them: skipped, saying why)
 # Drift checks on a column's centre: expectation type -> the reference statistic it compares with.
 CENTRE_STATS = {"expect_column_mean_to_be_between": "means", "expect_column_median_to_be_between": "medians"}
 
@@ -128,6 +129,7 @@ def config_parameters(cfg: Config, now: dt.datetime | None = None) -> dict[str, 
         "mostly_price_in_range": cfg.validation.mostly_price_in_range,
         "mostly_price_present": cfg.validation.mostly_price_present,
         "mostly_after_impression": cfg.validation.mostly_after_impression,
+        "mostly_outcome_with_impression": cfg.validation.mostly_outcome_with_impression,
         "event_value_max": cfg.validation.max_event_value,
         "copies_min_rows": cfg.validation.min_copies,
         "price_min": cfg.cleaning.price_min,
@@ -135,7 +137,15 @@ def config_parameters(cfg: Config, now: dt.datetime | None = None) -> dict[str, 
         "timestamp_min": earliest.isoformat(timespec="seconds"),
         "timestamp_max": latest.isoformat(timespec="seconds"),
         "kl_threshold": cfg.validation.drift.kl_threshold,
+        **({"mostly_copy_shown": cfg.validation.mostly_not_null} if cfg.validation.min_copies > 0 else {}),
     }
+
+
+def config_unavailable(cfg: Config) -> dict[str, str]:
+    """Parameters params.yaml leaves unset on purpose, with the reason their checks are skipped."""
+    if cfg.validation.min_copies == 0:
+        return {"mostly_copy_shown": "the source has no copies (validation.min_copies: 0), so impressions name none"}
+    return {}
 
 
 def id_set_parameters(tables: dict[str, pd.DataFrame], usable: dict[str, set[str]]) -> Parameters:
@@ -182,9 +192,10 @@ def drift_parameters(table: str, expectations: list[dict[str, Any]], reference: 
             values[_param(kwargs["max_value"])] = math.floor(rows * drift.row_count_ratio_max)
         elif kind in CENTRE_STATS:
             stat = CENTRE_STATS[kind]
-            centre = (ref_table.get(stat) or {}).get(column)
+            key = stat_key(column, row_filter(kwargs))
+            centre = (ref_table.get(stat) or {}).get(key)
             if centre is None:
-                unavailable.update({n: f"the accepted batch has no {stat[:-1]} for {table}.{column}" for n in names})
+                unavailable.update({n: f"the accepted batch has no {stat[:-1]} for {table}.{key}" for n in names})
                 continue
             half_width = drift.mean_tolerance * abs(centre)
             values[_param(kwargs["min_value"])] = centre - half_width
@@ -209,35 +220,55 @@ def _param(value: Any) -> str:
 # ------------------------------------------------------------------------------ reference stats
 
 
-def stats_columns(directory: Path) -> dict[str, dict[str, list[str]]]:
-    """Which means, medians and distributions the suites' drift expectations compare, per table."""
-    wanted: dict[str, dict[str, list[str]]] = {}
+def row_filter(kwargs: dict[str, Any]) -> str:
+    """The pandas query an expectation's row_condition restricts it to ('' for every row)."""
+    condition = kwargs.get("row_condition")
+    if isinstance(condition, dict):
+        condition = condition.get("pass_through_filter")
+    return str(condition or "")
+
+
+def stat_key(column: str, condition: str) -> str:
+    """How a centre is keyed in the batch statistics: a median over purchases only is not the
+    median over every event, and an older reference without the condition must not stand in."""
+    return f"{column} where {condition}" if condition else column
+
+
+def stats_columns(directory: Path) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """Which means, medians and distributions (column, row filter) the suites' drift
+    expectations compare, per table."""
+    wanted: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for table in TABLES:
         data = load_suite_dict(directory, table)
         entry = wanted.setdefault(table, {"means": [], "medians": [], "distributions": []})
         for expectation in data["expectations"]:
             if check_of(expectation) != DRIFT_CHECK:
                 continue
-            column = expectation.get("kwargs", {}).get("column")
+            kwargs = expectation.get("kwargs", {})
+            column = kwargs.get("column")
             if expectation["type"] in CENTRE_STATS:
-                entry[CENTRE_STATS[expectation["type"]]].append(column)
+                entry[CENTRE_STATS[expectation["type"]]].append((column, row_filter(kwargs)))
             elif expectation["type"] == "expect_column_kl_divergence_to_be_less_than":
-                entry["distributions"].append(column)
+                entry["distributions"].append((column, ""))
     return wanted
 
 
 def batch_stats(tables: dict[str, pd.DataFrame], directory: Path | None = None) -> dict[str, Any]:
-    """Reference statistics of a batch (row counts, the drift columns' means, medians and value shares)."""
+    """Reference statistics of a batch (row counts, the drift columns' means, medians and value
+    shares), each over the rows its expectation checks."""
     wanted = stats_columns(directory or PROJECT_ROOT / "expectations")
     stats: dict[str, Any] = {"version": STATS_VERSION, "tables": {}}
     for table, frame in tables.items():
         entry: dict[str, Any] = {"rows": int(len(frame)), "means": {}, "medians": {}, "distributions": {}}
-        for stat, column in [(stat, c) for stat in ("means", "medians") for c in wanted.get(table, {}).get(stat, [])]:
-            if column in frame.columns:
-                numbers = pd.to_numeric(frame[column], errors="coerce")
+        for stat in ("means", "medians"):
+            for column, condition in wanted.get(table, {}).get(stat, []):
+                if column not in frame.columns:
+                    continue
+                rows = _rows_where(frame, condition)
+                numbers = pd.to_numeric(rows[column], errors="coerce") if rows is not None else pd.Series(dtype=float)
                 centre = numbers.mean() if stat == "means" else numbers.median()
-                entry[stat][column] = None if pd.isna(centre) else float(centre)
-        for column in wanted.get(table, {}).get("distributions", []):
+                entry[stat][stat_key(column, condition)] = None if pd.isna(centre) else float(centre)
+        for column, _ in wanted.get(table, {}).get("distributions", []):
             if column in frame.columns:
                 shares = frame[column].dropna().astype(str).value_counts(normalize=True).sort_index()
                 entry["distributions"][column] = {
@@ -246,6 +277,17 @@ def batch_stats(tables: dict[str, pd.DataFrame], directory: Path | None = None) 
                 }
         stats["tables"][table] = entry
     return stats
+
+
+def _rows_where(frame: pd.DataFrame, condition: str) -> pd.DataFrame | None:
+    """The rows a row_condition selects (None where the batch cannot be filtered, e.g. a column
+    the condition names failed its schema checks: no centre, so the next batch skips the check)."""
+    if not condition:
+        return frame
+    try:
+        return frame.query(condition, engine="python")
+    except Exception:  # noqa: BLE001 - pandas raises many types for a bad column; the check reports it
+        return None
 
 
 def _normalized(weights: list[float]) -> list[float]:

@@ -4,11 +4,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.data.cleaning import bot_detection_report, bot_signals, clean_events, detect_bots, robust_z, run_clean
+from components.data.cleaning import (
+    NothingLeft,
+    bot_detection_report,
+    bot_signals,
+    clean_events,
+    detect_bots,
+    drop_dangling,
+    robust_z,
+    run_clean,
+    user_activity,
+)
 from components.data.ingest import run_ingest
 from components.data.privacy import k_anonymity, load_key, pseudonymize
-from components.data.schema import load_all
+from components.data.schema import load_all, write_table
 from components.data.source import run_source
+from components.features.labels import link_outcomes
 from tests.data.obd_files import write_obd
 
 
@@ -31,7 +42,8 @@ def test_cleaning_removes_the_dirt_and_counts_it(make_cfg):
     removed, imputed = summary["removed"], summary["imputed"]
 
     events = clean["events"]
-    assert events["event_id"].is_unique and events.notna().all().all()
+    assert events["event_id"].is_unique and events.drop(columns=["position", "propensity", "copy_id"]).notna().all().all()
+    assert events[events["event_type"] == "impression"].notna().all().all()  # an impression needs slot, propensity, copy
     assert removed["duplicate_events"] == source["dirt"]["duplicate_events"]
     assert removed["events_missing_required"] > 0 and imputed["events.value"] > 0
     products = clean["products"]
@@ -42,14 +54,47 @@ def test_cleaning_removes_the_dirt_and_counts_it(make_cfg):
     # referential integrity after bot and dangling removal
     assert set(events["user_id"]) <= set(clean["users"]["user_id"])
     assert set(events["product_id"]) <= set(products["product_id"])
-    assert set(events["copy_id"]) <= set(clean["copies"]["copy_id"])
+    assert set(events["copy_id"].dropna()) <= set(clean["copies"]["copy_id"])
     # every removed event is accounted for by exactly one reason
-    event_reasons = ["duplicate_events", "replayed_events", "events_missing_required", "bot_events", "events_dangling_user",
+    event_reasons = ["duplicate_events", "replayed_events", "events_missing_required", "impressions_missing_required", "bot_events", "events_dangling_user",
                      "events_dangling_product", "events_dangling_copy"]
     assert summary["rows_before"]["events"] - sum(removed[r] for r in event_reasons) == summary["rows_after"]["events"]
     assert summary["rows_before"]["users"] - removed["bot_users"] == summary["rows_after"]["users"]
     assert summary["k_anonymity"] == k_anonymity(clean["users"], ["age_band", "city_tier"], cfg.privacy.k_anonymity_min)
     assert summary["k_anonymity"]["smallest_group"] >= 1
+
+
+def test_an_outcome_needs_no_slot_propensity_or_copy_but_an_impression_does(make_cfg):
+    """A shop's purchase rarely carries the slot or propensity of the impression that led to it:
+    dropping such outcomes would zero every purchase label and spend feature."""
+    cfg = make_cfg()
+    run_source(cfg)
+    run_ingest(cfg)
+    tables = load_all(cfg.stage_dir("ingested"))
+    events = tables["events"].dropna().drop_duplicates("event_id").reset_index(drop=True)
+    outcome = events["event_type"] != "impression"
+    events.loc[outcome, ["position", "propensity", "copy_id"]] = None
+    no_slot = events.index[~outcome][:3]
+    events.loc[no_slot, "position"] = None
+    cleaned, removed = clean_events(events, copy_less_source=False)
+    assert removed["events_missing_required"] == 0 and removed["impressions_missing_required"] == 3
+    assert (cleaned["event_type"] != "impression").sum() == outcome.sum()
+    kept, _, dangling = drop_dangling(cleaned, tables["users"], tables["products"], tables["copies"], copy_less_source=False)
+    assert dangling["events_dangling_copy"] == 0 and (kept["event_type"] == "purchase").sum() == (events["event_type"] == "purchase").sum()
+    _, link = link_outcomes(kept[kept["event_type"] == "impression"], kept[kept["event_type"] == "purchase"])
+    assert link.linked > 0.9 * (link.linked + link.unlinked)  # linked by shopper and product
+
+
+def test_a_batch_with_no_impression_left_is_refused_with_the_reason(make_cfg):
+    cfg = make_cfg()
+    run_source(cfg)
+    run_ingest(cfg)
+    ingested = cfg.stage_dir("ingested")
+    tables = load_all(ingested)
+    tables["events"]["copy_id"] = None  # an export that lost the copy column's values
+    write_table(tables["events"], ingested, "events")
+    with pytest.raises(NothingLeft, match=r"no impression is left .* impressions_missing_required"):
+        run_clean(cfg)
 
 
 def test_an_event_replayed_under_a_new_id_is_dropped_once(make_cfg):
@@ -83,11 +128,12 @@ def test_bots_are_caught(make_cfg):
     assert not set(load_all(cfg.stage_dir("clean"))["users"]["user_id"]) & flagged
 
 
-def activity_world(seed: int = 0, light_users: int = 0, page_stamped: tuple[str, ...] = ()) -> pd.DataFrame:
+def activity_world(seed: int = 0, light_users: int = 0, page_stamped: tuple[str, ...] = (), engaged: bool = False) -> pd.DataFrame:
     """200 shoppers over 10 days: 10-40 impressions on each active day, 3-12 s apart, about 7%
     clicked; a heavy real customer, a crawler, a click farm, a one-event visitor; optionally
-    `light_users` who come 1-3 times for one product each (most of a real shop's users), and
-    users whose impressions are stamped with their page's load time (10 per page)."""
+    `light_users` who come 1-3 times for one product each (most of a real shop's users), users
+    whose impressions are stamped with their page's load time (10 per page), and an engaged
+    customer: heavy, clicking 35% of what they see, at a person's pace."""
     rng = np.random.default_rng(seed)
     rows = []
     start = pd.Timestamp("2026-03-01", tz="UTC")
@@ -118,6 +164,8 @@ def activity_world(seed: int = 0, light_users: int = 0, page_stamped: tuple[str,
             if rng.random() < 0.05:
                 rows.append((f"light{i}", "p1", "click", t + pd.Timedelta(seconds=2)))
     rows.append(("one_event", "p1", "impression", start + pd.Timedelta(days=1)))
+    if engaged:
+        add("engaged_customer", 10, 150, lambda: 3 + rng.exponential(5), 0.35)
     return pd.DataFrame(rows, columns=["user_id", "product_id", "event_type", "timestamp"])
 
 
@@ -164,6 +212,22 @@ def test_bots_need_several_signals_and_no_share_is_removed(make_cfg):
     assert activity.loc[["crawler", "click_farm"], "signals"].eq(2).all() and not strict["is_bot"].any()
     one = make_cfg(cleaning={"bot_min_impressions": 100, "bot_min_signals": 1})
     assert bot_detection_report(detect_bots(events, one), one)["users_one_signal_short"] is None
+
+
+def test_an_engaged_customer_at_a_persons_pace_is_no_bot(make_cfg):
+    """Volume and a high click rate are two signals, and also how a shop's most engaged customer
+    looks. A bot's tell is its speed: with bot_require_pace one of the signals must be pace. The
+    pace is read from impressions only, so the customer's clicks (a second after each
+    impression) do not make them look fast."""
+    events = activity_world(engaged=True)
+    activity = detect_bots(events, make_cfg(cleaning={"bot_min_impressions": 100}))
+    engaged = activity.loc["engaged_customer"]
+    assert engaged["z_volume"] >= 4 and engaged["z_click_rate"] >= 4 and engaged["z_pace"] < 4
+    assert set(activity.index[activity["is_bot"]]) == {"crawler", "click_farm"}
+    without_pace = detect_bots(events, make_cfg(cleaning={"bot_min_impressions": 100, "bot_require_pace": False}))
+    assert set(without_pace.index[without_pace["is_bot"]]) == {"crawler", "click_farm", "engaged_customer"}
+    impressions_only = user_activity(events[events["event_type"] == "impression"], 1800)
+    assert activity.loc["engaged_customer", "median_gap_seconds"] == impressions_only.loc["engaged_customer", "median_gap_seconds"]
 
 
 def test_light_users_and_page_stamped_logs_do_not_make_real_shoppers_bots(make_cfg):

@@ -54,20 +54,22 @@ def clean_tables(n_products: int = 60, n_users: int = 30, n_events: int = 800, s
             "timestamp": pd.Timestamp("2026-01-05", tz="UTC") + pd.to_timedelta(rng.integers(0, 86400 * 21, n_events), unit="s"),
             "position": rng.integers(1, 9, n_events).astype("int32"),
             "propensity": rng.uniform(0.05, 1.0, n_events),
-            "value": np.where(event_type == "purchase", products["price"].to_numpy()[product_index], 0.0),
         }
     )
-    return {"products": products, "copies": copies, "users": users, "events": events_after_their_impressions(events)}
+    events = outcomes_answering_impressions(events, rng)
+    price = products.set_index("product_id")["price"]
+    events["value"] = np.where(events["event_type"] == "purchase", events["product_id"].map(price), 0.0)
+    return {"products": products, "copies": copies, "users": users, "events": events}
 
 
-def events_after_their_impressions(events: pd.DataFrame) -> pd.DataFrame:
-    """Move every click, cart or purchase that would come before the first impression of its
-    shopper, product and copy to a minute after it, as real logs have them."""
-    key = ["user_id", "product_id", "copy_id"]
-    first = events[events["event_type"] == "impression"].groupby(key)["timestamp"].min().rename("first")
-    joined = events.join(first, on=key)
-    early = (joined["event_type"] != "impression") & (joined["timestamp"] < joined["first"])
-    events.loc[early, "timestamp"] = joined.loc[early, "first"] + pd.Timedelta(minutes=1)
+def outcomes_answering_impressions(events: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Give every click, cart or purchase the shopper, product and copy of a random impression,
+    a minute after it, as real logs have them."""
+    impressions = events[events["event_type"] == "impression"]
+    outcome = (events["event_type"] != "impression").to_numpy()
+    answered = impressions.iloc[rng.integers(0, len(impressions), int(outcome.sum()))]
+    events.loc[outcome, ["user_id", "product_id", "copy_id"]] = answered[["user_id", "product_id", "copy_id"]].to_numpy()
+    events.loc[outcome, "timestamp"] = answered["timestamp"].to_numpy() + pd.Timedelta(minutes=1)
     return events
 
 

@@ -257,6 +257,58 @@ def test_a_few_events_logged_before_their_impression_are_tolerated(cfg, clean, t
     assert check.unexpected_count == 1 and check.element_count > 200
 
 
+def test_clicks_with_no_impression_at_all_are_a_click_bot_or_a_broken_join(cfg, clean, tmp_path):
+    tables = copy_tables(clean)
+    events = tables["events"]
+    # 300 clicks on two products one second apart, from a shopper shown neither of them
+    bot = pd.DataFrame({
+        "event_id": [f"bot{i:05d}" for i in range(300)], "user_id": "u0001", "product_id": ["p0058", "p0059"] * 150,
+        "copy_id": ["c0116", "c0118"] * 150, "event_type": "click",
+        "timestamp": pd.Timestamp("2026-01-20", tz="UTC") + pd.to_timedelta(range(300), unit="s"),
+        "position": pd.array([1] * 300, dtype="Int32"), "propensity": 0.5, "value": 0.0,
+    })
+    shown = events[(events["event_type"] == "impression") & (events["user_id"] == "u0001")]
+    assert not shown["product_id"].isin(["p0058", "p0059"]).any()
+    tables["events"] = pd.concat([events, bot], ignore_index=True)
+
+    report = validate_dir(write_batch(tables, tmp_path / "batch"), cfg)
+
+    check = assert_rejected(report, "events", "expect_column_values_to_not_be_null", "first_impression_at")
+    assert check.unexpected_count == 300
+    # the before-the-impression check cannot see them: it needs an impression to compare with
+    assert PAIR not in {c.expectation for c in report.failures}
+
+
+def test_an_impression_needs_its_slot_and_copy_an_outcome_does_not(cfg, clean, tmp_path):
+    tables = copy_tables(clean)
+    events = tables["events"]
+    outcome = events["event_type"] != "impression"
+    events.loc[outcome, ["position", "propensity", "copy_id"]] = None  # a purchase rarely knows its slot
+
+    report = validate_dir(write_batch(tables, tmp_path / "outcomes"), cfg)
+
+    assert report.success, report.to_text()
+    impressions = events.index[~outcome]
+    events.loc[impressions[: len(impressions) // 10], "copy_id"] = None  # 10% of impressions: which copy?
+    report = validate_dir(write_batch(tables, tmp_path / "impressions"), cfg)
+    check = assert_rejected(report, "events", "expect_column_values_to_not_be_null", "copy_id")
+    assert check.unexpected_count == len(impressions) // 10 and "impression" in report.to_text()
+
+
+def test_purchase_values_in_cents_are_drift(cfg, clean, tmp_path):
+    """Every event but a purchase has value 0, so the median over all events was 0 and could
+    never move; the check compares the median purchase value."""
+    tables = copy_tables(clean)
+    events = tables["events"]
+    purchases = events["event_type"] == "purchase"
+    events.loc[purchases, "value"] = (events.loc[purchases, "value"] * 100).clip(upper=cfg.validation.max_event_value)
+
+    report = validate_dir(write_batch(tables, tmp_path / "batch"), cfg, reference=batch_stats(clean))
+
+    check = assert_rejected(report, "events", "expect_column_median_to_be_between", "value")
+    assert check.check == "drift" and len(report.failures) == 1
+
+
 def test_timestamps_before_2000(cfg, clean, tmp_path):
     tables = copy_tables(clean)
     tables["events"].loc[0, "timestamp"] = pd.Timestamp("1970-01-01", tz="UTC")
@@ -342,7 +394,8 @@ def test_sharp_drift_against_accepted_reference(cfg, clean, tmp_path, kind):
         assert check.observed == f"{10 * len(clean['events']):,} rows"
     assert check.check == "drift"
     # a flipped log also has its former impressions (now clicks) before the former clicks
-    also = {PAIR} if kind == "event_type_mix_flipped" else set()
+    # and clicks of which no impression was logged at all
+    also = {PAIR, "expect_column_values_to_not_be_null"} if kind == "event_type_mix_flipped" else set()
     assert sorted(c.expectation for c in report.failures) == sorted({check.expectation} | also)
 
 

@@ -91,7 +91,8 @@ def test_batch_stats_and_drift_bounds(cfg_module, suites):
 
     events = stats["tables"]["events"]
     assert events["rows"] == 40
-    assert set(events["means"]) == {"position"} and set(events["medians"]) == {"value"}
+    # the purchase value's median is over purchases: every other event's value is 0
+    assert set(events["means"]) == {"position"} and set(events["medians"]) == {'value where event_type == "purchase"'}
     assert set(stats["tables"]["products"]["medians"]) == {"price"}
     assert math.isclose(sum(events["distributions"]["event_type"]["weights"]), 1.0)
     assert set(stats["tables"]["products"]["distributions"]) == {"category"}
@@ -105,6 +106,13 @@ def test_batch_stats_and_drift_bounds(cfg_module, suites):
     assert bounds["row_count_max"] == math.floor(40 * drift.row_count_ratio_max)
     mean = events["means"]["position"]
     assert math.isclose(bounds["position_mean_max"], mean * (1 + drift.mean_tolerance))
-    median = events["medians"]["value"]
+    median = events["medians"]['value where event_type == "purchase"']
+    purchases = tables["events"].loc[tables["events"]["event_type"] == "purchase", "value"]
+    assert median == purchases.median() > 0
     assert math.isclose(bounds["value_median_min"], median * (1 - drift.mean_tolerance))
+    # a reference from before the row condition has only the all-events median: skipped, saying why
+    old = {**stats, "tables": {**stats["tables"], "events": {**events, "medians": {"value": 0.0}}}}
+    skipped = drift_parameters("events", suites["events"]["expectations"], old, cfg_module)
+    assert "value_median_min" not in skipped.values
+    assert skipped.unavailable["value_median_min"] == 'the accepted batch has no median for events.value where event_type == "purchase"'
     assert bounds["event_type_partition"] == events["distributions"]["event_type"]
