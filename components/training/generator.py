@@ -19,7 +19,9 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,13 +34,14 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAverag
 from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
+from components.data.attributes import parse_attributes
 from components.data.corpus import load_corpus_splits
 from components.models.generator.api import BUNDLE_ARTIFACT, load_generator, save_model_dir
 from components.models.generator.constraints import ValueVocabulary, corpus_value_vocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
 from components.models.generator.decoding import DecodingSettings
 from components.models.generator.evaluate import evaluate_heldout, tradeoff_settings, tradeoff_table
-from components.models.generator.focus import length_edges
+from components.models.generator.focus import ANY, LENGTHS, TONES, focusable_values, length_edges
 from components.models.generator.model import CopyTransformer, GeneratorModule, ModelSpec
 from components.models.generator.retrieval import RetrievalGenerator, substitute_values
 from components.models.generator.tokenizer import META_FILE as TOKENIZER_META
@@ -203,7 +206,7 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
     """Rank 0 after training: held-out metrics, trade-off, samples, ONNX export + parity, models."""
     import mlflow
 
-    from components.serving.generator_onnx import export_onnx, parity
+    from components.serving.generator_onnx import export_onnx, parity, require_parity
 
     g = cfg.generator
     ad_law_path = Path(cfg.paths.ad_law_words)
@@ -236,8 +239,9 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
 
     paths = export_onnx(net, model_dir / "onnx")
     onnx_generator = load_generator(model_dir, backend="onnx")
-    parity_requests = [generator.request(r["attributes"], None, "any", "any") for r in test[: g.parity_samples]]
-    metrics.update(parity(generator, onnx_generator, parity_requests))
+    parity_result = parity(generator, onnx_generator, parity_requests(generator, test[: g.parity_samples]))
+    metrics.update(parity_result)
+    require_parity(parity_result)  # the server decodes with ONNX Runtime: a broken export must not ship
 
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
     mlflow.log_artifacts(str(reports), artifact_path="generator/reports")
@@ -257,6 +261,36 @@ def evaluate_and_log(cfg: Config, out_dir: Path, splits, net: CopyTransformer, t
         "model_dir": str(model_dir.resolve()),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
+
+
+def parity_requests(generator, rows: list[dict]) -> list:
+    """The parity inputs: held-out products with the controls a shop sends varied (a focus
+    value on every other request, each tone and length bucket and `any`)."""
+    tones, lengths = (ANY, *TONES), (ANY, *LENGTHS)
+    requests = []
+    for i, row in enumerate(rows):
+        attributes = parse_attributes(row["attributes"]) if isinstance(row["attributes"], str) else row["attributes"]
+        focus = focusable_values(attributes)[:1] if i % 2 else None
+        requests.append(generator.request(row["attributes"], focus, tones[i % len(tones)], lengths[(i // 2) % len(lengths)]))
+    return requests
+
+
+class GeneratorDiverged(RuntimeError):
+    """Training reached no finite validation loss or left non-finite weights: nothing to ship."""
+
+
+def require_finite(done: dict, state: dict, ckpt_dir: Path) -> None:
+    """Raise GeneratorDiverged (and remove the checkpoints, so no later run reuses them) when the
+    best validation loss is not finite, where one was measured, or any weight is not finite."""
+    loss = done.get("best_val_loss")
+    loss_bad = loss is not None and not math.isnan(loss) and not math.isfinite(loss)  # NaN: no validation ran
+    bad = [name for name, value in state.items() if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if loss_bad or bad:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        raise GeneratorDiverged(
+            f"generator training diverged (best validation loss {loss}; {len(bad)} weight tensors not finite, e.g. {bad[:3]}); "
+            "its checkpoints were removed. Lower generator.lr or raise generator.warmup_steps."
+        )
 
 
 def _has_tabulate() -> bool:
@@ -345,6 +379,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callback
         net = module.net
         # The best epoch's weights (early stopping trains past it; with EMA, the average).
         state = torch.load(done["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+        require_finite(done, state, ckpt_dir)  # before any evaluation or export, reused runs too
         net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
         net = net.cpu().eval()
         mlflow.log_metrics({"train_seconds": train_seconds, "epochs_run": float(done["epochs_run"]), "steps_run": float(done["steps_run"]),

@@ -1,12 +1,14 @@
 """ONNX export of the generator: identical greedy copies under ONNX Runtime and torch."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from components.models.generator import api
 from components.models.generator.decoding import DecodingSettings
-from components.serving.generator_onnx import OnnxBackend, export_onnx, parity
+from components.serving.generator_onnx import ExportParityError, OnnxBackend, export_onnx, parity, require_parity
 from tests.models.generator_fixtures import ROOT, assert_beams_share_sources, tiny_parts
 
 
@@ -38,10 +40,33 @@ def test_step_outputs_match_torch(exported):
 def test_greedy_parity_and_batch_sizes(exported):
     directory, corpus = exported
     torch_gen, onnx_gen = api.load_generator(directory), api.load_generator(directory, backend="onnx")
-    requests = [torch_gen.request(a, None, "any", "any") for a in corpus["attributes"][:6]]
-    assert parity(torch_gen, onnx_gen, requests) == {"onnx_parity_exact": 1.0, "onnx_parity_inputs": 6.0}
+    requests = [torch_gen.request(a, None, tone, "any") for a, tone in zip(corpus["attributes"][:6], ["any", "lively", "plain"] * 2)]
+    result = parity(torch_gen, onnx_gen, requests)
+    assert result["onnx_parity_exact"] == result["onnx_parity_beam"] == 1.0 and result["onnx_parity_inputs"] == 6.0
+    assert 0 <= result["onnx_max_logprob_diff"] < 1e-4
+    require_parity(result)
     one = requests[:1]
     assert onnx_gen.generate_many(one, "beam", n=2) == torch_gen.generate_many(one, "beam", n=2)
+
+
+def test_an_export_of_other_weights_fails_the_parity_check(exported, tmp_path):
+    """The check must be able to fail: an exporter that wrote different weights (here, the
+    output projection nudged) is caught, and training raises instead of shipping it."""
+    _, corpus = exported
+    tokenizer, vocabulary, edges, baseline, net, _ = tiny_parts(seed=3)
+    directory = tmp_path / "model"
+    api.save_model_dir(directory, net, tokenizer, vocabulary, ROOT / "components/resources/ad_law_words.txt", baseline, DecodingSettings(method="greedy", max_len=20))
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    export_onnx(other, directory / api.ONNX_DIR)
+    torch_gen, onnx_gen = api.load_generator(directory), api.load_generator(directory, backend="onnx")
+    requests = [torch_gen.request(a, None, "any", "any") for a in corpus["attributes"][:6]]
+    result = parity(torch_gen, onnx_gen, requests)
+    assert result["onnx_max_logprob_diff"] > 1e-3
+    with pytest.raises(ExportParityError, match="does not reproduce the torch generator"):
+        require_parity(result)
 
 
 def test_beam_moves_only_the_self_attention_cache_between_beams(exported):

@@ -81,6 +81,21 @@ def test_a_run_that_fails_after_training_is_marked_failed_in_mlflow(tmp_path, mo
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_a_diverged_training_is_refused_and_its_checkpoints_removed(tmp_path):
+    """A NaN loss reached ModelCheckpoint as inf: the run was evaluated (crashing in top-p
+    sampling), and a re-run reused the poisoned checkpoint. Now it stops before evaluation."""
+    from components.config import load_config
+    from components.training import generator as entry
+    from components.training.checkpoints import checkpoint_root
+
+    cfg = load_config(write_params(tmp_path, generator={"max_epochs": 1, "lr": 1e12, "warmup_steps": 1}), "quick")
+    with pytest.raises(entry.GeneratorDiverged, match="diverged .* checkpoints were removed"):
+        entry.train(cfg, tmp_path / "out")
+    assert not list(checkpoint_root(cfg, "generator").glob("generator-*/*"))  # nothing left to reuse
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    assert [r.info.status for r in mlflow.search_runs(search_all_experiments=True, output_format="list")] == ["FAILED"]
+
+
 def test_sigterm_during_training_exits_143_not_0(monkeypatch):
     """Lightning turns SIGTERM into a SystemExit with no code (exit status 0)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
