@@ -158,6 +158,7 @@ class FeaturesConfig(Section):
     history_length: int = Field(gt=0)
     min_events_returning: int = Field(ge=0)
     label_window_days: int = Field(ge=0)
+    link_max_hours: float = Field(default=24.0, gt=0)  # an outcome answers an impression at most this much earlier
     valid_days: int = Field(ge=1)
     test_days: int = Field(ge=1)
     ctr_prior_strength: float = Field(gt=0)

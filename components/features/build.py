@@ -310,7 +310,7 @@ def _compute_samples(
     samples["hist_products"] = pd.arrays.ArrowExtensionArray(history)
 
     labels, link_report = impression_labels(
-        events.loc[is_imp].reset_index(drop=True), events, fcfg.label_window_days
+        events.loc[is_imp].reset_index(drop=True), events, fcfg.label_window_days, fcfg.link_max_hours
     )
     samples["label"] = labels["label"].to_numpy()
     samples["label_purchase"] = labels["label_purchase"].to_numpy()

@@ -3,8 +3,11 @@
 An outcome event (click, add_to_cart, purchase) carries the user, product and, for simulated
 data, the copy of the impression that caused it, and comes seconds after it. We link it to the
 most recent impression at or before it with the same user + product (+ copy, + slot, when the
-outcome carries them). With `label_window_days > 0` the label instead means "the user clicked
-(bought) this product within that many days after the impression", however the log links them.
+outcome carries them), no more than `link_max_hours` earlier: a click two weeks after the last
+impression of its product answers something the log does not show, and linked, it would label
+an old impression (across a split boundary: training learning from the test period). With
+`label_window_days > 0` the label instead means "the user clicked (bought) this product within
+that many days after the impression", however the log links them.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ class LinkReport:
     unlinked: int
 
 
-def _asof_link(outcomes: pd.DataFrame, impressions: pd.DataFrame, by: list[str]) -> pd.Series:
-    """event_id of the latest impression at/before each outcome with equal `by` keys (NaN if none)."""
+def _asof_link(outcomes: pd.DataFrame, impressions: pd.DataFrame, by: list[str], max_gap: pd.Timedelta | None) -> pd.Series:
+    """event_id of the latest impression at/before each outcome with equal `by` keys, at most
+    `max_gap` earlier (NaN if none)."""
     if outcomes.empty:
         return pd.Series([], dtype=object, index=outcomes.index)
     left = outcomes[by + ["timestamp"]].assign(_row=np.arange(len(outcomes))).sort_values("timestamp")
     right = impressions[by + ["timestamp", "event_id"]].rename(columns={"event_id": "impression_id"})
     right = right.sort_values("timestamp")
-    linked = pd.merge_asof(left, right, on="timestamp", by=by, direction="backward", allow_exact_matches=True)
+    linked = pd.merge_asof(left, right, on="timestamp", by=by, direction="backward", allow_exact_matches=True, tolerance=max_gap)
     return pd.Series(linked.sort_values("_row")["impression_id"].to_numpy(), index=outcomes.index)
 
 
@@ -43,8 +47,10 @@ def _slots(events: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(events["position"], errors="coerce").fillna(-1).astype(np.int64)
 
 
-def link_outcomes(impressions: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd.Series, LinkReport]:
-    """Impression event_id for every outcome row (NaN when no earlier impression matches)."""
+def link_outcomes(impressions: pd.DataFrame, outcomes: pd.DataFrame, link_max_hours: float | None = None) -> tuple[pd.Series, LinkReport]:
+    """Impression event_id for every outcome row (NaN when no impression matches in the
+    `link_max_hours` before it; None: however long before)."""
+    max_gap = None if link_max_hours is None else pd.Timedelta(hours=link_max_hours)
     impressions = impressions.assign(_copy=impressions["copy_id"].fillna(NO_COPY), _slot=_slots(impressions))
     outcomes = outcomes.assign(_copy=outcomes["copy_id"].fillna(NO_COPY), _slot=_slots(outcomes))
     has_copy, has_slot = outcomes["copy_id"].notna(), outcomes["_slot"] >= 0
@@ -55,7 +61,7 @@ def link_outcomes(impressions: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[pd
     for copy_known in (True, False):
         for slot_known in (True, False):
             keys = ["user_id", "product_id"] + (["_copy"] if copy_known else []) + (["_slot"] if slot_known else [])
-            parts.append(_asof_link(outcomes[(has_copy == copy_known) & (has_slot == slot_known)], impressions, keys))
+            parts.append(_asof_link(outcomes[(has_copy == copy_known) & (has_slot == slot_known)], impressions, keys, max_gap))
     impression_id = pd.concat(parts).reindex(outcomes.index)
     n_linked = int(impression_id.notna().sum())
     return impression_id, LinkReport(linked=n_linked, unlinked=len(outcomes) - n_linked)
@@ -80,7 +86,7 @@ def _windowed_label(impressions: pd.DataFrame, outcomes: pd.DataFrame, window_da
 
 
 def impression_labels(
-    impressions: pd.DataFrame, events: pd.DataFrame, label_window_days: int
+    impressions: pd.DataFrame, events: pd.DataFrame, label_window_days: int, link_max_hours: float | None = None
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """`label` (clicked) and `label_purchase` (bought) per impression, aligned to `impressions`.
 
@@ -93,7 +99,7 @@ def impression_labels(
         if label_window_days > 0:
             labels[column] = _windowed_label(impressions, outcomes, label_window_days)
             continue
-        impression_id, link = link_outcomes(impressions, outcomes)
+        impression_id, link = link_outcomes(impressions, outcomes, link_max_hours)
         labels[column] = is_member(impressions["event_id"], impression_id).astype(np.int64)
         report[f"{event_type}_linked"] = link.linked
         report[f"{event_type}_unlinked"] = link.unlinked

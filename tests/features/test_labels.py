@@ -60,3 +60,20 @@ def test_window_labels_count_any_click_on_the_product_within_the_window():
     two_days, _ = impression_labels(_impressions(events), events, label_window_days=2)
     assert one_day["label"].tolist() == [0, 0]
     assert two_days["label"].tolist() == [1, 0]
+
+
+def test_a_click_long_after_the_last_impression_labels_nothing():
+    """A click two weeks after the product's only impression answers something the log does not
+    show; linked, it would label an old (training-period) impression with a test-period click."""
+    events = frame("events", [
+        event("i1", "u", "p", "impression", ts(hours=0), "c1"),
+        event("i2", "u", "q", "impression", ts(hours=0), "c2"),
+        event("k1", "u", "p", "click", ts(hours=14 * 24), "c1"),  # 14 days later
+        event("k2", "u", "q", "click", ts(hours=23), "c2"),       # within the day
+    ])
+    linked, report = link_outcomes(_impressions(events), events[events["event_type"] == "click"], link_max_hours=24)
+    assert pd.isna(linked.tolist()[0]) and linked.tolist()[1] == "i2" and (report.linked, report.unlinked) == (1, 1)
+    labels, counts = impression_labels(_impressions(events), events, label_window_days=0, link_max_hours=24)
+    assert labels["label"].tolist() == [0, 1] and counts["click_unlinked"] == 1
+    unbounded, _ = impression_labels(_impressions(events), events, label_window_days=0)
+    assert unbounded["label"].tolist() == [1, 1]  # what it was before link_max_hours
