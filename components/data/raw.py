@@ -149,31 +149,45 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     text = read_utf8(path)
     if not text.strip():
         raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
+    _require_header_width(path, text)
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+        # index_col=False: given rows one field longer than the header (a trailing comma on each),
+        # pandas would otherwise make the first column the index and shift every value one left.
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise RawFormatError(f"{path}: malformed CSV: {exc}") from exc
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
-    _require_full_rows(path, text, len(df.columns))
     df.index = pd.RangeIndex(2, len(df) + 2, name="line")  # header is line 1
     return df[columns]
 
 
-def _require_full_rows(path: Path, text: str, width: int) -> None:
-    """pandas refuses a row with too many fields but fills a short one with missing values: a row
-    cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls."""
+def _require_header_width(path: Path, text: str) -> None:
+    """Every row has exactly the header's fields. pandas fills a short row with missing values: a
+    row cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls. A long
+    row it drops fields from or, if every row is long, shifts into the wrong columns."""
     import csv
 
     reader = csv.reader(io.StringIO(text))
-    short = []
-    for record in reader:
-        if record and len(record) < width:
-            short.append((reader.line_num, len(record)))
+    try:
+        width = len(next(record for record in reader if record))
+        short, long = [], []
+        for record in reader:
+            if record and len(record) != width:
+                (short if len(record) < width else long).append((reader.line_num, len(record)))
+    except csv.Error as exc:
+        raise RawFormatError(f"{path}: malformed CSV: line {reader.line_num}: {exc}") from exc
     if short:
-        where = ", ".join(f"line {line} has {n}" for line, n in short[:5]) + (f", and {len(short) - 5} more" if len(short) > 5 else "")
-        raise RawFormatError(f"{path}: {len(short)} row(s) with fewer than the header's {width} fields ({where}): cut off or mis-quoted")
+        raise _width_error(path, short, f"fewer than the header's {width}", "cut off or mis-quoted")
+    if long:
+        raise _width_error(path, long, f"more than the header's {width}", "a trailing comma, or a comma in a value that is not quoted")
+
+
+def _width_error(path: Path, rows: list[tuple[int, int]], compared: str, cause: str) -> RawFormatError:
+    """Names the first five offending lines and their widths, so the file can be fixed by hand."""
+    where = ", ".join(f"line {line} has {n}" for line, n in rows[:5]) + (f", and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return RawFormatError(f"{path}: {len(rows)} row(s) with {compared} fields ({where}): {cause}")
 
 
 def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:

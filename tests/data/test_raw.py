@@ -39,3 +39,17 @@ def test_unreadable_files_name_file_and_line(tmp_path):
         read_raw_table(tmp_path, "events")
     with pytest.raises(RawFormatError, match="raw file not found"):
         read_raw_table(tmp_path, "products")
+
+
+def test_rows_longer_than_the_header_are_refused(tmp_path):
+    # every row with a trailing comma: pandas would take user_id as the index and shift age bands
+    # into user_id, to be pseudonymized as ids
+    header = "user_id,age_band,city_tier,signup_date\n"
+    (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01,\nb,25-34,tier2,2025-02-01,\n", encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"users.csv: 2 row\(s\) with more than the header's 4 fields \(line 2 has 5, line 3 has 5\)"):
+        read_raw_table(tmp_path, "users")
+    (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01\nb,25-34,tier2,2025-02-01,x\n", encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"users.csv: 1 row\(s\) with more than the header's 4 fields \(line 3 has 5\)"):
+        read_raw_table(tmp_path, "users")
+    (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01\nb,\"25,34\",tier2,2025-02-01\n", encoding="utf-8")
+    assert read_raw_table(tmp_path, "users")["age_band"].tolist() == ["18-24", "25,34"]  # a quoted comma is a value
