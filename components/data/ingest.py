@@ -68,6 +68,12 @@ def to_utc_timestamp(df: pd.DataFrame, column: str, path: Path, require_offset: 
     bad = converted.isna() & df[column].notna()
     if bad.any():
         raise _bad_values(df, column, bad, path, "ISO 8601 timestamps")
+    # The canonical column holds microseconds. Truncating a finer time would tie events logged
+    # within one microsecond, losing their order (and cleaning drops an exact tie as a replay), so
+    # it is refused like a bad value; nine digits ending in 000 lose nothing and pass.
+    finer = converted.notna() & (converted.dt.nanosecond != 0)
+    if finer.any():
+        raise _bad_values(df, column, finer, path, "timestamps in whole microseconds (at most 6 decimal places)")
     if require_offset:
         text = df[column].astype("string").str.strip()
         # a time of day, then its offset: a bare date's "-05" is its day, not an offset

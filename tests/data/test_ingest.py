@@ -108,6 +108,9 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
     with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):
         run_ingest(cfg)
+    events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09.123456789Z,1,0.5,0.0\n")  # canonical is us
+    with pytest.raises(RawFormatError, match=r"events.csv: column 'timestamp'.*not timestamps in whole microseconds.*lines \[4\]"):
+        run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,1,0.02186\n")  # cut off mid-row
     with pytest.raises(RawFormatError, match=r"events.csv: 1 row\(s\) with fewer than the header's 9 fields \(line 4 has 8\)"):
         run_ingest(cfg)
@@ -137,3 +140,15 @@ def test_event_times_need_an_offset_and_keep_the_instant(tmp_path):
     with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
         to_utc_timestamp(bare_date, "timestamp", tmp_path / "events.csv", require_offset=True)
     assert to_utc_timestamp(naive, "timestamp", tmp_path / "users.csv").iloc[0] == pd.Timestamp("2026-01-05T18:00:09Z")
+
+
+def test_event_times_beyond_microseconds_are_refused_not_truncated(tmp_path):
+    from components.data.ingest import to_utc_timestamp
+
+    # truncating would tie events within a microsecond and change what the file said
+    raw = pd.DataFrame({"timestamp": ["2026-02-01T10:07:00.123456Z", "2026-02-01T10:07:00.123456789Z", None]},
+                       index=pd.Index([2, 3, 4], name="line"))
+    with pytest.raises(RawFormatError, match=r"events.csv: column 'timestamp': 1 value\(s\) are not timestamps in whole microseconds.*lines \[3\]"):
+        to_utc_timestamp(raw, "timestamp", tmp_path / "events.csv", require_offset=True)
+    exact = pd.DataFrame({"timestamp": ["2026-02-01T10:07:00.123456000Z"]})  # nine digits, nothing lost
+    assert to_utc_timestamp(exact, "timestamp", tmp_path / "events.csv").iloc[0] == pd.Timestamp("2026-02-01T10:07:00.123456Z")
