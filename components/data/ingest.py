@@ -36,11 +36,21 @@ def _bad_values(df: pd.DataFrame, column: str, bad: pd.Series, path: Path, expec
     )
 
 
+def _booleans(values: pd.Series) -> pd.Series:
+    """JSON true/false (a CSV column is text and holds none; only JSON values need the look)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.notna()
+    if not pd.api.types.is_object_dtype(values):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool)
+
+
 def to_float(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     converted = pd.to_numeric(df[column], errors="coerce").astype("float64")
     # "inf" and "nan" parse as numbers, but no price, value or position is one: one inf purchase
-    # would turn a running spend into inf (and inf - inf into NaN) downstream.
-    bad = (converted.isna() & df[column].notna()) | np.isinf(converted.to_numpy())
+    # would turn a running spend into inf (and inf - inf into NaN) downstream. A JSON true or
+    # false parses as 1 or 0, a price inside the allowed range: a flag in the wrong field.
+    bad = (converted.isna() & df[column].notna()) | np.isinf(converted.to_numpy()) | _booleans(df[column])
     if bad.any():
         raise _bad_values(df, column, bad, path, "finite numbers")
     return converted

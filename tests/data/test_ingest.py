@@ -119,6 +119,10 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     products.write_text(products.read_text(encoding="utf-8").replace("类型#裙*", "类型裙*"), encoding="utf-8")
     with pytest.raises(RawFormatError, match=r"products.jsonl: line 1: column 'content': malformed attribute pair"):
         run_ingest(cfg)
+    products.write_text(json.dumps({"product_id": "p1", "category": "裙", "content": "类型#裙", "price": True,
+                                    "source": "advertisegen"}) + "\n", encoding="utf-8")
+    with pytest.raises(RawFormatError, match=r"products.jsonl: column 'price': 1 value\(s\) are not finite numbers; lines \[1\], e.g. \[True\]"):
+        run_ingest(cfg)  # JSON true is not a price of 1.0
     assert not (cfg.stage_dir("ingested") / "summary.json").exists()
 
 
@@ -140,6 +144,18 @@ def test_event_times_need_an_offset_and_keep_the_instant(tmp_path):
     with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
         to_utc_timestamp(bare_date, "timestamp", tmp_path / "events.csv", require_offset=True)
     assert to_utc_timestamp(naive, "timestamp", tmp_path / "users.csv").iloc[0] == pd.Timestamp("2026-01-05T18:00:09Z")
+
+
+def test_number_columns_refuse_booleans(tmp_path):
+    from components.data.ingest import to_float, to_int
+
+    raw = pd.DataFrame({"price": [12.5, True, None, False]}, index=pd.Index([1, 2, 3, 4], name="line"))
+    with pytest.raises(RawFormatError, match=r"column 'price': 2 value\(s\) are not finite numbers; lines \[2, 4\]"):
+        to_float(raw, "price", tmp_path / "products.jsonl")
+    every_row = pd.DataFrame({"position": [True, False]})  # a bool column, not object
+    with pytest.raises(RawFormatError, match=r"column 'position': 2 value\(s\) are not finite numbers"):
+        to_int(every_row, "position", tmp_path / "events.csv")
+    assert to_float(pd.DataFrame({"price": [12.5, 3, None]}), "price", tmp_path / "p.jsonl").tolist()[:2] == [12.5, 3.0]
 
 
 def test_event_times_beyond_microseconds_are_refused_not_truncated(tmp_path):
