@@ -181,6 +181,15 @@ STRATEGIES = (
     "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
     "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "single_device", "xla", "single_xla",
 )
+# Strategies whose ranks run in child processes that Lightning starts with multiprocessing (spawn or
+# fork) and that hand back to the calling process only the best checkpoint's path, the last weights
+# and the metrics: not the best score, the epoch and step counts or the callbacks' state, all of
+# which training reads after `fit`. Refused at load; `ddp` (each rank re-runs the training entry
+# point, which copyflow launches as its own process) is the multi-process strategy.
+MULTIPROCESSING_STRATEGIES = (
+    "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true", "ddp_fork_find_unused_parameters_false", "xla",
+)
 
 
 class TrainerConfig(Section):
@@ -195,6 +204,13 @@ class TrainerConfig(Section):
 
     @model_validator(mode="after")
     def _devices(self) -> TrainerConfig:
+        if self.strategy in MULTIPROCESSING_STRATEGIES:
+            raise ValueError(
+                f"trainer.strategy {self.strategy!r} is not supported: its ranks run in processes Lightning spawns or forks, "
+                "which return only the best checkpoint's path to the trainer (not its score, the epochs run or the "
+                "callbacks' state), so every run would read as diverged. Use 'ddp' for several devices "
+                "(copyflow already runs training as its own process, which DDP re-launches per rank)."
+            )
         if isinstance(self.devices, int) and self.devices < -1 or self.devices == 0:
             raise ValueError(f"trainer.devices must be a positive count, -1 (all), 'auto' or a list of ids; got {self.devices!r}")
         if isinstance(self.devices, list) and (not self.devices or min(self.devices) < 0):

@@ -62,8 +62,24 @@ def test_every_strategy_the_config_accepts_is_one_lightning_knows():
     from components.config import STRATEGIES
 
     assert set(STRATEGIES) - {"auto"} <= set(StrategyRegistry.available_strategies())
-    for strategy in ("ddp", "ddp_spawn", "auto"):
+    for strategy in ("ddp", "ddp_find_unused_parameters_true", "fsdp", "auto"):
         assert load_config(PARAMS, "quick", {"trainer": {"strategy": strategy}}).trainer.strategy == strategy
+
+
+def test_strategies_whose_ranks_lightning_spawns_or_forks_are_refused_with_ddp_named():
+    # Their launcher returns only best_model_path to the trainer (no best score, epochs or callback
+    # state): every preference run read as diverged and its checkpoints were deleted.
+    from lightning.pytorch.strategies import StrategyRegistry, XLAStrategy
+
+    from components.config import MULTIPROCESSING_STRATEGIES, STRATEGIES
+
+    registry = StrategyRegistry
+    launched = {name for name in STRATEGIES if name != "auto" and (
+        registry[name]["init_params"].get("start_method") in ("spawn", "fork") or registry[name]["strategy"] is XLAStrategy)}
+    assert launched == set(MULTIPROCESSING_STRATEGIES)
+    for strategy in sorted(launched):
+        with pytest.raises(ValidationError, match=f"trainer.strategy '{strategy}' is not supported.*Use 'ddp'"):
+            load_config(PARAMS, "quick", {"trainer": {"strategy": strategy, "devices": 2}})
 
 
 @pytest.mark.parametrize("devices", ["auto", -1, [0, 1], 2])
