@@ -181,6 +181,32 @@ def test_a_lower_max_epochs_trains_again_rather_than_reusing_a_longer_run(small_
     assert train(cfg(1), "logreg", data, tmp_path / "ckpt").resumed_from == "finished"
 
 
+def test_a_lower_max_epochs_starts_over_rather_than_resuming_a_longer_interrupted_run(small_cfg, tmp_path):
+    # Only last.ckpt left (interrupted after its last epoch, before done.json): resuming it under
+    # max_epochs 1 trained on to epoch 2, past the configured maximum.
+    from components.models.preference.train import epochs_in_checkpoint
+    from components.training.checkpoints import DONE_FILE, LAST
+
+    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
+    data = load_data(small_cfg)
+
+    def cfg(max_epochs):
+        knobs = {"patience": 5, "max_epochs": max_epochs}
+        return small_cfg.model_copy(update={"preference": small_cfg.preference.model_copy(update=knobs)})
+
+    longer = train(cfg(3), "logreg", data, tmp_path / "ckpt")
+    (longer.checkpoint_dir / DONE_FILE).unlink()
+    assert epochs_in_checkpoint(longer.checkpoint_dir / LAST) == longer.epochs_completed == 3
+    shorter = train(cfg(1), "logreg", data, tmp_path / "ckpt")
+    assert shorter.resumed_from is None and shorter.first_epoch == 0 and shorter.epochs_completed == 1
+    assert [row["epoch"] for row in shorter.history] == [0]
+    # A last.ckpt within the new maximum still resumes.
+    (shorter.checkpoint_dir / DONE_FILE).unlink()
+    assert epochs_in_checkpoint(shorter.checkpoint_dir / LAST) == 1
+    resumed = train(cfg(2), "logreg", data, tmp_path / "ckpt")
+    assert resumed.resumed_from.endswith(LAST) and resumed.first_epoch == 1 and resumed.epochs_completed == 2
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_evaluation_is_honest_shuffled_labels_score_chance(make_cfg, tmp_path, shuffle):
     cfg = make_cfg(preference={**FAST, "max_epochs": 3})

@@ -178,9 +178,12 @@ def train(
     p = cfg.preference
 
     done = read_done(checkpoint_dir)
-    if done and done["epochs_completed"] > p.max_epochs:
-        # It trained longer than asked now: neither reusable nor resumable. Start over, or the
-        # model (and what dvc.lock records for it) would not match the configured max_epochs.
+    last = checkpoint_dir / LAST
+    trained = done["epochs_completed"] if done else epochs_in_checkpoint(last) if last.exists() else 0
+    if trained > p.max_epochs:
+        # It trained longer than asked now (a finished run, or an interrupted one's last.ckpt):
+        # neither reusable nor resumable. Start over, or the model (and what dvc.lock records for
+        # it) would not match the configured max_epochs.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         done = None
     # A run that stopped early is finished only for the patience it stopped with.
@@ -210,7 +213,6 @@ def train(
         deterministic=False,
     )
     module = build_module(cfg, kind, data)
-    last = checkpoint_dir / LAST
     resume = str(last) if last.exists() else None
     workers = cfg.trainer.num_workers
     trainer.fit(
@@ -242,6 +244,15 @@ def train(
         prune(checkpoint_dir)
         result.module = _load_best(kind, best)
     return result
+
+
+def epochs_in_checkpoint(path: Path) -> int:
+    """How many epochs a checkpoint's weights were trained for (the count `epochs_completed` records)."""
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    # Saved at the end of an epoch's validation: that epoch's batches are all processed, though
+    # Lightning marks it completed only afterwards (`epoch` is still its index).
+    return int(progress.get("processed", state.get("epoch", -1) + 1))
 
 
 def _load_best(kind: str, path: str) -> PreferenceModule:
