@@ -7,12 +7,14 @@ and length stop, so the latency is that of a real, shippable copy. Also the cost
 alternating rounds).
 
 Uses the trained model of $COPYFLOW_GENERATOR_MODEL, else artifacts/{full,quick}/models/
-generator/model. Without one it benchmarks an untrained model of the quick profile's size with
-the copy length fixed at 64 tokens (EOS blocked until then), so figures still compare runtimes.
+generator/model. Without one it benchmarks an untrained model of the quick profile's size, with
+the quick profile's decoding defaults (as a trained model ships them) and the copy length fixed
+at 64 tokens (EOS blocked until then), so figures still compare runtimes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -43,6 +45,14 @@ def find_model_dir() -> Path | None:
     return None
 
 
+def untrained_decoding(cfg) -> DecodingSettings:
+    """The profile's shipped decoding (what the "default" and serve-request figures time), with
+    the copy length fixed at 64 tokens: an untrained model's copies would otherwise end anywhere."""
+    from components.training.generator import decoding_defaults
+
+    return dataclasses.replace(decoding_defaults(cfg), min_len=64, max_len=64)
+
+
 def untrained_model_dir(directory: Path) -> Path:
     """An untrained quick-size model (tokenizer from the corpus), exported to ONNX."""
     from components.data.corpus import read_corpus
@@ -60,7 +70,7 @@ def untrained_model_dir(directory: Path) -> Path:
     tokenizer = CopyTokenizer.train(texts, {k for a in attributes for k in a}, {v for a in attributes for vs in a.values() for v in vs}, g.tokenizer_vocab_size)
     net = CopyTransformer(ModelSpec(tokenizer.vocab_size, g.d_model, g.nhead, g.encoder_layers, g.decoder_layers, g.dim_feedforward, 0.0, g.max_source_len, g.max_target_len, g.embed_dim)).eval()
     edges = length_edges([len(t) for t in texts])
-    api.save_model_dir(directory, net, tokenizer, build_value_vocabulary(attributes, texts, g.faithful_key_max_rate), cfg.paths.ad_law_words, RetrievalGenerator(attributes, texts, edges), DecodingSettings(min_len=64, max_len=64))
+    api.save_model_dir(directory, net, tokenizer, build_value_vocabulary(attributes, texts, g.faithful_key_max_rate), cfg.paths.ad_law_words, RetrievalGenerator(attributes, texts, edges), untrained_decoding(cfg))
     export_onnx(net, directory / api.ONNX_DIR)
     return directory
 
