@@ -43,7 +43,7 @@ from components.features.attribute_index import AttributeIndex, explode_product_
 from components.features.copy_mentions import copy_mention_index
 from components.features.copy_options import copy_options
 from components.features.history import recent_clicked_products
-from components.features.labels import impression_labels
+from components.features.labels import impression_labels, link_outcomes
 from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_sum, to_epoch_us
 from components.features.splits import SPLITS, SplitBoundaries, assign_split, split_boundaries
 
@@ -217,6 +217,14 @@ def _compute_samples(
 
     imp = EventCodes(user=user[is_imp], product=product[is_imp], time=time_us[is_imp])
     clk = EventCodes(user=user[is_click], product=product[is_click], time=time_us[is_click])
+    # Click *rates* count only clicks that answer a logged impression (the labels' link; it looks
+    # back only, so it is point-in-time). A click with none, from a click bot or a placement the
+    # log does not show, still counts as the shopper's interest (counts, affinities, history).
+    click_impression, _ = link_outcomes(events.loc[is_imp], events.loc[is_click], fcfg.link_max_hours)
+    is_rated_click = np.zeros(len(events), dtype=bool)
+    is_rated_click[np.flatnonzero(is_click)] = click_impression.notna().to_numpy()
+    rated = EventCodes(user=user[is_rated_click], product=product[is_rated_click], time=time_us[is_rated_click])
+    report["clicks_outside_click_rates"] = int(is_click.sum() - is_rated_click.sum())
     carried = ["event_id", "user_id", "product_id", "copy_id", "timestamp", "position", "propensity"]
     samples = events.loc[is_imp, carried].reset_index(drop=True)
 
@@ -249,12 +257,10 @@ def _compute_samples(
     # Global CTR so far: the prior that user and product CTRs shrink toward.
     everyone = np.zeros(len(imp), np.int64)
     global_impressions = prior_sum(everyone, imp.time, np.zeros(int(is_imp.sum()), np.int64), time_us[is_imp])
-    global_clicks = prior_sum(everyone, imp.time, np.zeros(int(is_click.sum()), np.int64), time_us[is_click])
+    global_clicks = prior_sum(everyone, imp.time, np.zeros(len(rated), np.int64), rated.time)
     global_ctr = (global_clicks + 1.0) / (global_impressions + 2.0)
     strength = fcfg.ctr_prior_strength
-    samples["u_ctr"] = _smoothed_ctr(
-        samples["u_n_clicks"].to_numpy(), samples["u_n_impressions"].to_numpy(), global_ctr, strength
-    )
+    samples["u_ctr"] = _smoothed_ctr(user_prior(is_rated_click), samples["u_n_impressions"].to_numpy(), global_ctr, strength)
 
     signup = users.drop_duplicates("user_id").set_index("user_id")["signup_date"].reindex(user_ids)
     first_event = pd.Series(time_us).groupby(user).min().reindex(np.arange(len(user_ids)))
@@ -270,7 +276,7 @@ def _compute_samples(
     samples["p_log_price"] = np.nan_to_num(np.log1p(price[imp.product]), nan=0.0)
     report["price_missing_products"] = int(np.isnan(price).sum())
     samples["p_n_impressions"] = prior_sum(imp.product, imp.time, imp.product, imp.time)
-    p_clicks = prior_sum(imp.product, imp.time, clk.product, clk.time)
+    p_clicks = prior_sum(imp.product, imp.time, rated.product, rated.time)
     samples["p_ctr"] = _smoothed_ctr(p_clicks, samples["p_n_impressions"].to_numpy(), global_ctr, strength)
 
     # This shopper with this product before.

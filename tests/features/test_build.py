@@ -16,7 +16,7 @@ from components.features.build import (
     load_samples,
     run_features,
 )
-from tests.features.factories import event, frame, simulate
+from tests.features.factories import event, frame, simulate, ts
 from tests.features.hand_example import hand_tables
 
 POINT_IN_TIME_COLUMNS = [*NUMERIC_FEATURES, "is_cold"]
@@ -74,6 +74,24 @@ def test_hand_example_cold_shopper_and_labels(cfg):
     assert samples["label"].to_dict() == {"e1": 1, "e3": 1, "e4": 1, "e8": 0, "e10": 0}
     assert samples["label_purchase"].to_dict() == {"e1": 0, "e3": 0, "e4": 1, "e8": 0, "e10": 0}
     assert [list(samples.loc[e, "hist_products"]) for e in ("e1", "e3", "e4")] == [[], ["pA"], ["pA"]]
+
+
+def test_clicks_that_answer_no_impression_are_interest_but_no_click_rate(cfg):
+    """A click bot hitting pA 50 times with no impression shown: pA's click rate and u2's must
+    not move (they did: p_ctr is clicks over impressions), while u2's click count and history,
+    the shopper's interest, still see the clicks."""
+    hand = hand_tables()
+    later = frame("events", [event("e11", "u2", "pB", "impression", ts(hours=4), "cB", 0)])
+    tables = {**hand, "events": pd.concat([hand["events"], later], ignore_index=True)}
+    bot = [event(f"b{i}", "u2", "pA", "click", ts(hours=2, seconds=i), "cA", 0) for i in range(50)]
+    with_bot = {**tables, "events": pd.concat([tables["events"], frame("events", bot)], ignore_index=True)}
+    before, after = _samples(tables, cfg.features), _samples(with_bot, cfg.features)
+    assert after.loc["e8", "p_ctr"] == pytest.approx(before.loc["e8", "p_ctr"])
+    assert after.loc["e11", "u_ctr"] == pytest.approx(before.loc["e11", "u_ctr"])
+    assert after.loc["e11", "u_n_clicks"] == before.loc["e11", "u_n_clicks"] + 50
+    assert "pA" in list(after.loc["e11", "hist_products"]) and "pA" not in list(before.loc["e11", "hist_products"])
+    _, report = compute_samples(with_bot["events"], with_bot["products"], with_bot["copies"], with_bot["users"], cfg.features)
+    assert report["clicks_outside_click_rates"] == 50 and report["click_unlinked"] == 50
 
 
 @pytest.mark.parametrize(("threshold", "cold"), [(7, False), (8, True)])
