@@ -308,6 +308,7 @@ class GatesConfig(Section):
     preference_auc_min: float = Field(ge=0, le=1)
     generator_bleu4_min: float
     max_hallucination_rate: float = Field(ge=0)
+    max_unlisted_rate: float = Field(default=0.02, ge=0)  # copies naming a factual value the product does not list
     max_ece: float = Field(ge=0)
     # |mean P(click) / click rate - 1|: ECE is an absolute gap, so at a 7% click rate scores at
     # half the true rate still pass max_ece; this ratio does not.

@@ -8,7 +8,10 @@ rules. So the gate re-counts every candidate's and champion's copies with rules 
 - ad-law words: the statutory list shipped in the repository (components/resources) together
   with the profile's `paths.ad_law_words`; a profile can add words, never remove one;
 - contradicting values: a value vocabulary built from the corpus's training split with the
-  profile's `generator.faithful_*` knobs, as training builds it, not read from the bundle.
+  profile's `generator.faithful_*` knobs, as training builds it, not read from the bundle;
+- unlisted values: by the same vocabulary, a factual value the product does not list at all
+  (雪纺 for trousers with no 材质). Whether the decoder forbids them (`forbid_unlisted`) travels
+  in the bundle's decoding defaults, so the gate counts them itself too.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def judge_generator_frames(cfg: Config, family: str, candidate: pd.DataFrame, ch
 
 def judge_copies(cfg: Config, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """`frame` (per-example generator scores with each `copy`) with `ad_law_violations`,
-    `hallucinated` and `contradictions` counted by the gate's rules. `rows`: the snapshot rows
-    (example_id, attributes)."""
+    `hallucinated` and `contradictions`, `unlisted` and `unlisted_values` counted by the gate's
+    rules. `rows`: the snapshot rows (example_id, attributes)."""
     from components.evaluation.text_metrics import banned_occurrences
 
     if "copy" not in frame.columns:
@@ -75,4 +78,7 @@ def judge_copies(cfg: Config, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.Dat
     judged["ad_law_violations"] = [len(banned_occurrences(text, words)) for text in copies]
     judged["contradictions"] = ["、".join(found) for found in contradictions]
     judged["hallucinated"] = [bool(found) for found in contradictions]
+    unlisted = [vocabulary.unlisted(text, attrs) for text, attrs in zip(copies, own)]
+    judged["unlisted_values"] = ["、".join(found) for found in unlisted]
+    judged["unlisted"] = [bool(found) for found in unlisted]
     return judged

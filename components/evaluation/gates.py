@@ -13,7 +13,7 @@ Three kinds of rule, all configured in params.yaml `gates`:
 Inputs are per-example frames (one row per snapshot example), so the gate is a pure function that
 tests can feed directly; components/evaluation/frozen.py produces those frames from real models.
 Preference frames: [example_id, label, score], and `choice_weight` where the snapshot froze copy
-options (the copy-choice rule); generator frames: [example_id, bleu4, rougeL, hallucinated,
+options (the copy-choice rule); generator frames: [example_id, bleu4, rougeL, hallucinated, unlisted,
 ad_law_violations].
 """
 
@@ -32,7 +32,7 @@ from components.config import GatesConfig
 RuleKind = Literal["floor", "guardrail", "non_inferiority"]
 
 PREFERENCE_COLUMNS = ("example_id", "label", "score")
-GENERATOR_COLUMNS = ("example_id", "bleu4", "hallucinated", "ad_law_violations")
+GENERATOR_COLUMNS = ("example_id", "bleu4", "hallucinated", "unlisted", "ad_law_violations")
 # AUC needs both classes in every resample; below this the interval is meaningless.
 MIN_EXAMPLES_PER_CLASS = 10
 
@@ -460,12 +460,13 @@ def generator_gate(
 ) -> GateResult:
     """BLEU-4 floor, ad-law and hallucination guardrails, BLEU-4 non-inferiority on per-example rows."""
     candidate = _require(candidate, GENERATOR_COLUMNS, "candidate generator")
-    interval = champ_bleu = champ_halluc = champ_law = None
+    interval = champ_bleu = champ_halluc = champ_unlisted = champ_law = None
     if champion is not None:
         champion = _require(champion, GENERATOR_COLUMNS, "champion generator")
         candidate, champion = align_pair(candidate, champion)
         champ_bleu = float(champion["bleu4"].mean())
         champ_halluc = float(champion["hallucinated"].astype(float).mean())
+        champ_unlisted = float(champion["unlisted"].astype(float).mean())
         champ_law = float(champion["ad_law_violations"].sum())
         interval = paired_bootstrap_delta(
             _mean,
@@ -477,14 +478,16 @@ def generator_gate(
         )
     bleu = float(candidate["bleu4"].mean())
     halluc = float(candidate["hallucinated"].astype(float).mean())
+    unlisted = float(candidate["unlisted"].astype(float).mean())
     law = float(candidate["ad_law_violations"].sum())
     rules = [
         _floor("bleu4", bleu, gates.generator_bleu4_min, champ_bleu),
         _guardrail("ad_law_violations", law, gates.max_ad_law_violations, champ_law),
         _guardrail("hallucination_rate", halluc, gates.max_hallucination_rate, champ_halluc),
+        _guardrail("unlisted_rate", unlisted, gates.max_unlisted_rate, champ_unlisted),
         _non_inferiority("bleu4", bleu, champ_bleu, gates.generator_bleu4_margin, interval),
     ]
-    metrics = {"bleu4": bleu, "hallucination_rate": halluc, "ad_law_violations": law}
+    metrics = {"bleu4": bleu, "hallucination_rate": halluc, "unlisted_rate": unlisted, "ad_law_violations": law}
     if "rougeL" in candidate.columns:
         metrics["rougeL"] = float(candidate["rougeL"].mean())
     return GateResult(

@@ -27,3 +27,14 @@ def test_copies_are_recounted_whatever_the_bundle_reported(cfg):
     assert judged["ad_law_violations"].tolist() == [1, 0, 0]
     assert judged["hallucinated"].tolist() == [True, False, False] and judged["contradictions"].iloc[0] == "黑色"
     assert judged["bleu4"].tolist() == [9.0, 8.0, 7.0] and frame["ad_law_violations"].sum() == 0  # the input is left as it was
+
+
+def test_a_value_the_product_does_not_list_is_counted_by_the_gate(cfg):
+    """雪纺 for trousers that list no 材质 contradicts nothing, but the catalog does not say it:
+    the gate counts it whatever the bundle's decoder was told (forbid_unlisted)."""
+    rows = pd.DataFrame({"example_id": ["a", "b"], "attributes": [{"类型": ["裤"], "颜色": ["黑色"]}, {"类型": ["裤"], "颜色": ["黑色"]}]})
+    frame = pd.DataFrame({"example_id": ["a", "b"], "bleu4": [9.0, 8.0], "hallucinated": [False] * 2, "unlisted": [False] * 2,
+                          "ad_law_violations": [0] * 2, "copy": ["黑色裤子，采用雪纺面料，轻盈透气。", "黑色裤子，简约百搭。"]})
+    judged = judge_copies(cfg, frame, rows)
+    assert judged["unlisted"].tolist() == [True, False] and "雪纺" in judged["unlisted_values"].iloc[0]
+    assert judged["hallucinated"].tolist() == [False, False]  # no contradiction: a guess, counted as unlisted

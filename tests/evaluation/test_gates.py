@@ -33,7 +33,7 @@ def preference_frame(n: int = 3000, signal: float = 1.0, seed: int = 0, noise_se
     return pd.DataFrame({"example_id": [f"x{i}" for i in range(n)], "label": label, "score": score})
 
 
-def generator_frame(n: int = 60, bleu: float = 8.0, hallucinated: int = 0, violations: int = 0, seed: int = 0) -> pd.DataFrame:
+def generator_frame(n: int = 60, bleu: float = 8.0, hallucinated: int = 0, violations: int = 0, seed: int = 0, unlisted: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
         {
@@ -41,6 +41,7 @@ def generator_frame(n: int = 60, bleu: float = 8.0, hallucinated: int = 0, viola
             "bleu4": np.clip(rng.normal(bleu, 2.0, n), 0, 100),
             "rougeL": rng.normal(20, 3, n),
             "hallucinated": [i < hallucinated for i in range(n)],
+            "unlisted": [i < max(hallucinated, unlisted) for i in range(n)],  # a contradiction is unlisted too
             "ad_law_violations": [1 if i < violations else 0 for i in range(n)],
         }
     )
@@ -142,7 +143,11 @@ def test_generator_guardrails_hold_exactly(gates):
     one_violation = generator_gate(gates, generator_frame(violations=1))
     assert [f"{r.kind}:{r.metric}" for r in one_violation.failures()] == ["guardrail:ad_law_violations"]
     hallucinating = generator_gate(gates, generator_frame(hallucinated=3))
-    assert [f"{r.kind}:{r.metric}" for r in hallucinating.failures()] == ["guardrail:hallucination_rate"]
+    assert [f"{r.kind}:{r.metric}" for r in hallucinating.failures()] == ["guardrail:hallucination_rate", "guardrail:unlisted_rate"]
+    # 3 of 60 copies (5%) name a value the product does not list, none contradicting one
+    inventing = generator_gate(gates, generator_frame(unlisted=3))
+    assert [f"{r.kind}:{r.metric}" for r in inventing.failures()] == ["guardrail:unlisted_rate"]
+    assert generator_gate(gates, generator_frame(unlisted=1)).passed  # 1.7%: within max_unlisted_rate
     low_bleu = generator_gate(gates, generator_frame(bleu=1.0))
     assert "floor:bleu4" in [f"{r.kind}:{r.metric}" for r in low_bleu.failures()]
 

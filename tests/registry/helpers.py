@@ -143,6 +143,7 @@ def score_generator(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
             "bleu4": [bleu4(c, r) for c, r in zip(copies, rows["summary"])],
             # the template only restates input values, so a copy hallucinates iff it names none of them
             "hallucinated": [not any(v in c for v in vs) for c, vs in zip(copies, values)],
+            "unlisted": [not any(v in c for v in vs) for c, vs in zip(copies, values)],
             "ad_law_violations": [len(banned_occurrences(c, words)) for c in copies],
         }
     )
