@@ -326,8 +326,9 @@ def test_a_shopper_without_impressions_gets_the_features_stages_first_impression
     samples, _ = compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
     cfg.stage_dir("features").mkdir(parents=True)
     pq.write_table(samples_to_arrow(samples), cfg.stage_dir("features") / "samples.parquet")  # three hours: no time split
-    # End of data: 5 impressions, 4 clicks -> global CTR (4+1)/(5+2); CTR prior strength 10.
-    global_ctr = 5 / 7
+    # End of data: 5 impressions, 3 clicks that answer one (u4's answers none: interest, not a
+    # click rate) -> global CTR (3+1)/(5+2); CTR prior strength 10.
+    global_ctr = 4 / 7
     u3 = pair_feature_row(cfg, "u3", "pC").iloc[0]
     assert (u3["user_id"], u3["product_id"], u3["category"], u3["position"]) == ("u3", "pC", "裙", 0)
     assert u3["u_has_history"] == 0 and u3["u_n_events"] == 0 and u3["is_cold"] == True  # noqa: E712
@@ -338,7 +339,7 @@ def test_a_shopper_without_impressions_gets_the_features_stages_first_impression
     u4 = pair_feature_row(cfg, "u4", "pA").iloc[0]
     assert u4["u_has_history"] == 1 and u4["u_n_events"] == 1 and u4["u_n_clicks"] == 1
     assert u4["u_recency_hours"] == pytest.approx(1.0, abs=1e-6)
-    assert u4["u_ctr"] == pytest.approx((1 + 10 * global_ctr) / 10)
+    assert u4["u_ctr"] == pytest.approx((0 + 10 * global_ctr) / 10)
     assert list(u4["hist_products"]) == ["pB"] and u4["ua_category_affinity"] < 0.5  # clicked 裤, not 裙
     with pytest.raises(KeyError, match="unknown shopper"):
         pair_feature_row(cfg, "no-such-user", "pA")
