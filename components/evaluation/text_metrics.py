@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 
@@ -131,17 +132,30 @@ def lead_coverage(text: str, values: Sequence[str], share: float = 0.4) -> float
     return sum(v.lower() in head for v in values) / len(values)
 
 
+def _ad_law_form(text: str) -> str:
+    """What banned words are matched in: NFKC (full-width １００％ is 100%), lowercase, no
+    whitespace (TOP 1 is TOP1)."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
 def banned_occurrences(text: str, words: Iterable[str]) -> list[str]:
-    """Every occurrence of a banned word (case-insensitive), one entry per occurrence."""
-    lowered = text.lower()
-    found = []
+    """Every occurrence of a banned word, one entry per place in the text, matched in
+    `_ad_law_form`. Where banned words overlap (全网第一 holds 第一; NO.1 and No.1 are one word)
+    the longest counts, once."""
+    forms: dict[str, str] = {}
     for word in words:
-        w = word.lower()
-        start = lowered.find(w)
+        if form := _ad_law_form(word):
+            forms.setdefault(form, word)
+    normalized = _ad_law_form(text)
+    taken: list[tuple[int, int, str]] = []
+    for form, word in sorted(forms.items(), key=lambda item: -len(item[0])):
+        start = normalized.find(form)
         while start >= 0:
-            found.append(word)
-            start = lowered.find(w, start + 1)
-    return found
+            end = start + len(form)
+            if not any(s < end and start < e for s, e, _ in taken):
+                taken.append((start, end, word))
+            start = normalized.find(form, start + 1)
+    return [word for _, _, word in sorted(taken)]
 
 
 def corpus_text_metrics(copies: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,22 @@ def test_stuttered_counts_only_characters_the_human_copy_does_not_double():
     assert tm.stuttered("满满的少女心，更更加好看，性感感十足", {"满"}) == ["更更", "感感"]
     assert tm.stuttered("泡泡袖", {"泡"}) == [] and tm.stuttered("ab ab，。。", set()) == []
     assert tm.doubled_characters(["满满的", "满满当当", "更更加", "泡泡袖"], min_count=2) == {"满"}
+
+
+def test_banned_words_are_found_in_any_width_case_or_spacing_and_counted_once_per_place():
+    words = ["最", "第一", "全网第一", "100%", "NO.1", "No.1", "TOP1", "百分百", "第1"]
+    assert tm.banned_occurrences("１００％纯棉", words) == ["100%"]  # full width
+    assert tm.banned_occurrences("TOP 1 爆款", words) == ["TOP1"]  # a space
+    assert tm.banned_occurrences("品质no.1", words) == ["NO.1"]  # one word, however the list spells it
+    assert tm.banned_occurrences("全网第一", words) == ["全网第一"]  # the longest, once
+    assert tm.banned_occurrences("全网销量第1，百分百纯棉", words) == ["第1", "百分百"]
+    assert tm.banned_occurrences("最最好", words) == ["最", "最"]
+    assert tm.banned_occurrences("简约大方的连衣裙", words) == []
+
+
+def test_the_shipped_ad_law_list_has_the_common_absolute_terms():
+    from components.models.generator.constraints import load_ad_law_words
+
+    words = load_ad_law_words(Path(__file__).resolve().parents[2] / "components/resources/ad_law_words.txt")
+    for copy in ("精选百分百纯棉", "独一无二的时尚感", "无与伦比的魅力", "全网销量第1", "品质NO1", "首家推出", "绝无仅有"):
+        assert tm.banned_occurrences(copy, words), copy
