@@ -20,7 +20,7 @@ ad_law_violations].
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -317,6 +317,27 @@ def _non_inferiority(
     return RuleResult(metric, "non_inferiority", rule, candidate_value, champion_value, delta, low, high, passed, note)
 
 
+def one_class_share(labels: np.ndarray, n_resamples: int, seed: int, clusters: np.ndarray) -> float:
+    """Share of the shopper resamples (the same draws as the AUC interval's) that hold one class
+    only: AUC is undefined there, and the interval silently describes the other resamples."""
+    from components.evaluation.preference import bootstrap_indices
+
+    drawn = list(bootstrap_indices(len(labels), n_resamples, seed, clusters))
+    return sum(labels[i].min() == labels[i].max() for i in drawn) / len(drawn)
+
+
+def _auc_non_inferiority(auc: float, champion_auc: float | None, margin: float,
+                         interval: tuple[float, float, float] | None, one_class: float) -> RuleResult:
+    """AUC non-inferiority; with over 1% of the shopper resamples holding one class (the clicks
+    come from a handful of shoppers), the interval is not evidence: the rule fails, inconclusive."""
+    result = _non_inferiority("auc", auc, champion_auc, margin, interval)
+    if interval is None or one_class <= 0.01:
+        return result
+    return replace(result, passed=False, note=(
+        f"inconclusive: {one_class:.1%} of the shopper resamples hold no click (or only clicks): the frozen "
+        "set's clicks come from too few shoppers to bound the difference"))
+
+
 def _copy_choice_rule(
     gates: GatesConfig, candidate: pd.DataFrame, champion: pd.DataFrame | None, seed: int, clusters: pd.Series | None
 ) -> RuleResult | None:
@@ -356,11 +377,16 @@ def _copy_choice_rule(
     if clusters is not None:
         shoppers = candidate["example_id"].map(clusters).astype(str).to_numpy()[has_choice]
     champ_lift = snips_lift(labels, champ_weight)
-    deltas = np.array([snips_lift(labels[i], weight[i]) - snips_lift(labels[i], champ_weight[i])
-                       for i in bootstrap_indices(len(labels), gates.bootstrap_resamples, seed, shoppers)])
-    undefined = float(np.isnan(deltas).mean())
-    if undefined > 0.01:  # resamples without a click: the interval would describe only the others
-        return unmeasured(f"not measured: {undefined:.0%} of the resamples have no click to weigh", lift)
+    chosen, champ_chosen = (weight > 0) & (labels > 0), (champ_weight > 0) & (labels > 0)
+    deltas, unweighed = [], 0
+    for i in bootstrap_indices(len(labels), gates.bootstrap_resamples, seed, shoppers):
+        deltas.append(snips_lift(labels[i], weight[i]) - snips_lift(labels[i], champ_weight[i]))
+        unweighed += not (chosen[i].any() and champ_chosen[i].any())
+    # A resample with no click on a chosen copy (either model's) has a lift of 0 by default, not
+    # by evidence: when over 1% are such, the clicks come from too few shoppers to compare.
+    undefined = max(unweighed / len(deltas), float(np.isnan(deltas).mean()))
+    if undefined > 0.01:
+        return unmeasured(f"not measured: {undefined:.1%} of the shopper resamples hold no click on a chosen copy", lift)
     diff = _interval(lift - champ_lift, list(deltas), gates.confidence_level)
     return _non_inferiority("copy_choice_lift", lift, champ_lift, gates.copy_choice_margin, (diff.value, diff.low, diff.high))
 
@@ -389,6 +415,7 @@ def preference_gate(
             f"{MIN_EXAMPLES_PER_CLASS} of each to estimate AUC and its interval"
         )
     interval = champ_auc = champ_ece = champ_ratio = None
+    one_class = 0.0
     if champion is not None:
         champion = _require(champion, PREFERENCE_COLUMNS, "champion preference")
         candidate, champion = align_pair(candidate, champion)
@@ -417,9 +444,11 @@ def preference_gate(
             shoppers = candidate["example_id"].map(clusters)
             if shoppers.isna().any():
                 raise GateInputError(f"{int(shoppers.isna().sum())} scored examples have no shopper in the snapshot's clusters")
+            groups = shoppers.astype(str).to_numpy()
             diff = paired_difference(labels, cand_scores, champ_scores, sk_auc, gates.bootstrap_resamples, seed,
-                                     shoppers.astype(str).to_numpy(), gates.confidence_level)
+                                     groups, gates.confidence_level)
             interval = (diff.value, diff.low, diff.high)
+            one_class = one_class_share(labels, gates.bootstrap_resamples, seed, groups)
     scores = candidate["score"].to_numpy(dtype=np.float64)
     auc = float(auc_by_ranks(labels, scores))
     ece = expected_calibration_error(labels, scores)
@@ -428,7 +457,7 @@ def preference_gate(
         _floor("auc", auc, gates.preference_auc_min, champ_auc),
         _guardrail("ece", ece, gates.max_ece, champ_ece),
         _guardrail("calibration_ratio_error", ratio_error, gates.max_calibration_ratio_error, champ_ratio),
-        _non_inferiority("auc", auc, champ_auc, gates.non_inferiority_margin, interval),
+        _auc_non_inferiority(auc, champ_auc, gates.non_inferiority_margin, interval, one_class),
     ]
     choice_rule = _copy_choice_rule(gates, candidate, champion, seed, clusters)
     if choice_rule is not None:

@@ -96,6 +96,25 @@ def test_the_interval_resamples_shoppers_when_given_them(gates):
         preference_gate(gates, frame, champ, clusters=clusters.iloc[:-3])
 
 
+def test_an_auc_interval_from_one_clicking_shopper_is_inconclusive(gates):
+    """60 shoppers, every click from one of them: a third of the shopper resamples hold no click
+    and have no AUC. The interval of the others was tight (+0.165 [+0.155, +0.175]) and passed;
+    now the rule fails, inconclusive."""
+    rng = np.random.default_rng(1)
+    shopper = np.repeat(np.arange(60), 40)
+    labels = ((shopper == 7) & (rng.random(2400) < 0.5)).astype(int)
+    champion = np.clip(0.05 + 0.02 * labels + rng.normal(0, 0.02, 2400), 0.001, 1)
+    candidate = np.clip(champion + 0.03 * labels, 0.001, 1)
+    frame = pd.DataFrame({"example_id": [f"e{i}" for i in range(2400)], "label": labels, "score": candidate})
+    clusters = pd.Series(shopper.astype(str), index=frame["example_id"])
+    rule = next(r for r in preference_gate(gates, frame, frame.assign(score=champion), clusters=clusters).rules if r.metric == "auc" and r.kind == "non_inferiority")
+    assert not rule.passed and rule.note.startswith("inconclusive:") and "too few shoppers" in rule.note
+    assert rule.ci_low > -gates.non_inferiority_margin  # the interval alone would have passed it
+    spread = frame.assign(label=(rng.random(2400) < 0.1).astype(int))  # clicks from every shopper
+    rule = next(r for r in preference_gate(gates, spread, spread, clusters=clusters).rules if r.metric == "auc" and r.kind == "non_inferiority")
+    assert rule.passed
+
+
 def test_first_release_passes_on_floors_and_guardrails_alone(gates):
     result = preference_gate(gates, preference_frame())
     assert result.passed and result.champion_label is None and result.n_resamples == 0
@@ -236,8 +255,16 @@ def test_a_copy_choice_verdict_needs_clicks_from_more_than_a_few_shoppers(gates)
     cand, champ = good.assign(label=label), poor.assign(label=label, choice_weight=np.where(label > 0, 3.0, poor["choice_weight"]))
     for a, b in ((cand, champ), (champ, cand)):
         rule = next(r for r in _choice_only(gates, a, b, shoppers) if r.metric == "copy_choice_lift")
-        assert rule.passed and rule.note.startswith("not measured") and "resamples have no click" in rule.note and rule.ci_low is None
+        assert rule.passed and rule.note.startswith("not measured") and "hold no click on a chosen copy" in rule.note and rule.ci_low is None
     assert label.sum() == 10
+    # Other shoppers' clicks on copies neither model chose: every resample now has a click, so
+    # no lift is NaN, but most still hold no click on a chosen copy. Before, the rule counted
+    # only NaN lifts and drew a verdict from the one shopper.
+    elsewhere = (~one_shopper) & (cand["choice_weight"] == 0).to_numpy() & (champ["choice_weight"] == 0).to_numpy()
+    label[np.flatnonzero(elsewhere)[::5]] = 1
+    cand, champ = cand.assign(label=label), champ.assign(label=label)
+    rule = next(r for r in _choice_only(gates, cand, champ, shoppers) if r.metric == "copy_choice_lift")
+    assert rule.passed and rule.note.startswith("not measured") and rule.ci_low is None
 
 
 def _choice_only(gates, candidate, champion, clusters):
