@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.dvc_runner import StageTimedOut, repro
+from tests.processes import processes_in
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
 
@@ -32,22 +33,9 @@ def sleeper_project(tmp_path) -> Path:
     return project
 
 
-def _processes_in(folder: Path) -> list[int]:
-    """Live processes (other than this one) whose working directory is `folder`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if os.readlink(entry / "cwd") == str(folder):
-                    found.append(int(entry.name))
-            except OSError:  # gone, or a zombie (it has ended)
-                continue
-    return found
-
-
 def _wait_until_gone(folder: Path, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
-    while (left := _processes_in(folder)) and time.monotonic() < deadline:
+    while (left := processes_in(folder)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -64,7 +52,7 @@ def test_a_timed_out_stage_ends_with_dvc_and_the_shell_between_them(sleeper_proj
     with pytest.raises(StageTimedOut, match="stopped after 20 s"):
         repro("sleeper", "quick", cwd=sleeper_project, timeout_s=20)
     assert (sleeper_project / "stage.pid").exists(), "the stage never started: the test proves nothing"
-    left = _processes_in(sleeper_project)
+    left = processes_in(sleeper_project)
     _end(left)
     assert left == []  # DVC, the shell and the stage
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from components.pipeline import ALWAYS_RUN_STAGES, DATA_STAGES
 from components.tracking import tracking_uri
 from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, retrain
 from tests.flows.conftest import make_project, prefect_artifact
+from tests.processes import processes_in
 
 
 def _runs(project):
@@ -207,17 +207,4 @@ def test_a_stage_past_its_time_limit_is_stopped_and_not_retried(tmp_path, prefec
         [task_run] = [t for t in api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
                       if t.name.startswith("source@")]
     assert task_run.run_count == 1  # `source` has two retries, none used on a timeout
-    assert _processes_in(project) == []  # DVC and its stage are gone, not left behind
-
-
-def _processes_in(folder: Path) -> list[int]:
-    """Processes (other than this one) whose working directory is `folder`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if os.readlink(entry / "cwd") == str(folder):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    assert processes_in(project) == []  # DVC and its stage are gone, not left behind

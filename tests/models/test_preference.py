@@ -165,16 +165,21 @@ def test_a_run_that_stopped_early_continues_when_patience_is_raised(small_cfg, t
     assert patient.epochs_completed == 8 and not patient.stopped_early  # the new patience, not the stored 0
 
 
-def test_a_lower_max_epochs_trains_again_rather_than_reusing_a_longer_run(small_cfg, tmp_path):
-    # A finished 3-epoch run was reused for max_epochs 1: dvc.lock then recorded max_epochs 1
-    # for a 3-epoch model, which no `dvc checkout` + repro could reproduce.
+def _epochs_world(small_cfg):
+    """Small synthetic features and a config maker for a given max_epochs (patience 5)."""
     write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
-    data = load_data(small_cfg)
 
     def cfg(max_epochs):
         knobs = {"patience": 5, "max_epochs": max_epochs}
         return small_cfg.model_copy(update={"preference": small_cfg.preference.model_copy(update=knobs)})
 
+    return load_data(small_cfg), cfg
+
+
+def test_a_lower_max_epochs_trains_again_rather_than_reusing_a_longer_run(small_cfg, tmp_path):
+    # A finished 3-epoch run was reused for max_epochs 1: dvc.lock then recorded max_epochs 1
+    # for a 3-epoch model, which no `dvc checkout` + repro could reproduce.
+    data, cfg = _epochs_world(small_cfg)
     assert train(cfg(3), "logreg", data, tmp_path / "ckpt").epochs_completed == 3
     shorter = train(cfg(1), "logreg", data, tmp_path / "ckpt")
     assert shorter.resumed_from is None and shorter.epochs_completed == 1
@@ -187,13 +192,7 @@ def test_a_lower_max_epochs_starts_over_rather_than_resuming_a_longer_interrupte
     from components.models.preference.train import epochs_in_checkpoint
     from components.training.checkpoints import DONE_FILE, LAST
 
-    write_synthetic_features(small_cfg, n_users=40, n_products=30, n_impressions=1200)
-    data = load_data(small_cfg)
-
-    def cfg(max_epochs):
-        knobs = {"patience": 5, "max_epochs": max_epochs}
-        return small_cfg.model_copy(update={"preference": small_cfg.preference.model_copy(update=knobs)})
-
+    data, cfg = _epochs_world(small_cfg)
     longer = train(cfg(3), "logreg", data, tmp_path / "ckpt")
     (longer.checkpoint_dir / DONE_FILE).unlink()
     assert epochs_in_checkpoint(longer.checkpoint_dir / LAST) == longer.epochs_completed == 3
