@@ -517,10 +517,8 @@ def _mostly(kwargs: dict[str, Any], of: str = "non-null rows") -> str:
 
 
 def _where(kwargs: dict[str, Any]) -> str:
-    condition = kwargs.get("row_condition")
-    if isinstance(condition, dict):
-        condition = condition.get("pass_through_filter", condition)
-    return f" among rows where {getattr(condition, 'pass_through_filter', condition)}" if condition else ""
+    condition = row_filter(kwargs)
+    return f" among rows where {condition}" if condition else ""
 
 
 def _expected_text(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:

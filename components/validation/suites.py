@@ -225,6 +225,7 @@ def row_filter(kwargs: dict[str, Any]) -> str:
     condition = kwargs.get("row_condition")
     if isinstance(condition, dict):
         condition = condition.get("pass_through_filter")
+    condition = getattr(condition, "pass_through_filter", condition)  # GE's own condition object
     return str(condition or "")
 
 
