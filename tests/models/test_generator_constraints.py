@@ -400,6 +400,30 @@ def test_contradictions_ignore_values_inside_the_products_own():
     assert vocab.contradictions("黑色的连衣裙", {"类型": ["裙"]}) == []  # no colour stated: nothing to contradict
 
 
+RUFFLES = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色", "黑白"], "衣款式": ["木耳", "木耳边", "荷叶边"], "裙下摆": ["花边", "开叉"]},
+                          ["颜色", "衣款式", "裙下摆"])
+
+
+def test_an_own_value_written_with_one_character_inserted_is_still_its_own():
+    # 木耳花边 (20 human copies of 木耳边 products) is 木耳边 with 花 inserted: its 木耳 is the
+    # product's own, not the other value 木耳.
+    ruffled = {"类型": ["上衣"], "衣款式": ["木耳边"]}
+    assert RUFFLES.contradictions("木耳花边的领口，甜美", ruffled) == []
+    assert RUFFLES.unlisted("木耳花边的领口", ruffled) == ["花边"]  # (no 裙下摆 listed: 花边 is a guess)
+    # the word must stand before the inserted character, in the same place: anything else is a claim
+    assert RUFFLES.contradictions("木耳的领口", ruffled) == ["木耳"]
+    assert RUFFLES.contradictions("木耳，边", ruffled) == ["木耳"]  # no Chinese character between
+    assert RUFFLES.contradictions("木耳花花边", ruffled) == ["木耳"]  # two inserted
+    # the inserted character's own word is not covered: 花边 is another product's 裙下摆
+    assert RUFFLES.contradictions("木耳花边", ruffled | {"裙下摆": ["开叉"]}) == ["花边"]
+    # nor a word cut off its modifier by the insertion (粉和红色: pink and red), nor a new word
+    assert RUFFLES.contradictions("粉和红色", {"颜色": ["粉红色"]}) == ["红色"]
+    assert RUFFLES.contradictions("白红色", {"颜色": ["白色"]}) == ["红色"]
+    assert RUFFLES.contradictions("黑白色的条纹", {"颜色": ["白色"]}) == ["黑白"]
+    assert RUFFLES.contradictions("黑色的连衣裙", {"颜色": ["白色"]}) == ["黑色"]
+    assert RUFFLES.contradictions("粉红色配红色腰带", {"颜色": ["粉红色"]}) == ["红色"]
+
+
 def test_unlisted_values_are_every_factual_value_the_product_does_not_list():
     vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"], "材质": ["雪纺", "牛仔布"], "风格": ["简约"]}, ["颜色", "材质"])
     no_colour = {"类型": ["裙"], "材质": ["雪纺"]}

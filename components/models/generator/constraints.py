@@ -87,13 +87,33 @@ def _spans(text: str, word: str) -> list[tuple[int, int]]:
 
 
 def _uncovered(text: str, word: str, allowed: Iterable[str]) -> bool:
-    """Does `word` occur in `text` outside every occurrence of an allowed value?
-    (红色 inside 粉红色 is not a claim that the product is 红色.)"""
-    allowed_spans = [s for a in allowed if word in a for s in _spans(text, a)]
-    for start, end in _spans(text, word):
+    """Does `word` occur in `text` outside every occurrence of an allowed value, as written or
+    with one character inserted after the word (`_spread_spans`)? (红色 inside 粉红色 is not a
+    claim that the product is 红色, nor 木耳 inside 木耳花边 that a 木耳边 product is 木耳.)"""
+    occurrences = _spans(text, word)
+    if not occurrences:
+        return False
+    allowed = [a for a in allowed if word in a]
+    allowed_spans = [s for a in allowed for s in _spans(text, a)] + [s for a in allowed for s in _spread_spans(text, a, word)]
+    for start, end in occurrences:
         if not any(a_start <= start and end <= a_end for a_start, a_end in allowed_spans):
             return True
     return False
+
+
+_CHINESE = "[\u4e00-\u9fff]"
+
+
+def _spread_spans(text: str, value: str, word: str) -> list[tuple[int, int]]:
+    """Spans of the opening of `value` that holds `word`, where `text` writes `value` with one
+    Chinese character inserted after that opening (木耳花边 for 木耳边: the span of 木耳).
+    Only after it: one inserted before the word can cut the word off its modifier (粉和红色
+    does claim 红色 for a 粉红色 product)."""
+    spans = []
+    for cut in range(value.find(word) + len(word), len(value)):
+        pattern = re.escape(value[:cut]) + _CHINESE + re.escape(value[cut:])
+        spans += [(m.start(), m.start() + cut) for m in re.finditer(f"(?={pattern})", text)]
+    return spans
 
 
 # value_aliases' defaults (params.yaml generator.faithful_alias_*), also for bundles saved before aliases
