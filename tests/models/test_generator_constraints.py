@@ -424,6 +424,30 @@ def test_an_own_value_written_with_one_character_inserted_is_still_its_own():
     assert RUFFLES.contradictions("粉红色配红色腰带", {"颜色": ["粉红色"]}) == ["红色"]
 
 
+PATTERNS = ValueVocabulary({"图案": ["格子", "条纹", "复古"], "风格": ["复古", "简约"]}, ["图案"])
+CHECKED_SHIRT = {"类型": ["上衣"], "图案": ["格子"]}
+
+
+def test_a_value_a_mood_key_has_too_is_no_fact():
+    # 图案#复古 comes with 风格#复古 (all 638 corpus products): a copy's 复古 is 复古风, the mood,
+    # which no catalog fact contradicts. Another pattern still does.
+    assert PATTERNS.contradictions("复古风的格子衬衫", CHECKED_SHIRT) == []
+    assert PATTERNS.unlisted("复古风的衬衫", {"类型": ["上衣"]}) == []
+    assert PATTERNS.contradictions("复古风的条纹衬衫", CHECKED_SHIRT) == ["条纹"]
+    assert PATTERNS.unlisted("复古风的条纹衬衫", {"类型": ["上衣"]}) == ["条纹"]
+    assert "复古" not in PATTERNS.unlisted_values(CHECKED_SHIRT)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
+def test_a_mood_value_is_writable_and_another_fact_is_not(parts, method):
+    tokenizer = parts[0]
+    retro, stripes = piece(tokenizer, "复古"), piece(tokenizer, "条纹")
+    assert "复古" in make_generator(parts, [(retro, retro)], [], vocab=PATTERNS).generate(CHECKED_SHIRT, decoding=method)[0]
+    guarded = make_generator(parts, [(stripes, stripes)], [], vocab=PATTERNS)
+    for copy in guarded.generate(CHECKED_SHIRT, decoding=method, n=3):
+        assert "条纹" not in copy and PATTERNS.unlisted(copy, CHECKED_SHIRT) == [] and copy, copy
+
+
 def test_unlisted_values_are_every_factual_value_the_product_does_not_list():
     vocab = ValueVocabulary({"颜色": ["白色", "黑色", "红色", "粉红色"], "材质": ["雪纺", "牛仔布"], "风格": ["简约"]}, ["颜色", "材质"])
     no_colour = {"类型": ["裙"], "材质": ["雪纺"]}

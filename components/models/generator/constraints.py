@@ -4,7 +4,8 @@
   (黑色 for a 颜色#白色 product: a *contradiction*). The value vocabulary per key comes from the
   training corpus. Only *factual* keys count: a key whose human copies often mention other
   values of it (风格: a 简约 dress copy may well say 休闲) describes mood, not a checkable fact.
-  Single-character values (衫, 棉, 潮) are too ambiguous to test by substring and are left out.
+  Single-character values (衫, 棉, 潮) are too ambiguous to test by substring and are left out,
+  and so are the values a mood key has too (复古: 图案 and 风格; copies say 复古风).
   Stricter, and the decoding default: no *unlisted* value either, a factual value the product
   does not list at all (雪纺 for a dress with no 材质, 撞色 for trousers with no 图案). The
   catalog does not say it, so the copy would be guessing a fact.
@@ -172,12 +173,15 @@ class ValueVocabulary:
         ]
 
     def _values_not_listed(self, attributes: dict[str, list[str]], keys: Iterable[str]) -> list[str]:
+        """The values of `keys` the product does not list, but for those a non-factual key has
+        too: 图案#复古 is also 风格#复古, and a copy saying 复古 (复古风) names the mood."""
         own = {v.lower() for values in attributes.values() for v in values}
+        moods = {v.lower() for key in self.values_by_key.keys() - set(self.factual_keys) for v in self.values_by_key[key]}
         out: list[str] = []
         seen: set[str] = set()
         for key in keys:
             for value in self.values_by_key.get(key, []):
-                if value.lower() not in own and value not in seen:
+                if value.lower() not in own and value.lower() not in moods and value not in seen:
                     seen.add(value)
                     out.append(value)
         return out
