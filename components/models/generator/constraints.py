@@ -6,6 +6,9 @@
   values of it (风格: a 简约 dress copy may well say 休闲) describes mood, not a checkable fact.
   Single-character values (衫, 棉, 潮) are too ambiguous to test by substring and are left out,
   and so are the values a mood key has too (复古: 图案 and 风格; copies say 复古风).
+  A value inside one of the product's own values states nothing (红色 in 粉红色), nor does one
+  inside an own value written with one character inserted after it (木耳 in 木耳花边 for
+  木耳边). The decoder keeps such a value to the own value as listed, which is stricter.
   Stricter, and the decoding default: no *unlisted* value either, a factual value the product
   does not list at all (雪纺 for a dress with no 材质, 撞色 for trousers with no 图案). The
   catalog does not say it, so the copy would be guessing a fact.
