@@ -44,6 +44,7 @@ from scipy.special import expit, logit
 
 from components.data.advertisegen import mentioned_values
 from components.evaluation.preference import Interval, _interval, bootstrap_indices
+from components.serving.choice import is_best
 
 COPY_FEATURES = ("copy_id", "uc_copy_pref_mentions")
 MIN_CHOSEN_AS_SHOWN = 20   # fewer matching impressions make the off-policy estimate meaningless
@@ -123,7 +124,8 @@ def choose(rows: pd.DataFrame, scores: np.ndarray) -> CopyChoice:
     if np.isnan(scores).any():
         raise ValueError(f"{int(np.isnan(scores).sum())} of {len(scores)} option scores are NaN: the model is broken")
     rows = rows.assign(score=scores).reset_index(drop=True)
-    best = (rows["score"] == rows.groupby("event_id", sort=False)["score"].transform("max")).astype(np.float64)
+    # The server's tie rule (serving.choice.is_best), so both see the same equal best scores.
+    best = pd.Series(is_best(rows["score"], rows.groupby("event_id", sort=False)["score"].transform("max")), dtype=np.float64)
     rows["share"] = best / best.groupby(rows["event_id"], sort=False).transform("sum")
     share_sq_sum = (rows["share"] ** 2).groupby(rows["event_id"], sort=False).sum()
     shown = rows[rows["shown"]].set_index("event_id")

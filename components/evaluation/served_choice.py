@@ -40,7 +40,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.evaluation.preference import _interval, bootstrap_indices
     from components.models.generator.api import load_generator
     from components.models.preference.api import load_preference
-    from components.serving.choice import choice_probabilities, preference_scores
+    from components.serving.choice import choice_probabilities, is_best, preference_scores
     from components.serving.copywriter import ShopperData, personalized_copies
     from components.serving.models import resolve_model
 
@@ -85,7 +85,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
             pick = served = p.mean()  # the server's uniform draw
         else:
             scores = np.asarray(scores, dtype=np.float64)
-            pick = float(p[scores == scores.max()].mean())  # the greedy part, shared by equal best scores
+            pick = float(p[is_best(scores, scores.max())].mean())  # the greedy part, shared by equal best scores
             served = float(choice_probabilities(scores, eps) @ p)  # what the server's draw earns on average
         rows.append({"uniform": p.mean(), "pick": pick, "served": served, "best": p.max(),
                      "differ": bool(p.max() > p.min()), "scored": scores is not None})

@@ -28,6 +28,11 @@ import pandas as pd
 from components.data.attributes import UNK
 
 UNIFORM, PREFERENCE = "uniform", "preference"
+# Scores this close to the best (relative) are equal best scores. The net computes in float32, and
+# identical inputs do not always give identical outputs: torch's matmul gives a row a different
+# last bit depending on its place in the batch (measured: 1-4 float32 ulps, ~5e-7 relative), so
+# exact equality would let batch position, not the model, pick among candidates that read the same.
+TIE_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,17 @@ def candidate_frame(row: pd.DataFrame, texts: list[str], top_values: set[tuple[s
     return frame
 
 
+def is_best(scores: np.ndarray, best: np.ndarray | float) -> np.ndarray:
+    """Which scores tie with `best` (the maximum of their group), within TIE_RTOL."""
+    scores, best = np.asarray(scores, dtype=np.float64), np.asarray(best, dtype=np.float64)
+    return scores >= best - TIE_RTOL * np.abs(best)
+
+
 def choice_probabilities(scores: np.ndarray, exploration: float) -> np.ndarray:
     """Epsilon-greedy: exploration/n each, plus 1 - exploration shared by the best-scored ones."""
+    scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
-    best = scores == scores.max()
+    best = is_best(scores, scores.max())
     return np.full(n, exploration / n) + best * (1.0 - exploration) / best.sum()
 
 

@@ -81,6 +81,18 @@ def test_the_highest_score_is_chosen_and_equal_best_scores_share_it_as_the_serve
     assert truth["copy_choice_true_model_ctr"] == pytest.approx((0.3 + 0.4) / 2)
 
 
+def test_scores_a_few_float32_ulps_apart_tie_offline_as_on_the_server():
+    # One big batch can score identical option rows the same while the server's small batch of
+    # candidates scores them a few ulps apart (or the other way round): both must see one tie.
+    frame = pd.DataFrame({"event_id": ["e1"], "user_id": ["u1"], "copy_id": ["x"], "label": [1]})
+    options = pd.DataFrame({"event_id": ["e1"] * 3, "copy_id": ["x", "y", "z"], "n_options": 3, "uc_copy_pref_mentions": 0})
+    scores = np.array([float.fromhex(h) for h in ("0x1.3053e8p-4", "0x1.3053e4p-4", "0x1.3053e8p-4")], dtype=np.float32)
+    choice = choose(option_frame(frame, options), scores)
+    assert choice.options["share"].tolist() == pytest.approx([1 / 3] * 3)
+    assert choice.options["share"].tolist() == pytest.approx(choice_probabilities(scores, exploration=0.0).tolist())
+    assert choose(option_frame(frame, options), [0.0744, 0.0743, 0.0744]).options["share"].tolist() == [0.5, 0.0, 0.5]
+
+
 def test_options_replace_the_shown_copys_features():
     frame = pd.DataFrame({"event_id": ["e1"], "user_id": ["u1"], "copy_id": ["x"], "uc_copy_pref_mentions": [5], "label": [1]})
     options = pd.DataFrame({"event_id": ["e1", "e1"], "copy_id": ["x", "y"], "n_options": [2, 2], "uc_copy_pref_mentions": [5, 0]})

@@ -77,3 +77,20 @@ def test_candidates_are_read_with_the_products_values_as_training_read_them(tmp_
     assert model.attributes == {"颜色": ["白色"], "类型": ["裙"]}
     assert model.frame["uc_copy_pref_mentions"].tolist() == [1, 0]
     assert preference_scores(model, cfg, data, "someone-else", "p1", ["白色连衣裙", "简约"]) is None  # no row: uniform
+
+
+def test_scores_a_few_float32_ulps_apart_are_equal_best_scores():
+    # torch scores identical candidate rows differently in the last bits, by their place in the
+    # batch (a 3-row batch of one quick-profile row gave 0x1.3053e8p-4, 0x1.3053e4p-4, 0x1.3053e8p-4):
+    # the candidates read the same, so they share the greedy part instead of batch position choosing.
+    import numpy as np
+
+    from components.serving.choice import choice_probabilities
+
+    same = np.array([float.fromhex("0x1.3053e8p-4"), float.fromhex("0x1.3053e4p-4"), float.fromhex("0x1.3053e8p-4")], dtype=np.float32)
+    assert choice_probabilities(same, exploration=0.2) == pytest.approx([1 / 3] * 3)
+    rng = random.Random(8)
+    picks = Counter(choose(3, same, exploration=0.2, rng=rng).index for _ in range(9000))
+    assert all(picks[i] / 9000 == pytest.approx(1 / 3, abs=0.02) for i in range(3))
+    # A real difference, however small in P(click), still decides.
+    assert choice_probabilities(np.array([0.0744, 0.0743, 0.0744]), exploration=0.2) == pytest.approx([0.4666667, 0.0666667, 0.4666667])
