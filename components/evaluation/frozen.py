@@ -286,7 +286,9 @@ def score_preference(model_ref: str, rows: pd.DataFrame) -> pd.DataFrame:
     model = load_preference(model_ref)
     frame = score_examples(model, rows.drop(columns=[OPTIONS_COLUMN], errors="ignore"))
     if OPTIONS_COLUMN in rows.columns:
-        weights = choice_weights(rows, model.predict)
+        # The model's own scores, as the copy server and the training report choose: the cold-start
+        # fallback does not read the copy, so it would tie a cold shopper's options.
+        weights = choice_weights(rows, model.predict_model)
         frame["choice_weight"] = weights.reindex(rows["event_id"].astype(str).to_numpy()).to_numpy()
     return frame
 

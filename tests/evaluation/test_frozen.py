@@ -177,3 +177,40 @@ def test_a_test_split_too_small_to_gate_is_not_frozen(cfg):
 
     write_samples(cfg, "enough")
     assert ensure_snapshot(cfg, "preference").rows["example_id"].str.startswith("enough-").all()
+
+
+def test_the_gate_weighs_the_copy_choice_by_the_models_scores_for_cold_shoppers_too(make_cfg, tmp_path):
+    """The copy server and the training report choose by the model's scores: the cold-start
+    fallback does not read the copy, so routing a cold shopper's options to it ties them all and
+    turns the gate's choice there into the logged (uniform) one."""
+    from components.evaluation.copy_choice import choice_weights, with_copy_options
+    from components.evaluation.frozen import score_preference
+    from components.models.preference.api import load_preference, save_model_dir
+    from components.models.preference.fallback import fit_fallback
+    from components.models.preference.train import train
+    from components.training.preference import load_data
+    from tests.models.preference_data import write_synthetic_features
+
+    cfg = make_cfg(preference={"max_epochs": 1, "batch_size": 256, "hidden": [16], "embedding_dim": 8})
+    write_synthetic_features(cfg, n_users=60, n_products=40, n_impressions=2000)
+    data = load_data(cfg)
+    fallback = fit_fallback(data.train.x, data.train.y, data.encoder, seed=0)
+    module = train(cfg, "deep", data, tmp_path / "ckpt").module
+    model_dir = save_model_dir(tmp_path / "deep", kind="deep", spec=module.spec, net=module.net, encoder=data.encoder,
+                               fallback=fallback, threshold=0.3, cold_policy="fallback", cold_min_events=5)
+    # Every impression of a cold shopper may show its own copy or two others of the catalog's.
+    cold = data.cold.frame.assign(example_id=data.cold.frame["event_id"])
+    cold = cold[cold["u_n_impressions"] < 5].head(30)
+    assert len(cold) >= 10
+    others = data.encoder.mentions.keys()
+    options = pd.DataFrame([
+        {"event_id": e, "copy_id": c, "n_options": 3, "uc_copy_pref_mentions": m}
+        for e, shown in zip(cold["event_id"], cold["copy_id"])
+        for c, m in zip([shown, *[o for o in sorted(others) if o != shown][:2]], (0, 1, 2))
+    ])
+    rows = with_copy_options(cold.reset_index(drop=True), options)
+    scored = score_preference(str(model_dir), rows)
+    model = load_preference(model_dir)
+    expected = choice_weights(rows, model.predict_model)
+    np.testing.assert_allclose(scored["choice_weight"].to_numpy(), expected.to_numpy())
+    assert not np.allclose(scored["choice_weight"], 1.0)  # the fallback's tie would weigh every row 1
