@@ -9,7 +9,7 @@ release, or before any release the local training output), lets the preference m
 the server does (components/serving/choice.py), and prices every candidate with the simulator's
 exact click probability (components/evaluation/copy_choice.py). It prints the expected click
 rate of a uniform draw, of the model's pick, of the epsilon-greedy default and of the best
-candidate, with a bootstrap interval of the pick's lift over the requests.
+candidate, with a bootstrap interval of the pick's lift that resamples shoppers.
 
 The training report's "Copy choice" measures the same choice among the catalog's own copies;
 this measures it where the server uses it, on top of the focus that already steers every
@@ -37,7 +37,6 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.data.schema import load_table
     from components.data.source import read_ground_truth
     from components.evaluation.copy_choice import simulator_copy_weight, true_option_probabilities
-    from components.evaluation.preference import _interval, bootstrap_indices
     from components.models.generator.api import load_generator
     from components.models.preference.api import load_preference
     from components.serving.choice import choice_probabilities, is_best, preference_scores
@@ -63,6 +62,7 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
 
     started = time.perf_counter()
     options, generated, picks, scoring_ms = [], [], {}, []
+    shoppers = dict(zip(drawn["event_id"], drawn["user_id"]))
     for impression in drawn.itertuples(index=False):
         texts = list(dict.fromkeys(personalized_copies(data, generator, impression.user_id, impression.product_id,
                                                        n=cfg.serving.candidates, decoding=cfg.serving.decoding).copies))
@@ -87,17 +87,32 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
             scores = np.asarray(scores, dtype=np.float64)
             pick = float(p[is_best(scores, scores.max())].mean())  # the greedy part, shared by equal best scores
             served = float(choice_probabilities(scores, eps) @ p)  # what the server's draw earns on average
-        rows.append({"uniform": p.mean(), "pick": pick, "served": served, "best": p.max(),
+        rows.append({"user_id": shoppers[event_id], "uniform": p.mean(), "pick": pick, "served": served, "best": p.max(),
                      "differ": bool(p.max() > p.min()), "scored": scores is not None})
-    frame = pd.DataFrame(rows)
+    return {
+        "profile": cfg.profile,
+        **summarize(pd.DataFrame(rows), seed),
+        "scoring_ms_p50": float(np.median(scoring_ms)),
+        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def summarize(frame: pd.DataFrame, seed: int) -> dict:
+    """Expected click rates over the requests (one row each: user_id, uniform, pick, served,
+    best, differ, scored) and the pick's lift, with an interval that resamples whole shoppers:
+    a shopper's requests share their preferences, so they are not independent draws."""
+    from components.evaluation.preference import _interval, bootstrap_indices
+
     uniform, pick, best = frame["uniform"].mean(), frame["pick"].mean(), frame["best"].mean()
     greedy = frame["served"].mean()
     pick_rate, uniform_rate = frame["pick"].to_numpy(), frame["uniform"].to_numpy()
+    shoppers = frame["user_id"].astype(str).to_numpy()
     lift = _interval(pick / uniform - 1, [pick_rate[rows].mean() / uniform_rate[rows].mean() - 1
-                                          for rows in bootstrap_indices(len(frame), BOOTSTRAP, seed)])
+                                          for rows in bootstrap_indices(len(frame), BOOTSTRAP, seed, shoppers)])
     return {
-        "profile": cfg.profile,
         "requests": len(frame),
+        "shoppers": int(frame["user_id"].nunique()),
         "scored_share": float(frame["scored"].mean()),
         "candidates_differ_share": float(frame["differ"].mean()),
         "ctr_uniform": float(uniform),
@@ -108,9 +123,6 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
         "lift_pick_ci": [lift.low, lift.high],
         "lift_epsilon_greedy": float(greedy / uniform - 1),
         "gap_closed": float((pick - uniform) / (best - uniform)) if best > uniform else float("nan"),
-        "scoring_ms_p50": float(np.median(scoring_ms)),
-        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)),
-        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
