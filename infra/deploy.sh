@@ -6,9 +6,7 @@ cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
 POOL="${COPYFLOW_POOL:-copyflow-local}"
 [[ -f .run/env ]] && source .run/env
-if [[ -z "${PREFECT_API_URL:-}" ]]; then
-  echo "PREFECT_API_URL is not set: run \`make up\` first (or point PREFECT_API_URL at your server)" >&2
-  exit 1
-fi
+source infra/prefect_api.sh
+require_prefect_api "$BIN/python"
 "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$POOL" --type process
 "$BIN/prefect" --no-prompt deploy --all --prefect-file prefect.yaml

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
 [[ -f .run/env ]] && source .run/env
+source infra/prefect_api.sh
+require_prefect_api "$BIN/python"
 exec "$BIN/prefect" worker start --pool "${COPYFLOW_POOL:-copyflow-local}" --type process

@@ -1,5 +1,6 @@
 """`make up` / `make down` (infra/up.sh, infra/down.sh) on the failure paths a shared machine
-has: a port another checkout already serves, a server leader killed with its workers alive."""
+has: a port another checkout already serves, a server leader killed with its workers alive;
+`make deploy` / `make worker` without a Prefect server to talk to."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _checkout(tmp_path: Path) -> Path:
     """The scripts in a scratch folder: they work in their parent folder (.run/, mlflow/)."""
     (tmp_path / "infra").mkdir()
     (tmp_path / "mlflow").mkdir()
-    for script in ("up.sh", "down.sh"):
+    for script in ("up.sh", "down.sh", "deploy.sh", "worker.sh", "prefect_api.sh"):
         shutil.copy2(ROOT / "infra" / script, tmp_path / "infra" / script)
     shutil.copy2(ROOT / "mlflow" / "server.env", tmp_path / "mlflow" / "server.env")
     return tmp_path
@@ -46,6 +47,25 @@ def test_up_starts_nothing_when_a_port_another_server_holds_is_taken(tmp_path, t
     assert f"{taken}: port {port} on 127.0.0.1 is already in use by another process; nothing was started" in result.stderr
     assert "started" not in result.stdout
     assert not list((checkout / ".run").glob("*.pid"))  # nothing started, nothing to stop
+
+
+@pytest.mark.parametrize("script", ["deploy.sh", "worker.sh"])
+@pytest.mark.parametrize("api_url", ["", "stopped"])
+def test_deploy_and_worker_without_an_answering_prefect_server_say_so_in_one_line(tmp_path, script, api_url):
+    # The worker without PREFECT_API_URL, and either script after `make down` with the URL still
+    # exported in the shell, ended in a 100-line traceback (the worker after starting a temporary server).
+    checkout = _checkout(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["VENV"] = str(Path(sys.executable).parent.parent)
+    if api_url:
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+
+    result = subprocess.run(["bash", f"infra/{script}"], cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    expected = "does not answer: start it with `make up`" if api_url else "PREFECT_API_URL is not set: run `make up` first"
+    assert expected in result.stderr
 
 
 def test_down_stops_the_workers_of_a_leader_that_died_alone(tmp_path):
