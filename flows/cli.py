@@ -391,9 +391,10 @@ def generate_batch(
     from mlflow.exceptions import MlflowException
 
     try:
-        if model and not Path(model).is_dir():  # an MLflow URI: look it up in this project's store
-            from components.tracking import configure
+        if model and model.startswith(("runs:/", "models:/")):  # look it up in this project's store,
+            from components.tracking import configure, require_store
 
+            require_store(cfg)  # which must exist: `configure` would create an empty one
             configure(cfg)
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
