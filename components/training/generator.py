@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from components.config import Config, load_config
 from components.data.attributes import parse_attributes
-from components.data.corpus import load_corpus_splits
+from components.data.corpus import CorpusError, load_corpus_splits
 from components.models.generator.api import BUNDLE_ARTIFACT, load_generator, save_model_dir
 from components.models.generator.constraints import ValueVocabulary, corpus_value_vocabulary, load_ad_law_words, load_latin_words
 from components.models.generator.dataset import BucketedBatches, ControlSampling, build_examples
@@ -436,14 +437,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
     cfg = load_config(args.params, args.profile)
-    # The word lists go into the bundle after training: a missing or empty one fails now, not
-    # 25 minutes later (the corpus is the first thing `train` reads).
-    load_ad_law_words(cfg.paths.ad_law_words)
-    load_latin_words(cfg.paths.latin_words)
-    if args.evaluate_only is not None:
-        reevaluate(cfg, args.evaluate_only, args.out, args.parent_run_id)
-    else:
-        exit_code_on_sigterm(train, cfg, args.out, args.parent_run_id)
+    try:
+        # The word lists go into the bundle after training: a missing or empty one fails now, not
+        # 25 minutes later (the corpus is the first thing `train` reads).
+        load_ad_law_words(cfg.paths.ad_law_words)
+        load_latin_words(cfg.paths.latin_words)
+        if args.evaluate_only is not None:
+            reevaluate(cfg, args.evaluate_only, args.out, args.parent_run_id)
+        else:
+            exit_code_on_sigterm(train, cfg, args.out, args.parent_run_id)
+    except (FileNotFoundError, CorpusError) as exc:  # a missing or malformed input file: what to fix, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
 
 
 if __name__ == "__main__":

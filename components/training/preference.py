@@ -525,11 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--parent-run-id", default=None)
     args = parser.parse_args(argv)
+    from components.models.preference.data import FeatureDataError
     from components.tracking import disable_telemetry
 
     disable_telemetry()
     cfg = load_config(args.params, args.profile)
-    manifest = exit_code_on_sigterm(run_training, cfg, args.out, args.parent_run_id)
+    try:
+        manifest = exit_code_on_sigterm(run_training, cfg, args.out, args.parent_run_id)
+    except (FileNotFoundError, FeatureDataError) as exc:  # a missing or malformed feature table: what to fix, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if manifest is not None:
         print(json.dumps({k: manifest[k] for k in ("champion_kind", "run_id", "model_dir")}, ensure_ascii=False))
     return 0

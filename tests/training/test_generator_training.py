@@ -115,13 +115,14 @@ def test_sigterm_during_training_exits_143_not_0(monkeypatch):
         assert stopped.value.code == 143
 
 
-def test_a_missing_word_list_fails_before_training(tmp_path):
-    """The word lists are read into the bundle after training: checked first instead."""
+def test_a_missing_word_list_fails_before_training(tmp_path, capsys):
+    """The word lists are read into the bundle after training: checked first instead, in one line."""
     from components.training import generator
 
     params = write_params(tmp_path, paths={"ad_law_words": str(tmp_path / "nowhere.txt")})
-    with pytest.raises(FileNotFoundError, match="ad-law word list not found"):
+    with pytest.raises(SystemExit) as stopped:
         generator.main(["--profile", "quick", "--params", str(params), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 1 and "error: ad-law word list not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing trained
 
 
