@@ -29,6 +29,12 @@ def _actor() -> str:
     return name
 
 
+def _print_notes(result: dict) -> None:
+    """What the CLI shows as warnings (a release set aside as unreadable), in the flow run's log."""
+    for line in result.get("notes", []):
+        print(f"warning: {line}")
+
+
 def _config(profile: str, params_path: str):
     from components.config import load_config
 
@@ -56,10 +62,13 @@ def promote(
 
     cfg = _config(profile, params_path)
     result = promotion.promote(cfg, release=release, dry_run=dry_run, note=note, actor=_actor())
+    _print_notes(result)
     if result.get("recheck_report"):
         print(result["recheck_report"])
-    verb = "would promote" if dry_run else ("promoted" if result["changed"] else "kept")
-    print(f"{verb} release {result['release']} (champion before: {result['replaces']})")
+    if result.get("message"):  # already champion: says which aliases were repaired, or are still wrong
+        print(result["message"])
+    else:
+        print(f"{'would promote' if dry_run else 'promoted'} release {result['release']} (champion before: {result['replaces']})")
     print(status.render_status(status.status(cfg)))
     return result
 
@@ -71,6 +80,7 @@ def rollback(note: str | None = None, profile: str = "quick", params_path: str =
 
     cfg = _config(profile, params_path)
     result = promotion.rollback(cfg, note=note, actor=_actor())
+    _print_notes(result)
     print(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
     print(status.render_status(status.status(cfg)))
     return result

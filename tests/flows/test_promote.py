@@ -167,6 +167,25 @@ def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
     assert model_aliases(client, "copyflow-release")["champion"] == "1"
 
 
+def test_the_promote_flow_says_which_aliases_it_repaired(pref_world, tmp_path, capsys):
+    # Re-promoting the champion (the documented repair) logged "promoted release 1 (champion
+    # before: 1)" in the flow run: which alias was wrong, or is still wrong, was not shown.
+    from flows.promote import promote
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone")
+    client = registry_client(world.cfg)
+    client.set_registered_model_alias("copyflow-preference", "champion", "2")  # left behind by a crash mid-promotion
+
+    promote.fn(release=1, params_path=str(world.base / "params.yaml"))
+
+    out = capsys.readouterr().out
+    assert "release 1 is already the champion; its aliases were repaired:" in out
+    assert "copyflow-preference@champion is 2 but copyflow-release@champion (v1) says 1" in out
+    assert "promoted release 1" not in out
+    assert model_aliases(client, "copyflow-preference")["champion"] == "1"
+
+
 def test_registry_commands_refuse_a_missing_store_and_report_refusals_in_one_line(pref_world, tmp_path):
     """A mistyped store is not created empty; a busy lock, an unknown release and an already
     champion release each get one line, not a traceback."""
