@@ -424,6 +424,42 @@ def read_params(params_path: Path) -> dict[str, Any]:
     return raw
 
 
+def config_error_text(exc: Exception, params_path: Path | str, profile: str) -> str:
+    """A params error as a person reads it: one line per bad setting, named by its dotted key,
+    without pydantic's dump of the whole section and its documentation links."""
+    from difflib import get_close_matches
+
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            known = get_close_matches(str(error["loc"][-1]), _known_keys(error["loc"][:-1]), n=1)
+            lines.append(f"{key}: unknown setting" + (f"; did you mean {known[0]!r}?" if known else ""))
+        elif error["type"] == "missing":
+            lines.append(f"{key}: required, and not set")
+        else:
+            got = repr(error.get("input"))
+            shown = f" (got {got})" if not isinstance(error.get("input"), dict) and len(got) <= 80 else ""  # not a whole section
+            lines.append(f"{key}: {error['msg'].removeprefix('Value error, ')}{shown}")
+    count = f"{len(lines)} invalid setting{'s' if len(lines) != 1 else ''}"
+    return f"{params_path} (profile {profile!r}) has {count}:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _known_keys(section: tuple) -> list[str]:
+    """The setting names the section at `section` (a pydantic error location) accepts."""
+    model: Any = Config
+    for part in section:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
 def load_config(
     params_path: Path | str = DEFAULT_PARAMS,
     profile: str = DEFAULT_PROFILE,

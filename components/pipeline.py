@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from components.config import Config, load_config
+from components.config import Config, config_error_text, load_config
 
 # stage -> "module:function"; each function takes a Config and returns its summary dict.
 STAGE_FUNCTIONS: dict[str, str] = {
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.params, args.profile)
     except (FileNotFoundError, ValueError) as exc:  # one line in the DVC log, naming the key, not a traceback
-        print(f"copyflow stage {args.stage!r}: {exc}", file=sys.stderr)
+        print(f"copyflow stage {args.stage!r}: {config_error_text(exc, args.params, args.profile)}", file=sys.stderr)
         return 2
     try:
         summary = run_stage(args.stage, cfg, args.params)

@@ -40,7 +40,7 @@ def _setup() -> None:
 
 
 def _config(params: Path, profile: str):
-    from components.config import load_config
+    from components.config import config_error_text, load_config
     from components.tracking import tracking_uri
 
     try:
@@ -48,7 +48,7 @@ def _config(params: Path, profile: str):
         tracking_uri(cfg)  # refuses a profile whose own store the environment would override
         return cfg
     except (FileNotFoundError, ValueError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {config_error_text(exc, params, profile)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
 
 
