@@ -97,17 +97,20 @@ wait_healthy() {  # wait_healthy NAME URL
 OWN_STORES=""
 if [[ -f params.yaml ]]; then
   OWN_STORES="$("$BIN/python" - <<'PY'
+import sys
 from pathlib import Path
 
-import yaml
-
-from components.config import load_config
+from components.config import config_error_text, load_config, read_params
 from components.tracking import profile_uri_env
 
-for name in yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["profiles"]:
-    cfg = load_config("params.yaml", name)
-    if cfg.own_store and not cfg.tracking.uri:
-        print(f"export {profile_uri_env(name)}=sqlite:///{(Path(cfg.paths.mlflow_dir) / 'mlflow.db').resolve()}")
+name = "?"
+try:  # a params error in one line, as the CLI gives it, not a traceback
+    for name in read_params(Path("params.yaml")).get("profiles") or {}:
+        cfg = load_config("params.yaml", name)
+        if cfg.own_store and not cfg.tracking.uri:
+            print(f"export {profile_uri_env(name)}=sqlite:///{(Path(cfg.paths.mlflow_dir) / 'mlflow.db').resolve()}")
+except (FileNotFoundError, ValueError) as exc:
+    sys.exit(f"make up: {config_error_text(exc, 'params.yaml', name)}\nnothing was started")
 PY
 )"
 fi

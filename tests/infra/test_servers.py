@@ -49,6 +49,21 @@ def test_up_starts_nothing_when_a_port_another_server_holds_is_taken(tmp_path, t
     assert not list((checkout / ".run").glob("*.pid"))  # nothing started, nothing to stop
 
 
+def test_up_with_a_misspelt_params_key_says_which_in_one_line_and_starts_nothing(tmp_path):
+    # It stopped with pydantic's traceback (the profiles' own stores are worked out before any server starts).
+    checkout = _checkout(tmp_path)
+    params = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    (checkout / "params.yaml").write_text(params.replace("\n  patience:", "\n  patiense:", 1), encoding="utf-8")
+    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
+
+    result = subprocess.run(["bash", "infra/up.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "unknown setting; did you mean 'patience'?" in result.stderr and "nothing was started" in result.stderr
+    assert not list((checkout / ".run").glob("*.pid"))
+
+
 @pytest.mark.parametrize("script", ["deploy.sh", "worker.sh"])
 @pytest.mark.parametrize("api_url", ["", "stopped"])
 def test_deploy_and_worker_without_an_answering_prefect_server_say_so_in_one_line(tmp_path, script, api_url):
