@@ -42,6 +42,10 @@ class StoreConflict(ValueError):
     """$COPYFLOW_TRACKING_URI would put a profile that keeps a registry of its own into the shared one."""
 
 
+class StoreUnreachable(ConnectionError):
+    """The tracking store is an MLflow server that does not answer."""
+
+
 def tracking_uri(cfg=None) -> str:
     """params.yaml `tracking.uri`, else $COPYFLOW_TRACKING_URI, else the embedded sqlite store.
 
@@ -84,13 +88,37 @@ def artifact_root(uri: str) -> str | None:
 def require_store(cfg=None) -> None:
     """Raise FileNotFoundError when the embedded store does not exist yet. Commands that only read
     the registry or move its aliases call this first: `configure` would otherwise create an empty
-    store at a mistyped path and report "no releases" instead of the real mistake."""
+    store at a mistyped path and report "no releases" instead of the real mistake. A server store
+    must answer (`require_server`)."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(
             f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}: run `copyflow retrain` first, "
             f"or check --params, --profile and {TRACKING_URI_ENV}"
         )
+    require_server(cfg)
+
+
+def require_server(cfg=None) -> None:
+    """Raise StoreUnreachable when the store is an MLflow server that does not answer. MLflow
+    retries every request for minutes: after `make down`, with the variables of `.run/env` still
+    set, `copyflow status` spent 4 minutes before a 470-line traceback."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a gateway may keep /health to itself): MLflow's own errors will say more
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StoreUnreachable(
+            f"the MLflow server at {uri} does not answer ({reason}): start it with `make up`, or, if `make down` "
+            f"stopped it, unset {TRACKING_URI_ENV} and MLFLOW_TRACKING_URI (`.run/env` set them) to use the embedded store"
+        ) from exc
 
 
 def configure(cfg=None) -> str:

@@ -94,12 +94,12 @@ def _require_free_port(host: str, port: int) -> None:
 
 def _registry_config(params: Path, profile: str):
     """The config of a command that reads or moves registry aliases: its store must exist."""
-    from components.tracking import require_store
+    from components.tracking import StoreUnreachable, require_store
 
     cfg = _config(params, profile)
     try:
         require_store(cfg)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, StoreUnreachable) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     return cfg
@@ -133,7 +133,7 @@ def retrain(
 ) -> None:
     """Run the retrain flow (Prefect): source -> validate -> clean -> features -> train -> register."""
     from components.run_summary import format_summary
-    from components.tracking import tracking_uri
+    from components.tracking import StoreUnreachable, require_server, tracking_uri
     from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy
     from flows.retrain import retrain as retrain_flow
 
@@ -144,6 +144,11 @@ def retrain(
 
     cfg = _config(params, profile)
     _require_prefect_server()
+    try:
+        require_server(cfg)  # a stopped MLflow server: one line now, not minutes of retries mid-flow
+    except StoreUnreachable as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     try:
         result = retrain_flow(profile=profile, params_path=str(params), force=force)
     except (DataGateFailed, GateFailed, GateInputError, SnapshotError, StageFailed, ParamsNotTracked, RetrainBusy) as exc:
@@ -267,6 +272,7 @@ def explain(
     from components.serving.models import NoModel, resolve_model
 
     from mlflow.exceptions import MlflowException
+    from components.tracking import StoreUnreachable
 
     cfg = _config(params, profile)
     try:
@@ -275,7 +281,7 @@ def explain(
         user_id = shoppers.resolve_user_id(user)
         shoppers.product_attributes(product)  # a product not in the catalog has no features to explain
         explained = explain_pair(model.ref, user_id, product, cfg)
-    except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError, MlflowException) as exc:  # a deleted version: one line
+    except (NoModel, UnknownEntity, FileNotFoundError, KeyError, ValueError, MlflowException, StoreUnreachable) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     scorer = {"fallback": "the cold-start fallback (too few events for the model)"}.get(explained.source, f"the {explained.source} model")
@@ -306,6 +312,7 @@ def generate(
     from components.serving.models import NoModel, resolve_model
 
     from mlflow.exceptions import MlflowException
+    from components.tracking import StoreUnreachable
 
     cfg = _config(params, profile)
     try:
@@ -313,7 +320,7 @@ def generate(
         generator = load_generator(model.ref)
         shoppers = ShopperData.load(cfg, with_features=True)
         result = personalized_copies(shoppers, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
-    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:  # a deleted version: one line
+    except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException, StoreUnreachable) as exc:  # a deleted version: one line
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"generator: {model.origin}")
@@ -389,6 +396,7 @@ def generate_batch(
         typer.secho(f"error: unknown backend {backend!r}; expected torch or onnx", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     from mlflow.exceptions import MlflowException
+    from components.tracking import StoreUnreachable
 
     try:
         if model and model.startswith(("runs:/", "models:/")):  # look it up in this project's store,
@@ -400,7 +408,7 @@ def generate_batch(
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
                            decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length,
                            overwrite=overwrite)
-    except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException) as exc:
+    except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException, StoreUnreachable) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     except BaseException as exc:  # stopped part-way (Ctrl-C, out of memory, a full disk): say where the work is
@@ -536,6 +544,7 @@ def serve(
     from components.serving.models import NoModel
 
     from mlflow.exceptions import MlflowException
+    from components.tracking import StoreUnreachable
 
     cfg = _config(params, profile)
     host, port = host or cfg.serving.host, port or cfg.serving.port
@@ -550,7 +559,7 @@ def serve(
     try:
         loaded = champion.current()  # load before listening: a missing model is one line, not a 503 later
         key_for_data(cfg)  # a key other than the data's would make every shopper unknown
-    except (NoModel, BrokenModel, FileNotFoundError, MlflowException, PseudonymKeyError) as exc:
+    except (NoModel, BrokenModel, FileNotFoundError, MlflowException, PseudonymKeyError, StoreUnreachable) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     scorer, choosing = None, "a uniform draw among the candidates"

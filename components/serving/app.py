@@ -245,6 +245,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     from components.serving.choice import PREFERENCE, Choice, choose, preference_scores
     from components.serving.copywriter import UnknownEntity, personalized_copies
     from components.serving.models import NoModel
+    from components.tracking import StoreUnreachable
 
     from mlflow.exceptions import MlflowException
 
@@ -281,7 +282,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     def serving_model() -> Loaded:
         try:
             return champion.current()
-        except (NoModel, BrokenModel, FileNotFoundError, MlflowException) as exc:
+        except (NoModel, BrokenModel, FileNotFoundError, MlflowException, StoreUnreachable) as exc:
             raise HTTPException(503, f"no generator to serve: {exc}") from exc
 
     def shopper_data():

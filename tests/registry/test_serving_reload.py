@@ -6,10 +6,11 @@ the champion it last named keeps serving."""
 from __future__ import annotations
 
 import pytest
-from mlflow.exceptions import MlflowException
+from fastapi.testclient import TestClient
 
 from components.registry.promotion import promote, rollback
-from components.serving.app import Champion
+from components.serving.app import Champion, create_app
+from components.tracking import StoreUnreachable
 from tests.conftest import free_port
 
 
@@ -55,14 +56,18 @@ def test_the_last_champion_keeps_serving_while_the_registry_is_unreachable(fresh
     down = f"http://127.0.0.1:{free_port()}"  # a tracking server nobody runs
     champion.cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})})
     clock.now = 30.0
-    assert champion.current() is first and "MlflowException" in champion.last_error
+    assert champion.current() is first and "StoreUnreachable: the MLflow server at" in champion.last_error
     champion.cfg = cfg  # back up
     clock.now = 60.0
     assert champion.current().ref == first.ref and champion.last_error is None
 
-    fresh = Champion(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})}), load=str)
-    with pytest.raises(MlflowException):  # nothing served yet: nothing to keep serving (a 503)
+    unreachable = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": down})})
+    fresh = Champion(unreachable, load=str)
+    with pytest.raises(StoreUnreachable):  # nothing served yet: nothing to keep serving (a 503)
         fresh.current()
+    client = TestClient(create_app(unreachable, Champion(unreachable, load=str)))
+    for answer in (client.get("/health"), client.post("/copy", json={"user": "u", "product": "p"})):  # a 503, not a 500
+        assert answer.status_code == 503 and "no generator to serve: the MLflow server at" in answer.text
 
 
 def test_a_new_champion_that_fails_to_load_leaves_the_last_one_serving(fresh_world):
