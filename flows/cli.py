@@ -86,9 +86,11 @@ def _require_free_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            why = "is already in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror})"
-            typer.secho(f"error: port {port} on {host} {why}; nothing was started. Stop that process or pick another --port.",
-                        fg=typer.colors.RED, err=True)
+            if exc.errno == errno.EADDRINUSE:
+                why, fix = "is already in use by another process", "Stop that process or pick another --port."
+            else:  # an address this machine does not have, or a name that does not resolve
+                why, fix = f"cannot be listened on ({exc.strerror})", "Pick another --host."
+            typer.secho(f"error: port {port} on {host} {why}; nothing was started. {fix}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from exc
 
 
@@ -507,7 +509,7 @@ def worker() -> None:
 @app.command()
 def ui(
     host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -528,7 +530,7 @@ def ui(
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="bind address (default: serving.host)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port (default: serving.port)")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="port (default: serving.port)")] = None,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
     allow_unauthenticated: Annotated[bool, typer.Option(help="bind beyond loopback without a token (behind a gateway that authenticates)")] = False,
