@@ -224,7 +224,8 @@ def rotate_key(
     if not rotated["changed"]:
         typer.echo(f"key {rotated['key_id']} is already the pseudonym key of profile {profile!r}; nothing changed")
         return
-    typer.echo(f"profile {profile!r} now pseudonymizes with key {rotated['key_id']} (was {rotated['previous']}). The next "
+    was = f"was {rotated['previous']}" if rotated["previous"] else "no key was recorded before"
+    typer.echo(f"profile {profile!r} now pseudonymizes with key {rotated['key_id']} ({was}). The next "
                f"`copyflow retrain --profile {profile}` gives every shopper a new id and re-freezes the preference evaluation "
                "set. Until its release is promoted, the served preference model knows no shopper (cold start for all); "
                "restart `copyflow serve` with the new key after that retrain.")

@@ -25,3 +25,11 @@ def test_rotate_key_records_the_current_key_and_refuses_a_weak_one(cfg, tmp_path
     assert rotated.exit_code == 0, rotated.output
     assert f"(was {old})" in rotated.output and "re-freezes the preference evaluation set" in rotated.output
     assert recorded_key_id(cfg) not in (None, old)
+
+
+def test_rotating_a_profile_with_no_key_of_record_says_so_not_none(cfg, tmp_path, monkeypatch):
+    # It printed "(was None)".
+    monkeypatch.delenv(cfg.privacy.key_env, raising=False)
+    result = CliRunner().invoke(app, ["rotate-key", "--params", str(params_file(cfg, tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "(no key was recorded before)" in result.output and "None" not in result.output
