@@ -136,7 +136,7 @@ def retrain(
     """Run the retrain flow (Prefect): source -> validate -> clean -> features -> train -> register."""
     from components.run_summary import format_summary
     from components.tracking import StoreUnreachable, require_server, tracking_uri
-    from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy
+    from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, tracked_params
     from flows.retrain import retrain as retrain_flow
 
     from components.dvc_runner import StageFailed
@@ -145,6 +145,11 @@ def retrain(
     from components.registry.status import render_status, status
 
     cfg = _config(params, profile)
+    try:
+        tracked_params(params)  # before Prefect starts: raised in the flow, it came with Prefect's traceback
+    except ParamsNotTracked as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     _require_prefect_server()
     try:
         require_server(cfg)  # a stopped MLflow server: one line now, not minutes of retries mid-flow

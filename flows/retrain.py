@@ -96,6 +96,20 @@ def _publish(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(key=re.sub(r"[^a-z0-9-]+", "-", key.lower()), markdown=markdown, description=description)
 
 
+def tracked_params(params_path: str | Path, project_dir: str | Path = ".") -> Path:
+    """The resolved params file, which must be the params.yaml next to dvc.yaml: every DVC stage
+    reads (and DVC tracks) that one; another file would be read here and ignored by every stage.
+    Raises ParamsNotTracked. The CLI checks it before starting Prefect, so the refusal is one line."""
+    params_file = (Path(project_dir) / params_path).resolve()
+    if params_file.name != "params.yaml" or not (params_file.parent / "dvc.yaml").is_file():
+        raise ParamsNotTracked(
+            f"retrain runs the DVC pipeline, whose stages read the params.yaml next to dvc.yaml; "
+            f"{params_file} is not that file. Edit the project's params.yaml, or run single stages "
+            f"with `copyflow stage STAGE --params FILE`"
+        )
+    return params_file
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(
     profile: str = "quick",
@@ -111,16 +125,8 @@ def retrain(
     evaluation set and registers a release (promoted automatically only if params say so and
     no champion exists yet). A failing data gate or release gate fails the run.
     """
-    params_file = (Path(project_dir) / params_path).resolve()
+    params_file = tracked_params(params_path, project_dir)
     root = params_file.parent  # the project is where its params.yaml is, whatever the current directory
-    if params_file.name != "params.yaml" or not (root / "dvc.yaml").is_file():
-        # Every DVC stage reads (and DVC tracks) the params.yaml next to dvc.yaml; another file
-        # would be read here and ignored by every stage.
-        raise ParamsNotTracked(
-            f"retrain runs the DVC pipeline, whose stages read the params.yaml next to dvc.yaml; "
-            f"{params_file} is not that file. Edit the project's params.yaml, or run single stages "
-            f"with `copyflow stage STAGE --params FILE`"
-        )
     cfg = load_config(params_file, profile)
     with one_retrain_at_a_time(cfg):
         return _retrain(cfg, root, params_file, stages, force, register_release)
