@@ -231,6 +231,19 @@ def test_beam_scores_are_sorted(model_dir):
     assert all(EOS not in c.tokens for c in candidates)
 
 
+def test_generate_batch_bans_the_words_it_is_given_beside_the_bundles(model_dir, tmp_path):
+    """The CLI passes the maintained ad-law list: a word the bundle's own list lacks is banned too."""
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    api.generate_batch(source, out, model_dir, decoding="greedy")
+    plain = json.loads(out.read_text(encoding="utf-8"))["copy"]
+    word = next(c for c in plain if c not in "类型裙颜色白")  # a character the bundle's list allows
+    report = api.generate_batch(source, out, model_dir, decoding="greedy", overwrite=True, extra_ad_law_words=[word])
+    banned = json.loads(out.read_text(encoding="utf-8"))["copy"]
+    assert word not in banned and banned and report.withheld == 0 and report.warnings() == []
+    assert api.BatchReport(3, withheld=2).warnings()[0].startswith("2 row(s) have an empty copy")
+
+
 def test_generate_batch_and_errors(model_dir, tmp_path):
     source = tmp_path / "in.jsonl"
     rows = [{"content": "类型#裙*颜色#白色"}, {"content": "类型#裤*裤型#阔腿裤"}]

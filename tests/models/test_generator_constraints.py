@@ -110,6 +110,24 @@ def test_forced_unlisted_value_is_never_emitted(parts, method):
     assert "黑色" in guarded.generate({"类型": ["裙"], "颜色": ["黑色"]}, decoding=method)[0]  # listed: fine
 
 
+def test_only_copies_that_break_no_hard_rule_may_be_served(parts):
+    """`servable` judges with the decoder's own rules (rerank only puts a breaking copy last):
+    ad-law words, contradicting values, and unlisted ones where the bundle's defaults forbid them."""
+    words = load_ad_law_words(AD_LAW)
+    texts = ["白色连衣裙", "最好的白色连衣裙", "黑色连衣裙", "白色连衣裙，第 一 眼就心动"]
+    generator = make_generator(parts, [], words)
+    servable, withheld = generator.servable(texts, WHITE_DRESS)
+    assert servable == ["白色连衣裙"]
+    assert withheld["最好的白色连衣裙"] == {"values": [], "ad_law": ["最"]}
+    assert withheld["黑色连衣裙"]["values"] == ["黑色"]
+    assert withheld["白色连衣裙，第 一 眼就心动"]["ad_law"] == ["第一"]  # matched as the gate matches: spaces ignored
+    no_colour_dress = {"类型": ["裙"], "裙长": ["连衣裙"]}
+    assert generator.servable(["黑色连衣裙"], no_colour_dress)[0] == []  # unlisted: forbidden by default
+    lenient = make_generator(parts, [], words, forbid_unlisted=False)
+    assert lenient.servable(["黑色连衣裙", "黑色连衣裙"], no_colour_dress) == (["黑色连衣裙", "黑色连衣裙"], {})
+    assert lenient.servable(["黑色连衣裙"], WHITE_DRESS)[0] == []  # a contradiction never is
+
+
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])
 def test_a_copy_never_names_a_garment_of_another_type(parts, method):
     # Pushed toward 牛仔 + 裤 (这款牛仔裤…, the full model's slip for denim skirts): a 类型#裙

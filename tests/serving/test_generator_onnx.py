@@ -49,6 +49,22 @@ def test_greedy_parity_and_batch_sizes(exported):
     assert onnx_gen.generate_many(one, "beam", n=2) == torch_gen.generate_many(one, "beam", n=2)
 
 
+def test_torch_and_onnx_ban_the_same_added_words(exported):
+    """The maintained ad-law list reaches both runtimes through the one ban plan the search
+    shares: with a word added beside the bundle's list, they still write identical copies."""
+    directory, corpus = exported
+    products = list(corpus["attributes"][:4])
+    plain = [api.load_generator(directory).generate(a, decoding="greedy")[0] for a in products]
+    word = max(set("".join(plain)), key="".join(plain).count)  # the character the model writes most
+    torch_gen, onnx_gen = (api.load_generator(directory, backend=b, extra_ad_law_words=[word]) for b in ("torch", "onnx"))
+    assert word in torch_gen.ad_law_words and torch_gen.ad_law_words == onnx_gen.ad_law_words
+    requests = [torch_gen.request(a, None, "any", "any") for a in products]
+    for method, n in (("greedy", 1), ("beam", 2)):
+        copies = torch_gen.generate_many(requests, method, n=n)
+        assert onnx_gen.generate_many(requests, method, n=n) == copies
+        assert not any(word in text for texts in copies for text in texts), copies
+
+
 def test_an_export_of_other_weights_fails_the_parity_check(exported, tmp_path):
     """The check must be able to fail: an exporter that wrote different weights (here, the
     output projection nudged) is caught, and training raises instead of shipping it."""

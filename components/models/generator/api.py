@@ -277,6 +277,21 @@ class Generator:
         values = self.vocabulary.unlisted(text, attributes) if forbid_unlisted else self.vocabulary.contradictions(text, attributes)
         return {"values": values, "ad_law": tm.banned_occurrences(text, self.ad_law_words)}
 
+    def servable(self, texts: Sequence[str], attributes: dict[str, list[str]]) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+        """`texts` split into the copies that may be shown to a shopper and those that break a
+        hard rule (`violations`), each with what it breaks. Unlisted values count where the
+        bundle's decoding defaults forbid them, whatever a caller decoded with. Decoding bans the
+        same words and values and `rerank` puts a breaking copy last, but keeps it: evaluation
+        must see it, a shopper must not."""
+        servable, withheld = [], {}
+        for text in texts:
+            found = self.violations(text, attributes, self.defaults.forbid_unlisted)
+            if found["values"] or found["ad_law"]:
+                withheld[text] = found
+            else:
+                servable.append(text)
+        return servable, withheld
+
     # -- generation --------------------------------------------------------------------------
     def request(self, attributes: dict[str, list[str]] | str, focus: Sequence[str] | None, tone: str, length: str) -> Request:
         if isinstance(attributes, str):
@@ -460,9 +475,13 @@ def load_torch_net(directory: Path) -> CopyTransformer:
     return net.eval()
 
 
-def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_size: int = 32, threads: int | None = None) -> Generator:
+def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_size: int = 32, threads: int | None = None,
+                   extra_ad_law_words: Sequence[str] = ()) -> Generator:
     """The trained generator; backend "torch" or "onnx" (ONNX Runtime on the exported graphs).
-    `threads`: intra-op threads (decoding runs many small steps: 1 is often fastest on CPU)."""
+    `threads`: intra-op threads (decoding runs many small steps: 1 is often fastest on CPU).
+    `extra_ad_law_words`: banned and judged beside the bundle's own list. The law does not
+    depend on when a bundle was built: a server passes the maintained list, so a champion built
+    before the list grew avoids the new words too."""
     directory = resolve_model_dir(model_dir_or_uri)
     if threads:
         torch.set_num_threads(threads)
@@ -485,7 +504,7 @@ def load_generator(model_dir_or_uri: str | Path, backend: str = "torch", batch_s
         CopyTokenizer.load(directory),
         engine,
         vocabulary,
-        load_ad_law_words(directory / AD_LAW_FILE),
+        list(dict.fromkeys([*load_ad_law_words(directory / AD_LAW_FILE), *extra_ad_law_words])),
         DecodingSettings(**config["decoding"]),
         config["spec"]["max_source_len"],
         batch_size,
@@ -567,6 +586,7 @@ class BatchReport:
     ad_law_values: Counter[str] = field(default_factory=Counter)
     cut_off: Counter[str] = field(default_factory=Counter)
     focus_unused: list[str] = field(default_factory=list)  # asked for, but no row has them
+    withheld: int = 0  # rows written with an empty copy: every candidate broke a hard rule (this run's rows)
 
     def count(self, found: dict[str, list[str]]) -> None:
         """Add one row's `Generator.unfamiliar` findings."""
@@ -579,6 +599,8 @@ class BatchReport:
             return ", ".join(f"{_printable(name)} ({rows})" for name, rows in counter.most_common(shown)) + (f", and {more} more" if more > 0 else "")
 
         notes = []
+        if self.withheld:
+            notes.append(f"{self.withheld} row(s) have an empty copy: every candidate broke a hard rule (advertising-law words, or values the product does not list)")
         if self.unseen_keys:
             notes.append(f"keys no training product had, which copies may ignore (rows): {top(self.unseen_keys)}")
         if self.unseen_values:
@@ -691,6 +713,7 @@ def generate_batch(
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
+    extra_ad_law_words: Sequence[str] = (),
 ) -> BatchReport:
     """One {"content", "copy"} row per input {"content"} row. `focus` applies to every row,
     restricted to the values each product has, and so do the `tone` and `length` controls. The
@@ -703,7 +726,9 @@ def generate_batch(
     with the same focus, tone, length and decoding settings (recorded beside it, see `job_path`).
     `progress(done, total)` is called after each chunk. Work is never thrown away unasked: an
     existing output, or a stopped job's partial file without `resume`, is refused unless
-    `overwrite`."""
+    `overwrite`. A row whose copy breaks a hard rule (`Generator.servable`: every candidate did,
+    as `rerank` puts such copies last) gets an empty copy, counted in the report (`withheld`).
+    `extra_ad_law_words`: see `load_generator`."""
     check_controls(tone, length)
     rows = read_jsonl_contents(input_jsonl)
     output = Path(output_jsonl)
@@ -729,7 +754,7 @@ def generate_batch(
                 f"a stopped job left {done} copies in {partial}: --resume carries on from them (same model and options), "
                 "--overwrite starts over without them"
             )
-        return _write_batch(rows, output, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size)
+        return _write_batch(rows, output, model_dir_or_uri, focus, decoding, backend, resume, tone, length, progress, batch_size, extra_ad_law_words)
 
 
 def _write_batch(
@@ -744,12 +769,13 @@ def _write_batch(
     length: str,
     progress: Callable[[int, int], None] | None,
     batch_size: int,
+    extra_ad_law_words: Sequence[str],
 ) -> BatchReport:
     """generate_batch's work, under the output's lock."""
     partial, recorded = partial_path(output), job_path(output)
     earlier, complete = _resumable_rows(partial, rows) if resume else ([], 0)
     directory = resolve_model_dir(model_dir_or_uri)
-    generator = load_generator(directory, backend=backend, batch_size=batch_size)
+    generator = load_generator(directory, backend=backend, batch_size=batch_size, extra_ad_law_words=extra_ad_law_words)
     job = _job_record(model_dir_or_uri, directory, settings_from(generator.defaults, decoding), focus, tone, length)
     if resume:  # checked before any retrieval or decoding work
         _check_same_job(partial, recorded, job)
@@ -763,16 +789,19 @@ def _write_batch(
             progress(done, len(rows))
         # Only the identity of the rows already written: their twins further on keep their streams.
         before = [Request(r["attributes"], normalize_focus(focus, r["attributes"]), tone, length) for r in rows[: len(earlier)]]
+        withheld = 0
         for chunk in generator.generate_chunks(requests, decoding, n=1, earlier=earlier, earlier_requests=before):
             for row, texts in zip(rows[done:], chunk):
-                handle.write(json.dumps({"content": row["content"], "copy": texts[0] if texts else ""}, ensure_ascii=False) + "\n")
+                servable, _ = generator.servable(texts[:1], row["attributes"])
+                withheld += len(servable) < len(texts[:1])
+                handle.write(json.dumps({"content": row["content"], "copy": servable[0] if servable else ""}, ensure_ascii=False) + "\n")
             handle.flush()
             done += len(chunk)
             if progress is not None:
                 progress(done, len(rows))
     partial.replace(output)
     recorded.unlink(missing_ok=True)
-    report = BatchReport(len(rows))
+    report = BatchReport(len(rows), withheld=withheld)
     for row in rows:
         report.count(generator.unfamiliar(row["attributes"]))
     present = {v for row in rows for vs in row["attributes"].values() for v in vs}
