@@ -314,9 +314,9 @@ def generate(
     """Personalized copies for one shopper and product, from the champion release's generator,
     each with the release's preference model's P(click) for this shopper (what `copyflow serve`
     chooses by)."""
-    from components.models.generator.api import BatchReport, GenerationInputError, load_generator
+    from components.models.generator.api import BatchReport, GenerationInputError
     from components.models.generator.model import BrokenModel
-    from components.serving.copywriter import ShopperData, UnknownEntity, personalized_copies
+    from components.serving.copywriter import ShopperData, UnknownEntity, load_served_generator, personalized_copies, withheld_summary
     from components.serving.models import NoModel, resolve_model
 
     from mlflow.exceptions import MlflowException
@@ -325,7 +325,7 @@ def generate(
     cfg = _config(params, profile)
     try:
         model = resolve_model(cfg, "generator")
-        generator = load_generator(model.ref)
+        generator = load_served_generator(cfg, model.ref)  # the maintained ad-law list too, as the server
         shoppers = ShopperData.load(cfg, with_features=True)
         result = personalized_copies(shoppers, generator, user, product, n=n, decoding=decoding, tone=tone, length=length)
     except (NoModel, UnknownEntity, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException, StoreUnreachable) as exc:  # a deleted version: one line
@@ -335,11 +335,17 @@ def generate(
     typer.echo(f"product {product}: " + "*".join(f"{k}#{v}" for k, vs in result.attributes.items() for v in vs))
     typer.echo(f"shopper {result.user_id} favours (lift vs all shoppers): {result.affinities}")
     typer.echo(f"focus: {', '.join(result.focus) or '(none: no value stands out for this shopper)'}")
+    if result.withheld:  # never shown, as the server never serves them
+        typer.secho(f"withheld {len(result.withheld)} {'copy' if len(result.withheld) == 1 else 'copies'} that broke a hard rule "
+                    f"({withheld_summary(result.withheld)})", fg=typer.colors.YELLOW, err=True)
+    if not result.copies:
+        typer.secho("error: no copy of this product may be served (the copy server answers 500 here)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     scores, scored_by = _copy_scores(cfg, shoppers, result)
     for i, text in enumerate(result.copies, 1):
         typer.echo(f"{i}. [P(click) {scores[i - 1]:.4f}] {text}" if scores is not None else f"{i}. {text}")
     typer.echo(scored_by)
-    if len(result.copies) < n:
+    if len(result.copies) + len(result.withheld) < n:
         typer.secho(f"note: {len(result.copies)} distinct {'copy' if len(result.copies) == 1 else 'copies'} of the {n} asked: "
                     "this decoding finds no more (greedy writes one; use top_p or beam for several)", fg=typer.colors.YELLOW, err=True)
     report = BatchReport(len(result.copies))
@@ -384,6 +390,7 @@ def generate_batch(
     OUTPUT.partial as they are done; OUTPUT appears when all are."""
     import time
 
+    from components.evaluation.copy_rules import gate_ad_law_words
     from components.models.generator.api import GenerationInputError, partial_path
     from components.models.generator.api import generate_batch as run_batch
     from components.models.generator.model import BrokenModel
@@ -415,7 +422,7 @@ def generate_batch(
         ref, origin = (model, model) if model else (lambda m: (m.ref, m.origin))(resolve_model(cfg, "generator"))
         report = run_batch(input, output, ref, focus=[f.strip() for f in focus.split(",")] if focus else None,
                            decoding=decoding, backend=backend, resume=resume, progress=progress, tone=tone, length=length,
-                           overwrite=overwrite)
+                           overwrite=overwrite, extra_ad_law_words=gate_ad_law_words(cfg))
     except (NoModel, GenerationInputError, FileNotFoundError, BrokenModel, MlflowException, StoreUnreachable) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -26,7 +26,8 @@ STATUTORY_AD_LAW_WORDS = Path(__file__).resolve().parents[1] / "resources" / "ad
 
 
 def gate_ad_law_words(cfg: Config) -> list[str]:
-    """The statutory list and the profile's own, without duplicates."""
+    """The statutory list and the profile's own, without duplicates. Serving bans and judges
+    them too, beside the bundle's own list (copywriter.load_served_generator)."""
     from components.models.generator.constraints import load_ad_law_words
 
     words = load_ad_law_words(STATUTORY_AD_LAW_WORDS) + load_ad_law_words(cfg.paths.ad_law_words)

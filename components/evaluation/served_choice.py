@@ -37,17 +37,16 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.data.schema import load_table
     from components.data.source import read_ground_truth
     from components.evaluation.copy_choice import simulator_copy_weight, true_option_probabilities
-    from components.models.generator.api import load_generator
     from components.models.preference.api import load_preference
     from components.serving.choice import choice_probabilities, is_best, preference_scores
-    from components.serving.copywriter import ShopperData, personalized_copies
+    from components.serving.copywriter import ShopperData, load_served_generator, personalized_copies
     from components.serving.models import resolve_model
 
     truth_dir = cfg.stage_dir("source") / "ground_truth"
     if not (truth_dir / "impressions.parquet").exists():
         raise FileNotFoundError(f"{truth_dir}: no simulator truth (this needs a profile with data.source: simulated)")
     data = ShopperData.load(cfg, with_features=True)
-    generator = load_generator(resolve_model(cfg, "generator").ref, backend=cfg.serving.backend, threads=cfg.serving.threads or None)
+    generator = load_served_generator(cfg, resolve_model(cfg, "generator").ref, backend=cfg.serving.backend, threads=cfg.serving.threads or None)
     preference = load_preference(resolve_model(cfg, "preference").ref)
     truth = read_ground_truth(cfg, "impressions")
     preferences = read_ground_truth(cfg, "user_preferences")
@@ -66,6 +65,8 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     for impression in drawn.itertuples(index=False):
         texts = list(dict.fromkeys(personalized_copies(data, generator, impression.user_id, impression.product_id,
                                                        n=cfg.serving.candidates, decoding=cfg.serving.decoding).copies))
+        if not texts:  # every candidate broke a hard rule: the server serves none, there is nothing to price
+            continue
         tick = time.perf_counter()
         scores = preference_scores(preference, cfg, data, impression.user_id, impression.product_id, texts)
         scoring_ms.append(1000 * (time.perf_counter() - tick))

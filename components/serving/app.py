@@ -5,7 +5,9 @@
     POST /feedback  {serve_id, event_type, timestamp?, value?, event_id?} -> what the shopper did
 
 A request writes `serving.candidates` copies (the shopper's strongest affinities choose the focus,
-as in `copyflow generate`) and serves one of the distinct ones: by default the one the release's
+as in `copyflow generate`), withholds those that break a hard rule (advertising-law words of the
+bundle's list and the maintained one, values the product does not list), and serves one of the
+distinct others: by default the one the release's
 preference model expects this shopper to click most, with some exploration (`serving.choice`,
 components/serving/choice.py). The choice and its propensity go to the feedback log
 (components/data/feedback.py) in the raw layer's formats, so the next retrain of a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import math
 import os
 import random
@@ -48,6 +51,8 @@ from components.data.feedback import (
     check_id,
 )
 from components.models.generator.focus import ANY, LENGTHS, TONES
+
+log_rules = logging.getLogger("copyflow.serving")
 
 
 class CopyRequest(BaseModel):
@@ -120,9 +125,9 @@ class Champion:
         return self._current
 
     def _load_bundle(self, ref: str):
-        from components.models.generator.api import load_generator
+        from components.serving.copywriter import load_served_generator
 
-        return load_generator(ref, backend=self.cfg.serving.backend, threads=self.cfg.serving.threads or None)
+        return load_served_generator(self.cfg, ref, backend=self.cfg.serving.backend, threads=self.cfg.serving.threads or None)
 
     @staticmethod
     def _load_preference(ref: str):
@@ -243,7 +248,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
     from components.models.generator.api import GenerationInputError
     from components.models.generator.model import BrokenModel
     from components.serving.choice import PREFERENCE, Choice, choose, preference_scores
-    from components.serving.copywriter import UnknownEntity, personalized_copies
+    from components.serving.copywriter import UnknownEntity, personalized_copies, withheld_summary
     from components.serving.models import NoModel
     from components.tracking import StoreUnreachable
 
@@ -255,6 +260,8 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
         scorer = Champion(cfg, "preference")
     rng = rng or random.SystemRandom()
     choice_errors: dict[str, str | None] = {"last": None}
+    # Since start: candidates that broke a hard rule, and requests left with none to serve (/health).
+    withheld: dict[str, Any] = {"candidates": 0, "requests_without_copy": 0, "last": None}
     log = FeedbackLog(cfg.feedback_dir(), max_future=timedelta(hours=cfg.validation.max_timestamp_skew_hours),
                       max_value=cfg.validation.max_event_value)
     decode = threading.Lock()  # one decoding at a time: the backends' step state is not shared-safe
@@ -320,6 +327,17 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 scores = None
         return choose(len(texts), scores, cfg.serving.exploration, rng), version
 
+    def note_withheld(result, model: Loaded, servable: int) -> None:
+        """Candidates that broke a hard rule are never served: counted for /health and logged
+        (the rules and the product, not the shopper)."""
+        why = withheld_summary(result.withheld)
+        withheld["candidates"] += len(result.withheld)
+        withheld["requests_without_copy"] += servable == 0
+        withheld["last"] = f"product {result.product_id}: {why}"
+        log_rules.warning("withheld %d of %d candidate(s) for product %s (%s), %s: %s", len(result.withheld),
+                          len(result.withheld) + servable, result.product_id, model.version,
+                          "no copy served" if servable == 0 else "served among the others", why)
+
     def feedback_log_counts() -> dict[str, int]:
         try:
             return log.counts()
@@ -342,6 +360,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                    "preference_not_loaded": scorer.not_loaded if scorer is not None else None, "error": error}
         return {"status": "ok", "profile": cfg.profile, "token_required": token is not None, "generator": model.origin, "model_version": model.version,
                 "generator_not_loaded": champion.not_loaded, "registry_error": champion.last_error, "choice": chooser,
+                "withheld": dict(withheld),
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
                 "feedback": feedback_log_counts()}  # no paths: /health answers without a token
 
@@ -363,8 +382,11 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 result = personalized_copies(data, model.model, request.user, request.product, n=cfg.serving.candidates,
                                              decoding=cfg.serving.decoding, tone=request.tone, length=request.length)
                 distinct = list(dict.fromkeys(result.copies))
+                if result.withheld:
+                    note_withheld(result, model, servable=len(distinct))
                 if not distinct:
-                    raise HTTPException(500, "the generator wrote no copy for this product")
+                    why = f": all {len(result.withheld)} candidates broke a hard rule ({withheld_summary(result.withheld)})" if result.withheld else ""
+                    raise HTTPException(500, f"the generator wrote no copy for this product that may be served{why}")
                 picked, scorer_version = choose_copy(model, data, user_id, request.product, distinct)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc

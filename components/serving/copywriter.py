@@ -1,6 +1,10 @@
 """Personalized copy for one shopper and one product: the shopper's strongest attribute
 affinities (end-of-data features) choose the generator's focus. How likely the shopper is to
-click the product at all is the preference model's (`copyflow explain`), not used here."""
+click the product at all is the preference model's (`copyflow explain`), not used here.
+
+Only copies that break no hard rule come out (`Generator.servable`): the bundle's ad-law words
+and the maintained list (`load_served_generator`), and the values the product does not list.
+What decoding still let through is withheld, never served."""
 
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ class PersonalizedCopies:
     product_id: str
     attributes: dict[str, list[str]]
     focus: list[str]
-    copies: list[str]
+    copies: list[str]  # those that may be served, best first
     model: str
     affinities: dict[str, float] = field(default_factory=dict)
+    withheld: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # copy -> the rules it breaks
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,25 @@ def personalized_copies(
     lift = data.affinity_lift(user_id)
     # Only values this shopper favours more than shoppers overall become the focus.
     focus = focus_from_affinities({item: x - 1.0 for item, x in lift.items()}, attributes, k=k_focus)
-    copies = generator.generate(attributes, focus=focus or None, tone=tone, length=length, decoding=decoding, n=n)
+    copies, withheld = generator.servable(generator.generate(attributes, focus=focus or None, tone=tone, length=length, decoding=decoding, n=n), attributes)
     own = {f"{k}#{v}" for k, values in attributes.items() for v in values}
     shown = {item: round(x, 2) for item, x in lift.items() if item in own}
-    return PersonalizedCopies(user_id, product_id, attributes, focus, copies, model="", affinities=shown)
+    return PersonalizedCopies(user_id, product_id, attributes, focus, copies, model="", affinities=shown, withheld=withheld)
+
+
+def load_served_generator(cfg: Config, ref: str, backend: str = "torch", threads: int | None = None):
+    """The generator as serving runs it: the bundle's ad-law words and the maintained list (the
+    statutory list and the profile's, as the release gate judges) banned at decoding and judged
+    after it. A champion built before the list grew would otherwise write the new words."""
+    from components.evaluation.copy_rules import gate_ad_law_words
+    from components.models.generator.api import load_generator
+
+    return load_generator(ref, backend=backend, threads=threads, extra_ad_law_words=gate_ad_law_words(cfg))
+
+
+def withheld_summary(withheld: dict[str, dict[str, list[str]]]) -> str:
+    """What the withheld copies break, in one line (the rules, not the copies)."""
+    words = sorted({w for found in withheld.values() for w in found["ad_law"]})
+    values = sorted({v for found in withheld.values() for v in found["values"]})
+    parts = ([f"advertising-law words {'、'.join(words)}"] if words else []) + ([f"values the product does not list {'、'.join(values)}"] if values else [])
+    return "; ".join(parts)

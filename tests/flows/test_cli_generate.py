@@ -39,3 +39,29 @@ def test_generate_batch_with_a_mistyped_model_path_creates_no_tracking_store(mak
                                           "--model", model, "--params", str(params)])
         assert result.exit_code == 2 and says in result.output, result.output
         assert not store.exists() and not (tmp_path / "out.jsonl").exists()
+
+
+def test_generate_batch_bans_the_maintained_ad_law_words_the_bundle_lacks(make_cfg, tmp_path):
+    """A bundle built before the profile's list grew: `generate-batch` bans the profile's words
+    (and the statutory ones) beside the bundle's, as the copy server does."""
+    import json
+
+    from components.models.generator import api
+    from components.models.generator.decoding import DecodingSettings
+    from tests.models.generator_fixtures import ROOT, tiny_parts
+
+    tokenizer, vocabulary, _, baseline, net, _ = tiny_parts()
+    statutory = ROOT / "components/resources/ad_law_words.txt"
+    bundle = api.save_model_dir(tmp_path / "bundle", net, tokenizer, vocabulary, statutory, baseline, DecodingSettings(method="greedy", max_len=16))
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    plain = api.load_generator(bundle).generate("类型#裙*颜色#白色", decoding="greedy")[0]
+    word = next(c for c in plain if c not in "类型裙颜色白")  # written by the model, allowed by the bundle's list
+    grown = tmp_path / "ad_law_words.txt"
+    grown.write_text(statutory.read_text(encoding="utf-8") + word + "\n", encoding="utf-8")
+    params = params_file(make_cfg(paths={"ad_law_words": str(grown)}), tmp_path)
+    result = CliRunner().invoke(app, ["generate-batch", "--input", str(source), "--output", str(out), "--model", str(bundle),
+                                      "--decoding", "greedy", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    copy = json.loads(out.read_text(encoding="utf-8"))["copy"]
+    assert copy and word not in copy, (word, copy)

@@ -3,12 +3,20 @@ running server answers 503 with the reason instead of serving something unpromot
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from components.models.generator.constraints import TokenBlocker, load_ad_law_words
 from components.serving.app import create_app, is_loopback
 from flows.cli import app
 from tests.conftest import params_file
+from tests.models.generator_fixtures import ROOT, WrappedBackend, tiny_parts
 
 
 def test_no_model_is_a_one_line_refusal_to_start_and_a_503_with_the_reason(make_cfg, tmp_path, monkeypatch):
@@ -66,3 +74,116 @@ def test_serve_refuses_a_network_address_without_a_token(make_cfg, tmp_path, mon
     assert opted_out.exit_code == 2 and "no local generator model" in opted_out.output
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("shop.example")
+
+
+# -- hard rules at serving time: a copy that breaks one is never served ------------------------
+WHITE_DRESS = {"类型": ["裙"], "颜色": ["白色"], "裙长": ["连衣裙"]}
+MAINTAINED_AD_LAW_WORDS = ROOT / "components/resources/ad_law_words.txt"
+
+
+class Forcing(WrappedBackend):
+    """The real backend with a huge bonus on 最 (then 好 after it) in the rows `rows` picks, as
+    tests/models/test_generator_constraints.py forces a decoder toward a banned word."""
+
+    def __init__(self, backend, tokenizer, rows=lambda n: np.ones(n, dtype=bool)):
+        super().__init__(backend)
+        self.first, self.second, self.rows = tokenizer.token_id("最"), tokenizer.token_id("好"), rows
+
+    def step(self, tokens, state):
+        logprobs, state = self.backend.step(tokens, state)
+        logprobs = torch.as_tensor(logprobs).clone()
+        pushed = torch.from_numpy(self.rows(len(tokens)))
+        after_first = torch.from_numpy(tokens == self.first)
+        logprobs[pushed & after_first, self.second] += 100.0
+        logprobs[pushed & ~after_first, self.first] += 100.0
+        return logprobs, state
+
+
+class BlindTo(TokenBlocker):
+    """A decoder's blocker with a gap: it lets `word` through (as it would a spelling it does
+    not match), so only the server's own check stands between the copy and the shopper."""
+
+    def __init__(self, word: str, tokenizer):
+        super().__init__(tokenizer.piece_texts, always_banned_ids=tokenizer.non_text_ids)
+        self.word = word
+
+    def plan(self, words, *args, **kwargs):
+        return super().plan([w for w in words if w != self.word], *args, **kwargs)
+
+
+def serve_a_tiny_bundle(make_cfg, tmp_path, ad_law_words: Path):
+    """A real copy server (uniform choice, torch) over a tiny untrained bundle saved with
+    `ad_law_words`, served as the local training output, and one shopper of one white dress in
+    the clean and features stages. Returns the client, the loaded generator, the shopper's raw id."""
+    from components.data.privacy import load_key, pseudonym
+    from components.data.schema import write_table
+    from components.models.generator import api
+    from components.models.generator.decoding import DecodingSettings
+    from components.serving.app import Champion
+
+    cfg = make_cfg(serving={"backend": "torch", "choice": "uniform", "decoding": "top_p", "candidates": 4})
+    tokenizer, vocabulary, _, baseline, net, _ = tiny_parts(seed=3)
+    bundle = api.save_model_dir(tmp_path / "bundle", net, tokenizer, vocabulary, ad_law_words, baseline,
+                                DecodingSettings(method="top_p", num_candidates=4, max_len=16, no_repeat_ngram=0))
+    output = cfg.stage_dir("models") / "generator"
+    output.mkdir(parents=True)
+    (output / "manifest.json").write_text(json.dumps({"model_dir": str(bundle), "run_id": "tiny"}), encoding="utf-8")
+    raw_user, key = "shopper-1", load_key(cfg, create=True)
+    clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
+    write_table(pd.DataFrame({"product_id": ["p1"], "category": ["裙"], "attributes": [WHITE_DRESS], "price": [99.0], "source": ["test"]}), clean, "products")
+    write_table(pd.DataFrame({"user_id": [pseudonym(raw_user, key)], "age_band": ["25-34"], "city_tier": ["1"],
+                              "signup_date": [pd.Timestamp("2026-01-01", tz="UTC")]}), clean, "users")
+    features.mkdir(parents=True)
+    pd.DataFrame({"user_id": [pseudonym(raw_user, key)], "attr_key": ["颜色"], "attr_value": ["白色"], "affinity": [0.9]}).to_parquet(features / "user_affinity.parquet")
+    pd.DataFrame({"attr_key": ["颜色"], "attr_value": ["白色"], "affinity": [0.5]}).to_parquet(features / "population_affinity.parquet")
+    champion = Champion(cfg, "generator")
+    client = TestClient(create_app(cfg, champion=champion))
+    return cfg, client, champion.current().model, raw_user
+
+
+def served_decisions(cfg) -> list[dict]:
+    path = cfg.feedback_dir() / "served.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def test_a_candidate_that_breaks_a_rule_is_never_served(make_cfg, tmp_path, caplog):
+    """The decoder is pushed toward 最 in half of its rows, and blind to it: half the candidates
+    say 最. The server serves only the others; with every row pushed, it serves nothing (500),
+    says why, logs it and counts it in /health."""
+    cfg, client, generator, user = serve_a_tiny_bundle(make_cfg, tmp_path, MAINTAINED_AD_LAW_WORDS)
+    generator.blocker = BlindTo("最", generator.tokenizer)
+    generator.backend = Forcing(generator.backend, generator.tokenizer, rows=lambda n: np.arange(n) % 2 == 0)
+    written = generator.generate(WHITE_DRESS, focus=["白色"], decoding="top_p", n=4)
+    assert any("最" in text for text in written) and any("最" not in text for text in written), written  # the push works
+
+    served = [client.post("/copy", json={"user": user, "product": "p1"}) for _ in range(12)]
+    assert all(r.status_code == 200 for r in served), served[0].text
+    assert all("最" not in r.json()["copy"] for r in served)
+    decisions = served_decisions(cfg)  # the candidates the choice was made among (and logged) hold none
+    assert len(decisions) == 12 and not any("最" in text for d in decisions for text in d["candidate_texts"])
+    assert served[0].json()["candidates"] == len(decisions[0]["candidate_texts"]) >= 1
+    withheld = client.get("/health").json()["withheld"]
+    assert withheld["candidates"] >= 12 and withheld["requests_without_copy"] == 0 and "最" in withheld["last"]
+
+    generator.backend.rows = lambda n: np.ones(n, dtype=bool)  # every candidate says 最
+    with caplog.at_level("WARNING", logger="copyflow.serving"):
+        refused = client.post("/copy", json={"user": user, "product": "p1"})
+    assert refused.status_code == 500 and "broke a hard rule" in refused.text and "最" in refused.text
+    assert "no copy served" in caplog.text and "p1" in caplog.text and user not in caplog.text  # the shopper is not logged
+    assert client.get("/health").json()["withheld"]["requests_without_copy"] == 1
+    assert len(served_decisions(cfg)) == 12  # nothing logged as served
+
+
+def test_a_word_added_to_the_maintained_list_after_the_bundle_was_built_is_not_served(make_cfg, tmp_path):
+    """A champion built when the list did not yet have 最 and 最好: the server bans the
+    maintained list's words with the bundle's, at decoding (ONNX and torch share the plan)."""
+    older = tmp_path / "older_ad_law_words.txt"
+    older.write_text("\n".join(w for w in load_ad_law_words(MAINTAINED_AD_LAW_WORDS) if "最" not in w) + "\n", encoding="utf-8")
+    cfg, client, generator, user = serve_a_tiny_bundle(make_cfg, tmp_path, older)
+    generator.backend = Forcing(generator.backend, generator.tokenizer)  # every row pushed toward 最
+    for _ in range(3):
+        response = client.post("/copy", json={"user": user, "product": "p1"})
+        assert response.status_code == 200, response.text
+        assert "最" not in response.json()["copy"], response.json()["copy"]
+    assert "最" in generator.ad_law_words and "最" not in load_ad_law_words(older)
+    assert client.get("/health").json()["withheld"]["candidates"] == 0  # decoding avoided it: nothing to withhold
