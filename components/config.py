@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,21 +20,28 @@ DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_PROFILE = "quick"
 
 
+# Strict: YAML already gives real ints, floats and booleans, so a value of another type is a
+# mistake to name, not to convert (lax pydantic read `max_epochs: true` as 1, "10" and 10.0 as
+# 10 and `auto_promote: 1` as true). An int is still a valid float. Paths are the one exception:
+# load_config hands them over as strings.
+ProjectPath = Annotated[Path, Field(strict=False)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PathsConfig(Section):
-    corpus: Path
-    obd_dir: Path
-    source_folder: Path  # data.source folder: a shop's exports in the raw-layer format
-    feedback_folder: Path  # the copy server's log of served copies and outcomes: <folder>/<profile>/
-    artifacts: Path
-    state: Path
-    pseudonym_key_file: Path
-    ad_law_words: Path
-    latin_words: Path
-    mlflow_dir: Path
+    corpus: ProjectPath
+    obd_dir: ProjectPath
+    source_folder: ProjectPath  # data.source folder: a shop's exports in the raw-layer format
+    feedback_folder: ProjectPath  # the copy server's log of served copies and outcomes: <folder>/<profile>/
+    artifacts: ProjectPath
+    state: ProjectPath
+    pseudonym_key_file: ProjectPath
+    ad_law_words: ProjectPath
+    latin_words: ProjectPath
+    mlflow_dir: ProjectPath
 
 
 class TrackingConfig(Section):
@@ -140,7 +149,7 @@ IsoDateTime = Annotated[str, AfterValidator(_iso_datetime)]
 
 
 class ValidationConfig(Section):
-    suites_dir: Path = Path("expectations")
+    suites_dir: ProjectPath = Path("expectations")
     min_timestamp: IsoDateTime = "2000-01-01T00:00:00+00:00"
     mostly_unique_events: float = Field(gt=0, le=1)
     mostly_not_null: float = Field(gt=0, le=1)
@@ -410,6 +419,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads `lr: 1e-3` as the text "1e-3": it wants a dot (1.0e-3). YAML 1.2, and
+# DVC's parser, read a float; so does copyflow, now that a float setting refuses text.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def read_params(params_path: Path) -> dict[str, Any]:
     """params.yaml as a dict: a mapping at the top, no key twice."""
     with params_path.open(encoding="utf-8") as handle:
@@ -441,12 +457,37 @@ def config_error_text(exc: Exception, params_path: Path | str, profile: str) -> 
             lines.append(f"{key}: unknown setting" + (f"; did you mean {known[0]!r}?" if known else ""))
         elif error["type"] == "missing":
             lines.append(f"{key}: required, and not set")
+        elif error["type"] in _STRICT_TYPES and (hint := _strict_hint(error["type"], error.get("input"))):
+            lines.append(f"{key}: {error['msg']} (got {error['input']!r}); {hint}")
         else:
             got = repr(error.get("input"))
             shown = f" (got {got})" if not isinstance(error.get("input"), dict) and len(got) <= 80 else ""  # not a whole section
             lines.append(f"{key}: {error['msg'].removeprefix('Value error, ')}{shown}")
     count = f"{len(lines)} invalid setting{'s' if len(lines) != 1 else ''}"
     return f"{params_path} (profile {profile!r}) has {count}:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_STRICT_TYPES = ("int_type", "float_type", "bool_type")
+
+
+def _strict_hint(error_type: str, value: Any) -> str | None:
+    """Why a value YAML gave as another type is refused, not converted (see Section)."""
+    if isinstance(value, bool):
+        return "true/false is not a number here"
+    if isinstance(value, float) and error_type == "int_type":
+        return "a count takes a whole number, written without a decimal point"
+    if isinstance(value, int) and error_type == "bool_type":
+        return "write true or false"
+    if isinstance(value, str) and (value.lower() in ("true", "false") if error_type == "bool_type" else _is_number(value)):
+        return "in quotes it is text in YAML: write it without them"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _known_keys(section: tuple) -> list[str]:

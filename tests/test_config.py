@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from components.config import load_config
+from components.config import config_error_text, load_config
 from tests.conftest import ROOT
 
 PARAMS = ROOT / "params.yaml"
@@ -117,3 +117,36 @@ def test_a_dvc_stage_names_a_bad_knob_without_a_traceback(tmp_path, capsys):
     assert main(["features", "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("copyflow stage 'features': ") and "patiense" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "hint"),
+    [
+        # pydantic's lax mode converted each of these: true trained 1 epoch, "10" and 10.0 ran 10
+        ({"preference": {"max_epochs": True}}, "preference.max_epochs: Input should be a valid integer (got True); true/false is not a number here"),
+        ({"preference": {"max_epochs": "10"}}, "preference.max_epochs: Input should be a valid integer (got '10'); in quotes it is text in YAML"),
+        ({"preference": {"max_epochs": 10.0}}, "preference.max_epochs: Input should be a valid integer (got 10.0); a count takes a whole number"),
+        ({"preference": {"lr": "0.003"}}, "preference.lr: Input should be a valid number (got '0.003'); in quotes it is text"),
+        ({"preference": {"lr": True}}, "preference.lr: Input should be a valid number (got True)"),
+        ({"gates": {"auto_promote": 1}}, "gates.auto_promote: Input should be a valid boolean (got 1); write true or false"),
+        ({"gates": {"auto_promote": "false"}}, "gates.auto_promote: Input should be a valid boolean (got 'false'); in quotes"),
+        ({"seed": "42"}, "seed: Input should be a valid integer (got '42')"),
+        ({"trainer": {"devices": True}}, "trainer.devices.int: Input should be a valid integer (got True)"),
+    ],
+)
+def test_a_setting_of_another_type_is_refused_not_converted(overrides, hint):
+    with pytest.raises(ValidationError) as caught:
+        load_config(PARAMS, "quick", overrides=overrides)
+    assert hint in config_error_text(caught.value, PARAMS, "quick")
+
+
+def test_what_yaml_writes_for_numbers_still_loads(tmp_path):
+    # Strict types must not refuse legitimate YAML: an int where a float is expected, and
+    # 1e-3 (PyYAML alone reads it as the text "1e-3"; YAML 1.2 and DVC read a float).
+    params = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    text = text.replace("  lr: 0.003\n", "  lr: 3e-3\n", 1).replace("  max_minutes: 25\n", "  max_minutes: 1E+1\n", 1)
+    params.write_text(text, encoding="utf-8")
+    cfg = load_config(params, "obd")  # overrides neither
+    assert cfg.preference.lr == 0.003 and cfg.generator.max_minutes == 10.0
+    assert cfg.validation.max_event_value == 1_000_000 and cfg.features.link_max_hours == 24  # ints in float settings
