@@ -443,28 +443,43 @@ def read_params(params_path: Path) -> dict[str, Any]:
 def config_error_text(exc: Exception, params_path: Path | str, profile: str) -> str:
     """A params error as a person reads it: one line per bad setting, named by its dotted key,
     without pydantic's dump of the whole section and its documentation links."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = [line for _, _, line in _error_lines(exc)]
+    return f"{params_path} (profile {profile!r}) has {_count(lines)}:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _count(lines: list) -> str:
+    return f"{len(lines)} invalid setting{'s' if len(lines) != 1 else ''}"
+
+
+def _error_lines(exc: Exception) -> list[tuple[tuple | None, str, str]]:
+    """(pydantic location, error type, "dotted.key: what is wrong") per bad setting; (None, "",
+    text) for an error that is not pydantic's (a malformed profile or paths section)."""
     from difflib import get_close_matches
 
     from pydantic import ValidationError
 
     if not isinstance(exc, ValidationError):
-        return str(exc)
+        return [(None, "", str(exc))]
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             known = get_close_matches(str(error["loc"][-1]), _known_keys(error["loc"][:-1]), n=1)
-            lines.append(f"{key}: unknown setting" + (f"; did you mean {known[0]!r}?" if known else ""))
+            line = f"{key}: unknown setting" + (f"; did you mean {known[0]!r}?" if known else "")
         elif error["type"] == "missing":
-            lines.append(f"{key}: required, and not set")
+            line = f"{key}: required, and not set"
         elif error["type"] in _STRICT_TYPES and (hint := _strict_hint(error["type"], error.get("input"))):
-            lines.append(f"{key}: {error['msg']} (got {error['input']!r}); {hint}")
+            line = f"{key}: {error['msg']} (got {error['input']!r}); {hint}"
         else:
             got = repr(error.get("input"))
             shown = f" (got {got})" if not isinstance(error.get("input"), dict) and len(got) <= 80 else ""  # not a whole section
-            lines.append(f"{key}: {error['msg'].removeprefix('Value error, ')}{shown}")
-    count = f"{len(lines)} invalid setting{'s' if len(lines) != 1 else ''}"
-    return f"{params_path} (profile {profile!r}) has {count}:\n" + "\n".join(f"  {line}" for line in lines)
+            line = f"{key}: {error['msg'].removeprefix('Value error, ')}{shown}"
+        lines.append((error["loc"], error["type"], line))
+    return lines
 
 
 _STRICT_TYPES = ("int_type", "float_type", "bool_type")
@@ -506,7 +521,11 @@ def load_config(
     profile: str = DEFAULT_PROFILE,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """Load params.yaml, apply the named profile and optional overrides, and validate."""
+    """Load params.yaml, apply the named profile and optional overrides, and validate.
+
+    The base and every other profile are validated too (without `overrides`): a mistake in a
+    profile not run today, or in a base value only another profile uses, fails now, not in the
+    scheduled run that uses it weeks later (`OtherProfilesInvalid`)."""
     params_path = Path(params_path)
     if not params_path.exists():
         raise FileNotFoundError(f"params file not found: {params_path.resolve()}")
@@ -514,19 +533,79 @@ def load_config(
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict) or profile not in profiles:
         raise ValueError(f"unknown profile {profile!r}; params.yaml defines {sorted(profiles) if isinstance(profiles, dict) else 'no profiles mapping'}")
-    if not isinstance(profiles[profile] or {}, dict):
-        raise ValueError(f"profiles.{profile} must be a mapping of sections, not {profiles[profile]!r}")
-    merged = deep_merge(raw, profiles[profile] or {})
-    if overrides:
-        merged = deep_merge(merged, overrides)
-    merged["profile"] = profile
-    merged["own_store"] = "mlflow_dir" in ((profiles[profile] or {}).get("paths") or {})
     # Relative paths are relative to the project (the folder of params.yaml), not to the
     # caller's working directory, so a flow, a DVC stage and a test all see the same files.
     project_root = params_path.resolve().parent
+    config = _profile_config(raw, profiles, profile, overrides, project_root)
+    _check_other_profiles(raw, profiles, profile, project_root, params_path)
+    return config
+
+
+class OtherProfilesInvalid(ValueError):
+    """The profile asked for is valid, but the base or another profile of the same file is not."""
+
+
+def _profile_config(raw: dict[str, Any], profiles: dict[str, Any], profile: str | None, overrides: dict[str, Any] | None, project_root: Path) -> Config:
+    """The base with `profile`'s overrides (None: the base alone) and `overrides`, validated."""
+    own = profiles[profile] if profile is not None else {}
+    if not isinstance(own or {}, dict):
+        raise ValueError(f"profiles.{profile} must be a mapping of sections, not {own!r}")
+    merged = deep_merge(raw, own or {})
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    merged["profile"] = profile or "base"
+    merged["own_store"] = "mlflow_dir" in ((own or {}).get("paths") or {})
     paths = merged.get("paths") or {}
     wrong = {key: value for key, value in (paths.items() if isinstance(paths, dict) else []) if not isinstance(value, str)}
     if not isinstance(paths, dict) or wrong:
         raise ValueError(f"paths must map names to path strings; not so for {wrong or paths!r}")
     merged["paths"] = {key: str(value if Path(value).is_absolute() else project_root / value) for key, value in paths.items()}
     return Config.model_validate(merged)
+
+
+def _check_other_profiles(raw: dict[str, Any], profiles: dict[str, Any], loaded: str, project_root: Path, params_path: Path) -> None:
+    """Raise OtherProfilesInvalid naming each bad setting of the other profiles, and of base
+    values that only they (or none) use, once, by the key to edit: `profiles.<name>.<key>` for
+    a profile's own override, the plain dotted key for a base value."""
+    in_profiles: dict[str, None] = {}  # ordered set of lines
+    in_base: dict[str, list[str]] = {}  # line -> the profiles that use the bad base value
+    for name in [*(p for p in profiles if p != loaded), None]:  # None: the base alone
+        try:
+            _profile_config(raw, profiles, name, None, project_root)
+        except ValueError as exc:
+            own = (profiles[name] or {}) if name is not None else {}
+            for location, kind, line in _error_lines(exc):
+                if location is None:
+                    in_profiles[f"profile {name!r}: {line}" if name is not None else line] = None
+                elif kind == "missing" and name is not None:
+                    in_profiles[f"{line} in profile {name!r} (neither the base nor profiles.{name} sets it)"] = None
+                elif name is not None and _has_key(own, location):
+                    in_profiles[f"profiles.{name}.{line}"] = None
+                elif name is not None:
+                    in_base.setdefault(line, []).append(name)
+                elif kind != "missing" and _has_key(raw, location):  # the base alone may leave a setting to the profiles
+                    in_base.setdefault(line, [])
+    lines = [*in_profiles]
+    for line, names in in_base.items():
+        used_by = f"profile{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}" if names else "no profile (each overrides it)"
+        lines.append(f"{line} [base value; used by {used_by}]")
+    if lines:
+        raise OtherProfilesInvalid(
+            f"{params_path}: profile {loaded!r} is valid, but {_count(lines)} of the base or other profiles "
+            "(all are checked on every load, so a mistake fails now, not in the run that uses it):\n" + "\n".join(f"  {line}" for line in lines)
+        )
+
+
+def _has_key(section: Any, location: tuple) -> bool:
+    """Whether params.yaml's mapping `section` itself sets the setting at `location` (a pydantic
+    error location: a model-level error names the section, a list item its index)."""
+    if not location:
+        return False
+    for part in location:
+        if isinstance(section, dict) and part in section:
+            section = section[part]
+        elif isinstance(section, list) and isinstance(part, int) and part < len(section):
+            section = section[part]
+        else:
+            return False
+    return True

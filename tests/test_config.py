@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -150,3 +152,47 @@ def test_what_yaml_writes_for_numbers_still_loads(tmp_path):
     cfg = load_config(params, "obd")  # overrides neither
     assert cfg.preference.lr == 0.003 and cfg.generator.max_minutes == 10.0
     assert cfg.validation.max_event_value == 1_000_000 and cfg.features.link_max_hours == 24  # ints in float settings
+
+
+def _edited_params(tmp_path, edit) -> Path:
+    import yaml
+
+    raw = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))
+    edit(raw)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return params
+
+
+@pytest.mark.parametrize(
+    ("edit", "line"),
+    [
+        # quick overrides max_epochs: the bad base value failed only under `full`, weeks later in its nightly run
+        (lambda raw: raw["preference"].update(max_epochs="ten"),
+         "  preference.max_epochs: Input should be a valid integer (got 'ten') [base value; used by profile 'full']"),
+        (lambda raw: raw["profiles"]["shop"]["preference"].update(max_epoch=3),
+         "  profiles.shop.preference.max_epoch: unknown setting; did you mean 'max_epochs'?"),
+        (lambda raw: raw["profiles"]["obd"].update(generatr={}), "  profiles.obd.generatr: unknown setting; did you mean 'generator'?"),
+        (lambda raw: raw["profiles"]["shop"]["gates"].update(copy_choice_margin=-0.1),
+         "  profiles.shop.gates.copy_choice_margin: Input should be greater than or equal to 0 (got -0.1)"),
+        # a base value every profile overrides is still checked: the next profile would inherit it
+        (lambda raw: [raw["data"].update(n_products=-3)] + [p.setdefault("data", {}).update(n_products=10) for p in raw["profiles"].values()],
+         "  data.n_products: Input should be greater than 0 (got -3) [base value; used by no profile (each overrides it)]"),
+        (lambda raw: raw["profiles"]["full"].update(paths={"state": 3}), "  profile 'full': paths must map names to path strings"),
+    ],
+)
+def test_a_mistake_in_a_profile_not_loaded_fails_every_load(tmp_path, edit, line):
+    from components.config import OtherProfilesInvalid
+
+    params = _edited_params(tmp_path, edit)
+    with pytest.raises(OtherProfilesInvalid) as caught:
+        load_config(params, "quick")
+    text = config_error_text(caught.value, params, "quick")
+    assert text.startswith(f"{params}: profile 'quick' is valid, but 1 invalid setting of the base or other profiles")
+    assert text.splitlines()[1].startswith(line), text
+
+
+def test_the_profile_loaded_reports_its_own_mistakes_first(tmp_path):
+    params = _edited_params(tmp_path, lambda raw: raw["preference"].update(max_epochs="ten"))
+    with pytest.raises(ValidationError, match="max_epochs"):
+        load_config(params, "full")
