@@ -315,10 +315,10 @@ class GeneratorConfig(Section):
 
 class GatesConfig(Section):
     preference_auc_min: float = Field(ge=0, le=1)
-    generator_bleu4_min: float
-    max_hallucination_rate: float = Field(ge=0)
-    max_unlisted_rate: float = Field(default=0.02, ge=0)  # copies naming a factual value the product does not list
-    max_ece: float = Field(ge=0)
+    generator_bleu4_min: float = Field(ge=0, le=100)  # BLEU-4 x 100
+    max_hallucination_rate: float = Field(ge=0, le=1)
+    max_unlisted_rate: float = Field(default=0.02, ge=0, le=1)  # copies naming a factual value the product does not list
+    max_ece: float = Field(ge=0, le=1)  # a gap between probabilities
     # |mean P(click) / click rate - 1|: ECE is an absolute gap, so at a 7% click rate scores at
     # half the true rate still pass max_ece; this ratio does not.
     max_calibration_ratio_error: float = Field(default=0.25, gt=0)
@@ -366,7 +366,7 @@ class Config(Section):
     # Set by load_config, not in params.yaml: the profile names a tracking store of its own
     # (paths.mlflow_dir), i.e. its models must not share a registry with the other profiles'.
     own_store: bool = False
-    seed: int
+    seed: int = Field(ge=0, le=2**32 - 1)  # what numpy and lightning.seed_everything accept (else: an error after the data stages)
     paths: PathsConfig
     tracking: TrackingConfig
     data: DataConfig

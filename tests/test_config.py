@@ -46,6 +46,14 @@ def test_every_profile_loads(profile):
         ({"simulator": {"start_date": "yesterday"}}, "'yesterday' is not an ISO 8601 date"),
         ({"validation": {"min_timestamp": "not-a-date"}}, "'not-a-date' is not an ISO 8601 date"),
         ({"trainer": {"strategy": "dpp"}}, "trainer.strategy"),  # failed only inside training, after the data stages
+        # Rates, BLEU x 100 and seeds have a range; out of it, a gate that can never fail or a run that fails late
+        ({"gates": {"max_hallucination_rate": 2}}, "max_hallucination_rate"),
+        ({"gates": {"max_unlisted_rate": 1.5}}, "max_unlisted_rate"),
+        ({"gates": {"max_ece": 5}}, "max_ece"),
+        ({"gates": {"generator_bleu4_min": -1}}, "generator_bleu4_min"),
+        ({"gates": {"generator_bleu4_min": 300}}, "generator_bleu4_min"),
+        ({"seed": -1}, "seed"),  # numpy refuses it, and seed_everything
+        ({"seed": 2**32}, "seed"),
     ],
 )
 def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
