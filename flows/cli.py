@@ -380,7 +380,7 @@ def generate_batch(
     model: Annotated[Optional[str], typer.Option(help="model dir or MLflow URI (default: the champion)")] = None,
     backend: Annotated[str, typer.Option(help="torch (fastest for batches on CPU) | onnx")] = "torch",
     resume: Annotated[bool, typer.Option("--resume", help="carry on from OUTPUT.partial, left by a job that stopped")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing OUTPUT (or a stopped job's OUTPUT.partial)")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing OUTPUT (and, without --resume, a stopped job's OUTPUT.partial)")] = False,
     tone: ToneOpt = "any",
     length: LengthOpt = "any",
     profile: ProfileOpt = "quick",
@@ -391,11 +391,16 @@ def generate_batch(
     import time
 
     from components.evaluation.copy_rules import gate_ad_law_words
-    from components.models.generator.api import GenerationInputError, partial_path
+    from components.models.generator.api import GenerationInputError, check_resume_overwrite, partial_path
     from components.models.generator.api import generate_batch as run_batch
     from components.models.generator.model import BrokenModel
     from components.serving.models import NoModel, resolve_model
 
+    try:  # a usage error: before the params, the store and the model are looked at
+        check_resume_overwrite(output, resume, overwrite)
+    except GenerationInputError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     cfg = _config(params, profile)
     started, first = time.monotonic(), []
 

@@ -65,3 +65,18 @@ def test_generate_batch_bans_the_maintained_ad_law_words_the_bundle_lacks(make_c
     assert result.exit_code == 0, result.output
     copy = json.loads(out.read_text(encoding="utf-8"))["copy"]
     assert copy and word not in copy, (word, copy)
+
+
+def test_generate_batch_with_resume_and_overwrite_and_no_stopped_job_is_a_usage_error(make_cfg, tmp_path):
+    # It answered "nothing to resume" (or, with no --model, that there is no champion) without
+    # saying that --overwrite contradicts --resume when there is no stopped job to carry on.
+    params = params_file(make_cfg(), tmp_path)
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text('{"content": "类型#裙*颜色#白色"}\n', encoding="utf-8")
+    for model in ([], ["--model", str(tmp_path / "bundle")]):
+        result = CliRunner().invoke(app, ["generate-batch", "--input", str(source), "--output", str(out), *model,
+                                          "--resume", "--overwrite", "--params", str(params)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: --resume and --overwrite conflict: there is no stopped job to resume "
+                                         f"({out}.partial does not exist); --overwrite alone starts over"), result.output
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []

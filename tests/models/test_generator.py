@@ -929,3 +929,24 @@ def test_batch_warnings_escape_control_characters_from_the_input():
     notes = " ".join(report.warnings())
     assert "颜色#白\\t色\\x1b[31m (1)" in notes and "a\\x00b" in notes
     assert not any(not c.isprintable() for c in notes)
+
+
+def test_a_stopped_job_that_replaces_an_output_resumes_with_resume_and_overwrite(model_dir, tmp_path):
+    # The one case the two flags go together: OUTPUT is a finished earlier job, and the job
+    # replacing it stopped; --resume alone is refused (OUTPUT exists), so both are needed.
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    contents = ["类型#裙*颜色#白色", "类型#裤*裤型#阔腿裤", "类型#上衣*颜色#黑色"]
+    source.write_text("".join(json.dumps({"content": c}, ensure_ascii=False) + "\n" for c in contents), encoding="utf-8")
+    api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2)
+    complete = out.read_text(encoding="utf-8")
+
+    def stop_after_first_chunk(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, overwrite=True, progress=stop_after_first_chunk)
+    with pytest.raises(api.GenerationInputError, match="exists: --overwrite replaces it"):
+        api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True)
+    api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True, overwrite=True)
+    assert out.read_text(encoding="utf-8") == complete and not api.partial_path(out).exists()

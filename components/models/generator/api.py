@@ -700,6 +700,17 @@ def _resumable_rows(partial: Path, rows: Sequence[dict[str, Any]]) -> tuple[list
     return copies, complete
 
 
+def check_resume_overwrite(output: Path | str, resume: bool, overwrite: bool) -> None:
+    """`resume` with `overwrite` carries on a stopped job and replaces an existing output at the
+    end (a job started with `overwrite` over a finished output needs both to carry on). With no
+    stopped job, the two contradict each other: refused, naming both, not "nothing to resume"."""
+    partial = partial_path(Path(output))
+    if resume and overwrite and not partial.exists():
+        raise GenerationInputError(
+            f"--resume and --overwrite conflict: there is no stopped job to resume ({partial} does not exist); --overwrite alone starts over"
+        )
+
+
 def generate_batch(
     input_jsonl: Path | str,
     output_jsonl: Path | str,
@@ -745,6 +756,7 @@ def generate_batch(
     except OSError as exc:
         raise GenerationInputError(f"cannot create the output's folder {output.parent}: {exc}") from exc
     with _output_lock(output):
+        check_resume_overwrite(output, resume, overwrite)
         if output.exists() and not overwrite:
             raise GenerationInputError(f"output {output} exists: --overwrite replaces it, or give another path")
         if partial.exists() and not resume and not overwrite:
