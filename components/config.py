@@ -1,7 +1,9 @@
 """Typed configuration: params.yaml (base + one profile's overrides) -> a validated `Config`.
 
 Every knob of the platform lives in params.yaml; code receives a `Config` and never reads YAML
-itself. Unknown keys are errors, so a typo in params.yaml fails loudly instead of being ignored.
+itself. Unknown keys are errors, so a typo in params.yaml fails loudly instead of being ignored;
+so is a value of another type (no `true` read as 1). Each load validates the base and every
+profile, so a mistake in a profile not run today fails now, not in the run that uses it.
 """
 
 from __future__ import annotations
