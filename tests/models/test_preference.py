@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 
 from components.data.schema import write_all
 from components.evaluation.preference import evaluate_model
-from components.features.build import compute_samples, samples_to_arrow
+from components.features.affinity import user_affinity_table
+from components.features.build import _compute_samples, compute_samples, samples_to_arrow
 from components.models.preference.api import load_preference, save_model_dir, score_examples
 from components.models.preference.data import OOV, FeatureDataError, FeatureEncoder, load_feature_tables
 from components.models.preference.explain import explain, explain_row, pair_feature_row
@@ -20,7 +21,7 @@ from components.models.preference.nets import AttributeInterest
 from components.models.preference.train import train
 from components.serving.preference_onnx import torch_predict
 from components.training.preference import load_data
-from tests.features.factories import START, event, frame, ts, user
+from tests.features.factories import START, event, frame, product, ts, user
 from tests.features.hand_example import hand_tables
 from tests.models.preference_data import synthetic_samples, write_synthetic_features
 
@@ -342,3 +343,32 @@ def test_a_shopper_without_impressions_gets_the_features_stages_first_impression
     assert list(u4["hist_products"]) == ["pB"] and u4["ua_category_affinity"] < 0.5  # clicked 裤, not 裙
     with pytest.raises(KeyError, match="unknown shopper"):
         pair_feature_row(cfg, "no-such-user", "pA")
+
+
+def test_a_product_no_impression_shows_yet_gets_its_catalogue_values_not_training_medians(cfg):
+    """The hand example's log plus pD (in the catalogue, 裤 at 300, never shown): a known
+    shopper's row for it carries what the features stage gives a first impression of pD (its
+    probe below) for the product columns: category, log price, no impressions, the global
+    click rate. Before, they were missing: the encoder filled the training medians, and the
+    category went out of vocabulary."""
+    tables = hand_tables()
+    tables["products"] = pd.concat([tables["products"], frame("products", [product("pD", {"类型": ["裤"], "颜色": ["白色"]}, price=300.0)])], ignore_index=True)
+    write_all(tables, cfg.stage_dir("clean"))
+    # The features stage's outputs (three hours of log: too short for its time split).
+    samples, _, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
+    features = cfg.stage_dir("features")
+    features.mkdir(parents=True)
+    pq.write_table(samples_to_arrow(samples), features / "samples.parquet")
+    user_affinity_table(context.click_pairs, context.index, context.user_ids, cfg.features.affinity_prior_strength).to_parquet(features / "user_affinity.parquet")
+    context.product_attributes.to_parquet(features / "product_attributes.parquet")
+    probe = frame("events", [event("probe", "u1", "pD", "impression", ts(hours=3, seconds=1), None, 0)])
+    with_probe, _ = compute_samples(pd.concat([tables["events"], probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
+    stage = with_probe[with_probe["event_id"] == "probe"].iloc[0]
+    row = pair_feature_row(cfg, "u1", "pD").iloc[0]
+    assert row["category"] == stage["category"] == "裤"
+    assert row["p_log_price"] == pytest.approx(stage["p_log_price"]) and row["p_log_price"] == pytest.approx(np.log1p(300.0))
+    assert row["p_n_impressions"] == stage["p_n_impressions"] == 0
+    assert row["p_ctr"] == pytest.approx(stage["p_ctr"])
+    assert row["ua_category_affinity"] == pytest.approx(stage["ua_category_affinity"])  # u1's clicks in 裤 count
+    with pytest.raises(KeyError, match="unknown product"):
+        pair_feature_row(cfg, "u1", "no-such-product")

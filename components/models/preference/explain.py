@@ -109,9 +109,12 @@ class FeatureFiles:
     product, so a server builds a row without scanning every impression per request."""
 
     def __init__(self, features_dir: Path, samples: pd.DataFrame, product_attributes: pd.DataFrame | None,
-                 user_affinity: pd.DataFrame | None):
+                 user_affinity: pd.DataFrame | None, products: pd.DataFrame | None = None):
         self.features_dir = features_dir
         self.samples = samples
+        # The clean catalogue (product_id, category, price): a product no impression shows yet
+        # still has its category and price (None: read from the clean stage when needed).
+        self.products = None if products is None else products.set_index(products["product_id"].astype(str))[["category", "price"]]
         self.product_attributes = product_attributes  # None: not written (only a new pair's row needs them)
         self.user_affinity = user_affinity
         self._user_rows = samples.groupby(samples["user_id"].astype(str), sort=False).indices
@@ -123,7 +126,8 @@ class FeatureFiles:
             product_attributes["product_id"].astype(str), sort=False).indices
 
     @classmethod
-    def load(cls, features_dir: Path) -> "FeatureFiles":
+    def load(cls, features_dir: Path, clean_dir: Path | None = None) -> "FeatureFiles":
+        """`clean_dir`: also keep the clean catalogue (category and price of every product)."""
         path = features_dir / "samples.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
@@ -135,7 +139,13 @@ class FeatureFiles:
             samples=samples,
             product_attributes=_read_if_there(features_dir / "product_attributes.parquet"),
             user_affinity=_read_if_there(features_dir / "user_affinity.parquet"),
+            products=_catalogue(clean_dir) if clean_dir is not None and (clean_dir / "products.parquet").exists() else None,
         )
+
+    def global_ctr(self) -> float:
+        """The click rate the features stage shrinks a product's (and a shopper's) rate toward,
+        as of the end of the data: (clicked impressions + 1) / (impressions + 2)."""
+        return float((self.samples["label"].sum() + 1.0) / (len(self.samples) + 2.0))
 
     def has_impressions(self, user_id: str) -> bool:
         return str(user_id) in self._user_rows
@@ -177,6 +187,12 @@ def _read_one_chunk(path: Path) -> pd.DataFrame:
     return pq.read_table(path).combine_chunks().to_pandas()
 
 
+def _catalogue(clean_dir: Path) -> pd.DataFrame:
+    from components.data.schema import load_table
+
+    return load_table(clean_dir, "products")[["product_id", "category", "price"]]
+
+
 def _read_if_there(path: Path) -> pd.DataFrame | None:
     return _read_one_chunk(path) if path.exists() else None
 
@@ -214,7 +230,7 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
     end-of-data click shares (the features stage's smoothing), no earlier pair impressions, no
     copy and the top slot. `files`: the features stage's outputs already in memory (default: read).
     """
-    files = files or FeatureFiles.load(cfg.stage_dir("features"))
+    files = files or FeatureFiles.load(cfg.stage_dir("features"), cfg.stage_dir("clean"))
     user_rows = files.user_rows(user_id)
     if user_rows.empty:
         return first_impression_row(cfg, user_id, product_id)
@@ -230,8 +246,13 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
         for column in product_columns:
             row[column] = latest[column]
     else:
-        for column in product_columns:
-            row[column] = np.nan if column != "category" else None
+        # No impression shows the product yet: what the features stage gives a product's first
+        # impression (its catalogue category and price, no earlier impressions, the global click
+        # rate), not missing values the encoder would fill with the training medians (and an
+        # out-of-vocabulary category).
+        for column, value in _unshown_product(cfg, files, product_id).items():
+            if column in row.columns:
+                row[column] = value
     for column, value in _pair_affinities(cfg, files, user_id, product_id, row["category"].iloc[0]).items():
         if column in row.columns:
             row[column] = value
@@ -241,6 +262,22 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
     row["copy_id"] = None                              # no particular copy: the pair itself
     row["position"] = files.top_slot                   # the top slot
     return row
+
+
+def _unshown_product(cfg, files: FeatureFiles, product_id: str) -> dict:
+    """The product columns of a first impression of a catalogue product (the features stage's
+    formulas: log1p of the price, 0 when unknown; a click rate of 0 impressions is the prior)."""
+    catalogue = files.products if files.products is not None else _catalogue(cfg.stage_dir("clean")).set_index("product_id")
+    if str(product_id) not in catalogue.index:
+        raise KeyError(f"unknown product {product_id!r}: no impression in {files.features_dir} and not in the catalogue of {cfg.stage_dir('clean')}")
+    product = catalogue.loc[str(product_id)]
+    price = float(product["price"]) if pd.notna(product["price"]) else np.nan
+    return {
+        "category": product["category"] if pd.notna(product["category"]) else None,
+        "p_log_price": float(np.nan_to_num(np.log1p(price), nan=0.0)),
+        "p_n_impressions": 0,
+        "p_ctr": files.global_ctr(),
+    }
 
 
 PROBE_EVENT_ID = "explain-probe"
