@@ -54,6 +54,20 @@ def test_encoder_fits_on_train_only_and_maps_unseen_ids_to_oov():
     assert history[:2].tolist() == [0, 0] and history[-1] == OOV and history[2] == encoder.catalogue["p0001"]
 
 
+def test_an_infinite_feature_is_refused_not_scored_as_certain():
+    """Before, log1p/standardization kept inf: logreg scored the row 1.0 or 0.0, deep NaN."""
+    samples, attrs, _, _ = synthetic_samples(n_users=20, n_products=15, n_impressions=300)
+    train_rows = samples[samples["split"] == "train"]
+    enc = FeatureEncoder.fit(train_rows, {"numeric": ["u_monetary", "p_ctr"]}, attrs, history_length=5)
+    rows = samples.head(3).copy()
+    rows["u_monetary"] = rows["u_monetary"].astype(float)
+    rows.loc[rows.index[1], "u_monetary"] = -np.inf
+    with pytest.raises(FeatureDataError, match="'u_monetary' is infinite in 1 rows"):
+        enc.transform(rows)
+    rows.loc[rows.index[1], "u_monetary"] = np.nan  # missing: the training fill, as before
+    assert np.isfinite(enc.transform(rows)).all()
+
+
 def test_encoder_round_trips_through_json(tmp_path):
     samples, attrs, _, _ = synthetic_samples(n_users=20, n_products=15, n_impressions=300)
     encoder = FeatureEncoder.fit(samples, {"numeric": ["p_ctr", "position"], "label": "label"}, attrs, history_length=4)

@@ -288,13 +288,18 @@ class FeatureEncoder:
         return out
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
-        """Packed float32 matrix [len(df), width]; unseen ids -> OOV, missing numerics -> train median."""
+        """Packed float32 matrix [len(df), width]; unseen ids -> OOV, missing numerics -> train median,
+        an infinite numeric -> FeatureDataError (naming the feature and rows)."""
         missing = [c for c in self.numeric_names + ["user_id", "product_id", "category"] if c not in df.columns]
         if missing:
             raise FeatureDataError(f"cannot score: input frame lacks columns {missing}")
-        numeric = np.column_stack(
-            [t.apply(df[t.name].to_numpy(dtype=np.float64, na_value=np.nan)) for t in self.numeric]
-        ) if self.numeric else np.zeros((len(df), 0))
+        raw = {t.name: df[t.name].to_numpy(dtype=np.float64, na_value=np.nan) for t in self.numeric}
+        for name, values in raw.items():
+            # A missing value has a training fill; an infinite one has none (it would score 0, 1 or NaN).
+            inf = np.isinf(values)
+            if inf.any():
+                raise FeatureDataError(f"cannot score: numeric feature {name!r} is infinite in {int(inf.sum())} rows:\n{_examples(df, pd.Series(inf, index=df.index), [name])}")
+        numeric = np.column_stack([t.apply(raw[t.name]) for t in self.numeric]) if self.numeric else np.zeros((len(df), 0))
         copy_ids = self._ids(df["copy_id"].fillna(""), self.copies) if "copy_id" in df.columns else np.full(len(df), OOV)
         ids = np.column_stack(
             [self._ids(df["user_id"], self.users), self._ids(df["product_id"], self.catalogue), self._ids(df["category"].fillna(""), self.categories), copy_ids]
