@@ -241,8 +241,11 @@ def evaluate_all(cfg: Config, data, fits: dict, out_dir: Path) -> tuple[dict[str
     """Rank 0: evaluate every kind, compare them, and pick the champion (by validation AUC)."""
     from components.evaluation.preference import auc, bootstrap_metrics, paired_difference
     from components.models.preference.fallback import fit_fallback
+    from components.models.preference.nets import fill_unseen_category
 
     fallback = fit_fallback(data.train.x, data.train.y, data.encoder, cfg.seed)
+    for fit in fits.values():
+        fill_unseen_category(fit.module.net, data.train.x)
     reports = {kind: _evaluate_kind(cfg, kind, fit, data, fallback, out_dir) for kind, fit in fits.items()}
     for kind, cold in _cold_metrics(cfg, data, fallback, reports).items():
         reports[kind].metrics.update(cold)

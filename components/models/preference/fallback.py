@@ -38,6 +38,9 @@ class PopularityFallback:
     coef: list[float]
     category_coef: dict[str, float]  # category index (as str) -> weight
     intercept: float
+    # A category without a training row (unseen, or out of vocabulary): the training rows' average
+    # category weight. 0 is not neutral: every fitted weight may sit below it.
+    unseen_category_coef: float = 0.0
 
     def _design(self, x: np.ndarray, encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray]:
         names = encoder.numeric_names
@@ -48,13 +51,13 @@ class PopularityFallback:
     def predict(self, x: np.ndarray, encoder: FeatureEncoder) -> np.ndarray:
         numeric, category = self._design(x, encoder)
         logit = numeric @ np.asarray(self.coef, dtype=np.float64) + self.intercept
-        logit = logit + np.array([self.category_coef.get(str(c), 0.0) for c in category])
+        logit = logit + np.array([self.category_coef.get(str(c), self.unseen_category_coef) for c in category])
         return 1.0 / (1.0 + np.exp(-logit))
 
     def contributions(self, x_row: np.ndarray, encoder: FeatureEncoder) -> list[tuple[str, float]]:
         numeric, category = self._design(x_row[None, :], encoder)
         out = [(name, float(v * w)) for name, v, w in zip(self.columns, numeric[0], self.coef)]
-        out.append(("category", self.category_coef.get(str(int(category[0])), 0.0)))
+        out.append(("category", self.category_coef.get(str(int(category[0])), self.unseen_category_coef)))
         return out
 
     def save(self, path: Path) -> None:
@@ -74,9 +77,11 @@ def fit_fallback(x_train: np.ndarray, y_train: np.ndarray, encoder: FeatureEncod
     one_hot = (category[:, None] == categories[None, :]).astype(np.float64)
     model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(np.hstack([numeric, one_hot]), y_train)
     weights = model.coef_[0]
+    category_weights = weights[len(columns) :]
     return PopularityFallback(
         columns=columns,
         coef=[float(w) for w in weights[: len(columns)]],
-        category_coef={str(int(c)): float(w) for c, w in zip(categories, weights[len(columns) :])},
+        category_coef={str(int(c)): float(w) for c, w in zip(categories, category_weights)},
         intercept=float(model.intercept_[0]),
+        unseen_category_coef=float(one_hot.mean(axis=0) @ category_weights),
     )
