@@ -166,6 +166,17 @@ def check_inputs(events: pd.DataFrame, products: pd.DataFrame, copies: pd.DataFr
 # ---------------------------------------------------------------- feature computation
 
 
+def click_prior(clicks, impressions):
+    """The global click rate so far, Laplace-smoothed: what user and product rates shrink toward."""
+    return (clicks + 1.0) / (impressions + 2.0)
+
+
+def log_price(price):
+    """The `p_log_price` feature: log1p of the price; an unknown price is 0 (standardized later;
+    OBD has no prices at all)."""
+    return np.nan_to_num(np.log1p(price), nan=0.0)
+
+
 def _smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
     return (clicks + strength * prior) / (impressions + strength)
 
@@ -258,7 +269,10 @@ def _compute_samples(
     everyone = np.zeros(len(imp), np.int64)
     global_impressions = prior_sum(everyone, imp.time, np.zeros(int(is_imp.sum()), np.int64), time_us[is_imp])
     global_clicks = prior_sum(everyone, imp.time, np.zeros(len(rated), np.int64), rated.time)
-    global_ctr = (global_clicks + 1.0) / (global_impressions + 2.0)
+    global_ctr = click_prior(global_clicks, global_impressions)
+    # The prior a product or shopper with no impressions yet gets at the end of the data: the
+    # copy server and `copyflow explain` read it (summary.json) for a product no impression shows.
+    report["end_click_prior"] = float(click_prior(len(rated.time), len(imp.time)))
     strength = fcfg.ctr_prior_strength
     samples["u_ctr"] = _smoothed_ctr(user_prior(is_rated_click), samples["u_n_impressions"].to_numpy(), global_ctr, strength)
 
@@ -272,8 +286,7 @@ def _compute_samples(
     samples["u_days_since_signup"] = np.maximum(imp.time - signup_us[imp.user], 0) / US_PER_DAY
 
     # Product popularity so far.
-    # Unknown prices contribute 0 (the feature is standardized later; OBD has no prices at all).
-    samples["p_log_price"] = np.nan_to_num(np.log1p(price[imp.product]), nan=0.0)
+    samples["p_log_price"] = log_price(price[imp.product])
     report["price_missing_products"] = int(np.isnan(price).sum())
     samples["p_n_impressions"] = prior_sum(imp.product, imp.time, imp.product, imp.time)
     p_clicks = prior_sum(imp.product, imp.time, rated.product, rated.time)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -369,9 +371,10 @@ def test_a_product_no_impression_shows_yet_gets_its_catalogue_values_not_trainin
     tables["products"] = pd.concat([tables["products"], frame("products", [product("pD", {"类型": ["裤"], "颜色": ["白色"]}, price=300.0)])], ignore_index=True)
     write_all(tables, cfg.stage_dir("clean"))
     # The features stage's outputs (three hours of log: too short for its time split).
-    samples, _, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
+    samples, report, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
     features = cfg.stage_dir("features")
     features.mkdir(parents=True)
+    (features / "summary.json").write_text(json.dumps({"end_click_prior": report["end_click_prior"]}), encoding="utf-8")
     pq.write_table(samples_to_arrow(samples), features / "samples.parquet")
     user_affinity_table(context.click_pairs, context.index, context.user_ids, cfg.features.affinity_prior_strength).to_parquet(features / "user_affinity.parquet")
     context.product_attributes.to_parquet(features / "product_attributes.parquet")

@@ -13,6 +13,7 @@ All contributions are on the logit scale; the list is sorted by absolute size.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,8 +145,12 @@ class FeatureFiles:
 
     def global_ctr(self) -> float:
         """The click rate the features stage shrinks a product's (and a shopper's) rate toward,
-        as of the end of the data: (clicked impressions + 1) / (impressions + 2)."""
-        return float((self.samples["label"].sum() + 1.0) / (len(self.samples) + 2.0))
+        as of the end of the data: the stage's own figure (summary.json `end_click_prior`)."""
+        summary = self.features_dir / "summary.json"
+        prior = json.loads(summary.read_text(encoding="utf-8")).get("end_click_prior") if summary.exists() else None
+        if prior is None:
+            raise FileNotFoundError(f"{summary} has no end_click_prior (features built by an older copyflow: run the features stage again)")
+        return float(prior)
 
     def has_impressions(self, user_id: str) -> bool:
         return str(user_id) in self._user_rows
@@ -265,8 +270,10 @@ def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | N
 
 
 def _unshown_product(cfg, files: FeatureFiles, product_id: str) -> dict:
-    """The product columns of a first impression of a catalogue product (the features stage's
-    formulas: log1p of the price, 0 when unknown; a click rate of 0 impressions is the prior)."""
+    """The product columns of a first impression of a catalogue product, by the features stage's
+    own `log_price` and end-of-data click prior (a rate of 0 impressions is the prior)."""
+    from components.features.build import log_price
+
     catalogue = files.products if files.products is not None else _catalogue(cfg.stage_dir("clean")).set_index("product_id")
     if str(product_id) not in catalogue.index:
         raise KeyError(f"unknown product {product_id!r}: no impression in {files.features_dir} and not in the catalogue of {cfg.stage_dir('clean')}")
@@ -274,7 +281,7 @@ def _unshown_product(cfg, files: FeatureFiles, product_id: str) -> dict:
     price = float(product["price"]) if pd.notna(product["price"]) else np.nan
     return {
         "category": product["category"] if pd.notna(product["category"]) else None,
-        "p_log_price": float(np.nan_to_num(np.log1p(price), nan=0.0)),
+        "p_log_price": float(log_price(price)),
         "p_n_impressions": 0,
         "p_ctr": files.global_ctr(),
     }
