@@ -7,7 +7,14 @@ require_prefect_api() {  # require_prefect_api PYTHON
     echo "PREFECT_API_URL is not set: run \`make up\` first (or point PREFECT_API_URL at your server)" >&2
     exit 1
   fi
-  if ! "$python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip('/') + '/health', timeout=5)" "$PREFECT_API_URL" 2>/dev/null; then
+  # Any HTTP answer counts (Prefect Cloud or a gateway may answer /health with 401 or 404);
+  # only no answer at all (refused, unresolvable, timed out) stops here.
+  if ! "$python" -c "
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip('/') + '/health', timeout=5)
+except urllib.error.HTTPError:
+    pass" "$PREFECT_API_URL" 2>/dev/null; then
     echo "the Prefect server at PREFECT_API_URL=$PREFECT_API_URL does not answer: start it with \`make up\` (\`make down\` stopped it), or point PREFECT_API_URL at a running server" >&2
     exit 1
   fi
