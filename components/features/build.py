@@ -48,6 +48,7 @@ from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_
 from components.features.splits import SPLITS, SplitBoundaries, assign_split, split_boundaries
 
 FEATURE_SET_VERSION = 1
+UNKNOWN_CATEGORY = "unknown"  # the category code of a product without one (ua_category_affinity)
 RECENCY_SENTINEL_HOURS = 24.0 * 365  # "never seen before"; u_has_history = 0 says so explicitly
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
@@ -305,7 +306,7 @@ def _compute_samples(
     affinity = attribute_affinity_features(imp, click_pairs, index, fcfg.affinity_prior_strength)
     samples["ua_attr_affinity"] = affinity["ua_attr_affinity"].to_numpy()
     samples["ua_attr_affinity_max"] = affinity["ua_attr_affinity_max"].to_numpy()
-    category_codes, _ = pd.factorize(products["category"].fillna("unknown"))
+    category_codes, _ = pd.factorize(products["category"].fillna(UNKNOWN_CATEGORY))
     samples["ua_category_affinity"] = category_affinity_feature(
         imp, clk, category_codes.astype(np.int64), samples["u_n_clicks"].to_numpy(), fcfg.affinity_prior_strength
     )

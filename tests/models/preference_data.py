@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.schema import write_table
+
 ATTRIBUTE_VALUES = {
     "类型": ["裙", "裤", "上衣", "外套"],
     "颜色": ["白色", "黑色", "红色", "蓝色", "绿色"],
@@ -176,7 +178,25 @@ def write_synthetic_features(cfg, shuffle_labels: bool = False, **kwargs) -> Pat
     clean = cfg.stage_dir("clean")
     clean.mkdir(parents=True, exist_ok=True)
     samples.attrs["copies"].to_parquet(clean / "copies.parquet", index=False)
+    _write_clean_log(samples, product_attributes, clean)
     truth_dir = cfg.stage_dir("source") / "ground_truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     truth.to_parquet(truth_dir / "impressions.parquet", index=False)
     return out
+
+
+def _write_clean_log(samples: pd.DataFrame, product_attributes: pd.DataFrame, clean: Path) -> None:
+    """The clean catalogue and log behind the samples: one impression per row, a click 5 s after
+    each clicked one (`copyflow explain` reads the clicks for end-of-data category affinities)."""
+    attributes: dict[str, dict[str, list[str]]] = {}
+    for product, key, value in product_attributes[["product_id", "attr_key", "attr_value"]].itertuples(index=False):
+        attributes.setdefault(product, {}).setdefault(key, []).append(value)
+    first = samples.drop_duplicates("product_id")
+    catalogue = pd.DataFrame({"product_id": first["product_id"].to_numpy(), "category": first["category"].to_numpy()})
+    write_table(catalogue.assign(attributes=catalogue["product_id"].map(attributes), price=100.0, source="synthetic"), clean, "products")
+    columns = ["event_id", "user_id", "product_id", "copy_id", "timestamp", "position", "propensity"]
+    shown = pd.DataFrame({c: samples[c].to_numpy() for c in columns}).assign(event_type="impression", value=np.nan)
+    shown["timestamp"] = pd.to_datetime(shown["timestamp"], utc=True).dt.floor("us")
+    clicked = shown[samples["label"].to_numpy() == 1]
+    clicks = clicked.assign(event_id=clicked["event_id"] + "c", event_type="click", timestamp=clicked["timestamp"] + pd.Timedelta(seconds=5))
+    write_table(pd.concat([shown, clicks], ignore_index=True).astype({"position": "Int32"}), clean, "events")

@@ -391,6 +391,34 @@ def test_a_product_no_impression_shows_yet_gets_its_catalogue_values_not_trainin
         pair_feature_row(cfg, "u1", "no-such-product")
 
 
+def test_a_new_pairs_category_affinity_counts_every_click_over_every_catalogue_category(cfg):
+    """For a product the shopper never saw, the row's `ua_category_affinity` is the features
+    stage's end-of-data value (its probe a microsecond after the last event): every click the
+    shopper made, over every category of the catalogue. It counted clicked impressions among
+    the categories impressions show: a double click on e3 and pE's category (上衣, never shown)
+    gave (1 + 2/2) / (3 + 2) = 0.4 where the stage has (2 + 2/3) / (4 + 2) = 0.444."""
+    tables = hand_tables()
+    new = [product("pD", {"类型": ["裤"], "颜色": ["白色"]}, price=300.0), product("pE", {"类型": ["上衣"], "颜色": ["白色"]})]
+    tables["products"] = pd.concat([tables["products"], frame("products", new)], ignore_index=True)
+    double_click = frame("events", [event("e3b", "u1", "pB", "click", ts(hours=1, seconds=20), "cB", 1)])
+    tables["events"] = pd.concat([tables["events"], double_click], ignore_index=True)
+    write_all(tables, cfg.stage_dir("clean"))
+    samples, report, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
+    features = cfg.stage_dir("features")
+    features.mkdir(parents=True)
+    (features / "summary.json").write_text(json.dumps({"end_click_prior": report["end_click_prior"]}), encoding="utf-8")
+    pq.write_table(samples_to_arrow(samples), features / "samples.parquet")
+    user_affinity_table(context.click_pairs, context.index, context.user_ids, cfg.features.affinity_prior_strength).to_parquet(features / "user_affinity.parquet")
+    context.product_attributes.to_parquet(features / "product_attributes.parquet")
+    probe = frame("events", [event("probe", "u1", "pD", "impression", ts(hours=3, seconds=1), None, 0)])
+    with_probe, _ = compute_samples(pd.concat([tables["events"], probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
+    stage = with_probe[with_probe["event_id"] == "probe"].iloc[0]
+    row = pair_feature_row(cfg, "u1", "pD").iloc[0]
+    assert stage["ua_category_affinity"] == pytest.approx((2 + 2 / 3) / (4 + 2))
+    assert row["ua_category_affinity"] == pytest.approx(stage["ua_category_affinity"])
+    assert row["ua_attr_affinity"] == pytest.approx(stage["ua_attr_affinity"])
+
+
 def test_an_unseen_category_scores_as_the_average_training_category(small_cfg, tmp_path):
     """The out-of-vocabulary category (a category no training row had) gets the training rows'
     average category weight (logreg, fallback) or embedding (deep), in the saved model folder

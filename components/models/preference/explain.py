@@ -110,17 +110,19 @@ class FeatureFiles:
     product, so a server builds a row without scanning every impression per request."""
 
     def __init__(self, features_dir: Path, samples: pd.DataFrame, product_attributes: pd.DataFrame | None,
-                 user_affinity: pd.DataFrame | None, products: pd.DataFrame | None = None):
+                 user_affinity: pd.DataFrame | None, products: pd.DataFrame | None = None,
+                 category_clicks: CategoryClicks | None = None):
         self.features_dir = features_dir
         self.samples = samples
         # The clean catalogue (product_id, category, price): a product no impression shows yet
         # still has its category and price (None: read from the clean stage when needed).
         self.products = None if products is None else products.set_index(products["product_id"].astype(str))[["category", "price"]]
+        # End-of-data click counts of `ua_category_affinity` (None: read from the clean stage when needed).
+        self.category_clicks = category_clicks
         self.product_attributes = product_attributes  # None: not written (only a new pair's row needs them)
         self.user_affinity = user_affinity
         self._user_rows = samples.groupby(samples["user_id"].astype(str), sort=False).indices
         self._product_rows = samples.groupby(samples["product_id"].astype(str), sort=False).indices
-        self.n_categories = max(1, int(samples["category"].nunique()))
         self.top_slot = samples["position"].min()
         self._affinity_rows = {} if user_affinity is None else user_affinity.groupby(user_affinity["user_id"].astype(str), sort=False).indices
         self._attribute_rows = {} if product_attributes is None else product_attributes.groupby(
@@ -135,12 +137,14 @@ class FeatureFiles:
         samples = _read_one_chunk(path)
         if not samples["timestamp"].is_monotonic_increasing:  # the features stage writes it in time order
             samples = samples.sort_values("timestamp", kind="stable", ignore_index=True)
+        has_clean = clean_dir is not None and (clean_dir / "products.parquet").exists() and (clean_dir / "events.parquet").exists()
         return cls(
             features_dir=features_dir,
             samples=samples,
             product_attributes=_read_if_there(features_dir / "product_attributes.parquet"),
             user_affinity=_read_if_there(features_dir / "user_affinity.parquet"),
-            products=_catalogue(clean_dir) if clean_dir is not None and (clean_dir / "products.parquet").exists() else None,
+            products=_catalogue(clean_dir) if has_clean else None,
+            category_clicks=CategoryClicks.from_clean(clean_dir) if has_clean else None,
         )
 
     def global_ctr(self) -> float:
@@ -198,6 +202,34 @@ def _catalogue(clean_dir: Path) -> pd.DataFrame:
     return load_table(clean_dir, "products")[["product_id", "category", "price"]]
 
 
+@dataclass(frozen=True)
+class CategoryClicks:
+    """What the features stage's end-of-data `ua_category_affinity` counts: click events per
+    (shopper, category), every click whether or not it answers an impression (labels count
+    clicked impressions, which is not the same), over every category of the catalogue."""
+
+    counts: pd.Series          # index (user_id, category) -> clicks
+    n_categories: int          # the catalogue's categories, a missing one counted as the stage's UNKNOWN_CATEGORY
+
+    @classmethod
+    def from_clean(cls, clean_dir: Path) -> "CategoryClicks":
+        from components.data.schema import load_table
+        from components.features.build import UNKNOWN_CATEGORY
+
+        events = load_table(clean_dir, "events")
+        clicks = events.loc[events["event_type"] == "click", ["user_id", "product_id"]]
+        category = _catalogue(clean_dir).set_index("product_id")["category"].fillna(UNKNOWN_CATEGORY)
+        clicks = clicks.assign(category=category.reindex(clicks["product_id"]).to_numpy())
+        counts = clicks.groupby([clicks["user_id"].astype(str), clicks["category"].astype(str)]).size()
+        return cls(counts=counts, n_categories=int(category.nunique()))
+
+    def of(self, user_id: str) -> pd.Series:
+        """category -> the shopper's clicks in it (empty: no clicks)."""
+        if str(user_id) not in self.counts.index.get_level_values(0):
+            return pd.Series(dtype=np.int64)
+        return self.counts.xs(str(user_id), level=0)
+
+
 def _read_if_there(path: Path) -> pd.DataFrame | None:
     return _read_one_chunk(path) if path.exists() else None
 
@@ -216,13 +248,15 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
             shares.append(float(hit["affinity"].iloc[0]))
         else:
             shares.append(_smoothed(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength))
-    user_rows = files.user_rows(user_id)
-    clicks = user_rows[user_rows["label"] == 1]
-    in_category = float((clicks["category"] == category).sum()) if category is not None else 0.0
+    from components.features.build import UNKNOWN_CATEGORY
+
+    categories = files.category_clicks or CategoryClicks.from_clean(cfg.stage_dir("clean"))
+    clicks = categories.of(user_id)
+    in_category = float(clicks.get(UNKNOWN_CATEGORY if pd.isna(category) else str(category), 0))
     return {
         "ua_attr_affinity": float(np.mean(shares)) if shares else np.nan,
         "ua_attr_affinity_max": float(np.max(shares)) if shares else np.nan,
-        "ua_category_affinity": _smoothed(in_category, float(len(clicks)), float(files.n_categories), strength),
+        "ua_category_affinity": _smoothed(in_category, float(clicks.sum()), float(categories.n_categories), strength),
     }
 
 
