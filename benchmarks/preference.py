@@ -200,7 +200,8 @@ def _serve_choice(cfg, report: dict) -> None:
     tiled = pa.Table.from_pandas(tiled, preserve_index=False).combine_chunks().to_pandas()  # as FeatureFiles.load reads it
     files = data.features
     bigger = ShopperData(data.clean_dir, data.users, data.attributes, data.affinity, data.population, data.key,
-                         FeatureFiles(files.features_dir, tiled, files.product_attributes, files.user_affinity))
+                         FeatureFiles(files.features_dir, tiled, files.product_attributes, files.user_affinity, files.clean_dir))
+    bigger.features.end_of_data(cfg)  # as ShopperData.load does: at load, not in the first timed request
     report["serve_choice_impressions"] = int(len(samples))
     report["serve_choice_4_candidates_p50_ms"] = base
     report[f"serve_choice_4_candidates_x{SERVE_CHOICE_TILES}_data_p50_ms"] = p50_ms(bigger)

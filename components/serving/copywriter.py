@@ -58,6 +58,8 @@ class ShopperData:
         clean, features = cfg.stage_dir("clean"), cfg.stage_dir("features")
         products = load_products(clean)
         files = FeatureFiles.load(features, clean) if with_features else None
+        if files is not None:
+            files.end_of_data(cfg)  # now, not on the first request: the features stage's computation
         # With the features in memory, their affinity table (indexed by shopper) is the one read.
         affinity = files.user_affinity if files is not None and files.user_affinity is not None else pd.read_parquet(
             features / "user_affinity.parquet", columns=["user_id", "attr_key", "attr_value", "affinity"])

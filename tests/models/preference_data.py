@@ -177,7 +177,6 @@ def write_synthetic_features(cfg, shuffle_labels: bool = False, **kwargs) -> Pat
     (out / "feature_spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     clean = cfg.stage_dir("clean")
     clean.mkdir(parents=True, exist_ok=True)
-    samples.attrs["copies"].to_parquet(clean / "copies.parquet", index=False)
     _write_clean_log(samples, product_attributes, clean)
     truth_dir = cfg.stage_dir("source") / "ground_truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +185,13 @@ def write_synthetic_features(cfg, shuffle_labels: bool = False, **kwargs) -> Pat
 
 
 def _write_clean_log(samples: pd.DataFrame, product_attributes: pd.DataFrame, clean: Path) -> None:
-    """The clean catalogue and log behind the samples: one impression per row, a click 5 s after
-    each clicked one (`copyflow explain` reads the clicks for end-of-data category affinities)."""
+    """The clean tables behind the samples: the copies, the catalogue, the shoppers, and a log of
+    one impression per row and a click 5 s after each clicked one (`copyflow explain` computes a
+    pair's features from them)."""
+    copies = samples.attrs["copies"]
+    write_table(copies.assign(source="human", model_version=None), clean, "copies")
+    shoppers = pd.DataFrame({"user_id": samples["user_id"].unique()})
+    write_table(shoppers.assign(age_band=None, city_tier=None, signup_date=pd.Timestamp("2025-12-01", tz="UTC")), clean, "users")
     attributes: dict[str, dict[str, list[str]]] = {}
     for product, key, value in product_attributes[["product_id", "attr_key", "attr_value"]].itertuples(index=False):
         attributes.setdefault(product, {}).setdefault(key, []).append(value)

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from components.data.schema import write_all
 from components.evaluation.preference import evaluate_model
 from components.features.affinity import user_affinity_table
-from components.features.build import _compute_samples, compute_samples, samples_to_arrow
+from components.features.build import NUMERIC_FEATURES, _compute_samples, compute_samples, samples_to_arrow
 from components.models.preference.api import load_preference, save_model_dir, score_examples
 from components.models.preference.data import OOV, FeatureDataError, FeatureEncoder, load_feature_tables
 from components.models.preference.explain import explain, explain_row, pair_feature_row
@@ -338,10 +338,7 @@ def test_a_shopper_without_impressions_gets_the_features_stages_first_impression
     tables = hand_tables()
     tables["users"] = pd.concat([tables["users"], frame("users", [user("u3", START - pd.Timedelta(days=2)), user("u4", START)])], ignore_index=True)
     tables["events"] = pd.concat([tables["events"], frame("events", [event("e11", "u4", "pB", "click", ts(hours=2), "cB", 1)])], ignore_index=True)
-    write_all(tables, cfg.stage_dir("clean"))
-    samples, _ = compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
-    cfg.stage_dir("features").mkdir(parents=True)
-    pq.write_table(samples_to_arrow(samples), cfg.stage_dir("features") / "samples.parquet")  # three hours: no time split
+    _write_features_stage(cfg, tables)
     # End of data: 5 impressions, 3 clicks that answer one (u4's answers none: interest, not a
     # click rate) -> global CTR (3+1)/(5+2); CTR prior strength 10.
     global_ctr = 4 / 7
@@ -369,15 +366,7 @@ def test_a_product_no_impression_shows_yet_gets_its_catalogue_values_not_trainin
     category went out of vocabulary."""
     tables = hand_tables()
     tables["products"] = pd.concat([tables["products"], frame("products", [product("pD", {"类型": ["裤"], "颜色": ["白色"]}, price=300.0)])], ignore_index=True)
-    write_all(tables, cfg.stage_dir("clean"))
-    # The features stage's outputs (three hours of log: too short for its time split).
-    samples, report, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
-    features = cfg.stage_dir("features")
-    features.mkdir(parents=True)
-    (features / "summary.json").write_text(json.dumps({"end_click_prior": report["end_click_prior"]}), encoding="utf-8")
-    pq.write_table(samples_to_arrow(samples), features / "samples.parquet")
-    user_affinity_table(context.click_pairs, context.index, context.user_ids, cfg.features.affinity_prior_strength).to_parquet(features / "user_affinity.parquet")
-    context.product_attributes.to_parquet(features / "product_attributes.parquet")
+    _write_features_stage(cfg, tables)
     probe = frame("events", [event("probe", "u1", "pD", "impression", ts(hours=3, seconds=1), None, 0)])
     with_probe, _ = compute_samples(pd.concat([tables["events"], probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
     stage = with_probe[with_probe["event_id"] == "probe"].iloc[0]
@@ -402,6 +391,18 @@ def test_a_new_pairs_category_affinity_counts_every_click_over_every_catalogue_c
     tables["products"] = pd.concat([tables["products"], frame("products", new)], ignore_index=True)
     double_click = frame("events", [event("e3b", "u1", "pB", "click", ts(hours=1, seconds=20), "cB", 1)])
     tables["events"] = pd.concat([tables["events"], double_click], ignore_index=True)
+    _write_features_stage(cfg, tables)
+    probe = frame("events", [event("probe", "u1", "pD", "impression", ts(hours=3, seconds=1), None, 0)])
+    with_probe, _ = compute_samples(pd.concat([tables["events"], probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
+    stage = with_probe[with_probe["event_id"] == "probe"].iloc[0]
+    row = pair_feature_row(cfg, "u1", "pD").iloc[0]
+    assert stage["ua_category_affinity"] == pytest.approx((2 + 2 / 3) / (4 + 2))
+    assert row["ua_category_affinity"] == pytest.approx(stage["ua_category_affinity"])
+    assert row["ua_attr_affinity"] == pytest.approx(stage["ua_attr_affinity"])
+
+
+def _write_features_stage(cfg, tables) -> None:
+    """The clean tables and the features stage's outputs for a log too short for its time split."""
     write_all(tables, cfg.stage_dir("clean"))
     samples, report, context = _compute_samples(tables["events"], tables["products"], tables["copies"], tables["users"], cfg.features)
     features = cfg.stage_dir("features")
@@ -410,13 +411,31 @@ def test_a_new_pairs_category_affinity_counts_every_click_over_every_catalogue_c
     pq.write_table(samples_to_arrow(samples), features / "samples.parquet")
     user_affinity_table(context.click_pairs, context.index, context.user_ids, cfg.features.affinity_prior_strength).to_parquet(features / "user_affinity.parquet")
     context.product_attributes.to_parquet(features / "product_attributes.parquet")
-    probe = frame("events", [event("probe", "u1", "pD", "impression", ts(hours=3, seconds=1), None, 0)])
-    with_probe, _ = compute_samples(pd.concat([tables["events"], probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
-    stage = with_probe[with_probe["event_id"] == "probe"].iloc[0]
-    row = pair_feature_row(cfg, "u1", "pD").iloc[0]
-    assert stage["ua_category_affinity"] == pytest.approx((2 + 2 / 3) / (4 + 2))
-    assert row["ua_category_affinity"] == pytest.approx(stage["ua_category_affinity"])
-    assert row["ua_attr_affinity"] == pytest.approx(stage["ua_attr_affinity"])
+
+
+def test_a_pairs_row_is_the_features_stages_row_right_after_the_last_event(cfg):
+    """What explain and the copy server score is the features stage's own row of an impression a
+    microsecond after the last event, for a pair shown before as for any other. The pair's latest
+    impression was returned: u1 saw pA at 3h, then pB at 4h and clicked it, so pA's row missed
+    two impressions, a click and pB in the recent products (quick profile: a pair last seen
+    weeks earlier missed 95 of the shopper's impressions, median of 60 shoppers)."""
+    tables = hand_tables()
+    tables["products"] = pd.concat([tables["products"], frame("products", [product("pD", {"类型": ["裤"], "颜色": ["白色"]})])], ignore_index=True)
+    tables["users"] = pd.concat([tables["users"], frame("users", [user("u3", START - pd.Timedelta(days=2))])], ignore_index=True)
+    later = [event("e12", "u1", "pB", "impression", ts(hours=4), "cB", 1), event("e13", "u1", "pB", "click", ts(hours=4, seconds=5), "cB", 1)]
+    tables["events"] = pd.concat([tables["events"], frame("events", later)], ignore_index=True)
+    _write_features_stage(cfg, tables)
+    pairs = [("u1", "pA"), ("u1", "pB"), ("u1", "pD"), ("u2", "pA"), ("u2", "pC"), ("u3", "pB")]
+    probes = frame("events", [event(f"probe{i}", u, p, "impression", ts(hours=4, seconds=5) + pd.Timedelta(microseconds=1), None, 0) for i, (u, p) in enumerate(pairs)])
+    stage, _ = compute_samples(pd.concat([tables["events"], probes], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
+    stage = stage.set_index("event_id")
+    for i, (u, p) in enumerate(pairs):
+        expected, row = stage.loc[f"probe{i}"], pair_feature_row(cfg, u, p).iloc[0]
+        for column in [*NUMERIC_FEATURES, "is_cold", "category"]:
+            assert row[column] == pytest.approx(expected[column]), (u, p, column)
+        assert list(row["hist_products"]) == list(expected["hist_products"]), (u, p)
+        assert (row["user_id"], row["product_id"]) == (u, p) and row["copy_id"] is None
+    assert list(stage.loc["probe0", "hist_products"]) == ["pA", "pC", "pB", "pB"] and stage.loc["probe0", "u_n_impressions"] == 5
 
 
 def test_an_unseen_category_scores_as_the_average_training_category(small_cfg, tmp_path):

@@ -54,11 +54,20 @@ def test_candidates_are_read_with_the_products_values_as_training_read_them(tmp_
     # learned copies' mentions of it; the clean catalog's own list lacks it.
     from pathlib import Path
 
+    from components.data.schema import write_all
     from components.models.preference.explain import FeatureFiles
     from components.serving.choice import preference_scores
     from components.serving.copywriter import ShopperData
+    from tests.features.factories import copy, event, frame, product, user
 
     t = pd.Timestamp("2026-01-05", tz="UTC")
+    # The clean tables the row is computed from (the features stage's own computation).
+    write_all({
+        "products": frame("products", [{**product("p1", {"颜色": ["白色"]}), "category": "裙"}]),
+        "copies": frame("copies", [copy("c1", "p1", "白色连衣裙")]),
+        "users": frame("users", [user("u1")]),
+        "events": frame("events", [event("e1", "u1", "p1", "impression", t, "c1", 1)]),
+    }, cfg.stage_dir("clean"))
     samples = pd.DataFrame({"event_id": ["e1"], "user_id": ["u1"], "product_id": ["p1"], "copy_id": ["c1"], "category": ["裙"],
                             "timestamp": [t], "position": [1], "label": [0], "uc_copy_pref_mentions": [0]})
     features = pd.DataFrame({"product_id": ["p1", "p1"], "attr_key": ["颜色", "类型"], "attr_value": ["白色", "裙"]})

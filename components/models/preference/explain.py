@@ -13,7 +13,6 @@ All contributions are on the logit scale; the list is sorted by absolute size.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,54 +106,46 @@ def _smoothed(count: float, total: float, n_values: float, strength: float) -> f
 class FeatureFiles:
     """What a pair's feature row is built from: the features stage's samples (sorted by time),
     product attributes and end-of-data shopper affinities, read once and indexed by shopper and
-    product, so a server builds a row without scanning every impression per request."""
+    product, and the stage's features right after the last event (`end_of_data`), so a server
+    builds a row without scanning every impression per request."""
 
     def __init__(self, features_dir: Path, samples: pd.DataFrame, product_attributes: pd.DataFrame | None,
-                 user_affinity: pd.DataFrame | None, products: pd.DataFrame | None = None,
-                 category_clicks: CategoryClicks | None = None):
+                 user_affinity: pd.DataFrame | None, clean_dir: Path | None = None):
         self.features_dir = features_dir
         self.samples = samples
-        # The clean catalogue (product_id, category, price): a product no impression shows yet
-        # still has its category and price (None: read from the clean stage when needed).
-        self.products = None if products is None else products.set_index(products["product_id"].astype(str))[["category", "price"]]
-        # End-of-data click counts of `ua_category_affinity` (None: read from the clean stage when needed).
-        self.category_clicks = category_clicks
-        self.product_attributes = product_attributes  # None: not written (only a new pair's row needs them)
+        self.clean_dir = clean_dir  # None: the profile's clean stage (cfg), read when needed
+        self._end_of_data: EndOfData | None = None
+        self.product_attributes = product_attributes  # None: not written (a pair's row needs them)
         self.user_affinity = user_affinity
         self._user_rows = samples.groupby(samples["user_id"].astype(str), sort=False).indices
-        self._product_rows = samples.groupby(samples["product_id"].astype(str), sort=False).indices
-        self.top_slot = samples["position"].min()
         self._affinity_rows = {} if user_affinity is None else user_affinity.groupby(user_affinity["user_id"].astype(str), sort=False).indices
         self._attribute_rows = {} if product_attributes is None else product_attributes.groupby(
             product_attributes["product_id"].astype(str), sort=False).indices
 
     @classmethod
     def load(cls, features_dir: Path, clean_dir: Path | None = None) -> "FeatureFiles":
-        """`clean_dir`: also keep the clean catalogue (category and price of every product)."""
+        """`clean_dir`: the clean tables the features right after the last event are computed
+        from (None: the profile's clean stage)."""
         path = features_dir / "samples.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist (run the features stage first)")
         samples = _read_one_chunk(path)
         if not samples["timestamp"].is_monotonic_increasing:  # the features stage writes it in time order
             samples = samples.sort_values("timestamp", kind="stable", ignore_index=True)
-        has_clean = clean_dir is not None and (clean_dir / "products.parquet").exists() and (clean_dir / "events.parquet").exists()
         return cls(
             features_dir=features_dir,
             samples=samples,
             product_attributes=_read_if_there(features_dir / "product_attributes.parquet"),
             user_affinity=_read_if_there(features_dir / "user_affinity.parquet"),
-            products=_catalogue(clean_dir) if has_clean else None,
-            category_clicks=CategoryClicks.from_clean(clean_dir) if has_clean else None,
+            clean_dir=clean_dir,
         )
 
-    def global_ctr(self) -> float:
-        """The click rate the features stage shrinks a product's (and a shopper's) rate toward,
-        as of the end of the data: the stage's own figure (summary.json `end_click_prior`)."""
-        summary = self.features_dir / "summary.json"
-        prior = json.loads(summary.read_text(encoding="utf-8")).get("end_click_prior") if summary.exists() else None
-        if prior is None:
-            raise FileNotFoundError(f"{summary} has no end_click_prior (features built by an older copyflow: run the features stage again)")
-        return float(prior)
+    def end_of_data(self, cfg) -> "EndOfData":
+        """The stage's features right after the last event (computed on first use: about as long
+        as the features stage takes; a server computes it when it loads, not per request)."""
+        if self._end_of_data is None:
+            self._end_of_data = EndOfData.compute(self.clean_dir or cfg.stage_dir("clean"), cfg.features, self.features_dir)
+        return self._end_of_data
 
     def has_impressions(self, user_id: str) -> bool:
         return str(user_id) in self._user_rows
@@ -162,9 +153,6 @@ class FeatureFiles:
     def user_rows(self, user_id: str) -> pd.DataFrame:
         """The shopper's impressions, oldest first."""
         return self.samples.iloc[self._user_rows.get(str(user_id), [])]
-
-    def product_rows(self, product_id: str) -> pd.DataFrame:
-        return self.samples.iloc[self._product_rows.get(str(product_id), [])]
 
     def affinities(self, user_id: str) -> pd.DataFrame:
         """The shopper's end-of-data affinity rows (user_affinity.parquet)."""
@@ -196,12 +184,6 @@ def _read_one_chunk(path: Path) -> pd.DataFrame:
     return pq.read_table(path).combine_chunks().to_pandas()
 
 
-def _catalogue(clean_dir: Path) -> pd.DataFrame:
-    from components.data.schema import load_table
-
-    return load_table(clean_dir, "products")[["product_id", "category", "price"]]
-
-
 @dataclass(frozen=True)
 class CategoryClicks:
     """What the features stage's end-of-data `ua_category_affinity` counts: click events per
@@ -212,13 +194,11 @@ class CategoryClicks:
     n_categories: int          # the catalogue's categories, a missing one counted as the stage's UNKNOWN_CATEGORY
 
     @classmethod
-    def from_clean(cls, clean_dir: Path) -> "CategoryClicks":
-        from components.data.schema import load_table
+    def from_tables(cls, events: pd.DataFrame, products: pd.DataFrame) -> "CategoryClicks":
         from components.features.build import UNKNOWN_CATEGORY
 
-        events = load_table(clean_dir, "events")
         clicks = events.loc[events["event_type"] == "click", ["user_id", "product_id"]]
-        category = _catalogue(clean_dir).set_index("product_id")["category"].fillna(UNKNOWN_CATEGORY)
+        category = products.set_index("product_id")["category"].fillna(UNKNOWN_CATEGORY)
         clicks = clicks.assign(category=category.reindex(clicks["product_id"]).to_numpy())
         counts = clicks.groupby([clicks["user_id"].astype(str), clicks["category"].astype(str)]).size()
         return cls(counts=counts, n_categories=int(category.nunique()))
@@ -250,7 +230,7 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
             shares.append(_smoothed(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength))
     from components.features.build import UNKNOWN_CATEGORY
 
-    categories = files.category_clicks or CategoryClicks.from_clean(cfg.stage_dir("clean"))
+    categories = files.end_of_data(cfg).category_clicks
     clicks = categories.of(user_id)
     in_category = float(clicks.get(UNKNOWN_CATEGORY if pd.isna(category) else str(category), 0))
     return {
@@ -260,109 +240,101 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
     }
 
 
-def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | None = None) -> pd.DataFrame:
-    """Features of (shopper, product) from the features stage.
-
-    The latest impression of exactly this pair when there is one (exact point-in-time
-    features). A shopper with no impression at all: `first_impression_row`. Otherwise the shopper's latest state (u_*, recent products) joined with the
-    product's latest state (p_*, category), the shopper x product affinities recomputed from
-    end-of-data click shares (the features stage's smoothing), no earlier pair impressions, no
-    copy and the top slot. `files`: the features stage's outputs already in memory (default: read).
-    """
-    files = files or FeatureFiles.load(cfg.stage_dir("features"), cfg.stage_dir("clean"))
-    user_rows = files.user_rows(user_id)
-    if user_rows.empty:
-        return first_impression_row(cfg, user_id, product_id)
-    pair = user_rows[user_rows["product_id"].astype(str) == str(product_id)]
-    if len(pair):
-        return pair.tail(1).reset_index(drop=True)
-    product_rows = files.product_rows(product_id)
-    row = user_rows.tail(1).reset_index(drop=True).copy()
-    row["product_id"] = str(product_id)
-    product_columns = [c for c in files.samples.columns if c.startswith("p_")] + ["category"]
-    if len(product_rows):
-        latest = product_rows.iloc[-1]
-        for column in product_columns:
-            row[column] = latest[column]
-    else:
-        # No impression shows the product yet: what the features stage gives a product's first
-        # impression (its catalogue category and price, no earlier impressions, the global click
-        # rate), not missing values the encoder would fill with the training medians (and an
-        # out-of-vocabulary category).
-        for column, value in _unshown_product(cfg, files, product_id).items():
-            if column in row.columns:
-                row[column] = value
-    for column, value in _pair_affinities(cfg, files, user_id, product_id, row["category"].iloc[0]).items():
-        if column in row.columns:
-            row[column] = value
-    for column in ("up_n_impressions", "up_n_clicks", "uc_copy_pref_mentions"):
-        if column in row.columns:
-            row[column] = 0
-    row["copy_id"] = None                              # no particular copy: the pair itself
-    row["position"] = files.top_slot                   # the top slot
-    return row
-
-
-def _unshown_product(cfg, files: FeatureFiles, product_id: str) -> dict:
-    """The product columns of a first impression of a catalogue product, by the features stage's
-    own `log_price` and end-of-data click prior (a rate of 0 impressions is the prior)."""
-    from components.features.build import log_price
-
-    catalogue = files.products if files.products is not None else _catalogue(cfg.stage_dir("clean")).set_index("product_id")
-    if str(product_id) not in catalogue.index:
-        raise KeyError(f"unknown product {product_id!r}: no impression in {files.features_dir} and not in the catalogue of {cfg.stage_dir('clean')}")
-    product = catalogue.loc[str(product_id)]
-    price = float(product["price"]) if pd.notna(product["price"]) else np.nan
-    return {
-        "category": product["category"] if pd.notna(product["category"]) else None,
-        "p_log_price": float(log_price(price)),
-        "p_n_impressions": 0,
-        "p_ctr": files.global_ctr(),
-    }
-
-
 PROBE_EVENT_ID = "explain-probe"
+PAIR_COLUMNS = ("up_n_impressions", "up_n_clicks")
 
 
-def first_impression_row(cfg, user_id: str, product_id: str) -> pd.DataFrame:
-    """Features of a first impression of the pair, for a shopper the features stage has no
-    impression of (signed up but not shown anything yet, or seen only through other events).
+def _is_product_column(column: str) -> bool:
+    return column.startswith("p_") or column == "category"
 
-    The clean tables plus one probe impression, a microsecond after the last event in the top
-    slot with no copy, go through the features stage's own computation: the cold-start priors,
-    the recency sentinel and the signup age are the stage's, not a second copy of its formulas.
-    """
-    from components.data.schema import load_table
-    from components.features.build import compute_samples
 
-    clean_dir = cfg.stage_dir("clean")
-    users = load_table(clean_dir, "users") if (clean_dir / "users.parquet").exists() else None
-    if users is None or str(user_id) not in set(users["user_id"].astype(str)):
-        raise KeyError(
-            f"unknown shopper {user_id!r}: no impressions in {cfg.stage_dir('features')} and not a shopper "
-            f"in {clean_dir} (ids are pseudonymized at ingestion)"
+@dataclass(frozen=True)
+class EndOfData:
+    """The features stage's features of an impression a microsecond after the last event: its
+    own computation over the clean tables plus one probe impression (top slot, no copy) per
+    shopper and one per catalogue product, so the priors, the recency, the signup age and the
+    recent products are the stage's, with no second copy of its formulas. A model trained on
+    rows that see every earlier event is served rows that see every event."""
+
+    shoppers: pd.DataFrame        # index user_id: the shopper's probe row (its u_*, is_cold, hist_products)
+    products: pd.DataFrame        # index product_id: the product's probe columns (p_*, category)
+    pair_impressions: pd.Series   # (user_id, product_id) -> impressions
+    pair_clicks: pd.Series        # (user_id, product_id) -> click events
+    category_clicks: CategoryClicks
+    clean_dir: Path
+    features_dir: Path
+
+    @classmethod
+    def compute(cls, clean_dir: Path, fcfg, features_dir: Path) -> "EndOfData":
+        from components.data.schema import load_table
+        from components.features.build import compute_samples
+
+        tables = {t: load_table(clean_dir, t) for t in ("events", "products", "copies", "users")}
+        events, products = tables["events"], tables["products"]
+        user_ids = pd.Index(tables["users"]["user_id"].astype(str).unique())
+        product_ids = pd.Index(products["product_id"].astype(str))
+        if user_ids.empty or product_ids.empty or events.empty:
+            raise ValueError(f"{clean_dir}: no shoppers, products or events to build features from")
+        prefix = PROBE_EVENT_ID
+        while events["event_id"].astype(str).str.startswith(prefix).any():
+            prefix += "'"
+        n_users, n_products = len(user_ids), len(product_ids)
+        probe_ids = [f"{prefix}-{i}" for i in range(n_users + n_products)]
+        probes = pd.DataFrame({
+            "event_id": probe_ids,
+            "user_id": [*user_ids, *[user_ids[0]] * n_products],
+            "product_id": [*[product_ids[0]] * n_users, *product_ids],
+            "copy_id": None,
+            "event_type": "impression",
+            "timestamp": events["timestamp"].max() + pd.Timedelta(microseconds=1),
+            "position": events.loc[events["event_type"] == "impression", "position"].min(),
+            "propensity": np.nan,
+            "value": np.nan,
+        }).astype(events.dtypes.to_dict())
+        samples, _ = compute_samples(pd.concat([events, probes], ignore_index=True), products, tables["copies"], tables["users"], fcfg)
+        probed = samples.set_index("event_id").loc[probe_ids].reset_index()
+        product_columns = [c for c in probed.columns if _is_product_column(c)]
+        pair = [events["user_id"].astype(str), events["product_id"].astype(str)]
+        return cls(
+            shoppers=probed.iloc[:n_users].set_axis(user_ids),
+            products=probed.iloc[n_users:][product_columns].set_axis(product_ids),
+            pair_impressions=(events["event_type"] == "impression").groupby(pair).sum(),
+            pair_clicks=(events["event_type"] == "click").groupby(pair).sum(),
+            category_clicks=CategoryClicks.from_tables(events, products),
+            clean_dir=clean_dir,
+            features_dir=features_dir,
         )
-    tables = {t: load_table(clean_dir, t) for t in ("events", "products", "copies")} | {"users": users}
-    if str(product_id) not in set(tables["products"]["product_id"].astype(str)):
-        raise KeyError(f"unknown product {product_id!r}: not in {clean_dir}")
-    events = tables["events"]
-    probe_id = PROBE_EVENT_ID
-    while probe_id in set(events["event_id"]):
-        probe_id += "'"
-    probe = pd.DataFrame({
-        "event_id": [probe_id],
-        "user_id": [str(user_id)],
-        "product_id": [str(product_id)],
-        "copy_id": [None],
-        "event_type": ["impression"],
-        "timestamp": [events["timestamp"].max() + pd.Timedelta(microseconds=1)],
-        "position": [events.loc[events["event_type"] == "impression", "position"].min()],
-        "propensity": [np.nan],
-        "value": [np.nan],
-    }).astype(events.dtypes.to_dict())
-    samples, _ = compute_samples(pd.concat([events, probe], ignore_index=True), tables["products"], tables["copies"], tables["users"], cfg.features)
-    row = samples[samples["event_id"] == probe_id].reset_index(drop=True)
-    row["copy_id"] = None                              # no particular copy: the pair itself
+
+    def row(self, user_id: str, product_id: str) -> pd.DataFrame:
+        """The pair's row: the shopper's probe with the product's columns and the pair's counts
+        (its attribute affinities are the caller's: `_pair_affinities`)."""
+        user_id, product_id = str(user_id), str(product_id)
+        if user_id not in self.shoppers.index:
+            raise KeyError(
+                f"unknown shopper {user_id!r}: not a shopper in {self.clean_dir} nor in {self.features_dir} "
+                "(ids are pseudonymized at ingestion)"
+            )
+        if product_id not in self.products.index:
+            raise KeyError(f"unknown product {product_id!r}: not in the catalogue of {self.clean_dir}")
+        row = self.shoppers.loc[[user_id]].reset_index(drop=True)
+        row["product_id"] = product_id
+        for column, value in self.products.loc[product_id].items():
+            row[column] = value
+        row["up_n_impressions"] = int(self.pair_impressions.get((user_id, product_id), 0))
+        row["up_n_clicks"] = int(self.pair_clicks.get((user_id, product_id), 0))
+        row["copy_id"] = None                          # no particular copy: the pair itself
+        return row
+
+
+def pair_feature_row(cfg, user_id: str, product_id: str, files: FeatureFiles | None = None) -> pd.DataFrame:
+    """Features of (shopper, product) right after the last event, as the features stage computes
+    an impression's (`EndOfData`), for a pair shown before, a product the shopper never saw
+    and a shopper never shown anything alike. Top slot, no copy. `files`: the features stage's
+    outputs already in memory (default: read)."""
+    files = files or FeatureFiles.load(cfg.stage_dir("features"), cfg.stage_dir("clean"))
+    row = files.end_of_data(cfg).row(user_id, product_id)
+    for column, value in _pair_affinities(cfg, files, user_id, product_id, row["category"].iloc[0]).items():
+        row[column] = value
     return row
 
 
