@@ -270,6 +270,18 @@ def test_loaded_model_scores_like_the_trained_one_and_routes_cold_shoppers(model
     assert scored["example_id"].tolist() == frame["event_id"].tolist()
 
 
+
+def test_an_empty_batch_scores_to_no_scores(model_dirs):
+    """Zero rows give zero scores, as ONNX Runtime does; the deep net's torch path had raised
+    "cannot reshape tensor of 0 elements into shape [0, -1]"."""
+    cfg, data, dirs = model_dirs
+    empty = data.test.frame.iloc[:0]
+    for kind in ("logreg", "deep"):
+        model = load_preference(dirs[kind])
+        assert model.predict(empty).shape == (0,) and model.predict_model(empty).shape == (0,)
+        assert model.predict_copies(empty, [], {}).shape == (0,)
+        assert score_examples(model, empty).empty
+
 def test_a_copy_scored_by_its_text_scores_as_the_same_copy_by_id(model_dirs):
     # How the server scores its freshly generated candidates (components/serving/choice.py):
     # by the values the text mentions, which training read from the copies table by copy id.

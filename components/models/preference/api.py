@@ -55,6 +55,8 @@ class PreferenceModel:
 
     def predict_packed(self, x: np.ndarray) -> np.ndarray:
         """Model-only probabilities for already packed rows (no cold-start routing)."""
+        if len(x) == 0:  # the deep net cannot reshape an empty batch; ONNX Runtime gives no scores
+            return np.zeros(0, dtype=np.float32)
         with torch.no_grad():
             return self.probability_model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))[:, 0].numpy()
 
@@ -69,6 +71,8 @@ class PreferenceModel:
         fallback does not see the copy."""
         if len(frame) != len(texts):
             raise ValueError(f"{len(frame)} rows but {len(texts)} copy texts")
+        if len(frame) == 0:
+            return np.zeros(0, dtype=np.float64)
         x = torch.from_numpy(np.ascontiguousarray(self.encode(frame), dtype=np.float32))
         mentions = torch.from_numpy(self.encoder.mention_codes(list(texts), attributes))
         with torch.no_grad():
