@@ -13,8 +13,10 @@ choice earns on the catalog's own copies (components/evaluation/copy_choice.py, 
 candidates, their scores and the chosen one's probability, so another strategy can be scored
 off-policy on it.
 
-A shopper the features stage has no impression of gets the uniform draw: there is no feature
-row to score with (building one runs the whole features computation, seconds per request).
+A shopper the features stage has no impression of gets the uniform draw. (Building their row
+once ran the whole features computation per request; since 2026-11-25 every shopper's row is
+computed when the features load, as `copyflow explain` scores it, but scoring such shoppers'
+candidates has not been evaluated, so the draw stays uniform.)
 """
 
 from __future__ import annotations
