@@ -271,8 +271,8 @@ def _compute_samples(
     global_impressions = prior_sum(everyone, imp.time, np.zeros(int(is_imp.sum()), np.int64), time_us[is_imp])
     global_clicks = prior_sum(everyone, imp.time, np.zeros(len(rated), np.int64), rated.time)
     global_ctr = click_prior(global_clicks, global_impressions)
-    # The prior a product or shopper with no impressions yet gets at the end of the data: the
-    # copy server and `copyflow explain` read it (summary.json) for a product no impression shows.
+    # The prior a product or shopper with no impressions yet gets at the end of the data, for the
+    # summary (serving computes its rows with this same code: explain.EndOfData).
     report["end_click_prior"] = float(click_prior(len(rated.time), len(imp.time)))
     strength = fcfg.ctr_prior_strength
     samples["u_ctr"] = _smoothed_ctr(user_prior(is_rated_click), samples["u_n_impressions"].to_numpy(), global_ctr, strength)
