@@ -171,7 +171,7 @@ def validate(
     data_dir: Annotated[Path, typer.Argument(help="folder with products/copies/users/events tables")],
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
-    no_reference: Annotated[bool, typer.Option(help="skip drift checks against the last accepted batch")] = False,
+    no_reference: Annotated[bool, typer.Option("--no-reference", help="skip drift checks against the last accepted batch")] = False,
 ) -> None:
     """Validate a data batch with the Great Expectations suites; exit 1 if it fails."""
     from components.validation.gate import validate_dir

@@ -137,3 +137,12 @@ def test_accept_batch_makes_a_drifted_batch_the_reference_and_nothing_else(clean
     refused = CliRunner().invoke(app, ["accept-batch", "--params", str(params)])
     assert refused.exit_code == 1 and "cannot be accepted" in refused.output and "the drift reference is unchanged" in refused.output
     assert reference.read_bytes() == before
+
+
+def test_no_reference_is_one_flag_without_a_double_negative():
+    """`--no-reference` is a flag; typer's default pair would also offer `--no-no-reference`."""
+    result = CliRunner().invoke(app, ["validate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--no-reference" in result.output
+    assert "--no-no-reference" not in result.output
+    assert CliRunner().invoke(app, ["validate", ".", "--no-no-reference"]).exit_code == 2  # unknown option
