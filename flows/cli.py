@@ -133,7 +133,7 @@ def retrain(
     params: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option(help="re-run every stage even if DVC finds it unchanged")] = False,
 ) -> None:
-    """Run the retrain flow (Prefect): source -> validate -> clean -> features -> train -> register."""
+    """Run the retrain flow (Prefect): source -> ingest -> validate -> clean -> features -> train -> gate -> register."""
     from components.run_summary import format_summary
     from components.tracking import StoreUnreachable, require_server, tracking_uri
     from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, tracked_params
