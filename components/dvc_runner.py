@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from components.lifecycle import stop_group
 
 
 class StageFailed(RuntimeError):
@@ -69,39 +70,15 @@ def repro(
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        output = _stop_group(proc)
+        output = stop_group(proc)
         raise StageTimedOut(target, -9, f"{output}\nstopped after {timeout_s:.0f} s (flow.stage_timeout_minutes)") from None
     except BaseException:  # Ctrl-C or a cancelled flow: the stage must not run on unwatched
-        _stop_group(proc)
+        stop_group(proc)
         raise
     if proc.returncode != 0:
         raise StageFailed(target, proc.returncode, output)
     skipped = "didn't change, skipping" in output
     return ReproResult(target=target, skipped=skipped, output=output)
-
-
-def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> str:
-    """End DVC's process group and return what it printed.
-
-    SIGTERM first: a Lightning trainer stops at its next step. Once everything that shares
-    DVC's output has ended (or after `grace_s`), SIGKILL whatever is left in the group.
-    """
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        output, _ = proc.communicate(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        output = None
-    _signal_group(proc.pid, signal.SIGKILL)
-    if output is None:
-        output, _ = proc.communicate()
-    return output or ""
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:  # every process in the group has ended
-        pass
 
 
 def stage_lock(stage: str, profile: str, cwd: Path | str = ".") -> dict:

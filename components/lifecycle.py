@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1
@@ -51,6 +52,32 @@ def end_group_on_sigterm() -> None:
         os.killpg(os.getpgrp(), signal.SIGTERM)  # this process included: it ends here
 
     signal.signal(signal.SIGTERM, end_group)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> str:
+    """End the process group `proc` leads (started with start_new_session=True) and return what
+    it printed (its piped output; "" when not piped).
+
+    SIGTERM first: a Lightning trainer stops at its next step, a server shuts down. Once
+    everything that shares the leader's output has ended (or after `grace_s`), SIGKILL whatever
+    is left in the group.
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        output = None
+    _signal_group(proc.pid, signal.SIGKILL)
+    if output is None:
+        output, _ = proc.communicate()
+    return output or ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # every process in the group has ended
+        pass
 
 
 def main() -> None:

@@ -537,12 +537,38 @@ def ui(
     cfg = _config(params, profile)
     uri = tracking_uri(cfg)
     _require_free_port(host, port)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+    cmd = ["mlflow", "server", "--backend-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]
     if artifact_root(uri):
         cmd += ["--default-artifact-root", artifact_root(uri)]
     typer.echo(f"MLflow UI on http://{host}:{port}  (store: {uri}); Ctrl-C stops it")
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(_run_server_group(cmd))
+
+
+def _run_server_group(module_args: list[str]) -> int:
+    """Run a server (`python -m MODULE_ARGS...`) until it exits or this command is stopped, and end it
+    with every process it started either way.
+
+    It leads its own process group through components.lifecycle: a SIGTERM or SIGKILL of this
+    command reaches the whole group (the kernel signals the leader when its parent dies), and
+    Ctrl-C here stops the group. Before, a SIGTERM left `mlflow server` and its workers running.
+    Job execution is off, as infra/up.sh has it: a UI needs none of MLflow's job workers (seven
+    processes on start).
+    """
+    import os
+
+    from components.lifecycle import stop_group
+
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "components.lifecycle", *module_args], env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_group(proc)
+        return 0
+    except BaseException:
+        stop_group(proc)
+        raise
 
 
 @app.command()
