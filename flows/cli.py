@@ -63,7 +63,9 @@ def _require_prefect_server() -> None:
     import httpx
 
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+        # Any HTTP answer counts (Prefect Cloud or a gateway may answer 401/404 on /health), as
+        # infra/prefect_api.sh and tracking.require_server judge: only no answer stops here.
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5)
     except httpx.HTTPError as exc:
         typer.secho(
             f"error: the Prefect server at PREFECT_API_URL={url} does not answer ({type(exc).__name__}). "

@@ -208,3 +208,29 @@ def test_a_stage_past_its_time_limit_is_stopped_and_not_retried(tmp_path, prefec
                       if t.name.startswith("source@")]
     assert task_run.run_count == 1  # `source` has two retries, none used on a timeout
     assert processes_in(project) == []  # DVC and its stage are gone, not left behind
+
+
+def test_cli_retrain_takes_any_http_answer_as_a_prefect_server_answering(monkeypatch):
+    # Prefect Cloud or a gateway in front of a server may answer /health with 401 or 404; that
+    # server is up, as infra/prefect_api.sh and tracking.require_server judge. Only no answer stops.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flows.cli import _require_prefect_server
+
+    class Unauthorized(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_address[1]}/api")
+        _require_prefect_server()  # no typer.Exit
+    finally:
+        server.shutdown()
+        server.server_close()
