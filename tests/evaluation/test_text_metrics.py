@@ -22,6 +22,24 @@ def test_bleu4_matches_nltk_char_level_method3():
     assert 0 < tm.bleu4(hyp, ref) < 100
 
 
+def test_bleu4_smooths_a_missing_4gram_match_with_method3():
+    """No shared 4-gram: method3 (NIST) counts the missing precision as 1/(2*4), where method1
+    would use epsilon and method2 add-one; the score is the hand-worked one."""
+    ref, hyp = "这款连衣裙采用白色的面料，简约大方", "连衣裙白色面料"  # 17 and 7 characters
+    # char precisions: 7/7 unigrams, 4/6 bigrams (连衣 衣裙 白色 面料), 1/5 trigrams (连衣裙), 0/4 4-grams
+    precisions = [1.0, 4 / 6, 1 / 5, 1 / (2 * 4)]
+    brevity = math.exp(1 - 17 / 7)
+    assert tm.bleu4(hyp, ref) == pytest.approx(100 * brevity * math.prod(precisions) ** 0.25, rel=1e-9)
+
+
+def test_rouge_f_scores_count_jieba_tokens_not_characters():
+    # jieba: 宽松/的/阔/腿/裤/穿着/很/舒适 (8 tokens) and 舒适/的/阔/腿/裤 (5 tokens)
+    scores = tm.rouge_scores("舒适的阔腿裤", "宽松的阔腿裤穿着很舒适")
+    assert scores["rouge1"] == pytest.approx(100 * 2 * 5 / (5 + 8), rel=1e-6)  # F of P 5/5, R 5/8
+    assert scores["rouge2"] == pytest.approx(100 * 2 * 3 / (4 + 7), rel=1e-6)  # 3 shared of 4 and 7 bigrams
+    assert scores["rougeL"] == pytest.approx(100 * 2 * 4 / (5 + 8), rel=1e-6)  # LCS 的阔腿裤: 4 tokens
+
+
 def test_rouge_on_jieba_tokens():
     ref = "宽松的阔腿裤穿着很舒适"
     same = tm.rouge_scores(ref, ref)
@@ -56,6 +74,15 @@ def test_coverage_and_banned_occurrences():
     assert tm.coverage(text, ["a字", "白色", "黑色"]) == pytest.approx(2 / 3)
     assert math.isnan(tm.coverage(text, []))
     assert tm.banned_occurrences("最好的最美的第一名", ["最", "第一"]) == ["最", "最", "第一"]
+
+
+def test_lead_coverage_counts_only_values_in_the_opening_share():
+    text = "白色连衣裙，袖口黑色纽扣，面料柔软又舒适"  # 20 characters: the opening 40% is 白色连衣裙，袖口
+    assert tm.coverage(text, ["白色", "黑色"]) == 1.0
+    assert tm.lead_coverage(text, ["白色", "黑色"]) == 0.5
+    assert tm.lead_coverage(text, ["白色", "黑色"], share=0.5) == 1.0  # 黑色 is the 9th and 10th characters
+    assert tm.lead_coverage(text, ["白色", "黑色"], share=1.0) == 1.0
+    assert math.isnan(tm.lead_coverage(text, []))
 
 
 def test_corpus_text_metrics_requires_aligned_inputs():
