@@ -169,6 +169,9 @@ def test_generator_guardrails_hold_exactly(gates):
     assert generator_gate(gates, generator_frame(unlisted=1)).passed  # 1.7%: within max_unlisted_rate
     low_bleu = generator_gate(gates, generator_frame(bleu=1.0))
     assert "floor:bleu4" in [f"{r.kind}:{r.metric}" for r in low_bleu.failures()]
+    at_floor = generator_frame().assign(bleu4=3.0)  # a floor is reached at exactly its value
+    assert generator_gate(gates.model_copy(update={"generator_bleu4_min": 3.0}), at_floor).passed
+    assert not generator_gate(gates.model_copy(update={"generator_bleu4_min": 3.01}), at_floor).passed
 
 
 def test_generator_non_inferiority_on_bleu(gates):
@@ -189,6 +192,8 @@ def test_frames_scored_on_different_rows_are_refused(gates):
         preference_gate(gates, candidate.drop(columns=["score"]))
     with pytest.raises(GateInputError, match="repeat example ids"):
         preference_gate(gates, pd.concat([candidate, candidate.iloc[:1]]))
+    with pytest.raises(GateInputError, match="disagree on labels"):  # the same rows, other clicks
+        preference_gate(gates, candidate, candidate.assign(label=1 - candidate["label"]))
     with pytest.raises(GateInputError, match="need at least 10 of each"):
         preference_gate(gates, candidate.assign(label=0).iloc[:50])
     with pytest.raises(GateInputError, match="no release gate is defined for model family 'effect'"):
