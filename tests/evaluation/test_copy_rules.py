@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 
-from components.evaluation.copy_rules import STATUTORY_AD_LAW_WORDS, gate_ad_law_words, judge_copies
+from components.evaluation.copy_rules import (
+    STATUTORY_AD_LAW_WORDS,
+    gate_ad_law_words,
+    gate_vocabulary,
+    judge_copies,
+    judge_generator_frames,
+)
 
 
 def test_a_profile_can_add_ad_law_words_but_not_remove_any(make_cfg, tmp_path):
@@ -38,3 +47,28 @@ def test_a_value_the_product_does_not_list_is_counted_by_the_gate(cfg):
     judged = judge_copies(cfg, frame, rows)
     assert judged["unlisted"].tolist() == [True, False] and "雪纺" in judged["unlisted_values"].iloc[0]
     assert judged["hallucinated"].tolist() == [False, False]  # no contradiction: a guess, counted as unlisted
+
+
+def test_only_the_generator_family_is_rejudged_and_its_own_counts_are_not_trusted(cfg):
+    rows = pd.DataFrame({"example_id": ["a"], "attributes": [{"类型": ["上衣"], "颜色": ["白色"]}]})
+    copies = pd.DataFrame({"example_id": ["a"], "bleu4": [9.0], "hallucinated": [False], "unlisted": [False],
+                           "ad_law_violations": [0], "copy": ["最时尚的黑色上衣"]})
+    candidate, champion = judge_generator_frames(cfg, "generator", copies, copies, rows)
+    assert candidate["ad_law_violations"].tolist() == [1] and champion["hallucinated"].tolist() == [True]
+    assert judge_generator_frames(cfg, "generator", copies, None, rows)[1] is None
+    scores = pd.DataFrame({"example_id": ["a"], "label": [1], "score": [0.3]})
+    judged, no_champion = judge_generator_frames(cfg, "preference", scores, None, rows)
+    assert judged is scores and no_champion is None
+
+
+def test_the_gate_vocabulary_follows_an_edited_corpus_file(make_cfg, tmp_path):
+    """Kept per corpus file: a process that judges again after the corpus changed on disk (same
+    path, same knobs) must not keep the vocabulary of the old file."""
+    lines = Path(make_cfg().paths.corpus).read_text(encoding="utf-8").splitlines(keepends=True)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(lines[:300]), encoding="utf-8")
+    cfg = make_cfg(paths={"corpus": str(corpus)})
+    small = gate_vocabulary(cfg).values_by_key
+    corpus.write_text("".join(lines), encoding="utf-8")
+    os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # a later write, whatever the clock's resolution
+    assert gate_vocabulary(cfg).values_by_key != small
