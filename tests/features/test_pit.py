@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.features.pit import NO_EVENT, prior_last_time, prior_sum, to_epoch_us
+from components.features.pit import NO_EVENT, is_member, prior_last_time, prior_sum, to_epoch_us
 
 
 def test_prior_sum_counts_only_strictly_earlier_events_of_the_same_group():
@@ -60,3 +60,10 @@ def test_to_epoch_us_is_exact_and_rejects_naive_or_missing_times():
     with pytest.raises(ValueError, match="missing"):
         to_epoch_us(pd.Series([pd.Timestamp("2026-01-01", tz="UTC"), pd.NaT], dtype="datetime64[us, UTC]"))
 
+
+
+def test_is_member_is_isin_for_every_position_of_the_reference():
+    reference = pd.Series(["a", None, "b", "a"])
+    values = pd.Series(["a", "b", "c", None])
+    assert is_member(values, reference).tolist() == [True, True, False, False]  # a missing value is no member
+    assert is_member(values, reference).tolist() == (values.isin(reference.dropna())).tolist()
