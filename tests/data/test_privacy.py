@@ -68,6 +68,11 @@ def test_weak_blank_or_readable_keys_are_refused(cfg, monkeypatch):
     monkeypatch.setenv(cfg.privacy.key_env, "abc")
     with pytest.raises(PseudonymKeyError, match=f"3 bytes; use at least {MIN_KEY_BYTES}"):
         load_key(cfg)
+    monkeypatch.setenv(cfg.privacy.key_env, "k" * (MIN_KEY_BYTES - 1))  # one byte short is refused too
+    with pytest.raises(PseudonymKeyError, match=f"{MIN_KEY_BYTES - 1} bytes; use at least"):
+        load_key(cfg)
+    monkeypatch.setenv(cfg.privacy.key_env, "k" * MIN_KEY_BYTES)
+    assert load_key(cfg).origin == f"env:{cfg.privacy.key_env}"
     monkeypatch.setenv(cfg.privacy.key_env, "  ")
     with pytest.raises(PseudonymKeyError, match="set but blank"):
         load_key(cfg)  # not a silent fall-back to the key file
@@ -76,6 +81,9 @@ def test_weak_blank_or_readable_keys_are_refused(cfg, monkeypatch):
     path.write_text("k" * 64 + "\n")
     path.chmod(0o644)
     with pytest.raises(PseudonymKeyError, match="readable by other users .*chmod 600"):
+        load_key(cfg)
+    path.chmod(0o640)  # readable by the group is readable by others too
+    with pytest.raises(PseudonymKeyError, match="readable by other users \\(mode 640\\)"):
         load_key(cfg)
     path.chmod(0o600)
     assert load_key(cfg).origin == "file"
@@ -125,3 +133,6 @@ def test_k_anonymity_reports_smallest_group():
     assert report["groups_below_k"] == 2 and report["users_below_k"] == 3 and not report["satisfied"]
     with pytest.raises(ValueError, match="zip_code"):
         k_anonymity(users, ["zip_code"], 3)
+    exactly_k = k_anonymity(users, ["age_band", "city_tier"], 5)  # the group of 5 is 5-anonymous
+    assert exactly_k["groups_below_k"] == 2 and exactly_k["users_below_k"] == 3
+    assert k_anonymity(users.iloc[:5], ["age_band"], 5)["satisfied"]
