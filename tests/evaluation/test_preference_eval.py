@@ -15,6 +15,7 @@ from components.evaluation.preference import (
     paired_difference,
     auc,
     plot_curves,
+    precision_recall_f1,
 )
 
 
@@ -93,3 +94,21 @@ def test_plots_are_written(tmp_path):
     paths = plot_curves({"model": (y, p), "noise": (y, np.random.default_rng(0).uniform(size=500))}, tmp_path)
     assert [path.name for path in paths] == ["roc.png", "pr.png", "reliability.png"]
     assert all(path.stat().st_size > 5000 for path in paths)
+
+
+def test_shopper_resamples_draw_whole_shoppers_with_replacement():
+    shoppers = np.array(["a", "b", "a", "c", "b", "a", "d", "d"])
+    drawn = list(bootstrap_indices(len(shoppers), 50, seed=0, clusters=shoppers))
+    sizes = {s: int((shoppers == s).sum()) for s in set(shoppers)}
+    for rows in drawn:  # every drawn shopper comes with all of their rows, as often as drawn
+        picked = shoppers[rows]
+        assert all((picked == s).sum() % sizes[s] == 0 for s in set(picked))
+    assert any(len(set(shoppers[rows])) < 4 for rows in drawn)  # with replacement: some shopper left out
+    assert len({tuple(sorted(rows)) for rows in drawn}) > 1
+
+
+def test_a_score_at_the_threshold_counts_as_a_click():
+    # choose_threshold returns a validation score itself (sklearn's curve predicts 1 at p >= threshold)
+    y, p = np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9])
+    assert choose_threshold(y, p) == pytest.approx(0.6)
+    assert precision_recall_f1(y, p, 0.6) == (1.0, 1.0, 1.0)
