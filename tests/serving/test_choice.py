@@ -43,6 +43,8 @@ def test_candidates_carry_their_own_copy_features_on_the_pairs_row():
     top = {("颜色", "白色"), ("类型", "裙"), ("品牌", "<UNK>")}
     texts = ["白色的连衣裙", "黑色长裙", "简约大方"]
     assert top_value_mentions(texts, top) == [2, 1, 0]
+    # a catalog copy may keep the masked brand; as in training (copy_mentions) it is no preference
+    assert top_value_mentions(["<UNK>的白色连衣裙"], top) == [2]
     row = pd.DataFrame({"user_id": ["u"], "product_id": ["p"], "copy_id": ["c-shown"], "uc_copy_pref_mentions": [7], "p_ctr": [0.1]})
     frame = candidate_frame(row, texts, top)
     assert frame["uc_copy_pref_mentions"].tolist() == [2, 1, 0] and frame["copy_id"].isna().all()
