@@ -6,7 +6,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from components.registry.release import NoRelease, load_manifest, resolve_release
+from components.registry.names import RELEASE_MODEL
+from components.registry.release import MANIFEST_SCHEMA, NoRelease, create_release, load_manifest, resolve_release
 from components.registry.store import registry_client
 from tests.registry.helpers import FEATURES
 
@@ -39,3 +40,24 @@ def test_unknown_alias_or_version_is_a_clear_error(world):
         resolve_release("previous", world.cfg)
     with pytest.raises(NoRelease, match="version 42 does not exist"):
         load_manifest(registry_client(world.cfg), 42)
+
+
+def test_resolve_release_gives_serving_every_member_field_it_loads_from(world):
+    manifest = load_manifest(registry_client(world.cfg), 1)
+    assert manifest["schema"] == MANIFEST_SCHEMA
+    for family, resolved in resolve_release("champion", world.cfg)["members"].items():
+        member = manifest["members"][family]
+        assert set(resolved) == {"model_uri", "version", "registered_model", "onnx_uri", "source_uri", "run_id", "metrics"}
+        assert all(resolved[key] == member.get(key) for key in resolved)
+
+
+def test_a_manifest_with_a_non_finite_value_is_refused_not_written_as_loose_json(tmp_path):
+    """Strict JSON for any reader: NaN is no JSON number, so such a release is never registered."""
+    from tests.registry.world import registry_cfg
+
+    client = registry_client(registry_cfg(tmp_path))
+    experiment_id = client.create_experiment("releases")
+    members = {"preference": {"version": "1", "metrics": {"auc": float("nan")}}}
+    with pytest.raises(ValueError, match="JSON"):
+        create_release(client, experiment_id=experiment_id, manifest={"members": members}, tags={})
+    assert not client.search_model_versions(f"name='{RELEASE_MODEL}'")
