@@ -83,6 +83,48 @@ def test_promotion_refuses_without_passing_evidence(fresh_world):
     with pytest.raises(PromotionRefused, match=f"copyflow-preference v{member} is tagged gate.verdict='fail'"):
         promote(cfg, release=2)
     assert model_aliases(client, RELEASE_MODEL)["champion"] == "1"
+    client.set_model_version_tag("copyflow-preference", member, "gate.verdict", "pass")
+    client.set_model_version_tag(RELEASE_MODEL, "2", "gate.verdict", "fail")  # the release's own tag, whatever its manifest says
+    with pytest.raises(PromotionRefused, match="release 2 has no passing gate evidence \\(gate.verdict='fail'\\)"):
+        promote(cfg, release=2)
+    assert model_aliases(client, RELEASE_MODEL)["champion"] == "1"
+
+
+def test_an_auto_promotion_that_finds_a_champion_leaves_it_alone(fresh_world):
+    """Retrain auto-promotes a first release; a champion promoted meanwhile (another process) wins."""
+    cfg = fresh_world.cfg
+    before = champion_state(cfg)
+    skipped = promote(cfg, release=2, only_if_no_champion=True)
+    assert not skipped["changed"] and "auto-promotion skipped" in skipped["message"]
+    assert champion_state(cfg) == before
+
+
+def test_a_rollback_does_not_make_the_release_it_rolls_back_the_previous_one(fresh_world):
+    """Release 1 once replaced release 2 (its replaced_release tag says 2): rolling 2 back to 1 ends
+    the history there instead of pointing previous at 2, which would make rollbacks flip-flop."""
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    promote(cfg, release=2)
+    client.set_model_version_tag(RELEASE_MODEL, "1", "replaced_release", "2")
+    undone = rollback(cfg)
+    assert undone["release"] == "1" and undone["previous"] is None
+    assert champion_state(cfg)[RELEASE_MODEL] == {"champion": "1", "previous": None}
+    with pytest.raises(PromotionRefused, match="nothing to roll back to"):
+        rollback(cfg)
+
+
+def test_a_replaced_champion_that_cannot_be_served_is_not_made_previous(fresh_world):
+    """Release 1's generator run was deleted: promoting 2 over it leaves previous unset, not
+    pointing at a release a rollback could not restore."""
+    cfg = fresh_world.cfg
+    client = registry_client(cfg)
+    version = fresh_world.first.versions["generator"]
+    client.delete_run(client.get_model_version("copyflow-generator", version).run_id)
+    result = promote(cfg, release=2)
+    assert result["changed"] and result["replaces"] == "1"
+    assert champion_state(cfg)[RELEASE_MODEL] == {"champion": "2", "previous": None}
+    with pytest.raises(PromotionRefused, match="nothing to roll back to"):
+        rollback(cfg)
 
 
 def test_promoting_an_older_release_over_a_better_champion_is_rechecked_and_refused(fresh_world):
