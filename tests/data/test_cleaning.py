@@ -9,8 +9,11 @@ from components.data.cleaning import (
     bot_detection_report,
     bot_signals,
     clean_events,
+    clean_products,
     detect_bots,
     drop_dangling,
+    drop_duplicate_ids,
+    drop_missing,
     robust_z,
     run_clean,
     user_activity,
@@ -292,3 +295,20 @@ def test_the_shop_profile_removes_the_example_exports_bots(make_cfg):
     kept = set(load_table(cfg.stage_dir("clean"), "users")["user_id"])
     assert not kept & {pseudonym(b, key) for b in bots}
     assert summary["bot_detection"]["users_flagged"] == len(bots)
+
+
+def test_prices_at_the_bounds_are_kept_and_only_prices_outside_them_imputed(cfg):
+    low, high = cfg.cleaning.price_min, cfg.cleaning.price_max
+    products = pd.DataFrame({"product_id": ["p1", "p2", "p3", "p4", "p5"], "attributes": [{"类型": ["裙"]}] * 5,
+                             "category": ["裙"] * 4 + ["裤"], "source": ["s"] * 5, "price": [low, high, 50.0, high + 1, 200.0]})
+    cleaned, _, imputed = clean_products(products, cfg)
+    # p4 gets its category's median of the valid prices (50), not the median of all (125)
+    assert cleaned["price"].tolist() == [low, high, 50.0, 50.0, 200.0]
+    assert imputed["products.price_out_of_range"] == 1
+
+
+def test_rows_without_an_id_are_counted_as_missing_not_as_duplicates():
+    events = pd.DataFrame({"event_id": ["e1", "e1", None, None], "user_id": ["u"] * 4})
+    kept, duplicates = drop_duplicate_ids(events, "events")
+    assert duplicates == 1 and len(kept) == 3 and kept["event_id"].isna().sum() == 2
+    assert drop_missing(kept, ["event_id"])[1] == 2
