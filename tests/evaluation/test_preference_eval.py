@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from components.evaluation.preference import (
+    EPS,
     EvaluationError,
     bootstrap_indices,
     choose_threshold,
     ece,
     evaluate_model,
+    logloss,
     paired_difference,
     auc,
     plot_curves,
@@ -87,6 +91,17 @@ def test_bad_inputs_are_rejected():
         evaluate_model(np.array([0, 2]), np.array([0.1, 0.2]), threshold=0.5, n_boot=10, seed=0)
     with pytest.raises(EvaluationError, match="2 labels but 3"):
         evaluate_model(np.array([0, 1]), np.array([0.1, 0.2, 0.3]), threshold=0.5, n_boot=10, seed=0)
+    with pytest.raises(EvaluationError, match="single class"):  # only clicks is a single class too
+        evaluate_model(np.ones(10), np.full(10, 0.9), threshold=0.5, n_boot=10, seed=0)
+    for outside in (-0.1, 1.2, np.nan):  # a logit or a percentage is no probability
+        with pytest.raises(EvaluationError, match="probabilities in \\[0, 1\\]"):
+            evaluate_model(np.array([0, 1]), np.array([0.1, outside]), threshold=0.5, n_boot=10, seed=0)
+
+
+def test_saturated_scores_give_a_bounded_logloss():
+    # a float32 sigmoid rounds to exactly 0 or 1: each wrong certainty costs -log(EPS), not infinity
+    assert logloss(np.array([1, 0]), np.array([0.0, 1.0])) == pytest.approx(-np.log(EPS))
+    assert math.isnan(auc(np.ones(4), np.full(4, 0.5)))
 
 
 def test_plots_are_written(tmp_path):
