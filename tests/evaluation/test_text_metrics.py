@@ -65,6 +65,7 @@ def test_doubled_runs():
     assert tm.doubled_runs("满满的美美的") == []  # one character twice is ordinary Chinese
     assert tm.doubled_runs("blingbling的显瘦显高") == []  # only Chinese runs; 显瘦显高 is no doubling
     assert tm.doubled_runs("连衣裙连衣裙") == ["连衣裙连衣裙"]
+    assert tm.doubled_runs("高腰阔腿高腰阔腿裤") == ["高腰阔腿高腰阔腿"]  # runs of up to four characters
     assert tm.doubled_runs("显瘦又显瘦，性感的性感") == ["显瘦又显瘦", "性感的性感"]
     assert tm.doubled_runs("显瘦，显瘦") == []  # a pause between is a new phrase
 
