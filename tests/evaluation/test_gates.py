@@ -188,6 +188,9 @@ def test_frames_scored_on_different_rows_are_refused(gates):
     candidate = preference_frame()
     with pytest.raises(GateInputError, match="not scored on the same frozen snapshot rows"):
         preference_gate(gates, candidate, candidate.iloc[:-5])
+    renamed = candidate.assign(example_id=candidate["example_id"].replace({"x0": "y0"}))  # as many rows, not the same
+    with pytest.raises(GateInputError, match="only candidate e.g. \\['x0'\\], only champion e.g. \\['y0'\\]"):
+        preference_gate(gates, candidate, renamed)
     with pytest.raises(GateInputError, match="miss columns \\['score'\\]"):
         preference_gate(gates, candidate.drop(columns=["score"]))
     with pytest.raises(GateInputError, match="repeat example ids"):
