@@ -12,6 +12,7 @@ from components.evaluation.preference import (
     EPS,
     EvaluationError,
     bootstrap_indices,
+    bootstrap_metrics,
     choose_threshold,
     ece,
     evaluate_model,
@@ -127,3 +128,11 @@ def test_a_score_at_the_threshold_counts_as_a_click():
     y, p = np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9])
     assert choose_threshold(y, p) == pytest.approx(0.6)
     assert precision_recall_f1(y, p, 0.6) == (1.0, 1.0, 1.0)
+
+
+def test_resamples_without_a_click_are_left_out_of_the_interval_not_counted_as_chance():
+    # 2 clicks in 20 rows: about a third of the resamples draw neither and have no AUC
+    y = np.zeros(20)
+    y[[3, 11]] = 1
+    interval = bootstrap_metrics(y, 0.05 + 0.9 * y, {"auc": auc}, n_boot=200, seed=0)["auc"]
+    assert (interval.value, interval.low, interval.high) == (1.0, 1.0, 1.0)  # a perfect ranking in every defined resample
