@@ -111,19 +111,24 @@ def create_release(
         "A copyflow release: the member model versions evaluated together, with their gate reports. "
         "Aliases champion / challenger / previous move together with the members'.",
     )
+    manifest = {"schema": MANIFEST_SCHEMA, **manifest}
+    # Serialized before the run exists: a manifest no strict reader can read (NaN) leaves nothing.
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)
     run_tags = {"mlflow.runName": "release", "kind": "release"}
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, tags=run_tags)
     run_id = run.info.run_id
-    manifest = {"schema": MANIFEST_SCHEMA, **manifest}
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "release"
-        directory.mkdir()
-        text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)  # strict JSON for any reader
-        (directory / "manifest.json").write_text(text, encoding="utf-8")
-        (directory / "gate_report.md").write_text(manifest.get("gate_report", ""), encoding="utf-8")
-        client.log_artifacts(run_id, str(directory), "release")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp) / "release"
+            directory.mkdir()
+            (directory / "manifest.json").write_text(text, encoding="utf-8")
+            (directory / "gate_report.md").write_text(manifest.get("gate_report", ""), encoding="utf-8")
+            client.log_artifacts(run_id, str(directory), "release")
+    except BaseException:  # an artifact store that fails mid-way: the run says so, not RUNNING forever
+        client.set_terminated(run_id, "FAILED")
+        raise
     client.set_terminated(run_id)
     source = f"{run.info.artifact_uri}/{Path(RELEASE_MANIFEST_PATH).parent}"
     members = {f"member.{family}": str(m["version"]) for family, m in manifest["members"].items()}

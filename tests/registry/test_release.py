@@ -61,3 +61,20 @@ def test_a_manifest_with_a_non_finite_value_is_refused_not_written_as_loose_json
     with pytest.raises(ValueError, match="JSON"):
         create_release(client, experiment_id=experiment_id, manifest={"members": members}, tags={})
     assert not client.search_model_versions(f"name='{RELEASE_MODEL}'")
+    assert not client.search_runs([experiment_id]), "a refused manifest left a release run behind"
+
+
+def test_a_release_whose_artifacts_cannot_be_written_ends_its_run_failed(tmp_path):
+    """An artifact store that refuses the manifest: no version, and the run says FAILED rather
+    than RUNNING forever in the MLflow UI."""
+    from tests.registry.world import registry_cfg
+
+    client = registry_client(registry_cfg(tmp_path))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the artifact folder should be")
+    experiment_id = client.create_experiment("releases", artifact_location=(blocker / "artifacts").as_uri())
+    members = {"preference": {"version": "1", "metrics": {"auc": 0.7}}}
+    with pytest.raises(OSError):
+        create_release(client, experiment_id=experiment_id, manifest={"members": members}, tags={})
+    assert not client.search_model_versions(f"name='{RELEASE_MODEL}'")
+    assert [run.info.status for run in client.search_runs([experiment_id])] == ["FAILED"]
