@@ -29,10 +29,6 @@ def parse_attributes(content: str) -> dict[str, list[str]]:
     return attributes
 
 
-def format_attributes(attributes: dict[str, list[str]]) -> str:
-    return "*".join(f"{k}#{v}" for k, values in attributes.items() for v in values)
-
-
 def shuffled_attributes(attributes: dict[str, list[str]], rng) -> dict[str, list[str]]:
     """The same attributes with the keys, and the values within each key, in a random order
     (`rng`: a numpy Generator). Catalogs list attributes in no fixed order."""
