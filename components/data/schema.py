@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
-COPY_SOURCES = ("human", "generated")
 TABLES = ("products", "copies", "users", "events")
 
 ATTRIBUTES_TYPE = pa.map_(pa.string(), pa.list_(pa.string()))
