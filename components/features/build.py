@@ -87,15 +87,6 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "hist_products",
     *NUMERIC_FEATURES,
 )
-OUTPUT_FILES = (
-    "samples.parquet",
-    "feature_spec.json",
-    "user_affinity.parquet",
-    "population_affinity.parquet",
-    "product_attributes.parquet",
-    "copy_options.parquet",
-    "summary.json",
-)
 
 
 class FeatureInputError(ValueError):
