@@ -32,7 +32,6 @@ class Explanation:
     score: float
     source: str                       # "logreg" | "deep" | "fallback"
     contributions: list[tuple[str, float]]
-    feature_row: dict
 
 
 def _sorted(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -82,14 +81,14 @@ def explain_row(model: PreferenceModel, row: pd.DataFrame) -> Explanation:
     score = float(model.predict(row)[0])
     names = model.encoder.numeric_names
     if model.cold_policy == "fallback" and bool(model.cold_mask(row)[0]):
-        return Explanation(score, "fallback", _sorted(model.fallback.contributions(x, model.encoder)), row.iloc[0].to_dict())
+        return Explanation(score, "fallback", _sorted(model.fallback.contributions(x, model.encoder)))
     if isinstance(model.net, LogisticRegressionNet):
         pairs = logreg_contributions(model.net, x, names)
     elif isinstance(model.net, DeepCTRNet):
         pairs = deep_contributions(model.net, x, names)
     else:
         raise TypeError(f"no explainer for {type(model.net).__name__}")
-    return Explanation(score, model.kind, _sorted(pairs), row.iloc[0].to_dict())
+    return Explanation(score, model.kind, _sorted(pairs))
 
 
 # ---------------------------------------------------------------- a feature row for a pair
@@ -149,10 +148,6 @@ class FeatureFiles:
 
     def has_impressions(self, user_id: str) -> bool:
         return str(user_id) in self._user_rows
-
-    def user_rows(self, user_id: str) -> pd.DataFrame:
-        """The shopper's impressions, oldest first."""
-        return self.samples.iloc[self._user_rows.get(str(user_id), [])]
 
     def affinities(self, user_id: str) -> pd.DataFrame:
         """The shopper's end-of-data affinity rows (user_affinity.parquet)."""
@@ -241,7 +236,6 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
 
 
 PROBE_EVENT_ID = "explain-probe"
-PAIR_COLUMNS = ("up_n_impressions", "up_n_clicks")
 
 
 def _is_product_column(column: str) -> bool:
