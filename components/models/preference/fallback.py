@@ -18,8 +18,6 @@ from sklearn.linear_model import LogisticRegression
 
 from components.models.preference.data import FeatureEncoder, cold_rows
 
-CATEGORY_COLUMN = "idx__category"
-
 
 def popularity_columns(encoder: FeatureEncoder) -> list[str]:
     return [n for n in encoder.numeric_names if n.startswith("p_") or n == "position"]
