@@ -69,11 +69,6 @@ def versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelV
     return client.search_model_versions(f"name = '{name}' and tag.training_run_id = '{run_id}'")
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    version = model_aliases(client, name).get(alias)
-    return None if version is None else client.get_model_version(name, str(version))
-
-
 def set_alias(client: MlflowClient, name: str, alias: str, version: str | None) -> None:
     """Point `alias` at `version`, or remove it when version is None (idempotent)."""
     current = model_aliases(client, name).get(alias)
