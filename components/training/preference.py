@@ -41,11 +41,6 @@ def default_out_dir(cfg: Config) -> Path:
     return cfg.stage_dir("models") / STAGE
 
 
-def default_model_dir(cfg: Config) -> Path:
-    """The champion's self-contained model folder of the last training (what `explain` loads)."""
-    return default_out_dir(cfg) / CHAMPION_DIR
-
-
 @dataclass
 class KindReport:
     kind: str
@@ -54,7 +49,6 @@ class KindReport:
     metrics: dict[str, float]
     model_dir: Path
     history: list[dict] = field(default_factory=list)
-    onnx_parity: float = float("nan")
     module: object = None
 
 
@@ -165,7 +159,7 @@ def _evaluate_kind(cfg: Config, kind: str, fit, data, fallback, out_dir: Path) -
     parity = check_parity(onnx_path, prob, data.test.x[:4096])
     metrics["onnx_max_abs_diff"] = parity
     metrics["epochs_completed"] = float(fit.epochs_completed)
-    return KindReport(kind, p_valid, p_test, metrics, model_dir, fit.history, parity, module)
+    return KindReport(kind, p_valid, p_test, metrics, model_dir, fit.history, module)
 
 
 def _cold_metrics(cfg: Config, data, fallback, reports: dict[str, KindReport]) -> dict[str, dict[str, float]]:
