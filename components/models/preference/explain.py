@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from components.features.affinity import smoothed_share
 from components.models.preference.api import PreferenceModel, load_preference
 from components.models.preference.nets import AttributeInterest, DeepCTRNet, LogisticRegressionNet
 
@@ -96,10 +97,6 @@ def explain_row(model: PreferenceModel, row: pd.DataFrame) -> Explanation:
 
 def _values_per_key(product_attributes: pd.DataFrame) -> pd.Series:
     return product_attributes.groupby("attr_key")["attr_value"].nunique()
-
-
-def _smoothed(count: float, total: float, n_values: float, strength: float) -> float:
-    return (count + strength / n_values) / (total + strength)
 
 
 class FeatureFiles:
@@ -222,7 +219,7 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
         if len(hit):
             shares.append(float(hit["affinity"].iloc[0]))
         else:
-            shares.append(_smoothed(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength))
+            shares.append(float(smoothed_share(0.0, float(key_clicks.get(key, 0.0)), float(values_per_key.get(key, 1)), strength)))
     from components.features.build import UNKNOWN_CATEGORY
 
     categories = files.end_of_data(cfg).category_clicks
@@ -231,7 +228,7 @@ def _pair_affinities(cfg, files: FeatureFiles, user_id: str, product_id: str, ca
     return {
         "ua_attr_affinity": float(np.mean(shares)) if shares else np.nan,
         "ua_attr_affinity_max": float(np.max(shares)) if shares else np.nan,
-        "ua_category_affinity": _smoothed(in_category, float(clicks.sum()), float(categories.n_categories), strength),
+        "ua_category_affinity": float(smoothed_share(in_category, float(clicks.sum()), float(categories.n_categories), strength)),
     }
 
 
