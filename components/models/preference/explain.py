@@ -4,8 +4,8 @@
   feature is its training mean, so the contributions sum to logit - intercept), plus the
   category weight.
 - Deep model: integrated gradients (captum) from the lookups onward — numeric features one by
-  one; the shopper, product-id, product-attribute, category and recent-products embeddings
-  each as one group (their attributions summed over embedding dimensions). Baseline: training
+  one; the shopper, product-id, product-attribute, category, copy-mention and recent-products
+  embeddings each as one group (their attributions summed over embedding dimensions). Baseline: training
   means for numerics, zero vectors for embeddings.
 - Cold-start shopper served by the fallback: the fallback's own coefficient x value terms.
 All contributions are on the logit scale; the list is sorted by absolute size.
