@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.attributes import UNK  # a masked brand in the corpus: not a wording a shopper can prefer
+
 PAD, OOV = 0, 1
 FIRST_ID = 2
 ID_COLUMNS = ("user_id", "product_id", "category", "copy_id")
@@ -31,7 +33,6 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_SAMPLE_COLUMNS = ("event_id", "user_id", "product_id", "category", "timestamp", "split", "is_cold")
 MAX_ATTRS_PER_PRODUCT = 16
 MAX_MENTIONS_PER_COPY = 16
-UNKNOWN_VALUE = "<UNK>"   # a masked brand in the corpus: not a wording a shopper can prefer
 
 
 class FeatureDataError(ValueError):
@@ -116,7 +117,7 @@ def load_feature_tables(features_dir: Path | str, copies_path: Path | str | None
 def mentioned_attributes(text: str, attributes: list[tuple[str, str]]) -> list[str]:
     """The "key#value" attributes whose value the text mentions (substring), sorted, at most
     MAX_MENTIONS_PER_COPY: what the deep model reads of a copy."""
-    found = sorted({f"{k}#{v}" for k, v in attributes if v and v != UNKNOWN_VALUE and v in text})
+    found = sorted({f"{k}#{v}" for k, v in attributes if v and v != UNK and v in text})
     return found[:MAX_MENTIONS_PER_COPY]
 
 
@@ -126,7 +127,7 @@ def copy_mentions(copies: pd.DataFrame | None, product_attributes: pd.DataFrame)
         return {}
     by_product: dict[str, list[tuple[str, str]]] = {}
     for product, key, value in zip(product_attributes["product_id"].astype(str), product_attributes["attr_key"].astype(str), product_attributes["attr_value"].astype(str)):
-        if value and value != UNKNOWN_VALUE:
+        if value and value != UNK:
             by_product.setdefault(product, []).append((key, value))
     return {
         copy_id: mentioned_attributes(text, by_product.get(product, []))
