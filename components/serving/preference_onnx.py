@@ -76,8 +76,10 @@ def check_parity(path: Path, model: torch.nn.Module, x: np.ndarray, tolerance: f
 
 
 class OnnxPreferenceScorer:
-    """Serving-side scorer: a frame of features -> P(click), with ONNX Runtime for the network
-    (no torch model) and the same cold-start routing as `PreferenceModel.predict`."""
+    """A frame of features -> P(click), with ONNX Runtime for the network (no torch model) and
+    the same cold-start routing as `PreferenceModel.predict`. The copy server does not use it: it
+    scores generated candidates with torch (`predict_copies`), because the graph does not take
+    the values a new text mentions (docs/preference.md)."""
 
     def __init__(self, model_dir: Path, threads: int | None = None):
         import json
