@@ -156,21 +156,3 @@ def banned_occurrences(text: str, words: Iterable[str]) -> list[str]:
                 taken.append((start, end, word))
             start = normalized.find(form, start + 1)
     return [word for _, _, word in sorted(taken)]
-
-
-def corpus_text_metrics(copies: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean BLEU-4/ROUGE, distinct-1/2 and mean repetition-4 of copies against references."""
-    if len(copies) != len(references):
-        raise ValueError(f"{len(copies)} copies but {len(references)} references")
-    if not copies:
-        raise ValueError("no copies to score")
-    rouge = [rouge_scores(c, r) for c, r in zip(copies, references)]
-    return {
-        "bleu4": float(np.mean([bleu4(c, r) for c, r in zip(copies, references)])),
-        "rouge1": float(np.mean([s["rouge1"] for s in rouge])),
-        "rouge2": float(np.mean([s["rouge2"] for s in rouge])),
-        "rougeL": float(np.mean([s["rougeL"] for s in rouge])),
-        "distinct1": distinct_n(copies, 1),
-        "distinct2": distinct_n(copies, 2),
-        "repetition4": float(np.mean([repetition_n(c, 4) for c in copies])),
-    }

@@ -86,13 +86,6 @@ def test_lead_coverage_counts_only_values_in_the_opening_share():
     assert math.isnan(tm.lead_coverage(text, []))
 
 
-def test_corpus_text_metrics_requires_aligned_inputs():
-    with pytest.raises(ValueError, match="2 copies but 1 references"):
-        tm.corpus_text_metrics(["a", "b"], ["a"])
-    metrics = tm.corpus_text_metrics(["白色连衣裙"], ["白色连衣裙"])
-    assert metrics["bleu4"] == pytest.approx(100.0) and metrics["distinct1"] == pytest.approx(1.0)
-
-
 def test_stuttered_counts_only_characters_the_human_copy_does_not_double():
     assert tm.stuttered("满满的少女心，更更加好看，性感感十足", {"满"}) == ["更更", "感感"]
     assert tm.stuttered("泡泡袖", {"泡"}) == [] and tm.stuttered("ab ab，。。", set()) == []
