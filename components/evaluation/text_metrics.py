@@ -19,8 +19,6 @@ import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 
-import numpy as np
-
 
 @lru_cache(maxsize=1)
 def _smoothing():

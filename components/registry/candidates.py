@@ -21,7 +21,6 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-import pandas as pd
 
 from components.config import Config
 from components.evaluation.copy_rules import judge_generator_frames

@@ -43,7 +43,6 @@ from components.validation.report import (
 from components.validation.suites import (
     FIRST_BATCH_REASON,
     SCHEMA_CHECK,
-    SuiteError,
     batch_stats,
     build_suite,
     check_of,

@@ -184,7 +184,7 @@ class ValidationReport:
             f"- **Verdict:** {self.headline()}",
             f"- **Data:** `{self.data_dir}`",
             f"- **Validated at:** {self.started_at} ({self.duration_s:.1f} s)",
-            f"- **Drift reference:** "
+            "- **Drift reference:** "
             + (
                 f"last accepted batch `{self.reference.get('path')}` (accepted {self.reference.get('accepted_at', '?')})"
                 if self.reference
