@@ -111,7 +111,7 @@ def write_table(df: pd.DataFrame, data_dir: Path | str, table: str) -> Path:
     return path
 
 
-def _from_arrow(arrow: pa.Table, table: str) -> pd.DataFrame:
+def _from_arrow(arrow: pa.Table) -> pd.DataFrame:
     df = arrow.to_pandas()
     if "attributes" in df.columns:
         df["attributes"] = [
@@ -146,7 +146,7 @@ def load_table(data_dir: Path | str, table: str, *, strict: bool = True) -> pd.D
         if problems:
             raise SchemaError(f"{table} ({path}): " + "; ".join(problems))
         arrow = arrow.select(expected.names)
-    return _from_arrow(arrow, table)
+    return _from_arrow(arrow)
 
 
 def load_products(data_dir: Path | str) -> pd.DataFrame:
