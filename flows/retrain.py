@@ -172,7 +172,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
             try:
                 repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id, cfg.flow.stage_timeout_minutes * 60)
             except dvc_runner.StageFailed as failure:
-                _record_failure(cfg, stage, failure, parent.info.run_id, root, result)
+                _record_failure(cfg, stage, failure, parent.info.run_id)
                 raise  # unreachable for validate: _record_failure raises DataGateFailed
             summary = pipeline.read_summary(cfg, stage)
             result.stages[stage] = {"skipped": repro.skipped, "summary": summary}
@@ -227,7 +227,7 @@ def _stage_reports(cfg, stage: str) -> list[Path]:
     return []
 
 
-def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run_id: str, root: Path, result) -> None:
+def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run_id: str) -> None:
     """Log what failed to MLflow (the GE report for the gate); the parent run ends FAILED as the
     exception leaves its `with` block."""
     logger = get_run_logger()
