@@ -15,7 +15,3 @@ def write_summary(stage_dir: Path | str, summary: dict[str, Any]) -> dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
-
-
-def read_summary(stage_dir: Path | str) -> dict[str, Any]:
-    return json.loads((Path(stage_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
