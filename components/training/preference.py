@@ -451,8 +451,7 @@ def copy_choice_markdown(reports: dict[str, KindReport]) -> list[str]:
 # ---------------------------------------------------------------- entry
 
 
-def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | None = None, callbacks=None,
-                 log_mlflow: bool = True) -> dict | None:
+def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | None = None) -> dict | None:
     """Train every configured kind (all ranks); on rank 0 evaluate, log and return the manifest."""
     from components.models.preference.train import train
     from components.training.launcher import write_manifest
@@ -468,7 +467,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
     fits = {}
     for kind in cfg.preference.models:
         tick = time.perf_counter()
-        fits[kind] = train(cfg, kind, data, checkpoint_root(cfg, STAGE), callbacks=callbacks)
+        fits[kind] = train(cfg, kind, data, checkpoint_root(cfg, STAGE))
         timings[f"train_{kind}_s"] = time.perf_counter() - tick
     if not all(fit.is_global_zero for fit in fits.values()):
         return None
@@ -491,7 +490,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
         shutil.rmtree(champion_dir)
     shutil.copytree(reports[champion].model_dir, champion_dir)
     tick = time.perf_counter()
-    logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id) if log_mlflow else {}
+    logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id)
     timings["mlflow_s"] = time.perf_counter() - tick
     metrics = {**reports[champion].metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}
     manifest = {
