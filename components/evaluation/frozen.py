@@ -161,15 +161,14 @@ def load_snapshot(cfg: Config, family: str) -> FrozenSnapshot | None:
                           meta.get("pseudonym_key_id"))
 
 
-def freeze_snapshot(cfg: Config, family: str, rows: pd.DataFrame | None = None, source: str = "", reason: str = "") -> FrozenSnapshot:
-    """Write (or overwrite) the snapshot of `family` from `rows` (default: the family's source).
+def freeze_snapshot(cfg: Config, family: str, reason: str = "") -> FrozenSnapshot:
+    """Write (or overwrite) the snapshot of `family` from the family's source.
     `reason`: why it was (re-)frozen, kept in its meta."""
     from filelock import FileLock
 
     data_path, meta_path = _paths(cfg, family)
     data_path.parent.mkdir(parents=True, exist_ok=True)
-    if rows is None:
-        rows, source = SOURCES[family](cfg)
+    rows, source = SOURCES[family](cfg)
     if "example_id" not in rows.columns or rows["example_id"].duplicated().any():
         raise SnapshotError(f"snapshot rows for {family} need a unique 'example_id' column")
     stored = rows.drop(columns=["attributes"], errors="ignore") if family == "generator" else rows
