@@ -139,9 +139,6 @@ def release_candidates(
     flow_run_id: str | None = None,
     parent_run_id: str | None = None,
     scorers: dict[str, Scorer] | None = None,
-    refresh_snapshot: bool = False,
-    auto_promote: bool | None = None,
-    actor: str | None = None,
 ) -> ReleaseOutcome:
     """Gate, register and release the models of one retrain (see module docstring).
 
@@ -164,7 +161,7 @@ def release_candidates(
     gates: list[GateResult] = []
     members: dict[str, dict] = {}
     for family, manifest in zip(families, manifests, strict=True):
-        snapshot = ensure_snapshot(cfg, family, refresh=refresh_snapshot)
+        snapshot = ensure_snapshot(cfg, family)
         scorer = (scorers or {}).get(family)
         candidate = score_on_snapshot(snapshot, _model_ref(manifest), cache_key=manifest["model_uri"], scorer=scorer)
         champ_member = (champion_manifest or {}).get("members", {}).get(family)
@@ -268,15 +265,14 @@ def release_candidates(
         client.set_tag(parent_run_id, "release", release)
 
     outcome = ReleaseOutcome(True, report, gates, versions, release)
-    should_promote = cfg.gates.auto_promote if auto_promote is None else auto_promote
-    if should_promote and champion is None:
+    if cfg.gates.auto_promote and champion is None:
         from components.registry.promotion import promote
 
         outcome.promotion = promote(
             cfg,
             release=release,
             note="first release (gates.auto_promote)",
-            actor=actor or "copyflow auto-promote",
+            actor="copyflow auto-promote",
             only_if_no_champion=True,
         )
         outcome.promoted = bool(outcome.promotion.get("changed"))
