@@ -71,14 +71,13 @@ def release_with_alias(client: MlflowClient, alias: str) -> tuple[str, dict] | N
     return str(version), load_manifest(client, version)
 
 
-def resolve_release(alias: str = CHAMPION, cfg: Config | None = None, *, client: MlflowClient | None = None) -> dict:
+def resolve_release(alias: str = CHAMPION, cfg: Config | None = None) -> dict:
     """What serving loads: {"release", "alias", "profile", "created_at", "members": {family: {
     "model_uri", "version", "registered_model", "onnx_uri", "source_uri", "run_id", "metrics"}}}.
 
     Pass `cfg` to point MLflow at the configured store first.
     """
-    if client is None:
-        client = registry_client(cfg) if cfg is not None else MlflowClient()
+    client = registry_client(cfg) if cfg is not None else MlflowClient()
     found = release_with_alias(client, alias)
     if found is None:
         raise NoRelease(
