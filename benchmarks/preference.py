@@ -161,6 +161,26 @@ SERVE_CHOICE_PAIRS = 30
 SERVE_CHOICE_TILES = 10
 
 
+def _tile_suffix(i: int) -> str:
+    return f"~{i}" if i else ""  # tile 0 keeps the real ids
+
+
+def _tiled_end_of_data(end, tiles: int):
+    """`end` with each shopper once per tile (ids suffixed as in `_tile_suffix`), indexes sorted as built."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    def by_shopper(table, level=None):
+        parts = [table.set_axis(table.index.astype(str) + _tile_suffix(i)) if level is None
+                 else table.rename(lambda user, i=i: user + _tile_suffix(i), level=level) for i in range(tiles)]
+        return pd.concat(parts).sort_index()
+
+    return replace(end, shoppers=by_shopper(end.shoppers), pair_impressions=by_shopper(end.pair_impressions, 0),
+                   pair_clicks=by_shopper(end.pair_clicks, 0),
+                   category_clicks=replace(end.category_clicks, counts=by_shopper(end.category_clicks.counts, 0)))
+
+
 def _serve_choice(cfg, report: dict) -> None:
     """Per-request cost of the copy server's choice (components/serving/choice.py): the pair's
     feature row from the features held in memory, plus scoring 4 candidates. Once on the data as
@@ -195,13 +215,18 @@ def _serve_choice(cfg, report: dict) -> None:
         return 1000 * float(np.median(times))
 
     base = p50_ms(data)
-    tiled = pd.concat([samples.assign(user_id=samples["user_id"] + (f"~{i}" if i else "")) for i in range(SERVE_CHOICE_TILES)],
+    # Ten times the shoppers: every table a request looks a shopper up in (the samples, the
+    # end-of-data rows, pair and category click counts, the affinities) holds each shopper once
+    # per tile, the copies under ids ~1..~9, so a lookup that scans grows with the data.
+    tiled = pd.concat([samples.assign(user_id=samples["user_id"] + _tile_suffix(i)) for i in range(SERVE_CHOICE_TILES)],
                       ignore_index=True)
     tiled = pa.Table.from_pandas(tiled, preserve_index=False).combine_chunks().to_pandas()  # as FeatureFiles.load reads it
     files = data.features
+    affinity = pd.concat([files.user_affinity.assign(user_id=files.user_affinity["user_id"] + _tile_suffix(i))
+                          for i in range(SERVE_CHOICE_TILES)], ignore_index=True)
     bigger = ShopperData(data.clean_dir, data.users, data.attributes, data.affinity, data.population, data.key,
-                         FeatureFiles(files.features_dir, tiled, files.product_attributes, files.user_affinity, files.clean_dir))
-    bigger.features.end_of_data(cfg)  # as ShopperData.load does: at load, not in the first timed request
+                         FeatureFiles(files.features_dir, tiled, files.product_attributes, affinity, files.clean_dir,
+                                      end_of_data=_tiled_end_of_data(files.end_of_data(cfg), SERVE_CHOICE_TILES)))
     report["serve_choice_impressions"] = int(len(samples))
     report["serve_choice_4_candidates_p50_ms"] = base
     report[f"serve_choice_4_candidates_x{SERVE_CHOICE_TILES}_data_p50_ms"] = p50_ms(bigger)
