@@ -31,13 +31,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from components.data.raw import RAW_COLUMNS, RAW_FILES
 
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 SERVED_FILE = "served.jsonl"
 LOCK_FILE = ".lock"
+T = TypeVar("T")
 
 
 class FeedbackError(ValueError):
@@ -221,30 +222,63 @@ class FeedbackLog:
             return False
 
     def _refresh(self) -> None:
-        """Take in what this or another process appended since the last read (under the lock)."""
+        """Take in what this or another process appended since the last read (under the lock).
+        A line this module did not write (FeedbackLogBroken) is refused on every call, not once:
+        what was read is forgotten, so the next call reads the files again from their start."""
+        try:
+            self._take_in_new_lines()
+        except FeedbackLogBroken:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        self._copies, self._served, self._events, self._offsets = set(), {}, {}, {}
+        self._first_seen, self._first_outcome = {}, {}
+
+    def _take_in_new_lines(self) -> None:
         for name, (device, inode, offset, tail) in self._offsets.items():
             path = self.folder / name
             stat = path.stat() if path.exists() else None
             if (stat is None or (stat.st_dev, stat.st_ino) != (device, inode) or stat.st_size < offset
                     or not self._unchanged_before(name, offset, tail)):
-                # rotated, replaced or truncated by hand (maybe written again since): read everything again
-                self._copies, self._served, self._events, self._offsets = set(), {}, {}, {}
-                self._first_seen, self._first_outcome = {}, {}
+                self._forget()  # rotated, replaced or truncated by hand (maybe written again since): read everything again
                 break
         for line in self._new_lines(RAW_FILES["copies"]):
-            self._copies.add(json.loads(line)["copy_id"])
+            self._copies.add(self._parsed(RAW_FILES["copies"], line, lambda text: json.loads(text)["copy_id"]))
         for line in self._new_lines(SERVED_FILE):
-            record = Served.from_json(line)
+            record = self._parsed(SERVED_FILE, line, Served.from_json)
             # An outcome joins to shopper, product and copy: the candidates stay on disk only.
             self._served[record.serve_id] = replace(record, candidate_texts=(), scores=None)
         header_unread = self._offsets.get(RAW_FILES["events"], (0, 0, 0, b""))[2] == 0  # reading from the top
-        rows = list(csv.reader(self._new_lines(RAW_FILES["events"])))
+        # One row per line: no field this module writes holds a line break (check_id), so a quote
+        # left open by a cut line cannot swallow the lines after it.
+        rows = [(line, self._parsed(RAW_FILES["events"], line, lambda text: next(csv.reader([text]))))
+                for line in self._new_lines(RAW_FILES["events"])]
         if header_unread and rows:
-            self._check_header(rows[0])
+            self._check_header(rows[0][1])
             rows = rows[1:]
-        self._events.update((row[0], tuple(row[1:5])) for row in rows)
-        for row in rows:
+        for line, row in rows:
+            if len(row) != len(RAW_COLUMNS["events"]):
+                raise self._broken_line(RAW_FILES["events"], line, f"{len(row)} fields, not the header's {len(RAW_COLUMNS['events'])}")
+        self._events.update((row[0], tuple(row[1:5])) for _, row in rows)
+        for _, row in rows:
             self._take_in_time(row)
+
+    def _parsed(self, name: str, line: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(line)
+        except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
+            raise self._broken_line(name, line, f"{type(exc).__name__}: {exc}") from exc
+
+    def _broken_line(self, name: str, line: str, why: str) -> "FeedbackLogBroken":
+        """Names the file and line, not its content (raw shopper ids), nor the folder (/health is open)."""
+        lines = (self.folder / name).read_bytes().split(b"\n")
+        number = lines.index(line.encode("utf-8")) + 1 if line.encode("utf-8") in lines else "?"
+        return FeedbackLogBroken(
+            f"feedback log {name}, line {number}: not a line this server writes ({why[:200]}): cut off and written after, "
+            f"or edited by hand. Nothing more is logged until it is gone: move the line to {name}.fragments (no table "
+            "reads it), or move the file aside (the log starts a new one)."
+        )
 
     def _take_in_time(self, row: list[str]) -> None:
         fields = dict(zip(RAW_COLUMNS["events"], row))

@@ -187,3 +187,55 @@ def test_a_word_added_to_the_maintained_list_after_the_bundle_was_built_is_not_s
         assert "最" not in response.json()["copy"], response.json()["copy"]
     assert "最" in generator.ad_law_words and "最" not in load_ad_law_words(older)
     assert client.get("/health").json()["withheld"]["candidates"] == 0  # decoding avoided it: nothing to withhold
+
+
+# -- the feedback log under the server: a line it did not write -------------------------------
+def test_a_torn_line_inside_the_log_is_refused_on_every_request_and_hides_no_later_line(make_cfg):
+    """A cut line with a line break after it (appended by hand, or by a writer that does not set
+    fragments aside) used to be a 500 once; the lines read with it were then skipped for good: a
+    later serve unknown (404) and a retried event_id recorded twice. Now every request is a 503
+    naming the file and line, until the line is moved away; then nothing after it is missing."""
+    from components.data.feedback import FeedbackLog
+
+    cfg = make_cfg()
+    folder = cfg.feedback_dir()
+    writer = FeedbackLog(folder)
+    before, after = (writer.record_serving("shopper1", p, "文案", "m", candidates=2) for p in ("p1", "p2"))
+    writer.record_event(after.serve_id, "click", event_id="e-retried")
+    served = (folder / "served.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "served.jsonl").write_text(served[0] + '{"serve_id": "cut", "user_\n' + served[1], encoding="utf-8")
+
+    client = TestClient(create_app(cfg))
+    for _ in range(2):  # refused every time, not once
+        refused = client.post("/feedback", json={"serve_id": after.serve_id, "event_type": "click", "event_id": "e-retried"})
+        assert refused.status_code == 503 and "served.jsonl, line 2" in refused.text, refused.text
+        assert "shopper1" not in refused.text and str(folder) not in refused.text
+    (folder / "served.jsonl").write_text(served[0] + served[1], encoding="utf-8")  # the operator moves the line away
+    assert client.post("/feedback", json={"serve_id": after.serve_id, "event_type": "click", "event_id": "e-retried"}).status_code == 200
+    assert client.post("/feedback", json={"serve_id": before.serve_id, "event_type": "click"}).status_code == 200
+
+    events = (folder / "events.csv").read_text(encoding="utf-8")
+    (folder / "events.csv").write_text(events + 'fb-dead,shopper1,p1,"half\n', encoding="utf-8")  # a quote left open
+    for _ in range(2):  # it used to swallow the lines after it, e-retried among them
+        refused = client.post("/feedback", json={"serve_id": after.serve_id, "event_type": "click", "event_id": "e-retried"})
+        assert refused.status_code == 503 and "events.csv, line 6" in refused.text, refused.text
+    assert (folder / "events.csv").read_text(encoding="utf-8").count("e-retried,") == 1
+
+
+def test_a_hand_edited_events_header_is_refused_on_every_request(make_cfg):
+    """The refusal held for one request: the next one appended its row under the wrong header."""
+    from components.data.feedback import FeedbackLog
+
+    cfg = make_cfg()
+    folder = cfg.feedback_dir()
+    served = FeedbackLog(folder).record_serving("shopper1", "p1", "文案", "m", candidates=1)
+    lines = (folder / "events.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[0] = "event_id,user_id,product_id,copy_id,event_type,timestamp,value,position,propensity\n"
+    (folder / "events.csv").write_text("".join(lines), encoding="utf-8")
+    edited = (folder / "events.csv").read_bytes()
+
+    client = TestClient(create_app(cfg))
+    for _ in range(3):
+        refused = client.post("/feedback", json={"serve_id": served.serve_id, "event_type": "click"})
+        assert refused.status_code == 503 and "header" in refused.text, refused.text
+    assert (folder / "events.csv").read_bytes() == edited
