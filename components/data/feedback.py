@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import threading
@@ -39,6 +40,7 @@ EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 SERVED_FILE = "served.jsonl"
 LOCK_FILE = ".lock"
 T = TypeVar("T")
+log = logging.getLogger("copyflow.feedback")
 
 
 class FeedbackError(ValueError):
@@ -187,6 +189,9 @@ class FeedbackLog:
             with open(self.folder / f"{name}.fragments", "ab", opener=_private) as fragments:
                 fragments.write(data[keep:] + b"\n")
             handle.truncate(keep)
+        # Said where an operator looks (the server's log), not only in the next retrain's summary.
+        log.warning("feedback log %s: a writer died mid-line; its %d byte(s) were set aside to %s.fragments, "
+                    "and the lines before it are kept", name, len(data) - keep, name)
 
     def _append(self, name: str, text: str) -> None:
         self._repair_tail(name)

@@ -239,3 +239,21 @@ def test_a_hand_edited_events_header_is_refused_on_every_request(make_cfg):
         refused = client.post("/feedback", json={"serve_id": served.serve_id, "event_type": "click"})
         assert refused.status_code == 503 and "header" in refused.text, refused.text
     assert (folder / "events.csv").read_bytes() == edited
+
+
+def test_a_partial_last_line_is_set_aside_with_a_warning_and_loses_nothing(make_cfg, caplog):
+    """A server killed mid-line: the next one starts on the whole lines, and its first write sets
+    the fragment aside, saying so in its log (it used to do it silently)."""
+    from components.data.feedback import FeedbackLog
+
+    cfg = make_cfg()
+    folder = cfg.feedback_dir()
+    served = FeedbackLog(folder).record_serving("shopper1", "p1", "文案", "m", candidates=1)
+    with open(folder / "events.csv", "a", encoding="utf-8") as handle:
+        handle.write("fb-dead,shopper1,p1,gen-")  # killed mid-line
+    client = TestClient(create_app(cfg))  # the restarted server
+    with caplog.at_level("WARNING", logger="copyflow.feedback"):
+        assert client.post("/feedback", json={"serve_id": served.serve_id, "event_type": "click"}).status_code == 200
+    assert "events.csv" in caplog.text and "events.csv.fragments" in caplog.text and "shopper1" not in caplog.text
+    assert FeedbackLog(folder).counts() == {"copies": 1, "served": 1, "events": 2}
+    assert (folder / "events.csv.fragments").read_text(encoding="utf-8") == "fb-dead,shopper1,p1,gen-\n"
