@@ -322,7 +322,7 @@ class FeedbackLog:
     def _check_header(self, header: list[str]) -> None:
         if header != RAW_COLUMNS["events"]:
             raise FeedbackLogBroken(
-                f"{self.folder / RAW_FILES['events']}: header {header} is not the raw layer's {RAW_COLUMNS['events']}; "
+                f"feedback log {RAW_FILES['events']}: header {header} is not the raw layer's {RAW_COLUMNS['events']}; "
                 "rows written now would land in the wrong columns. Move the file aside (the source stage reads it "
                 "as it is) and the log starts a new one."
             )

@@ -237,7 +237,8 @@ def test_a_hand_edited_events_header_is_refused_on_every_request(make_cfg):
     client = TestClient(create_app(cfg))
     for _ in range(3):
         refused = client.post("/feedback", json={"serve_id": served.serve_id, "event_type": "click"})
-        assert refused.status_code == 503 and "header" in refused.text, refused.text
+        assert refused.status_code == 503 and "events.csv: header" in refused.text, refused.text
+        assert str(folder) not in refused.text  # no paths in an HTTP answer (/health, too, shows it, without a token)
     assert (folder / "events.csv").read_bytes() == edited
 
 
