@@ -135,12 +135,20 @@ class Champion:
 
         return load_preference(ref)
 
-    def current(self) -> Loaded:
+    @property
+    def checked_at(self) -> float:
+        """When the registry was last looked up (this champion's clock)."""
+        return self._checked
+
+    def current(self, looked_up_since: float | None = None) -> Loaded:
+        """The model to serve; the registry is looked up again once `reload_seconds` have passed,
+        or now when the last look-up was before `looked_up_since`."""
         from components.serving.models import NoModel, resolve_model
 
         with self._lock:
             now = self._clock()
-            if now - self._checked < self.cfg.serving.reload_seconds:
+            stale = looked_up_since is not None and self._checked < looked_up_since
+            if now - self._checked < self.cfg.serving.reload_seconds and not stale:
                 if self._current is not None:
                     return self._current
                 if self._failure is not None:
@@ -165,6 +173,28 @@ class Champion:
                 return self._current
             self._current, self._failure, self.last_error, self.not_loaded = loaded, None, None, None
             return loaded
+
+
+def aligned(champion: Champion, scorer: Champion | None) -> Loaded:
+    """The generator to serve, with both families' champions looked up since either last found
+    a new one.
+
+    Each family looks up its champion on its own timer, so after a promote or a rollback one
+    served the new release up to `reload_seconds` before the other, and every request between
+    fell to a uniform draw (one release serves, all its models together). When the two loaded
+    models name different releases, the one looked up earlier looks up again now: once per
+    look-up of the other, so a new champion that fails to load is not tried on every request.
+    """
+    model = champion.current()
+    if scorer is None or scorer.loaded is None or scorer.loaded.release == model.release:
+        return model
+    if champion.checked_at < scorer.checked_at:
+        return champion.current(looked_up_since=scorer.checked_at)
+    try:
+        scorer.current(looked_up_since=champion.checked_at)
+    except Exception:  # noqa: BLE001 - choosing is optional: choose_copy and /health report it
+        pass
+    return model
 
 
 class ShopperSnapshot:
@@ -288,7 +318,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
 
     def serving_model() -> Loaded:
         try:
-            return champion.current()
+            return aligned(champion, scorer)
         except (NoModel, BrokenModel, FileNotFoundError, MlflowException, StoreUnreachable) as exc:
             raise HTTPException(503, f"no generator to serve: {exc}") from exc
 

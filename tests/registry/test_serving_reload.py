@@ -106,3 +106,42 @@ def test_a_model_that_cannot_load_is_not_tried_again_on_every_request(fresh_worl
     with pytest.raises(RuntimeError):
         champion.current()
     assert len(attempts) == 2
+
+
+def test_after_a_promote_the_family_that_looked_up_earlier_looks_up_again_at_once(fresh_world):
+    """Each family looks up its champion on its own timer. Before, the preference model looked up
+    10 s after the generator kept release 1 for 10 s after the generator found release 2, and
+    every request then was drawn uniformly (one release serves, all its models together)."""
+    from components.serving.app import aligned
+
+    cfg = fresh_world.cfg.model_copy(update={"serving": fresh_world.cfg.serving.model_copy(update={"reload_seconds": 30})})
+    clock, failing, tried = Clock(), set(), []
+
+    def load_preference(ref):
+        tried.append(ref)
+        if ref in failing:
+            raise OSError("broken model")
+        return f"preference from {ref}"
+
+    generator = Champion(cfg, "generator", load=str, clock=clock)
+    preference = Champion(cfg, "preference", load=load_preference, clock=clock)
+    assert aligned(generator, preference).release == "1"
+    clock.now = 10.0
+    first = preference.current()
+    assert first.release == "1"
+
+    promote(cfg, note="test", actor="test")
+    clock.now = 35.0  # the generator's interval is over, the preference model's (until 40) not
+    assert aligned(generator, preference).release == "2"
+    assert preference.current().release == "2"
+
+    # Rolled back to a release whose preference model now fails to load: it is tried once per
+    # generator look-up, not on every request, and release 2's keeps the choice off meanwhile.
+    failing.add(first.ref)
+    rollback(cfg, actor="test")
+    clock.now = 70.0
+    assert aligned(generator, preference).release == "1"
+    assert preference.loaded.release == "2" and preference.not_loaded == "release 1 (champion)"
+    looked = len(tried)
+    clock.now = 71.0
+    assert aligned(generator, preference).release == "1" and len(tried) == looked
