@@ -252,6 +252,20 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return {k.replace(" ", "_"): v for k, v in flat.items()}
 
 
+def config_params(cfg) -> dict[str, str]:
+    """Every knob of the profile's resolved params.yaml as MLflow params named `section.key`
+    (`seed`, `data.test_fraction`, `features.history_length`, ...), so two runs compared in the
+    UI show every setting that differs, not only the training sections'. One level deep: a
+    nested block (simulator.dirt, validation.drift) is one param, its value the block."""
+    params: dict[str, str] = {}
+    for section, value in cfg.model_dump(exclude={"own_store"}).items():
+        if isinstance(value, dict):
+            params.update({f"{section}.{key}": str(inner) for key, inner in value.items()})
+        else:
+            params[section] = str(value)
+    return params
+
+
 def process_tags() -> dict[str, str]:
     """Which process owns a run: lets a later run tell a crashed run from a live one."""
     import socket

@@ -167,7 +167,8 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
     }
     with mlflow.start_run(run_name=f"retrain-{profile}", tags=tags) as parent:
         result.mlflow_run_id = parent.info.run_id
-        mlflow.log_params({"profile": profile, "stages": ",".join(stages)})
+        # Every knob, not only the profile: the data, cleaning and feature settings shape the models too.
+        mlflow.log_params({**tracking.config_params(cfg), "stages": ",".join(stages)})
         for stage in stages:
             try:
                 repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id, cfg.flow.stage_timeout_minutes * 60)

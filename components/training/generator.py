@@ -305,7 +305,7 @@ def _has_tabulate() -> bool:
 def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callbacks: list[Callback] | None = None) -> dict | None:
     """Train (or resume, or reuse a finished run of) the generator on every rank; rank 0
     evaluates and returns the manifest (other ranks return None)."""
-    from components.tracking import configure
+    from components.tracking import config_params, configure
 
     pl.seed_everything(cfg.seed, workers=True)
     g = cfg.generator
@@ -355,7 +355,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callback
         run = mlflow.start_run(run_name=f"generator-{cfg.profile}", parent_run_id=parent_run_id, nested=parent_run_id is not None)
         mlflow.set_tags({"model": "generator", "profile": cfg.profile, "checkpoints": str(ckpt_dir),
                          "training": "reused a finished run" if reuse else f"resumed from {resume}" if resume else "from scratch"})
-        mlflow.log_params({f"generator.{k}": v for k, v in g.model_dump().items()} | {f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()} | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
+        mlflow.log_params(config_params(cfg) | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
     started = time.perf_counter()
     try:
         if reuse:  # no fit: under DDP no other rank is started
@@ -408,7 +408,7 @@ def reevaluate(cfg: Config, model_dir: Path, out_dir: Path, parent_run_id: str |
     import mlflow
 
     from components.models.generator.api import CONFIG_FILE, VALUES_FILE, load_torch_net
-    from components.tracking import configure
+    from components.tracking import config_params, configure
 
     if cfg.generator.torch_threads:
         torch.set_num_threads(cfg.generator.torch_threads)
@@ -420,6 +420,7 @@ def reevaluate(cfg: Config, model_dir: Path, out_dir: Path, parent_run_id: str |
     configure(cfg)
     with mlflow.start_run(run_name=f"generator-{cfg.profile}-eval", parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
         mlflow.set_tags({"model": "generator", "profile": cfg.profile, "evaluated_from": str(model_dir)})
+        mlflow.log_params(config_params(cfg))  # the decoding and evaluation knobs it was evaluated under
         manifest = evaluate_and_log(cfg, Path(out_dir), load_corpus_splits(cfg), net, tokenizer, vocabulary, edges, run)
     write_manifest(Path(out_dir), manifest)
     return manifest

@@ -341,10 +341,11 @@ def _log_models(report: KindReport, data, comparison_plots: list[Path]) -> dict[
 
 
 def _flat_params(cfg: Config, kind: str) -> dict[str, str]:
-    params = {f"preference.{k}": v for k, v in cfg.preference.model_dump().items()}
-    params.update({f"trainer.{k}": v for k, v in cfg.trainer.model_dump().items()})
-    params.update({"kind": kind, "profile": cfg.profile, "seed": cfg.seed})
-    return {k: str(v) for k, v in params.items()}
+    """Every knob of params.yaml (the features and splits shape the result as much as the
+    preference section) and the model kind."""
+    from components.tracking import config_params
+
+    return {**config_params(cfg), "kind": kind}
 
 
 def _finite(metrics: dict) -> dict[str, float]:

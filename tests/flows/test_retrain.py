@@ -88,6 +88,22 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     mlflow.set_tracking_uri(tracking_uri(load_config(project / "params.yaml", "quick")))
 
 
+def test_the_retrain_run_logs_every_knob_of_params_yaml(tmp_path, prefect_harness, monkeypatch):
+    """Comparing two retrains in the UI showed only `profile` and `stages`: a changed simulator,
+    cleaning or feature setting was invisible."""
+    from components.tracking import config_params
+
+    project = make_project(tmp_path, {"features": {"history_length": 7}})
+    monkeypatch.chdir(project)
+    result = retrain(profile="quick", project_dir=str(project), stages=["pseudonym_key"])
+    client, _ = _runs(project)
+    params = client.get_run(result.mlflow_run_id).data.params
+    cfg = load_config(project / "params.yaml", "quick")
+    assert params == {**config_params(cfg), "stages": "pseudonym_key"}
+    assert params["features.history_length"] == "7" and params["simulator.n_users"] == "120" and params["profile"] == "quick"
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+
+
 def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, monkeypatch):
     # A gate that tolerates no duplicate events rejects the simulator's dirty batch.
     project = make_project(tmp_path, {"validation": {"mostly_unique_events": 1.0}})

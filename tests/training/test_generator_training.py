@@ -81,6 +81,24 @@ def test_a_run_that_fails_after_training_is_marked_failed_in_mlflow(tmp_path, mo
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_the_run_logs_every_knob_of_params_yaml_not_only_the_generator_section(tmp_path, monkeypatch):
+    """The seed and the corpus split fractions shape the weights and the held-out metrics, but
+    the run logged only generator.* and trainer.*: two runs differing in them compared equal."""
+    from components.config import load_config
+    from components.tracking import config_params
+    from components.training import generator as entry
+
+    cfg = load_config(write_params(tmp_path, generator={"max_epochs": 1}), "quick")
+    monkeypatch.setattr(entry, "evaluate_and_log", lambda *args, **kwargs: {"metrics": {}})
+    entry.train(cfg, tmp_path / "out")
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    params = run.data.params
+    assert params["seed"] == str(cfg.seed) and params["data.valid_fraction"] == "0.15"
+    assert config_params(cfg).items() <= params.items()
+    assert params["generator.max_epochs"] == "1" and int(params["n_params"]) > 0
+
+
 def test_a_diverged_training_is_refused_and_its_checkpoints_removed(tmp_path):
     """A NaN loss reached ModelCheckpoint as inf: the run was evaluated (crashing in top-p
     sampling), and a re-run reused the poisoned checkpoint. Now it stops before evaluation."""

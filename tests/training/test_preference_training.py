@@ -103,3 +103,16 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     torch_scores = mlflow.pyfunc.load_model(manifest["model_uri"]).predict(packed)[:, 0]
     np.testing.assert_allclose(torch_scores, from_dir.predict_packed(packed), atol=1e-5)
     assert json.loads((out / "manifest.json").read_text())["model_dir"] == manifest["model_dir"]
+
+
+def test_each_model_run_logs_every_knob_of_params_yaml(make_cfg):
+    """The features (history length, split days) decide what the model sees and which rows it is
+    scored on, but the runs logged only the preference and trainer sections and the seed."""
+    from components.tracking import config_params
+    from components.training.preference import _flat_params
+
+    cfg = make_cfg(features={"history_length": 7})
+    params = _flat_params(cfg, "deep")
+    assert params["features.history_length"] == "7" and params["data.n_products"] == "300"
+    assert params["kind"] == "deep" and params["seed"] == str(cfg.seed) and params["profile"] == "quick"
+    assert params == {**config_params(cfg), "kind": "deep"}
