@@ -187,7 +187,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
                 lock=dvc_runner.stage_lock(stage, profile, root),
                 skipped=repro.skipped,
                 artifacts=_stage_reports(cfg, stage),
-                tags={"ge.verdict": "passed"} if stage == "validate" else None,
+                tags={"profile": profile, **({"ge.verdict": "passed"} if stage == "validate" else {})},
             )
             if stage == "validate":
                 mlflow.set_tag("ge.verdict", "passed")
@@ -242,7 +242,7 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         stage,
         summary,
         artifacts=_stage_reports(cfg, stage),
-        tags={"error": str(failure)[-240:], **({"ge.verdict": "failed"} if stage == "validate" else {})},
+        tags={"profile": cfg.profile, "error": str(failure)[-240:], **({"ge.verdict": "failed"} if stage == "validate" else {})},
         status="FAILED",
     )
     mlflow.set_tag("failed_stage", stage)

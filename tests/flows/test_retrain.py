@@ -88,7 +88,7 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
     mlflow.set_tracking_uri(tracking_uri(load_config(project / "params.yaml", "quick")))
 
 
-def test_the_retrain_run_logs_every_knob_of_params_yaml(tmp_path, prefect_harness, monkeypatch):
+def test_the_retrain_run_logs_every_knob_of_params_yaml_and_its_stage_runs_the_profile(tmp_path, prefect_harness, monkeypatch):
     """Comparing two retrains in the UI showed only `profile` and `stages`: a changed simulator,
     cleaning or feature setting was invisible."""
     from components.tracking import config_params
@@ -101,6 +101,10 @@ def test_the_retrain_run_logs_every_knob_of_params_yaml(tmp_path, prefect_harnes
     cfg = load_config(project / "params.yaml", "quick")
     assert params == {**config_params(cfg), "stages": "pseudonym_key"}
     assert params["features.history_length"] == "7" and params["simulator.n_users"] == "120" and params["profile"] == "quick"
+    # Its stage runs carry the profile too: a `tags.profile = 'quick'` search in the UI hid them.
+    (stage,) = client.search_runs([client.get_run(result.mlflow_run_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert stage.data.tags["stage"] == "pseudonym_key" and stage.data.tags["profile"] == "quick"
     mlflow.set_tracking_uri(tracking_uri(cfg))
 
 
@@ -125,6 +129,7 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     assert parent.data.tags["failed_stage"] == "validate"
     gate_run = next(r for r in runs if r.data.tags.get("stage") == "validate")
     assert gate_run.info.status == "FAILED"
+    assert gate_run.data.tags["profile"] == "quick"
     logged = {a.path for a in client.list_artifacts(gate_run.info.run_id)}
     assert "report.md" in logged
     assert client.search_registered_models() == []
