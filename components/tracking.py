@@ -266,6 +266,31 @@ def config_params(cfg) -> dict[str, str]:
     return params
 
 
+SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "testing"}
+
+
+def split_datasets(frames: dict, *, name: str, source: Path | str) -> list:
+    """MLflow datasets of a model's splits ({"train": frame, "valid": ..., "test": ...}), named
+    `<name>-<split>`: row count, schema and a content digest, never the rows themselves."""
+    import warnings
+
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return [(mlflow.data.from_pandas(frame, source=str(source), name=f"{name}-{split}"), SPLIT_CONTEXTS.get(split, split))
+                for split, frame in frames.items()]
+
+
+def log_datasets(datasets: list) -> None:
+    """The splits as dataset inputs of the active run (the run page's Datasets, the runs table's
+    Dataset column): two runs compared in the UI show whether they used the same rows."""
+    import mlflow
+
+    mlflow.log_inputs(datasets=[d for d, _ in datasets], contexts=[c for _, c in datasets], tags_list=[None] * len(datasets))
+
+
 def process_tags() -> dict[str, str]:
     """Which process owns a run: lets a later run tell a crashed run from a live one."""
     import socket

@@ -179,3 +179,25 @@ def test_a_cache_hit_counts_as_a_use(tmp_path, monkeypatch):
     download_artifacts_cached(uri)
 
     assert marker.stat().st_mtime > 1_000_000_000
+
+
+def test_split_datasets_are_logged_as_inputs_with_their_context_and_digest(tmp_path):
+    """What the preference and generator runs show under Datasets: one input per split, the same
+    digest for the same rows (so two runs on the same data are recognisably so)."""
+    import mlflow
+    import pandas as pd
+
+    from components.tracking import log_datasets, split_datasets
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    frames = {"train": pd.DataFrame({"x": [1.0, 2.0, 3.0]}), "valid": pd.DataFrame({"x": [4.0]}), "test": pd.DataFrame({"x": [5.0, 6.0]})}
+    digests = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            log_datasets(split_datasets(frames, name="preference-quick", source=tmp_path / "features"))
+        inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+        assert {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs} == {
+            "preference-quick-train": "training", "preference-quick-valid": "validation", "preference-quick-test": "testing"}
+        digests.append(sorted(d.dataset.digest for d in inputs))
+    assert digests[0] == digests[1] and len(set(digests[0])) == 3

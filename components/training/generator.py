@@ -305,7 +305,7 @@ def _has_tabulate() -> bool:
 def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callbacks: list[Callback] | None = None) -> dict | None:
     """Train (or resume, or reuse a finished run of) the generator on every rank; rank 0
     evaluates and returns the manifest (other ranks return None)."""
-    from components.tracking import config_params, configure
+    from components.tracking import config_params, configure, log_datasets, split_datasets
 
     pl.seed_everything(cfg.seed, workers=True)
     g = cfg.generator
@@ -356,6 +356,7 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callback
         mlflow.set_tags({"model": "generator", "profile": cfg.profile, "checkpoints": str(ckpt_dir),
                          "training": "reused a finished run" if reuse else f"resumed from {resume}" if resume else "from scratch"})
         mlflow.log_params(config_params(cfg) | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
+        log_datasets(split_datasets(splits, name=f"generator-{cfg.profile}", source=cfg.paths.corpus))
     started = time.perf_counter()
     try:
         if reuse:  # no fit: under DDP no other rank is started

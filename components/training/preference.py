@@ -357,16 +357,19 @@ def log_to_mlflow(cfg: Config, data, reports: dict[str, KindReport], comparison:
     """One run per model kind, nested under the given parent (or a train_preference run)."""
     import mlflow
 
-    from components.tracking import configure
+    from components.tracking import configure, log_datasets, split_datasets
 
     configure(cfg)
     logged: dict[str, dict[str, str]] = {}
+    splits = {"train": data.train.frame, "valid": data.valid.frame, "test": data.test.frame}
+    datasets = split_datasets(splits, name=f"preference-{cfg.profile}", source=cfg.stage_dir("features"))
 
     def _log_all(parent_id: str) -> None:
         for kind, report in reports.items():
             with mlflow.start_run(run_name=f"preference-{kind}", parent_run_id=parent_id, nested=True,
                                   tags={"model": "preference", "model_kind": kind, "profile": cfg.profile}) as run:
                 mlflow.log_params(_flat_params(cfg, kind))
+                log_datasets(datasets)
                 for row in report.history:
                     mlflow.log_metrics(_finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"]))
                 mlflow.log_metrics(_finite({**report.metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}))

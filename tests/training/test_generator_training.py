@@ -99,6 +99,27 @@ def test_the_run_logs_every_knob_of_params_yaml_not_only_the_generator_section(t
     assert params["generator.max_epochs"] == "1" and int(params["n_params"]) > 0
 
 
+
+def test_the_run_names_its_corpus_splits_as_mlflow_datasets(tmp_path, monkeypatch):
+    """The runs table's Dataset column was empty: nothing told two runs' training rows apart."""
+    from components.config import load_config
+    from components.data.corpus import load_corpus_splits
+    from components.training import generator as entry
+
+    cfg = load_config(write_params(tmp_path, generator={"max_epochs": 1}), "quick")
+    monkeypatch.setattr(entry, "evaluate_and_log", lambda *args, **kwargs: {"metrics": {}})
+    entry.train(cfg, tmp_path / "out")
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["generator-quick-test", "generator-quick-train", "generator-quick-valid"]
+    contexts = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for name, d in inputs.items()}
+    assert contexts["generator-quick-train"] == "training" and contexts["generator-quick-test"] == "testing"
+    splits = load_corpus_splits(cfg)
+    assert '"num_rows": %d' % len(splits["train"]) in inputs["generator-quick-train"].dataset.profile
+    assert inputs["generator-quick-train"].dataset.source == '{"uri": "%s"}' % cfg.paths.corpus
+
+
 def test_a_diverged_training_is_refused_and_its_checkpoints_removed(tmp_path):
     """A NaN loss reached ModelCheckpoint as inf: the run was evaluated (crashing in top-p
     sampling), and a re-run reused the poisoned checkpoint. Now it stops before evaluation."""

@@ -85,6 +85,9 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     champion_run = next(r for r in children if r.info.run_id == manifest["run_id"])
     assert champion_run.data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert {"val_loss", "val_auc", "train_loss", "copy_choice_true_captured"} <= set(champion_run.data.metrics)
+    # Each run names the feature splits it trained and was scored on (MLflow dataset inputs).
+    assert sorted(d.dataset.name for d in champion_run.inputs.dataset_inputs) == [
+        "preference-quick-test", "preference-quick-train", "preference-quick-valid"]
     history = mlflow.MlflowClient().get_metric_history(manifest["run_id"], "val_loss")
     assert sorted(m.step for m in history) == [0, 1]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(manifest["run_id"], "plots")}
