@@ -36,12 +36,12 @@ def log_gate_artifacts(client: MlflowClient, run_id: str, family: str, frame: pd
     for rule in gate.rules:
         # Consistent names across runs so two retrains compare side by side in the MLflow UI.
         prefix = f"gate.{rule.kind}.{rule.metric}"
-        if rule.candidate is not None:  # None: the rule could not be measured (its note says why)
-            client.log_metric(run_id, f"{prefix}.candidate", rule.candidate)
-        if rule.delta is not None:
-            client.log_metric(run_id, f"{prefix}.delta", rule.delta)
-        if rule.ci_low is not None:
-            client.log_metric(run_id, f"{prefix}.ci_low", rule.ci_low)
+        # None: not measured (its note says why), or no champion to compare with. Both ends of
+        # the delta's interval: the lower end alone cannot be charted as an interval.
+        for part in ("candidate", "champion", "delta", "ci_low", "ci_high"):
+            value = getattr(rule, part)
+            if value is not None:
+                client.log_metric(run_id, f"{prefix}.{part}", value)
     client.log_metric(run_id, "gate.passed", float(gate.passed))
     client.set_tag(run_id, "gate.verdict", gate.verdict)
     return f"runs:/{run_id}/{evidence_path(family)}"
