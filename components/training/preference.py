@@ -353,8 +353,9 @@ def _finite(metrics: dict) -> dict[str, float]:
 
 
 def log_to_mlflow(cfg: Config, data, reports: dict[str, KindReport], comparison: dict, plots: list[Path],
-                  parent_run_id: str | None) -> dict[str, dict[str, str]]:
-    """One run per model kind, nested under the given parent (or a train_preference run)."""
+                  parent_run_id: str | None, report_path: Path | None = None) -> dict[str, dict[str, str]]:
+    """One run per model kind, nested under the given parent (or a train_preference run); each
+    carries the report comparing every kind (report.md), as the generator's run carries its own."""
     import mlflow
 
     from components.tracking import configure, log_datasets, split_datasets
@@ -375,6 +376,8 @@ def log_to_mlflow(cfg: Config, data, reports: dict[str, KindReport], comparison:
                 mlflow.log_metrics(_finite({**report.metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}))
                 mlflow.set_tag("champion_kind", comparison["champion_kind"])
                 uris = _log_models(report, data, plots)
+                if report_path is not None:
+                    mlflow.log_artifact(str(report_path))
                 logged[kind] = {"run_id": run.info.run_id, **uris}
 
     if parent_run_id:
@@ -494,7 +497,7 @@ def run_training(cfg: Config, out_dir: Path | None = None, parent_run_id: str | 
         shutil.rmtree(champion_dir)
     shutil.copytree(reports[champion].model_dir, champion_dir)
     tick = time.perf_counter()
-    logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id)
+    logged = log_to_mlflow(cfg, data, reports, comparison, plots, parent_run_id, out_dir / "report.md")
     timings["mlflow_s"] = time.perf_counter() - tick
     metrics = {**reports[champion].metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}
     manifest = {

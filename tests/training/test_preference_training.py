@@ -92,6 +92,9 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
     assert sorted(m.step for m in history) == [0, 1]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(manifest["run_id"], "plots")}
     assert artifacts == {"plots/roc.png", "plots/pr.png", "plots/reliability.png"}
+    # The metric table with its intervals, readable on the run's page (it stayed in artifacts/ only).
+    report = mlflow.artifacts.download_artifacts(run_id=manifest["run_id"], artifact_path="report.md", dst_path=str(tmp_path / "dl"))
+    assert Path(report).read_text(encoding="utf-8") == (out / "report.md").read_text(encoding="utf-8")
 
     # Checkpoints were written by rank 0, and the model is usable from MLflow and from disk.
     from components.training.checkpoints import checkpoint_root
