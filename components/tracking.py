@@ -256,9 +256,10 @@ def config_params(cfg) -> dict[str, str]:
     """Every knob of the profile's resolved params.yaml as MLflow params named `section.key`
     (`seed`, `data.test_fraction`, `features.history_length`, ...), so two runs compared in the
     UI show every setting that differs, not only the training sections'. One level deep: a
-    nested block (simulator.dirt, validation.drift) is one param, its value the block."""
+    nested block (simulator.dirt, validation.drift) is one param, its value the block. Not the
+    `tracking` section: where the run is logged shapes nothing, and a server URI may hold a password."""
     params: dict[str, str] = {}
-    for section, value in cfg.model_dump(exclude={"own_store"}).items():
+    for section, value in cfg.model_dump(exclude={"own_store", "tracking"}).items():
         if isinstance(value, dict):
             params.update({f"{section}.{key}": str(inner) for key, inner in value.items()})
         else:

@@ -122,3 +122,4 @@ def test_each_model_run_logs_every_knob_of_params_yaml(make_cfg):
     assert params["features.history_length"] == "7" and params["data.n_products"] == "300"
     assert params["kind"] == "deep" and params["seed"] == str(cfg.seed) and params["profile"] == "quick"
     assert params == {**config_params(cfg), "kind": "deep"}
+    assert not any(key.startswith("tracking.") for key in params)  # a server URI may hold a password
