@@ -355,6 +355,8 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callback
         run = mlflow.start_run(run_name=f"generator-{cfg.profile}", parent_run_id=parent_run_id, nested=parent_run_id is not None)
         mlflow.set_tags({"model": "generator", "profile": cfg.profile, "checkpoints": str(ckpt_dir),
                          "training": "reused a finished run" if reuse else f"resumed from {resume}" if resume else "from scratch"})
+        if reuse and done.get("run_id"):  # a reused run has no loss curves: the run that trained the weights has them
+            mlflow.set_tag("training.run_id", done["run_id"])
         mlflow.log_params(config_params(cfg) | {"n_params": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size, "train_rows": len(splits["train"]), "valid_rows": len(splits["valid"]), "test_rows": len(splits["test"]), "factual_keys": ",".join(vocabulary.factual_keys), "value_aliases": ",".join(vocabulary.aliases or {})})
         log_datasets(split_datasets(splits, name=f"generator-{cfg.profile}", source=cfg.paths.corpus))
     started = time.perf_counter()
@@ -369,7 +371,8 @@ def train(cfg: Config, out_dir: Path, parent_run_id: str | None = None, callback
                 return None
             done = {"best_checkpoint": checkpoint.best_model_path or str(last), "epochs_run": trainer.current_epoch,
                     "steps_run": trainer.global_step, "best_val_loss": float(checkpoint.best_model_score or float("nan")),
-                    "train_seconds": time.perf_counter() - started, "resumed_from": str(resume) if resume else None}
+                    "train_seconds": time.perf_counter() - started, "resumed_from": str(resume) if resume else None,
+                    "run_id": run.info.run_id if run is not None else None}
             write_done(ckpt_dir, done)
             prune(ckpt_dir)
         if g.torch_threads:  # decoding runs many tiny steps (and DDP's launcher reset the count)

@@ -236,6 +236,9 @@ def test_a_stopped_training_resumes_and_a_finished_one_is_reused(tmp_path, monke
     assert len(seen) == 2 and all(seen[0][k].equal(seen[1][k]) for k in seen[0])
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"])
     assert runs[0].data.tags["training"] == "reused a finished run" and runs[0].data.metrics["training_reused"] == 1.0
+    # ... and names the run that trained the weights (with their loss curves), which it has not.
+    assert runs[0].data.tags["training.run_id"] == runs[1].info.run_id == done["run_id"]
+    assert "val_loss" in runs[1].data.metrics and "val_loss" not in runs[0].data.metrics
     assert read_done(run_dir) == done
 
     # A training knob does: a new run, in its own folder.
