@@ -114,6 +114,8 @@ def create_release(
     # Serialized before the run exists: a manifest no strict reader can read (NaN) leaves nothing.
     text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)
     run_tags = {"mlflow.runName": "release", "kind": "release"}
+    if "profile" in tags:  # as every other run of a retrain: a tags.profile search finds it
+        run_tags["profile"] = tags["profile"]
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, tags=run_tags)

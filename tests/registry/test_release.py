@@ -33,6 +33,9 @@ def test_release_manifest_records_members_gates_and_lineage(world):
     assert not member["inherited"]
     assert manifest["gate_report"] == world.second.report
     assert manifest["lineage"]["preference"]["gate.verdict"] == "pass"
+    client = registry_client(world.cfg)
+    run = client.get_run(client.get_model_version(RELEASE_MODEL, "2").run_id)
+    assert run.data.tags["kind"] == "release" and run.data.tags["profile"] == "quick"  # found by a tags.profile search
 
 
 def test_unknown_alias_or_version_is_a_clear_error(world):
