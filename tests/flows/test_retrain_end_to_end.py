@@ -27,9 +27,10 @@ TINY_TRAINING = {
     "generator": {**TINY_GENERATOR, "max_steps": 30, "eval_samples": 8},
     "preference": {"max_epochs": 2, "batch_size": 256, "bootstrap": 50},
     # A model trained for seconds cannot reach production floors; this test is about the
-    # wiring (the gates' own tests check that floors reject bad models).
+    # wiring (the gates' own tests check that floors reject bad models). Its calibration in the
+    # large varies from run to run (0.33 once against the production 0.25, under load).
     "gates": {"preference_auc_min": 0.5, "generator_bleu4_min": 0.0, "max_ece": 0.5,
-              "max_hallucination_rate": 1.0},
+              "max_calibration_ratio_error": 5.0, "max_hallucination_rate": 1.0},
 }
 
 
@@ -217,8 +218,12 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
         def __init__(self, inner: Champion) -> None:
             self.inner = inner
 
-        def current(self):
-            return replace(self.inner.current(), origin="release 2 (champion)", release="2")
+        def current(self, looked_up_since=None):
+            return replace(self.inner.current(looked_up_since), origin="release 2 (champion)", release="2")
+
+        @property
+        def checked_at(self):
+            return self.inner.checked_at
 
         @property
         def loaded(self):
