@@ -116,6 +116,7 @@ class Champion:
         self._current: Loaded | None = None
         self._failure: Exception | None = None  # why nothing is loaded, until the next look-up
         self._checked = float("-inf")
+        self._changed = float("-inf")  # when what serves last changed (another model or release)
         self.last_error: str | None = None  # why the last look-up failed, while the previous champion serves
         self.not_loaded: str | None = None  # the champion that failed to load while an older one serves
 
@@ -139,6 +140,11 @@ class Champion:
     def checked_at(self) -> float:
         """When the registry was last looked up (this champion's clock)."""
         return self._checked
+
+    @property
+    def changed_at(self) -> float:
+        """When a look-up last changed what serves: another model or another release."""
+        return self._changed
 
     def current(self, looked_up_since: float | None = None) -> Loaded:
         """The model to serve; the registry is looked up again once `reload_seconds` have passed,
@@ -171,6 +177,8 @@ class Champion:
                     raise
                 self.not_loaded = model.origin if model is not None and model.version != self._current.version else None
                 return self._current
+            if self._current is None or (loaded.version, loaded.release) != (self._current.version, self._current.release):
+                self._changed = now
             self._current, self._failure, self.last_error, self.not_loaded = loaded, None, None, None
             return loaded
 
@@ -182,16 +190,20 @@ def aligned(champion: Champion, scorer: Champion | None) -> Loaded:
     Each family looks up its champion on its own timer, so after a promote or a rollback one
     served the new release up to `reload_seconds` before the other, and every request between
     fell to a uniform draw (one release serves, all its models together). When the two loaded
-    models name different releases, the one looked up earlier looks up again now: once per
-    look-up of the other, so a new champion that fails to load is not tried on every request.
+    models name different releases, one that has not looked up since the other changed looks up
+    again now: once per change of the other, so a new champion that fails to load is not tried
+    on every request (forcing on look-up times alone would alternate the two, one forced look-up
+    per request).
     """
     model = champion.current()
     if scorer is None or scorer.loaded is None or scorer.loaded.release == model.release:
         return model
-    if champion.checked_at < scorer.checked_at:
-        return champion.current(looked_up_since=scorer.checked_at)
+    if champion.checked_at < scorer.changed_at:
+        return champion.current(looked_up_since=scorer.changed_at)
+    if scorer.checked_at >= champion.changed_at:
+        return model
     try:
-        scorer.current(looked_up_since=champion.checked_at)
+        scorer.current(looked_up_since=champion.changed_at)
     except Exception:  # noqa: BLE001 - choosing is optional: choose_copy and /health report it
         pass
     return model

@@ -226,6 +226,10 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
             return self.inner.checked_at
 
         @property
+        def changed_at(self):
+            return self.inner.changed_at
+
+        @property
         def loaded(self):
             return self.current()
 

@@ -140,8 +140,14 @@ def test_after_a_promote_the_family_that_looked_up_earlier_looks_up_again_at_onc
     failing.add(first.ref)
     rollback(cfg, actor="test")
     clock.now = 70.0
+    assert generator.current().release == "1"  # its timer ran out first
+    clock.now = 70.2
     assert aligned(generator, preference).release == "1"
     assert preference.loaded.release == "2" and preference.not_loaded == "release 1 (champion)"
     looked = len(tried)
-    clock.now = 71.0
-    assert aligned(generator, preference).release == "1" and len(tried) == looked
+    for step in range(1, 6):  # requests a moment apart, each look-up at its own time
+        clock.now = 70.0 + step
+        assert aligned(generator, preference).release == "1"
+        clock.now += 0.5
+        preference.current()  # the request's choice looks the preference model up
+    assert len(tried) == looked, "the failing model was loaded again between look-up intervals"
