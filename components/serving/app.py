@@ -380,6 +380,20 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                           len(result.withheld) + servable, result.product_id, model.version,
                           "no copy served" if servable == 0 else "served among the others", why)
 
+    def no_copy_left(result, model: Loaded) -> HTTPException:
+        """The request's every candidate broke a hard rule (or none was written): 503, as for
+        the other "nothing may be served" answers; the client's request was fine. Sampling
+        draws are seeded by the request, so the same request gets the same answer until the
+        release or the shopper data changes. Counted in /health and logged (not the shopper)."""
+        if result.withheld:
+            why = f"all {len(result.withheld)} candidate(s) broke a hard rule ({withheld_summary(result.withheld)})"
+        else:  # note_withheld logged and counted the case above
+            why = "the generator wrote no candidate"
+            withheld["requests_without_copy"] += 1
+            withheld["last"] = f"product {result.product_id}: {why}"
+            log_rules.warning("no candidate for product %s (%s), no copy served", result.product_id, model.version)
+        return HTTPException(503, f"no copy of product {result.product_id} may be served: {why}; nothing was logged as served")
+
     def feedback_log_counts() -> dict[str, int]:
         try:
             return log.counts()
@@ -434,8 +448,7 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 if result.withheld:
                     note_withheld(result, model, servable=len(distinct))
                 if not distinct:
-                    why = f": all {len(result.withheld)} candidates broke a hard rule ({withheld_summary(result.withheld)})" if result.withheld else ""
-                    raise HTTPException(500, f"the generator wrote no copy for this product that may be served{why}")
+                    raise no_copy_left(result, model)
                 picked, scorer_version = choose_copy(model, data, user_id, request.product, distinct)
         except UnknownEntity as exc:
             raise HTTPException(404, str(exc)) from exc

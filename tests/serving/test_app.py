@@ -148,8 +148,8 @@ def served_decisions(cfg) -> list[dict]:
 
 def test_a_candidate_that_breaks_a_rule_is_never_served(make_cfg, tmp_path, caplog):
     """The decoder is pushed toward 最 in half of its rows, and blind to it: half the candidates
-    say 最. The server serves only the others; with every row pushed, it serves nothing (500),
-    says why, logs it and counts it in /health."""
+    say 最. The server serves only the others; with every row pushed, it serves nothing (503),
+    names the product and the rules broken, logs it and counts it in /health."""
     cfg, client, generator, user = serve_a_tiny_bundle(make_cfg, tmp_path, MAINTAINED_AD_LAW_WORDS)
     generator.blocker = BlindTo("最", generator.tokenizer)
     generator.backend = Forcing(generator.backend, generator.tokenizer, rows=lambda n: np.arange(n) % 2 == 0)
@@ -168,7 +168,11 @@ def test_a_candidate_that_breaks_a_rule_is_never_served(make_cfg, tmp_path, capl
     generator.backend.rows = lambda n: np.ones(n, dtype=bool)  # every candidate says 最
     with caplog.at_level("WARNING", logger="copyflow.serving"):
         refused = client.post("/copy", json={"user": user, "product": "p1"})
-    assert refused.status_code == 500 and "broke a hard rule" in refused.text and "最" in refused.text
+    # A 503 like the other "nothing may be served" answers (it was a bare 500: a server fault)
+    assert refused.status_code == 503, refused.text
+    detail = refused.json()["detail"]
+    assert "no copy of product p1 may be served" in detail and "broke a hard rule" in detail and "最" in detail, detail
+    assert user not in detail and str(tmp_path) not in detail
     assert "no copy served" in caplog.text and "p1" in caplog.text and user not in caplog.text  # the shopper is not logged
     assert client.get("/health").json()["withheld"]["requests_without_copy"] == 1
     assert len(served_decisions(cfg)) == 12  # nothing logged as served
