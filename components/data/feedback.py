@@ -137,6 +137,19 @@ def _json_line(record: dict) -> str:
 TAIL_BYTES = 64
 
 
+def _ends_mid_line(path: Path) -> bool:
+    """The file exists, is not empty and its last byte is not a line break."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 class FeedbackLog:
     """Append-only feedback in one folder (created on first write).
 
@@ -419,15 +432,18 @@ class FeedbackLog:
 
     def fragments(self) -> int:
         """Partial lines that dead writers left: moved to `<file>.fragments`, or still at a file's
-        end. No table reads them; the source stage reports the count, so none goes unnoticed."""
+        end. No table reads them; the source stage and /health report the count, so none goes
+        unnoticed. Under the shared lock (a line being appended is not a fragment), and reading
+        only the live files' last byte: /health asks on every probe."""
+        if not self.folder.is_dir():
+            return 0
         count = 0
-        for name in (RAW_FILES["copies"], RAW_FILES["events"], SERVED_FILE):
-            moved = self.folder / f"{name}.fragments"
-            if moved.exists():
-                count += sum(1 for line in moved.read_bytes().split(b"\n") if line.strip())
-            live = self.folder / name
-            if live.exists() and live.stat().st_size and not live.read_bytes().endswith(b"\n"):
-                count += 1
+        with self._locked(exclusive=False):
+            for name in (RAW_FILES["copies"], RAW_FILES["events"], SERVED_FILE):
+                moved = self.folder / f"{name}.fragments"
+                if moved.exists():
+                    count += sum(1 for line in moved.read_bytes().split(b"\n") if line.strip())
+                count += _ends_mid_line(self.folder / name)
         return count
 
     def snapshot(self, destination: Path) -> dict[str, Path]:

@@ -1,6 +1,7 @@
 """The copy server: personalized copy over HTTP from the champion release, and the feedback log.
 
     GET  /health    which generator serves (release, model URI), the shopper data, the feedback log's counts
+                    (lines, and partial lines that dead writers left)
     POST /copy      {user, product, tone?, length?} -> one copy for this shopper and product
     POST /feedback  {serve_id, event_type, timestamp?, value?, event_id?} -> what the shopper did
 
@@ -418,7 +419,8 @@ def create_app(cfg: Config, champion: Champion | None = None, shoppers: ShopperS
                 "generator_not_loaded": champion.not_loaded, "registry_error": champion.last_error, "choice": chooser,
                 "withheld": dict(withheld),
                 "shoppers": {"users": len(data.users), "products": len(data.attributes), "reload_error": shoppers.last_error},
-                "feedback": feedback_log_counts()}  # no paths: /health answers without a token
+                # no paths: /health answers without a token; fragments: partial lines dead writers left
+                "feedback": {**feedback_log_counts(), "fragments": log.fragments()}}
 
     @app.post("/copy", response_model=CopyResponse, response_model_by_alias=True, dependencies=[Depends(authorized)])
     def copy(request: CopyRequest) -> dict[str, Any]:

@@ -309,3 +309,26 @@ def test_a_partial_last_line_is_set_aside_with_a_warning_and_loses_nothing(make_
     assert "events.csv" in caplog.text and "events.csv.fragments" in caplog.text and "shopper1" not in caplog.text
     assert FeedbackLog(folder).counts() == {"copies": 1, "served": 1, "events": 2}
     assert (folder / "events.csv.fragments").read_text(encoding="utf-8") == "fb-dead,shopper1,p1,gen-\n"
+
+
+def test_health_counts_the_partial_lines_dead_writers_left_without_naming_the_folder(make_cfg, tmp_path, caplog):
+    """A fragment set aside was said only in the server's log and the next retrain's summary:
+    /health, which an operator's probe reads, now counts them (at a file's end, or set aside)."""
+    cfg, client, _, user = serve_a_tiny_bundle(make_cfg, tmp_path, MAINTAINED_AD_LAW_WORDS)
+    folder = cfg.feedback_dir()
+    assert client.get("/health").json()["feedback"]["fragments"] == 0
+    assert not folder.exists()  # asking creates nothing
+    assert client.post("/copy", json={"user": user, "product": "p1"}).status_code == 200
+    with open(folder / "events.csv", "a", encoding="utf-8") as handle:
+        handle.write(f"fb-dead,{user},p1,gen-")  # a server killed mid-line
+    health = client.get("/health")
+    assert health.json()["feedback"] == {"copies": 1, "served": 1, "events": 1, "fragments": 1}
+    with caplog.at_level("WARNING", logger="copyflow.feedback"):
+        assert client.post("/copy", json={"user": user, "product": "p1"}).status_code == 200
+    assert "events.csv.fragments" in caplog.text  # the next write set it aside
+    with open(folder / "served.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"serve_id": "dead", "user_')
+    health = client.get("/health")
+    assert health.json()["feedback"]["fragments"] == 2 and health.json()["feedback"]["served"] == 2
+    assert str(folder) not in health.text and user not in health.text  # /health needs no token
+    assert all(isinstance(n, int) for n in health.json()["feedback"].values())
