@@ -341,7 +341,7 @@ def generate(
         typer.secho(f"withheld {len(result.withheld)} {'copy' if len(result.withheld) == 1 else 'copies'} that broke a hard rule "
                     f"({withheld_summary(result.withheld)})", fg=typer.colors.YELLOW, err=True)
     if not result.copies:
-        typer.secho("error: no copy of this product may be served (the copy server answers 500 here)", fg=typer.colors.RED, err=True)
+        typer.secho("error: no copy of this product may be served (the copy server answers 503 here)", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     scores, scored_by = _copy_scores(cfg, shoppers, result)
     for i, text in enumerate(result.copies, 1):
