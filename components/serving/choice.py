@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components.data.attributes import UNK
+from components.features.copy_mentions import values_mentioned
 
 UNIFORM, PREFERENCE = "uniform", "preference"
 # Scores this close to the best (relative) are equal best scores. The net computes in float32, and
@@ -47,9 +47,8 @@ class Choice:
 
 def top_value_mentions(texts: list[str], top_values: set[tuple[str, str]]) -> list[int]:
     """Per text, how many of the shopper's top values it mentions: the features stage's
-    `uc_copy_pref_mentions` (a value mentioned verbatim; the masked brand never counts)."""
-    values = [v for _, v in top_values if v and v != UNK]
-    return [sum(v in text for v in values) for text in texts]
+    `uc_copy_pref_mentions`, by its rule (`values_mentioned`)."""
+    return [len(values_mentioned(text, top_values)) for text in texts]
 
 
 def candidate_frame(row: pd.DataFrame, texts: list[str], top_values: set[tuple[str, str]]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.data.attributes import UNK  # a masked brand in the corpus: not a wording a shopper can prefer
+from components.features.copy_mentions import values_mentioned  # the copy-mention rule, as the features stage reads it
 
 PAD, OOV = 0, 1
 FIRST_ID = 2
@@ -115,20 +115,19 @@ def load_feature_tables(features_dir: Path | str, copies_path: Path | str | None
 
 
 def mentioned_attributes(text: str, attributes: list[tuple[str, str]]) -> list[str]:
-    """The "key#value" attributes whose value the text mentions (substring), sorted, at most
+    """The "key#value" attributes whose value the text mentions (`values_mentioned`), sorted, at most
     MAX_MENTIONS_PER_COPY: what the deep model reads of a copy."""
-    found = sorted({f"{k}#{v}" for k, v in attributes if v and v != UNK and v in text})
+    found = sorted({f"{k}#{v}" for k, v in values_mentioned(text, attributes)})
     return found[:MAX_MENTIONS_PER_COPY]
 
 
 def copy_mentions(copies: pd.DataFrame | None, product_attributes: pd.DataFrame) -> dict[str, list[str]]:
-    """copy_id -> the "key#value" attributes of its product that its text mentions (substring)."""
+    """copy_id -> the "key#value" attributes of its product that its text mentions."""
     if copies is None or copies.empty:
         return {}
     by_product: dict[str, list[tuple[str, str]]] = {}
     for product, key, value in zip(product_attributes["product_id"].astype(str), product_attributes["attr_key"].astype(str), product_attributes["attr_value"].astype(str)):
-        if value and value != UNK:
-            by_product.setdefault(product, []).append((key, value))
+        by_product.setdefault(product, []).append((key, value))
     return {
         copy_id: mentioned_attributes(text, by_product.get(product, []))
         for copy_id, product, text in zip(copies["copy_id"].astype(str), copies["product_id"].astype(str), copies["text"].fillna("").astype(str))
