@@ -89,7 +89,9 @@ def _local(cfg: Config, family: str, reason: str) -> ResolvedModel:
     ref = model_dir if model_dir and Path(model_dir).exists() else manifest["model_uri"]
     # The local dir keeps its path across retrains: the training run tells one model from the next.
     version = manifest.get("model_uri") or f"run:{manifest.get('run_id')}"
-    return ResolvedModel(family, str(ref), f"local training output {manifest_path.parent} (no release yet)", version)
+    # Named under paths.artifacts, not by its absolute path: /health shows the origin without a token.
+    where = manifest_path.parent.relative_to(cfg.paths.artifacts).as_posix()
+    return ResolvedModel(family, str(ref), f"local training output {where} under paths.artifacts (no release yet)", version)
 
 
 def _failed_gate(cfg: Config, family: str, run_id: str | None) -> str | None:

@@ -30,6 +30,8 @@ def test_local_fallback_before_any_release_but_never_a_gate_failure(make_cfg, mo
 
     resolved = resolve_model(cfg, "generator")  # no store yet: the local output
     assert "no release yet" in resolved.origin and resolved.ref.endswith("model")
+    # /health shows the origin to anyone: a folder of this machine is not for them
+    assert str(cfg.paths.artifacts) not in resolved.origin and f"{cfg.profile}/models/generator" in resolved.origin
     assert not store.exists()
     with pytest.raises(NoModel, match="no MLflow tracking store"):
         resolve_model(cfg, "generator", allow_local=False)
