@@ -138,7 +138,7 @@ def retrain(
     """Run the retrain flow (Prefect): source -> ingest -> validate -> clean -> features -> train -> gate -> register."""
     from components.run_summary import format_summary
     from components.tracking import StoreUnreachable, require_server, tracking_uri
-    from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, tracked_params
+    from flows.retrain import DataGateFailed, ParamsNotTracked, RetrainBusy, one_retrain_at_a_time, tracked_params
     from flows.retrain import retrain as retrain_flow
 
     from components.dvc_runner import StageFailed
@@ -152,6 +152,12 @@ def retrain(
     except ParamsNotTracked as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    try:
+        with one_retrain_at_a_time(cfg):
+            pass  # another retrain holds the lock: one line now, not after Prefect's 30-line traceback
+    except RetrainBusy as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
     _require_prefect_server()
     try:
         require_server(cfg)  # a stopped MLflow server: one line now, not minutes of retries mid-flow
