@@ -149,7 +149,7 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     text = read_utf8(path)
     if not text.strip():
         raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
-    _require_header_width(path, text)
+    require_header_width(path, text)
     try:
         # index_col=False: given rows one field longer than the header (a trailing comma on each),
         # pandas would otherwise make the first column the index and shift every value one left.
@@ -163,7 +163,7 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     return df[columns]
 
 
-def _require_header_width(path: Path, text: str) -> None:
+def require_header_width(path: Path, text: str) -> None:
     """Every row has exactly the header's fields. pandas fills a short row with missing values: a
     row cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls. A long
     row it drops fields from or, if every row is long, shifts into the wrong columns."""

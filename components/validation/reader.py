@@ -6,6 +6,8 @@ Each table may arrive as `<table>.parquet` (canonical, see components/data/schem
 Expectations type checks as it is. CSV and JSON Lines carry no types, so their columns are coerced
 to the canonical types value by value; a value that does not parse stays as the original text, so
 the type expectation fails on exactly those rows and shows them as examples.
+A CSV row with more or fewer fields than the header makes the file unreadable (its lines named),
+as in ingestion: read as nulls, a cut-off row would pass the null checks' tolerance unseen.
 
 The frames use representations Great Expectations checks reliably on pandas: text as Python `str`
 objects, integers as nullable `Int32`/`Int64`, floats as float64, timestamps as tz-aware UTC, and
@@ -26,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.data.raw import RawFormatError, require_header_width
 from components.data.schema import ATTRIBUTES_TYPE, SCHEMAS, TABLES
 
 # Preferred first: when a table exists in several formats, the canonical parquet wins.
@@ -163,6 +166,12 @@ def _decode_utf8(path: Path, table: str) -> str:
 
 
 def _parse_csv(text: str, path: Path, table: str) -> pd.DataFrame:
+    try:
+        # pandas fills a short row (a cut-off upload) with nulls, which pass the null checks'
+        # tolerance and are then dropped by cleaning: refuse it, naming the lines, as ingestion does.
+        require_header_width(path, text)
+    except RawFormatError as exc:
+        raise TableReadError(ReadIssue(table, "file_parseable", str(path), f"not a readable CSV file: {exc}")) from exc
     try:
         # Every cell as text (None when empty): types are decided by `coerce_to_schema`.
         frame = pd.read_csv(io.StringIO(text), dtype=object, keep_default_na=False, na_values=[""])

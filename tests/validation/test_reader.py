@@ -93,3 +93,21 @@ def test_missing_table_and_format_preference(clean, tmp_path):
     assert "copies" in batch.issues[0].message
     assert batch.files["users"].name == "users.parquet"  # canonical parquet wins
     assert [p.name for p in batch.extra_files["users"]] == ["users.csv"]
+
+
+def test_a_csv_row_cut_short_is_an_issue_naming_its_line_not_a_row_of_nulls(clean, tmp_path):
+    # pandas read the cut-off row as nulls: within the null checks' tolerance, the batch passed
+    # and cleaning dropped the row without a word.
+    write_batch(clean, tmp_path)
+    (tmp_path / "events.parquet").unlink()
+    clean["events"].to_csv(tmp_path / "events.csv", index=False)
+    lines = (tmp_path / "events.csv").read_text(encoding="utf-8").split("\n")
+    lines[9] = ",".join(lines[9].split(",")[:3])  # line 10: a writer killed mid-row
+    (tmp_path / "events.csv").write_text("\n".join(lines), encoding="utf-8")
+
+    batch = read_batch(tmp_path)
+
+    assert "events" not in batch
+    [issue] = batch.issues
+    assert issue.table == "events" and issue.check == "file_parseable"
+    assert "1 row(s) with fewer than the header's" in issue.message and "line 10 has 3" in issue.message
