@@ -228,6 +228,17 @@ def _stage_reports(cfg, stage: str) -> list[Path]:
     return []
 
 
+def _last_lines(text: str, limit: int = 1000) -> str:
+    """The end of a stage's output for an MLflow tag: where the error is, in whole lines (a cut
+    at a fixed character count began mid-word), within `limit` characters (MLflow takes 8,000)."""
+    kept: list[str] = []
+    for line in reversed(text.strip().splitlines()):
+        if kept and sum(len(k) + 1 for k in kept) + len(line) > limit:
+            break
+        kept.insert(0, line)
+    return "\n".join(kept)[-limit:]
+
+
 def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run_id: str) -> None:
     """Log what failed to MLflow (the GE report for the gate); the parent run ends FAILED as the
     exception leaves its `with` block."""
@@ -242,7 +253,7 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         stage,
         summary,
         artifacts=_stage_reports(cfg, stage),
-        tags={"profile": cfg.profile, "error": str(failure)[-240:], **({"ge.verdict": "failed"} if stage == "validate" else {})},
+        tags={"profile": cfg.profile, "error": _last_lines(str(failure)), **({"ge.verdict": "failed"} if stage == "validate" else {})},
         status="FAILED",
     )
     mlflow.set_tag("failed_stage", stage)

@@ -130,6 +130,9 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     gate_run = next(r for r in runs if r.data.tags.get("stage") == "validate")
     assert gate_run.info.status == "FAILED"
     assert gate_run.data.tags["profile"] == "quick"
+    # the error tag is the end of the stage's output in whole lines, down to the failed check (a
+    # cut at 240 characters kept only the report's path and DVC's last line)
+    assert "checks failed (events.event_id: expect_column_values_to_be_unique)" in gate_run.data.tags["error"]
     logged = {a.path for a in client.list_artifacts(gate_run.info.run_id)}
     assert "report.md" in logged
     assert client.search_registered_models() == []
