@@ -19,6 +19,7 @@ from components import dvc_runner, pipeline, tracking
 from components.config import load_config
 from components.evaluation.frozen import SnapshotError
 from components.evaluation.gates import GateFailed, GateInputError
+from components.registry.names import VERDICT_FAIL, VERDICT_PASS, verdict
 from components.run_summary import RetrainResult, format_summary
 from components.validation.report import failures_section, list_failed
 
@@ -187,10 +188,10 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
                 lock=dvc_runner.stage_lock(stage, profile, root),
                 skipped=repro.skipped,
                 artifacts=_stage_reports(cfg, stage),
-                tags={"profile": profile, **({"ge.verdict": "passed"} if stage == "validate" else {})},
+                tags={"profile": profile, **({"ge.verdict": VERDICT_PASS} if stage == "validate" else {})},
             )
             if stage == "validate":
-                mlflow.set_tag("ge.verdict", "passed")
+                mlflow.set_tag("ge.verdict", VERDICT_PASS)
         mlflow.set_tag("dvc.lock.sha256", dvc_runner.lock_digest(root))
         if (root / "dvc.lock").exists():
             # Every retrain rewrites dvc.lock, so git does not keep it: the run does. With it,
@@ -204,7 +205,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
                 mlflow.set_tags({"failed_stage": "release", "error": str(failure).strip().splitlines()[0][:240]})
                 raise
             mlflow.set_tag("release", str(result.release.get("release") or ""))
-            mlflow.set_tag("release.gate", "passed" if result.release.get("passed") else "failed")
+            mlflow.set_tag("release.gate", verdict(bool(result.release.get("passed"))))
     summary = format_summary(result, tracking.tracking_uri(cfg))
     _publish(f"retrain-{profile}", f"```\n{summary}\n```", f"copyflow retrain summary ({profile})")
     get_run_logger().info("retrain done: summary in the artifact retrain-%s; MLflow run %s", profile, result.mlflow_run_id)
@@ -253,12 +254,12 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         stage,
         summary,
         artifacts=_stage_reports(cfg, stage),
-        tags={"profile": cfg.profile, "error": _last_lines(str(failure)), **({"ge.verdict": "failed"} if stage == "validate" else {})},
+        tags={"profile": cfg.profile, "error": _last_lines(str(failure)), **({"ge.verdict": VERDICT_FAIL} if stage == "validate" else {})},
         status="FAILED",
     )
     mlflow.set_tag("failed_stage", stage)
     if stage == "validate":
-        mlflow.set_tag("ge.verdict", "failed")
+        mlflow.set_tag("ge.verdict", VERDICT_FAIL)
         report = pipeline.stage_output_dir(cfg, stage) / "report.md"
         text = report.read_text(encoding="utf-8") if report.exists() else failure.output
         failed = summary.get("failed") or []

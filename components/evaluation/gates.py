@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.stats
 
 from components.config import GatesConfig
+from components.registry.names import verdict
 
 RuleKind = Literal["floor", "guardrail", "non_inferiority"]
 
@@ -89,7 +90,7 @@ class GateResult:
 
     @property
     def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
+        return verdict(self.passed)
 
     def failures(self) -> list[RuleResult]:
         return [rule for rule in self.rules if not rule.passed]

@@ -28,7 +28,7 @@ from components.evaluation.frozen import Scorer, ensure_snapshot, score_on_snaps
 from components.evaluation.gates import GateFailed, GateResult, evaluate_gate, render_report
 from components.registry.evidence import gate_clusters, log_gate_artifacts, member_label, member_scores
 from components.registry.lineage import lineage_tags
-from components.registry.names import CHALLENGER, CHAMPION, LINEAGE_TAGS, RELEASE_MODEL, registered_model
+from components.registry.names import CHALLENGER, CHAMPION, LINEAGE_TAGS, RELEASE_MODEL, VERDICT_PASS, registered_model, verdict
 from components.registry.release import create_release, load_manifest, now_iso, release_with_alias
 from components.registry.store import bundle_files, ensure_registered_model, registry_client, registry_lock, set_alias, versions_of_run
 
@@ -86,7 +86,7 @@ def _registered_versions(client: MlflowClient, families: list[str], manifests: l
 def _previous_outcome(client: MlflowClient, found: dict) -> ReleaseOutcome:
     """The verdict these training runs already got: their release, or their gate failure again."""
     versions = {family: str(v.version) for family, v in found.items()}
-    if all(v.tags.get("gate.verdict") == "pass" for v in found.values()):
+    if all(v.tags.get("gate.verdict") == VERDICT_PASS for v in found.values()):
         for release in client.search_model_versions(f"name = '{RELEASE_MODEL}'"):
             if all(release.tags.get(f"member.{f}") == version for f, version in versions.items()):
                 manifest = load_manifest(client, release.version)
@@ -225,7 +225,7 @@ def release_candidates(
         lineage[family] = tags
     if parent_run_id:
         client.log_text(parent_run_id, report, "gate/report.md")
-        client.set_tag(parent_run_id, "gate.verdict", "pass" if passed else "fail")
+        client.set_tag(parent_run_id, "gate.verdict", verdict(passed))
     if not passed:
         raise GateFailed(report, gates)
 
@@ -239,13 +239,13 @@ def release_candidates(
         "profile": cfg.profile,
         "created_at": now_iso(),
         "baseline_release": champion_release,
-        "gate_verdict": "pass",
+        "gate_verdict": VERDICT_PASS,
         "gate_report": report,
         "members": members,
         "lineage": lineage,
     }
     release_tags = {
-        "gate.verdict": "pass",
+        "gate.verdict": VERDICT_PASS,
         "profile": cfg.profile,
         "git_commit": any_lineage["git_commit"],
         "dvc.lock.sha256": any_lineage["dvc.lock.sha256"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from components import dvc_runner, tracking
 from components.config import Config
-from components.registry.names import KEY_METRICS, METRIC_TAG_PREFIX
+from components.registry.names import KEY_METRICS, METRIC_TAG_PREFIX, verdict
 
 # Prefect's workers and the flow engine export the running flow's id to its process.
 PREFECT_FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
@@ -37,7 +37,7 @@ def ge_verdict(cfg: Config, parent_tags: dict[str, str] | None = None) -> str:
         for key in ("verdict", "success", "passed"):
             if key in data:
                 value = data[key]
-                return ("passed" if value else "failed") if isinstance(value, bool) else str(value)
+                return verdict(value) if isinstance(value, bool) else str(value)
     return "unknown"
 
 

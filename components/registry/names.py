@@ -36,6 +36,14 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
 
 RELEASE_MANIFEST_PATH = "release/manifest.json"
 
+# The one vocabulary of every verdict tag (gate.verdict, release.gate, ge.verdict), on runs and
+# versions alike: a UI search such as tags."gate.verdict" = 'pass' finds every kind of run.
+VERDICT_PASS, VERDICT_FAIL = "pass", "fail"
+
+
+def verdict(passed: bool) -> str:
+    return VERDICT_PASS if passed else VERDICT_FAIL
+
 
 def registered_model(family: str) -> str:
     if family not in REGISTERED_MODELS:

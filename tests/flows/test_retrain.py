@@ -42,11 +42,15 @@ def test_data_stages_run_then_skip_when_unchanged(tmp_path, prefect_harness, mon
 
     client, runs = _runs(project)
     parent = client.get_run(first.mlflow_run_id)
-    assert parent.data.tags["ge.verdict"] == "passed"
+    assert parent.data.tags["ge.verdict"] == "pass"  # the vocabulary of gate.verdict and release.gate
     logged_lock = Path(client.download_artifacts(first.mlflow_run_id, "dvc.lock", str(tmp_path / "lock")))
     assert hashlib.sha256(logged_lock.read_bytes()).hexdigest() == parent.data.tags["dvc.lock.sha256"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.mlflow_run_id]
     assert sorted(r.data.tags["stage"] for r in children) == sorted(DATA_STAGES)
+    # One verdict vocabulary for every verdict tag: the UI's search finds the retrain and its gate run.
+    passed = client.search_runs([parent.info.experiment_id], "tags.`ge.verdict` = 'pass'")
+    assert first.mlflow_run_id in {r.info.run_id for r in passed}
+    assert any(r.data.tags.get("stage") == "validate" for r in passed)
     ingest = next(r for r in children if r.data.tags["stage"] == "ingest")
     assert any(k.startswith("dvc.outs.") for k in ingest.data.tags)  # data hash from dvc.lock
     summary = prefect_artifact("retrain-quick")
@@ -125,10 +129,10 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     client, runs = _runs(project)
     parent = next(r for r in runs if r.data.tags.get("kind") == "retrain")
     assert parent.info.status == "FAILED"
-    assert parent.data.tags["ge.verdict"] == "failed"
+    assert parent.data.tags["ge.verdict"] == "fail"
     assert parent.data.tags["failed_stage"] == "validate"
     gate_run = next(r for r in runs if r.data.tags.get("stage") == "validate")
-    assert gate_run.info.status == "FAILED"
+    assert gate_run.info.status == "FAILED" and gate_run.data.tags["ge.verdict"] == "fail"
     assert gate_run.data.tags["profile"] == "quick"
     # the error tag is the end of the stage's output in whole lines, down to the failed check (a
     # cut at 240 characters kept only the report's path and DVC's last line)

@@ -152,7 +152,7 @@ def test_release_inside_a_retrain_run_records_its_lineage_and_report(world):
     assert client.get_run(release.run_id).data.tags["mlflow.parentRunId"] == world.parent_run_id
     for family, version in world.second.versions.items():
         tags = client.get_model_version(REGISTERED_MODELS[family], version).tags
-        assert tags["ge.verdict"] == "passed" and tags["prefect_flow_run_id"] == "flow-run-2"
+        assert tags["ge.verdict"] == "pass" and tags["prefect_flow_run_id"] == "flow-run-2"
     first = client.get_model_version("copyflow-preference", world.first.versions["preference"]).tags
     assert first["prefect_flow_run_id"] == "none"  # released outside Prefect: recorded as such, not missing
 

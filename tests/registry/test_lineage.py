@@ -38,8 +38,10 @@ def test_ge_verdict_prefers_the_retrain_run_tag_then_the_validation_summary(make
     summary = cfg.stage_dir("validation") / "summary.json"
     summary.parent.mkdir(parents=True)
     summary.write_text(json.dumps({"success": False}), encoding="utf-8")
-    assert ge_verdict(cfg) == "failed"
-    assert ge_verdict(cfg, {"ge.verdict": "passed"}) == "passed"
+    assert ge_verdict(cfg) == "fail"  # the vocabulary of gate.verdict, so one search finds both
+    summary.write_text(json.dumps({"success": True}), encoding="utf-8")
+    assert ge_verdict(cfg) == "pass"
+    assert ge_verdict(cfg, {"ge.verdict": "fail"}) == "fail"
 
 
 def test_lineage_tags_are_complete(make_cfg, tmp_path, monkeypatch):
@@ -47,7 +49,7 @@ def test_lineage_tags_are_complete(make_cfg, tmp_path, monkeypatch):
     _write_lock(tmp_path, "ccc.dir")
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-123")
     manifest = {"model": "preference", "run_id": "r1", "model_uri": "runs:/r1/model", "metrics": {"auc": 0.71234567, "note": "x"}}
-    tags = lineage_tags(cfg, manifest, project_dir=tmp_path, parent_tags={"ge.verdict": "passed", "git_commit": "abc"})
+    tags = lineage_tags(cfg, manifest, project_dir=tmp_path, parent_tags={"ge.verdict": "pass", "git_commit": "abc"})
     assert tags["prefect_flow_run_id"] == "flow-run-123" and tags["git_commit"] == "abc"
     assert tags["dvc.lock.sha256"] != "none" and tags["data.sha256"] != "none"
     assert tags["metric.auc"] == "0.712346" and "metric.note" not in tags

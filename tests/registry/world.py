@@ -115,7 +115,7 @@ def build_world(base: Path, *, generator: bool = True, with_failure: bool = True
     # As the retrain flow does: inside its parent run, which carries the GE verdict and flow-run id.
     import mlflow
 
-    parent_tags = {"ge.verdict": "passed", "prefect_flow_run_id": "flow-run-2", "kind": "retrain"}
+    parent_tags = {"ge.verdict": "pass", "prefect_flow_run_id": "flow-run-2", "kind": "retrain"}
     with mlflow.start_run(run_name="retrain-quick", tags=parent_tags) as parent:
         world.parent_run_id = parent.info.run_id
         world.second = release_candidates(
