@@ -19,7 +19,7 @@ from components import dvc_runner, pipeline, tracking
 from components.config import load_config
 from components.evaluation.frozen import SnapshotError
 from components.evaluation.gates import GateFailed, GateInputError
-from components.registry.names import VERDICT_FAIL, VERDICT_PASS, verdict
+from components.registry.names import VERDICT_FAIL, VERDICT_PASS
 from components.run_summary import RetrainResult, format_summary
 from components.validation.report import failures_section, list_failed
 
@@ -205,7 +205,6 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
                 mlflow.set_tags({"failed_stage": "release", "error": str(failure).strip().splitlines()[0][:240]})
                 raise
             mlflow.set_tag("release", str(result.release.get("release") or ""))
-            mlflow.set_tag("release.gate", verdict(bool(result.release.get("passed"))))
     summary = format_summary(result, tracking.tracking_uri(cfg))
     _publish(f"retrain-{profile}", f"```\n{summary}\n```", f"copyflow retrain summary ({profile})")
     get_run_logger().info("retrain done: summary in the artifact retrain-%s; MLflow run %s", profile, result.mlflow_run_id)

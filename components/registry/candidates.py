@@ -223,9 +223,15 @@ def release_candidates(
         members[family]["version"] = versions[family]
         members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
         lineage[family] = tags
+    # The release's outcome on every version and training run of it: a member that passed its
+    # own gate in a rejected release must not read as shipped (gate.verdict=pass alone).
+    for family, manifest in zip(families, manifests, strict=True):
+        client.set_model_version_tag(registered_model(family), versions[family], "release.gate", verdict(passed))
+        client.set_tag(manifest["run_id"], "release.gate", verdict(passed))
     if parent_run_id:
         client.log_text(parent_run_id, report, "gate/report.md")
         client.set_tag(parent_run_id, "gate.verdict", verdict(passed))
+        client.set_tag(parent_run_id, "release.gate", verdict(passed))
     if not passed:
         raise GateFailed(report, gates)
 

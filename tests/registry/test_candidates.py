@@ -123,6 +123,32 @@ def test_rerun_with_unchanged_training_runs_registers_nothing_new(world):
     assert len(client.search_model_versions("name='copyflow-preference'")) == count
 
 
+def test_a_member_that_passed_in_a_rejected_release_carries_the_release_outcome(fresh_world):
+    """A generator version that passed its own gate in a release whose preference model failed
+    showed gate.verdict=pass and nothing else: it read as if it shipped."""
+    import mlflow
+
+    from tests.registry import helpers
+
+    world = fresh_world
+    client = registry_client(world.cfg)
+    degraded = helpers.train_preference(world.cfg, world.base, shuffled=True, seed=5)
+    generator = helpers.train_generator(world.cfg, world.base, suffix="面料柔软亲肤，穿着舒适又好看。")
+    with mlflow.start_run(run_name="retrain-quick") as parent:
+        with pytest.raises(GateFailed):
+            release_candidates(world.cfg, [degraded, generator], project_dir=ROOT, scorers=helpers.SCORERS,
+                               parent_run_id=parent.info.run_id)
+    for family, manifest, own in (("preference", degraded, "fail"), ("generator", generator, "pass")):
+        [version] = client.search_model_versions(f"name='{REGISTERED_MODELS[family]}' and run_id='{manifest['run_id']}'")
+        assert (version.tags["gate.verdict"], version.tags["release.gate"]) == (own, "fail"), family
+        assert client.get_run(manifest["run_id"]).data.tags["release.gate"] == "fail"
+    parent_tags = client.get_run(parent.info.run_id).data.tags
+    assert (parent_tags["gate.verdict"], parent_tags["release.gate"]) == ("fail", "fail")
+    # the members of a release that shipped say so too
+    for family, version in world.second.versions.items():
+        assert client.get_model_version(REGISTERED_MODELS[family], version).tags["release.gate"] == "pass"
+
+
 def test_a_family_whose_training_was_skipped_keeps_its_version(world, tmp_path):
     """Only the preference stage re-ran (say, a preference knob changed): the generator's run
     is registered already, so the new release points at its version instead of a copy."""
