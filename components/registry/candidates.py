@@ -83,13 +83,24 @@ def _registered_versions(client: MlflowClient, families: list[str], manifests: l
     return found
 
 
-def _previous_outcome(client: MlflowClient, found: dict) -> ReleaseOutcome:
+def _tag_reused_verdict(client: MlflowClient, parent_run_id: str | None, passed: bool, report: str) -> None:
+    """The retrain run that reused unchanged training still shows a verdict: the earlier one."""
+    if not parent_run_id:
+        return
+    client.log_text(parent_run_id, report, "gate/report.md")
+    for key in ("gate.verdict", "release.gate"):
+        client.set_tag(parent_run_id, key, verdict(passed))
+    client.set_tag(parent_run_id, "gate.reused", "true")
+
+
+def _previous_outcome(client: MlflowClient, found: dict, parent_run_id: str | None = None) -> ReleaseOutcome:
     """The verdict these training runs already got: their release, or their gate failure again."""
     versions = {family: str(v.version) for family, v in found.items()}
     if all(v.tags.get("gate.verdict") == VERDICT_PASS for v in found.values()):
         for release in client.search_model_versions(f"name = '{RELEASE_MODEL}'"):
             if all(release.tags.get(f"member.{f}") == version for f, version in versions.items()):
                 manifest = load_manifest(client, release.version)
+                _tag_reused_verdict(client, parent_run_id, True, manifest["gate_report"])
                 return ReleaseOutcome(True, manifest["gate_report"], [], versions, str(release.version), reused=True)
     reports = []
     for family, version in found.items():
@@ -99,6 +110,7 @@ def _previous_outcome(client: MlflowClient, found: dict) -> ReleaseOutcome:
         except (MlflowException, OSError):
             reports.append(f"(no stored gate report for {version.name} v{version.version})")
     text = "\n\n".join(reports)
+    _tag_reused_verdict(client, parent_run_id, False, text)
     why = "these training runs were already evaluated and rejected (training was skipped: nothing changed)"
     raise GateFailed(f"{why[0].upper()}{why[1:]}.\n\n{text}", why=why)
 
@@ -152,7 +164,7 @@ def release_candidates(
     client = registry_client(cfg)
     already = _registered_versions(client, families, manifests)
     if already is not None:  # DVC skipped training: same runs, same verdict, nothing new to register
-        return _previous_outcome(client, already)
+        return _previous_outcome(client, already, parent_run_id)
     experiment_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     parent_tags = client.get_run(parent_run_id).data.tags if parent_run_id else {}
     champion = release_with_alias(client, CHAMPION)

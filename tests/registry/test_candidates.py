@@ -110,16 +110,31 @@ def test_malformed_manifests_are_refused_before_anything_is_written(world):
         release_candidates(world.cfg, [world.manifests["better"], world.manifests["better"]])
 
 
-def test_rerun_with_unchanged_training_runs_registers_nothing_new(world):
-    """DVC skipped training: the same manifests come back; same verdict, no new versions."""
+def test_rerun_with_unchanged_training_runs_registers_nothing_new(fresh_world):
+    """DVC skipped training: the same manifests come back; same verdict, no new versions. The
+    retrain run still shows that verdict, tagged as reused (it had no gate.verdict at all)."""
+    import mlflow
+
+    from components.tracking import configure
+
+    world = fresh_world
     client = registry_client(world.cfg)
     count = len(client.search_model_versions("name='copyflow-preference'"))
-    again = release_candidates(world.cfg, [world.manifests["better"], world.manifests["gen2"]], project_dir=ROOT)
+    configure(world.cfg)
+    with mlflow.start_run(run_name="retrain-quick") as parent:
+        again = release_candidates(world.cfg, [world.manifests["better"], world.manifests["gen2"]], project_dir=ROOT,
+                                   parent_run_id=parent.info.run_id)
     assert again.reused and again.release == "2" and again.versions == world.second.versions
     assert again.report == world.second.report
-    with pytest.raises(GateFailed, match="already evaluated and rejected") as failed:
-        release_candidates(world.cfg, [world.manifests["degraded"]], project_dir=ROOT)
+    tags = client.get_run(parent.info.run_id).data.tags
+    assert (tags["gate.verdict"], tags["release.gate"], tags["gate.reused"]) == ("pass", "pass", "true")
+    assert "gate/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "gate")}
+    with mlflow.start_run(run_name="retrain-quick") as rejected:
+        with pytest.raises(GateFailed, match="already evaluated and rejected") as failed:
+            release_candidates(world.cfg, [world.manifests["degraded"]], project_dir=ROOT, parent_run_id=rejected.info.run_id)
     assert "floor: >= 0.6 | **FAIL**" in failed.value.report
+    tags = client.get_run(rejected.info.run_id).data.tags
+    assert (tags["gate.verdict"], tags["release.gate"], tags["gate.reused"]) == ("fail", "fail", "true")
     assert len(client.search_model_versions("name='copyflow-preference'")) == count
 
 
