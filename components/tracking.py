@@ -5,6 +5,7 @@ Nothing here runs at import; callers call `configure(cfg)` once per process.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -250,6 +251,23 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and value == value:  # drop NaN
             flat[name] = float(value)
     return {k.replace(" ", "_"): v for k, v in flat.items()}
+
+
+# The figures two retrains are compared by, copied from their training runs onto the retrain run
+# (the training runs keep every metric): preference test AUC, generator BLEU-4 and ROUGE-L.
+HEADLINE_METRICS: dict[str, tuple[str, ...]] = {"preference": ("auc",), "generator": ("bleu4", "rougeL")}
+
+
+def headline_metrics(manifests: list[dict]) -> dict[str, float]:
+    """`<family>.<metric>` for each training manifest's headline figures it has (finite numbers)."""
+    headline: dict[str, float] = {}
+    for manifest in manifests:
+        family, metrics = manifest.get("model"), manifest.get("metrics") or {}
+        for name in HEADLINE_METRICS.get(family, ()):
+            value = metrics.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                headline[f"{family}.{name}"] = float(value)
+    return headline
 
 
 def config_params(cfg) -> dict[str, str]:

@@ -201,3 +201,16 @@ def test_split_datasets_are_logged_as_inputs_with_their_context_and_digest(tmp_p
             "preference-quick-train": "training", "preference-quick-valid": "validation", "preference-quick-test": "testing"}
         digests.append(sorted(d.dataset.digest for d in inputs))
     assert digests[0] == digests[1] and len(set(digests[0])) == 3
+
+
+def test_headline_metrics_name_each_family_s_figures_for_the_retrain_run():
+    """The retrain run had no metric of its own: comparing retrains needed their child runs."""
+    from components.tracking import headline_metrics
+
+    manifests = [
+        {"model": "preference", "metrics": {"auc": 0.71, "logloss": 0.5}},
+        {"model": "generator", "metrics": {"bleu4": 12.5, "rougeL": float("nan"), "distinct2": 0.4}},
+        {"model": "effect", "metrics": {"auc": 0.6}},
+    ]
+    assert headline_metrics(manifests) == {"preference.auc": 0.71, "generator.bleu4": 12.5}
+    assert headline_metrics([]) == {}

@@ -61,6 +61,15 @@ def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefe
     assert all(v["skipped"] for s, v in second.stages.items() if s not in ALWAYS_RUN_STAGES), second.stages
     assert second.release["release"] == "1"
     assert len(client.search_model_versions("name = 'copyflow-release'")) == 1
+    # Both retrain runs compare on their own: the trainings' headline figures and the verdict,
+    # the unchanged one's reused from the release it matched (it had no gate.verdict at all).
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    retrains = client.search_runs([experiment.experiment_id], "tags.kind = 'retrain'")
+    assert len(retrains) == 2
+    for run in retrains:
+        assert {"preference.auc", "generator.bleu4", "generator.rougeL"} <= set(run.data.metrics), run.data.metrics
+        assert (run.data.tags["gate.verdict"], run.data.tags["release.gate"]) == ("pass", "pass")
+    assert client.get_run(second.mlflow_run_id).data.tags["gate.reused"] == "true"
     gate_report = prefect_artifact("release-gate-quick")
     assert "Gate `preference`" in gate_report  # on the flow run's page
     assert "| copy_choice_lift |" in gate_report  # the snapshot froze the copies each impression could show
