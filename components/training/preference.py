@@ -133,7 +133,8 @@ def _evaluate_kind(cfg: Config, kind: str, fit, data, fallback, out_dir: Path) -
         data.test.y, p_test, threshold=threshold, n_boot=cfg.preference.bootstrap, seed=cfg.seed,
         clusters=clusters, segments=segments(data.test.frame, data.test.y),
     )
-    metrics["valid_auc"] = auc(data.valid.y, p_valid)
+    # The per-epoch series' name (val_loss, val_auc): the UI charts one validation AUC, not two.
+    metrics["val_auc"] = auc(data.valid.y, p_valid)
 
     # Cold start: shoppers with < k earlier events get the fallback, unless validation has
     # enough of them to show the model is better there. Both are reported on split "cold".
@@ -258,7 +259,7 @@ def evaluate_all(cfg: Config, data, fits: dict, out_dir: Path) -> tuple[dict[str
     if "logreg" in reports and "deep" in reports:
         diff = paired_difference(data.test.y, reports["deep"].p_test, reports["logreg"].p_test, auc, cfg.preference.bootstrap, cfg.seed, clusters)
         comparison.update({"auc_diff": diff.value, "auc_diff_ci_low": diff.low, "auc_diff_ci_high": diff.high})
-    champion = max(reports, key=lambda k: reports[k].metrics["valid_auc"])
+    champion = max(reports, key=lambda k: reports[k].metrics["val_auc"])
     comparison["champion_kind"] = champion
     return reports, comparison
 
@@ -373,7 +374,13 @@ def log_to_mlflow(cfg: Config, data, reports: dict[str, KindReport], comparison:
                 log_datasets(datasets)
                 for row in report.history:
                     mlflow.log_metrics(_finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"]))
-                mlflow.log_metrics(_finite({**report.metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}}))
+                final = _finite({**report.metrics, **{k: v for k, v in comparison.items() if k != "champion_kind"}})
+                # A final figure with a per-epoch series (val_auc, the evaluated model's) goes one
+                # step after the last epoch: the run's latest value is the shipped model's.
+                per_epoch = {k for row in report.history for k in row if k != "epoch"}
+                after_last_epoch = max((int(row["epoch"]) for row in report.history), default=-1) + 1
+                mlflow.log_metrics({k: v for k, v in final.items() if k not in per_epoch})
+                mlflow.log_metrics({k: v for k, v in final.items() if k in per_epoch}, step=after_last_epoch)
                 mlflow.set_tag("champion_kind", comparison["champion_kind"])
                 uris = _log_models(report, data, plots)
                 if report_path is not None:

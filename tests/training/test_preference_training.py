@@ -90,6 +90,12 @@ def test_ddp_subprocess_learns_and_logs_exactly_one_run_per_model(tmp_path, monk
         "preference-quick-test", "preference-quick-train", "preference-quick-valid"]
     history = mlflow.MlflowClient().get_metric_history(manifest["run_id"], "val_loss")
     assert sorted(m.step for m in history) == [0, 1]
+    # One validation AUC series: the two epochs', then the evaluated model's one step later
+    # (a final `valid_auc` beside the per-epoch `val_auc` charted two series).
+    assert "valid_auc" not in champion_run.data.metrics and "valid_auc" not in metrics
+    val_auc = mlflow.MlflowClient().get_metric_history(manifest["run_id"], "val_auc")
+    assert sorted(m.step for m in val_auc) == [0, 1, 2]
+    assert champion_run.data.metrics["val_auc"] == pytest.approx(metrics["val_auc"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(manifest["run_id"], "plots")}
     assert artifacts == {"plots/roc.png", "plots/pr.png", "plots/reliability.png"}
     # The metric table with its intervals, readable on the run's page (it stayed in artifacts/ only).
