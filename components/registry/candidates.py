@@ -210,6 +210,7 @@ def release_candidates(
     report = render_report(gates, f"Release gate report ({cfg.profile})")
     versions: dict[str, str] = {}
     lineage: dict[str, dict[str, str]] = {}
+    shipped: set[str] = set()  # reused versions that were released before
     for family, manifest in zip(families, manifests, strict=True):
         registered = _version_of_run(client, family, manifest["run_id"])
         gate = next(g for g in gates if g.family == family)
@@ -223,6 +224,8 @@ def release_candidates(
             # its version and the lineage of the retrain that trained it; gated again above.
             versions[family] = str(registered.version)
             members[family]["version_reused"] = True
+            if registered.tags.get("release.gate") == VERDICT_PASS:
+                shipped.add(family)
             members[family]["version"] = versions[family]
             lineage[family] = {k: v for k, v in registered.tags.items() if k in LINEAGE_TAGS}
             members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
@@ -236,8 +239,11 @@ def release_candidates(
         members[family]["model_uri"] = f"models:/{registered_model(family)}/{versions[family]}"
         lineage[family] = tags
     # The release's outcome on every version and training run of it: a member that passed its
-    # own gate in a rejected release must not read as shipped (gate.verdict=pass alone).
+    # own gate in a rejected release must not read as shipped (gate.verdict=pass alone). A
+    # version already released keeps its pass: a later rejected release does not unship it.
     for family, manifest in zip(families, manifests, strict=True):
+        if family in shipped and not passed:
+            continue
         client.set_model_version_tag(registered_model(family), versions[family], "release.gate", verdict(passed))
         client.set_tag(manifest["run_id"], "release.gate", verdict(passed))
     if parent_run_id:

@@ -162,6 +162,13 @@ def test_a_member_that_passed_in_a_rejected_release_carries_the_release_outcome(
     # the members of a release that shipped say so too
     for family, version in world.second.versions.items():
         assert client.get_model_version(REGISTERED_MODELS[family], version).tags["release.gate"] == "pass"
+    # and keep saying so when gated again, unchanged, beside a new model in a rejected release
+    degraded_again = helpers.train_preference(world.cfg, world.base, shuffled=True, seed=6)
+    with pytest.raises(GateFailed, match="preference auc"):
+        release_candidates(world.cfg, [degraded_again, world.manifests["gen2"]], project_dir=ROOT, scorers=helpers.SCORERS)
+    shipped = client.get_model_version("copyflow-generator", world.second.versions["generator"])
+    assert shipped.tags["release.gate"] == "pass"
+    assert client.get_run(world.manifests["gen2"]["run_id"]).data.tags["release.gate"] == "pass"
 
 
 def test_a_family_whose_training_was_skipped_keeps_its_version(world, tmp_path):
