@@ -126,6 +126,8 @@ def test_only_copies_that_break_no_hard_rule_may_be_served(parts):
     lenient = make_generator(parts, [], words, forbid_unlisted=False)
     assert lenient.servable(["黑色连衣裙", "黑色连衣裙"], no_colour_dress) == (["黑色连衣裙", "黑色连衣裙"], {})
     assert lenient.servable(["黑色连衣裙"], WHITE_DRESS)[0] == []  # a contradiction never is
+    # an empty copy breaks no rule, yet a shopper must not be shown one: it is no candidate
+    assert generator.servable(["", " \n", "白色连衣裙"], WHITE_DRESS) == (["白色连衣裙"], {})
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "top_p"])

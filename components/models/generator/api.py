@@ -282,9 +282,12 @@ class Generator:
         hard rule (`violations`), each with what it breaks. Unlisted values count where the
         bundle's decoding defaults forbid them, whatever a caller decoded with. Decoding bans the
         same words and values and `rerank` puts a breaking copy last, but keeps it: evaluation
-        must see it, a shopper must not."""
+        must see it, a shopper must not. An empty copy (trimming a copy of one unfinished word
+        back to whole words leaves nothing) is neither: it is no candidate at all."""
         servable, withheld = [], {}
         for text in texts:
+            if not text.strip():
+                continue
             found = self.violations(text, attributes, self.defaults.forbid_unlisted)
             if found["values"] or found["ad_law"]:
                 withheld[text] = found
