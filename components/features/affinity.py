@@ -54,6 +54,10 @@ class ClickPairs:
             time=clicks.time[rows],
         )
 
+    def where(self, keep: np.ndarray) -> ClickPairs:
+        """The rows where `keep` is true (e.g. the clicks before a time, or one shopper's)."""
+        return ClickPairs(self.click_row[keep], self.user[keep], self.pair[keep], self.key[keep], self.time[keep])
+
     def distinct_click_keys(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user, key, time) once per (click, key): the denominator stream of key shares."""
         n_keys = int(self.key.max(initial=0)) + 1

@@ -98,7 +98,14 @@ def preference_scores(model, cfg, data, user_id: str, product_id: str, texts: li
     if files is None or not files.has_impressions(user_id):
         return None
     row = pair_feature_row(cfg, user_id, product_id, files)
-    frame = candidate_frame(row, texts, data.top_values(user_id))
+    return candidate_scores(model, files, row, texts, data.top_values(user_id))
+
+
+def candidate_scores(model, files, row: pd.DataFrame, texts: list[str], top_values: set[tuple[str, str]]) -> np.ndarray:
+    """P(click) of each candidate on the pair's feature row `row` (one row, its product's) with
+    the shopper's top values `top_values`: the server passes them as of the end of the data, an
+    offline evaluation as of the impression it replays (components/evaluation/served_choice.py)."""
+    frame = candidate_frame(row, texts, top_values)
     # The product's values as training read them (features stage: a catalog without a 类型 key
     # gets its category as one), not the clean catalog's own list.
-    return model.predict_copies(frame, texts, files.attribute_dict(product_id))
+    return model.predict_copies(frame, texts, files.attribute_dict(str(row["product_id"].iloc[0])))

@@ -104,17 +104,26 @@ class ShopperData:
         comparable across keys: a key with two values gives every value a share near 0.5."""
         # Indexed look-up when the features are in memory (the server); one scan otherwise (a CLI call).
         mine = self.features.affinities(user_id) if self.features is not None else self.affinity[self.affinity["user_id"] == user_id]
-        merged = mine[["user_id", "attr_key", "attr_value", "affinity"]].merge(self.population, on=["attr_key", "attr_value"])
-        lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
-        return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
+        return affinity_lift(mine, self.population)
+
+
+def affinity_lift(mine: pd.DataFrame, population: pd.DataFrame) -> dict[str, float]:
+    """key#value -> a shopper's affinity (`mine`: attr_key, attr_value, affinity) over the
+    population's (`population`: attr_key, attr_value, affinity_population)."""
+    merged = mine[["attr_key", "attr_value", "affinity"]].merge(population, on=["attr_key", "attr_value"])
+    lift = merged["affinity"] / merged["affinity_population"].clip(lower=1e-6)
+    return {f"{k}#{v}": float(x) for k, v, x in zip(merged["attr_key"], merged["attr_value"], lift)}
 
 
 def personalized_copies(
-    data: ShopperData, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2, tone: str = ANY, length: str = ANY
+    data: ShopperData, generator, user: str, product_id: str, n: int = 3, decoding: str | None = None, k_focus: int = 2, tone: str = ANY, length: str = ANY,
+    lift: dict[str, float] | None = None,
 ) -> PersonalizedCopies:
+    """`lift`: the shopper's `affinity_lift` the focus is chosen from (None: as of the end of the
+    data, as the server reads it; an offline evaluation passes it as of the impression it replays)."""
     user_id = data.resolve_user_id(user)
     attributes = data.product_attributes(product_id)
-    lift = data.affinity_lift(user_id)
+    lift = data.affinity_lift(user_id) if lift is None else lift
     # Only values this shopper favours more than shoppers overall become the focus.
     focus = focus_from_affinities({item: x - 1.0 for item, x in lift.items()}, attributes, k=k_focus)
     copies, withheld = generator.servable(generator.generate(attributes, focus=focus or None, tone=tone, length=length, decoding=decoding, n=n), attributes)
