@@ -11,6 +11,14 @@ exact click probability (components/evaluation/copy_choice.py). It prints the ex
 rate of a uniform draw, of the model's pick, of the epsilon-greedy default and of the best
 candidate, with a bootstrap interval of the pick's lift that resamples shoppers.
 
+Each request is replayed with what was known at its impression's time, never after: the
+impression's own feature row from the features stage (its samples row, computed from earlier
+events only), and the focus and top values from the shopper's and population's affinities over
+the clicks strictly before it (the stage's end-of-data tables, computed over those clicks). A
+shopper with no earlier impression gets the uniform draw, as the server gives a shopper it has
+no impression of. (The server reads all of them as of the end of the data; replaying a test
+impression with those would let its own click, and every later one, choose its copy.)
+
 The training report's "Copy choice" measures the same choice among the catalog's own copies;
 this measures it where the server uses it, on top of the focus that already steers every
 candidate toward the shopper's values.
@@ -22,15 +30,95 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from components.config import Config, load_config
+from components.features.affinity import ClickPairs, EventCodes, population_affinity_table, user_affinity_table
+from components.features.attribute_index import AttributeIndex, explode_product_attributes
+from components.features.pit import to_epoch_us
+from components.serving.copywriter import affinity_lift
 
 GENERATED = "generated-candidate"
 BOOTSTRAP = 2000  # resamples of the requests
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the server would have read for a test impression, as of the impression's time."""
+
+    row: pd.DataFrame                 # the impression's feature row (samples: earlier events only)
+    top_values: set[tuple[str, str]]  # the shopper's top value of each key
+    lift: dict[str, float]            # key#value -> the shopper's affinity over the population's (the focus)
+    known: bool                       # an earlier impression of the shopper: the server scores, else draws uniformly
+
+
+class AffinitiesAsOf:
+    """The features stage's end-of-data affinity tables (user_affinity, population_affinity), as
+    they were at any time: computed by the stage's own functions over the clicks strictly before
+    it, as the stage's features are."""
+
+    def __init__(self, events: pd.DataFrame, products: pd.DataFrame, users: pd.DataFrame, strength: float) -> None:
+        # The stage's order: it breaks a top value's tie by which click came first.
+        events = events.sort_values(["timestamp", "event_id"], kind="stable", ignore_index=True)
+        clicks = events[events["event_type"] == "click"]
+        product_ids = pd.Index(products["product_id"])
+        self.user_ids = pd.Index(users["user_id"].unique())
+        user, product = self.user_ids.get_indexer(clicks["user_id"]), product_ids.get_indexer(clicks["product_id"])
+        if (user < 0).any() or (product < 0).any():
+            raise ValueError(f"{int((user < 0).sum())} click(s) of unknown shoppers, {int((product < 0).sum())} of unknown products")
+        self.index = AttributeIndex.build(explode_product_attributes(products), product_ids)
+        self.clicks = ClickPairs.from_clicks(EventCodes(user, product, to_epoch_us(clicks["timestamp"])), self.index)
+        self.strength = strength
+
+    def tables(self, user_id: str, at: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(the shopper's affinity rows, everyone's) over the clicks strictly before `at`."""
+        earlier = self.clicks.where(self.clicks.time < to_epoch_us(pd.Series([at]))[0])
+        mine = earlier.where(earlier.user == self.user_ids.get_loc(user_id))
+        return (user_affinity_table(mine, self.index, self.user_ids, self.strength),
+                population_affinity_table(earlier, self.index, self.strength))
+
+
+def request_as_of(impression: pd.DataFrame, affinities: AffinitiesAsOf) -> Request:
+    """The request a test impression (its one samples row) makes, with what was known at its time."""
+    if len(impression) != 1:
+        raise ValueError(f"request_as_of expects one impression's row, got {len(impression)}")
+    first = impression.iloc[0]
+    mine, population = affinities.tables(first["user_id"], first["timestamp"])
+    top = mine[mine["is_top"].astype(bool)]
+    return Request(
+        row=impression.reset_index(drop=True),
+        top_values=set(zip(top["attr_key"], top["attr_value"])),
+        lift=affinity_lift(mine, population.rename(columns={"affinity": "affinity_population"})),
+        known=int(first["u_n_impressions"]) > 0,
+    )
+
+
+@dataclass(frozen=True)
+class Replayed:
+    texts: list[str]            # the distinct servable candidates
+    scores: np.ndarray | None   # None: the uniform draw (no candidate, or a shopper not known yet)
+    scoring_ms: float | None    # the model on the candidates
+
+
+def replay(impression: pd.DataFrame, affinities: AffinitiesAsOf, data, files, generator, preference, cfg: Config) -> Replayed:
+    """The server's candidates for a test impression (its one samples row) and the preference
+    model's scores of them, with what was known at the impression's time (`request_as_of`)."""
+    from components.serving.choice import candidate_scores
+    from components.serving.copywriter import personalized_copies
+
+    request = request_as_of(impression, affinities)
+    first = impression.iloc[0]
+    texts = list(dict.fromkeys(personalized_copies(data, generator, first["user_id"], first["product_id"], n=cfg.serving.candidates,
+                                                   decoding=cfg.serving.decoding, lift=request.lift).copies))
+    if not texts or not request.known:
+        return Replayed(texts, None, None)
+    tick = time.perf_counter()
+    scores = candidate_scores(preference, files, request.row, texts, request.top_values)
+    return Replayed(texts, scores, 1000 * (time.perf_counter() - tick))
 
 
 def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
@@ -38,23 +126,27 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     from components.data.source import read_ground_truth
     from components.evaluation.copy_choice import simulator_copy_weight, true_option_probabilities
     from components.models.preference.api import load_preference
-    from components.serving.choice import choice_probabilities, is_best, preference_scores
-    from components.serving.copywriter import ShopperData, load_served_generator, personalized_copies
+    from components.models.preference.explain import FeatureFiles
+    from components.serving.choice import choice_probabilities, is_best
+    from components.serving.copywriter import ShopperData, load_served_generator
     from components.serving.models import resolve_model
 
     truth_dir = cfg.stage_dir("source") / "ground_truth"
     if not (truth_dir / "impressions.parquet").exists():
         raise FileNotFoundError(f"{truth_dir}: no simulator truth (this needs a profile with data.source: simulated)")
-    data = ShopperData.load(cfg, with_features=True)
+    clean = cfg.stage_dir("clean")
+    data = ShopperData.load(cfg)  # ids and catalog only: the features are read as of each impression
+    files = FeatureFiles.load(cfg.stage_dir("features"), clean)
     generator = load_served_generator(cfg, resolve_model(cfg, "generator").ref, backend=cfg.serving.backend, threads=cfg.serving.threads or None)
     preference = load_preference(resolve_model(cfg, "preference").ref)
     truth = read_ground_truth(cfg, "impressions")
     preferences = read_ground_truth(cfg, "user_preferences")
-    catalog_copies = load_table(cfg.stage_dir("clean"), "copies")
-    products = load_table(cfg.stage_dir("clean"), "products")
+    catalog_copies = load_table(clean, "copies")
+    products = load_table(clean, "products")
     weight = simulator_copy_weight(truth_dir)
+    affinities = AffinitiesAsOf(load_table(clean, "events"), products, load_table(clean, "users"), cfg.features.affinity_prior_strength)
 
-    samples = data.features.samples
+    samples = files.samples
     human = set(truth.loc[~truth["is_bot"].astype(bool), "event_id"])
     test = samples[(samples["split"] == "test") & samples["event_id"].isin(human) & samples["copy_id"].notna()]
     drawn = test.sample(min(requests, len(test)), random_state=seed)
@@ -62,14 +154,14 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     started = time.perf_counter()
     options, generated, picks, scoring_ms = [], [], {}, []
     shoppers = dict(zip(drawn["event_id"], drawn["user_id"]))
-    for impression in drawn.itertuples(index=False):
-        texts = list(dict.fromkeys(personalized_copies(data, generator, impression.user_id, impression.product_id,
-                                                       n=cfg.serving.candidates, decoding=cfg.serving.decoding).copies))
+    for at in range(len(drawn)):
+        impression = drawn.iloc[at]
+        replayed = replay(drawn.iloc[[at]], affinities, data, files, generator, preference, cfg)
+        texts, scores = replayed.texts, replayed.scores
         if not texts:  # every candidate broke a hard rule: the server serves none, there is nothing to price
             continue
-        tick = time.perf_counter()
-        scores = preference_scores(preference, cfg, data, impression.user_id, impression.product_id, texts)
-        scoring_ms.append(1000 * (time.perf_counter() - tick))
+        if replayed.scoring_ms is not None:
+            scoring_ms.append(replayed.scoring_ms)
         picks[impression.event_id] = scores
         # The impression's own (shown) copy anchors the truth; its candidates are priced against it.
         ids = [f"{GENERATED}-{impression.event_id}-{i}" for i in range(len(texts))]
@@ -93,8 +185,9 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
     return {
         "profile": cfg.profile,
         **summarize(pd.DataFrame(rows), seed),
-        "scoring_ms_p50": float(np.median(scoring_ms)),
-        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)),
+        # the model on the candidates (the server also builds the pair's row: make bench)
+        "scoring_ms_p50": float(np.median(scoring_ms)) if scoring_ms else float("nan"),
+        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)) if scoring_ms else float("nan"),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
