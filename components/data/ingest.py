@@ -3,15 +3,20 @@
 Ingestion types every column and pseudonymizes user ids; it does NOT clean: duplicates, missing
 values, bad prices and bots pass through so the validation gate sees the batch as delivered and
 cleaning (after the gate) can count what it removes. A file that cannot be read as its format
-(not UTF-8, broken JSON/CSV, a missing column, a number that is not a number) stops ingestion
-with an error naming the file, column and line(s).
+(not UTF-8, broken JSON/CSV, a missing column) or a value that is not its column's type (a
+number that is not a number, a malformed attribute pair, a time that is no time) stops ingestion.
+Every file is read and every column typed first, so one error names every problem as
+`file:line: column ...` (the first MAX_LISTED_PER_FILE per file, the rest counted by column).
+A `folder` source runs the same check on the shop's export in the `source` stage
+(`check_raw_tables`), so there the error names the export the shop edits, not its copy.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -19,21 +24,92 @@ import pandas as pd
 from components.config import Config
 from components.data.attributes import parse_attributes
 from components.data.privacy import profile_key, pseudonymize
-from components.data.raw import RAW_FILES, RawFormatError, line_numbers, raw_path, read_raw_table
+from components.data.raw import RAW_FILES, RawFormatError, raw_path, read_raw_table
 from components.data.schema import TABLES, write_table
 from components.data.summary import write_summary
 
 STAGE = "ingested"
 SOURCE_STAGE = "source"
+# Lines listed per file: enough to fix a few typos by hand; a column broken throughout (a date
+# format the shop changed) is counted, with its first lines, instead of listed in the thousands.
+MAX_LISTED_PER_FILE = 10
+EXAMPLE_CHARS = 60
 
 
-def _bad_values(df: pd.DataFrame, column: str, bad: pd.Series, path: Path, expected: str) -> RawFormatError:
-    lines = line_numbers(df, bad)
-    examples = df.loc[bad, column].head(3).tolist()
-    return RawFormatError(
-        f"{path}: column {column!r}: {int(bad.sum())} value(s) are not {expected}; "
-        f"lines {lines}, e.g. {examples}"
-    )
+@dataclass
+class _ColumnProblem:
+    column: str
+    lines: list[int]  # every offending line of the file
+    notes: list[str]  # what is wrong, for the first MAX_LISTED_PER_FILE of them
+
+
+@dataclass
+class RawProblems:
+    """Everything in the raw files that ingestion cannot read, gathered so that one error names
+    it all: the files that cannot be read at all, and every value that is not its column's type."""
+
+    files: dict[Path, str | list[_ColumnProblem]] = field(default_factory=dict)  # unreadable: its error
+
+    def add_unreadable(self, path: Path, error: RawFormatError) -> None:
+        self.files[path] = str(error)
+
+    def add(self, path: Path, column: str, lines: list[int], notes: list[str]) -> None:
+        """`lines` of `column` in `path` cannot be typed; `notes` says why, for the first ones."""
+        if lines:
+            self.files.setdefault(path, []).append(_ColumnProblem(column, lines, notes[:MAX_LISTED_PER_FILE]))
+
+    def add_values(self, df: pd.DataFrame, column: str, bad: pd.Series, path: Path, expected: str) -> None:
+        """The masked rows of `column` (lines: the readers' index) are not `expected`."""
+        mask = np.asarray(bad, dtype=bool)
+        values = df.loc[mask, column].head(MAX_LISTED_PER_FILE)
+        self.add(path, column, [int(i) for i in df.index[mask]], [f"{_example(v)} is not {expected}" for v in values])
+
+    def count(self) -> int:
+        return sum(1 if isinstance(found, str) else sum(len(p.lines) for p in found) for found in self.files.values())
+
+    def error(self) -> RawFormatError | None:
+        if not self.files:
+            return None
+        lines = [f"cannot ingest: {self.count()} problem(s) in {len(self.files)} file(s); nothing was ingested:"]
+        for path, found in self.files.items():
+            lines += [found] if isinstance(found, str) else _file_lines(path, found)
+        return RawFormatError("\n".join(lines))
+
+    def raise_if_any(self) -> None:
+        error = self.error()
+        if error is not None:
+            raise error
+
+
+def _example(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "…"
+
+
+def _file_lines(path: Path, problems: list[_ColumnProblem]) -> list[str]:
+    """`file:line: column ...: what` for the first lines of one file, then the rest by column."""
+    first = sorted(((line, p.column, note) for p in problems for line, note in zip(p.lines, p.notes)), key=lambda x: x[0])
+    listed = first[:MAX_LISTED_PER_FILE]
+    out = [f"{path}:{line}: column {column!r}: {note}" for line, column, note in listed]
+    shown = {(line, column) for line, column, _ in listed}
+    rest: dict[str, list[int]] = {}
+    for problem in problems:
+        for line in problem.lines:
+            if (line, problem.column) not in shown:
+                rest.setdefault(problem.column, []).append(line)
+    if rest:
+        counts = ", ".join(
+            f"column {column!r} {len(lines)} (lines {', '.join(map(str, sorted(lines)[:5]))}{', …' if len(lines) > 5 else ''})"
+            for column, lines in rest.items()
+        )
+        out.append(f"{path}: {sum(map(len, rest.values()))} more not listed: {counts}")
+    return out
+
+
+def _raise_alone(problems: RawProblems | None, found: RawProblems) -> None:
+    """Called without a collector (`problems` None), a converter raises its own problems at once."""
+    if problems is None:
+        found.raise_if_any()
 
 
 def _booleans(values: pd.Series) -> pd.Series:
@@ -45,52 +121,56 @@ def _booleans(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool)
 
 
-def to_float(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+def to_float(df: pd.DataFrame, column: str, path: Path, problems: RawProblems | None = None) -> pd.Series:
+    """Finite numbers; a value that is not one goes to `problems` (None: raised at once)."""
+    found = problems if problems is not None else RawProblems()
     converted = pd.to_numeric(df[column], errors="coerce").astype("float64")
     # "inf" and "nan" parse as numbers, but no price, value or position is one: one inf purchase
     # would turn a running spend into inf (and inf - inf into NaN) downstream. A JSON true or
     # false parses as 1 or 0, a price inside the allowed range: a flag in the wrong field.
     bad = (converted.isna() & df[column].notna()) | np.isinf(converted.to_numpy()) | _booleans(df[column])
-    if bad.any():
-        raise _bad_values(df, column, bad, path, "finite numbers")
+    found.add_values(df, column, bad, path, "a finite number")
+    converted[bad.to_numpy()] = np.nan  # reported once: later checks of the column skip it
+    _raise_alone(problems, found)
     return converted
 
 
 INT32_MAX = 2**31 - 1
 
 
-def to_int(df: pd.DataFrame, column: str, path: Path, limit: int = INT32_MAX) -> pd.Series:
+def to_int(df: pd.DataFrame, column: str, path: Path, limit: int = INT32_MAX, problems: RawProblems | None = None) -> pd.Series:
     """Whole numbers that fit the canonical column (int32 by default), named by line if not."""
-    converted = to_float(df, column, path)
-    bad = converted.notna() & (converted != converted.round())
-    if bad.any():
-        raise _bad_values(df, column, bad, path, "integers")
-    bad = converted.abs() > limit
-    if bad.any():
-        raise _bad_values(df, column, bad, path, f"integers within ±{limit:,}")
-    return converted.astype("Int64")
+    found = problems if problems is not None else RawProblems()
+    converted = to_float(df, column, path, found)
+    fraction = converted.notna() & (converted != converted.round())
+    found.add_values(df, column, fraction, path, "an integer")
+    too_large = ~fraction & (converted.abs() > limit)
+    found.add_values(df, column, too_large, path, f"an integer within ±{limit:,}")
+    _raise_alone(problems, found)
+    return converted.where(~(fraction | too_large)).astype("Int64")
 
 
-def to_utc_timestamp(df: pd.DataFrame, column: str, path: Path, require_offset: bool = False) -> pd.Series:
+def to_utc_timestamp(
+    df: pd.DataFrame, column: str, path: Path, require_offset: bool = False, problems: RawProblems | None = None
+) -> pd.Series:
     """ISO 8601 text -> UTC. `require_offset`: a time of day must say its UTC offset (Z, +08:00);
     a shop's local time without one would otherwise be read as UTC, hours off, with no error."""
+    found = problems if problems is not None else RawProblems()
     converted = pd.to_datetime(df[column], utc=True, format="ISO8601", errors="coerce")
     bad = converted.isna() & df[column].notna()
-    if bad.any():
-        raise _bad_values(df, column, bad, path, "ISO 8601 timestamps")
+    found.add_values(df, column, bad, path, "an ISO 8601 timestamp")
     # The canonical column holds microseconds. Truncating a finer time would tie events logged
     # within one microsecond, losing their order (and cleaning drops an exact tie as a replay), so
     # it is refused like a bad value; nine digits ending in 000 lose nothing and pass.
     finer = converted.notna() & (converted.dt.nanosecond != 0)
-    if finer.any():
-        raise _bad_values(df, column, finer, path, "timestamps in whole microseconds (at most 6 decimal places)")
+    found.add_values(df, column, finer, path, "a timestamp in whole microseconds (at most 6 decimal places)")
     if require_offset:
         text = df[column].astype("string").str.strip()
         # a time of day, then its offset: a bare date's "-05" is its day, not an offset
         offset = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
-        naive = df[column].notna() & ~text.str.contains(offset, case=False, regex=True).fillna(False)
-        if naive.any():
-            raise _bad_values(df, column, naive, path, "timestamps with a UTC offset (Z or +08:00)")
+        naive = converted.notna() & ~finer & ~text.str.contains(offset, case=False, regex=True).fillna(False)
+        found.add_values(df, column, naive, path, "a timestamp with a UTC offset (Z or +08:00)")
+    _raise_alone(problems, found)
     return converted
 
 
@@ -102,9 +182,10 @@ def to_text(df: pd.DataFrame, column: str) -> pd.Series:
     return values.where(values.notna(), None).map(lambda v: v if v is None else str(v))
 
 
-def parse_content(df: pd.DataFrame, path: Path) -> pd.Series:
+def parse_content(df: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.Series:
     """`key#value*key#value` -> attributes dict per product; a malformed string names its line."""
-    parsed = []
+    found = problems if problems is not None else RawProblems()
+    parsed, lines, notes = [], [], []
     for line, content in zip(df.index, df["content"]):
         if content is None:
             parsed.append(None)
@@ -112,38 +193,42 @@ def parse_content(df: pd.DataFrame, path: Path) -> pd.Series:
         try:
             parsed.append(parse_attributes(str(content)))
         except ValueError as exc:
-            raise RawFormatError(f"{path}: line {line}: column 'content': {exc}") from exc
+            parsed.append(None)
+            lines.append(int(line))
+            notes.append(str(exc))
+    found.add(path, "content", lines, notes)
+    _raise_alone(problems, found)
     return pd.Series(parsed, index=df.index, dtype=object)
 
 
-def type_products(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+def type_products(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "product_id": to_text(raw, "product_id"),
             "category": to_text(raw, "category"),
-            "attributes": parse_content(raw, path),
-            "price": to_float(raw, "price", path),
+            "attributes": parse_content(raw, path, problems),
+            "price": to_float(raw, "price", path, problems),
             "source": to_text(raw, "source"),
         }
     )
 
 
-def type_copies(raw: pd.DataFrame) -> pd.DataFrame:
+def type_copies(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame({c: to_text(raw, c) for c in ["copy_id", "product_id", "text", "source", "model_version"]})
 
 
-def type_users(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+def type_users(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "user_id": to_text(raw, "user_id"),
             "age_band": to_text(raw, "age_band"),
             "city_tier": to_text(raw, "city_tier"),
-            "signup_date": to_utc_timestamp(raw, "signup_date", path),
+            "signup_date": to_utc_timestamp(raw, "signup_date", path, problems=problems),
         }
     )
 
 
-def type_events(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+def type_events(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "event_id": to_text(raw, "event_id"),
@@ -151,25 +236,52 @@ def type_events(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "product_id": to_text(raw, "product_id"),
             "copy_id": to_text(raw, "copy_id"),
             "event_type": to_text(raw, "event_type"),
-            "timestamp": to_utc_timestamp(raw, "timestamp", path, require_offset=True),
-            "position": to_int(raw, "position", path),
-            "propensity": to_float(raw, "propensity", path),
-            "value": to_float(raw, "value", path),
+            "timestamp": to_utc_timestamp(raw, "timestamp", path, require_offset=True, problems=problems),
+            "position": to_int(raw, "position", path, problems=problems),
+            "propensity": to_float(raw, "propensity", path, problems),
+            "value": to_float(raw, "value", path, problems),
         }
     )
+
+
+TYPERS: dict[str, Callable[[pd.DataFrame, Path, RawProblems | None], pd.DataFrame]] = {
+    "products": type_products,
+    "copies": type_copies,
+    "users": type_users,
+    "events": type_events,
+}
+
+
+def _read_and_type(source_dir: Path, tables: Iterable[str]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """(raw, typed) frames of `tables`. Every file is read and every column typed before one
+    RawFormatError names all that failed, so a shop fixes its files in one round, not one a run."""
+    problems = RawProblems()
+    raw: dict[str, pd.DataFrame] = {}
+    typed: dict[str, pd.DataFrame] = {}
+    for table in tables:
+        try:
+            raw[table] = read_raw_table(source_dir, table)
+        except RawFormatError as exc:
+            problems.add_unreadable(raw_path(source_dir, table), exc)
+            continue
+        typed[table] = TYPERS[table](raw[table], raw_path(source_dir, table), problems)
+    problems.raise_if_any()
+    return raw, typed
+
+
+def check_raw_tables(source_dir: Path, tables: Iterable[str] = tuple(RAW_FILES)) -> dict[str, pd.DataFrame]:
+    """The raw (untyped) frames of `tables` in `source_dir`, once every file has read and every
+    value typed as ingestion will (else one RawFormatError naming them all, in `source_dir`)."""
+    return _read_and_type(Path(source_dir), tables)[0]
 
 
 def read_source_tables(source_dir: Path) -> dict[str, pd.DataFrame]:
     """Every raw table, typed into the canonical columns (user ids still raw)."""
     if not source_dir.is_dir():
         raise FileNotFoundError(f"raw layer not found: {source_dir} (run the source stage first)")
-    raw = {table: read_raw_table(source_dir, table) for table in RAW_FILES}
-    return {
-        "products": type_products(raw["products"], raw_path(source_dir, "products")),
-        "copies": type_copies(raw["copies"]),
-        "users": type_users(raw["users"], raw_path(source_dir, "users")),
-        "events": type_events(raw["events"], raw_path(source_dir, "events")),
-    }
+    if not any(raw_path(source_dir, table).exists() for table in RAW_FILES):  # a source run that failed
+        raise FileNotFoundError(f"raw layer {source_dir} is empty (run the source stage first: it failed, or never ran)")
+    return _read_and_type(source_dir, RAW_FILES)[1]
 
 
 def run_ingest(cfg: Config) -> dict[str, Any]:

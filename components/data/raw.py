@@ -197,7 +197,3 @@ def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:
         return read_jsonl(path, RAW_COLUMNS[table])
     return read_csv_strings(path, RAW_COLUMNS[table])
 
-
-def line_numbers(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> list[int]:
-    """File line numbers (the readers' index) of the first masked rows, for error messages."""
-    return [int(i) for i in df.index[mask.to_numpy()][:limit]]

@@ -94,22 +94,22 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     with pytest.raises(RawFormatError, match=r"events.csv: line 4, byte 51: not valid UTF-8"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,second,0.5,0.0\n")
-    with pytest.raises(RawFormatError, match=r"events.csv: column 'position': 1 value\(s\) are not finite numbers; lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'position': 'second' is not a finite number"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,purchase,2026-01-05T10:00:09Z,1,0.5,inf\n")  # parses as a float
-    with pytest.raises(RawFormatError, match=r"events.csv: column 'value': 1 value\(s\) are not finite numbers; lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'value': 'inf' is not a finite number"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,3000000000,0.5,0.0\n")  # overflows int32
-    with pytest.raises(RawFormatError, match=r"column 'position': 1 value\(s\) are not integers within .*lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'position': '3000000000' is not an integer within ±2,147,483,647"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T18:00:09,1,0.5,0.0\n")  # local time, no offset
-    with pytest.raises(RawFormatError, match=r"column 'timestamp'.*not timestamps with a UTC offset.*lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'timestamp': .* is not a timestamp with a UTC offset"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,yesterday,1,0.5,0.0\n")
-    with pytest.raises(RawFormatError, match=r"column 'timestamp'.*lines \[4\], e.g. \['yesterday'\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09.123456789Z,1,0.5,0.0\n")  # canonical is us
-    with pytest.raises(RawFormatError, match=r"events.csv: column 'timestamp'.*not timestamps in whole microseconds.*lines \[4\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: column 'timestamp': .* is not a timestamp in whole microseconds"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,1,0.02186\n")  # cut off mid-row
     with pytest.raises(RawFormatError, match=r"events.csv: 1 row\(s\) with fewer than the header's 9 fields \(line 4 has 8\)"):
@@ -117,13 +117,64 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     events.write_bytes(good)
     products = source_dir / "products.jsonl"
     products.write_text(products.read_text(encoding="utf-8").replace("类型#裙*", "类型裙*"), encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"products.jsonl: line 1: column 'content': malformed attribute pair"):
+    with pytest.raises(RawFormatError, match=r"products.jsonl:1: column 'content': malformed attribute pair"):
         run_ingest(cfg)
     products.write_text(json.dumps({"product_id": "p1", "category": "裙", "content": "类型#裙", "price": True,
                                     "source": "advertisegen"}) + "\n", encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"products.jsonl: column 'price': 1 value\(s\) are not finite numbers; lines \[1\], e.g. \[True\]"):
+    with pytest.raises(RawFormatError, match=r"products.jsonl:1: column 'price': True is not a finite number"):
         run_ingest(cfg)  # JSON true is not a price of 1.0
     assert not (cfg.stage_dir("ingested") / "summary.json").exists()
+
+
+def test_every_bad_file_is_named_in_one_error_with_file_and_line(cfg):
+    # Ingestion used to stop at the first bad column of the first bad table: a shop with three
+    # broken files fixed them one run at a time.
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    products = source_dir / "products.jsonl"
+    products.write_text(products.read_text(encoding="utf-8").replace("199.0", '"cheap"').replace("类型#裙*", "类型#*"),
+                        encoding="utf-8")
+    (source_dir / "copies.jsonl").write_text('{"copy_id": \n', encoding="utf-8")
+    users = source_dir / "users.csv"
+    users.write_text(users.read_text(encoding="utf-8").replace("2025-12-01", "sometime"), encoding="utf-8")
+    events = source_dir / "events.csv"
+    events.write_text(events.read_text(encoding="utf-8").replace("2026-01-05T10:00:04Z", "yesterday"), encoding="utf-8")
+    before = {path.name: path.read_bytes() for path in source_dir.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 5 problem(s) in 4 file(s)")
+    for expected in [
+        f"{products}:1: column 'content': malformed attribute pair '类型#'",
+        f"{products}:1: column 'price': 'cheap' is not a finite number",
+        f"{source_dir / 'copies.jsonl'}: line 1: not valid JSON",
+        f"{users}:2: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
+        f"{events}:3: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp",
+    ]:
+        assert expected in message, expected
+    assert {path.name: path.read_bytes() for path in source_dir.iterdir()} == before  # nothing lost or changed
+    assert not cfg.stage_dir("ingested").exists()
+
+
+def test_a_column_broken_throughout_is_listed_up_to_a_cap_and_counted(cfg):
+    from components.data.ingest import MAX_LISTED_PER_FILE
+
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    events = source_dir / "events.csv"
+    rows = [f"e{i},shopper1,p1,c1,impression,2026-01-05 10:00:{i:02d},1,0.5,0.0" for i in range(3, 43)]  # no offset
+    rows[30] = rows[30].replace(",0.5,", ",half,")  # line 34: a second column, past the cap
+    events.write_text(events.read_text(encoding="utf-8") + "\n".join(rows) + "\n", encoding="utf-8")
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    message = str(refused.value).splitlines()
+    assert message[0] == "cannot ingest: 41 problem(s) in 1 file(s); nothing was ingested:"
+    listed = [line for line in message[1:] if line.startswith(f"{events}:") and line[len(f"{events}:")].isdigit()]
+    assert len(listed) == MAX_LISTED_PER_FILE and listed[0].startswith(f"{events}:4: column 'timestamp'")
+    assert message[-1] == (f"{events}: 31 more not listed: column 'timestamp' 30 (lines 14, 15, 16, 17, 18, …), "
+                           "column 'propensity' 1 (lines 34)")
 
 
 def test_missing_source_stage_is_a_clear_error(cfg):
@@ -138,10 +189,10 @@ def test_event_times_need_an_offset_and_keep_the_instant(tmp_path):
     converted = to_utc_timestamp(raw, "timestamp", tmp_path / "events.csv", require_offset=True)
     assert converted.iloc[:3].tolist() == [pd.Timestamp("2026-01-05T10:00:09Z")] * 3 and pd.isna(converted.iloc[3])
     naive = pd.DataFrame({"timestamp": ["2026-01-05T18:00:09"]})
-    with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
+    with pytest.raises(RawFormatError, match="is not a timestamp with a UTC offset"):
         to_utc_timestamp(naive, "timestamp", tmp_path / "events.csv", require_offset=True)
     bare_date = pd.DataFrame({"timestamp": ["2026-01-05"]})  # its "-05" is the day, not an offset
-    with pytest.raises(RawFormatError, match="not timestamps with a UTC offset"):
+    with pytest.raises(RawFormatError, match="is not a timestamp with a UTC offset"):
         to_utc_timestamp(bare_date, "timestamp", tmp_path / "events.csv", require_offset=True)
     assert to_utc_timestamp(naive, "timestamp", tmp_path / "users.csv").iloc[0] == pd.Timestamp("2026-01-05T18:00:09Z")
 
@@ -150,10 +201,10 @@ def test_number_columns_refuse_booleans(tmp_path):
     from components.data.ingest import to_float, to_int
 
     raw = pd.DataFrame({"price": [12.5, True, None, False]}, index=pd.Index([1, 2, 3, 4], name="line"))
-    with pytest.raises(RawFormatError, match=r"column 'price': 2 value\(s\) are not finite numbers; lines \[2, 4\]"):
+    with pytest.raises(RawFormatError, match=r"products.jsonl:2: column 'price': True is not a finite number\n.*products.jsonl:4: column 'price': False is not"):
         to_float(raw, "price", tmp_path / "products.jsonl")
     every_row = pd.DataFrame({"position": [True, False]})  # a bool column, not object
-    with pytest.raises(RawFormatError, match=r"column 'position': 2 value\(s\) are not finite numbers"):
+    with pytest.raises(RawFormatError, match=r"2 problem\(s\).*\n.*column 'position': True is not a finite number"):
         to_int(every_row, "position", tmp_path / "events.csv")
     assert to_float(pd.DataFrame({"price": [12.5, 3, None]}), "price", tmp_path / "p.jsonl").tolist()[:2] == [12.5, 3.0]
 
@@ -164,7 +215,7 @@ def test_event_times_beyond_microseconds_are_refused_not_truncated(tmp_path):
     # truncating would tie events within a microsecond and change what the file said
     raw = pd.DataFrame({"timestamp": ["2026-02-01T10:07:00.123456Z", "2026-02-01T10:07:00.123456789Z", None]},
                        index=pd.Index([2, 3, 4], name="line"))
-    with pytest.raises(RawFormatError, match=r"events.csv: column 'timestamp': 1 value\(s\) are not timestamps in whole microseconds.*lines \[3\]"):
+    with pytest.raises(RawFormatError, match=r"events.csv:3: column 'timestamp': '2026-02-01T10:07:00.123456789Z' is not a timestamp in whole microseconds"):
         to_utc_timestamp(raw, "timestamp", tmp_path / "events.csv", require_offset=True)
     exact = pd.DataFrame({"timestamp": ["2026-02-01T10:07:00.123456000Z"]})  # nine digits, nothing lost
     assert to_utc_timestamp(exact, "timestamp", tmp_path / "events.csv").iloc[0] == pd.Timestamp("2026-02-01T10:07:00.123456Z")
