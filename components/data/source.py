@@ -80,10 +80,13 @@ def write_obd_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
 
 def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     """Copy a shop's export folder into the raw layer, after reading every file the way ingest
-    will: a file that is missing, not UTF-8, malformed or short of a column stops here with its
-    name and line, before anything downstream runs. The export's bytes are copied unchanged; the
+    will: a file that is missing, not UTF-8, malformed or short of a column, or a value that is
+    not its column's type (a price "cheap", a timestamp "yesterday") stops here, before anything
+    downstream runs. One error names every problem in every file as `export-file:line`: the file
+    the shop edits, not its copy in the raw layer. The export's bytes are copied unchanged; the
     copy server's feedback log (cfg.feedback_dir(), components/data/feedback.py) is appended."""
-    from components.data.raw import RawFormatError, read_raw_table
+    from components.data.ingest import check_raw_tables
+    from components.data.raw import RawFormatError
 
     folder = Path(cfg.paths.source_folder)
     if not folder.is_dir():
@@ -91,7 +94,7 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     missing = [name for name in RAW_FILES.values() if not (folder / name).is_file()]
     if missing:
         raise RawFormatError(f"{folder}: missing {missing}; a shop export needs {list(RAW_FILES.values())} (docs/schema.md)")
-    tables = {table: read_raw_table(folder, table) for table in RAW_FILES}
+    tables = check_raw_tables(folder)
     for name in RAW_FILES.values():
         shutil.copy2(folder / name, out_dir / name)
     feedback = append_feedback(cfg, out_dir, tables)
@@ -111,7 +114,8 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
     order, so the export's bytes stay as they were."""
     import csv
 
-    from components.data.raw import RAW_COLUMNS, RawFormatError, jsonl_lines, read_raw_table
+    from components.data.ingest import check_raw_tables
+    from components.data.raw import RAW_COLUMNS, RawFormatError, jsonl_lines
     from components.data.feedback import FeedbackLog
 
     folder = cfg.feedback_dir()
@@ -127,10 +131,10 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
         if "events" not in found:
             (Path(tmp) / RAW_FILES["events"]).write_text(",".join(RAW_COLUMNS["events"]) + "\n", encoding="utf-8")
         try:
-            copies = read_raw_table(tmp, "copies")
-            events = read_raw_table(tmp, "events")
+            logged = check_raw_tables(Path(tmp), ("copies", "events"))  # typed as ingest will, too
         except RawFormatError as exc:  # name the log's file, not the snapshot's (deleted when this returns)
             raise RawFormatError(str(exc).replace(str(Path(tmp)), str(folder))) from exc
+    copies, events = logged["copies"], logged["events"]
     new_copies = copies[~copies["copy_id"].isin(export["copies"]["copy_id"])]
     new_events = events[~events["event_id"].isin(export["events"]["event_id"])]
     _append_lines(out_dir / RAW_FILES["copies"], jsonl_lines(new_copies, RAW_COLUMNS["copies"]))

@@ -79,6 +79,51 @@ def test_a_broken_shop_export_is_refused_with_file_and_line_before_anything_is_c
         run_source(_shop_cfg(make_cfg, tmp_path / "nowhere"))
 
 
+def test_bad_values_in_a_shop_export_are_named_in_the_export_all_at_once(make_cfg, tmp_path):
+    """A value that is not its column's type stops the source stage, named as export-file:line:
+    ingest used to find it in the raw layer's copy (artifacts/<profile>/source/), one file a run."""
+    import re
+    import shutil
+
+    from components.data.ingest import run_ingest
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop_example", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+
+    def edit(name, line, old, new):
+        lines = (folder / name).read_text(encoding="utf-8").split("\n")
+        assert re.search(old, lines[line - 1]), (name, line)
+        lines[line - 1] = re.sub(old, new, lines[line - 1], count=1)
+        (folder / name).write_text("\n".join(lines), encoding="utf-8")
+
+    edit("products.jsonl", 4, r'"price": [0-9.]+', '"price": "cheap"')
+    edit("products.jsonl", 7, r'"content": "[^"]+"', '"content": "类型#*风格#简约"')
+    edit("users.csv", 6, r'"\d{4}-\d{2}-\d{2}"$', '"sometime"')
+    edit("events.csv", 5, r"2026-[0-9: .-]+Z", "yesterday")
+    edit("events.csv", 10, r"2026-[0-9: .-]+Z", "yesterday")
+    export = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_source(cfg)
+    message = str(refused.value)
+    for expected in [
+        f"{folder / 'products.jsonl'}:4: column 'price': 'cheap' is not a finite number",
+        f"{folder / 'products.jsonl'}:7: column 'content': malformed attribute pair '类型#'",
+        f"{folder / 'users.csv'}:6: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
+        f"{folder / 'events.csv'}:5: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp",
+        f"{folder / 'events.csv'}:10: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp",
+    ]:
+        assert expected in message, expected
+    assert str(cfg.stage_dir("source")) not in message  # never the copy the shop does not edit
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == export  # the export untouched
+    assert not (cfg.stage_dir("source") / "products.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="run the source stage first"):
+        run_ingest(cfg)  # not four "raw file not found" lines
+
+
 def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, tmp_path):
     """A folder source appends the feedback log (cfg.feedback_dir()) after the export's own
     lines; ingestion then reads the served copies and their events like any other."""
@@ -125,6 +170,7 @@ def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, t
 def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     # The stage reads a snapshot of the log; an error naming the snapshot (a deleted temp folder)
     # would leave the operator nothing to open.
+    import re
     import shutil
 
     from components.data.feedback import FeedbackLog
@@ -143,3 +189,12 @@ def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     with pytest.raises(RawFormatError, match="row") as refused:
         run_source(cfg)
     assert str(cfg.feedback_dir() / "events.csv") in str(refused.value) and "line 3 has 3" in str(refused.value)
+
+    # a whole row whose value is no time: named by the log's own file and line, not the raw layer's
+    log_events = cfg.feedback_dir() / "events.csv"
+    lines = log_events.read_text(encoding="utf-8").splitlines()
+    lines[-1] = lines[1].replace(re.search(r",(\d{4}-[^,]+),", lines[1]).group(1), "yesterday")
+    log_events.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RawFormatError) as refused:
+        run_source(cfg)
+    assert f"{log_events}:3: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp" in str(refused.value)
