@@ -950,3 +950,20 @@ def test_a_stopped_job_that_replaces_an_output_resumes_with_resume_and_overwrite
         api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True)
     api.generate_batch(source, out, model_dir, decoding="greedy", batch_size=2, resume=True, overwrite=True)
     assert out.read_text(encoding="utf-8") == complete and not api.partial_path(out).exists()
+
+
+def test_generate_batch_counts_no_empty_copy_as_one_that_broke_a_hard_rule(model_dir, tmp_path, monkeypatch):
+    """`servable` drops an empty copy without a rule broken: its row is written empty, but the
+    report's `withheld` (every candidate broke a hard rule) must not count it."""
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"content": "类型#裙*颜色#白色"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    real = api.Generator.generate_chunks
+
+    def writing_an_empty_copy(self, *args, **kwargs):  # the model's copy trimmed to nothing
+        for chunk in real(self, *args, **kwargs):
+            yield [[""] for _ in chunk]
+
+    monkeypatch.setattr(api.Generator, "generate_chunks", writing_an_empty_copy)
+    report = api.generate_batch(source, out, model_dir, decoding="greedy")
+    assert json.loads(out.read_text(encoding="utf-8"))["copy"] == ""
+    assert report.withheld == 0 and report.warnings() == []

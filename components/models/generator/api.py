@@ -807,8 +807,8 @@ def _write_batch(
         withheld = 0
         for chunk in generator.generate_chunks(requests, decoding, n=1, earlier=earlier, earlier_requests=before):
             for row, texts in zip(rows[done:], chunk):
-                servable, _ = generator.servable(texts[:1], row["attributes"])
-                withheld += len(servable) < len(texts[:1])
+                servable, broke = generator.servable(texts[:1], row["attributes"])
+                withheld += bool(broke)  # an empty copy is no candidate, but it broke no rule
                 handle.write(json.dumps({"content": row["content"], "copy": servable[0] if servable else ""}, ensure_ascii=False) + "\n")
             handle.flush()
             done += len(chunk)
