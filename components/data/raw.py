@@ -149,7 +149,7 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     text = read_utf8(path)
     if not text.strip():
         raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
-    require_header_width(path, text)
+    lines = require_header_width(path, text)
     try:
         # index_col=False: given rows one field longer than the header (a trailing comma on each),
         # pandas would otherwise make the first column the index and shift every value one left.
@@ -159,29 +159,36 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
-    df.index = pd.RangeIndex(2, len(df) + 2, name="line")  # header is line 1
+    # Each row's own line in the file (pandas skips blank lines, and a quoted value may span lines).
+    df.index = pd.Index(lines, name="line") if len(lines) == len(df) else pd.RangeIndex(2, len(df) + 2, name="line")
     return df[columns]
 
 
-def require_header_width(path: Path, text: str) -> None:
+def require_header_width(path: Path, text: str) -> list[int]:
     """Every row has exactly the header's fields. pandas fills a short row with missing values: a
     row cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls. A long
-    row it drops fields from or, if every row is long, shifts into the wrong columns."""
+    row it drops fields from or, if every row is long, shifts into the wrong columns.
+    Returns the line each row starts on (blank lines have no row)."""
     import csv
 
     reader = csv.reader(io.StringIO(text))
     try:
         width = len(next(record for record in reader if record))
-        short, long = [], []
+        short, long, starts = [], [], []
+        ended = reader.line_num  # the line the previous record ended on
         for record in reader:
-            if record and len(record) != width:
-                (short if len(record) < width else long).append((reader.line_num, len(record)))
+            if record:
+                starts.append(ended + 1)
+                if len(record) != width:
+                    (short if len(record) < width else long).append((reader.line_num, len(record)))
+            ended = reader.line_num
     except csv.Error as exc:
         raise RawFormatError(f"{path}: malformed CSV: line {reader.line_num}: {exc}") from exc
     if short:
         raise _width_error(path, short, f"fewer than the header's {width}", "cut off or mis-quoted")
     if long:
         raise _width_error(path, long, f"more than the header's {width}", "a trailing comma, or a comma in a value that is not quoted")
+    return starts
 
 
 def _width_error(path: Path, rows: list[tuple[int, int]], compared: str, cause: str) -> RawFormatError:

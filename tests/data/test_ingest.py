@@ -177,6 +177,21 @@ def test_a_column_broken_throughout_is_listed_up_to_a_cap_and_counted(cfg):
                            "column 'propensity' 1 (lines 34)")
 
 
+def test_a_bad_value_is_named_by_its_own_line_after_a_blank_line(cfg):
+    # pandas skips a blank line (and a quoted value may span lines): counting rows from line 2
+    # named the line above the bad value, in the file the shop is told to edit.
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    users = source_dir / "users.csv"
+    header, first, *rest = users.read_text(encoding="utf-8").splitlines()
+    users.write_text("\n".join([header, "", first, *rest]).replace("2025-12-01", "sometime") + "\n", encoding="utf-8")
+    bad = next(n for n, line in enumerate(users.read_text(encoding="utf-8").splitlines(), start=1) if "sometime" in line)
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    assert f"{users}:{bad}: column 'signup_date': 'sometime' is not an ISO 8601 timestamp" in str(refused.value)
+
+
 def test_missing_source_stage_is_a_clear_error(cfg):
     with pytest.raises(FileNotFoundError, match="run the source stage first"):
         run_ingest(cfg)
