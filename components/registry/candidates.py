@@ -72,6 +72,13 @@ def _version_of_run(client: MlflowClient, family: str, run_id: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def _released_members(client: MlflowClient) -> set[tuple[str, str]]:
+    """(family, version) of every member of a release: a release exists only if its gates
+    passed. Versions registered before release.gate was tagged (2026-11-25) lack the tag."""
+    return {(key.removeprefix("member."), value) for release in client.search_model_versions(f"name = '{RELEASE_MODEL}'")
+            for key, value in release.tags.items() if key.startswith("member.")}
+
+
 def _registered_versions(client: MlflowClient, families: list[str], manifests: list[dict]) -> dict[str, object] | None:
     """family -> the version already registered from this manifest's training run, if all are."""
     found = {}
@@ -211,6 +218,7 @@ def release_candidates(
     versions: dict[str, str] = {}
     lineage: dict[str, dict[str, str]] = {}
     shipped: set[str] = set()  # reused versions that were released before
+    released = _released_members(client)
     for family, manifest in zip(families, manifests, strict=True):
         registered = _version_of_run(client, family, manifest["run_id"])
         gate = next(g for g in gates if g.family == family)
@@ -224,7 +232,7 @@ def release_candidates(
             # its version and the lineage of the retrain that trained it; gated again above.
             versions[family] = str(registered.version)
             members[family]["version_reused"] = True
-            if registered.tags.get("release.gate") == VERDICT_PASS:
+            if registered.tags.get("release.gate") == VERDICT_PASS or (family, versions[family]) in released:
                 shipped.add(family)
             members[family]["version"] = versions[family]
             lineage[family] = {k: v for k, v in registered.tags.items() if k in LINEAGE_TAGS}
@@ -242,10 +250,9 @@ def release_candidates(
     # own gate in a rejected release must not read as shipped (gate.verdict=pass alone). A
     # version already released keeps its pass: a later rejected release does not unship it.
     for family, manifest in zip(families, manifests, strict=True):
-        if family in shipped and not passed:
-            continue
-        client.set_model_version_tag(registered_model(family), versions[family], "release.gate", verdict(passed))
-        client.set_tag(manifest["run_id"], "release.gate", verdict(passed))
+        outcome = verdict(passed or family in shipped)
+        client.set_model_version_tag(registered_model(family), versions[family], "release.gate", outcome)
+        client.set_tag(manifest["run_id"], "release.gate", outcome)
     if parent_run_id:
         client.log_text(parent_run_id, report, "gate/report.md")
         client.set_tag(parent_run_id, "gate.verdict", verdict(passed))

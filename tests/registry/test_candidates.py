@@ -171,6 +171,21 @@ def test_a_member_that_passed_in_a_rejected_release_carries_the_release_outcome(
     assert client.get_run(world.manifests["gen2"]["run_id"]).data.tags["release.gate"] == "pass"
 
 
+def test_a_member_released_before_release_gate_was_tagged_keeps_reading_as_shipped(fresh_world):
+    """A registry from before release.gate was tagged on versions: a champion's member has no
+    such tag, and gated again, unchanged, in a rejected release it read release.gate=fail."""
+    from tests.registry import helpers
+
+    world = fresh_world
+    client = registry_client(world.cfg)
+    shipped = world.second.versions["generator"]
+    client.delete_model_version_tag("copyflow-generator", shipped, "release.gate")  # as registered then
+    degraded = helpers.train_preference(world.cfg, world.base, shuffled=True, seed=6)
+    with pytest.raises(GateFailed, match="preference auc"):
+        release_candidates(world.cfg, [degraded, world.manifests["gen2"]], project_dir=ROOT, scorers=helpers.SCORERS)
+    assert client.get_model_version("copyflow-generator", shipped).tags["release.gate"] == "pass"
+
+
 def test_a_family_whose_training_was_skipped_keeps_its_version(world, tmp_path):
     """Only the preference stage re-ran (say, a preference knob changed): the generator's run
     is registered already, so the new release points at its version instead of a copy."""
