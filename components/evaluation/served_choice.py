@@ -186,8 +186,9 @@ def measure(cfg: Config, requests: int, seed: int = 0) -> dict:
         "profile": cfg.profile,
         **summarize(pd.DataFrame(rows), seed),
         # the model on the candidates (the server also builds the pair's row: make bench)
-        "scoring_ms_p50": float(np.median(scoring_ms)) if scoring_ms else float("nan"),
-        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)) if scoring_ms else float("nan"),
+        # None (JSON null) when no request was scored: NaN is not JSON
+        "scoring_ms_p50": float(np.median(scoring_ms)) if scoring_ms else None,
+        "scoring_ms_p95": float(np.percentile(scoring_ms, 95)) if scoring_ms else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -200,6 +200,7 @@ def serve_the_champion_over_http(project, cfg, users, products) -> None:
     priced = measure(cfg, requests=6)
     assert priced["requests"] == 6 and priced["scored_share"] > 0
     assert 0 < priced["ctr_uniform"] <= priced["ctr_best"] and priced["ctr_pick"] <= priced["ctr_best"]
+    json.dumps(priced, allow_nan=False)  # the CLI prints it: standard JSON, no NaN
 
     # A preference model that cannot score leaves the request to a uniform draw, and says why.
     def unreadable(ref):
