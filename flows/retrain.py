@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from components import dvc_runner, pipeline, tracking
 from components.config import load_config
@@ -32,8 +33,9 @@ SUMMARY_FIGURES = 30  # per stage, in the flow run's log
 class DataGateFailed(RuntimeError):
     """The batch failed Great Expectations validation; nothing downstream ran.
 
-    The message is a few lines (Prefect repeats it in the log, the traceback and the flow run's
-    state); the failures are logged once and the whole report is an artifact."""
+    The gate doing its job, not a crash: the flow returns it as its Failed state (no traceback
+    in the log), and calling the flow raises it. The message is a few lines (the flow run's state
+    and the CLI repeat it); the failures are logged once and the whole report is an artifact."""
 
 
 class RetrainBusy(RuntimeError):
@@ -47,12 +49,40 @@ class ParamsNotTracked(ValueError):
 @task(task_run_name="{stage}@{profile}")
 def run_stage(
     stage: str, profile: str, project_dir: str, force: bool = False, parent_run_id: str = "", timeout_s: float | None = None
-) -> dvc_runner.ReproResult:
+) -> dvc_runner.ReproResult | State:
     logger = get_run_logger()
     env = {pipeline.PARENT_RUN_ENV: parent_run_id} if parent_run_id else None
-    result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env, timeout_s=timeout_s)
+    try:
+        result = dvc_runner.repro(stage, profile, cwd=project_dir, force=force, env=env, timeout_s=timeout_s)
+    except dvc_runner.StageFailed as failure:
+        rejection = _gate_rejection(stage, profile, project_dir)
+        if not rejection:
+            raise  # a crash, not a verdict: Prefect logs it with its traceback
+        # A returned Failed state is Prefect's way to fail a run that did not crash: no traceback;
+        # the flow's state.result() raises `failure` (the data).
+        return Failed(message=rejection, data=failure)
     logger.info("%s: %s", result.target, "unchanged, skipped by DVC" if result.skipped else "ran")
     return result
+
+
+def _gate_rejection(stage: str, profile: str, project_dir: str) -> str:
+    """Why the data gate rejected the batch, when a failed validate stage left that verdict
+    (its summary says success: false); '' for any other failure (DVC removes a stage's outputs
+    before it runs, so a summary there is this run's)."""
+    if stage != "validate":
+        return ""
+    try:
+        summary = pipeline.read_summary(load_config(Path(project_dir) / "params.yaml", profile), stage)
+    except (FileNotFoundError, ValueError):
+        return ""
+    return f"data gate rejected the batch: {_gate_verdict(summary)}" if summary.get("success") is False else ""
+
+
+def _gate_verdict(summary: dict) -> str:
+    failed = summary.get("failed") or []
+    if not failed:
+        return "the batch could not be validated"
+    return f"{len(failed)} of {summary.get('evaluated_expectations', '?')} checks failed ({list_failed(failed, 5)})"
 
 
 def _retry_unless_timed_out(task, task_run, state) -> bool:
@@ -119,18 +149,23 @@ def retrain(
     force: bool = False,
     stages: list[str] | None = None,
     register_release: bool = True,
-) -> RetrainResult:
+) -> RetrainResult | State:
     """Run the pipeline for one params.yaml profile; returns what `copyflow retrain` prints.
 
     After training, `register_release` gates the new models against the champion on the frozen
     evaluation set and registers a release (promoted automatically only if params say so and
-    no champion exists yet). A failing data gate or release gate fails the run.
+    no champion exists yet). A failing data gate or release gate fails the run. A batch the data
+    gate rejects is returned as a Failed state, not raised: calling the flow raises its
+    DataGateFailed all the same, without Prefect logging a traceback for a verdict.
     """
     params_file = tracked_params(params_path, project_dir)
     root = params_file.parent  # the project is where its params.yaml is, whatever the current directory
     cfg = load_config(params_file, profile)
     with one_retrain_at_a_time(cfg):
-        return _retrain(cfg, root, params_file, stages, force, register_release)
+        try:
+            return _retrain(cfg, root, params_file, stages, force, register_release)
+        except DataGateFailed as rejected:  # raised through _retrain, so its MLflow run ended FAILED
+            return Failed(message=str(rejected), data=rejected)
 
 
 @contextmanager
@@ -172,7 +207,9 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
         mlflow.log_params({**tracking.config_params(cfg), "stages": ",".join(stages)})
         for stage in stages:
             try:
-                repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id, cfg.flow.stage_timeout_minutes * 60)
+                # As a state: a stage that returns its Failed state (a rejected batch) raises here too.
+                repro = _stage_task(stage)(stage, profile, str(root), force, parent.info.run_id,
+                                           cfg.flow.stage_timeout_minutes * 60, return_state=True).result()
             except dvc_runner.StageFailed as failure:
                 _record_failure(cfg, stage, failure, parent.info.run_id)
                 raise  # unreachable for validate: _record_failure raises DataGateFailed
@@ -265,9 +302,7 @@ def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run
         mlflow.set_tag("ge.verdict", VERDICT_FAIL)
         report = pipeline.stage_output_dir(cfg, stage) / "report.md"
         text = report.read_text(encoding="utf-8") if report.exists() else failure.output
-        failed = summary.get("failed") or []
-        verdict = (f"{len(failed)} of {summary.get('evaluated_expectations', '?')} checks failed ({list_failed(failed, 5)})"
-                   if failed else "the batch could not be validated")
+        verdict = _gate_verdict(summary)
         logger.error("data gate failed; no later stage ran and no model was touched.\n%s", failures_section(text) or text)
         _publish(f"data-gate-{cfg.profile}", text, f"Great Expectations report ({cfg.profile}): FAILED")
         raise DataGateFailed(

@@ -1,4 +1,5 @@
-"""`copyflow retrain` refuses what it cannot run before Prefect starts: one paragraph, no traceback."""
+"""`copyflow retrain` refuses what it cannot run before Prefect starts: one paragraph, no traceback.
+An expected outcome inside the flow (a batch the data gate rejects) reads as one too."""
 
 from __future__ import annotations
 
@@ -42,3 +43,23 @@ def test_retrain_while_another_retrain_of_the_profile_runs_is_one_line(tmp_path)
     assert "error: another retrain of profile 'quick' is running in this project" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (project / "artifacts").exists()
+
+
+def test_retrain_of_a_batch_the_data_gate_rejects_prints_the_verdict_not_tracebacks(tmp_path):
+    # The gate doing its job printed 120 lines with 3 Prefect tracebacks (the task engine's and the
+    # flow engine's, chained) around the one-line verdict: it read like a crash.
+    project = make_project(tmp_path, {"validation": {"mostly_unique_events": 1.0}})  # no duplicate event tolerated
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--params", str(project / "params.yaml")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    # the gate's summary: which check failed, and where the report is
+    assert "data gate failed; no later stage ran and no model was touched." in output
+    assert "### 1. `events.event_id` — `expect_column_values_to_be_unique`" in output
+    report = project / "artifacts/quick/validation/report.md"
+    assert "retrain failed: Data validation failed for profile 'quick': 1 of " in result.stderr
+    assert f"Report: {report} (also the Prefect artifact data-gate-quick" in result.stderr
+    assert report.exists() and not (project / "artifacts/quick/clean").exists()

@@ -141,6 +141,41 @@ def test_failing_gate_stops_the_flow_before_cleaning(tmp_path, prefect_harness, 
     assert "report.md" in logged
     assert client.search_registered_models() == []
     assert "FAILED" in prefect_artifact("data-gate-quick") and "event_id" in prefect_artifact("data-gate-quick")
+    # A verdict, not a crash, yet Prefect records both runs as Failed, saying why.
+    flow_state, task_states = _prefect_states(parent.data.tags["prefect_flow_run_id"])
+    assert flow_state.is_failed() and flow_state.message.startswith("Data validation failed for profile 'quick': 1 of "), flow_state
+    assert task_states["validate@quick"].is_failed(), task_states
+    assert task_states["validate@quick"].message.startswith("data gate rejected the batch: 1 of "), task_states
+    assert task_states["ingest@quick"].is_completed() and "clean@quick" not in task_states
+
+
+def _prefect_states(flow_run_id: str):
+    """The flow run's final state and its task runs' by task run name, as the Prefect API has them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    return flow_run.state, {t.name: t.state for t in tasks}
+
+
+def test_only_the_gate_s_verdict_ends_the_validate_task_without_a_traceback(tmp_path):
+    """A validate stage that failed without writing a failing verdict crashed: it keeps the traceback."""
+    from components.pipeline import stage_output_dir
+    from flows.retrain import _gate_rejection
+
+    project = make_project(tmp_path)
+    out = stage_output_dir(load_config(project / "params.yaml", "quick"), "validate")
+    assert _gate_rejection("validate", "quick", str(project)) == ""  # no summary: it crashed before its verdict
+    out.mkdir(parents=True)
+    failed = ["events.event_id: expect_column_values_to_be_unique"]
+    (out / "summary.json").write_text(json.dumps({"success": False, "evaluated_expectations": 93, "failed": failed}), encoding="utf-8")
+    assert _gate_rejection("validate", "quick", str(project)) == (
+        "data gate rejected the batch: 1 of 93 checks failed (events.event_id: expect_column_values_to_be_unique)")
+    assert _gate_rejection("clean", "quick", str(project)) == ""  # another stage's failure is never a verdict
+    (out / "summary.json").write_text(json.dumps({"success": True, "evaluated_expectations": 93, "failed": []}), encoding="utf-8")
+    assert _gate_rejection("validate", "quick", str(project)) == ""  # passed, then DVC failed: not the gate
 
 
 def test_a_second_retrain_of_the_same_profile_is_refused(tmp_path, prefect_harness, monkeypatch):
