@@ -4,7 +4,8 @@ Ingestion types every column and pseudonymizes user ids; it does NOT clean: dupl
 values, bad prices and bots pass through so the validation gate sees the batch as delivered and
 cleaning (after the gate) can count what it removes. A file that cannot be read as its format
 (not UTF-8, broken JSON/CSV, a missing column) or a value that is not its column's type (a
-number that is not a number, a malformed attribute pair, a time that is no time) stops ingestion.
+number that is not a number, a malformed attribute pair, a time that is no time, an id with
+whitespace at either end) stops ingestion.
 Every file is read and every column typed first, so one error names every problem as
 `file:line: column ...` (the first MAX_LISTED_PER_FILE per file, the rest counted by column).
 A `folder` source runs the same check on the shop's export in the `source` stage
@@ -182,6 +183,26 @@ def to_text(df: pd.DataFrame, column: str) -> pd.Series:
     return values.where(values.notna(), None).map(lambda v: v if v is None else str(v))
 
 
+# Every column that joins tables or names a record is read with to_id. Ids are matched, and user
+# ids pseudonymized, exactly as given: " u1" and "u1" would be two shoppers, and an event whose
+# product_id is "p1 " would find no product (cleaning drops it). Trimming them here could merge
+# ids the shop keeps apart without a word, so an id with whitespace at either end is refused.
+def to_id(df: pd.DataFrame, column: str, path: Path, problems: RawProblems | None = None) -> pd.Series:
+    """An id column as text; an id with whitespace at either end (a space, tab, carriage return,
+    no-break or ideographic space: what str.strip removes) goes to `problems` (None: raised at once)."""
+    found = problems if problems is not None else RawProblems()
+    ids = to_text(df, column)
+    padded = ids.map(lambda v: isinstance(v, str) and v != v.strip()).astype(bool)
+    notes = [
+        f"{_example(v)} has whitespace at its start or end; trim it in the export "
+        f"(ids match exactly: {_example(v)} and {_example(v.strip())} would be two ids)"
+        for v in ids[padded.to_numpy()].head(MAX_LISTED_PER_FILE)
+    ]
+    found.add(path, column, [int(i) for i in df.index[padded.to_numpy()]], notes)
+    _raise_alone(problems, found)
+    return ids
+
+
 def parse_content(df: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.Series:
     """`key#value*key#value` -> attributes dict per product; a malformed string names its line."""
     found = problems if problems is not None else RawProblems()
@@ -204,7 +225,7 @@ def parse_content(df: pd.DataFrame, path: Path, problems: RawProblems | None = N
 def type_products(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "product_id": to_text(raw, "product_id"),
+            "product_id": to_id(raw, "product_id", path, problems),
             "category": to_text(raw, "category"),
             "attributes": parse_content(raw, path, problems),
             "price": to_float(raw, "price", path, problems),
@@ -214,13 +235,21 @@ def type_products(raw: pd.DataFrame, path: Path, problems: RawProblems | None = 
 
 
 def type_copies(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
-    return pd.DataFrame({c: to_text(raw, c) for c in ["copy_id", "product_id", "text", "source", "model_version"]})
+    return pd.DataFrame(
+        {
+            "copy_id": to_id(raw, "copy_id", path, problems),
+            "product_id": to_id(raw, "product_id", path, problems),
+            "text": to_text(raw, "text"),
+            "source": to_text(raw, "source"),
+            "model_version": to_text(raw, "model_version"),
+        }
+    )
 
 
 def type_users(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "user_id": to_text(raw, "user_id"),
+            "user_id": to_id(raw, "user_id", path, problems),
             "age_band": to_text(raw, "age_band"),
             "city_tier": to_text(raw, "city_tier"),
             "signup_date": to_utc_timestamp(raw, "signup_date", path, problems=problems),
@@ -231,10 +260,10 @@ def type_users(raw: pd.DataFrame, path: Path, problems: RawProblems | None = Non
 def type_events(raw: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "event_id": to_text(raw, "event_id"),
-            "user_id": to_text(raw, "user_id"),
-            "product_id": to_text(raw, "product_id"),
-            "copy_id": to_text(raw, "copy_id"),
+            "event_id": to_id(raw, "event_id", path, problems),
+            "user_id": to_id(raw, "user_id", path, problems),
+            "product_id": to_id(raw, "product_id", path, problems),
+            "copy_id": to_id(raw, "copy_id", path, problems),
             "event_type": to_text(raw, "event_type"),
             "timestamp": to_utc_timestamp(raw, "timestamp", path, require_offset=True, problems=problems),
             "position": to_int(raw, "position", path, problems=problems),

@@ -192,6 +192,57 @@ def test_a_bad_value_is_named_by_its_own_line_after_a_blank_line(cfg):
     assert f"{users}:{bad}: column 'signup_date': 'sometime' is not an ISO 8601 timestamp" in str(refused.value)
 
 
+def test_ids_with_whitespace_at_either_end_are_refused_in_every_key_column(cfg):
+    # Ids were pseudonymized and joined as given: "shopper1 " from a CSV export that pads its
+    # cells was a second shopper, and an event whose product_id was "p1 " dangled (cleaning
+    # dropped it). Trimming silently could merge ids the shop keeps apart, so each is named.
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    products, copies = source_dir / "products.jsonl", source_dir / "copies.jsonl"
+    products.write_text(products.read_text(encoding="utf-8").replace('"p1"', '"p1\\u00a0"'), encoding="utf-8")  # no-break space
+    copies.write_text(copies.read_text(encoding="utf-8").replace('"c1"', '"\\tc1"').replace('"p1"', '"p1\\u3000"'),
+                      encoding="utf-8")  # a tab, an ideographic space
+    users = source_dir / "users.csv"
+    users.write_text(users.read_text(encoding="utf-8").replace("shopper1", " shopper1"), encoding="utf-8")
+    events = source_dir / "events.csv"
+    events.write_text(events.read_text(encoding="utf-8")
+                      + 'e3 ,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,1,0.5,0.0\n'
+                      + 'e4,"shopper1\r",p1 ,"c1 ",click,2026-01-05T10:00:10Z,1,0.5,0.0\n'  # a carriage return, quoted
+                      + 'e5,shopper 1,p1,,click,2026-01-05T10:00:11Z,,,0.0\n', encoding="utf-8")  # inner space: an id
+    before = {path.name: path.read_bytes() for path in source_dir.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 8 problem(s) in 4 file(s)"), message
+    for expected in [
+        f"{products}:1: column 'product_id': 'p1\\xa0' has whitespace at its start or end; trim it in the export "
+        "(ids match exactly: 'p1\\xa0' and 'p1' would be two ids)",
+        f"{copies}:1: column 'copy_id': '\\tc1' has whitespace",
+        f"{copies}:1: column 'product_id': 'p1\\u3000' has whitespace",
+        f"{users}:2: column 'user_id': ' shopper1' has whitespace",
+        f"{events}:4: column 'event_id': 'e3 ' has whitespace",
+        f"{events}:5: column 'user_id': 'shopper1\\r' has whitespace",
+        f"{events}:5: column 'product_id': 'p1 ' has whitespace",
+        f"{events}:5: column 'copy_id': 'c1 ' has whitespace",
+    ]:
+        assert expected in message, expected
+    assert "shopper 1" not in message  # a space inside an id is the shop's to use
+    assert {path.name: path.read_bytes() for path in source_dir.iterdir()} == before  # nothing trimmed or lost
+    assert not cfg.stage_dir("ingested").exists()
+
+
+def test_an_id_converter_alone_raises_at_once(tmp_path):
+    from components.data.ingest import to_id
+
+    path = tmp_path / "users.csv"
+    ids = pd.DataFrame({"user_id": ["u1", "u 2", None]}, index=pd.Index([2, 3, 4], name="line"))
+    assert to_id(ids, "user_id", path).iloc[:2].tolist() == ["u1", "u 2"]  # a missing id is cleaning's to count
+    ids.loc[4, "user_id"] = "u3 "
+    with pytest.raises(RawFormatError, match=r"users.csv:4: column 'user_id': 'u3 ' has whitespace at its start or end"):
+        to_id(ids, "user_id", path)
+
+
 def test_missing_source_stage_is_a_clear_error(cfg):
     with pytest.raises(FileNotFoundError, match="run the source stage first"):
         run_ingest(cfg)

@@ -124,6 +124,42 @@ def test_bad_values_in_a_shop_export_are_named_in_the_export_all_at_once(make_cf
         run_ingest(cfg)  # not four "raw file not found" lines
 
 
+def test_ids_padded_with_whitespace_in_a_shop_export_are_named_in_the_export(make_cfg, tmp_path):
+    """A CSV export that pads its cells split one shopper into two pseudonyms (padding half of
+    shopper000051's lines put 354 events under a second shopper, unknown to users.csv) and left an
+    event with product_id "p… " dangling. The source stage names each padded id, untrimmed."""
+    import shutil
+
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop_example", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    users = (folder / "users.csv").read_text(encoding="utf-8").split("\n")
+    users[3] = users[3].replace('"shopper000003"', '"shopper000003\t"')
+    (folder / "users.csv").write_text("\n".join(users), encoding="utf-8")
+    events = (folder / "events.csv").read_text(encoding="utf-8").split("\n")
+    product = events[5].split(",")[2].strip('"')
+    events[2] = events[2].replace('"shopper000051"', '" shopper000051"')
+    events[5] = events[5].replace(f'"{product}"', f'"{product} "')
+    (folder / "events.csv").write_text("\n".join(events), encoding="utf-8")
+    export = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_source(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 3 problem(s) in 2 file(s)"), message
+    for expected in [
+        f"{folder / 'users.csv'}:4: column 'user_id': 'shopper000003\\t' has whitespace at its start or end; trim it in the export",
+        f"{folder / 'events.csv'}:3: column 'user_id': ' shopper000051' has whitespace",
+        f"{folder / 'events.csv'}:6: column 'product_id': '{product} ' has whitespace",
+    ]:
+        assert expected in message, expected
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == export  # nothing trimmed in the export
+    assert not (cfg.stage_dir("source") / "events.csv").exists()
+
+
 def test_the_copy_servers_feedback_follows_the_export_into_ingestion(make_cfg, tmp_path):
     """A folder source appends the feedback log (cfg.feedback_dir()) after the export's own
     lines; ingestion then reads the served copies and their events like any other."""
