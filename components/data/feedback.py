@@ -94,9 +94,12 @@ SERVED_FIELDS = tuple(f.name for f in fields(Served))
 
 def check_id(name: str, value: str) -> None:
     """Ids go into CSV lines and joins: none empty, none with a line break or control character
-    (any other Unicode, a shop's CJK ids and spaces included, is fine)."""
+    (any other Unicode, a shop's CJK ids and spaces inside included, is fine), none with
+    whitespace at either end (ingest refuses such an id in the log, as in a shop's export)."""
     if not value or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
         raise FeedbackError(f"{name} {value!r} must be non-empty and on one line, without control characters")
+    if value != value.strip():
+        raise FeedbackError(f"{name} {value!r} has whitespace at its start or end; send it trimmed (ids match exactly)")
 
 
 def copy_id_for(model_version: str, product_id: str, text: str) -> str:

@@ -119,6 +119,11 @@ def test_bad_events_are_refused_and_write_nothing(tmp_path):
         log.record_event(served.serve_id, "click", event_id="a\nb")
     with pytest.raises(FeedbackError, match="user_id"):
         log.record_serving("shopper\r1", "p", "文案", "m", candidates=1)
+    # ingest refuses a padded id in the log (the source stage would stop on it): refused here first
+    with pytest.raises(FeedbackError, match=r"event_id 'client-7\\xa0' has whitespace at its start or end"):
+        log.record_event(served.serve_id, "click", event_id="client-7\xa0")
+    with pytest.raises(FeedbackError, match=r"user_id ' u' has whitespace"):
+        log.record_serving(" u", "p", "文案", "m", candidates=1)
     assert (tmp_path / "events.csv").read_bytes() == before
 
 
