@@ -20,18 +20,7 @@ from components.pipeline import ALWAYS_RUN_STAGES
 from components.tracking import tracking_uri
 from flows.cli import app
 from flows.retrain import retrain
-from tests.flows.conftest import make_project, prefect_artifact
-from tests.models.generator_fixtures import TINY_GENERATOR
-
-TINY_TRAINING = {
-    "generator": {**TINY_GENERATOR, "max_steps": 30, "eval_samples": 8},
-    "preference": {"max_epochs": 2, "batch_size": 256, "bootstrap": 50},
-    # A model trained for seconds cannot reach production floors; this test is about the
-    # wiring (the gates' own tests check that floors reject bad models). Its calibration in the
-    # large varies from run to run (0.33 once against the production 0.25, under load).
-    "gates": {"preference_auc_min": 0.5, "generator_bleu4_min": 0.0, "max_ece": 0.5,
-              "max_calibration_ratio_error": 5.0, "max_hallucination_rate": 1.0},
-}
+from tests.flows.conftest import TINY_TRAINING, make_project, prefect_artifact
 
 
 def test_retrain_registers_and_promotes_a_release_then_serves_it(tmp_path, prefect_harness, monkeypatch):
