@@ -38,6 +38,20 @@ class DataGateFailed(RuntimeError):
     and the CLI repeat it); the failures are logged once and the whole report is an artifact."""
 
 
+class ReleaseGateFailed(GateFailed):
+    """The release gate rejected this retrain's models (below a floor, past a guardrail, or worse
+    than the champion): they are registered with their verdict and no alias moved.
+
+    The gate doing its job, not a crash: the release task and the flow return it as their Failed
+    state (no traceback in the log), and calling the flow raises it. Its message is the failed
+    rules and where the whole report is; the report itself is logged once."""
+
+    def __init__(self, rejected: GateFailed, where: str):
+        # GateFailed's own __init__ words the message from the rules: this one adds the location.
+        RuntimeError.__init__(self, f"{rejected}\n{where}")
+        self.report, self.results = rejected.report, rejected.results
+
+
 class RetrainBusy(RuntimeError):
     """Another retrain of the same profile holds the project's retrain lock."""
 
@@ -96,7 +110,7 @@ def _stage_task(stage: str):
 
 
 @task(task_run_name="release@{profile}")
-def release(profile: str, params_path: str, manifests: list[dict], project_dir: str, parent_run_id: str) -> dict:
+def release(profile: str, params_path: str, manifests: list[dict], project_dir: str, parent_run_id: str) -> dict | State:
     """Gate every trained model against the champion, register them, alias the release."""
     from components.registry import release_candidates
 
@@ -112,7 +126,9 @@ def release(profile: str, params_path: str, manifests: list[dict], project_dir: 
     except GateFailed as failed:
         _publish(f"release-gate-{profile}", failed.report, f"Release gate report ({profile}): FAILED")
         get_run_logger().error("release gate failed; no alias was moved (the models are registered with their verdict):\n%s", failed.report)
-        raise
+        # A verdict, not a crash: a returned Failed state fails the task run without a traceback;
+        # the flow's state.result() raises `failed` (the data).
+        return Failed(message=str(failed), data=failed)
     _publish(f"release-gate-{profile}", outcome.report, f"Release gate report ({profile}): release {outcome.release}")
     return outcome.to_dict()
 
@@ -155,8 +171,9 @@ def retrain(
     After training, `register_release` gates the new models against the champion on the frozen
     evaluation set and registers a release (promoted automatically only if params say so and
     no champion exists yet). A failing data gate or release gate fails the run. A batch the data
-    gate rejects is returned as a Failed state, not raised: calling the flow raises its
-    DataGateFailed all the same, without Prefect logging a traceback for a verdict.
+    gate rejects, or a release the release gate rejects, is returned as a Failed state, not
+    raised: calling the flow raises its DataGateFailed or ReleaseGateFailed all the same,
+    without Prefect logging a traceback for a verdict.
     """
     params_file = tracked_params(params_path, project_dir)
     root = params_file.parent  # the project is where its params.yaml is, whatever the current directory
@@ -164,7 +181,7 @@ def retrain(
     with one_retrain_at_a_time(cfg):
         try:
             return _retrain(cfg, root, params_file, stages, force, register_release)
-        except DataGateFailed as rejected:  # raised through _retrain, so its MLflow run ended FAILED
+        except (DataGateFailed, ReleaseGateFailed) as rejected:  # raised through _retrain, so its MLflow run ended FAILED
             return Failed(message=str(rejected), data=rejected)
 
 
@@ -241,9 +258,13 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
             mlflow.log_metrics(headline)
         if register_release and manifests:
             try:
-                result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id)
+                # As a state: a release task that returns its Failed state (a rejection) raises here too.
+                result.release = release(profile, params_file.name, manifests, str(root), parent.info.run_id,
+                                         return_state=True).result()
             except (GateFailed, GateInputError, SnapshotError) as failure:
-                mlflow.set_tags({"failed_stage": "release", "error": str(failure).strip().splitlines()[0][:240]})
+                mlflow.set_tags({"failed_stage": "release", "error": _first_lines(str(failure))})
+                if isinstance(failure, GateFailed):
+                    raise ReleaseGateFailed(failure, _release_report_location(profile, parent.info.run_id)) from failure
                 raise
             mlflow.set_tag("release", str(result.release.get("release") or ""))
     summary = format_summary(result, tracking.tracking_uri(cfg))
@@ -278,6 +299,22 @@ def _last_lines(text: str, limit: int = 1000) -> str:
             break
         kept.insert(0, line)
     return "\n".join(kept)[-limit:]
+
+
+def _first_lines(text: str, limit: int = 1000) -> str:
+    """The start of an error message for an MLflow tag: what failed comes first, in whole lines
+    (a cut at a fixed character count began mid-word), within `limit` characters."""
+    kept: list[str] = []
+    for line in text.strip().splitlines():
+        if kept and sum(len(k) + 1 for k in kept) + len(line) > limit:
+            break
+        kept.append(line)
+    return "\n".join(kept)[:limit]
+
+
+def _release_report_location(profile: str, parent_run_id: str) -> str:
+    return (f"Report: the Prefect artifact release-gate-{profile} and gate/report.md of the MLflow run {parent_run_id} "
+            f"(the models are registered with their verdict)")
 
 
 def _record_failure(cfg, stage: str, failure: dvc_runner.StageFailed, parent_run_id: str) -> None:

@@ -45,8 +45,8 @@ class GateInputError(ValueError):
 class GateFailed(RuntimeError):
     """At least one gate rule failed; `report` is the markdown table that says which and why.
 
-    The message is one line naming the failed rules (Prefect repeats it in its log, the
-    traceback and the run's state); the report is published and printed once."""
+    The message is one line naming the failed rules (the retrain flow's task and flow run states
+    and `copyflow retrain` repeat it, without a traceback); the report is published and printed once."""
 
     def __init__(self, report: str, results: list[GateResult] | None = None, why: str = ""):
         self.report = report

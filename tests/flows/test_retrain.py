@@ -178,6 +178,17 @@ def test_only_the_gate_s_verdict_ends_the_validate_task_without_a_traceback(tmp_
     assert _gate_rejection("validate", "quick", str(project)) == ""  # passed, then DVC failed: not the gate
 
 
+def test_a_release_failure_s_error_tag_keeps_whole_first_lines():
+    """The release step's error tag was the first line cut at 240 characters, mid-word."""
+    from flows.retrain import _first_lines
+
+    rules = "; ".join(f"generator metric_{i} 0.5000 fails guardrail <= 0.1" for i in range(8))  # 8 x 47 characters
+    message = f"release gate failed; no alias was moved: {rules}\nReport: the Prefect artifact release-gate-quick"
+    assert _first_lines(message) == message  # all of it: under 1,000 characters, both lines whole
+    assert _first_lines(message, limit=len(message) - 1) == message.splitlines()[0]  # whole lines only
+    assert _first_lines("x" * 1500) == "x" * 1000  # one line past the limit: its start
+
+
 def test_a_second_retrain_of_the_same_profile_is_refused(tmp_path, prefect_harness, monkeypatch):
     from filelock import FileLock
 
