@@ -20,6 +20,13 @@ from tests.flows.conftest import TINY_TRAINING, make_project
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def cli_retrain(project: Path, tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`copyflow retrain` on `project`, as a user runs it: its own process, an ephemeral Prefect."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    return subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--params", str(project / "params.yaml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_retrain_with_a_params_file_the_pipeline_does_not_read_is_one_paragraph(make_cfg, tmp_path):
     # The flow's refusal came after Prefect's ERROR log of the flow run with its traceback (23 lines).
     params = params_file(make_cfg(), tmp_path)  # valid, but not the params.yaml next to dvc.yaml
@@ -39,10 +46,8 @@ def test_retrain_while_another_retrain_of_the_profile_runs_is_one_line(tmp_path)
     project = make_project(tmp_path)
     cfg = load_config(project / "params.yaml", "quick")
     cfg.state_dir().mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
     with FileLock(str(cfg.state_dir() / "retrain.lock")):  # the first retrain, still running
-        result = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--params", str(project / "params.yaml")],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        result = cli_retrain(project, tmp_path, timeout=300)
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "error: another retrain of profile 'quick' is running in this project" in result.stderr
@@ -54,9 +59,7 @@ def test_retrain_of_a_batch_the_data_gate_rejects_prints_the_verdict_not_traceba
     # The gate doing its job printed 120 lines with 3 Prefect tracebacks (the task engine's and the
     # flow engine's, chained) around the one-line verdict: it read like a crash.
     project = make_project(tmp_path, {"validation": {"mostly_unique_events": 1.0}})  # no duplicate event tolerated
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--params", str(project / "params.yaml")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = cli_retrain(project, tmp_path, timeout=600)
     output = result.stdout + result.stderr
 
     assert result.returncode == 1, output
@@ -75,9 +78,7 @@ def test_retrain_whose_release_the_gate_rejects_prints_the_verdict_not_traceback
     # task's and the flow's) around the verdict. Both models train in seconds; no AUC reaches 1.
     gates = {**TINY_TRAINING["gates"], "preference_auc_min": 1.0}
     project = make_project(tmp_path, {**TINY_TRAINING, "gates": gates})
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--params", str(project / "params.yaml")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = cli_retrain(project, tmp_path, timeout=900)
     output = result.stdout + result.stderr
 
     assert result.returncode == 1, output
