@@ -253,17 +253,16 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return {k.replace(" ", "_"): v for k, v in flat.items()}
 
 
-# The figures two retrains are compared by, copied from their training runs onto the retrain run
-# (the training runs keep every metric): preference test AUC, generator BLEU-4 and ROUGE-L.
-HEADLINE_METRICS: dict[str, tuple[str, ...]] = {"preference": ("auc",), "generator": ("bleu4", "rougeL")}
-
-
 def headline_metrics(manifests: list[dict]) -> dict[str, float]:
-    """`<family>.<metric>` for each training manifest's headline figures it has (finite numbers)."""
+    """`<family>.<metric>` for each training manifest's key figures it has (finite numbers): the
+    ones `copyflow status` shows and version tags carry (KEY_METRICS), copied onto the retrain run
+    so two retrains compare from their parent runs alone (the training runs keep every metric)."""
+    from components.registry.names import KEY_METRICS
+
     headline: dict[str, float] = {}
     for manifest in manifests:
         family, metrics = manifest.get("model"), manifest.get("metrics") or {}
-        for name in HEADLINE_METRICS.get(family, ()):
+        for name in KEY_METRICS.get(family, ()):
             value = metrics.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                 headline[f"{family}.{name}"] = float(value)

@@ -252,7 +252,7 @@ def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force
             # `dvc checkout` restores this run's data and models from the DVC cache.
             mlflow.log_artifact(str(root / "dvc.lock"))
         manifests = [result.summary(s) for s in stages if s in pipeline.TRAINING_STAGES]
-        # The training runs' headline figures on the retrain run too: retrains compare from their parent runs.
+        # The training runs' key figures on the retrain run too: retrains compare from their parent runs.
         headline = tracking.headline_metrics(manifests)
         if headline:
             mlflow.log_metrics(headline)

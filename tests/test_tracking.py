@@ -212,5 +212,6 @@ def test_headline_metrics_name_each_family_s_figures_for_the_retrain_run():
         {"model": "generator", "metrics": {"bleu4": 12.5, "rougeL": float("nan"), "distinct2": 0.4}},
         {"model": "effect", "metrics": {"auc": 0.6}},
     ]
-    assert headline_metrics(manifests) == {"preference.auc": 0.71, "generator.bleu4": 12.5}
+    # each family's key figures (KEY_METRICS, as `copyflow status` shows them), finite ones only
+    assert headline_metrics(manifests) == {"preference.auc": 0.71, "preference.logloss": 0.5, "generator.bleu4": 12.5, "generator.distinct2": 0.4}
     assert headline_metrics([]) == {}
