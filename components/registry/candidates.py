@@ -74,7 +74,8 @@ def _version_of_run(client: MlflowClient, family: str, run_id: str):
 
 def _released_members(client: MlflowClient) -> set[tuple[str, str]]:
     """(family, version) of every member of a release: a release exists only if its gates
-    passed. Versions registered before release.gate was tagged (2026-11-25) lack the tag."""
+    passed, so this is what shipped (release.gate tags are older than some releases, and are
+    set before the release is created)."""
     return {(key.removeprefix("member."), value) for release in client.search_model_versions(f"name = '{RELEASE_MODEL}'")
             for key, value in release.tags.items() if key.startswith("member.")}
 
@@ -232,7 +233,7 @@ def release_candidates(
             # its version and the lineage of the retrain that trained it; gated again above.
             versions[family] = str(registered.version)
             members[family]["version_reused"] = True
-            if registered.tags.get("release.gate") == VERDICT_PASS or (family, versions[family]) in released:
+            if (family, versions[family]) in released:  # membership, not a tag set before the release existed
                 shipped.add(family)
             members[family]["version"] = versions[family]
             lineage[family] = {k: v for k, v in registered.tags.items() if k in LINEAGE_TAGS}
