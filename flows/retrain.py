@@ -290,26 +290,26 @@ def _stage_reports(cfg, stage: str) -> list[Path]:
     return []
 
 
-def _last_lines(text: str, limit: int = 1000) -> str:
-    """The end of a stage's output for an MLflow tag: where the error is, in whole lines (a cut
-    at a fixed character count began mid-word), within `limit` characters (MLflow takes 8,000)."""
-    kept: list[str] = []
-    for line in reversed(text.strip().splitlines()):
-        if kept and sum(len(k) + 1 for k in kept) + len(line) > limit:
+def _whole_lines(lines: list[str], limit: int) -> list[str]:
+    """The leading lines of `lines` that fit in `limit` characters with their newlines; at least
+    the first (a cut at a fixed character count began mid-word; MLflow takes 8,000 per tag)."""
+    kept, size = [], 0
+    for line in lines:
+        if kept and size + len(line) > limit:
             break
-        kept.insert(0, line)
-    return "\n".join(kept)[-limit:]
+        kept.append(line)
+        size += len(line) + 1
+    return kept
+
+
+def _last_lines(text: str, limit: int = 1000) -> str:
+    """The end of a stage's output for an MLflow tag, where its error is, in whole lines."""
+    return "\n".join(reversed(_whole_lines(text.strip().splitlines()[::-1], limit)))[-limit:]
 
 
 def _first_lines(text: str, limit: int = 1000) -> str:
-    """The start of an error message for an MLflow tag: what failed comes first, in whole lines
-    (a cut at a fixed character count began mid-word), within `limit` characters."""
-    kept: list[str] = []
-    for line in text.strip().splitlines():
-        if kept and sum(len(k) + 1 for k in kept) + len(line) > limit:
-            break
-        kept.append(line)
-    return "\n".join(kept)[:limit]
+    """The start of an error message for an MLflow tag, where what failed is, in whole lines."""
+    return "\n".join(_whole_lines(text.strip().splitlines(), limit))[:limit]
 
 
 def _release_report_location(profile: str, parent_run_id: str) -> str:
