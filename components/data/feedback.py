@@ -12,7 +12,9 @@ It is written in the raw layer's own formats (components/data/raw.py), so the ne
                    what an outcome reported by serve_id refers to
 
 Every write appends whole lines under an exclusive `flock`, so several server processes can share
-one folder, and a reader taking the shared lock (`snapshot`) never sees half a line.
+one folder, and a reader taking the shared lock (`snapshot`) never sees half a line. The one
+rewrite, erasing a shopper (`remove_user`, `copyflow forget`), replaces a file whole by a rename
+under the same lock: every log reading the folder notices the new file and reads it again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import unicodedata
 import uuid
@@ -39,6 +42,8 @@ from components.data.raw import RAW_COLUMNS, RAW_FILES
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 SERVED_FILE = "served.jsonl"
 LOCK_FILE = ".lock"
+# Where a rewrite builds its file before the rename; one left by a crash is removed by the next.
+REWRITE_PREFIX, REWRITE_SUFFIX = ".rewrite-", ".tmp"
 T = TypeVar("T")
 log = logging.getLogger("copyflow.feedback")
 
@@ -449,6 +454,41 @@ class FeedbackLog:
                 count += _ends_mid_line(self.folder / name)
         return count
 
+    def remove_user(self, user_id: str) -> dict[str, int]:
+        """Erase one shopper (the shop's raw id): their lines of events.csv and served.jsonl,
+        {file: lines removed}. copies.jsonl names no shopper and stays. Every other byte stays as
+        it was (a fragment at a file's end too); a file with nothing to remove is not rewritten.
+
+        Under the exclusive lock the servers write under, each file is written whole to a
+        temporary file (owner-only) and renamed over the old one: a reader sees the old file or
+        the new one, never half of one, and a crash leaves the old file. Every FeedbackLog sees
+        a new inode at its next read and reads the file again from its start (`_take_in_new_lines`)."""
+        check_id("user_id", user_id)
+        names = (RAW_FILES["events"], SERVED_FILE)
+        if not self.folder.is_dir():
+            return {name: 0 for name in names}
+        with self._locked(exclusive=True):
+            for stale in self.folder.glob(f"{REWRITE_PREFIX}*{REWRITE_SUFFIX}"):
+                stale.unlink()  # an earlier rewrite that crashed: it may hold the shopper's lines
+            removed = {name: self._rewrite_without(name, user_id) for name in names}
+            self._forget()  # this object's own view: read again at its next use
+        return removed
+
+    def _rewrite_without(self, name: str, user_id: str) -> int:
+        path = self.folder / name
+        if not path.exists():
+            return 0
+        data = path.read_bytes()
+        whole = data.rfind(b"\n") + 1
+        lines = data[:whole].split(b"\n")[:-1]
+        names_user = _served_user_is if name == SERVED_FILE else _events_user_is(lines[0] if lines else b"")
+        header = 0 if name == SERVED_FILE else 1  # events.csv starts with its header
+        kept = lines[:header] + [line for line in lines[header:] if not names_user(line, user_id)]
+        removed = len(lines) - len(kept)
+        if removed:
+            _replace_file(path, b"".join(line + b"\n" for line in kept) + data[whole:])
+        return removed
+
     def snapshot(self, destination: Path) -> dict[str, Path]:
         """Copy the raw-layer files (those that exist) under the shared lock, whole lines only:
         a fragment a dead writer left at the end is not copied."""
@@ -465,3 +505,47 @@ class FeedbackLog:
                     target.write_bytes(data[: data.rfind(b"\n") + 1])
                     copied[table] = target
         return copied
+
+
+def _served_user_is(line: bytes, user_id: str) -> bool:
+    """A served.jsonl line of this shopper (a line that does not parse is left for the server to name)."""
+    try:
+        return json.loads(line.decode("utf-8")).get("user_id") == user_id
+    except (ValueError, AttributeError):
+        return False
+
+
+def _events_user_is(header: bytes) -> Callable[[bytes, str], bool]:
+    """Whether an events.csv row (not the header) is this shopper's, by the file's own header."""
+    try:
+        column = next(csv.reader([header.decode("utf-8")])).index("user_id")
+    except (ValueError, StopIteration, csv.Error):
+        column = RAW_COLUMNS["events"].index("user_id")
+
+    def user_is(line: bytes, user_id: str) -> bool:
+        try:
+            row = next(csv.reader([line.decode("utf-8")]))
+        except (ValueError, StopIteration, csv.Error):
+            return False
+        return len(row) > column and row[column] == user_id
+
+    return user_is
+
+
+def _replace_file(path: Path, body: bytes) -> None:
+    """Write `body` to a new owner-only file next to `path`, then rename it over `path`."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=REWRITE_PREFIX, suffix=REWRITE_SUFFIX)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)

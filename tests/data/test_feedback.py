@@ -308,3 +308,48 @@ def test_an_emptied_log_does_not_count_its_new_header_as_an_event(tmp_path):
     assert log.counts()["events"] == 1
     log.record_event(served.serve_id, "click", event_id="event_id")  # a client id that equals the header's first name
     assert list(read_raw_table(tmp_path, "events")["event_id"].iloc[1:]) == ["event_id"]
+
+
+def test_erasing_a_shopper_removes_only_their_lines_and_a_second_log_reads_the_rewrite(tmp_path):
+    writer, server = FeedbackLog(tmp_path), FeedbackLog(tmp_path)  # two processes on one folder
+    gone = writer.record_serving("shopper,1", "p1", "文案", "m", candidates=2)  # a comma: a quoted CSV field
+    writer.record_event(gone.serve_id, "click")
+    kept = writer.record_serving("shopper2", "p1", "文案", "m", candidates=2)
+    writer.record_event(kept.serve_id, "click", event_id="e-kept")
+    assert server.counts() == {"copies": 1, "served": 2, "events": 4}  # the server has read everything
+    before = {name: (tmp_path / name).read_bytes() for name in ("events.csv", "served.jsonl", "copies.jsonl")}
+    inode = (tmp_path / "events.csv").stat().st_ino
+
+    assert writer.remove_user("shopper,1") == {"events.csv": 2, "served.jsonl": 1}
+
+    for name, old in before.items():  # the other lines, byte for byte, in their order
+        assert (tmp_path / name).read_bytes() == b"".join(
+            line for line in old.splitlines(keepends=True) if b'"shopper,1"' not in line)
+    assert (tmp_path / "events.csv").stat().st_ino != inode  # replaced whole, never edited in place
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o600} and not [n for n in modes if n.endswith(".tmp")], modes
+    assert server.counts() == {"copies": 1, "served": 1, "events": 2}  # read again, without the shopper
+    with pytest.raises(UnknownServe):
+        server.record_event(gone.serve_id, "purchase")
+    server.record_event(kept.serve_id, "purchase", value=10.0)  # and it keeps logging the others
+    assert writer.record_event(kept.serve_id, "click", event_id="e-kept") == "e-kept"  # a retry, still known
+    events = read_raw_table(tmp_path, "events")
+    assert set(events["user_id"]) == {"shopper2"} and list(events["event_type"]) == ["impression", "click", "purchase"]
+    assert writer.remove_user("shopper,1") == {"events.csv": 0, "served.jsonl": 0}  # twice: harmless
+
+
+def test_erasing_keeps_a_fragment_and_clears_a_crashed_rewrite(tmp_path):
+    log = FeedbackLog(tmp_path)
+    log.record_serving("shopper1", "p1", "文案", "m", candidates=1)
+    log.record_serving("shopper2", "p1", "文案", "m", candidates=1)
+    with open(tmp_path / "served.jsonl", "ab") as handle:
+        handle.write(b'{"serve_id": "cut')  # a writer that died mid-line
+    (tmp_path / ".rewrite-crashed.tmp").write_bytes(b"shopper1 lines of a crashed rewrite\n")
+    assert log.remove_user("shopper1") == {"events.csv": 1, "served.jsonl": 1}
+    assert (tmp_path / "served.jsonl").read_bytes().endswith(b'\n{"serve_id": "cut')
+    assert not (tmp_path / ".rewrite-crashed.tmp").exists()
+    assert not (tmp_path.parent / "none").exists() and FeedbackLog(tmp_path.parent / "none").remove_user("x") == {
+        "events.csv": 0, "served.jsonl": 0}
+    assert not (tmp_path.parent / "none").exists()  # no log is created to erase from
+    with pytest.raises(FeedbackError):
+        log.remove_user(" shopper1")
