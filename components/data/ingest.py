@@ -1,5 +1,9 @@
 """Pipeline stage `ingest`: raw layer (source/) -> canonical parquet (ingested/), ids pseudonymized.
 
+Shoppers erased with `copyflow forget` (state/<profile>/forgotten_shoppers.json, by pseudonym)
+are dropped here, users and events rows, even when the shop's export still lists them; the
+summary counts them (`forgotten_shoppers_dropped`).
+
 Ingestion types every column and pseudonymizes user ids; it does NOT clean: duplicates, missing
 values, bad prices and bots pass through so the validation gate sees the batch as delivered and
 cleaning (after the gate) can count what it removes. A file that cannot be read as its format
@@ -24,6 +28,7 @@ import pandas as pd
 
 from components.config import Config
 from components.data.attributes import parse_attributes
+from components.data.erasure import forgotten_pseudonyms
 from components.data.privacy import profile_key, pseudonymize
 from components.data.raw import RAW_FILES, RawFormatError, raw_path, read_raw_table
 from components.data.schema import TABLES, write_table
@@ -319,6 +324,7 @@ def run_ingest(cfg: Config) -> dict[str, Any]:
     key = profile_key(cfg)  # the profile's recorded key, as the pseudonym_key stage checked
     tables["users"]["user_id"] = pseudonymize(tables["users"]["user_id"], key)
     tables["events"]["user_id"] = pseudonymize(tables["events"]["user_id"], key)
+    dropped = drop_forgotten(tables, forgotten_pseudonyms(cfg))
 
     out_dir = cfg.stage_dir(STAGE)
     if out_dir.exists():
@@ -332,5 +338,18 @@ def run_ingest(cfg: Config) -> dict[str, Any]:
         "pseudonymized_user_ids": int(tables["users"]["user_id"].nunique()),
         "pseudonym_key_origin": key.origin,
         "pseudonym_key_id": key.key_id,
+        "forgotten_shoppers_dropped": dropped,
     }
     return write_summary(out_dir, summary)
+
+
+def drop_forgotten(tables: dict[str, pd.DataFrame], forgotten: frozenset[str]) -> dict[str, int]:
+    """Drop the users and events rows of erased shoppers (`copyflow forget`), even where the
+    shop's export still lists them: {"shoppers": how many were in this batch, "users": rows, "events": rows}."""
+    found = set(tables["users"]["user_id"]) | set(tables["events"]["user_id"])
+    dropped = {"shoppers": len(found & forgotten)}
+    for table in ("users", "events"):
+        erased = tables[table]["user_id"].isin(forgotten)
+        dropped[table] = int(erased.sum())
+        tables[table] = tables[table][~erased.to_numpy()]
+    return dropped

@@ -134,12 +134,22 @@ def profile_key(cfg: Config) -> PseudonymKey:
         key = load_key(cfg, create=True)
         _write_record(cfg, key, "first ingest of the profile")
         return key
+    return key_of_record(cfg)
+
+
+def key_of_record(cfg: Config) -> PseudonymKey:
+    """The profile's key of record, never created here (`copyflow forget`): the key file or the
+    variable, refused when it is not the one the profile's data was pseudonymized with. A profile
+    with no data yet has no record: its existing key is the one its first ingest will record."""
+    expected = recorded_key_id(cfg)
     try:
         key = load_key(cfg)
     except PseudonymKeyError as exc:
+        if expected is None:
+            raise
         raise PseudonymKeyError(f"{exc}. Profile {cfg.profile!r} was pseudonymized with key {expected}; to start over "
                                 f"with a new key on purpose: copyflow rotate-key --profile {cfg.profile}") from exc
-    if key.key_id != expected:
+    if expected is not None and key.key_id != expected:
         raise PseudonymKeyError(
             f"the pseudonym key ({key.origin}, key {key.key_id}) is not the one profile {cfg.profile!r} was pseudonymized "
             f"with (key {expected}): every shopper would get a new id, splitting their history from the frozen "
@@ -176,11 +186,14 @@ def run_key_check(cfg: Config) -> dict[str, Any]:
 
     DVC cannot hash a secret kept outside the repository, so this stage runs every time and
     writes the fingerprint; `ingest` depends on it, so it re-runs exactly when the key changes,
-    and DVC's run cache never restores ids made with another key."""
+    and DVC's run cache never restores ids made with another key. The fingerprint of the set of
+    erased shoppers (`copyflow forget`) is written too: an erasure re-runs ingest, which drops them."""
+    from components.data.erasure import forgotten_digest  # erasure pseudonymizes with this module
+
     key = profile_key(cfg)
     out_dir = cfg.stage_dir(KEY_STAGE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"stage": KEY_STAGE, "key_id": key.key_id}
+    summary = {"stage": KEY_STAGE, "key_id": key.key_id, "forgotten_shoppers": forgotten_digest(cfg)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

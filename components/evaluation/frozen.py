@@ -8,7 +8,9 @@ new data moves the snapshot's rows into the candidate's train or valid split: a 
 be gated on rows it was trained or early-stopped on, so the snapshot is then re-frozen from the
 current test split (which neither model has seen) and the reason recorded in its meta.
 
-- preference: rows of features/samples.parquet with split == "test";
+- preference: rows of features/samples.parquet with split == "test"; rows of a shopper erased
+  since (`copyflow forget`) are left out when it is loaded, and the snapshot then has another
+  fingerprint, so champion and candidate are both scored on the remaining rows;
 - generator: the corpus test split (components/data/corpus.py), first `generator.eval_samples`
   rows (generation is the expensive part of evaluation).
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import Config
+from components.data.erasure import forgotten_pseudonyms
 from components.data.privacy import recorded_key_id
 
 log = logging.getLogger(__name__)
@@ -156,9 +159,23 @@ def load_snapshot(cfg: Config, family: str) -> FrozenSnapshot | None:
             f"{data_path} changed after it was frozen (sha256 {actual[:12]} != {meta['fingerprint'][:12]}); "
             "refresh the snapshot explicitly instead of editing it"
         )
-    rows = _with_derived_columns(family, pd.read_parquet(data_path))
-    return FrozenSnapshot(family, data_path, rows, meta["fingerprint"], meta["created_at"], meta["source"],
+    rows, left_out = without_forgotten(cfg, family, _with_derived_columns(family, pd.read_parquet(data_path)))
+    # Fewer rows are another snapshot: its own fingerprint, so both champion and candidate are
+    # scored again on the same rows, and no stored evidence or cached score of the full file is reused.
+    fingerprint = meta["fingerprint"] if not left_out else hashlib.sha256(
+        "\n".join([meta["fingerprint"], "without", *left_out]).encode()).hexdigest()
+    return FrozenSnapshot(family, data_path, rows, fingerprint, meta["created_at"], meta["source"],
                           meta.get("pseudonym_key_id"))
+
+
+def without_forgotten(cfg: Config, family: str, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Preference rows of shoppers erased with `copyflow forget` (by pseudonym) are left out, and
+    their example ids returned. The frozen file is not rewritten: the next re-freeze leaves them out."""
+    forgotten = forgotten_pseudonyms(cfg) if family == "preference" and "user_id" in rows.columns else frozenset()
+    erased = rows["user_id"].astype(str).isin(forgotten).to_numpy() if forgotten else None
+    if erased is None or not erased.any():
+        return rows, []
+    return rows[~erased].reset_index(drop=True), sorted(rows.loc[erased, "example_id"].astype(str))
 
 
 def freeze_snapshot(cfg: Config, family: str, reason: str = "") -> FrozenSnapshot:
@@ -169,6 +186,7 @@ def freeze_snapshot(cfg: Config, family: str, reason: str = "") -> FrozenSnapsho
     data_path, meta_path = _paths(cfg, family)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     rows, source = SOURCES[family](cfg)
+    rows = without_forgotten(cfg, family, rows)[0]  # features built before an erasure's ingest
     if "example_id" not in rows.columns or rows["example_id"].duplicated().any():
         raise SnapshotError(f"snapshot rows for {family} need a unique 'example_id' column")
     stored = rows.drop(columns=["attributes"], errors="ignore") if family == "generator" else rows

@@ -5,7 +5,7 @@ import pytest
 
 from components.data.ingest import run_ingest
 from components.data.privacy import PseudonymKeyError, load_key, recorded_key_id, rotate_key
-from components.data.raw import RawFormatError, write_raw_table
+from components.data.raw import RawFormatError, read_raw_table, write_raw_table
 from components.data.schema import load_all
 from components.data.source import run_source
 
@@ -285,3 +285,38 @@ def test_event_times_beyond_microseconds_are_refused_not_truncated(tmp_path):
         to_utc_timestamp(raw, "timestamp", tmp_path / "events.csv", require_offset=True)
     exact = pd.DataFrame({"timestamp": ["2026-02-01T10:07:00.123456000Z"]})  # nine digits, nothing lost
     assert to_utc_timestamp(exact, "timestamp", tmp_path / "events.csv").iloc[0] == pd.Timestamp("2026-02-01T10:07:00.123456Z")
+
+
+def test_a_forgotten_shopper_is_dropped_from_every_later_batch_even_if_the_export_lists_them(cfg):
+    from components.data.erasure import forget_shoppers, forgotten_records
+    from components.data.privacy import pseudonym, run_key_check
+
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    write_raw_table(pd.DataFrame({"user_id": ["shopper1", "shopper2"], "age_band": ["18-24"] * 2,
+                                  "city_tier": ["tier1"] * 2, "signup_date": ["2025-12-01"] * 2}), source_dir, "users")
+    events = read_raw_table(source_dir, "events")
+    kept = events.assign(event_id=["e3", "e4"], user_id="shopper2")
+    write_raw_table(pd.concat([events, kept], ignore_index=True), source_dir, "events")
+    assert run_ingest(cfg)["forgotten_shoppers_dropped"] == {"shoppers": 0, "users": 0, "events": 0}
+    digest_before = run_key_check(cfg)["forgotten_shoppers"]
+
+    forget_shoppers(cfg, ["shopper1"])
+    key = load_key(cfg)
+    gone, stays = pseudonym("shopper1", key), pseudonym("shopper2", key)
+    assert [r["pseudonym"] for r in forgotten_records(cfg)] == [gone]
+    assert "shopper1" not in forgotten_path_text(cfg)  # the record holds the pseudonym, never the raw id
+    assert run_key_check(cfg)["forgotten_shoppers"] != digest_before  # DVC re-runs ingest
+
+    summary = run_ingest(cfg)  # the raw layer (the export) still lists shopper1
+    tables = load_all(cfg.stage_dir("ingested"))
+    assert set(tables["users"]["user_id"]) == set(tables["events"]["user_id"]) == {stays}
+    assert tables["events"]["event_id"].tolist() == ["e3", "e4"]
+    assert summary["forgotten_shoppers_dropped"] == {"shoppers": 1, "users": 1, "events": 2}
+    assert summary["rows"] == {"products": 1, "copies": 1, "users": 1, "events": 2}
+
+
+def forgotten_path_text(cfg):
+    from components.data.erasure import forgotten_path
+
+    return forgotten_path(cfg).read_text(encoding="utf-8")

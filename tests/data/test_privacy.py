@@ -93,7 +93,7 @@ def test_the_profile_keeps_its_key_until_rotated_on_purpose(cfg, monkeypatch):
     assert recorded_key_id(cfg) is None
     first = profile_key(cfg)  # the first use creates the key file and records its fingerprint
     assert recorded_key_id(cfg) == first.key_id and first.secret.decode() not in first.key_id
-    assert run_key_check(cfg) == {"stage": "pseudonym_key", "key_id": first.key_id}
+    assert run_key_check(cfg) == {"stage": "pseudonym_key", "key_id": first.key_id, "forgotten_shoppers": "none"}
     assert first.secret.decode() not in (cfg.stage_dir("pseudonym_key") / "summary.json").read_text()
 
     monkeypatch.setenv(cfg.privacy.key_env, ENV_KEY)

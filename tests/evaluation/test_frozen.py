@@ -214,3 +214,35 @@ def test_the_gate_weighs_the_copy_choice_by_the_models_scores_for_cold_shoppers_
     expected = choice_weights(rows, model.predict_model)
     np.testing.assert_allclose(scored["choice_weight"].to_numpy(), expected.to_numpy())
     assert not np.allclose(scored["choice_weight"], 1.0)  # the fallback's tie would weigh every row 1
+
+
+def test_an_erased_shoppers_rows_leave_the_frozen_preference_set_for_both_models(cfg):
+    from components.data.erasure import record_forgotten
+
+    n = 80  # 40 test rows: 20 clicks, 20 not; shopper u_gone has 8 of them
+    users = ["u_gone" if i % 10 in (0, 1) and i >= 40 else f"u_{i % 7}" for i in range(n)]
+    frame = pd.DataFrame({"event_id": [f"e{i}" for i in range(n)], "user_id": users, "label": np.arange(n) % 2,
+                          "x": np.linspace(0, 1, n), "split": ["train"] * 40 + ["test"] * 40})
+    path = cfg.stage_dir("features") / "samples.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    first = ensure_snapshot(cfg, "preference")
+    assert first.n_rows == 40 and "u_gone" in set(first.rows["user_id"])
+    scored = []
+
+    def scorer(model_ref, rows):
+        scored.append((model_ref, len(rows)))
+        return pd.DataFrame({"example_id": rows["example_id"], "label": rows["label"], "score": 0.5})
+
+    score_on_snapshot(first, "champion", cache_key="champion", scorer=scorer)
+    record_forgotten(cfg, ["u_gone"], "key")
+
+    after = ensure_snapshot(cfg, "preference")
+    assert after.n_rows == 32 and "u_gone" not in set(after.rows["user_id"])
+    assert after.fingerprint != first.fingerprint and load_snapshot(cfg, "preference").fingerprint == after.fingerprint
+    assert after.path.read_bytes() == first.path.read_bytes()  # not re-frozen: the same rows, less the shopper's
+    for model in ("champion", "candidate"):  # the champion's scores on the full set are not reused
+        assert len(score_on_snapshot(after, model, cache_key=model, scorer=scorer)) == 32
+    assert scored == [("champion", 40), ("champion", 32), ("candidate", 32)]
+    refrozen = ensure_snapshot(cfg, "preference", refresh=True)  # from features built before the erasure
+    assert refrozen.n_rows == 32 and "u_gone" not in set(pd.read_parquet(refrozen.path)["user_id"])

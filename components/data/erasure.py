@@ -1,0 +1,180 @@
+"""Erasing a shopper (`copyflow forget`): out of the feedback log now, out of every later batch.
+
+The shop's raw id is turned into the profile's pseudonym (components/data/privacy.py) and kept in
+state/<profile>/forgotten_shoppers.json: the pseudonym, the fingerprint of the key that made it
+and the day, never the raw id. Ingest drops every row of a recorded pseudonym from each batch,
+so an export that still lists the shopper does not bring them back (components/data/ingest.py),
+and the frozen preference evaluation set leaves their rows out when it is loaded
+(components/evaluation/frozen.py). The copy server's feedback log loses the shopper's lines
+(FeedbackLog.remove_user). The shop's export is not edited: it is the shop's; the command counts
+the lines that still name the shopper there, for the shop to remove.
+
+Only pseudonyms made with the profile's current key match: after `copyflow rotate-key` a
+recorded shopper gets a new pseudonym, so an export that still lists them needs a new `forget`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from components.config import Config
+from components.data.feedback import FeedbackError, FeedbackLog, check_id
+from components.data.privacy import key_of_record, pseudonym
+from components.data.raw import RAW_FILES, RawFormatError, read_raw_table
+
+FORGOTTEN_FILE = "forgotten_shoppers.json"
+TABLES_WITH_SHOPPERS = ("users", "events")  # the raw tables whose rows name a shopper
+LINES_LISTED = 5
+
+
+class ForgetError(ValueError):
+    """An id that cannot be erased as given (empty, padded, on several lines): nothing was changed."""
+
+
+def forgotten_path(cfg: Config) -> Path:
+    return cfg.state_dir() / FORGOTTEN_FILE
+
+
+def forgotten_records(cfg: Config) -> list[dict[str, str]]:
+    """Every erasure of the profile: {pseudonym, key_id, forgotten_on}, oldest first."""
+    path = forgotten_path(cfg)
+    if not path.exists():
+        return []
+    return json.loads(path.read_text(encoding="utf-8"))["shoppers"]
+
+
+def forgotten_pseudonyms(cfg: Config) -> frozenset[str]:
+    return frozenset(record["pseudonym"] for record in forgotten_records(cfg))
+
+
+def forgotten_digest(cfg: Config) -> str:
+    """A fingerprint of the set of erased shoppers ("none" without one): what the always-run
+    pseudonym_key stage writes, so DVC re-runs ingest when a shopper is erased."""
+    pseudonyms = sorted(forgotten_pseudonyms(cfg))
+    return hashlib.sha256("\n".join(pseudonyms).encode()).hexdigest()[:16] if pseudonyms else "none"
+
+
+def record_forgotten(cfg: Config, pseudonyms: list[str], key_id: str) -> list[str]:
+    """Add `pseudonyms` to the profile's record (rewritten whole: temporary file, then rename);
+    returns those not recorded before."""
+    from filelock import FileLock
+
+    path = forgotten_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=60):  # two `forget` at once: neither loses the other's
+        records = forgotten_records(cfg)
+        known = {record["pseudonym"] for record in records}
+        new = [p for p in dict.fromkeys(pseudonyms) if p not in known]
+        if new:
+            today = datetime.now(UTC).date().isoformat()
+            records += [{"pseudonym": p, "key_id": key_id, "forgotten_on": today} for p in new]
+            _write_whole(path, json.dumps({"shoppers": records}, indent=2) + "\n")
+    return new
+
+
+def _write_whole(path: Path, text: str) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Erasure:
+    """What `forget` did for one raw id, and where the shopper is still found."""
+
+    raw_id: str
+    newly_recorded: bool
+    feedback_removed: dict[str, int]
+    export_lines: dict[str, list[int]] = field(default_factory=dict)  # export file -> lines naming the shopper
+    raw_layer_lines: dict[str, list[int]] = field(default_factory=dict)  # artifacts/<profile>/source/, the same
+
+
+@dataclass
+class ForgetReport:
+    profile: str
+    erasures: list[Erasure]
+    export_folder: Path | None  # the shop's export (data.source folder), else None
+    unreadable: dict[str, str] = field(default_factory=dict)  # folder -> why it could not be searched
+
+
+def check_raw_ids(raw_ids: list[str]) -> list[str]:
+    """The ids as given, each once; refused as the feedback log and ingest refuse them."""
+    if not raw_ids:
+        raise ForgetError("no shopper id given: pass --user ID (several times if needed) or --users-file FILE")
+    for raw_id in raw_ids:
+        try:
+            check_id("shopper id", raw_id)
+        except FeedbackError as exc:
+            raise ForgetError(f"{exc}; nothing was erased") from exc
+    return list(dict.fromkeys(raw_ids))
+
+
+def forget_shoppers(cfg: Config, raw_ids: list[str]) -> ForgetReport:
+    """Erase shoppers by the shop's raw ids: recorded first (so a crash part-way leaves them
+    dropped from every later batch, and running it again finishes), then out of the feedback log.
+    Raises ForgetError for a bad id, PseudonymKeyError for a key that is not the profile's."""
+    raw_ids = check_raw_ids(raw_ids)
+    key = key_of_record(cfg)
+    by_pseudonym = {raw_id: pseudonym(raw_id, key) for raw_id in raw_ids}
+    new = set(record_forgotten(cfg, list(by_pseudonym.values()), key.key_id))
+    log = FeedbackLog(cfg.feedback_dir())
+    erasures = [Erasure(raw_id, by_pseudonym[raw_id] in new, log.remove_user(raw_id)) for raw_id in raw_ids]
+    report = ForgetReport(cfg.profile, erasures, Path(cfg.paths.source_folder) if cfg.data.source == "folder" else None)
+    if report.export_folder is not None:
+        _find_lines(report, report.export_folder, "export_lines")
+    _find_lines(report, cfg.stage_dir("source"), "raw_layer_lines")
+    return report
+
+
+def _find_lines(report: ForgetReport, folder: Path, attribute: str) -> None:
+    """Which lines of `folder`'s users.csv and events.csv still name each erased shopper."""
+    for table in TABLES_WITH_SHOPPERS:
+        if not (folder / RAW_FILES[table]).is_file():
+            continue
+        try:
+            users = read_raw_table(folder, table)["user_id"]
+        except RawFormatError as exc:
+            report.unreadable[str(folder / RAW_FILES[table])] = str(exc).splitlines()[0][:200]
+            continue
+        for erasure in report.erasures:
+            lines = [int(line) for line in users.index[(users == erasure.raw_id).to_numpy()]]
+            if lines:
+                getattr(erasure, attribute)[RAW_FILES[table]] = lines
+
+
+def report_lines(report: ForgetReport) -> list[str]:
+    """The command's output: what was done, then what still holds the shopper."""
+    out = []
+    for erasure in report.erasures:
+        removed = ", ".join(f"{n} from {name}" for name, n in erasure.feedback_removed.items())
+        recorded = "recorded as forgotten" if erasure.newly_recorded else "already recorded as forgotten"
+        out.append(f"{erasure.raw_id!r}: {recorded}; feedback log lines removed: {removed}")
+        for where, found in ((report.export_folder, erasure.export_lines), (None, erasure.raw_layer_lines)):
+            for name, lines in found.items():
+                shown = ", ".join(map(str, lines[:LINES_LISTED])) + (", …" if len(lines) > LINES_LISTED else "")
+                if where is not None:
+                    out.append(f"  still in the shop's export {where / name}: {len(lines)} line(s) ({shown}); remove them "
+                               "there (copyflow does not edit the export; ingest drops them meanwhile)")
+                else:
+                    out.append(f"  still in the raw layer artifacts/{report.profile}/source/{name}: {len(lines)} line(s), "
+                               "until the next retrain's source stage rewrites it")
+    for path, why in report.unreadable.items():
+        out.append(f"could not search {path} for the shopper(s): {why}")
+    out.append(f"Left until the next retrain: artifacts/{report.profile} (ingested data, features, models) holds the "
+               "pseudonym(s); ingest drops them from the next batch. The current release's models and their MLflow "
+               "evidence hold them until the next promoted release. The frozen preference evaluation set leaves "
+               "their rows out from now on.")
+    return out
