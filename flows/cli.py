@@ -245,6 +245,44 @@ def rotate_key(
 
 
 @app.command()
+def forget(
+    users: Annotated[Optional[list[str]], typer.Option("--user", help="the shop's raw shopper id (repeat for several)")] = None,
+    users_file: Annotated[Optional[Path], typer.Option("--users-file", help="a file of raw shopper ids, one a line")] = None,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Erase shoppers (the shop's raw ids): out of the copy server's feedback log now (safe while
+    servers run), and out of every later batch, even one whose export still lists them. Says
+    what still holds them: the shop's export (not edited), the current models until the next release."""
+    from components.data.erasure import ForgetError, forget_shoppers, report_lines
+    from components.data.privacy import PseudonymKeyError
+
+    cfg = _config(params, profile)
+    try:
+        raw_ids = list(users or []) + (_ids_in(users_file) if users_file else [])
+        report = forget_shoppers(cfg, raw_ids)
+    except (ForgetError, PseudonymKeyError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    for line in report_lines(report):
+        typer.echo(line)
+
+
+def _ids_in(path: Path) -> list[str]:
+    """One raw id a line; empty lines are skipped (an id padded with spaces is refused later)."""
+    from components.data.erasure import ForgetError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ForgetError(f"cannot read --users-file {path}: {exc}") from exc
+    ids = [line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r")]
+    if not ids:
+        raise ForgetError(f"--users-file {path} lists no shopper id")
+    return ids
+
+
+@app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="pseudonym_key | source | ingest | validate | clean | features | train_*")],
     profile: ProfileOpt = "quick",

@@ -1,0 +1,89 @@
+"""`copyflow forget`: erase shoppers from the feedback log and every later batch, and say what is left."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components.data.erasure import forgotten_path
+from components.data.feedback import FeedbackLog
+from components.data.privacy import load_key, profile_key, pseudonym, recorded_key_id
+from components.data.raw import read_raw_table, write_raw_table
+from flows.cli import app
+from tests.conftest import params_file
+
+
+@pytest.fixture
+def shop(make_cfg, tmp_path, monkeypatch):
+    """A `shop` profile with a small export and a feedback log, both naming shopper1 and shopper2."""
+    monkeypatch.delenv("COPYFLOW_PSEUDONYM_KEY", raising=False)
+    export = tmp_path / "export"
+    write_raw_table(pd.DataFrame({"user_id": ["shopper2", "shopper1"], "age_band": ["18-24"] * 2,
+                                  "city_tier": ["tier1"] * 2, "signup_date": ["2025-12-01"] * 2}), export, "users")
+    write_raw_table(pd.DataFrame({"event_id": ["e1", "e2", "e3"], "user_id": ["shopper1", "shopper2", "shopper1"],
+                                  "product_id": "p1", "copy_id": "c1", "event_type": "impression",
+                                  "timestamp": "2026-01-05T10:00:00Z", "position": 1, "propensity": 0.5, "value": 0.0}),
+                    export, "events")
+    cfg = make_cfg("shop", paths={"source_folder": str(export)})
+    profile_key(cfg)  # the profile's key of record, as its first ingest leaves it
+    log = FeedbackLog(cfg.feedback_dir())
+    for user in ("shopper1", "shopper2"):
+        log.record_event(log.record_serving(user, "p1", "文案", "m", candidates=2).serve_id, "click")
+    return cfg, params_file(cfg, tmp_path), export
+
+
+def forget(params, *args, env=None):
+    return CliRunner().invoke(app, ["forget", "--profile", "shop", "--params", str(params), *args], env=env)
+
+
+def test_forget_erases_the_log_records_the_pseudonym_and_names_what_is_left(shop, tmp_path):
+    cfg, params, export = shop
+    exported = {name: (export / name).read_bytes() for name in ("users.csv", "events.csv")}
+
+    result = forget(params, "--user", "shopper1")
+
+    assert result.exit_code == 0, result.output
+    assert "'shopper1': recorded as forgotten; feedback log lines removed: 2 from events.csv, 1 from served.jsonl" in result.output
+    assert f"still in the shop's export {export / 'users.csv'}: 1 line(s) (3)" in result.output
+    assert f"still in the shop's export {export / 'events.csv'}: 2 line(s) (2, 4)" in result.output
+    assert "artifacts/shop" in result.output and "next promoted release" in result.output
+    assert {name: (export / name).read_bytes() for name in exported} == exported  # the shop's export is not edited
+    assert set(read_raw_table(cfg.feedback_dir(), "events")["user_id"]) == {"shopper2"}
+    assert FeedbackLog(cfg.feedback_dir()).counts() == {"copies": 1, "served": 1, "events": 2}
+    record = forgotten_path(cfg).read_text(encoding="utf-8")
+    assert "shopper1" not in record and load_key(cfg).secret.decode() not in result.output
+    assert [r["pseudonym"] for r in json.loads(record)["shoppers"]] == [pseudonym("shopper1", load_key(cfg))]
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("shopper1\n\nshopper2\n", encoding="utf-8")
+    again = forget(params, "--users-file", str(ids))
+    assert again.exit_code == 0, again.output
+    assert "'shopper1': already recorded as forgotten; feedback log lines removed: 0 from events.csv, 0 from served.jsonl" in again.output
+    assert "'shopper2': recorded as forgotten; feedback log lines removed: 2 from events.csv, 1 from served.jsonl" in again.output
+    assert len(json.loads(forgotten_path(cfg).read_text(encoding="utf-8"))["shoppers"]) == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    ((), "no shopper id given"),
+    (("--user", ""), "must be non-empty"),
+    (("--user", "shopper1 "), "whitespace at its start or end"),
+    (("--user", "shopper2", "--user", "a\nb"), "on one line"),
+])
+def test_forget_refuses_a_bad_id_and_erases_nothing(shop, args, says):
+    cfg, params, _ = shop
+    before = (cfg.feedback_dir() / "events.csv").read_bytes()
+    result = forget(params, *args)
+    assert result.exit_code == 2 and says in result.output
+    assert (cfg.feedback_dir() / "events.csv").read_bytes() == before and not forgotten_path(cfg).exists()
+
+
+def test_forget_refuses_another_key_and_never_prints_it(shop):
+    cfg, params, _ = shop
+    other = "o" * 64
+    result = forget(params, "--user", "shopper1", env={cfg.privacy.key_env: other})
+    assert result.exit_code == 2 and "rotate-key" in result.output and recorded_key_id(cfg) in result.output
+    assert other not in result.output and not forgotten_path(cfg).exists()
+    assert "shopper1" in set(read_raw_table(cfg.feedback_dir(), "events")["user_id"])
