@@ -242,6 +242,13 @@ def rotate_key(
                f"`copyflow retrain --profile {profile}` gives every shopper a new id and re-freezes the preference evaluation "
                "set. Until its release is promoted, the served preference model knows no shopper (cold start for all); "
                "restart `copyflow serve` with the new key after that retrain.")
+    from components.data.erasure import forgotten_records
+
+    stale = [r for r in forgotten_records(cfg) if r["key_id"] != rotated["key_id"]]
+    if stale:  # recorded by pseudonym only: under the new key those shoppers get ids no record names
+        typer.echo(f"{len(stale)} shopper(s) erased with `copyflow forget` were recorded under another key and will not be "
+                   f"recognized under the new one: run `copyflow forget --profile {profile}` again for any the shop's "
+                   "export still lists.")
 
 
 @app.command()

@@ -87,3 +87,14 @@ def test_forget_refuses_another_key_and_never_prints_it(shop):
     assert result.exit_code == 2 and "rotate-key" in result.output and recorded_key_id(cfg) in result.output
     assert other not in result.output and not forgotten_path(cfg).exists()
     assert "shopper1" in set(read_raw_table(cfg.feedback_dir(), "events")["user_id"])
+
+
+def test_rotating_the_key_says_that_erasures_under_the_old_one_need_forgetting_again(shop):
+    cfg, params, _ = shop
+    assert forget(params, "--user", "shopper1").exit_code == 0
+    rotated = CliRunner().invoke(app, ["rotate-key", "--profile", "shop", "--params", str(params)],
+                                 env={cfg.privacy.key_env: "r" * 64})
+    assert rotated.exit_code == 0, rotated.output
+    assert "1 shopper(s) erased with `copyflow forget` were recorded under another key" in rotated.output
+    again = forget(params, "--user", "shopper1", env={cfg.privacy.key_env: "r" * 64})
+    assert again.exit_code == 0 and "'shopper1': recorded as forgotten" in again.output  # under the new key's pseudonym
