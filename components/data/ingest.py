@@ -7,11 +7,11 @@ summary counts them (`forgotten_shoppers_dropped`).
 Ingestion types every column and pseudonymizes user ids; it does NOT clean: duplicates, missing
 values, bad prices and bots pass through so the validation gate sees the batch as delivered and
 cleaning (after the gate) can count what it removes. A file that cannot be read as its format
-(not UTF-8, broken JSON/CSV, a missing column) or a value that is not its column's type (a
-number that is not a number, a malformed attribute pair, a time that is no time, an id with
-whitespace at either end) stops ingestion.
-Every file is read and every column typed first, so one error names every problem as
-`file:line: column ...` (the first MAX_LISTED_PER_FILE per file, the rest counted by column).
+(not UTF-8, a missing column), a line that cannot be read (not valid JSON, a CSV row without the
+header's fields) or a value that is not its column's type (a number that is not a number, a
+malformed attribute pair, a time that is no time, an id with whitespace at either end) stops
+ingestion. Every file is read, every line and every column typed first, so one error names every
+problem as `file:line: ...` (the first MAX_LISTED_PER_FILE per file, the rest counted by column).
 A `folder` source runs the same check on the shop's export in the `source` stage
 (`check_raw_tables`), so there the error names the export the shop edits, not its copy.
 """
@@ -30,7 +30,7 @@ from components.config import Config
 from components.data.attributes import parse_attributes
 from components.data.erasure import forgotten_pseudonyms
 from components.data.privacy import profile_key, pseudonymize
-from components.data.raw import RAW_FILES, RawFormatError, raw_path, read_raw_table
+from components.data.raw import RAW_FILES, RawFormatError, raw_path, read_raw_lines
 from components.data.schema import TABLES, write_table
 from components.data.summary import write_summary
 
@@ -44,7 +44,7 @@ EXAMPLE_CHARS = 60
 
 @dataclass
 class _ColumnProblem:
-    column: str
+    column: str | None  # None: the line itself cannot be read (not valid JSON, a CSV row's width)
     lines: list[int]  # every offending line of the file
     notes: list[str]  # what is wrong, for the first MAX_LISTED_PER_FILE of them
 
@@ -52,14 +52,19 @@ class _ColumnProblem:
 @dataclass
 class RawProblems:
     """Everything in the raw files that ingestion cannot read, gathered so that one error names
-    it all: the files that cannot be read at all, and every value that is not its column's type."""
+    it all: the files that cannot be read at all, every line that cannot be read (its format),
+    and every value that is not its column's type."""
 
     files: dict[Path, str | list[_ColumnProblem]] = field(default_factory=dict)  # unreadable: its error
 
     def add_unreadable(self, path: Path, error: RawFormatError) -> None:
         self.files[path] = str(error)
 
-    def add(self, path: Path, column: str, lines: list[int], notes: list[str]) -> None:
+    def add_lines(self, path: Path, bad: list[tuple[int, str]]) -> None:
+        """Lines of `path` that cannot be read as its format: (line, what is wrong)."""
+        self.add(path, None, [line for line, _ in bad], [note for _, note in bad])
+
+    def add(self, path: Path, column: str | None, lines: list[int], notes: list[str]) -> None:
         """`lines` of `column` in `path` cannot be typed; `notes` says why, for the first ones."""
         if lines:
             self.files.setdefault(path, []).append(_ColumnProblem(column, lines, notes[:MAX_LISTED_PER_FILE]))
@@ -93,23 +98,28 @@ def _example(value: Any) -> str:
 
 
 def _file_lines(path: Path, problems: list[_ColumnProblem]) -> list[str]:
-    """`file:line: column ...: what` for the first lines of one file, then the rest by column."""
+    """`file:line: column ...: what` (or `file:line: what` for a line that cannot be read) for the
+    first lines of one file, then the rest by column."""
     first = sorted(((line, p.column, note) for p in problems for line, note in zip(p.lines, p.notes)), key=lambda x: x[0])
     listed = first[:MAX_LISTED_PER_FILE]
-    out = [f"{path}:{line}: column {column!r}: {note}" for line, column, note in listed]
+    out = [f"{path}:{line}: {note}" if column is None else f"{path}:{line}: column {column!r}: {note}" for line, column, note in listed]
     shown = {(line, column) for line, column, _ in listed}
-    rest: dict[str, list[int]] = {}
+    rest: dict[str | None, list[int]] = {}
     for problem in problems:
         for line in problem.lines:
             if (line, problem.column) not in shown:
                 rest.setdefault(problem.column, []).append(line)
     if rest:
         counts = ", ".join(
-            f"column {column!r} {len(lines)} (lines {', '.join(map(str, sorted(lines)[:5]))}{', …' if len(lines) > 5 else ''})"
+            f"{_counted_as(column)} {len(lines)} (lines {', '.join(map(str, sorted(lines)[:5]))}{', …' if len(lines) > 5 else ''})"
             for column, lines in rest.items()
         )
         out.append(f"{path}: {sum(map(len, rest.values()))} more not listed: {counts}")
     return out
+
+
+def _counted_as(column: str | None) -> str:
+    return "malformed lines" if column is None else f"column {column!r}"
 
 
 def _raise_alone(problems: RawProblems | None, found: RawProblems) -> None:
@@ -293,12 +303,15 @@ def _read_and_type(source_dir: Path, tables: Iterable[str]) -> tuple[dict[str, p
     raw: dict[str, pd.DataFrame] = {}
     typed: dict[str, pd.DataFrame] = {}
     for table in tables:
+        path = raw_path(source_dir, table)
         try:
-            raw[table] = read_raw_table(source_dir, table)
+            read = read_raw_lines(source_dir, table)
         except RawFormatError as exc:
-            problems.add_unreadable(raw_path(source_dir, table), exc)
+            problems.add_unreadable(path, exc)
             continue
-        typed[table] = TYPERS[table](raw[table], raw_path(source_dir, table), problems)
+        problems.add_lines(path, read.bad)  # its other lines are still typed: their problems too, in this round
+        raw[table] = read.frame
+        typed[table] = TYPERS[table](raw[table], path, problems)
     problems.raise_if_any()
     return raw, typed
 

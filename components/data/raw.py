@@ -9,8 +9,10 @@
     ground_truth/   the simulator's latent truth, for evaluation only (no feature/model reads it)
 
 Raw user ids live only here; ingestion pseudonymizes them on the way to the canonical layer.
-Readers are strict: a file that is not UTF-8, not valid JSON/CSV or lacks a column raises a
-`RawFormatError` naming the file and line, because silently skipping records would lose data.
+Readers are strict, because silently skipping records would lose data: a file that is not
+UTF-8 or lacks a column raises a `RawFormatError` naming the file (and line). A line that is not
+valid JSON, or a CSV row without the header's fields, is named by its line (`read_raw_lines`
+returns them all, so ingestion can name every one in one error; `read_raw_table` raises).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +123,19 @@ def read_utf8(path: Path) -> str:
         ) from exc
 
 
-def read_jsonl(path: Path, fields: list[str]) -> pd.DataFrame:
+@dataclass
+class RawLines:
+    """A raw file read line by line: the rows that could be read (indexed by their line in the
+    file) and every line that could not, with what is wrong with it. A broken line is not
+    guessed at; it is left out, so the lines after it are still read (and checked)."""
+
+    frame: pd.DataFrame
+    bad: list[tuple[int, str]]  # (line, what is wrong), in file order
+
+
+def read_jsonl(path: Path, fields: list[str]) -> RawLines:
     """JSON Lines with the given fields (all required; values may be null)."""
-    records, linenos = [], []
+    records, linenos, bad = [], [], []
     # JSON Lines ends a line at "\n" only: str.splitlines would also split inside a JSON string
     # that holds U+2028 or U+0085 unescaped (valid JSON), and break the record in two.
     for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
@@ -132,24 +145,33 @@ def read_jsonl(path: Path, fields: list[str]) -> pd.DataFrame:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RawFormatError(f"{path}: line {lineno}: not valid JSON ({exc.msg}): {line[:120]!r}") from exc
+            bad.append((lineno, f"not valid JSON ({exc.msg}): {line[:120]!r}"))
+            continue
         if not isinstance(record, dict):
-            raise RawFormatError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+            bad.append((lineno, f"expected a JSON object, got {type(record).__name__}"))
+            continue
         missing = [f for f in fields if f not in record]
         if missing:
-            raise RawFormatError(f"{path}: line {lineno}: missing fields {missing}")
+            bad.append((lineno, f"missing fields {missing}"))
+            continue
         records.append({f: record[f] for f in fields})
         linenos.append(lineno)
     # The index is the file line number, so later errors can point at the offending line.
-    return pd.DataFrame.from_records(records, columns=fields, index=pd.Index(linenos, name="line"))
+    return RawLines(pd.DataFrame.from_records(records, columns=fields, index=pd.Index(linenos, name="line")), bad)
 
 
-def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
-    """CSV with a header containing `columns`; every cell as a string, empty cells as missing."""
+def read_csv_strings(path: Path, columns: list[str]) -> RawLines:
+    """CSV with a header containing `columns`; every cell as a string, empty cells as missing.
+    A row without exactly the header's fields is a bad line, left out of the frame."""
     text = read_utf8(path)
     if not text.strip():
         raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
-    lines = require_header_width(path, text)
+    width, records = _csv_records(path, text)
+    bad = [record for record in records if record.fields != width]
+    if bad:  # pandas would fill a short row with nulls, and take a long one's fields elsewhere
+        dropped = {line for record in bad for line in range(record.first, record.last + 1)}
+        # the lines as the csv reader counted them (split at "\n" only)
+        text = "".join(line for n, line in enumerate(io.StringIO(text), start=1) if n not in dropped)
     try:
         # index_col=False: given rows one field longer than the header (a trailing comma on each),
         # pandas would otherwise make the first column the index and shift every value one left.
@@ -160,8 +182,40 @@ def read_csv_strings(path: Path, columns: list[str]) -> pd.DataFrame:
     if missing:
         raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
     # Each row's own line in the file (pandas skips blank lines, and a quoted value may span lines).
+    lines = [record.first for record in records if record.fields == width]
     df.index = pd.Index(lines, name="line") if len(lines) == len(df) else pd.RangeIndex(2, len(df) + 2, name="line")
-    return df[columns]
+    return RawLines(df[columns], [(record.first, _width_note(record.fields, width)) for record in bad])
+
+
+@dataclass(frozen=True)
+class _CsvRecord:
+    first: int  # the line it starts on
+    last: int  # the line it ends on (a quoted value may span lines)
+    fields: int
+
+
+def _csv_records(path: Path, text: str) -> tuple[int, list[_CsvRecord]]:
+    """The header's width, and every record after it (blank lines have none)."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text))
+    records = []
+    try:
+        width = len(next(record for record in reader if record))
+        ended = reader.line_num  # the line the previous record ended on
+        for record in reader:
+            if record:
+                records.append(_CsvRecord(ended + 1, reader.line_num, len(record)))
+            ended = reader.line_num
+    except csv.Error as exc:
+        raise RawFormatError(f"{path}: malformed CSV: line {reader.line_num}: {exc}") from exc
+    return width, records
+
+
+def _width_note(fields: int, width: int) -> str:
+    if fields < width:
+        return f"{fields} fields, fewer than the header's {width}: cut off or mis-quoted"
+    return f"{fields} fields, more than the header's {width}: a trailing comma, or a comma in a value that is not quoted"
 
 
 def require_header_width(path: Path, text: str) -> list[int]:
@@ -169,26 +223,14 @@ def require_header_width(path: Path, text: str) -> list[int]:
     row cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls. A long
     row it drops fields from or, if every row is long, shifts into the wrong columns.
     Returns the line each row starts on (blank lines have no row)."""
-    import csv
-
-    reader = csv.reader(io.StringIO(text))
-    try:
-        width = len(next(record for record in reader if record))
-        short, long, starts = [], [], []
-        ended = reader.line_num  # the line the previous record ended on
-        for record in reader:
-            if record:
-                starts.append(ended + 1)
-                if len(record) != width:
-                    (short if len(record) < width else long).append((reader.line_num, len(record)))
-            ended = reader.line_num
-    except csv.Error as exc:
-        raise RawFormatError(f"{path}: malformed CSV: line {reader.line_num}: {exc}") from exc
+    width, records = _csv_records(path, text)
+    short = [(record.first, record.fields) for record in records if record.fields < width]
+    long = [(record.first, record.fields) for record in records if record.fields > width]
     if short:
         raise _width_error(path, short, f"fewer than the header's {width}", "cut off or mis-quoted")
     if long:
         raise _width_error(path, long, f"more than the header's {width}", "a trailing comma, or a comma in a value that is not quoted")
-    return starts
+    return [record.first for record in records]
 
 
 def _width_error(path: Path, rows: list[tuple[int, int]], compared: str, cause: str) -> RawFormatError:
@@ -197,10 +239,22 @@ def _width_error(path: Path, rows: list[tuple[int, int]], compared: str, cause: 
     return RawFormatError(f"{path}: {len(rows)} row(s) with {compared} fields ({where}): {cause}")
 
 
-def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:
-    """One raw table as untyped strings/JSON values; typing happens in ingestion."""
+def read_raw_lines(source_dir: Path | str, table: str) -> RawLines:
+    """One raw table as untyped strings/JSON values, and its lines that cannot be read; a file
+    that cannot be read at all (missing, not UTF-8, no such column) raises RawFormatError."""
     path = raw_path(source_dir, table)
     if path.suffix == ".jsonl":
         return read_jsonl(path, RAW_COLUMNS[table])
     return read_csv_strings(path, RAW_COLUMNS[table])
 
+
+def read_raw_table(source_dir: Path | str, table: str) -> pd.DataFrame:
+    """One raw table as untyped strings/JSON values; typing happens in ingestion. Strict: a
+    line that cannot be read raises, naming the first five (ingestion collects them all)."""
+    read = read_raw_lines(source_dir, table)
+    if read.bad:
+        path = raw_path(source_dir, table)
+        listed = [f"{path}:{line}: {note}" for line, note in read.bad[:5]]
+        more = [f"{path}: and {len(read.bad) - 5} more"] if len(read.bad) > 5 else []
+        raise RawFormatError("\n".join([f"{path}: {len(read.bad)} line(s) cannot be read:", *listed, *more]))
+    return read.frame

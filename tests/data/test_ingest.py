@@ -112,7 +112,7 @@ def test_bad_source_files_stop_ingestion_with_file_and_line(cfg):
     with pytest.raises(RawFormatError, match=r"events.csv:4: column 'timestamp': .* is not a timestamp in whole microseconds"):
         run_ingest(cfg)
     events.write_bytes(good + b"e3,shopper1,p1,c1,impression,2026-01-05T10:00:09Z,1,0.02186\n")  # cut off mid-row
-    with pytest.raises(RawFormatError, match=r"events.csv: 1 row\(s\) with fewer than the header's 9 fields \(line 4 has 8\)"):
+    with pytest.raises(RawFormatError, match=r"events.csv:4: 8 fields, fewer than the header's 9: cut off or mis-quoted"):
         run_ingest(cfg)
     events.write_bytes(good)
     products = source_dir / "products.jsonl"
@@ -148,7 +148,7 @@ def test_every_bad_file_is_named_in_one_error_with_file_and_line(cfg):
     for expected in [
         f"{products}:1: column 'content': malformed attribute pair '类型#'",
         f"{products}:1: column 'price': 'cheap' is not a finite number",
-        f"{source_dir / 'copies.jsonl'}: line 1: not valid JSON",
+        f"{source_dir / 'copies.jsonl'}:1: not valid JSON",
         f"{users}:2: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
         f"{events}:3: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp",
     ]:
@@ -175,6 +175,45 @@ def test_a_column_broken_throughout_is_listed_up_to_a_cap_and_counted(cfg):
     assert len(listed) == MAX_LISTED_PER_FILE and listed[0].startswith(f"{events}:4: column 'timestamp'")
     assert message[-1] == (f"{events}: 31 more not listed: column 'timestamp' 30 (lines 14, 15, 16, 17, 18, …), "
                            "column 'propensity' 1 (lines 34)")
+
+
+def test_every_broken_line_is_named_by_its_own_line_in_one_error_with_the_values(cfg):
+    # A line that is not valid JSON, or a CSV row without the header's fields, stopped the file's
+    # read at its first one: a shop with 40 broken lines needed 40 fix-and-rerun rounds, and the
+    # values of its other files and lines waited behind them.
+    from components.data.ingest import MAX_LISTED_PER_FILE
+
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    events = source_dir / "events.csv"
+    header, *good = events.read_text(encoding="utf-8").splitlines()
+    rows = [f"e{i},shopper1,p1,c1,impression,2026-01-05T10:00:{i:02d}Z,1,0.5" for i in range(3, 43)]  # cut off: 8 fields
+    rows[5] += ",0.0,"  # line 10: 10 fields, a trailing comma
+    rows[35] = "e38,shopper1,p1,c1,impression,2026-01-05T10:00:38Z,1,half,0.0"  # line 40: whole, but a bad value
+    events.write_text("\n".join([header, "", *good, *rows]) + "\n", encoding="utf-8")  # a blank line 2 shifts nothing
+    products = source_dir / "products.jsonl"
+    product = products.read_text(encoding="utf-8").strip()
+    products.write_text("\n".join([product[:-3], product.replace('"p1"', '"p2"'), '{"product_id": "p3"'])
+                        + "\n", encoding="utf-8")
+    users = source_dir / "users.csv"
+    users.write_text(users.read_text(encoding="utf-8").replace("2025-12-01", "sometime"), encoding="utf-8")
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    message = str(refused.value).splitlines()
+    assert message[0] == "cannot ingest: 43 problem(s) in 3 file(s); nothing was ingested:", message
+    assert any(line.startswith(f"{products}:1: not valid JSON (Unterminated string") for line in message)
+    assert any(line.startswith(f"{products}:3: not valid JSON") for line in message)
+    assert f"{users}:2: column 'signup_date': 'sometime' is not an ISO 8601 timestamp" in message
+    listed = [line for line in message if line.startswith(f"{events}:") and line[len(f"{events}:")].isdigit()]
+    assert len(listed) == MAX_LISTED_PER_FILE
+    assert listed[0] == f"{events}:5: 8 fields, fewer than the header's 9: cut off or mis-quoted"
+    assert listed[5] == (f"{events}:10: 10 fields, more than the header's 9: "
+                         "a trailing comma, or a comma in a value that is not quoted")
+    assert listed[-1].startswith(f"{events}:14: 8 fields")
+    assert message[-1] == (f"{events}: 30 more not listed: malformed lines 29 (lines 15, 16, 17, 18, 19, …), "
+                           "column 'propensity' 1 (lines 40)")
+    assert not cfg.stage_dir("ingested").exists()
 
 
 def test_a_bad_value_is_named_by_its_own_line_after_a_blank_line(cfg):

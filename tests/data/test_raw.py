@@ -26,10 +26,10 @@ def test_unreadable_files_name_file_and_line(tmp_path):
     with pytest.raises(RawFormatError, match=r"users.csv: line 3, byte 3: not valid UTF-8"):
         read_raw_table(tmp_path, "users")
     (tmp_path / "copies.jsonl").write_text('{"copy_id": "c1", "product_id": "p1", "text": "x", "source": "human", "model_version": null}\n{"copy_id": \n', encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"copies.jsonl: line 2: not valid JSON"):
+    with pytest.raises(RawFormatError, match=r"copies.jsonl:2: not valid JSON"):
         read_raw_table(tmp_path, "copies")
     (tmp_path / "copies.jsonl").write_text('{"copy_id": "c1", "product_id": "p1", "text": "x"}\n', encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"line 1: missing fields \['source', 'model_version'\]"):
+    with pytest.raises(RawFormatError, match=r"copies.jsonl:1: missing fields \['source', 'model_version'\]"):
         read_raw_table(tmp_path, "copies")
     (tmp_path / "events.csv").write_text("event_id,user_id\ne1,u1\n", encoding="utf-8")
     with pytest.raises(RawFormatError, match=r"events.csv: missing columns \['product_id'"):
@@ -46,10 +46,36 @@ def test_rows_longer_than_the_header_are_refused(tmp_path):
     # into user_id, to be pseudonymized as ids
     header = "user_id,age_band,city_tier,signup_date\n"
     (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01,\nb,25-34,tier2,2025-02-01,\n", encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"users.csv: 2 row\(s\) with more than the header's 4 fields \(line 2 has 5, line 3 has 5\)"):
+    with pytest.raises(RawFormatError, match=r"users.csv:2: 5 fields, more than the header's 4: a trailing comma.*\n.*users.csv:3: 5 fields"):
         read_raw_table(tmp_path, "users")
     (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01\nb,25-34,tier2,2025-02-01,x\n", encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"users.csv: 1 row\(s\) with more than the header's 4 fields \(line 3 has 5\)"):
+    with pytest.raises(RawFormatError, match=r"users.csv: 1 line\(s\) cannot be read:\n.*users.csv:3: 5 fields, more than the header's 4"):
         read_raw_table(tmp_path, "users")
     (tmp_path / "users.csv").write_text(header + "a,18-24,tier1,2025-01-01\nb,\"25,34\",tier2,2025-02-01\n", encoding="utf-8")
     assert read_raw_table(tmp_path, "users")["age_band"].tolist() == ["18-24", "25,34"]  # a quoted comma is a value
+
+
+def test_every_line_that_cannot_be_read_is_named_and_the_others_are_read(tmp_path):
+    # A reader stopped at the first broken line: a file with 40 of them took 40 fix-and-rerun rounds.
+    from components.data.raw import read_raw_lines
+
+    good = '{"copy_id": "c%d", "product_id": "p1", "text": "x", "source": "human", "model_version": null}'
+    lines = [good % 1, '{"copy_id": ', "", good % 3, "[1, 2]", '{"copy_id": "c6"}', good % 7]
+    (tmp_path / "copies.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    read = read_raw_lines(tmp_path, "copies")
+    assert [line for line, _ in read.bad] == [2, 5, 6]
+    assert read.bad[0][1].startswith("not valid JSON") and read.bad[1][1] == "expected a JSON object, got list"
+    assert list(read.frame.index) == [1, 4, 7] and list(read.frame["copy_id"]) == ["c1", "c3", "c7"]
+
+    rows = ["user_id,age_band,city_tier,signup_date", "a,18-24,tier1,2025-01-01", "", "b,18-24,tier1",  # cut off
+            'c,"25,34",tier2,2025-02-01', "d,18-24,tier1,2025-01-01,", '"e\nf",18-24,tier1,2025-01-01', "g,x"]
+    (tmp_path / "users.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    read = read_raw_lines(tmp_path, "users")
+    assert read.bad == [(4, "3 fields, fewer than the header's 4: cut off or mis-quoted"),
+                        (6, "5 fields, more than the header's 4: a trailing comma, or a comma in a value that is not quoted"),
+                        (9, "2 fields, fewer than the header's 4: cut off or mis-quoted")]
+    # every row read keeps its own line: the blank line 3 and the two-line value on 7-8 shift nothing
+    assert list(read.frame.index) == [2, 5, 7] and list(read.frame["user_id"]) == ["a", "c", "e\nf"]
+    assert read.frame.loc[5, "age_band"] == "25,34"
+    with pytest.raises(RawFormatError, match=r"users.csv: 3 line\(s\) cannot be read:\n.*users.csv:4: 3 fields"):
+        read_raw_table(tmp_path, "users")  # the strict reader still refuses the file

@@ -69,7 +69,7 @@ def test_a_broken_shop_export_is_refused_with_file_and_line_before_anything_is_c
     lines = (folder / "products.jsonl").read_text(encoding="utf-8").splitlines()
     lines[2] = lines[2][:-5]  # a truncated line
     (folder / "products.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(RawFormatError, match=r"products.jsonl: line 3: not valid JSON"):
+    with pytest.raises(RawFormatError, match=r"products.jsonl:3: not valid JSON"):
         run_source(cfg)
     assert not (cfg.stage_dir("source") / "events.csv").exists()
     (folder / "users.csv").unlink()
@@ -122,6 +122,48 @@ def test_bad_values_in_a_shop_export_are_named_in_the_export_all_at_once(make_cf
     assert not (cfg.stage_dir("source") / "products.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="run the source stage first"):
         run_ingest(cfg)  # not four "raw file not found" lines
+
+
+def test_every_broken_line_of_a_shop_export_is_named_in_one_round(make_cfg, tmp_path):
+    """A line that is not valid JSON, or a CSV row without the header's fields, stopped the
+    file's read at its first one: each further broken line took another run to find."""
+    import shutil
+
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop_example", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    products = (folder / "products.jsonl").read_text(encoding="utf-8").split("\n")
+    for line in (3, 9):
+        products[line - 1] = products[line - 1][:-5]  # truncated
+    (folder / "products.jsonl").write_text("\n".join(products), encoding="utf-8")
+    events = (folder / "events.csv").read_text(encoding="utf-8").split("\n")
+    events[3] = events[3].rsplit(",", 2)[0]  # line 4 cut off: two fields short
+    events[6] += ","  # line 7: a trailing comma
+    events[11] = events[11].replace('"impression"', '"impression",')  # line 12: an unquoted comma
+    (folder / "events.csv").write_text("\n".join(events), encoding="utf-8")
+    users = (folder / "users.csv").read_text(encoding="utf-8").split("\n")
+    users[5] = users[5].rsplit(",", 1)[0] + ',"sometime"'  # line 6: a whole row, a bad value
+    (folder / "users.csv").write_text("\n".join(users), encoding="utf-8")
+    export = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_source(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 6 problem(s) in 3 file(s)"), message
+    for expected in [
+        f"{folder / 'products.jsonl'}:3: not valid JSON",
+        f"{folder / 'products.jsonl'}:9: not valid JSON",
+        f"{folder / 'events.csv'}:4: 7 fields, fewer than the header's 9: cut off or mis-quoted",
+        f"{folder / 'events.csv'}:7: 10 fields, more than the header's 9",
+        f"{folder / 'events.csv'}:12: 10 fields, more than the header's 9",
+        f"{folder / 'users.csv'}:6: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
+    ]:
+        assert expected in message, expected
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == export  # the export untouched
+    assert not (cfg.stage_dir("source") / "products.jsonl").exists()
 
 
 def test_ids_padded_with_whitespace_in_a_shop_export_are_named_in_the_export(make_cfg, tmp_path):
@@ -222,9 +264,9 @@ def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
         handle.write("fb-1,shopper,p\n")  # a line edited by hand
 
-    with pytest.raises(RawFormatError, match="row") as refused:
+    with pytest.raises(RawFormatError) as refused:
         run_source(cfg)
-    assert str(cfg.feedback_dir() / "events.csv") in str(refused.value) and "line 3 has 3" in str(refused.value)
+    assert f"{cfg.feedback_dir() / 'events.csv'}:3: 3 fields, fewer than the header's 9" in str(refused.value)
 
     # a whole row whose value is no time: named by the log's own file and line, not the raw layer's
     log_events = cfg.feedback_dir() / "events.csv"
