@@ -75,6 +75,13 @@ class RawProblems:
         values = df.loc[mask, column].head(MAX_LISTED_PER_FILE)
         self.add(path, column, [int(i) for i in df.index[mask]], [f"{_example(v)} is not {expected}" for v in values])
 
+    def take(self, other: "RawProblems", read_in: Path, named_in: Path) -> None:
+        """Add `other`'s problems, found in files read in folder `read_in` (a snapshot), named
+        as the files in `named_in` they were copied from: the folder an operator can open."""
+        for path, found in other.files.items():
+            moved = named_in / path.relative_to(read_in)
+            self.files[moved] = found.replace(str(read_in), str(named_in)) if isinstance(found, str) else found
+
     def count(self) -> int:
         return sum(1 if isinstance(found, str) else sum(len(p.lines) for p in found) for found in self.files.values())
 
@@ -296,10 +303,13 @@ TYPERS: dict[str, Callable[[pd.DataFrame, Path, RawProblems | None], pd.DataFram
 }
 
 
-def _read_and_type(source_dir: Path, tables: Iterable[str]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+def _read_and_type(
+    source_dir: Path, tables: Iterable[str], problems: RawProblems | None = None
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """(raw, typed) frames of `tables`. Every file is read and every column typed before one
-    RawFormatError names all that failed, so a shop fixes its files in one round, not one a run."""
-    problems = RawProblems()
+    RawFormatError names all that failed, so a shop fixes its files in one round, not one a run.
+    Given `problems`, they go there instead (the frames: of the files that could be read)."""
+    found = problems if problems is not None else RawProblems()
     raw: dict[str, pd.DataFrame] = {}
     typed: dict[str, pd.DataFrame] = {}
     for table in tables:
@@ -307,19 +317,23 @@ def _read_and_type(source_dir: Path, tables: Iterable[str]) -> tuple[dict[str, p
         try:
             read = read_raw_lines(source_dir, table)
         except RawFormatError as exc:
-            problems.add_unreadable(path, exc)
+            found.add_unreadable(path, exc)
             continue
-        problems.add_lines(path, read.bad)  # its other lines are still typed: their problems too, in this round
+        found.add_lines(path, read.bad)  # its other lines are still typed: their problems too, in this round
         raw[table] = read.frame
-        typed[table] = TYPERS[table](raw[table], path, problems)
-    problems.raise_if_any()
+        typed[table] = TYPERS[table](raw[table], path, found)
+    _raise_alone(problems, found)
     return raw, typed
 
 
-def check_raw_tables(source_dir: Path, tables: Iterable[str] = tuple(RAW_FILES)) -> dict[str, pd.DataFrame]:
+def check_raw_tables(
+    source_dir: Path, tables: Iterable[str] = tuple(RAW_FILES), problems: RawProblems | None = None
+) -> dict[str, pd.DataFrame]:
     """The raw (untyped) frames of `tables` in `source_dir`, once every file has read and every
-    value typed as ingestion will (else one RawFormatError naming them all, in `source_dir`)."""
-    return _read_and_type(Path(source_dir), tables)[0]
+    value typed as ingestion will (else one RawFormatError naming them all, in `source_dir`).
+    Given `problems`, what fails goes there, to be raised with another folder's (the source
+    stage checks a shop's export and the feedback log in one round)."""
+    return _read_and_type(Path(source_dir), tables, problems)[0]
 
 
 def read_source_tables(source_dir: Path) -> dict[str, pd.DataFrame]:

@@ -14,14 +14,18 @@ import io
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from components.config import Config
 from components.data.raw import GROUND_TRUTH_DIR, RAW_FILES, write_raw_layer
 from components.data.summary import write_summary
+
+if TYPE_CHECKING:
+    from components.data.ingest import RawProblems
 
 STAGE = "source"
 
@@ -83,9 +87,10 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     will: a file that is missing, not UTF-8, malformed or short of a column, or a value that is
     not its column's type (a price "cheap", a timestamp "yesterday") stops here, before anything
     downstream runs. One error names every problem in every file as `export-file:line`: the file
-    the shop edits, not its copy in the raw layer. The export's bytes are copied unchanged; the
-    copy server's feedback log (cfg.feedback_dir(), components/data/feedback.py) is appended."""
-    from components.data.ingest import check_raw_tables
+    the shop edits, not its copy in the raw layer; the copy server's feedback log
+    (cfg.feedback_dir(), components/data/feedback.py) is checked in the same round, its problems
+    named in the log's own files. The export's bytes are copied unchanged; the log is appended."""
+    from components.data.ingest import RawProblems, check_raw_tables
     from components.data.raw import RawFormatError
 
     folder = Path(cfg.paths.source_folder)
@@ -94,10 +99,13 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     missing = [name for name in RAW_FILES.values() if not (folder / name).is_file()]
     if missing:
         raise RawFormatError(f"{folder}: missing {missing}; a shop export needs {list(RAW_FILES.values())} (docs/schema.md)")
-    tables = check_raw_tables(folder)
+    problems = RawProblems()
+    tables = check_raw_tables(folder, problems=problems)
+    logged = read_feedback_log(cfg, problems)
+    problems.raise_if_any()
     for name in RAW_FILES.values():
         shutil.copy2(folder / name, out_dir / name)
-    feedback = append_feedback(cfg, out_dir, tables)
+    feedback = append_feedback(out_dir, tables, logged)
     return {
         "folder": str(folder),
         "rows": {table: len(frame) for table, frame in tables.items()},
@@ -107,16 +115,19 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Append the served copies and their events from the feedback log to the raw layer.
-    A copy or event id the export already has is the export's (a shop that re-exports what it
-    was served): it is skipped, not doubled. The lines are appended in the export's own column
-    order, so the export's bytes stay as they were."""
-    import csv
+@dataclass(frozen=True)
+class FeedbackRead:
+    folder: Path
+    fragments: int  # partial lines dead writers left (FeedbackLog.fragments): not read
+    tables: dict[str, pd.DataFrame] | None  # raw copies and events; None: no log yet
 
-    from components.data.ingest import check_raw_tables
-    from components.data.raw import RAW_COLUMNS, RawFormatError, jsonl_lines
+
+def read_feedback_log(cfg: Config, problems: RawProblems) -> FeedbackRead:
+    """The served copies and their events in the feedback log (a snapshot under its lock), read
+    and typed as ingest will; what fails goes to `problems`, named by the log's own files."""
     from components.data.feedback import FeedbackLog
+    from components.data.ingest import RawProblems, check_raw_tables
+    from components.data.raw import RAW_COLUMNS
 
     folder = cfg.feedback_dir()
     log = FeedbackLog(folder)
@@ -124,17 +135,32 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
     with tempfile.TemporaryDirectory() as tmp:
         found = log.snapshot(Path(tmp))
         if not found:
-            return {"folder": str(folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0, "fragments_not_read": fragments}
+            return FeedbackRead(folder, fragments, None)
         # a log with copies but no events yet (impressions reported later): read both the same way
         if "copies" not in found:
             (Path(tmp) / RAW_FILES["copies"]).write_text("", encoding="utf-8")
         if "events" not in found:
             (Path(tmp) / RAW_FILES["events"]).write_text(",".join(RAW_COLUMNS["events"]) + "\n", encoding="utf-8")
-        try:
-            logged = check_raw_tables(Path(tmp), ("copies", "events"))  # typed as ingest will, too
-        except RawFormatError as exc:  # name the log's file, not the snapshot's (deleted when this returns)
-            raise RawFormatError(str(exc).replace(str(Path(tmp)), str(folder))) from exc
-    copies, events = logged["copies"], logged["events"]
+        in_snapshot = RawProblems()
+        tables = check_raw_tables(Path(tmp), ("copies", "events"), in_snapshot)
+        # name the log's files, not the snapshot's (deleted when this returns)
+        problems.take(in_snapshot, read_in=Path(tmp), named_in=folder)
+    return FeedbackRead(folder, fragments, tables)
+
+
+def append_feedback(out_dir: Path, export: dict[str, pd.DataFrame], logged: FeedbackRead) -> dict[str, Any]:
+    """Append the served copies and their events from the feedback log to the raw layer.
+    A copy or event id the export already has is the export's (a shop that re-exports what it
+    was served): it is skipped, not doubled. The lines are appended in the export's own column
+    order, so the export's bytes stay as they were."""
+    import csv
+
+    from components.data.raw import RAW_COLUMNS, jsonl_lines
+
+    if logged.tables is None:
+        return {"folder": str(logged.folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0,
+                "fragments_not_read": logged.fragments}
+    copies, events = logged.tables["copies"], logged.tables["events"]
     new_copies = copies[~copies["copy_id"].isin(export["copies"]["copy_id"])]
     new_events = events[~events["event_id"].isin(export["events"]["event_id"])]
     _append_lines(out_dir / RAW_FILES["copies"], jsonl_lines(new_copies, RAW_COLUMNS["copies"]))
@@ -149,12 +175,12 @@ def append_feedback(cfg: Config, out_dir: Path, export: dict[str, pd.DataFrame])
         lines.append(buffer.getvalue())
     _append_lines(target, lines)
     return {
-        "folder": str(folder),
+        "folder": str(logged.folder),
         "copies": len(new_copies),
         "events": len(new_events),
         "event_types": {str(k): int(v) for k, v in new_events["event_type"].value_counts().items()},
         "skipped_as_duplicates": int(len(copies) - len(new_copies) + len(events) - len(new_events)),
-        "fragments_not_read": fragments,
+        "fragments_not_read": logged.fragments,
     }
 
 

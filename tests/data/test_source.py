@@ -276,3 +276,42 @@ def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     with pytest.raises(RawFormatError) as refused:
         run_source(cfg)
     assert f"{log_events}:3: column 'timestamp': 'yesterday' is not an ISO 8601 timestamp" in str(refused.value)
+
+
+def test_a_broken_export_and_a_broken_feedback_log_are_named_in_one_round(make_cfg, tmp_path):
+    # The log was read only once the export had passed: a broken export and a broken log took two
+    # runs to find, and a broken log alone left the export copied into a raw layer with no summary.
+    import shutil
+
+    from components.data.feedback import FeedbackLog
+    from components.data.raw import RawFormatError
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop_example", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
+    product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
+    FeedbackLog(cfg.feedback_dir()).record_serving(users[0], product, "文案。", "models:/copyflow-generator/1", candidates=4)
+    with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
+        handle.write("fb-1,shopper,p\n")  # a line edited by hand
+    (cfg.feedback_dir() / "copies.jsonl").write_text("{not json\n", encoding="utf-8")
+    exported = (folder / "users.csv").read_text(encoding="utf-8").split("\n")
+    exported[5] = exported[5].rsplit(",", 1)[0] + ',"sometime"'
+    (folder / "users.csv").write_text("\n".join(exported), encoding="utf-8")
+
+    with pytest.raises(RawFormatError) as refused:
+        run_source(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 3 problem(s) in 3 file(s)"), message
+    for expected in [
+        f"{folder / 'users.csv'}:6: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
+        f"{cfg.feedback_dir() / 'events.csv'}:3: 3 fields, fewer than the header's 9",
+        f"{cfg.feedback_dir() / 'copies.jsonl'}:1: not valid JSON",
+    ]:
+        assert expected in message, expected
+
+    shutil.copy2(ROOT / "data/shop_example/users.csv", folder / "users.csv")  # the export fixed, the log not
+    with pytest.raises(RawFormatError, match="2 problem"):
+        run_source(cfg)
+    assert not (cfg.stage_dir("source") / "events.csv").exists()  # nothing copied before the log was read
