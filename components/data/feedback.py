@@ -37,7 +37,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from components.data.raw import RAW_COLUMNS, RAW_FILES
+from components.data.raw import RAW_COLUMNS, RAW_FILES, invisible_characters
 
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 SERVED_FILE = "served.jsonl"
@@ -100,11 +100,16 @@ SERVED_FIELDS = tuple(f.name for f in fields(Served))
 def check_id(name: str, value: str) -> None:
     """Ids go into CSV lines and joins: none empty, none with a line break or control character
     (any other Unicode, a shop's CJK ids and spaces inside included, is fine), none with
-    whitespace at either end (ingest refuses such an id in the log, as in a shop's export)."""
+    whitespace at either end or an invisible format character (ingest refuses such an id in the
+    log, as in a shop's export: one logged would stop the next retrain's source stage)."""
     if not value or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
         raise FeedbackError(f"{name} {value!r} must be non-empty and on one line, without control characters")
     if value != value.strip():
         raise FeedbackError(f"{name} {value!r} has whitespace at its start or end; send it trimmed (ids match exactly)")
+    hidden = invisible_characters(value)
+    if hidden:
+        raise FeedbackError(f"{name} {value!r} holds the invisible character(s) {', '.join(f'U+{ord(ch):04X}' for ch in hidden)}; "
+                            "send the id without them (ids match exactly)")
 
 
 def copy_id_for(model_version: str, product_id: str, text: str) -> str:

@@ -9,9 +9,10 @@ values, bad prices and bots pass through so the validation gate sees the batch a
 cleaning (after the gate) can count what it removes. A file that cannot be read as its format
 (not UTF-8, a missing column), a line that cannot be read (not valid JSON, a CSV row without the
 header's fields) or a value that is not its column's type (a number that is not a number, a
-malformed attribute pair, a time that is no time, an id with whitespace at either end) stops
-ingestion. Every file is read, every line and every column typed first, so one error names every
-problem as `file:line: ...` (the first MAX_LISTED_PER_FILE per file, the rest counted by column).
+malformed attribute pair, a time that is no time, an id with whitespace at either end or an
+invisible format character in it) stops ingestion. Every file is read, every line and every
+column typed first, so one error names every problem as `file:line: ...` (the first
+MAX_LISTED_PER_FILE per file, the rest counted by column).
 A `folder` source runs the same check on the shop's export in the `source` stage
 (`check_raw_tables`), so there the error names the export the shop edits, not its copy.
 """
@@ -30,7 +31,7 @@ from components.config import Config
 from components.data.attributes import parse_attributes
 from components.data.erasure import forgotten_pseudonyms
 from components.data.privacy import profile_key, pseudonymize
-from components.data.raw import RAW_FILES, RawFormatError, raw_path, read_raw_lines
+from components.data.raw import RAW_FILES, RawFormatError, invisible_characters, raw_path, read_raw_lines
 from components.data.schema import TABLES, write_table
 from components.data.summary import write_summary
 
@@ -208,21 +209,33 @@ def to_text(df: pd.DataFrame, column: str) -> pd.Series:
 # Every column that joins tables or names a record is read with to_id. Ids are matched, and user
 # ids pseudonymized, exactly as given: " u1" and "u1" would be two shoppers, and an event whose
 # product_id is "p1 " would find no product (cleaning drops it). Trimming them here could merge
-# ids the shop keeps apart without a word, so an id with whitespace at either end is refused.
+# ids the shop keeps apart without a word, so an id with whitespace at either end is refused; so
+# is one holding an invisible format character (a zero-width space pasted in from a web page),
+# which no one reading the export can see.
 def to_id(df: pd.DataFrame, column: str, path: Path, problems: RawProblems | None = None) -> pd.Series:
     """An id column as text; an id with whitespace at either end (a space, tab, carriage return,
-    no-break or ideographic space: what str.strip removes) goes to `problems` (None: raised at once)."""
+    no-break or ideographic space: what str.strip removes) or an invisible format character in it
+    (Unicode category Cf: U+200B, U+200D, U+2060, U+FEFF, ...) goes to `problems` (None: raised at once)."""
     found = problems if problems is not None else RawProblems()
     ids = to_text(df, column)
-    padded = ids.map(lambda v: isinstance(v, str) and v != v.strip()).astype(bool)
-    notes = [
-        f"{_example(v)} has whitespace at its start or end; trim it in the export "
-        f"(ids match exactly: {_example(v)} and {_example(v.strip())} would be two ids)"
-        for v in ids[padded.to_numpy()].head(MAX_LISTED_PER_FILE)
-    ]
-    found.add(path, column, [int(i) for i in df.index[padded.to_numpy()]], notes)
+    notes = ids.map(lambda v: _id_problem(v) if isinstance(v, str) else None)
+    bad = notes.notna().to_numpy()
+    found.add(path, column, [int(i) for i in df.index[bad]], list(notes[bad].head(MAX_LISTED_PER_FILE)))
     _raise_alone(problems, found)
     return ids
+
+
+def _id_problem(value: str) -> str | None:
+    """What makes `value` an id that looks like another, or None."""
+    if value != value.strip():
+        return (f"{_example(value)} has whitespace at its start or end; trim it in the export "
+                f"(ids match exactly: {_example(value)} and {_example(value.strip())} would be two ids)")
+    hidden = invisible_characters(value)
+    if hidden:
+        visible = "".join(ch for ch in value if ch not in hidden)
+        return (f"{_example(value)} holds the invisible character(s) {', '.join(f'U+{ord(ch):04X}' for ch in hidden)}; "
+                f"remove them in the export (ids match exactly: {_example(value)} and {_example(visible)} would be two ids)")
+    return None
 
 
 def parse_content(df: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.Series:

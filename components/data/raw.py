@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ GROUND_TRUTH_DIR = "ground_truth"
 
 class RawFormatError(ValueError):
     """A raw source file cannot be read as its documented format."""
+
+
+def invisible_characters(value: str) -> list[str]:
+    """The invisible format characters in `value` (Unicode category Cf: zero-width space and
+    joiners, word joiner, a byte order mark inside text), each once. An id holding one looks like
+    another id and is a different one: `shopper1` and `shopper1` + U+200B are two shoppers."""
+    if value.isascii():  # most ids: no look at each character
+        return []
+    return list(dict.fromkeys(ch for ch in value if unicodedata.category(ch) == "Cf"))
 
 
 def raw_path(source_dir: Path | str, table: str) -> Path:

@@ -124,6 +124,13 @@ def test_bad_events_are_refused_and_write_nothing(tmp_path):
         log.record_event(served.serve_id, "click", event_id="client-7\xa0")
     with pytest.raises(FeedbackError, match=r"user_id ' u' has whitespace"):
         log.record_serving(" u", "p", "文案", "m", candidates=1)
+    # an invisible format character makes another id that looks the same: ingest refuses it in the log
+    with pytest.raises(FeedbackError, match=r"user_id 'u\\u200b' holds the invisible character\(s\) U\+200B"):
+        log.record_serving("u\u200b", "p", "文案", "m", candidates=1)
+    with pytest.raises(FeedbackError, match=r"product_id .* U\+2060, U\+FEFF"):
+        log.record_serving("u", "p\u2060\ufeff\u2060", "文案", "m", candidates=1)
+    with pytest.raises(FeedbackError, match=r"event_id 'client\\u200c7' holds the invisible"):
+        log.record_event(served.serve_id, "click", event_id="client\u200c7")
     assert (tmp_path / "events.csv").read_bytes() == before
 
 

@@ -271,6 +271,46 @@ def test_ids_with_whitespace_at_either_end_are_refused_in_every_key_column(cfg):
     assert not cfg.stage_dir("ingested").exists()
 
 
+def test_ids_with_an_invisible_format_character_are_refused_in_every_key_column(cfg):
+    # A zero-width space (or joiner, word joiner, U+FEFF) inside an id passed: pasted in from a web
+    # page, it made a second shopper or product that looks exactly like the first in the export.
+    source_dir = cfg.stage_dir("source")
+    write_small_source(source_dir)
+    products, copies = source_dir / "products.jsonl", source_dir / "copies.jsonl"
+    products.write_text(products.read_text(encoding="utf-8").replace('"p1"', '"p\\u200b1"'), encoding="utf-8")
+    copies.write_text(copies.read_text(encoding="utf-8").replace('"c1"', '"c1\\u200d"'), encoding="utf-8")
+    # a byte order mark at the very start of a CSV file is the file's, not the first id's: it passes
+    users = source_dir / "users.csv"
+    users.write_text("\ufeff" + users.read_text(encoding="utf-8") + "shopper\u20602,18-24,tier1,2025-12-01\n", encoding="utf-8")
+    events = source_dir / "events.csv"
+    events.write_text("\ufeff" + events.read_text(encoding="utf-8")
+                      + "e\ufeff3,shopper1,p1\u200c,c1,impression,2026-01-05T10:00:09Z,1,0.5,0.0\n", encoding="utf-8")
+    before = {path.name: path.read_bytes() for path in source_dir.iterdir()}
+
+    with pytest.raises(RawFormatError) as refused:
+        run_ingest(cfg)
+    message = str(refused.value)
+    assert message.startswith("cannot ingest: 5 problem(s) in 4 file(s)"), message
+    for expected in [
+        f"{products}:1: column 'product_id': 'p\\u200b1' holds the invisible character(s) U+200B; remove them in the export "
+        "(ids match exactly: 'p\\u200b1' and 'p1' would be two ids)",
+        f"{copies}:1: column 'copy_id': 'c1\\u200d' holds the invisible character(s) U+200D",
+        f"{users}:3: column 'user_id': 'shopper\\u20602' holds the invisible character(s) U+2060",
+        f"{events}:4: column 'event_id': 'e\\ufeff3' holds the invisible character(s) U+FEFF",
+        f"{events}:4: column 'product_id': 'p1\\u200c' holds the invisible character(s) U+200C",
+    ]:
+        assert expected in message, expected
+    assert f"{users}:2:" not in message and f"{events}:2:" not in message  # the files' leading BOM
+    assert {path.name: path.read_bytes() for path in source_dir.iterdir()} == before  # nothing removed or lost
+    assert not cfg.stage_dir("ingested").exists()
+
+    write_small_source(source_dir)
+    for path in (users, events):  # a BOM at the start alone: ingested, ids unchanged
+        path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    run_ingest(cfg)
+    assert len(load_all(cfg.stage_dir("ingested"))["events"]) == 2
+
+
 def test_an_id_converter_alone_raises_at_once(tmp_path):
     from components.data.ingest import to_id
 

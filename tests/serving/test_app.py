@@ -32,6 +32,10 @@ def test_no_model_is_a_one_line_refusal_to_start_and_a_503_with_the_reason(make_
     for response in (client.get("/health"), client.post("/copy", json={"user": "u", "product": "p"})):
         assert response.status_code == 503 and "no generator to serve" in response.text
     assert client.post("/copy", json={"user": "", "product": "p"}).status_code == 422  # malformed before anything loads
+    hidden = client.post("/copy", json={"user": "u\u200b1", "product": "p"})  # a zero-width space: another shopper
+    assert hidden.status_code == 422 and "U+200B" in hidden.text
+    feedback = {"serve_id": "x", "event_type": "click", "event_id": "e\u20601"}  # a word joiner
+    assert client.post("/feedback", json=feedback).status_code == 422
     assert not cfg.feedback_dir().exists()  # nothing served, nothing logged
 
 
