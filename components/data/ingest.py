@@ -218,24 +218,24 @@ def to_id(df: pd.DataFrame, column: str, path: Path, problems: RawProblems | Non
     (Unicode category Cf: U+200B, U+200D, U+2060, U+FEFF, ...) goes to `problems` (None: raised at once)."""
     found = problems if problems is not None else RawProblems()
     ids = to_text(df, column)
-    notes = ids.map(lambda v: _id_problem(v) if isinstance(v, str) else None)
-    bad = notes.notna().to_numpy()
-    found.add(path, column, [int(i) for i in df.index[bad]], list(notes[bad].head(MAX_LISTED_PER_FILE)))
+    # one cheap look at each id (most are ASCII); the note is written for the first few only
+    bad = ids.map(lambda v: isinstance(v, str) and (v != v.strip() or not v.isascii() and bool(invisible_characters(v))))
+    bad = bad.astype(bool).to_numpy()
+    notes = [_id_problem(v) for v in ids[bad].head(MAX_LISTED_PER_FILE)]
+    found.add(path, column, [int(i) for i in df.index[bad]], notes)
     _raise_alone(problems, found)
     return ids
 
 
-def _id_problem(value: str) -> str | None:
-    """What makes `value` an id that looks like another, or None."""
+def _id_problem(value: str) -> str:
+    """What makes `value` an id that looks like another (whitespace at an end, or hidden characters)."""
     if value != value.strip():
         return (f"{_example(value)} has whitespace at its start or end; trim it in the export "
                 f"(ids match exactly: {_example(value)} and {_example(value.strip())} would be two ids)")
     hidden = invisible_characters(value)
-    if hidden:
-        visible = "".join(ch for ch in value if ch not in hidden)
-        return (f"{_example(value)} holds the invisible character(s) {', '.join(f'U+{ord(ch):04X}' for ch in hidden)}; "
-                f"remove them in the export (ids match exactly: {_example(value)} and {_example(visible)} would be two ids)")
-    return None
+    visible = "".join(ch for ch in value if ch not in hidden)
+    return (f"{_example(value)} holds the invisible character(s) {', '.join(f'U+{ord(ch):04X}' for ch in hidden)}; "
+            f"remove them in the export (ids match exactly: {_example(value)} and {_example(visible)} would be two ids)")
 
 
 def parse_content(df: pd.DataFrame, path: Path, problems: RawProblems | None = None) -> pd.Series:

@@ -176,10 +176,10 @@ def read_csv_strings(path: Path, columns: list[str]) -> RawLines:
     text = read_utf8(path)
     if not text.strip():
         raise RawFormatError(f"{path}: file is empty (expected a header with columns {columns})")
-    width, records = _csv_records(path, text)
-    bad = [record for record in records if record.fields != width]
+    width, starts, bad = _csv_records(path, text)
     if bad:  # pandas would fill a short row with nulls, and take a long one's fields elsewhere
         dropped = {line for record in bad for line in range(record.first, record.last + 1)}
+        starts = [line for line in starts if line not in dropped]
         # the lines as the csv reader counted them (split at "\n" only)
         text = "".join(line for n, line in enumerate(io.StringIO(text), start=1) if n not in dropped)
     try:
@@ -192,8 +192,7 @@ def read_csv_strings(path: Path, columns: list[str]) -> RawLines:
     if missing:
         raise RawFormatError(f"{path}: missing columns {missing}; header has {list(df.columns)}")
     # Each row's own line in the file (pandas skips blank lines, and a quoted value may span lines).
-    lines = [record.first for record in records if record.fields == width]
-    df.index = pd.Index(lines, name="line") if len(lines) == len(df) else pd.RangeIndex(2, len(df) + 2, name="line")
+    df.index = pd.Index(starts, name="line") if len(starts) == len(df) else pd.RangeIndex(2, len(df) + 2, name="line")
     return RawLines(df[columns], [(record.first, _width_note(record.fields, width)) for record in bad])
 
 
@@ -204,22 +203,25 @@ class _CsvRecord:
     fields: int
 
 
-def _csv_records(path: Path, text: str) -> tuple[int, list[_CsvRecord]]:
-    """The header's width, and every record after it (blank lines have none)."""
+def _csv_records(path: Path, text: str) -> tuple[int, list[int], list[_CsvRecord]]:
+    """The header's width, the line each record after it starts on (blank lines have none), and
+    the records without the header's width."""
     import csv
 
     reader = csv.reader(io.StringIO(text))
-    records = []
+    starts, bad = [], []
     try:
         width = len(next(record for record in reader if record))
         ended = reader.line_num  # the line the previous record ended on
         for record in reader:
             if record:
-                records.append(_CsvRecord(ended + 1, reader.line_num, len(record)))
+                starts.append(ended + 1)
+                if len(record) != width:
+                    bad.append(_CsvRecord(ended + 1, reader.line_num, len(record)))
             ended = reader.line_num
     except csv.Error as exc:
         raise RawFormatError(f"{path}: malformed CSV: line {reader.line_num}: {exc}") from exc
-    return width, records
+    return width, starts, bad
 
 
 def _width_note(fields: int, width: int) -> str:
@@ -233,14 +235,14 @@ def require_header_width(path: Path, text: str) -> list[int]:
     row cut off (a truncated upload, a writer killed mid-line) would pass as a row of nulls. A long
     row it drops fields from or, if every row is long, shifts into the wrong columns.
     Returns the line each row starts on (blank lines have no row)."""
-    width, records = _csv_records(path, text)
-    short = [(record.first, record.fields) for record in records if record.fields < width]
-    long = [(record.first, record.fields) for record in records if record.fields > width]
+    width, starts, bad = _csv_records(path, text)
+    short = [(record.first, record.fields) for record in bad if record.fields < width]
+    long = [(record.first, record.fields) for record in bad if record.fields > width]
     if short:
         raise _width_error(path, short, f"fewer than the header's {width}", "cut off or mis-quoted")
     if long:
         raise _width_error(path, long, f"more than the header's {width}", "a trailing comma, or a comma in a value that is not quoted")
-    return [record.first for record in records]
+    return starts
 
 
 def _width_error(path: Path, rows: list[tuple[int, int]], compared: str, cause: str) -> RawFormatError:
