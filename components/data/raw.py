@@ -118,13 +118,15 @@ def write_raw_layer(tables: dict[str, pd.DataFrame], source_dir: Path | str) -> 
 
 
 def read_utf8(path: Path) -> str:
-    """Whole file as text; a non-UTF-8 byte raises an error naming the file, line and byte."""
+    """Whole file as text, without a leading byte order mark; a non-UTF-8 byte raises an error
+    naming the file, line and byte."""
     if not path.exists():
         raise RawFormatError(f"raw file not found: {path}")
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte order mark (spreadsheet exports) is not data
     except UnicodeDecodeError as exc:
+        data = exc.object  # the bytes after that mark, which exc.start counts in
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise RawFormatError(

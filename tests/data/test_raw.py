@@ -79,3 +79,19 @@ def test_every_line_that_cannot_be_read_is_named_and_the_others_are_read(tmp_pat
     assert read.frame.loc[5, "age_band"] == "25,34"
     with pytest.raises(RawFormatError, match=r"users.csv: 3 line\(s\) cannot be read:\n.*users.csv:4: 3 fields"):
         read_raw_table(tmp_path, "users")  # the strict reader still refuses the file
+
+
+def test_a_leading_byte_order_mark_is_not_data_in_either_format(tmp_path):
+    # Spreadsheet tools and Windows editors start UTF-8 files with U+FEFF; the CSV reader skipped
+    # it, the JSON Lines reader refused line 1 as "not valid JSON (Unexpected UTF-8 BOM)".
+    line = '{"copy_id": "c1", "product_id": "p1", "text": "白色上衣", "source": "human", "model_version": null}\n'
+    (tmp_path / "copies.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode())
+    assert read_raw_table(tmp_path, "copies")["copy_id"].tolist() == ["c1"]
+    (tmp_path / "users.csv").write_bytes(b"\xef\xbb\xbf" + "user_id,age_band,city_tier,signup_date\na,18-24,tier1,2025-01-01\n".encode()
+                                         + b"b,\xe4\xb8,tier1,2025-01-01\n")
+    # a bad byte after the mark is still named by its own line and byte
+    with pytest.raises(RawFormatError, match=r"users.csv: line 3, byte 3: not valid UTF-8"):
+        read_raw_table(tmp_path, "users")
+    (tmp_path / "copies.jsonl").write_bytes(line.encode() + b"\xef\xbb\xbf" + line.replace("c1", "c2").encode())
+    with pytest.raises(RawFormatError, match=r"copies.jsonl:2: not valid JSON"):  # a mark inside the file is data
+        read_raw_table(tmp_path, "copies")
