@@ -8,7 +8,6 @@ PREFECT_API_URL is set.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -21,6 +20,7 @@ from components.config import load_config
 from components.evaluation.frozen import SnapshotError
 from components.evaluation.gates import GateFailed, GateInputError
 from components.registry.names import VERDICT_FAIL, VERDICT_PASS
+from components.retrain_lock import RetrainBusy, one_retrain_at_a_time  # noqa: F401 - RetrainBusy: part of this module's API
 from components.run_summary import RetrainResult, format_summary
 from components.validation.report import failures_section, list_failed
 
@@ -50,10 +50,6 @@ class ReleaseGateFailed(GateFailed):
         # GateFailed's own __init__ words the message from the rules: this one adds the location.
         RuntimeError.__init__(self, f"{rejected}\n{where}")
         self.report, self.results = rejected.report, rejected.results
-
-
-class RetrainBusy(RuntimeError):
-    """Another retrain of the same profile holds the project's retrain lock."""
 
 
 class ParamsNotTracked(ValueError):
@@ -183,25 +179,6 @@ def retrain(
             return _retrain(cfg, root, params_file, stages, force, register_release)
         except (DataGateFailed, ReleaseGateFailed) as rejected:  # raised through _retrain, so its MLflow run ended FAILED
             return Failed(message=str(rejected), data=rejected)
-
-
-@contextmanager
-def one_retrain_at_a_time(cfg):
-    """Two retrains of one profile would rebuild the same DVC outputs under each other (DVC's
-    own stage locks last seconds, and a busy one fails the stage): the second is refused."""
-    from filelock import FileLock, Timeout
-
-    path = cfg.state_dir() / "retrain.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout as exc:
-        raise RetrainBusy(f"another retrain of profile {cfg.profile!r} is running in this project (lock {path}); wait for it to finish") from exc
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _retrain(cfg, root: Path, params_file: Path, stages: list[str] | None, force: bool, register_release: bool) -> RetrainResult:
