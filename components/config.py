@@ -363,6 +363,17 @@ class FlowConfig(Section):
     stage_timeout_minutes: float = Field(default=180, gt=0)  # a stage still running then is stopped, not retried
 
 
+class RegistryConfig(Section):
+    """Retention of the MLflow store (`copyflow prune`, components/registry/retention.py). No stage reads it."""
+
+    # The newest release versions kept, and as many steps of the rollback history from the champion
+    # (with every release holding an alias): how far back `copyflow rollback` can go after a prune.
+    keep_releases: int = Field(default=10, ge=1)
+    # Nothing created less than this long ago is removed (nor anything newer than the newest
+    # release): a retrain in flight, or one that failed today, stays for the user to read.
+    prune_min_age_days: float = Field(default=7, ge=0)
+
+
 class Config(Section):
     profile: str
     # Set by load_config, not in params.yaml: the profile names a tracking store of its own
@@ -384,6 +395,7 @@ class Config(Section):
     gates: GatesConfig
     serving: ServingConfig = ServingConfig()
     flow: FlowConfig = FlowConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     def stage_dir(self, stage: str) -> Path:
         """Where a pipeline stage of this profile writes: artifacts/<profile>/<stage>/."""
