@@ -542,6 +542,30 @@ def rollback(
     typer.echo(render_status(status(cfg)))
 
 
+@app.command()
+def prune(
+    keep_releases: Annotated[Optional[int], typer.Option("--keep-releases", min=1,
+                             help="newest releases (and rollback steps) kept (default: registry.keep_releases)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go, change nothing")] = False,
+    profile: ProfileOpt = "quick",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Remove old releases, the model versions and runs only they kept, and their files (mlflow gc).
+    Aliased releases, the newest ones and the rollback history stay (docs/registry.md, "Retention")."""
+    from components.registry.retention import prune as do_prune
+    from components.registry.retention import render_prune
+    from components.retrain_lock import RetrainBusy
+
+    cfg = _registry_config(params, profile)
+    try:
+        with _registry_errors("prune refused"):
+            result = do_prune(cfg, keep_releases=keep_releases, dry_run=dry_run)
+    except RetrainBusy as exc:
+        typer.secho(f"prune refused: {exc}; nothing was removed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(render_prune(result))
+
+
 @app.command("status")
 def status_command(profile: ProfileOpt = "quick", params: ParamsOpt = Path("params.yaml")) -> None:
     """Champion / challenger / previous release and models, with their key metrics."""

@@ -7,7 +7,9 @@ Kept (everything else that is old enough goes):
   release's `replaced_release`), so `copyflow rollback` goes back as far as it did before; and
   every release created at or after the cutoff;
 - model versions: the members of kept releases (manifest, else the release's `member.*` tags),
-  every version holding an alias, every version created at or after the cutoff;
+  every version holding an alias, every version of a run the profile's current training outputs
+  name (a retrain that DVC skips reuses the run and its version's verdict), every version
+  created at or after the cutoff;
 - runs: the runs of kept versions and releases, the runs their manifests point to (model,
   bundle, gate evidence), the runs the profile's current training outputs name (a retrain that
   DVC skips reuses them), every run started at or after the cutoff or still RUNNING; and with
@@ -41,7 +43,7 @@ from mlflow.exceptions import MlflowException
 
 from components import tracking
 from components.config import Config
-from components.pipeline import TRAINING_STAGES
+from components.pipeline import TRAINING_STAGES, stage_output_dir
 from components.registry.names import CHAMPION, PREVIOUS, REGISTERED_MODELS, RELEASE_MODEL
 from components.registry.promotion import check_consistency
 from components.registry.release import load_manifest
@@ -140,7 +142,7 @@ def _training_runs_in_use(cfg: Config) -> set[str]:
 
     runs = set()
     for stage in TRAINING_STAGES:
-        path = cfg.stage_dir(stage) / "manifest.json"
+        path = stage_output_dir(cfg, stage) / "manifest.json"
         try:
             run_id = json.loads(path.read_text(encoding="utf-8")).get("run_id")
         except (OSError, ValueError, AttributeError):
@@ -211,7 +213,8 @@ def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: in
     kept |= set(aliases.values()) | set(_rollback_history(client, aliases, keep_releases))
     kept |= {str(r.version) for r in releases if int(r.creation_timestamp) >= cutoff}
     kept_versions: dict[str, set[str]] = {name: set() for name in REGISTERED_MODELS.values()}
-    keep_runs = _training_runs_in_use(cfg)
+    in_use = _training_runs_in_use(cfg)
+    keep_runs = set(in_use)
     doomed_runs: set[str] = set()
     for release in releases:
         if str(release.version) in kept:
@@ -230,7 +233,8 @@ def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: in
         held = set(model_aliases(client, name).values())
         for version in _versions(client, name):
             number = str(version.version)
-            if number in kept_versions.get(name, set()) or number in held or int(version.creation_timestamp) >= cutoff:
+            if (number in kept_versions.get(name, set()) or number in held or version.run_id in in_use
+                    or int(version.creation_timestamp) >= cutoff):
                 keep_runs |= {version.run_id, version.tags.get("training_run_id")} - {None, "", "none"}
                 kept_models |= {model_id} if (model_id := logged_model_of(version)) else set()
             else:
@@ -396,7 +400,7 @@ def render_prune(result: PruneResult) -> str:
     lines = [
         f"MLflow store: {plan.tracking_uri}",
         f"kept: {len(plan.kept_releases)} release(s) ({_span(plan.kept_releases)}): every aliased one, the newest "
-        f"{plan.keep_releases} and {plan.keep_releases} rollback step(s); nothing created after {cutoff}",
+        f"{plan.keep_releases} and {plan.keep_releases} rollback step(s); only what is older than {cutoff} may go",
         f"{verb}: {len(plan.releases)} release version(s){f' ({_span(plan.releases)})' if plan.releases else ''}, "
         f"{len(plan.model_versions)} model version(s), {len(plan.runs)} run(s), {len(plan.logged_models)} logged model(s); "
         f"artifacts on disk: {_human(plan.bytes)}",

@@ -209,6 +209,21 @@ def test_nothing_younger_than_prune_min_age_days_is_planned(world, tmp_path):
     assert plan.runs == [world.manifests["degraded"]["run_id"]]
 
 
+def test_the_training_runs_the_profile_s_outputs_name_are_kept_with_their_versions(world, tmp_path):
+    """A retrain that DVC skips reuses the last training run (artifacts/<profile>/models/<family>/manifest.json)
+    and the verdict of its version: neither may go, even when it was rejected."""
+    import json
+
+    from components.pipeline import stage_output_dir
+
+    clone = clone_world(world, tmp_path / "clone", **PRUNE_NOW)
+    output = stage_output_dir(clone.cfg, "train_preference")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "manifest.json").write_text(json.dumps(world.manifests["degraded"]), encoding="utf-8")
+    plan = prune(clone.cfg, keep_releases=1, dry_run=True).plan
+    assert (plan.releases, plan.model_versions, plan.runs) == ([], [], [])
+
+
 def test_a_prune_while_a_retrain_of_the_profile_runs_is_refused(world, tmp_path):
     from filelock import FileLock
 
@@ -224,3 +239,21 @@ def test_a_prune_while_a_retrain_of_the_profile_runs_is_refused(world, tmp_path)
 def test_keep_releases_below_one_is_refused(world, tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         prune(clone_world(world, tmp_path / "clone").cfg, keep_releases=0, dry_run=True)
+
+
+def test_gc_is_not_run_where_it_would_purge_an_experiment_deleted_by_hand(tmp_path):
+    """`mlflow gc` purges every deleted experiment unless told which: the prune then only marks
+    its runs deleted, says how to finish, and leaves the other experiment and every file alone."""
+    world = build_world(tmp_path / "world", generator=False)
+    cfg = registry_cfg(world.base, **PRUNE_NOW)
+    client = registry_client(cfg)
+    other = client.create_experiment("someone-elses")
+    client.delete_experiment(other)
+    degraded = world.manifests["degraded"]["run_id"]
+    folder = artifact_folder(cfg, degraded)
+    result = prune(cfg, keep_releases=1)
+    assert result.plan.runs == [degraded] and not result.gc_ran
+    assert "`mlflow gc` was not run: it would also purge the experiment(s) deleted by hand (someone-elses)" in result.notes[0]
+    assert client.get_run(degraded).info.lifecycle_stage == "deleted" and folder.is_dir()
+    assert client.get_experiment(other).lifecycle_stage == "deleted"
+    assert client.get_run(degraded).data.tags["copyflow.pruned_at"]
