@@ -553,13 +553,13 @@ def prune(
     """Remove old releases, the model versions and runs only they kept, and their files (mlflow gc).
     Aliased releases, the newest ones and the rollback history stay (docs/registry.md, "Retention")."""
     from components.registry.retention import prune as do_prune
-    from components.registry.retention import render_prune
+    from components.registry.retention import render_prune, store_profiles
     from components.retrain_lock import RetrainBusy
 
     cfg = _registry_config(params, profile)
     try:
-        with _registry_errors("prune refused"):
-            result = do_prune(cfg, keep_releases=keep_releases, dry_run=dry_run)
+        with _registry_errors("prune"):
+            result = do_prune(cfg, keep_releases=keep_releases, dry_run=dry_run, sharing=store_profiles(params, cfg))
     except RetrainBusy as exc:
         typer.secho(f"prune refused: {exc}; nothing was removed", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc

@@ -11,8 +11,8 @@ Kept (everything else that is old enough goes):
   name (a retrain that DVC skips reuses the run and its version's verdict), every version
   created at or after the cutoff;
 - runs: the runs of kept versions and releases, the runs their manifests point to (model,
-  bundle, gate evidence), the runs the profile's current training outputs name (a retrain that
-  DVC skips reuses them), every run started at or after the cutoff or still RUNNING; and with
+  bundle, gate evidence), the runs the current training outputs of the store's profiles name (a
+  retrain that DVC skips reuses them), every run started at or after the cutoff or still RUNNING; and with
   each of those the whole retrain it belongs to (its root run and every nested run);
 - logged models of kept runs or kept versions.
 The cutoff is the earlier of `now - prune_min_age_days` and the creation of the newest release:
@@ -25,8 +25,9 @@ left alone. Versions go through `MlflowClient.delete_model_version`, logged mode
 `delete_logged_model`, runs through `delete_run`, each tagged `copyflow.pruned_at` first; then
 `mlflow gc` permanently deletes exactly those runs and logged models (rows and artifacts).
 
-The whole prune holds the profile's retrain lock (a retrain cannot start or be running) and the
-registry lock (no alias moves while it decides what the aliases protect).
+The whole prune holds the retrain lock of every profile logging to the store (`store_profiles`: a
+retrain cannot start or be running) and the registry lock (no alias moves while it decides what
+the aliases protect). The current training runs of each of those profiles are kept.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def _size(path: Path) -> int:
 # ---------------------------------------------------------------- the plan
 
 
-def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: int) -> PrunePlan:
-    """Decide what goes (see the module docstring); reads only."""
+def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: int, in_use: set[str] | None = None) -> PrunePlan:
+    """Decide what goes (see the module docstring); reads only. `in_use`: the training runs the
+    current outputs of the store's profiles name (default: cfg's profile's)."""
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     releases = _versions(client, RELEASE_MODEL)
     aliases = model_aliases(client, RELEASE_MODEL)
@@ -213,7 +215,7 @@ def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: in
     kept |= set(aliases.values()) | set(_rollback_history(client, aliases, keep_releases))
     kept |= {str(r.version) for r in releases if int(r.creation_timestamp) >= cutoff}
     kept_versions: dict[str, set[str]] = {name: set() for name in REGISTERED_MODELS.values()}
-    in_use = _training_runs_in_use(cfg)
+    in_use = _training_runs_in_use(cfg) if in_use is None else in_use
     keep_runs = set(in_use)
     doomed_runs: set[str] = set()
     for release in releases:
@@ -291,16 +293,45 @@ def _roots(runs: dict) -> dict[str, str]:
 # ---------------------------------------------------------------- the prune
 
 
-def prune(cfg: Config, keep_releases: int | None = None, dry_run: bool = False, now_ms: int | None = None) -> PruneResult:
-    """Plan, then (unless dry_run) remove. Raises RetrainBusy while a retrain of the profile
-    runs, PromotionBusy while a promotion holds the registry lock."""
+def store_profiles(params_path: Path | str, cfg: Config) -> list[Config]:
+    """The other profiles of the params file that log to cfg's store (`quick` and `full` share
+    `paths.mlflow_dir`): their releases are the same registry, their runs the same experiment."""
+    from components.config import load_config, read_params
+
+    uri = tracking.tracking_uri(cfg)
+    sharing = []
+    for name in sorted(read_params(Path(params_path)).get("profiles") or {}):
+        if name == cfg.profile:
+            continue
+        try:
+            other = load_config(params_path, name)
+            if tracking.tracking_uri(other) == uri:
+                sharing.append(other)
+        except (ValueError, FileNotFoundError):  # a store of its own the environment overrides: not this one
+            continue
+    return sharing
+
+
+def prune(cfg: Config, keep_releases: int | None = None, dry_run: bool = False, now_ms: int | None = None,
+          sharing: list[Config] | None = None) -> PruneResult:
+    """Plan, then (unless dry_run) remove. `sharing`: the other profiles of the same store
+    (`store_profiles`), whose retrain locks are held too and whose current training runs are kept.
+    Raises RetrainBusy while a retrain of one of them runs, PromotionBusy while a promotion holds
+    the registry lock."""
+    from contextlib import ExitStack
+
     keep = cfg.registry.keep_releases if keep_releases is None else keep_releases
     if keep < 1:
         raise ValueError(f"--keep-releases must be at least 1 (got {keep}): the newest release is always kept")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     client = registry_client(cfg)
-    with one_retrain_at_a_time(cfg), registry_lock(cfg):
-        plan = plan_prune(cfg, client, keep, now_ms)
+    profiles = [cfg, *(sharing or [])]
+    with ExitStack() as locks:
+        for each in profiles:
+            locks.enter_context(one_retrain_at_a_time(each))
+        locks.enter_context(registry_lock(cfg))
+        in_use = set().union(*(_training_runs_in_use(each) for each in profiles))
+        plan = plan_prune(cfg, client, keep, now_ms, in_use)
         result = PruneResult(plan, dry_run)
         if dry_run:
             return result

@@ -14,7 +14,7 @@ from mlflow.entities import ViewType
 from components.registry.names import RELEASE_MODEL
 from components.registry.promotion import PromotionRefused, check_consistency, promote, rollback
 from components.registry.release import resolve_release
-from components.registry.retention import logged_model_of, prune
+from components.registry.retention import logged_model_of, prune, store_profiles
 from components.registry.status import compare, render_status, status
 from components.registry.store import model_aliases, registry_client
 from components.retrain_lock import RetrainBusy
@@ -257,3 +257,28 @@ def test_gc_is_not_run_where_it_would_purge_an_experiment_deleted_by_hand(tmp_pa
     assert client.get_run(degraded).info.lifecycle_stage == "deleted" and folder.is_dir()
     assert client.get_experiment(other).lifecycle_stage == "deleted"
     assert client.get_run(degraded).data.tags["copyflow.pruned_at"]
+
+
+def test_the_profiles_sharing_the_store_are_locked_and_their_training_runs_kept(world, tmp_path):
+    """`full` logs to the same store as `quick` (here every profile does: the world names one
+    tracking.uri): a prune of `quick` keeps the run full's last training names, and waits for no
+    retrain of `full`: it is refused while one runs."""
+    import json
+
+    from filelock import FileLock
+
+    from components.pipeline import stage_output_dir
+
+    clone = clone_world(world, tmp_path / "clone", **PRUNE_NOW)
+    sharing = store_profiles(clone.base / "params.yaml", clone.cfg)
+    full = next(p for p in sharing if p.profile == "full")
+    output = stage_output_dir(full, "train_preference")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "manifest.json").write_text(json.dumps(world.manifests["degraded"]), encoding="utf-8")
+    assert prune(clone.cfg, keep_releases=1, dry_run=True).plan.runs == [world.manifests["degraded"]["run_id"]]
+    plan = prune(clone.cfg, keep_releases=1, dry_run=True, sharing=sharing).plan
+    assert (plan.releases, plan.model_versions, plan.runs) == ([], [], [])
+    full.state_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(full.state_dir() / "retrain.lock")):
+        with pytest.raises(RetrainBusy, match="another retrain of profile 'full' is running"):
+            prune(clone.cfg, keep_releases=1, sharing=sharing)
