@@ -54,11 +54,19 @@ def test_every_profile_loads(profile):
         ({"gates": {"generator_bleu4_min": 300}}, "generator_bleu4_min"),
         ({"seed": -1}, "seed"),  # numpy refuses it, and seed_everything
         ({"seed": 2**32}, "seed"),
+        ({"registry": {"keep_releases": 0}}, "keep_releases"),  # a prune would keep no release at all
+        ({"registry": {"prune_min_age_days": -1}}, "prune_min_age_days"),
+        ({"registry": {"keep_release": 5}}, "keep_release"),
     ],
 )
 def test_contradictory_or_misspelt_knobs_are_refused(overrides, message):
     with pytest.raises(ValidationError, match=message):
         load_config(PARAMS, "quick", overrides=overrides)
+
+
+def test_the_retention_knobs_are_loaded_from_params_yaml():
+    registry = load_config(PARAMS, "quick").registry
+    assert (registry.keep_releases, registry.prune_min_age_days) == (10, 7)
 
 
 def test_unknown_profile_is_named():
@@ -142,6 +150,7 @@ def test_a_dvc_stage_names_a_bad_knob_without_a_traceback(tmp_path, capsys):
         ({"gates": {"auto_promote": "false"}}, "gates.auto_promote: Input should be a valid boolean (got 'false'); in quotes"),
         ({"seed": "42"}, "seed: Input should be a valid integer (got '42')"),
         ({"trainer": {"devices": True}}, "trainer.devices.int: Input should be a valid integer (got True)"),
+        ({"registry": {"keep_releases": "10"}}, "registry.keep_releases: Input should be a valid integer (got '10'); in quotes"),
     ],
 )
 def test_a_setting_of_another_type_is_refused_not_converted(overrides, hint):
