@@ -61,7 +61,7 @@ up: install
 down:
 	bash infra/down.sh
 
-# Deploy prefect.yaml (nightly retrain, promote, rollback) to the server `make up` started.
+# Deploy prefect.yaml (nightly retrain, promote, rollback, nightly prune) to the server `make up` started.
 deploy: install
 	bash infra/deploy.sh
 

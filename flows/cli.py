@@ -591,7 +591,7 @@ def compare(
 
 @app.command()
 def deploy() -> None:
-    """Create the local process work pool and deploy prefect.yaml (retrain nightly, promote, rollback)."""
+    """Create the local process work pool and deploy prefect.yaml (retrain nightly, promote, rollback, prune nightly)."""
     raise typer.Exit(subprocess.call(["bash", str(INFRA / "deploy.sh")]))
 
 

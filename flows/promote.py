@@ -1,4 +1,5 @@
-"""Prefect flows `promote` and `rollback`: one click in the Prefect UI moves the champion.
+"""Prefect flows `promote` and `rollback`: one click in the Prefect UI moves the champion; and
+`prune`, the nightly retention of the store (after the nightly retrain).
 
 Deployed from prefect.yaml (`prefect deploy --all`, run by `copyflow worker` on the local process
 pool). Their parameters (release version, note) render as a form on the deployment's "Run" page.
@@ -84,3 +85,32 @@ def rollback(note: str | None = None, profile: str = "quick", params_path: str =
     print(f"rolled back release {result['rolled_back']}; champion is release {result['release']} again")
     print(status.render_status(status.status(cfg)))
     return result
+
+
+@flow(name="prune", log_prints=True)
+def prune(
+    keep_releases: int | None = None,
+    dry_run: bool = False,
+    profile: str = "quick",
+    params_path: str = "params.yaml",
+) -> dict:
+    """Remove old releases, the model versions and runs only they kept, and their files
+    (`copyflow prune`; docs/registry.md, "Retention"). Refused while a retrain of a profile of the
+    store runs: the next scheduled prune catches up.
+
+    Args:
+        keep_releases: newest releases (and rollback steps) kept; empty = registry.keep_releases.
+        dry_run: only show what would go.
+        profile: params.yaml profile whose tracking store is pruned.
+        params_path: params file, relative to the project directory.
+    """
+    from components.registry.retention import prune as do_prune
+    from components.registry.retention import render_prune, store_profiles
+
+    cfg = _config(profile, params_path)
+    result = do_prune(cfg, keep_releases=keep_releases, dry_run=dry_run, sharing=store_profiles(Path(params_path), cfg))
+    print(render_prune(result))
+    plan = result.plan
+    return {"releases": plan.releases, "model_versions": [f"{name}/{version}" for name, version in plan.model_versions],
+            "runs": plan.runs, "logged_models": plan.logged_models, "bytes": plan.bytes, "freed_bytes": result.freed_bytes,
+            "dry_run": dry_run, "notes": result.notes}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make deploy`: register the deployments of prefect.yaml (retrain nightly, promote, rollback)
+# `make deploy`: register the deployments of prefect.yaml (retrain nightly, promote, rollback, prune nightly)
 # on the Prefect server of `make up` (or whatever PREFECT_API_URL points at).
 set -euo pipefail
 cd "$(dirname "$0")/.."

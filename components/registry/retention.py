@@ -360,9 +360,9 @@ def _collect_garbage(cfg: Config, client: MlflowClient, result: PruneResult) -> 
     """Permanently delete this prune's runs and logged models with `mlflow gc`, and only them.
 
     `mlflow gc` without --experiment-ids purges every deleted experiment, without --run-ids every
-    deleted run, and without --logged-model-ids every deleted logged model: where a call would
-    reach beyond this prune (an experiment deleted by hand; a prune that deleted runs but no
-    logged model), it is not made, and the note says how to finish."""
+    deleted run, and without --logged-model-ids every deleted logged model. So it always gets
+    both id lists (a deleted, empty placeholder model when the pruned runs logged none), and where
+    an experiment was deleted by hand it is not run at all: the note says how to finish."""
     plan = result.plan
     if not plan.runs:
         result.freed_bytes = None if plan.files is None else 0
@@ -379,13 +379,10 @@ def _collect_garbage(cfg: Config, client: MlflowClient, result: PruneResult) -> 
         result.notes.append(f"`mlflow gc` was not run: it would also purge the experiment(s) deleted by hand ({names}); "
                             f"the pruned runs are deleted, their files stay until you run {manual}")
         return
-    if not plan.logged_models:
-        result.notes.append("`mlflow gc` was not run: these runs logged no model, and without model ids it would also "
-                            f"purge logged models deleted by other means; their files stay until you run {manual}")
-        return
+    models = plan.logged_models or [_placeholder_model(client, cfg, plan.runs[0])]
     sizes = {f: _size(f) for f in plan.files}
     args = ["--backend-store-uri", uri, "--tracking-uri", uri,
-            "--run-ids", ",".join(plan.runs), "--logged-model-ids", ",".join(plan.logged_models)]
+            "--run-ids", ",".join(plan.runs), "--logged-model-ids", ",".join(models)]
     try:
         _run_mlflow_gc(args)
     except (MlflowException, OSError) as exc:
@@ -399,6 +396,16 @@ def _collect_garbage(cfg: Config, client: MlflowClient, result: PruneResult) -> 
         except OSError:
             pass  # not empty, or gone: left as it is
     result.freed_bytes = sum(size for f, size in sizes.items() if not f.exists())
+
+
+def _placeholder_model(client: MlflowClient, cfg: Config, run_id: str) -> str:
+    """A deleted, empty logged model to name to `mlflow gc` when the pruned runs logged none:
+    given no --logged-model-ids, gc purges every deleted logged model, also those deleted by other
+    means. Tagged like the prune's own, and purged with them."""
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name="copyflow-prune-placeholder", tags={PRUNED_TAG: "placeholder"})
+    client.delete_logged_model(model.model_id)
+    return model.model_id
 
 
 def _run_mlflow_gc(args: list[str]) -> None:

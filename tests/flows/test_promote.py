@@ -152,6 +152,86 @@ def test_promote_deployment_from_prefect_yaml_moves_the_champion(prefect_server,
     assert tags["promoted_by"].startswith("prefect flow run")
 
 
+def _failed_retrain(cfg) -> str:
+    """A retrain the data gate stopped (FAILED, kind=retrain) with a report in its own artifacts:
+    what a prune removes from a clone without touching the files the clone shares."""
+    import mlflow
+
+    registry_client(cfg)  # points MLflow at the clone's store
+    with mlflow.start_run(run_name="retrain-quick", tags={"kind": "retrain", "profile": cfg.profile}) as run:
+        mlflow.log_text("the data gate failed", "validation/report.md")
+    registry_client(cfg).set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def test_prune_deployment_from_prefect_yaml_removes_an_old_failed_retrain(prefect_server, pref_world, tmp_path):
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone", registry={"prune_min_age_days": 0})
+    failed = _failed_retrain(world.cfg)
+    from components.registry.candidates import release_candidates
+    from tests.registry import helpers
+
+    # a newer release: the failed retrain is then older than the newest release, so it may go
+    assert release_candidates(world.cfg, [helpers.train_preference(world.cfg, world.base)], project_dir=ROOT,
+                              scorers=helpers.SCORERS).release == "3"
+    env = prefect_server.ready()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as api:
+        pools = [pool.name for pool in api.read_work_pools()]
+        if "copyflow-local" not in pools:  # the promote deployment's test may have made it
+            api.create_work_pool(WorkPoolCreate(name="copyflow-local", type="process",
+                                                base_job_template=ProcessWorker.get_default_base_job_template()))
+    out = _prefect(env, "--no-prompt", "deploy", "--prefect-file", "prefect.yaml", "--name", "prune")
+    assert "prune/prune" in out
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "copyflow-local", "--type", "process"], env=env,
+                              cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        from prefect.client.schemas.objects import StateType
+        from prefect.deployments import run_deployment
+
+        # keep 2: releases 2 and 3 stay (their files are the original world's, shared by the clone)
+        parameters = {"keep_releases": 2, "params_path": str(world.base / "params.yaml")}
+        folder = Path(registry_client(world.cfg).get_run(failed).info.artifact_uri.removeprefix("file://"))
+        assert folder.is_dir()
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            flow_run = run_deployment("prune/prune", parameters=parameters, timeout=300, poll_interval=1)
+        log_text = (tmp_path / "worker.log").read_text()
+        assert flow_run.state is not None and flow_run.state.type == StateType.COMPLETED, log_text[-4000:]
+    finally:
+        _stop(worker)
+        worker_log.close()
+    import mlflow.exceptions
+
+    with pytest.raises(mlflow.exceptions.MlflowException):  # permanently deleted by mlflow gc
+        registry_client(world.cfg).get_run(failed)
+    assert not folder.exists()  # a run that logged no model: gc named a placeholder model, not none
+    client = registry_client(world.cfg)
+    assert model_aliases(client, "copyflow-release") == {"champion": "1", "challenger": "3"}
+    assert sorted(int(v.version) for v in client.search_model_versions("name = 'copyflow-release'")) == [1, 2, 3]
+
+
+def test_the_prune_flow_function_dry_run_changes_nothing(pref_world, tmp_path):
+    from flows.promote import prune
+    from tests.registry.world import clone_world
+
+    world = clone_world(pref_world, tmp_path / "clone", registry={"prune_min_age_days": 0})
+    failed = _failed_retrain(world.cfg)
+    from components.registry.candidates import release_candidates
+    from tests.registry import helpers
+
+    release_candidates(world.cfg, [helpers.train_preference(world.cfg, world.base)], project_dir=ROOT, scorers=helpers.SCORERS)
+    planned = prune.fn(keep_releases=2, dry_run=True, params_path=str(world.base / "params.yaml"))
+    assert planned["runs"] == [failed] and planned["releases"] == [] and planned["dry_run"]
+    assert planned["bytes"] > 0 and planned["freed_bytes"] is None
+    assert registry_client(world.cfg).get_run(failed).info.lifecycle_stage == "active"
+
+
 def test_flow_functions_promote_and_roll_back(pref_world, tmp_path):
     from flows.promote import promote, rollback
     from tests.registry.world import clone_world

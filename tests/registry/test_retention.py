@@ -282,3 +282,32 @@ def test_the_profiles_sharing_the_store_are_locked_and_their_training_runs_kept(
     with FileLock(str(full.state_dir() / "retrain.lock")):
         with pytest.raises(RetrainBusy, match="another retrain of profile 'full' is running"):
             prune(clone.cfg, keep_releases=1, sharing=sharing)
+
+
+def test_gc_purges_only_what_the_prune_deleted_even_when_its_runs_logged_no_model(tmp_path):
+    """Given no --logged-model-ids, `mlflow gc` purges every deleted logged model: a prune of a
+    model-less failed retrain names a placeholder instead. A run and a logged model deleted by
+    hand stay in the deleted stage, with their files."""
+    world = build_world(tmp_path / "world", generator=False, with_failure=False)
+    cfg = registry_cfg(world.base, **PRUNE_NOW)
+    client = registry_client(cfg)
+    failed, failed_stage = failed_retrain(cfg, "old")
+    by_hand, by_hand_stage = failed_retrain(cfg, "deleted-by-hand")
+    client.delete_run(by_hand)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    model = client.create_logged_model(experiment, name="deleted-by-hand")
+    client.delete_logged_model(model.model_id)
+    assert release(cfg, world.base) == "3"  # the failed retrain is now older than the newest release
+    stage_folder = artifact_folder(cfg, failed_stage)
+    hand_folder = artifact_folder(cfg, by_hand_stage)  # its nested run, not a retrain of its own: left alone
+
+    result = prune(cfg, keep_releases=2)
+    assert sorted(result.plan.runs) == sorted([failed, failed_stage]) and result.plan.logged_models == []
+    assert result.gc_ran and not stage_folder.exists() and result.freed_bytes > 0
+    assert client.get_run(by_hand).info.lifecycle_stage == "deleted" and hand_folder.is_dir()
+    db = sqlite3.connect(cfg.tracking.uri.removeprefix("sqlite:///"))
+    try:
+        left = [row[0] for row in db.execute("select name from logged_models where lifecycle_stage = 'deleted'")]
+    finally:
+        db.close()
+    assert left == ["deleted-by-hand"]  # the placeholder went with the prune's runs
