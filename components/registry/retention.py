@@ -7,13 +7,13 @@ Kept (everything else that is old enough goes):
   release's `replaced_release`), so `copyflow rollback` goes back as far as it did before; and
   every release created at or after the cutoff;
 - model versions: the members of kept releases (manifest, else the release's `member.*` tags),
-  every version holding an alias, every version of a run the profile's current training outputs
-  name (a retrain that DVC skips reuses the run and its version's verdict), every version
-  created at or after the cutoff;
+  every version holding an alias, every version of a run that the current training outputs of
+  the store's profiles name (a retrain that DVC skips reuses the run and its version's verdict),
+  every version created at or after the cutoff;
 - runs: the runs of kept versions and releases, the runs their manifests point to (model,
-  bundle, gate evidence), the runs the current training outputs of the store's profiles name (a
-  retrain that DVC skips reuses them), every run started at or after the cutoff or still RUNNING; and with
-  each of those the whole retrain it belongs to (its root run and every nested run);
+  bundle, gate evidence), those training runs, every run started at or after the cutoff or still
+  RUNNING; and with each of those the whole retrain it belongs to (its root run and every nested
+  run);
 - logged models of kept runs or kept versions.
 The cutoff is the earlier of `now - prune_min_age_days` and the creation of the newest release:
 a retrain in flight, or one whose release failed since, stays for a person to read.
@@ -383,9 +383,11 @@ def _collect_garbage(cfg: Config, client: MlflowClient, result: PruneResult) -> 
     sizes = {f: _size(f) for f in plan.files}
     args = ["--backend-store-uri", uri, "--tracking-uri", uri,
             "--run-ids", ",".join(plan.runs), "--logged-model-ids", ",".join(models)]
+    import click
+
     try:
         _run_mlflow_gc(args)
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, click.ClickException) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         result.notes.append(f"`mlflow gc` failed ({first}); the pruned runs are deleted, their files stay until you run {manual}")
         return
