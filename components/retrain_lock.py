@@ -11,7 +11,7 @@ from components.config import Config
 
 
 class RetrainBusy(RuntimeError):
-    """Another retrain of the same profile holds the project's retrain lock."""
+    """Another retrain, or a prune, of the same profile holds the project's retrain lock."""
 
 
 def retrain_lock_path(cfg: Config) -> Path:
@@ -31,7 +31,9 @@ def one_retrain_at_a_time(cfg: Config) -> Iterator[Path]:
     try:
         lock.acquire(timeout=0)
     except Timeout as exc:
-        raise RetrainBusy(f"another retrain of profile {cfg.profile!r} is running in this project (lock {path}); wait for it to finish") from exc
+        # the lock does not say which of the two holds it: name both, so neither message misleads
+        raise RetrainBusy(f"a retrain or a prune of profile {cfg.profile!r} is running in this project (lock {path}); "
+                          "wait for it to finish") from exc
     try:
         yield path
     finally:

@@ -154,7 +154,7 @@ def retrain(
         raise typer.Exit(2) from exc
     try:
         with one_retrain_at_a_time(cfg):
-            pass  # another retrain holds the lock: one line now, not after Prefect's 30-line traceback
+            pass  # another retrain or a prune holds the lock: one line now, not after Prefect's 30-line traceback
     except RetrainBusy as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc

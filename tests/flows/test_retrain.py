@@ -197,7 +197,7 @@ def test_a_second_retrain_of_the_same_profile_is_refused(tmp_path, prefect_harne
     cfg = load_config(project / "params.yaml", "quick")
     cfg.state_dir().mkdir(parents=True, exist_ok=True)
     with FileLock(str(cfg.state_dir() / "retrain.lock")):  # the first retrain, still running
-        with pytest.raises(RetrainBusy, match="another retrain of profile 'quick' is running"):
+        with pytest.raises(RetrainBusy, match="a retrain or a prune of profile 'quick' is running"):
             retrain(profile="quick", project_dir=str(project), stages=["source"])
     assert not (project / "artifacts/quick/source").exists()
 

@@ -231,7 +231,7 @@ def test_a_prune_while_a_retrain_of_the_profile_runs_is_refused(world, tmp_path)
     clone.cfg.state_dir().mkdir(parents=True, exist_ok=True)
     before = counts(clone.cfg)
     with FileLock(str(clone.cfg.state_dir() / "retrain.lock")):
-        with pytest.raises(RetrainBusy, match="another retrain of profile 'quick' is running"):
+        with pytest.raises(RetrainBusy, match="a retrain or a prune of profile 'quick' is running"):
             prune(clone.cfg, keep_releases=1)
     assert counts(clone.cfg) == before
 
@@ -280,7 +280,7 @@ def test_the_profiles_sharing_the_store_are_locked_and_their_training_runs_kept(
     assert (plan.releases, plan.model_versions, plan.runs) == ([], [], [])
     full.state_dir().mkdir(parents=True, exist_ok=True)
     with FileLock(str(full.state_dir() / "retrain.lock")):
-        with pytest.raises(RetrainBusy, match="another retrain of profile 'full' is running"):
+        with pytest.raises(RetrainBusy, match="a retrain or a prune of profile 'full' is running"):
             prune(clone.cfg, keep_releases=1, sharing=sharing)
 
 
