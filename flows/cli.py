@@ -276,11 +276,12 @@ def forget(
 
 
 def _ids_in(path: Path) -> list[str]:
-    """One raw id a line; empty lines are skipped (an id padded with spaces is refused later)."""
+    """One raw id a line; empty lines are skipped (an id padded with spaces is refused later). A
+    byte order mark at the start (a list saved from a spreadsheet or Notepad) is not part of the first id."""
     from components.data.erasure import ForgetError
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ForgetError(f"cannot read --users-file {path}: {exc}") from exc
     ids = [line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r")]

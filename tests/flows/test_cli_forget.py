@@ -66,6 +66,19 @@ def test_forget_erases_the_log_records_the_pseudonym_and_names_what_is_left(shop
     assert len(json.loads(forgotten_path(cfg).read_text(encoding="utf-8"))["shoppers"]) == 2
 
 
+def test_a_users_file_starting_with_a_byte_order_mark_is_read_without_it(shop, tmp_path):
+    """Windows editors and spreadsheets save UTF-8 with a leading U+FEFF: it belongs to the file,
+    not to the first id (it was refused as an invisible character in 'shopper1')."""
+    cfg, params, _ = shop
+    ids = tmp_path / "ids.txt"
+    ids.write_text("shopper1\r\nshopper2\r\n", encoding="utf-8-sig")
+    result = forget(params, "--users-file", str(ids))
+    assert result.exit_code == 0, result.output
+    assert "'shopper1': recorded as forgotten; feedback log lines removed: 2 from events.csv" in result.output
+    assert [r["pseudonym"] for r in json.loads(forgotten_path(cfg).read_text(encoding="utf-8"))["shoppers"]] == [
+        pseudonym("shopper1", load_key(cfg)), pseudonym("shopper2", load_key(cfg))]
+
+
 @pytest.mark.parametrize("args, says", [
     ((), "no shopper id given"),
     (("--user", ""), "must be non-empty"),
