@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from components.config import Config
-from components.data.feedback import FeedbackError, FeedbackLog, check_id
+from components.data.feedback import FeedbackError, FeedbackLog, check_id, replace_file
 from components.data.privacy import key_of_record, pseudonym
 from components.data.raw import RAW_FILES, RawFormatError, read_raw_table
 
@@ -74,21 +72,8 @@ def record_forgotten(cfg: Config, pseudonyms: list[str], key_id: str) -> list[st
         if new:
             today = datetime.now(UTC).date().isoformat()
             records += [{"pseudonym": p, "key_id": key_id, "forgotten_on": today} for p in new]
-            _write_whole(path, json.dumps({"shoppers": records}, indent=2) + "\n")
+            replace_file(path, (json.dumps({"shoppers": records}, indent=2) + "\n").encode("utf-8"))
     return new
-
-
-def _write_whole(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

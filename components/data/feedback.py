@@ -491,7 +491,7 @@ class FeedbackLog:
         kept = lines[:header] + [line for line in lines[header:] if not names_user(line, user_id)]
         removed = len(lines) - len(kept)
         if removed:
-            _replace_file(path, b"".join(line + b"\n" for line in kept) + data[whole:])
+            replace_file(path, b"".join(line + b"\n" for line in kept) + data[whole:])
         return removed
 
     def snapshot(self, destination: Path) -> dict[str, Path]:
@@ -537,8 +537,9 @@ def _events_user_is(header: bytes) -> Callable[[bytes, str], bool]:
     return user_is
 
 
-def _replace_file(path: Path, body: bytes) -> None:
-    """Write `body` to a new owner-only file next to `path`, then rename it over `path`."""
+def replace_file(path: Path, body: bytes) -> None:
+    """Write `body` to a new owner-only file next to `path`, then rename it over `path`: a reader
+    sees the old file or the new one, never half of one, and a crash leaves the old one."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=REWRITE_PREFIX, suffix=REWRITE_SUFFIX)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
