@@ -17,6 +17,7 @@ returns them all, so ingestion can name every one in one error; `read_raw_table`
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -208,8 +209,6 @@ class _CsvRecord:
 def _csv_records(path: Path, text: str) -> tuple[int, list[int], list[_CsvRecord]]:
     """The header's width, the line each record after it starts on (blank lines have none), and
     the records without the header's width."""
-    import csv
-
     reader = csv.reader(io.StringIO(text))
     starts, bad = [], []
     try:

@@ -10,22 +10,22 @@ The raw layer carries RAW user ids; only `ingest` (which pseudonymizes them) rea
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from components.config import Config
-from components.data.raw import GROUND_TRUTH_DIR, RAW_FILES, write_raw_layer
+from components.data.feedback import FeedbackLog
+from components.data.ingest import RawProblems, check_raw_tables
+from components.data.raw import GROUND_TRUTH_DIR, RAW_COLUMNS, RAW_FILES, RawFormatError, jsonl_lines, write_raw_layer
 from components.data.summary import write_summary
-
-if TYPE_CHECKING:
-    from components.data.ingest import RawProblems
 
 STAGE = "source"
 
@@ -90,9 +90,6 @@ def write_folder_source(cfg: Config, out_dir: Path) -> dict[str, Any]:
     the shop edits, not its copy in the raw layer; the copy server's feedback log
     (cfg.feedback_dir(), components/data/feedback.py) is checked in the same round, its problems
     named in the log's own files. The export's bytes are copied unchanged; the log is appended."""
-    from components.data.ingest import RawProblems, check_raw_tables
-    from components.data.raw import RawFormatError
-
     folder = Path(cfg.paths.source_folder)
     if not folder.is_dir():
         raise RawFormatError(f"data.source is folder, but paths.source_folder {folder} is not a directory")
@@ -125,10 +122,6 @@ class FeedbackRead:
 def read_feedback_log(cfg: Config, problems: RawProblems) -> FeedbackRead:
     """The served copies and their events in the feedback log (a snapshot under its lock), read
     and typed as ingest will; what fails goes to `problems`, named by the log's own files."""
-    from components.data.feedback import FeedbackLog
-    from components.data.ingest import RawProblems, check_raw_tables
-    from components.data.raw import RAW_COLUMNS
-
     folder = cfg.feedback_dir()
     log = FeedbackLog(folder)
     fragments = log.fragments() if folder.is_dir() else 0
@@ -153,10 +146,6 @@ def append_feedback(out_dir: Path, export: dict[str, pd.DataFrame], logged: Feed
     A copy or event id the export already has is the export's (a shop that re-exports what it
     was served): it is skipped, not doubled. The lines are appended in the export's own column
     order, so the export's bytes stay as they were."""
-    import csv
-
-    from components.data.raw import RAW_COLUMNS, jsonl_lines
-
     if logged.tables is None:
         return {"folder": str(logged.folder), "copies": 0, "events": 0, "skipped_as_duplicates": 0,
                 "fragments_not_read": logged.fragments}

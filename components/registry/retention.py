@@ -32,18 +32,23 @@ the aliases protect). The current training runs of each of those profiles are ke
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import click
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from components import tracking
-from components.config import Config
+from components.config import Config, load_config, read_params
 from components.pipeline import TRAINING_STAGES, stage_output_dir
 from components.registry.names import CHAMPION, PREVIOUS, REGISTERED_MODELS, RELEASE_MODEL
 from components.registry.promotion import check_consistency
@@ -139,8 +144,6 @@ def _release_members(client: MlflowClient, version) -> tuple[dict[str, str], set
 
 def _training_runs_in_use(cfg: Config) -> set[str]:
     """Runs the profile's current training outputs name: a retrain that DVC skips reuses them."""
-    import json
-
     runs = set()
     for stage in TRAINING_STAGES:
         path = stage_output_dir(cfg, stage) / "manifest.json"
@@ -296,8 +299,6 @@ def _roots(runs: dict) -> dict[str, str]:
 def store_profiles(params_path: Path | str, cfg: Config) -> list[Config]:
     """The other profiles of the params file that log to cfg's store (`quick` and `full` share
     `paths.mlflow_dir`): their releases are the same registry, their runs the same experiment."""
-    from components.config import load_config, read_params
-
     uri = tracking.tracking_uri(cfg)
     sharing = []
     for name in sorted(read_params(Path(params_path)).get("profiles") or {}):
@@ -318,8 +319,6 @@ def prune(cfg: Config, keep_releases: int | None = None, dry_run: bool = False, 
     (`store_profiles`), whose retrain locks are held too and whose current training runs are kept.
     Raises RetrainBusy while a retrain of one of them runs, PromotionBusy while a promotion holds
     the registry lock."""
-    from contextlib import ExitStack
-
     keep = cfg.registry.keep_releases if keep_releases is None else keep_releases
     if keep < 1:
         raise ValueError(f"--keep-releases must be at least 1 (got {keep}): the newest release is always kept")
@@ -383,8 +382,6 @@ def _collect_garbage(cfg: Config, client: MlflowClient, result: PruneResult) -> 
     sizes = {f: _size(f) for f in plan.files}
     args = ["--backend-store-uri", uri, "--tracking-uri", uri,
             "--run-ids", ",".join(plan.runs), "--logged-model-ids", ",".join(models)]
-    import click
-
     try:
         _run_mlflow_gc(args)
     except (MlflowException, OSError, click.ClickException) as exc:
@@ -413,10 +410,7 @@ def _placeholder_model(client: MlflowClient, cfg: Config, run_id: str) -> str:
 def _run_mlflow_gc(args: list[str]) -> None:
     """`mlflow gc ARGS` through its Python entry point (the installed CLI's click command), in this
     process: ids are not limited by the command line's length; its per-run lines are not printed."""
-    import contextlib
-    import io
-
-    from mlflow.cli import gc
+    from mlflow.cli import gc  # here: mlflow.cli loads the tracking server's modules too, which only gc needs
 
     with contextlib.redirect_stdout(io.StringIO()):
         gc.main(args=args, prog_name="mlflow gc", standalone_mode=False)
