@@ -84,12 +84,12 @@ class Erasure:
     newly_recorded: bool
     feedback_removed: dict[str, int]
     export_lines: dict[str, list[int]] = field(default_factory=dict)  # export file -> lines naming the shopper
-    raw_layer_lines: dict[str, list[int]] = field(default_factory=dict)  # artifacts/<profile>/source/, the same
+    raw_layer_lines: dict[str, list[int]] = field(default_factory=dict)  # the raw layer (artifacts/<profile>/source/), the same
 
 
 @dataclass
 class ForgetReport:
-    profile: str
+    artifacts: Path  # the profile's pipeline outputs (paths.artifacts/<profile>), the raw layer in its source/
     erasures: list[Erasure]
     export_folder: Path | None  # the shop's export (data.source folder), else None
     unreadable: dict[str, str] = field(default_factory=dict)  # folder -> why it could not be searched
@@ -117,10 +117,11 @@ def forget_shoppers(cfg: Config, raw_ids: list[str]) -> ForgetReport:
     new = set(record_forgotten(cfg, list(by_pseudonym.values()), key.key_id))
     log = FeedbackLog(cfg.feedback_dir())
     erasures = [Erasure(raw_id, by_pseudonym[raw_id] in new, log.remove_user(raw_id)) for raw_id in raw_ids]
-    report = ForgetReport(cfg.profile, erasures, Path(cfg.paths.source_folder) if cfg.data.source == "folder" else None)
+    report = ForgetReport(cfg.stage_dir("source").parent, erasures,
+                          Path(cfg.paths.source_folder) if cfg.data.source == "folder" else None)
     if report.export_folder is not None:
         _find_lines(report, report.export_folder, "export_lines")
-    _find_lines(report, cfg.stage_dir("source"), "raw_layer_lines")
+    _find_lines(report, report.artifacts / "source", "raw_layer_lines")
     return report
 
 
@@ -147,18 +148,16 @@ def report_lines(report: ForgetReport) -> list[str]:
         removed = ", ".join(f"{n} from {name}" for name, n in erasure.feedback_removed.items())
         recorded = "recorded as forgotten" if erasure.newly_recorded else "already recorded as forgotten"
         out.append(f"{erasure.raw_id!r}: {recorded}; feedback log lines removed: {removed}")
-        for where, found in ((report.export_folder, erasure.export_lines), (None, erasure.raw_layer_lines)):
-            for name, lines in found.items():
-                shown = ", ".join(map(str, lines[:LINES_LISTED])) + (", …" if len(lines) > LINES_LISTED else "")
-                if where is not None:
-                    out.append(f"  still in the shop's export {where / name}: {len(lines)} line(s) ({shown}); remove them "
-                               "there (copyflow does not edit the export; ingest drops them meanwhile)")
-                else:
-                    out.append(f"  still in the raw layer artifacts/{report.profile}/source/{name}: {len(lines)} line(s), "
-                               "until the next retrain's source stage rewrites it")
+        for name, lines in erasure.export_lines.items():
+            shown = ", ".join(map(str, lines[:LINES_LISTED])) + (", …" if len(lines) > LINES_LISTED else "")
+            out.append(f"  still in the shop's export {report.export_folder / name}: {len(lines)} line(s) ({shown}); remove "
+                       "them there (copyflow does not edit the export; ingest drops them meanwhile)")
+        for name, lines in erasure.raw_layer_lines.items():
+            out.append(f"  still in the raw layer {report.artifacts / 'source' / name}: {len(lines)} line(s), "
+                       "until the next retrain's source stage rewrites it")
     for path, why in report.unreadable.items():
         out.append(f"could not search {path} for the shopper(s): {why}")
-    out.append(f"Left until the next retrain: artifacts/{report.profile} (ingested data, features, models) holds the "
+    out.append(f"Left until the next retrain: {report.artifacts} (ingested data, features, models) holds the "
                "pseudonym(s); ingest drops them from the next batch. The current release's models and their MLflow "
                "evidence hold them until the next promoted release. The frozen preference evaluation set leaves "
                "their rows out from now on.")

@@ -79,6 +79,21 @@ def test_a_users_file_starting_with_a_byte_order_mark_is_read_without_it(shop, t
         pseudonym("shopper1", load_key(cfg)), pseudonym("shopper2", load_key(cfg))]
 
 
+def test_forget_names_the_raw_layer_and_the_artifacts_where_paths_artifacts_puts_them(shop):
+    """The raw layer is cfg.stage_dir("source"), wherever paths.artifacts points (here a temporary
+    folder): the output named a relative artifacts/<profile>/ that held nothing."""
+    cfg, params, export = shop
+    raw_layer = cfg.stage_dir("source")
+    for name in ("users.csv", "events.csv"):
+        raw_layer.mkdir(parents=True, exist_ok=True)
+        (raw_layer / name).write_bytes((export / name).read_bytes())
+    result = forget(params, "--user", "shopper1")
+    assert result.exit_code == 0, result.output
+    assert f"still in the raw layer {raw_layer / 'events.csv'}: 2 line(s)" in result.output
+    assert f"still in the raw layer {raw_layer / 'users.csv'}: 1 line(s)" in result.output
+    assert f"Left until the next retrain: {raw_layer.parent} (ingested data" in result.output
+
+
 @pytest.mark.parametrize("args, says", [
     ((), "no shopper id given"),
     (("--user", ""), "must be non-empty"),
