@@ -59,5 +59,5 @@ def test_prune_refuses_bad_usage_another_store_and_a_running_retrain(pref_world,
     with FileLock(str(world.cfg.state_dir() / "retrain.lock")):
         busy = runner.invoke(app, ["prune", *params])
     assert busy.exit_code == 1, busy.output
-    assert busy.output.strip().startswith("prune refused: another retrain of profile 'quick' is running")
+    assert busy.output.strip().startswith("prune refused: a retrain or a prune of profile 'quick' is running")
     assert len(busy.output.strip().splitlines()) == 1 and versions(world.cfg) == [1, 2, 3]

@@ -50,7 +50,7 @@ def test_retrain_while_another_retrain_of_the_profile_runs_is_one_line(tmp_path)
         result = cli_retrain(project, tmp_path, timeout=300)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "error: another retrain of profile 'quick' is running in this project" in result.stderr
+    assert "error: a retrain or a prune of profile 'quick' is running in this project" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (project / "artifacts").exists()
 
