@@ -261,14 +261,14 @@ def forget(
     """Erase shoppers (the shop's raw ids): out of the copy server's feedback log now (safe while
     servers run), and out of every later batch, even one whose export still lists them. Says
     what still holds them: the shop's export (not edited), the current models until the next release."""
-    from components.data.erasure import ForgetError, forget_shoppers, report_lines
+    from components.data.erasure import ErasureRecordError, ForgetError, forget_shoppers, report_lines
     from components.data.privacy import PseudonymKeyError
 
     cfg = _config(params, profile)
     try:
         raw_ids = list(users or []) + (_ids_in(users_file) if users_file else [])
         report = forget_shoppers(cfg, raw_ids)
-    except (ForgetError, PseudonymKeyError) as exc:
+    except (ErasureRecordError, ForgetError, PseudonymKeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     for line in report_lines(report):

@@ -31,6 +31,10 @@ TABLES_WITH_SHOPPERS = ("users", "events")  # the raw tables whose rows name a s
 LINES_LISTED = 5
 
 
+class ErasureRecordError(RuntimeError):
+    """The record of erased shoppers exists but cannot be read: nothing that needs it goes on."""
+
+
 class ForgetError(ValueError):
     """An id that cannot be erased as given (empty, padded, on several lines): nothing was changed."""
 
@@ -44,7 +48,18 @@ def forgotten_records(cfg: Config) -> list[dict[str, str]]:
     path = forgotten_path(cfg)
     if not path.exists():
         return []
-    return json.loads(path.read_text(encoding="utf-8"))["shoppers"]
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["shoppers"]
+        if not all(isinstance(r, dict) and isinstance(r.get("pseudonym"), str) for r in records):
+            raise ValueError("a record without a pseudonym")
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError covers JSON and UTF-8 errors
+        # Never read as "nobody was erased": that would bring erased shoppers back.
+        raise ErasureRecordError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); it lists the shoppers erased with `copyflow forget`, "
+            "so nothing that depends on it runs: restore it from a backup (it holds pseudonyms only), "
+            "or repair it by hand as {\"shoppers\": [{\"pseudonym\": ..., \"key_id\": ..., \"forgotten_on\": ...}]}"
+        ) from exc
+    return records
 
 
 def forgotten_pseudonyms(cfg: Config) -> frozenset[str]:

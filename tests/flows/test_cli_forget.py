@@ -126,3 +126,27 @@ def test_rotating_the_key_says_that_erasures_under_the_old_one_need_forgetting_a
     assert "1 shopper(s) erased with `copyflow forget` were recorded under another key" in rotated.output
     again = forget(params, "--user", "shopper1", env={cfg.privacy.key_env: "r" * 64})
     assert again.exit_code == 0 and "'shopper1': recorded as forgotten" in again.output  # under the new key's pseudonym
+
+
+def test_a_damaged_record_of_erasures_stops_forget_and_ingest_instead_of_reading_as_none(shop):
+    # Read as "nobody was erased", a damaged record would bring every erased shopper back at the
+    # next ingest; it was a bare JSONDecodeError (forget: a traceback).
+    from components.data.erasure import ErasureRecordError, forgotten_pseudonyms
+
+    cfg, params, _ = shop
+    assert forget(params, "--user", "shopper1").exit_code == 0
+    path = forgotten_path(cfg)
+    path.write_text(path.read_text(encoding="utf-8")[:-20], encoding="utf-8")  # cut off, as by a full disk and a hand copy
+    served = (cfg.feedback_dir() / "served.jsonl").read_bytes()
+
+    result = forget(params, "--user", "shopper2")
+
+    assert result.exit_code == 2, result.output
+    assert f"{path} cannot be read" in result.output and "restore it from a backup" in result.output
+    assert "Traceback" not in result.output
+    assert (cfg.feedback_dir() / "served.jsonl").read_bytes() == served  # shopper2's lines were not touched either
+    with pytest.raises(ErasureRecordError, match="nothing that depends on it runs"):
+        forgotten_pseudonyms(cfg)  # what ingest and the frozen set read
+    path.write_text(json.dumps({"shoppers": [{"key_id": "x"}]}), encoding="utf-8")
+    with pytest.raises(ErasureRecordError, match="a record without a pseudonym"):
+        forgotten_pseudonyms(cfg)
