@@ -24,7 +24,7 @@ from pathlib import Path
 from components.config import Config
 from components.data.feedback import FeedbackError, FeedbackLog, check_id, replace_file
 from components.data.privacy import key_of_record, pseudonym
-from components.data.raw import RAW_FILES, RawFormatError, read_raw_table
+from components.data.raw import RAW_FILES, RawFormatError, read_raw_lines
 
 FORGOTTEN_FILE = "forgotten_shoppers.json"
 TABLES_WITH_SHOPPERS = ("users", "events")  # the raw tables whose rows name a shopper
@@ -146,10 +146,14 @@ def _find_lines(report: ForgetReport, folder: Path, attribute: str) -> None:
         if not (folder / RAW_FILES[table]).is_file():
             continue
         try:
-            users = read_raw_table(folder, table)["user_id"]
+            read = read_raw_lines(folder, table)  # a broken line does not hide the readable ones
         except RawFormatError as exc:
             report.unreadable[str(folder / RAW_FILES[table])] = str(exc).splitlines()[0][:200]
             continue
+        if read.bad:
+            report.unreadable[str(folder / RAW_FILES[table])] = (
+                f"{len(read.bad)} line(s) cannot be read (first: line {read.bad[0][0]}) and were not searched; the others were")
+        users = read.frame["user_id"]
         for erasure in report.erasures:
             lines = [int(line) for line in users.index[(users == erasure.raw_id).to_numpy()]]
             if lines:

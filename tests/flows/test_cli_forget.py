@@ -150,3 +150,15 @@ def test_a_damaged_record_of_erasures_stops_forget_and_ingest_instead_of_reading
     path.write_text(json.dumps({"shoppers": [{"key_id": "x"}]}), encoding="utf-8")
     with pytest.raises(ErasureRecordError, match="a record without a pseudonym"):
         forgotten_pseudonyms(cfg)
+
+
+def test_a_broken_line_in_the_export_does_not_hide_the_shoppers_other_lines(shop):
+    cfg, params, export = shop
+    with open(export / "users.csv", "a", encoding="utf-8") as handle:
+        handle.write("shopper9,18-24\n")  # cut off: line 4
+
+    result = forget(params, "--user", "shopper1")
+
+    assert result.exit_code == 0, result.output
+    assert f"still in the shop's export {export / 'users.csv'}: 1 line(s) (3)" in result.output  # was: not searched at all
+    assert f"could not search {export / 'users.csv'} for the shopper(s): 1 line(s) cannot be read (first: line 4)" in result.output
