@@ -107,6 +107,7 @@ class ForgetReport:
     artifacts: Path  # the profile's pipeline outputs (paths.artifacts/<profile>), the raw layer in its source/
     erasures: list[Erasure]
     export_folder: Path | None  # the shop's export (data.source folder), else None
+    source: str  # data.source: what the raw layer is rewritten from
     unreadable: dict[str, str] = field(default_factory=dict)  # folder -> why it could not be searched
 
 
@@ -133,7 +134,7 @@ def forget_shoppers(cfg: Config, raw_ids: list[str]) -> ForgetReport:
     log = FeedbackLog(cfg.feedback_dir())
     erasures = [Erasure(raw_id, by_pseudonym[raw_id] in new, log.remove_user(raw_id)) for raw_id in raw_ids]
     report = ForgetReport(cfg.stage_dir("source").parent, erasures,
-                          Path(cfg.paths.source_folder) if cfg.data.source == "folder" else None)
+                          Path(cfg.paths.source_folder) if cfg.data.source == "folder" else None, cfg.data.source)
     if report.export_folder is not None:
         _find_lines(report, report.export_folder, "export_lines")
     _find_lines(report, report.artifacts / "source", "raw_layer_lines")
@@ -160,6 +161,15 @@ def _find_lines(report: ForgetReport, folder: Path, attribute: str) -> None:
                 getattr(erasure, attribute)[RAW_FILES[table]] = lines
 
 
+def _raw_layer_until(source: str) -> str:
+    """How long the raw layer keeps an erased shopper's raw id: it is rewritten from its source."""
+    if source == "folder":  # a copy of the export (and the feedback log): the shopper stays while the export lists them
+        return "until a retrain's source stage copies an export that no longer lists them"
+    # The simulator and the OBD sample are fixed inputs: every source run writes the same shoppers again.
+    return (f"for good: the {source} source writes this shopper again on every run, under the same raw id; "
+            "ingest drops them each time")
+
+
 def report_lines(report: ForgetReport) -> list[str]:
     """The command's output: what was done, then what still holds the shopper."""
     out = []
@@ -173,7 +183,7 @@ def report_lines(report: ForgetReport) -> list[str]:
                        "them there (copyflow does not edit the export; ingest drops them meanwhile)")
         for name, lines in erasure.raw_layer_lines.items():
             out.append(f"  still in the raw layer {report.artifacts / 'source' / name}: {len(lines)} line(s), "
-                       "until the next retrain's source stage rewrites it")
+                       + _raw_layer_until(report.source))
     for path, why in report.unreadable.items():
         out.append(f"could not search {path} for the shopper(s): {why}")
     out.append(f"Left until the next retrain: {report.artifacts} (ingested data, features, models) holds the "

@@ -162,3 +162,24 @@ def test_a_broken_line_in_the_export_does_not_hide_the_shoppers_other_lines(shop
     assert result.exit_code == 0, result.output
     assert f"still in the shop's export {export / 'users.csv'}: 1 line(s) (3)" in result.output  # was: not searched at all
     assert f"could not search {export / 'users.csv'} for the shopper(s): 1 line(s) cannot be read (first: line 4)" in result.output
+
+
+@pytest.mark.parametrize("profile, until", [
+    ("quick", "for good: the simulated source writes this shopper again on every run, under the same raw id; ingest drops them each time"),
+    ("shop", "until a retrain's source stage copies an export that no longer lists them"),
+])
+def test_forget_says_how_long_the_raw_layer_keeps_the_raw_id(make_cfg, tmp_path, monkeypatch, profile, until):
+    """The raw layer is rewritten from its source: a simulated one lists the shopper again every
+    run (the next retrain even skips the unchanged source stage), an export until the shop removes them."""
+    monkeypatch.delenv("COPYFLOW_PSEUDONYM_KEY", raising=False)
+    cfg = make_cfg(profile, paths={"source_folder": str(tmp_path / "export")})
+    profile_key(cfg)
+    users = pd.DataFrame({"user_id": ["shopper1"], "age_band": ["18-24"], "city_tier": ["tier1"], "signup_date": ["2025-12-01"]})
+    write_raw_table(users, cfg.stage_dir("source"), "users")
+
+    result = CliRunner().invoke(app, ["forget", "--profile", profile, "--params", str(params_file(cfg, tmp_path)),
+                                      "--user", "shopper1"])
+
+    assert result.exit_code == 0, result.output
+    assert f"still in the raw layer {cfg.stage_dir('source') / 'users.csv'}: 1 line(s), {until}" in result.output
+    assert "until the next retrain's source stage rewrites it" not in result.output
