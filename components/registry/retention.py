@@ -76,6 +76,8 @@ class PrunePlan:
     files: list[Path] | None = None  # the artifact files of removed runs and logged models (None: not a local store)
     folders: list[Path] = field(default_factory=list)  # their artifact folders (local store)
     bytes: int | None = None  # the size of `files` when planned (None: not a local store)
+    min_age_days: float = 0.0  # registry.prune_min_age_days the cutoff was computed with
+    too_young: dict[str, int] = field(default_factory=dict)  # what would go but for min_age_days: {"release version(s)": n, ...}
 
 
 @dataclass
@@ -201,17 +203,20 @@ def _size(path: Path) -> int:
 # ---------------------------------------------------------------- the plan
 
 
-def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: int, in_use: set[str] | None = None) -> PrunePlan:
+def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: int, in_use: set[str] | None = None,
+               min_age_days: float | None = None) -> PrunePlan:
     """Decide what goes (see the module docstring); reads only. `in_use`: the training runs the
-    current outputs of the store's profiles name (default: cfg's profile's)."""
+    current outputs of the store's profiles name (default: cfg's profile's); `min_age_days`:
+    default registry.prune_min_age_days."""
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     releases = _versions(client, RELEASE_MODEL)
     aliases = model_aliases(client, RELEASE_MODEL)
     newest_release = max((int(r.creation_timestamp) for r in releases), default=None)
-    cutoff = now_ms - int(cfg.registry.prune_min_age_days * DAY_MS)
+    min_age_days = cfg.registry.prune_min_age_days if min_age_days is None else min_age_days
+    cutoff = now_ms - int(min_age_days * DAY_MS)
     if newest_release is not None:
         cutoff = min(cutoff, newest_release)
-    plan = PrunePlan(tracking.tracking_uri(cfg), keep_releases, cutoff)
+    plan = PrunePlan(tracking.tracking_uri(cfg), keep_releases, cutoff, min_age_days=min_age_days)
 
     by_number = sorted(releases, key=lambda r: int(r.version), reverse=True)
     kept = {str(r.version) for r in by_number[:keep_releases]}
@@ -270,6 +275,13 @@ def plan_prune(cfg: Config, client: MlflowClient, keep_releases: int, now_ms: in
     elif tracking.artifact_root(plan.tracking_uri) is not None:
         plan.files, plan.bytes = [], 0
     return plan
+
+
+def _too_young(plan: PrunePlan, ageless: PrunePlan) -> dict[str, int]:
+    """What `ageless` (the same prune with no minimum age) removes and `plan` does not."""
+    return {"release version(s)": len(set(ageless.releases) - set(plan.releases)),
+            "model version(s)": len(set(ageless.model_versions) - set(plan.model_versions)),
+            "run(s)": len(set(ageless.runs) - set(plan.runs))}
 
 
 def _roots(runs: dict) -> dict[str, str]:
@@ -331,6 +343,8 @@ def prune(cfg: Config, keep_releases: int | None = None, dry_run: bool = False, 
         locks.enter_context(registry_lock(cfg))
         in_use = set().union(*(_training_runs_in_use(each) for each in profiles))
         plan = plan_prune(cfg, client, keep, now_ms, in_use)
+        if plan.min_age_days > 0:  # say what the age limit alone holds back, so "nothing to remove" is not a riddle
+            plan.too_young = _too_young(plan, plan_prune(cfg, client, keep, now_ms, in_use, min_age_days=0))
         result = PruneResult(plan, dry_run)
         if dry_run:
             return result
@@ -439,6 +453,10 @@ def render_prune(result: PruneResult) -> str:
         f"{len(plan.model_versions)} model version(s), {len(plan.runs)} run(s), {len(plan.logged_models)} logged model(s); "
         f"artifacts on disk: {_human(plan.bytes)}",
     ]
+    if any(plan.too_young.values()):
+        held = ", ".join(f"{n} {what}" for what, n in plan.too_young.items() if n)
+        lines.append(f"too young to go yet: {held}, created less than {plan.min_age_days:g} day(s) ago "
+                     "(registry.prune_min_age_days in params.yaml)")
     if result.dry_run:
         lines.append("dry run: nothing was changed")
     elif result.gc_ran:

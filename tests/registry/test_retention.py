@@ -311,3 +311,16 @@ def test_gc_purges_only_what_the_prune_deleted_even_when_its_runs_logged_no_mode
     finally:
         db.close()
     assert left == ["deleted-by-hand"]  # the placeholder went with the prune's runs
+
+
+def test_a_prune_held_back_by_prune_min_age_days_says_so(world, tmp_path):
+    """With the default 7 days a fresh store plans nothing: the output names what the age limit
+    alone holds back, and the knob, instead of a bare "0 ... removed"."""
+    from components.registry.retention import render_prune
+
+    result = prune(clone_world(world, tmp_path / "clone").cfg, keep_releases=1, dry_run=True)
+    assert result.plan.too_young == {"release version(s)": 0, "model version(s)": 1, "run(s)": 1}
+    assert ("too young to go yet: 1 model version(s), 1 run(s), created less than 7 day(s) ago "
+            "(registry.prune_min_age_days in params.yaml)") in render_prune(result)
+    no_limit = prune(clone_world(world, tmp_path / "now", **PRUNE_NOW).cfg, keep_releases=1, dry_run=True)
+    assert no_limit.plan.too_young == {} and "too young" not in render_prune(no_limit)
