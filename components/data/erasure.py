@@ -187,7 +187,8 @@ def report_lines(report: ForgetReport) -> list[str]:
     for path, why in report.unreadable.items():
         out.append(f"could not search {path} for the shopper(s): {why}")
     out.append(f"Left until the next retrain: {report.artifacts} (ingested data, features, models) holds the "
-               "pseudonym(s); ingest drops them from the next batch. The current release's models and their MLflow "
-               "evidence hold them until the next promoted release. The frozen preference evaluation set leaves "
+               "pseudonym(s); ingest drops them from the next batch. The models of the current release and of the older "
+               "releases still registered (`copyflow rollback` can restore them) were trained with them; they and their "
+               "MLflow evidence stay until `copyflow prune` removes them. The frozen preference evaluation set leaves "
                "their rows out from now on.")
     return out
