@@ -177,6 +177,10 @@ def report_lines(report: ForgetReport) -> list[str]:
         removed = ", ".join(f"{n} from {name}" for name, n in erasure.feedback_removed.items())
         recorded = "recorded as forgotten" if erasure.newly_recorded else "already recorded as forgotten"
         out.append(f"{erasure.raw_id!r}: {recorded}; feedback log lines removed: {removed}")
+        if erasure.newly_recorded and not any(erasure.feedback_removed.values()) and not erasure.export_lines \
+                and not erasure.raw_layer_lines:  # a mistyped id would otherwise read as a done erasure
+            out.append(f"  found nowhere: no line of the feedback log, the shop's export or the raw layer names "
+                       f"{erasure.raw_id!r}; check the id (it is recorded all the same)")
         for name, lines in erasure.export_lines.items():
             shown = ", ".join(map(str, lines[:LINES_LISTED])) + (", …" if len(lines) > LINES_LISTED else "")
             out.append(f"  still in the shop's export {report.export_folder / name}: {len(lines)} line(s) ({shown}); remove "

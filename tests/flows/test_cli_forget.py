@@ -186,3 +186,13 @@ def test_forget_says_how_long_the_raw_layer_keeps_the_raw_id(make_cfg, tmp_path,
     assert result.exit_code == 0, result.output
     assert f"still in the raw layer {cfg.stage_dir('source') / 'users.csv'}: 1 line(s), {until}" in result.output
     assert "until the next retrain's source stage rewrites it" not in result.output
+
+
+def test_forget_says_when_an_id_names_no_shopper_anywhere(shop):
+    """A mistyped id is recorded like any other: the output must not read as a done erasure."""
+    _, params, _ = shop
+    result = forget(params, "--user", "shoper1", "--user", "shopper1")
+    assert result.exit_code == 0, result.output
+    assert ("  found nowhere: no line of the feedback log, the shop's export or the raw layer names 'shoper1'; "
+            "check the id (it is recorded all the same)") in result.output
+    assert result.output.count("found nowhere") == 1  # shopper1 is in the log and the export
