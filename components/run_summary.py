@@ -59,6 +59,10 @@ def format_summary(result: RetrainResult, tracking_uri: str = "") -> str:
     if feedback.get("fragments_not_read"):
         lines.append(f"  WARNING: {feedback['fragments_not_read']} partial line(s) in {feedback.get('folder')} were not read "
                      "(writers that died mid-line; see its *.fragments files)")
+    erased = (result.summary("ingest") or {}).get("forgotten_shoppers_dropped") or {}
+    if erased.get("shoppers"):  # the proof an erasure took effect in this batch
+        lines.append(f"  erased shoppers (copyflow forget) dropped at ingest: {erased['shoppers']:,} still in this batch, "
+                     f"{erased.get('users', 0):,} users rows, {erased.get('events', 0):,} events")
     anonymity = (result.summary("clean") or {}).get("k_anonymity") or {}
     if anonymity and not anonymity.get("satisfied", True):
         lines.append(f"  WARNING: k-anonymity not met: {anonymity.get('users_below_k', '?'):,} shoppers share their "

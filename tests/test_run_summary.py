@@ -30,3 +30,13 @@ def test_the_summary_warns_when_k_anonymity_is_not_met():
     assert "WARNING: k-anonymity not met: 31 shoppers share their age_band, city_tier with fewer than 5" in format_summary(result)
     met = RetrainResult(profile="shop", stages={"clean": {"skipped": False, "summary": {"k_anonymity": {**below, "satisfied": True}}}})
     assert "WARNING" not in format_summary(met)
+
+
+def test_the_summary_says_when_ingest_dropped_erased_shoppers():
+    # The retrain's printout was silent about an erasure taking effect (only the ingest log line said it).
+    dropped = {"shoppers": 2, "users": 2, "events": 326}
+    result = RetrainResult(profile="shop", stages={"ingest": {"skipped": False, "summary": {"forgotten_shoppers_dropped": dropped}}})
+    assert "erased shoppers (copyflow forget) dropped at ingest: 2 still in this batch, 2 users rows, 326 events" in format_summary(result)
+    none = RetrainResult(profile="shop", stages={"ingest": {"skipped": False, "summary": {
+        "forgotten_shoppers_dropped": {"shoppers": 0, "users": 0, "events": 0}}}})
+    assert "erased" not in format_summary(none)
