@@ -36,7 +36,7 @@ class ReproResult:
     output: str
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The stage commands say `python`: make that the interpreter running copyflow."""
     env = {**os.environ, **(extra or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -65,7 +65,7 @@ def repro(
     cmd = [sys.executable, "-m", "components.lifecycle", "dvc", "repro", "--single-item", target]
     if force:
         cmd.append("--force")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=dvc_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout_s)

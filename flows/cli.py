@@ -548,13 +548,16 @@ def prune(
     keep_releases: Annotated[Optional[int], typer.Option("--keep-releases", min=1,
                              help="newest releases (and rollback steps) kept (default: registry.keep_releases)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go, change nothing")] = False,
+    dvc_cache: Annotated[bool, typer.Option("--dvc-cache", help="also `dvc gc --workspace`: drop the data versions "
+                                            "only earlier retrains produced (the project's, every profile's)")] = False,
     profile: ProfileOpt = "quick",
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Remove old releases, the model versions and runs only they kept, and their files (mlflow gc).
     Aliased releases, the newest ones and the rollback history stay (docs/registry.md, "Retention")."""
+    from components.dvc_runner import StageFailed
+    from components.registry.retention import collect_dvc_cache, render_dvc_gc, render_prune, store_profiles
     from components.registry.retention import prune as do_prune
-    from components.registry.retention import render_prune, store_profiles
     from components.retrain_lock import RetrainBusy
 
     cfg = _registry_config(params, profile)
@@ -565,6 +568,13 @@ def prune(
         typer.secho(f"prune refused: {exc}; nothing was removed", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     typer.echo(render_prune(result))
+    if not dvc_cache:
+        return
+    try:  # every profile's lock this time: the DVC cache is the whole project's
+        typer.echo(render_dvc_gc(collect_dvc_cache(params, dry_run=dry_run)))
+    except (RetrainBusy, StageFailed) as exc:
+        typer.secho(f"DVC cache not collected: {exc}; the MLflow part above is done", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command("status")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -49,6 +50,7 @@ from mlflow.exceptions import MlflowException
 
 from components import tracking
 from components.config import Config, load_config, read_params
+from components.dvc_runner import StageFailed, dvc_env
 from components.pipeline import TRAINING_STAGES, stage_output_dir
 from components.registry.names import CHAMPION, PREVIOUS, REGISTERED_MODELS, RELEASE_MODEL
 from components.registry.promotion import check_consistency
@@ -473,3 +475,60 @@ def _span(versions: list[str]) -> str:
     if len(numbers) <= 6:
         return "v" + ", v".join(str(n) for n in numbers)
     return f"v{numbers[0]}–v{numbers[-1]}"
+
+
+# ---------------------------------------------------------------- the DVC cache
+
+
+@dataclass
+class DvcGcResult:
+    command: list[str]
+    dry_run: bool
+    before_bytes: int
+    after_bytes: int
+    output: str  # what dvc printed (the objects it would remove, on a dry run)
+
+
+def all_profiles(params_path: Path | str) -> list[Config]:
+    """Every profile of the params file: the DVC cache is the project's, shared by all of them."""
+    return [load_config(params_path, name) for name in sorted(read_params(Path(params_path)).get("profiles") or {})]
+
+
+def _cache_bytes(project_dir: Path) -> int:
+    cache = project_dir / ".dvc" / "cache"
+    return sum(_size(f) for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
+
+
+def dvc_gc_command(project_dir: Path, dry_run: bool) -> list[str]:
+    """`dvc gc --workspace`: keep the data the current dvc.lock names, every profile's, and
+    remove the older versions only earlier retrains produced. Where dvc.lock is tracked by git
+    (a team that commits it per release), every commit's data is kept too (`--all-commits`)."""
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "dvc.lock"], cwd=project_dir,
+                             capture_output=True, text=True).returncode == 0
+    return ["dvc", "gc", "--workspace", *(["--all-commits"] if tracked else []), "--force", *(["--dry"] if dry_run else [])]
+
+
+def collect_dvc_cache(params_path: Path | str, dry_run: bool = False) -> DvcGcResult:
+    """Run `dvc gc` on the project of `params_path` while holding the retrain lock of every
+    profile (a retrain's `dvc repro` writes new cache objects that the workspace names only once
+    it finishes). Raises RetrainBusy while any retrain or prune runs; StageFailed if dvc fails."""
+    project_dir = Path(params_path).resolve().parent
+    command = dvc_gc_command(project_dir, dry_run)
+    with ExitStack() as locks:
+        for each in all_profiles(params_path):
+            locks.enter_context(one_retrain_at_a_time(each))
+        before = _cache_bytes(project_dir)
+        done = subprocess.run(command, cwd=project_dir, env=dvc_env(), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StageFailed(" ".join(command), done.returncode, done.stdout + done.stderr)
+    return DvcGcResult(command, dry_run, before, _cache_bytes(project_dir), (done.stdout + done.stderr).strip())
+
+
+def render_dvc_gc(result: DvcGcResult) -> str:
+    shown = " ".join(result.command)
+    if result.dry_run:
+        would = [line for line in result.output.splitlines() if line.strip() and not line.startswith("WARNING")]
+        return f"DVC cache ({_human(result.before_bytes)}), dry run of `{shown}`: " + (
+            "; ".join(would[-3:]) if would else "nothing to remove")
+    return (f"DVC cache: {_human(result.before_bytes)} -> {_human(result.after_bytes)} "
+            f"(freed {_human(result.before_bytes - result.after_bytes)}; `{shown}`)")
