@@ -527,7 +527,8 @@ def collect_dvc_cache(params_path: Path | str, dry_run: bool = False) -> DvcGcRe
 def render_dvc_gc(result: DvcGcResult) -> str:
     shown = " ".join(result.command)
     if result.dry_run:
-        would = [line for line in result.output.splitlines() if line.strip() and not line.startswith("WARNING")]
+        would = [line for line in result.output.splitlines()
+                 if line.strip() and not line.startswith(("WARNING", "No unused"))]  # dvc's "nothing here" lines
         return f"DVC cache ({_human(result.before_bytes)}), dry run of `{shown}`: " + (
             "; ".join(would[-3:]) if would else "nothing to remove")
     return (f"DVC cache: {_human(result.before_bytes)} -> {_human(result.after_bytes)} "
