@@ -527,9 +527,10 @@ def collect_dvc_cache(params_path: Path | str, dry_run: bool = False) -> DvcGcRe
 def render_dvc_gc(result: DvcGcResult) -> str:
     shown = " ".join(result.command)
     if result.dry_run:
-        would = [line for line in result.output.splitlines()
-                 if line.strip() and not line.startswith(("WARNING", "No unused"))]  # dvc's "nothing here" lines
+        # dvc gc --dry lists each object ("Removing <path>") and then says "Removed N objects from
+        # repo cache." as if it had: only the counts are shown, as what would go
+        would = [line.strip().removeprefix("Removed ") for line in result.output.splitlines() if line.startswith("Removed ")]
         return f"DVC cache ({_human(result.before_bytes)}), dry run of `{shown}`: " + (
-            "; ".join(would[-3:]) if would else "nothing to remove")
+            f"would remove {'; '.join(would)}" if would else "nothing to remove")
     return (f"DVC cache: {_human(result.before_bytes)} -> {_human(result.after_bytes)} "
             f"(freed {_human(result.before_bytes - result.after_bytes)}; `{shown}`)")

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from components.config import load_config
-from components.registry.retention import _cache_bytes, collect_dvc_cache, dvc_gc_command
+from components.registry.retention import _cache_bytes, collect_dvc_cache, dvc_gc_command, render_dvc_gc
 from components.retrain_lock import RetrainBusy, retrain_lock_path
 from flows.cli import app
 from tests.registry.world import write_params
@@ -53,10 +53,12 @@ def test_dvc_gc_keeps_the_workspace_data_and_removes_the_older_versions(project)
     planned = collect_dvc_cache(project / "params.yaml", dry_run=True)
     assert cached_objects(project) == before and planned.before_bytes == planned.after_bytes > 0
     assert planned.command == ["dvc", "gc", "--workspace", "--force", "--dry"]  # no git: no commits to keep
+    assert "would remove 1 objects from repo cache." in render_dvc_gc(planned)
 
     done = collect_dvc_cache(project / "params.yaml")
 
     assert len(cached_objects(project)) == 1 and done.after_bytes < done.before_bytes
+    assert render_dvc_gc(collect_dvc_cache(project / "params.yaml", dry_run=True)).endswith("nothing to remove")
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=project, env=ENV)
     assert status.returncode == 0  # the workspace's data is all still cached: nothing to reproduce
     assert (project / "out.txt").read_text().startswith("second version")
