@@ -41,6 +41,25 @@ def _shop_cfg(make_cfg, folder):
     return make_cfg(data={"source": "folder"}, paths={"source_folder": str(folder)})
 
 
+def _export_and_a_log_with_a_short_line(make_cfg, tmp_path):
+    """A copy of the bundled export, and a feedback log holding one served copy and, on events.csv
+    line 3, a row cut short (as edited by hand)."""
+    import shutil
+
+    from components.data.feedback import FeedbackLog
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "export"
+    shutil.copytree(ROOT / "data/shop_example", folder)
+    cfg = _shop_cfg(make_cfg, folder)
+    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
+    product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
+    FeedbackLog(cfg.feedback_dir()).record_serving(users[0], product, "文案。", "models:/copyflow-generator/1", candidates=4)
+    with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
+        handle.write("fb-1,shopper,p\n")
+    return cfg, folder
+
+
 def test_a_shop_export_folder_becomes_the_raw_layer_unchanged(make_cfg, tmp_path):
     from tests.conftest import ROOT
 
@@ -249,20 +268,10 @@ def test_a_broken_feedback_log_is_named_by_its_own_path(make_cfg, tmp_path):
     # The stage reads a snapshot of the log; an error naming the snapshot (a deleted temp folder)
     # would leave the operator nothing to open.
     import re
-    import shutil
 
-    from components.data.feedback import FeedbackLog
     from components.data.raw import RawFormatError
-    from tests.conftest import ROOT
 
-    folder = tmp_path / "export"
-    shutil.copytree(ROOT / "data/shop_example", folder)
-    cfg = _shop_cfg(make_cfg, folder)
-    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
-    product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
-    FeedbackLog(cfg.feedback_dir()).record_serving(users[0], product, "文案。", "models:/copyflow-generator/1", candidates=4)
-    with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
-        handle.write("fb-1,shopper,p\n")  # a line edited by hand
+    cfg, folder = _export_and_a_log_with_a_short_line(make_cfg, tmp_path)
 
     with pytest.raises(RawFormatError) as refused:
         run_source(cfg)
@@ -283,18 +292,10 @@ def test_a_broken_export_and_a_broken_feedback_log_are_named_in_one_round(make_c
     # runs to find, and a broken log alone left the export copied into a raw layer with no summary.
     import shutil
 
-    from components.data.feedback import FeedbackLog
     from components.data.raw import RawFormatError
     from tests.conftest import ROOT
 
-    folder = tmp_path / "export"
-    shutil.copytree(ROOT / "data/shop_example", folder)
-    cfg = _shop_cfg(make_cfg, folder)
-    users = pd.read_csv(folder / "users.csv", dtype=str)["user_id"]
-    product = json.loads((folder / "products.jsonl").read_text(encoding="utf-8").splitlines()[0])["product_id"]
-    FeedbackLog(cfg.feedback_dir()).record_serving(users[0], product, "文案。", "models:/copyflow-generator/1", candidates=4)
-    with open(cfg.feedback_dir() / "events.csv", "a", encoding="utf-8") as handle:
-        handle.write("fb-1,shopper,p\n")  # a line edited by hand
+    cfg, folder = _export_and_a_log_with_a_short_line(make_cfg, tmp_path)
     (cfg.feedback_dir() / "copies.jsonl").write_text("{not json\n", encoding="utf-8")
     exported = (folder / "users.csv").read_text(encoding="utf-8").split("\n")
     exported[5] = exported[5].rsplit(",", 1)[0] + ',"sometime"'
