@@ -6,6 +6,7 @@ import pytest
 
 from components.data.raw import RAW_FILES
 from components.data.source import read_ground_truth, run_source
+from tests.data.refusals import refused_naming
 
 
 def test_simulated_source_writes_raw_layer_and_ground_truth(cfg):
@@ -148,7 +149,6 @@ def test_every_broken_line_of_a_shop_export_is_named_in_one_round(make_cfg, tmp_
     file's read at its first one: each further broken line took another run to find."""
     import shutil
 
-    from components.data.raw import RawFormatError
     from tests.conftest import ROOT
 
     folder = tmp_path / "export"
@@ -168,19 +168,14 @@ def test_every_broken_line_of_a_shop_export_is_named_in_one_round(make_cfg, tmp_
     (folder / "users.csv").write_text("\n".join(users), encoding="utf-8")
     export = {path.name: path.read_bytes() for path in folder.iterdir()}
 
-    with pytest.raises(RawFormatError) as refused:
-        run_source(cfg)
-    message = str(refused.value)
-    assert message.startswith("cannot ingest: 6 problem(s) in 3 file(s)"), message
-    for expected in [
+    refused_naming(run_source, cfg, "cannot ingest: 6 problem(s) in 3 file(s)", [
         f"{folder / 'products.jsonl'}:3: not valid JSON",
         f"{folder / 'products.jsonl'}:9: not valid JSON",
         f"{folder / 'events.csv'}:4: 7 fields, fewer than the header's 9: cut off or mis-quoted",
         f"{folder / 'events.csv'}:7: 10 fields, more than the header's 9",
         f"{folder / 'events.csv'}:12: 10 fields, more than the header's 9",
         f"{folder / 'users.csv'}:6: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
-    ]:
-        assert expected in message, expected
+    ])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == export  # the export untouched
     assert not (cfg.stage_dir("source") / "products.jsonl").exists()
 
@@ -191,7 +186,6 @@ def test_ids_padded_with_whitespace_in_a_shop_export_are_named_in_the_export(mak
     event with product_id "p… " dangling. The source stage names each padded id, untrimmed."""
     import shutil
 
-    from components.data.raw import RawFormatError
     from tests.conftest import ROOT
 
     folder = tmp_path / "export"
@@ -207,16 +201,11 @@ def test_ids_padded_with_whitespace_in_a_shop_export_are_named_in_the_export(mak
     (folder / "events.csv").write_text("\n".join(events), encoding="utf-8")
     export = {path.name: path.read_bytes() for path in folder.iterdir()}
 
-    with pytest.raises(RawFormatError) as refused:
-        run_source(cfg)
-    message = str(refused.value)
-    assert message.startswith("cannot ingest: 3 problem(s) in 2 file(s)"), message
-    for expected in [
+    refused_naming(run_source, cfg, "cannot ingest: 3 problem(s) in 2 file(s)", [
         f"{folder / 'users.csv'}:4: column 'user_id': 'shopper000003\\t' has whitespace at its start or end; trim it in the export",
         f"{folder / 'events.csv'}:3: column 'user_id': ' shopper000051' has whitespace",
         f"{folder / 'events.csv'}:6: column 'product_id': '{product} ' has whitespace",
-    ]:
-        assert expected in message, expected
+    ])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == export  # nothing trimmed in the export
     assert not (cfg.stage_dir("source") / "events.csv").exists()
 
@@ -301,16 +290,11 @@ def test_a_broken_export_and_a_broken_feedback_log_are_named_in_one_round(make_c
     exported[5] = exported[5].rsplit(",", 1)[0] + ',"sometime"'
     (folder / "users.csv").write_text("\n".join(exported), encoding="utf-8")
 
-    with pytest.raises(RawFormatError) as refused:
-        run_source(cfg)
-    message = str(refused.value)
-    assert message.startswith("cannot ingest: 3 problem(s) in 3 file(s)"), message
-    for expected in [
+    refused_naming(run_source, cfg, "cannot ingest: 3 problem(s) in 3 file(s)", [
         f"{folder / 'users.csv'}:6: column 'signup_date': 'sometime' is not an ISO 8601 timestamp",
         f"{cfg.feedback_dir() / 'events.csv'}:3: 3 fields, fewer than the header's 9",
         f"{cfg.feedback_dir() / 'copies.jsonl'}:1: not valid JSON",
-    ]:
-        assert expected in message, expected
+    ])
 
     shutil.copy2(ROOT / "data/shop_example/users.csv", folder / "users.csv")  # the export fixed, the log not
     with pytest.raises(RawFormatError, match="2 problem"):
