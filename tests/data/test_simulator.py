@@ -28,7 +28,6 @@ def test_ctr_and_learnability(sim):
     diag = sim.params["diagnostics"]
     assert 0.03 <= diag["ctr"] <= 0.12
     assert diag["click_probability_auc"] > 0.7
-    normal = sim.truth_impressions[~sim.truth_impressions["is_bot"]]
     clicks = sim.events[sim.events["event_type"] == "click"]
     assert len(clicks) > 0 and {"add_to_cart", "purchase"} <= set(sim.events["event_type"])
 

@@ -706,7 +706,7 @@ def test_training_attention_is_the_library_attention_without_its_dropout(causal)
 def test_length_budget_ends_at_the_next_sentence_end():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
+    from components.models.generator.constraints import TokenBlocker
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。"]).plan([])
@@ -719,7 +719,7 @@ def test_length_budget_ends_at_the_next_sentence_end():
 
 
 def test_a_copy_cut_off_by_the_length_limit_ends_at_its_last_full_sentence():
-    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
+    from components.models.generator.constraints import TokenBlocker
     from components.models.generator.decoding import _Row, _settled
 
     pieces = ["", "", "", "", "好看", "。", "口袋", "显瘦"]
@@ -733,7 +733,7 @@ def test_a_copy_cut_off_by_the_length_limit_ends_at_its_last_full_sentence():
 def test_no_punctuation_mark_right_after_a_pause_and_no_doubled_de():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
+    from components.models.generator.constraints import TokenBlocker
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。", "，", "！", "，好"]).plan([])
@@ -751,7 +751,7 @@ def test_no_punctuation_mark_right_after_a_pause_and_no_doubled_de():
 def test_a_row_left_with_no_token_keeps_only_the_hard_constraints():
     import torch
 
-    from components.models.generator.constraints import TokenBlocker, latin_words, load_latin_words
+    from components.models.generator.constraints import TokenBlocker
     from components.models.generator.decoding import _masked, _Row
 
     plan = TokenBlocker(["", "", "", "", "好", "。", "最"]).plan(["最"])
