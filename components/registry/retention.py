@@ -310,17 +310,19 @@ def _roots(runs: dict) -> dict[str, str]:
 # ---------------------------------------------------------------- the prune
 
 
+def all_profiles(params_path: Path | str) -> list[Config]:
+    """Every profile of the params file (each load checks them all, so none fails alone)."""
+    return [load_config(params_path, name) for name in sorted(read_params(Path(params_path)).get("profiles") or {})]
+
+
 def store_profiles(params_path: Path | str, cfg: Config) -> list[Config]:
     """The other profiles of the params file that log to cfg's store (`quick` and `full` share
     `paths.mlflow_dir`): their releases are the same registry, their runs the same experiment."""
     uri = tracking.tracking_uri(cfg)
     sharing = []
-    for name in sorted(read_params(Path(params_path)).get("profiles") or {}):
-        if name == cfg.profile:
-            continue
+    for other in all_profiles(params_path):
         try:
-            other = load_config(params_path, name)
-            if tracking.tracking_uri(other) == uri:
+            if other.profile != cfg.profile and tracking.tracking_uri(other) == uri:
                 sharing.append(other)
         except (ValueError, FileNotFoundError):  # a store of its own the environment overrides: not this one
             continue
@@ -489,11 +491,6 @@ class DvcGcResult:
     output: str  # what dvc printed (the objects it would remove, on a dry run)
 
 
-def all_profiles(params_path: Path | str) -> list[Config]:
-    """Every profile of the params file: the DVC cache is the project's, shared by all of them."""
-    return [load_config(params_path, name) for name in sorted(read_params(Path(params_path)).get("profiles") or {})]
-
-
 def _cache_bytes(project_dir: Path) -> int:
     cache = project_dir / ".dvc" / "cache"
     return sum(_size(f) for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
@@ -511,7 +508,8 @@ def dvc_gc_command(project_dir: Path, dry_run: bool) -> list[str]:
 def collect_dvc_cache(params_path: Path | str, dry_run: bool = False) -> DvcGcResult:
     """Run `dvc gc` on the project of `params_path` while holding the retrain lock of every
     profile (a retrain's `dvc repro` writes new cache objects that the workspace names only once
-    it finishes). Raises RetrainBusy while any retrain or prune runs; StageFailed if dvc fails."""
+    it finishes; the cache is the project's, every profile's). Raises RetrainBusy while any
+    retrain or prune runs; StageFailed if dvc fails."""
     project_dir = Path(params_path).resolve().parent
     command = dvc_gc_command(project_dir, dry_run)
     with ExitStack() as locks:
